@@ -1,0 +1,246 @@
+"""Settings built once, from real environment variables over ``.env``.
+
+Nothing else in Rosetta reads ``os.environ``: everything gets a frozen
+``Settings`` from ``load_settings()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import TypeVar
+
+from dotenv import dotenv_values
+
+from config.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+class WhenFull(str, Enum):
+    """What the DLQ does when a capacity limit is reached."""
+
+    BLOCK = "block"  # refuse with DLQFullError; the engine applies backpressure
+    DROP_NEWEST = "drop_newest"  # explicit opt-in: drop the new events, counted and logged
+
+
+@dataclass(frozen=True)
+class DLQConfig:
+    """Settings of the DLQ store and its recovery worker (``DLQ_*`` variables)."""
+
+    base_path: Path = Path("./tmp/dlq")
+    check_interval: float = 30.0
+    batch_size: int = 100
+    max_retries: int = 5
+    backoff_base_ms: int = 1000
+    backoff_max_ms: int = 60000
+    max_queue_messages: int = 10_000_000
+    max_queue_bytes: int = 10 * GIB
+    min_free_disk_mb: int = 512
+    when_full: WhenFull = WhenFull.BLOCK
+    message_ttl: int = 0
+    max_open_queues: int = 32
+
+    @property
+    def min_free_disk_bytes(self) -> int:
+        return self.min_free_disk_mb * MIB
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything Rosetta reads from its environment."""
+
+    dlq: DLQConfig = DLQConfig()
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": KIB,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": MIB,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": GIB,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024 * GIB,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+SIZE_HELP = "a size such as 1048576, 512MB, 512MiB or 10GiB (units B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+
+
+def parse_size(text: str) -> int:
+    """Parse ``512MB`` / ``10GiB`` / ``1048576`` into bytes; ValueError if malformed."""
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(text)
+    number, unit = match.groups()
+    factor = _SIZE_UNITS.get(unit.lower())
+    if factor is None:
+        raise ValueError(text)
+    return int(float(number) * factor)
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text.strip().replace("_", ""))
+        if not low <= value <= high:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _seconds_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text.strip())
+        if not math.isfinite(value) or not low <= value <= high:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _size_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = parse_size(text)
+        if not low <= value <= high:
+            raise ValueError(text)
+        return value
+
+    return parse
+
+
+def _megabytes(text: str) -> int:
+    """A plain number of MiB, or a size with a unit rounded up to whole MiB."""
+    stripped = text.strip()
+    value = int(stripped) if stripped.isdigit() else -(-parse_size(stripped) // MIB)
+    if not 0 <= value <= 1024 * 1024 * 1024:
+        raise ValueError(text)
+    return value
+
+
+def _path(text: str) -> Path:
+    if not text.strip() or "\x00" in text:
+        raise ValueError(text)
+    return Path(text.strip())
+
+
+def _when_full(text: str) -> WhenFull:
+    return WhenFull(text.strip().lower())
+
+
+# variable -> (DLQConfig field, parser, what is accepted)
+_DLQ_VARIABLES: dict[str, tuple[str, Callable[[str], object], str]] = {
+    "DLQ_BASE_PATH": ("base_path", _path, "a non-empty directory path"),
+    "DLQ_CHECK_INTERVAL": (
+        "check_interval",
+        _seconds_in(0.05, 86400),
+        "seconds between health checks, a number from 0.05 to 86400",
+    ),
+    "DLQ_BATCH_SIZE": ("batch_size", _int_in(1, 100_000), "an integer from 1 to 100000"),
+    "DLQ_MAX_RETRIES": ("max_retries", _int_in(0, 1_000_000), "an integer from 0 to 1000000"),
+    "DLQ_BACKOFF_BASE_MS": (
+        "backoff_base_ms",
+        _int_in(1, 3_600_000),
+        "milliseconds, an integer from 1 to 3600000",
+    ),
+    "DLQ_BACKOFF_MAX_MS": (
+        "backoff_max_ms",
+        _int_in(1, 86_400_000),
+        "milliseconds, an integer from 1 to 86400000, not below DLQ_BACKOFF_BASE_MS",
+    ),
+    "DLQ_MAX_QUEUE_MESSAGES": (
+        "max_queue_messages",
+        _int_in(1, 10**12),
+        "an integer from 1 to 1000000000000",
+    ),
+    "DLQ_MAX_QUEUE_BYTES": ("max_queue_bytes", _size_in(1 * MIB, 1024**5), f"{SIZE_HELP}, at least 1MiB"),
+    "DLQ_MIN_FREE_DISK_MB": (
+        "min_free_disk_mb",
+        _megabytes,
+        "a whole number of MiB (0 disables the floor) or a size such as 2GiB",
+    ),
+    "DLQ_WHEN_FULL": ("when_full", _when_full, "one of: block, drop_newest"),
+    "DLQ_MESSAGE_TTL": (
+        "message_ttl",
+        _int_in(0, 10 * 365 * 86400),
+        "seconds, an integer from 0 (never expire) to 315360000",
+    ),
+    "DLQ_MAX_OPEN_QUEUES": (
+        "max_open_queues",
+        _int_in(1, 10_000),
+        "an integer from 1 to 10000 (each open queue holds about 6 file descriptors)",
+    ),
+}
+
+
+def _parse_group(
+    source: Mapping[str, str],
+    variables: Mapping[str, tuple[str, Callable[[str], object], str]],
+    problems: list[str],
+) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for name, (field_name, parser, accepted) in variables.items():
+        raw = source.get(name)
+        if raw is None:
+            continue
+        try:
+            values[field_name] = parser(raw)
+        except (ValueError, TypeError, OverflowError):
+            problems.append(f"{name}={raw!r} is invalid: expected {accepted}")
+    return values
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None,
+    dotenv_path: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Build ``Settings`` from ``env`` (default: the process environment) over ``.env``.
+
+    ``dotenv_path`` defaults to ``./.env`` when that file exists. Real environment
+    variables win over ``.env``. Every invalid variable is reported in one ``ConfigError``.
+    """
+    environment = dict(os.environ if env is None else env)
+    path = Path(dotenv_path) if dotenv_path is not None else Path(".env")
+    from_file: dict[str, str] = {}
+    if path.is_file():
+        from_file = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    elif dotenv_path is not None and path.exists():
+        raise ConfigError([f"dotenv path {str(path)!r} is not a regular file"])
+    source = {**from_file, **environment}
+
+    problems: list[str] = []
+    dlq_values = _parse_group(source, _DLQ_VARIABLES, problems)
+    base = dlq_values.get("backoff_base_ms", DLQConfig.backoff_base_ms)
+    cap = dlq_values.get("backoff_max_ms", DLQConfig.backoff_max_ms)
+    if isinstance(base, int) and isinstance(cap, int) and cap < base:
+        problems.append(
+            f"DLQ_BACKOFF_MAX_MS={cap} is below DLQ_BACKOFF_BASE_MS={base}: "
+            "the cap must be at least the base delay"
+        )
+    if problems:
+        raise ConfigError(problems)
+
+    unknown = sorted(k for k in source if k.startswith("DLQ_") and k not in _DLQ_VARIABLES)
+    for name in unknown:
+        logger.warning(
+            "unknown setting ignored: variable=%s known=%s", name, ",".join(sorted(_DLQ_VARIABLES))
+        )
+    return Settings(dlq=DLQConfig(**dlq_values))  # type: ignore[arg-type]

@@ -1,0 +1,55 @@
+"""The abstract destination every writer implements."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from destinations.errors import ClassifiedError
+from destinations.records import ChangeRecord
+
+
+class Destination(ABC):
+    """A place CDC changes are written to (PostgreSQL, Snowflake, ...).
+
+    Contract, relied on by the DLQ's at-least-once replay:
+
+    * Writes are idempotent: applying the same batch twice leaves the same
+      table as applying it once (upsert or delete by primary key).
+    * A batch is applied in one transaction: all of it or none of it.
+    * Within a batch, the records for one primary key are applied in source
+      order, so the net effect is that of the last change.
+    * ``test_connection`` never raises and returns within its timeout.
+    """
+
+    def __init__(self, destination_id: str, name: str) -> None:
+        self.destination_id = str(destination_id)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"Destination {self.name} (ID={self.destination_id})"
+
+    @abstractmethod
+    def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
+        """Apply ``records`` (all for source table ``table``) in one transaction.
+
+        Returns how many records were applied. Raises the driver's exception on
+        failure; ``classify_error`` says whether it is transient or permanent.
+        """
+
+    @abstractmethod
+    def test_connection(self, timeout: float = 5.0) -> bool:
+        """True when the destination accepts a trivial query within ``timeout`` seconds."""
+
+    async def test_connection_async(self, timeout: float = 5.0) -> bool:
+        """``test_connection`` for callers on an event loop; never blocks the loop."""
+        return await asyncio.to_thread(self.test_connection, timeout)
+
+    @abstractmethod
+    def classify_error(self, error: BaseException) -> ClassifiedError:
+        """Say whether ``error`` (raised by a write) is transient or permanent."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the destination may not be used afterwards."""

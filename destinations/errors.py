@@ -1,0 +1,39 @@
+"""Destination errors, split into transient (retry later) and permanent (park)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from config.errors import RosettaError
+
+
+class FailureKind(str, Enum):
+    TRANSIENT = "transient"  # the destination may accept it later: retry, then queue
+    PERMANENT = "permanent"  # it will never go in as is: park it with its context
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifiedError:
+    """What a destination says about an exception raised by one of its writes."""
+
+    kind: FailureKind
+    error_class: str
+    message: str
+    code: str | None = None  # SQLSTATE, or the connector's errno
+
+    @property
+    def is_transient(self) -> bool:
+        return self.kind is FailureKind.TRANSIENT
+
+
+class DestinationError(RosettaError):
+    """A destination write or check failed."""
+
+
+class TransientDestinationError(DestinationError):
+    """The destination is unavailable for now; the same write may succeed later."""
+
+
+class PermanentDestinationError(DestinationError):
+    """The destination refuses this data; retrying the same write will not help."""

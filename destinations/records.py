@@ -1,0 +1,73 @@
+"""The CDC change record: one insert/update/delete of one row, with its source position."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, NamedTuple
+
+
+class Operation(str, Enum):
+    """Kind of change, with Debezium's one-letter codes as values."""
+
+    INSERT = "c"
+    UPDATE = "u"
+    DELETE = "d"
+    SNAPSHOT_READ = "r"
+
+    @property
+    def is_delete(self) -> bool:
+        return self is Operation.DELETE
+
+
+class SourcePosition(NamedTuple):
+    """Where a change sits in the source's history; ordered.
+
+    ``commit`` is the position of the change's transaction commit (PostgreSQL:
+    the commit LSN as an integer) and ``seq`` the change's order inside that
+    transaction. A change's own WAL LSN is not monotonic across concurrent
+    transactions, so ordering and "never apply an older change" compare these.
+    """
+
+    commit: int
+    seq: int = 0
+
+    def __str__(self) -> str:
+        return f"{format_pg_lsn(self.commit)}#{self.seq}"
+
+
+def parse_pg_lsn(text: str) -> int:
+    """``'0/16B3748'`` -> integer LSN; ValueError if malformed."""
+    high, sep, low = text.partition("/")
+    if not sep or not high or not low:
+        raise ValueError(f"not a PostgreSQL LSN (expected 'X/Y' in hex): {text!r}")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def format_pg_lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One change to one row of one source table.
+
+    ``table`` is the source table's qualified name (``public.users``). ``key``
+    holds the primary-key columns and their values, in key order. ``after`` is
+    the row after the change (None for deletes); ``before`` the row before it,
+    when the source provides it. Values are JSON-like scalars plus ``Decimal``,
+    ``datetime``, ``date``, ``time``, ``UUID`` and ``bytes``.
+    """
+
+    table: str
+    op: Operation
+    key: Mapping[str, Any]
+    after: Mapping[str, Any] | None
+    position: SourcePosition
+    before: Mapping[str, Any] | None = None
+    commit_ts: float | None = None
+
+    @property
+    def key_values(self) -> tuple[Any, ...]:
+        return tuple(self.key.values())
