@@ -12,7 +12,8 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from enum import Enum
+from decimal import Decimal
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,7 +30,7 @@ MIB = 1024 * KIB
 GIB = 1024 * MIB
 
 
-class WhenFull(str, Enum):
+class WhenFull(StrEnum):
     """What the DLQ does when a capacity limit is reached."""
 
     BLOCK = "block"  # refuse with DLQFullError; the engine applies backpressure
@@ -82,7 +83,9 @@ _SIZE_UNITS = {
     "tib": 1024 * GIB,
 }
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-SIZE_HELP = "a size such as 1048576, 512MB, 512MiB or 10GiB (units B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+SIZE_HELP = (
+    "a size such as 1048576, 512MB, 512MiB or 10GiB (units B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+)
 
 
 def parse_size(text: str) -> int:
@@ -94,7 +97,8 @@ def parse_size(text: str) -> int:
     factor = _SIZE_UNITS.get(unit.lower())
     if factor is None:
         raise ValueError(text)
-    return int(float(number) * factor)
+    # Decimal, not float: float("4.1") * 1000**2 is 4099999.9999999995, which int() truncates.
+    return int(Decimal(number) * factor)
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -128,9 +132,13 @@ def _size_in(low: int, high: int) -> Callable[[str], int]:
 
 
 def _megabytes(text: str) -> int:
-    """A plain number of MiB, or a size with a unit rounded up to whole MiB."""
-    stripped = text.strip()
-    value = int(stripped) if stripped.isdigit() else -(-parse_size(stripped) // MIB)
+    """A whole number of MiB, or a size with a unit rounded up to whole MiB."""
+    match = _SIZE_RE.match(text)
+    if match and not match.group(2):
+        # Unitless means MiB and must be whole: "512.5" was once read as 512 bytes (1 MiB).
+        value = int(match.group(1))
+    else:
+        value = -(-parse_size(text) // MIB)
     if not 0 <= value <= 1024 * 1024 * 1024:
         raise ValueError(text)
     return value
@@ -171,7 +179,11 @@ _DLQ_VARIABLES: dict[str, tuple[str, Callable[[str], object], str]] = {
         _int_in(1, 10**12),
         "an integer from 1 to 1000000000000",
     ),
-    "DLQ_MAX_QUEUE_BYTES": ("max_queue_bytes", _size_in(1 * MIB, 1024**5), f"{SIZE_HELP}, at least 1MiB"),
+    "DLQ_MAX_QUEUE_BYTES": (
+        "max_queue_bytes",
+        _size_in(1 * MIB, 1024**5),
+        f"{SIZE_HELP}, at least 1MiB",
+    ),
     "DLQ_MIN_FREE_DISK_MB": (
         "min_free_disk_mb",
         _megabytes,
@@ -230,7 +242,16 @@ def load_settings(
     dlq_values = _parse_group(source, _DLQ_VARIABLES, problems)
     base = dlq_values.get("backoff_base_ms", DLQConfig.backoff_base_ms)
     cap = dlq_values.get("backoff_max_ms", DLQConfig.backoff_max_ms)
-    if isinstance(base, int) and isinstance(cap, int) and cap < base:
+    # Compare only values the operator actually gave (or defaults): a bad base must not be
+    # replaced by the default and then reported as a second, misleading problem.
+    both_valid = all(
+        name not in source or field in dlq_values
+        for name, field in (
+            ("DLQ_BACKOFF_BASE_MS", "backoff_base_ms"),
+            ("DLQ_BACKOFF_MAX_MS", "backoff_max_ms"),
+        )
+    )
+    if both_valid and isinstance(base, int) and isinstance(cap, int) and cap < base:
         problems.append(
             f"DLQ_BACKOFF_MAX_MS={cap} is below DLQ_BACKOFF_BASE_MS={base}: "
             "the cap must be at least the base delay"
