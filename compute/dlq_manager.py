@@ -1,0 +1,405 @@
+"""The DLQ manager: typed messages over the queue store, with limits, status and quarantine."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from compute.dlq_message import DLQMessage, decode_message, encode_message
+from compute.errors import DLQFullError, LeaseError, MessageDecodeError
+from compute.queue_id import QueueId
+from compute.storage.base import QueueLimits, QueueStore, StoreLease
+from config.settings import DLQConfig, WhenFull
+
+logger = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+QUARANTINE_DIR = "quarantine"
+STATUS_INTERVAL = 1.0
+IDLE_CLOSE_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueueResult:
+    """How many messages the DLQ stored, and how many it dropped (``drop_newest`` only)."""
+
+    accepted: int
+    dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """What an operator wants to know about one queue."""
+
+    queue: QueueId
+    messages: int
+    bytes_on_disk: int
+    oldest_enqueued_at: float | None
+    newest_enqueued_at: float | None
+    last_error: str | None
+    dropped: int
+    quarantined: int
+
+    def oldest_age(self, now: float) -> float | None:
+        return None if self.oldest_enqueued_at is None else max(0.0, now - self.oldest_enqueued_at)
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        q = self.queue
+        return {
+            "queue": str(q),
+            "source_id": q.source_id,
+            "table": q.table,
+            "destination_id": q.destination_id,
+            "messages": self.messages,
+            "bytes_on_disk": self.bytes_on_disk,
+            "oldest_enqueued_at": _iso(self.oldest_enqueued_at),
+            "oldest_age_seconds": _round(self.oldest_age(now)),
+            "newest_enqueued_at": _iso(self.newest_enqueued_at),
+            "last_error": self.last_error,
+            "dropped": self.dropped,
+            "quarantined": self.quarantined,
+            "updated_at": _iso(now),
+        }
+
+
+@dataclass
+class DLQLease:
+    """Messages handed to a queue's reader: ack them after the destination committed."""
+
+    queue: QueueId
+    messages: list[DLQMessage]
+    quarantined: int
+    _store_lease: StoreLease
+    _done: bool = False
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self._store_lease.payloads
+
+
+@dataclass
+class _QueueInfo:
+    """In-memory facts about a queue that the store does not keep."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    oldest: float | None = None
+    oldest_known: bool = False
+    newest: float | None = None
+    newest_known: bool = False
+    last_error: str | None = None
+    dropped: int = 0
+    quarantined: int = 0
+    dirty: bool = True
+
+
+class DLQManager:
+    """Persistent per-(source, table, destination) queues of failed CDC changes.
+
+    Guarantees: a message is on disk when ``enqueue`` returns; it leaves the
+    disk only through ``ack`` (after the destination committed), ``purge``,
+    or quarantine of its raw bytes. Many threads may enqueue; each queue has
+    one reader. Every queue directory holds a ``status.json`` refreshed at
+    most once a second while the manager runs, and on close.
+    """
+
+    def __init__(
+        self,
+        config: DLQConfig,
+        *,
+        store: QueueStore | None = None,
+        clock: Callable[[], float] = time.time,
+        background: bool = True,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        if store is None:
+            from compute.storage.rocksq_store import RocksqStore
+
+            store = RocksqStore(
+                Path(config.base_path),
+                QueueLimits(
+                    max_messages=config.max_queue_messages,
+                    max_bytes=config.max_queue_bytes,
+                    min_free_disk_bytes=config.min_free_disk_bytes,
+                ),
+                max_open_handles=config.max_open_queues,
+            )
+        self.store = store
+        self._infos: dict[QueueId, _QueueInfo] = {}
+        self._infos_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._maintenance: threading.Thread | None = None
+        if background:
+            self._maintenance = threading.Thread(
+                target=self._maintain, name="dlq-maintenance", daemon=True
+            )
+            self._maintenance.start()
+        logger.info("DLQ Manager initialized with base path: %s", config.base_path)
+
+    def __enter__(self) -> DLQManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _info(self, queue: QueueId) -> _QueueInfo:
+        info = self._infos.get(queue)
+        if info is None:
+            with self._infos_lock:
+                info = self._infos.setdefault(queue, _QueueInfo())
+        return info
+
+    # ---------------------------------------------------------------- writing
+
+    def enqueue(self, queue: QueueId, messages: Sequence[DLQMessage]) -> EnqueueResult:
+        """Store ``messages`` (all for ``queue``) at the tail, all or none.
+
+        When a capacity limit is reached: with ``DLQ_WHEN_FULL=block`` raises
+        ``DLQFullError`` and stores nothing; with ``drop_newest`` drops the
+        batch, counts it and logs it.
+        """
+        if not messages:
+            return EnqueueResult(0)
+        for message in messages:
+            if message.queue != queue:
+                raise ValueError(
+                    f"message {message.message_id} belongs to {message.queue}, not {queue}"
+                )
+        payloads = [encode_message(m) for m in messages]
+        info = self._info(queue)
+        try:
+            self.store.enqueue(queue, payloads)
+        except DLQFullError as error:
+            error.queue = queue
+            with info.lock:
+                info.last_error = str(error)
+                info.dirty = True
+            if self.config.when_full is not WhenFull.DROP_NEWEST:
+                raise
+            with info.lock:
+                info.dropped += len(messages)
+            logger.error(
+                "DLQ full, dropped newest messages (DLQ_WHEN_FULL=drop_newest): "
+                "queue=%s dropped=%d total_dropped=%d limit=%s ids=%s",
+                queue,
+                len(messages),
+                info.dropped,
+                error.limit,
+                ",".join(m.message_id for m in messages[:20]),
+            )
+            return EnqueueResult(0, dropped=len(messages))
+        newest = max(m.enqueued_at for m in messages)
+        with info.lock:
+            if info.oldest_known and info.oldest is None:
+                info.oldest = min(m.enqueued_at for m in messages)  # was empty
+            if info.newest is None or newest > info.newest:
+                info.newest = newest
+            info.newest_known = True
+            last = messages[-1].failure
+            info.last_error = f"{last.error_class}: {last.message}"
+            info.dirty = True
+        return EnqueueResult(len(messages))
+
+    def record_error(self, queue: QueueId, text: str) -> None:
+        """Remember the latest failure seen for ``queue`` (shown in its status)."""
+        info = self._info(queue)
+        with info.lock:
+            info.last_error = text
+            info.dirty = True
+
+    # ---------------------------------------------------------------- reading
+
+    def read_batch(self, queue: QueueId, max_messages: int | None = None) -> DLQLease:
+        """Lease the oldest unacknowledged messages of ``queue``, in order.
+
+        Undecodable payloads are moved to the queue's ``quarantine/`` directory
+        with their raw bytes and are not returned; acking the lease removes
+        them from the queue.
+        """
+        limit = max_messages or self.config.batch_size
+        store_lease = self.store.read(queue, limit)
+        messages: list[DLQMessage] = []
+        quarantined = 0
+        segment, start = store_lease.token
+        for index, payload in enumerate(store_lease.payloads):
+            try:
+                messages.append(decode_message(payload, queue))
+            except MessageDecodeError as error:
+                self._quarantine(queue, payload, f"{segment}_{start + index}", str(error))
+                quarantined += 1
+        return DLQLease(queue, messages, quarantined, store_lease)
+
+    def ack(self, lease: DLQLease) -> None:
+        """The lease's messages are committed downstream: delete them for good."""
+        if lease._done:
+            raise LeaseError(f"lease on {lease.queue} was already acknowledged or released")
+        self.store.ack(lease._store_lease)
+        lease._done = True
+        info = self._info(lease.queue)
+        with info.lock:
+            info.oldest_known = False
+            info.dirty = True
+
+    def release(self, lease: DLQLease) -> None:
+        """Give the lease back unacknowledged: its messages stay at the head, in order."""
+        if lease._done:
+            raise LeaseError(f"lease on {lease.queue} was already acknowledged or released")
+        self.store.release(lease._store_lease)
+        lease._done = True
+
+    def peek(self, queue: QueueId, limit: int = 10) -> list[DLQMessage]:
+        """Up to ``limit`` messages from the head, without leasing or removing them."""
+        found: list[DLQMessage] = []
+        for payload in self.store.peek(queue, limit):
+            try:
+                found.append(decode_message(payload))
+            except MessageDecodeError:
+                continue  # quarantined when the reader reaches it
+        return found
+
+    def purge(self, queue: QueueId) -> int:
+        """Delete every message of ``queue``; returns how many there were."""
+        removed = self.store.purge(queue)
+        info = self._info(queue)
+        with info.lock:
+            info.oldest_known = False
+            info.newest, info.newest_known = None, True
+            info.dirty = True
+        logger.warning("DLQ queue purged: queue=%s removed=%d", queue, removed)
+        return removed
+
+    # ------------------------------------------------------------- inspection
+
+    def has_messages(self, queue: QueueId) -> bool:
+        return self.store.stats(queue).messages > 0
+
+    def list_queues(self) -> list[QueueId]:
+        """Every queue, including those found on disk from earlier runs."""
+        return self.store.list_queues()
+
+    def status(self, queue: QueueId) -> QueueStatus:
+        stats = self.store.stats(queue)
+        info = self._info(queue)
+        if stats.messages == 0:
+            oldest = newest = None
+        else:
+            oldest = self._oldest(queue, info)
+            newest = self._newest(queue, info)
+        with info.lock:
+            return QueueStatus(
+                queue=queue,
+                messages=stats.messages,
+                bytes_on_disk=stats.bytes_on_disk,
+                oldest_enqueued_at=oldest,
+                newest_enqueued_at=newest,
+                last_error=info.last_error,
+                dropped=info.dropped,
+                quarantined=info.quarantined,
+            )
+
+    def _oldest(self, queue: QueueId, info: _QueueInfo) -> float | None:
+        with info.lock:
+            if info.oldest_known:
+                return info.oldest
+        head = self.peek(queue, 1)
+        oldest = head[0].enqueued_at if head else None
+        with info.lock:
+            info.oldest, info.oldest_known = oldest, True
+        return oldest
+
+    def _newest(self, queue: QueueId, info: _QueueInfo) -> float | None:
+        with info.lock:
+            if info.newest_known:
+                return info.newest
+        tail = self.store.peek(queue, 1, newest=True)
+        newest: float | None = None
+        if tail:
+            try:
+                newest = decode_message(tail[0]).enqueued_at
+            except MessageDecodeError:
+                newest = None
+        with info.lock:
+            info.newest, info.newest_known = newest, True
+        return newest
+
+    # ------------------------------------------------------------ housekeeping
+
+    def _quarantine(self, queue: QueueId, payload: bytes, name: str, reason: str) -> None:
+        directory = self.store.queue_path(queue) / QUARANTINE_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / f"{name}.bin").write_bytes(payload)
+        meta = {"reason": reason, "bytes": len(payload), "quarantined_at": _iso(self._clock())}
+        (directory / f"{name}.json").write_text(json.dumps(meta, indent=2))
+        info = self._info(queue)
+        with info.lock:
+            info.quarantined += 1
+            info.last_error = f"undecodable message quarantined: {reason}"
+            info.dirty = True
+        logger.error(
+            "undecodable DLQ message quarantined: queue=%s file=%s reason=%s",
+            queue,
+            directory / f"{name}.bin",
+            reason,
+        )
+
+    def write_status_files(self, *, force: bool = False) -> int:
+        """Refresh ``status.json`` of every changed queue (all of them with ``force``)."""
+        written = 0
+        for queue, info in list(self._infos.items()):
+            if not (info.dirty or force):
+                continue
+            info.dirty = False
+            path = self.store.queue_path(queue)
+            if not path.is_dir():
+                continue
+            status = self.status(queue)
+            _write_json_atomic(path / STATUS_FILE, status.to_json(self._clock()))
+            written += 1
+        return written
+
+    def _maintain(self) -> None:
+        while not self._stop.wait(STATUS_INTERVAL):
+            try:
+                self.write_status_files()
+                self.store.close_idle(IDLE_CLOSE_SECONDS)
+            except Exception:  # keep the status thread alive whatever happens
+                logger.exception("DLQ status refresh failed")
+
+    def close(self) -> None:
+        """Write final status files and close every queue."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        if self._maintenance is not None:
+            self._maintenance.join(timeout=5)
+        try:
+            self.write_status_files(force=True)
+        finally:
+            self.store.close()
+        logger.info("DLQ Manager closed")
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _iso(when: float | None) -> str | None:
+    if when is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,40 @@
+"""Errors raised by the DLQ store and the engine."""
+
+from __future__ import annotations
+
+from config.errors import RosettaError
+
+
+class DLQError(RosettaError):
+    """Root of DLQ errors."""
+
+
+class DLQStorageError(DLQError):
+    """The queue storage failed (unreadable directory, RocksDB error, lock held)."""
+
+
+class QueueLockedError(DLQStorageError):
+    """The queue directory is held by another process (usually the running engine)."""
+
+
+class DLQFullError(DLQError):
+    """A capacity limit refused an enqueue; nothing of the refused batch was stored.
+
+    ``limit`` names the limit: ``max_queue_messages``, ``max_queue_bytes``,
+    ``min_free_disk`` or ``disk_full`` (the filesystem itself returned ENOSPC).
+    """
+
+    def __init__(self, limit: str, detail: str, queue: object | None = None) -> None:
+        self.limit = limit
+        self.detail = detail
+        self.queue = queue
+        where = f" queue={queue}" if queue is not None else ""
+        super().__init__(f"DLQ full ({limit}){where}: {detail}")
+
+
+class MessageDecodeError(DLQError):
+    """Stored bytes are not a DLQ message this version can read (truncated, garbage, future)."""
+
+
+class LeaseError(DLQError):
+    """A lease was acknowledged or released twice, out of order, or for the wrong queue."""

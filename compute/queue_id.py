@@ -1,0 +1,128 @@
+"""The identity of one DLQ queue, and its safe, reversible directory names."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import PurePath
+
+# Characters kept as they are in directory names; everything else is %XX (UTF-8).
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
+_ESCAPE_RE = re.compile(r"%([0-9A-F]{2})")
+# Keep directory names well below the usual 255-byte limit of filesystems.
+MAX_COMPONENT = 200
+_HASH_MARK = "~"
+
+SOURCE_PREFIX = "source_"
+TABLE_PREFIX = "table_"
+DEST_PREFIX = "dest_"
+
+
+def encode_name(name: str) -> str:
+    """Encode any string as a safe directory-name fragment, reversibly.
+
+    Letters, digits, ``_ - .`` stay readable; every other UTF-8 byte becomes
+    ``%XX``. Names whose encoding is too long are cut and suffixed with a hash
+    (``~`` never appears in an un-cut encoding); the full name is then kept in
+    the queue's ``queue.json``.
+    """
+    if not name:
+        raise ValueError("a queue name component must not be empty")
+    encoded = "".join(
+        ch if ch in _SAFE else "".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass"))
+        for ch in name
+    )
+    if len(encoded) <= MAX_COMPONENT:
+        return encoded
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    cut = MAX_COMPONENT - 17
+    # Never cut through a %XX escape.
+    percent = encoded.rfind("%", cut - 2, cut)
+    if percent != -1:
+        cut = percent
+    return encoded[:cut] + _HASH_MARK + digest
+
+
+def decode_name(encoded: str) -> str | None:
+    """Reverse ``encode_name``; None if ``encoded`` is not a canonical encoding or was cut."""
+    if not encoded or _HASH_MARK in encoded:
+        return None
+    if any(ch not in _SAFE and ch != "%" for ch in encoded):
+        return None
+    try:
+        raw = bytearray()
+        i = 0
+        while i < len(encoded):
+            if encoded[i] == "%":
+                match = _ESCAPE_RE.match(encoded, i)
+                if not match:
+                    return None
+                raw.append(int(match.group(1), 16))
+                i += 3
+            else:
+                raw.extend(encoded[i].encode("ascii"))
+                i += 1
+        name = raw.decode("utf-8", "surrogatepass")
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return name if encode_name(name) == encoded else None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class QueueId:
+    """One queue: the events of one source table bound for one destination."""
+
+    source_id: str
+    table: str
+    destination_id: str
+
+    def __post_init__(self) -> None:
+        for field_name in ("source_id", "table", "destination_id"):
+            value = getattr(self, field_name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"QueueId.{field_name} must be a non-empty string, got {value!r}")
+
+    def __str__(self) -> str:
+        return f"source_{self.source_id}/table_{self.table}/dest_{self.destination_id}"
+
+    @property
+    def relative_path(self) -> PurePath:
+        """``source_<id>/table_<name>/dest_<id>``, each part encoded."""
+        return PurePath(
+            SOURCE_PREFIX + encode_name(self.source_id),
+            TABLE_PREFIX + encode_name(self.table),
+            DEST_PREFIX + encode_name(self.destination_id),
+        )
+
+    @classmethod
+    def from_relative_path(cls, parts: tuple[str, str, str]) -> QueueId | None:
+        """Parse directory names back; None when they are not canonical queue names."""
+        prefixes = (SOURCE_PREFIX, TABLE_PREFIX, DEST_PREFIX)
+        names: list[str] = []
+        for part, prefix in zip(parts, prefixes, strict=True):
+            if not part.startswith(prefix):
+                return None
+            name = decode_name(part[len(prefix) :])
+            if name is None:
+                return None
+            names.append(name)
+        return cls(*names)
+
+    @classmethod
+    def parse(cls, text: str) -> QueueId:
+        """Parse ``source_1/table_users/dest_2`` or ``1/users/2`` (operator input).
+
+        The table part may itself contain ``/``: the first and last segments are
+        the source and destination ids.
+        """
+        pieces = text.strip().strip("/").split("/")
+        if len(pieces) < 3:
+            raise ValueError(
+                f"not a queue name: {text!r}; expected source_<id>/table_<name>/dest_<id>"
+            )
+        source, table, dest = pieces[0], "/".join(pieces[1:-1]), pieces[-1]
+        source = source.removeprefix(SOURCE_PREFIX)
+        table = table.removeprefix(TABLE_PREFIX)
+        dest = dest.removeprefix(DEST_PREFIX)
+        return cls(source, table, dest)

@@ -1,0 +1,101 @@
+"""The queue-store interface the DLQ manager is written against.
+
+A store keeps opaque payloads in FIFO queues with leased reads: ``read``
+hands out the oldest unacknowledged payloads, ``ack`` deletes them for good,
+``release`` puts them back at the head. rocksq is the embedded default; a
+replicated backend (NATS JetStream) can implement the same interface.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from compute.queue_id import QueueId
+
+
+@dataclass(frozen=True, slots=True)
+class QueueLimits:
+    """Capacity limits checked on every enqueue (0 disables a limit)."""
+
+    max_messages: int = 0
+    max_bytes: int = 0
+    min_free_disk_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStats:
+    """What a store knows about one queue without decoding any payload."""
+
+    messages: int
+    bytes_on_disk: int
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLease:
+    """Payloads handed to the queue's reader; valid until acked or released.
+
+    ``start`` is the queue-relative position of the first payload; stores use
+    it (and the opaque ``token``) to check that leases are acked in order.
+    """
+
+    queue: QueueId
+    payloads: list[bytes]
+    token: tuple[int, int]
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+
+class QueueStore(ABC):
+    """FIFO queues of opaque payloads with at-least-once leased reads.
+
+    Thread-safety: any number of threads may enqueue; each queue has one
+    reader, holding at most one lease at a time.
+    """
+
+    @abstractmethod
+    def enqueue(self, queue: QueueId, payloads: list[bytes]) -> None:
+        """Append ``payloads`` atomically; raise ``DLQFullError`` if a limit refuses them."""
+
+    @abstractmethod
+    def read(self, queue: QueueId, max_items: int) -> StoreLease:
+        """Lease up to ``max_items`` of the oldest unacknowledged payloads (maybe none)."""
+
+    @abstractmethod
+    def ack(self, lease: StoreLease) -> None:
+        """The lease's payloads are committed downstream: delete them for good."""
+
+    @abstractmethod
+    def release(self, lease: StoreLease) -> None:
+        """Give the lease back: its payloads stay at the head, in order."""
+
+    @abstractmethod
+    def peek(self, queue: QueueId, limit: int, *, newest: bool = False) -> list[bytes]:
+        """Up to ``limit`` unacknowledged payloads from the head (or the newest one), unleased."""
+
+    @abstractmethod
+    def stats(self, queue: QueueId) -> StoredStats:
+        """Message count and bytes on disk of ``queue`` (zeros if it does not exist)."""
+
+    @abstractmethod
+    def list_queues(self) -> list[QueueId]:
+        """Every queue that exists, including those found on disk at start-up."""
+
+    @abstractmethod
+    def queue_path(self, queue: QueueId) -> Path:
+        """The directory of ``queue`` (where its status file lives)."""
+
+    @abstractmethod
+    def purge(self, queue: QueueId) -> int:
+        """Delete every message of ``queue``; return how many there were."""
+
+    @abstractmethod
+    def close_idle(self, idle_seconds: float) -> int:
+        """Close handles unused for ``idle_seconds``; return how many were closed."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Close every queue; the store may not be used afterwards."""

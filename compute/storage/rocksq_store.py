@@ -1,0 +1,767 @@
+"""The embedded queue store: each queue is a short series of rocksq MpmcQueue segments.
+
+Why this shape (DESIGN.md section 3): rocksq's ``pop`` deletes what it
+returns, so it cannot back an acknowledged read. ``MpmcQueue.next`` reads
+without deleting, but its label cursor moves at read time, not at ack time.
+So each queue directory holds:
+
+* ``seg_<n>/``: MpmcQueue segments, appended to in order; a new one starts
+  when the last is full, and a segment directory is deleted only once every
+  item in it is acknowledged.
+* ``cursor.json``: the acknowledgement point ``(segment, acked)``: every
+  segment below ``segment`` is fully acknowledged, and so are the first
+  ``acked`` items of ``segment``. It is replaced atomically after each ack,
+  which comes after the destination committed.
+* ``queue.json``: the queue's identity, so any name maps back from disk.
+
+After a crash, the reader label is reset and reading restarts from the
+oldest item of the cursor's segment, skipping ``acked`` items: unacknowledged
+items come back, in order, and acknowledged ones never do.
+
+Only this module imports rocksq.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import rocksq
+from rocksq.blocking import MpmcQueue
+
+from compute.errors import DLQFullError, DLQStorageError, LeaseError, QueueLockedError
+from compute.queue_id import DEST_PREFIX, SOURCE_PREFIX, TABLE_PREFIX, QueueId
+from compute.storage.base import QueueLimits, QueueStore, StoredStats, StoreLease
+
+logger = logging.getLogger(__name__)
+
+READER_LABEL = "rosetta-reader"
+PEEK_LABEL = "rosetta-peek"
+CURSOR_FILE = "cursor.json"
+QUEUE_FILE = "queue.json"
+LOCK_FILE = ".rosetta.lock"
+_SEGMENT_RE = re.compile(r"^seg_(\d{12})$")
+# MpmcQueue TTL: 0 keeps items forever. Expiry is done by the manager, which
+# counts and logs every expired message; RocksDB's TTL would drop them silently.
+_NO_TTL = 0
+# How long measured sizes may be reused before measuring again.
+_DISK_BYTES_TTL = 1.0
+_CURSOR_RECORD = 96
+_FREE_DISK_TTL = 0.5
+
+
+def _segment_dir(queue_dir: Path, number: int) -> Path:
+    return queue_dir / f"seg_{number:012d}"
+
+
+@dataclass
+class _Handle:
+    queue: MpmcQueue
+    last_used: float
+
+
+@dataclass
+class _QueueState:
+    """What the store knows about one queue; every field is guarded by ``lock``."""
+
+    queue: QueueId
+    path: Path
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    loaded: bool = False
+    segments: list[int] = field(default_factory=list)
+    counts: dict[int, int] = field(default_factory=dict)
+    cursor_segment: int = 1
+    cursor_acked: int = 0
+    read_segment: int | None = None
+    read_offset: int = 0
+    next_segment: int = 1
+    total: int = 0
+    # Segments whose reader label must be reset before the next read (after load).
+    rewind: set[int] = field(default_factory=set)
+    lease: StoreLease | None = None
+    # A released lease's payloads, served again before reading further.
+    pending: StoreLease | None = None
+    disk_bytes: int = 0
+    disk_measured_at: float = float("-inf")
+    bytes_since_measure: int = 0
+    # Open segment handles of this queue (also registered in the store's LRU).
+    handles: dict[int, _Handle] = field(default_factory=dict)
+    cursor_fd: int | None = None
+
+    @property
+    def write_segment(self) -> int | None:
+        return self.segments[-1] if self.segments else None
+
+
+class RocksqStore(QueueStore):
+    """Queues of payloads under ``base_path``, one directory per ``QueueId``."""
+
+    def __init__(
+        self,
+        base_path: Path,
+        limits: QueueLimits | None = None,
+        *,
+        max_open_handles: int = 32,
+        segment_max_items: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        lock_base_path: bool = True,
+    ) -> None:
+        self.base_path = Path(base_path)
+        self.limits = limits or QueueLimits()
+        self.max_open_handles = max_open_handles
+        self.segment_max_items = segment_max_items
+        self._clock = clock
+        self._states: dict[QueueId, _QueueState] = {}
+        self._states_lock = threading.Lock()
+        # Every open segment handle, for the cap on open handles (file descriptors).
+        self._open: dict[tuple[QueueId, int], _Handle] = {}
+        self._handles_lock = threading.Lock()
+        self._free_lock = threading.Lock()
+        self._free_bytes = 0
+        self._free_measured_at = float("-inf")
+        self._written_since_free = 0
+        self._closed = False
+        self._lock_fd: int | None = None
+        self._prepare_base_path()
+        if lock_base_path:
+            self._lock_fd = self._lock_base_path()
+
+    # ----------------------------------------------------------------- set-up
+
+    def _prepare_base_path(self) -> None:
+        try:
+            self.base_path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DLQStorageError(
+                f"DLQ base path {str(self.base_path)!r} cannot be created: {error.strerror}"
+            ) from None
+        if not self.base_path.is_dir():
+            raise DLQStorageError(f"DLQ base path {str(self.base_path)!r} is not a directory")
+        if not os.access(self.base_path, os.W_OK | os.X_OK):
+            raise DLQStorageError(f"DLQ base path {str(self.base_path)!r} is not writable")
+
+    def _lock_base_path(self) -> int:
+        """One process per base path: RocksDB would refuse a second opener queue by queue."""
+        path = self.base_path / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise QueueLockedError(
+                f"DLQ base path {str(self.base_path)!r} is in use by another process "
+                f"(pid {holder}); stop it, or go through its admin API"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        return fd
+
+    # ------------------------------------------------------------ queue state
+
+    def _state(self, queue: QueueId) -> _QueueState:
+        if self._closed:
+            raise DLQStorageError("the DLQ store is closed")
+        state = self._states.get(queue)
+        if state is None:
+            with self._states_lock:
+                state = self._states.get(queue)
+                if state is None:
+                    state = _QueueState(queue, self.base_path / queue.relative_path)
+                    self._states[queue] = state
+        return state
+
+    def _loaded(self, queue: QueueId) -> _QueueState:
+        """The queue's state, loaded from disk; the caller must hold ``state.lock``."""
+        state = self._state(queue)
+        if not state.loaded:
+            self._load(state)
+        return state
+
+    def _load(self, state: _QueueState) -> None:
+        """Rebuild the queue's state from its directory (start-up, or after an error)."""
+        self._close_handles_of(state)
+        state.segments = []
+        state.counts = {}
+        state.lease = None
+        state.pending = None
+        if state.path.is_dir():
+            state.segments = sorted(
+                int(m.group(1))
+                for entry in os.scandir(state.path)
+                if entry.is_dir() and (m := _SEGMENT_RE.match(entry.name))
+            )
+        cursor = self._read_cursor(state)
+        if cursor is None:
+            cursor = (state.segments[0] if state.segments else 1, 0)
+        state.cursor_segment, state.cursor_acked = cursor
+        # Segments below the cursor are fully acknowledged: a crash came between
+        # writing the cursor and deleting the directory.
+        for number in [n for n in state.segments if n < state.cursor_segment]:
+            self._remove_segment_dir(state, number)
+        state.segments = [n for n in state.segments if n >= state.cursor_segment]
+        for number in state.segments:
+            state.counts[number] = self._count_segment(state, number)
+        state.next_segment = max([*state.segments, state.cursor_segment]) + 1
+        if state.cursor_segment not in state.counts:
+            state.cursor_acked = 0
+        acked = min(state.cursor_acked, state.counts.get(state.cursor_segment, 0))
+        state.total = sum(state.counts.values()) - acked
+        state.read_segment = state.segments[0] if state.segments else None
+        state.read_offset = acked if state.read_segment == state.cursor_segment else 0
+        state.rewind = set(state.segments)
+        state.disk_measured_at = float("-inf")
+        state.loaded = True
+        # A fully acknowledged head segment left by a crash is retired now.
+        while (
+            state.read_segment is not None and state.read_offset >= state.counts[state.read_segment]
+        ):
+            if not self._retire_head(state):
+                break
+
+    def _read_cursor(self, state: _QueueState) -> tuple[int, int] | None:
+        path = state.path / CURSOR_FILE
+        try:
+            data = json.loads(path.read_bytes())
+            segment, acked = int(data["segment"]), int(data["acked"])
+            if data["crc"] != _cursor_crc(segment, acked):
+                raise ValueError("checksum mismatch")
+            if segment < 1 or acked < 0:
+                raise ValueError("negative position")
+            return segment, acked
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            # Falling back to the oldest segment re-delivers acknowledged
+            # messages (duplicates, which destinations absorb) but loses none.
+            logger.warning(
+                "unreadable DLQ cursor, replaying the queue from its oldest message: "
+                "queue=%s file=%s error=%s",
+                state.queue,
+                path,
+                error,
+            )
+            return None
+
+    def _write_cursor(self, state: _QueueState, segment: int, acked: int) -> None:
+        """Record the acknowledgement point with one small in-place write.
+
+        A single ``pwrite`` of one fixed-size record cannot be torn by a process
+        crash, and avoids a rename per ack (slow on overlay filesystems). The
+        checksum catches a record torn by an OS crash; the reader then falls
+        back to re-delivering, never to skipping.
+        """
+        record = json.dumps(
+            {"segment": segment, "acked": acked, "crc": _cursor_crc(segment, acked)}
+        )
+        data = record.ljust(_CURSOR_RECORD - 1).encode() + b"\n"
+        if state.cursor_fd is None:
+            state.cursor_fd = os.open(state.path / CURSOR_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        os.pwrite(state.cursor_fd, data, 0)
+        state.cursor_segment, state.cursor_acked = segment, acked
+
+    def _close_cursor(self, state: _QueueState) -> None:
+        if state.cursor_fd is not None:
+            os.close(state.cursor_fd)
+            state.cursor_fd = None
+
+    def _write_queue_file(self, state: _QueueState) -> None:
+        path = state.path / QUEUE_FILE
+        if path.exists():
+            return
+        q = state.queue
+        data = {"source_id": q.source_id, "table": q.table, "destination_id": q.destination_id}
+        tmp = state.path / (QUEUE_FILE + ".tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False))
+        os.replace(tmp, path)
+
+    def _count_segment(self, state: _QueueState, number: int) -> int:
+        handle = self._open_raw(_segment_dir(state.path, number), state.queue)
+        try:
+            return int(handle.len)
+        finally:
+            del handle
+
+    # ---------------------------------------------------------------- handles
+
+    def _open_raw(self, path: Path, queue: QueueId) -> MpmcQueue:
+        try:
+            for old_log in path.glob("LOG.old.*"):
+                # RocksDB keeps every info log of every open; they are not data.
+                old_log.unlink(missing_ok=True)
+            return MpmcQueue(str(path), _NO_TTL)
+        except RuntimeError as error:
+            text = str(error)
+            if "lock" in text.lower():
+                raise QueueLockedError(
+                    f"queue {queue} is locked by another process ({path}): {text}"
+                ) from None
+            if "No space left" in text:
+                raise DLQFullError("disk_full", f"cannot open {path}: {text}", queue) from None
+            raise DLQStorageError(f"cannot open queue {queue} at {path}: {text}") from None
+
+    def _handle(self, state: _QueueState, number: int) -> MpmcQueue:
+        """An open handle on segment ``number``; the caller holds ``state.lock``."""
+        entry = state.handles.get(number)
+        now = self._clock()
+        if entry is not None:
+            entry.last_used = now
+            return entry.queue
+        path = _segment_dir(state.path, number)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = _Handle(self._open_raw(path, state.queue), now)
+        state.handles[number] = entry
+        with self._handles_lock:
+            self._open[(state.queue, number)] = entry
+            self._evict_over_cap(keep=state.queue)
+        return entry.queue
+
+    def _evict_over_cap(self, keep: QueueId) -> None:
+        """Close least recently used handles beyond the cap; holds ``_handles_lock``.
+
+        A victim's queue lock is only tried, never waited for, so two queues
+        evicting each other's handles cannot deadlock; a busy queue is skipped.
+        """
+        excess = len(self._open) - self.max_open_handles
+        if excess <= 0:
+            return
+        by_age = sorted(self._open.items(), key=lambda item: item[1].last_used)
+        for (queue, number), _entry in by_age:
+            if excess <= 0:
+                break
+            if queue == keep:
+                continue
+            victim = self._states.get(queue)
+            if victim is None or not victim.lock.acquire(blocking=False):
+                continue
+            try:
+                self._drop_handle(victim, number)
+                excess -= 1
+            finally:
+                victim.lock.release()
+
+    def _drop_handle(self, state: _QueueState, number: int) -> None:
+        """Forget one handle (closing it); holds ``_handles_lock`` and the queue's lock."""
+        self._open.pop((state.queue, number), None)
+        state.handles.pop(number, None)
+        if not state.handles:
+            self._close_cursor(state)
+
+    def _close_handle(self, state: _QueueState, number: int) -> None:
+        with self._handles_lock:
+            self._drop_handle(state, number)
+
+    def _close_handles_of(self, state: _QueueState) -> None:
+        with self._handles_lock:
+            for number in list(state.handles):
+                self._drop_handle(state, number)
+        self._close_cursor(state)
+
+    def _fail(self, state: _QueueState, action: str, error: RuntimeError) -> DLQStorageError:
+        """Turn a rocksq error into ours; the handles are dead, so reload on next use."""
+        self._close_handles_of(state)
+        state.loaded = False
+        text = str(error)
+        if "No space left" in text or "ENOSPC" in text:
+            return DLQFullError("disk_full", f"{action} failed: {text}", state.queue)
+        return DLQStorageError(f"{action} on queue {state.queue} failed: {text}")
+
+    def open_handle_count(self) -> int:
+        with self._handles_lock:
+            return len(self._open)
+
+    # ------------------------------------------------------------- operations
+
+    def enqueue(self, queue: QueueId, payloads: list[bytes]) -> None:
+        if not payloads:
+            return
+        size = sum(map(len, payloads))
+        state = self._state(queue)
+        with state.lock:
+            state = self._loaded(queue)
+            self._check_limits(state, len(payloads), size)
+            number = state.write_segment
+            if number is None or state.counts[number] >= self.segment_max_items:
+                number = self._start_segment(state)
+            handle = self._handle(state, number)
+            try:
+                handle.add(payloads)
+            except RuntimeError as error:
+                raise self._fail(state, "enqueue", error) from None
+            state.counts[number] += len(payloads)
+            state.total += len(payloads)
+            state.bytes_since_measure += size
+        with self._free_lock:
+            self._written_since_free += size
+
+    def _start_segment(self, state: _QueueState) -> int:
+        if not state.segments:
+            state.path.mkdir(parents=True, exist_ok=True)
+            self._write_queue_file(state)
+        number = state.next_segment
+        state.next_segment += 1
+        state.segments.append(number)
+        state.counts[number] = 0
+        if state.read_segment is None:
+            state.read_segment, state.read_offset = number, 0
+        return number
+
+    def _check_limits(self, state: _QueueState, count: int, size: int) -> None:
+        limits = self.limits
+        if limits.max_messages and state.total + count > limits.max_messages:
+            raise DLQFullError(
+                "max_queue_messages",
+                f"{state.total} messages queued, limit {limits.max_messages} "
+                f"(DLQ_MAX_QUEUE_MESSAGES); batch of {count} refused",
+                state.queue,
+            )
+        if limits.max_bytes:
+            used = self._queue_bytes(state)
+            if used + size > limits.max_bytes:
+                raise DLQFullError(
+                    "max_queue_bytes",
+                    f"{used} bytes queued, limit {limits.max_bytes} (DLQ_MAX_QUEUE_BYTES); "
+                    f"batch of {size} bytes refused",
+                    state.queue,
+                )
+        if limits.min_free_disk_bytes:
+            free = self._free_disk_bytes()
+            if free - size < limits.min_free_disk_bytes:
+                raise DLQFullError(
+                    "min_free_disk",
+                    f"{free} bytes free under {self.base_path}, floor "
+                    f"{limits.min_free_disk_bytes} (DLQ_MIN_FREE_DISK_MB); batch refused",
+                    state.queue,
+                )
+
+    def _queue_bytes(self, state: _QueueState) -> int:
+        now = self._clock()
+        if now - state.disk_measured_at >= _DISK_BYTES_TTL:
+            state.disk_bytes = _tree_size(state.path)
+            state.disk_measured_at = now
+            state.bytes_since_measure = 0
+        return state.disk_bytes + state.bytes_since_measure
+
+    def _free_disk_bytes(self) -> int:
+        with self._free_lock:
+            now = self._clock()
+            if now - self._free_measured_at >= _FREE_DISK_TTL:
+                self._free_bytes = shutil.disk_usage(self.base_path).free
+                self._free_measured_at = now
+                self._written_since_free = 0
+            return self._free_bytes - self._written_since_free
+
+    def read(self, queue: QueueId, max_items: int) -> StoreLease:
+        if max_items < 1:
+            raise ValueError("max_items must be at least 1")
+        state = self._state(queue)
+        with state.lock:
+            state = self._loaded(queue)
+            if state.lease is not None:
+                raise LeaseError(f"queue {queue} already has an outstanding lease")
+            lease = self._read_locked(state, max_items)
+            if lease.payloads:
+                state.lease = lease
+            return lease
+
+    def _read_locked(self, state: _QueueState, max_items: int) -> StoreLease:
+        if state.pending is not None:
+            self._fill_pending(state, max_items)
+            pending = state.pending
+            taken = pending.payloads[:max_items]
+            rest = pending.payloads[max_items:]
+            segment, start = pending.token
+            state.pending = (
+                StoreLease(state.queue, rest, (segment, start + len(taken))) if rest else None
+            )
+            state.read_offset = start + len(taken)
+            return StoreLease(state.queue, taken, (segment, start))
+        while True:
+            number = state.read_segment
+            if number is None:
+                return StoreLease(state.queue, [], (0, 0))
+            available = state.counts[number] - state.read_offset
+            if available <= 0:
+                # Nothing unread: the queue is drained, or the one lease holds the rest.
+                return StoreLease(state.queue, [], (number, state.read_offset))
+            handle = self._handle(state, number)
+            try:
+                if number in state.rewind:
+                    self._rewind(state, handle, number)
+                items, _ = handle.next(
+                    READER_LABEL, rocksq.StartPosition.Oldest, min(max_items, available)
+                )
+            except RuntimeError as error:
+                raise self._fail(state, "read", error) from None
+            if not items:
+                # The segment holds fewer items than counted: a write that
+                # failed half-way. Recount from disk and try again.
+                logger.warning("DLQ segment shorter than counted, reloading: queue=%s", state.queue)
+                state.loaded = False
+                self._load(state)
+                if state.read_segment == number and state.counts[number] - state.read_offset <= 0:
+                    return StoreLease(state.queue, [], (number, state.read_offset))
+                continue
+            lease = StoreLease(state.queue, list(items), (number, state.read_offset))
+            state.read_offset += len(items)
+            return lease
+
+    def _rewind(self, state: _QueueState, handle: MpmcQueue, number: int) -> None:
+        """Point the reader label at ``state.read_offset`` by re-reading from the oldest item."""
+        if READER_LABEL in handle.labels:
+            handle.remove_label(READER_LABEL)
+        skip = state.read_offset
+        if skip:
+            skipped, _ = handle.next(READER_LABEL, rocksq.StartPosition.Oldest, skip)
+            if len(skipped) != skip:
+                raise RuntimeError(f"segment {number} has {len(skipped)} items, cursor says {skip}")
+        state.rewind.discard(number)
+
+    def ack(self, lease: StoreLease) -> None:
+        if not lease.payloads:
+            return
+        state = self._state(lease.queue)
+        with state.lock:
+            if state.lease is not lease:
+                raise LeaseError(f"lease on {lease.queue} is not the outstanding lease")
+            number, start = lease.token
+            self._write_cursor(state, number, start + len(lease.payloads))
+            state.total -= len(lease.payloads)
+            state.lease = None
+            if state.cursor_acked >= state.counts[number] and state.pending is None:
+                self._retire_head(state)
+
+    def _retire_head(self, state: _QueueState) -> bool:
+        """Delete the fully acknowledged head segment; False if it cannot go yet."""
+        number = state.read_segment
+        if number is None:
+            return False
+        if number == state.write_segment:
+            # The queue is empty: retire the last segment too, so disk use goes
+            # back to nothing; the next enqueue starts a fresh segment.
+            self._write_cursor(state, state.next_segment, 0)
+            state.read_segment, state.read_offset = None, 0
+        else:
+            following = state.segments[state.segments.index(number) + 1]
+            self._write_cursor(state, following, 0)
+            state.read_segment, state.read_offset = following, 0
+        state.segments.remove(number)
+        state.counts.pop(number, None)
+        state.rewind.discard(number)
+        self._close_handle(state, number)
+        self._remove_segment_dir(state, number)
+        state.disk_measured_at = float("-inf")
+        return True
+
+    def _remove_segment_dir(self, state: _QueueState, number: int) -> None:
+        path = _segment_dir(state.path, number)
+        try:
+            rocksq.remove_mpmc_queue(str(path))
+        except RuntimeError:
+            pass  # rmtree below removes whatever is left
+        shutil.rmtree(path, ignore_errors=True)
+
+    def release(self, lease: StoreLease) -> None:
+        if not lease.payloads:
+            return
+        state = self._state(lease.queue)
+        with state.lock:
+            if state.lease is not lease:
+                raise LeaseError(f"lease on {lease.queue} is not the outstanding lease")
+            state.lease = None
+            if state.pending is not None:
+                lease = StoreLease(
+                    lease.queue, lease.payloads + state.pending.payloads, lease.token
+                )
+            state.pending = lease
+            state.read_offset = lease.token[1]
+
+    def peek(self, queue: QueueId, limit: int, *, newest: bool = False) -> list[bytes]:
+        state = self._state(queue)
+        with state.lock:
+            state = self._loaded(queue)
+            if not state.segments or state.total <= 0 or limit < 1:
+                return []
+            try:
+                if newest:
+                    handle = self._handle(state, state.segments[-1])
+                    return self._peek_segment(handle, 1, rocksq.StartPosition.Newest)[-1:]
+                # The head is what the reader holds or will read next: serve it
+                # from the lease and the pending buffer, topping the buffer up
+                # from the reader label, so peeking never re-reads acked items.
+                found: list[bytes] = []
+                if state.lease is not None:
+                    found.extend(state.lease.payloads)
+                found.extend(self._fill_pending(state, limit - len(found)))
+                for number in state.segments:
+                    if len(found) >= limit:
+                        break
+                    if state.read_segment is not None and number <= state.read_segment:
+                        continue
+                    handle = self._handle(state, number)
+                    found.extend(
+                        self._peek_segment(handle, limit - len(found), rocksq.StartPosition.Oldest)
+                    )
+                return found[:limit]
+            except RuntimeError as error:
+                raise self._fail(state, "peek", error) from None
+
+    def _fill_pending(self, state: _QueueState, wanted: int) -> list[bytes]:
+        """Make the pending buffer hold up to ``wanted`` head items of the read segment."""
+        pending = state.pending
+        have = list(pending.payloads) if pending is not None else []
+        number = state.read_segment
+        if number is None or len(have) >= wanted:
+            return have[:wanted]
+        end = pending.token[1] + len(pending.payloads) if pending is not None else state.read_offset
+        available = state.counts[number] - end
+        if available <= 0:
+            return have
+        handle = self._handle(state, number)
+        if number in state.rewind:
+            self._rewind(state, handle, number)
+        items, _ = handle.next(
+            READER_LABEL, rocksq.StartPosition.Oldest, min(wanted - len(have), available)
+        )
+        if items:
+            start = pending.token if pending is not None else (number, state.read_offset)
+            state.pending = StoreLease(state.queue, have + list(items), start)
+        return have + list(items)
+
+    @staticmethod
+    def _peek_segment(handle: Any, count: int, start: Any) -> list[bytes]:
+        if count <= 0:
+            return []
+        if PEEK_LABEL in handle.labels:
+            handle.remove_label(PEEK_LABEL)
+        try:
+            items, _ = handle.next(PEEK_LABEL, start, count)
+            return list(items)
+        finally:
+            handle.remove_label(PEEK_LABEL)
+
+    def stats(self, queue: QueueId) -> StoredStats:
+        state = self._state(queue)
+        with state.lock:
+            state = self._loaded(queue)
+            return StoredStats(
+                messages=state.total,
+                bytes_on_disk=self._queue_bytes(state) if state.path.exists() else 0,
+                segments=len(state.segments),
+            )
+
+    def list_queues(self) -> list[QueueId]:
+        found = set(self._states)
+        for source_dir in _subdirs(self.base_path, SOURCE_PREFIX):
+            for table_dir in _subdirs(source_dir, TABLE_PREFIX):
+                for dest_dir in _subdirs(table_dir, DEST_PREFIX):
+                    queue = _queue_of(dest_dir)
+                    if queue is None:
+                        logger.warning("not a DLQ queue directory, ignored: path=%s", dest_dir)
+                    else:
+                        found.add(queue)
+        return sorted(found)
+
+    def queue_path(self, queue: QueueId) -> Path:
+        return self.base_path / queue.relative_path
+
+    def purge(self, queue: QueueId) -> int:
+        state = self._state(queue)
+        with state.lock:
+            state = self._loaded(queue)
+            removed = state.total
+            self._close_handles_of(state)
+            for number in list(state.segments):
+                self._remove_segment_dir(state, number)
+            if state.path.exists():
+                self._write_cursor(state, state.next_segment, 0)
+            state.loaded = False
+            self._load(state)
+            return removed
+
+    def close_idle(self, idle_seconds: float) -> int:
+        cutoff = self._clock() - idle_seconds
+        closed = 0
+        with self._handles_lock:
+            for (queue, number), entry in list(self._open.items()):
+                if entry.last_used > cutoff:
+                    continue
+                owner = self._states.get(queue)
+                if owner is None or not owner.lock.acquire(blocking=False):
+                    continue
+                try:
+                    self._drop_handle(owner, number)
+                    closed += 1
+                finally:
+                    owner.lock.release()
+        return closed
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for state in list(self._states.values()):
+            with state.lock:
+                self._close_handles_of(state)
+                state.loaded = False
+        self._closed = True
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _cursor_crc(segment: int, acked: int) -> int:
+    return zlib.crc32(f"{segment}:{acked}".encode())
+
+
+def _subdirs(path: Path, prefix: str) -> list[Path]:
+    try:
+        return sorted(
+            Path(entry.path)
+            for entry in os.scandir(path)
+            if entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False)
+        )
+    except OSError as error:
+        if error.errno != errno.ENOENT:
+            logger.warning("cannot list DLQ directory: path=%s error=%s", path, error)
+        return []
+
+
+def _queue_of(dest_dir: Path) -> QueueId | None:
+    """The queue stored in ``dest_dir``: from its ``queue.json``, else from the names."""
+    try:
+        data = json.loads((dest_dir / QUEUE_FILE).read_text())
+        return QueueId(str(data["source_id"]), str(data["table"]), str(data["destination_id"]))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.warning("unreadable queue.json, using directory names: path=%s", dest_dir)
+    parts = dest_dir.parts[-3:]
+    return QueueId.from_relative_path((parts[0], parts[1], parts[2]))
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    try:
+        for entry in os.scandir(path):
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    total += _tree_size(Path(entry.path))
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue  # removed while we looked (compaction, retirement)
+    except FileNotFoundError:
+        return 0
+    return total

@@ -1,0 +1,182 @@
+"""DLQ store benchmark, side by side with raw rocksq and persist-queue in the same run.
+
+    python tests/benchmarks/bench_dlq.py [--messages 50000] [--rounds 3]
+
+Prints per-round figures, then ``RESULT name=value`` lines (medians over rounds):
+enqueue_batch_ratio, enqueue_single_ratio, drain_ratio, vs_persist_queue_drain,
+fds_1000_queues (plus the absolute rates they are made of).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import rocksq  # noqa: E402
+from rocksq.blocking import PersistentQueueWithCapacity  # noqa: E402
+
+from compute.dlq_manager import DLQManager  # noqa: E402
+from compute.dlq_message import DLQMessage, FailureContext  # noqa: E402
+from compute.queue_id import QueueId  # noqa: E402
+from config.settings import DLQConfig  # noqa: E402
+from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402
+
+PAYLOAD_BYTES = 300
+BATCH = 100
+
+
+def make_messages(queue: QueueId, count: int) -> list[DLQMessage]:
+    """Messages whose encoding is about 300 bytes, like a typical narrow row."""
+    failure = FailureContext(
+        "OperationalError", "connection refused", code="08006", first_failure_at=1.0, last_failure_at=1.0
+    )
+    messages = []
+    for i in range(count):
+        after = {
+            "id": i,
+            "name": f"customer {i:08d}",
+            "email": f"customer{i:08d}@example.com",
+            "balance": "1234.56",
+            "note": "x" * 60,
+        }
+        record = ChangeRecord("public.users", Operation.UPDATE, {"id": i}, after, SourcePosition(i, 0))
+        messages.append(DLQMessage.create(queue, record, failure))
+    return messages
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def bench_round(workdir: Path, count: int) -> dict[str, float]:
+    queue = QueueId("1", "public.users", "2")
+    messages = make_messages(queue, count)
+    payloads = [m.encode() for m in messages]
+    size = statistics.mean(map(len, payloads))
+    results: dict[str, float] = {"payload_bytes": size}
+    singles = min(count, 10_000)
+
+    # --- raw rocksq PersistentQueueWithCapacity: push batches, push singles, pop 100
+    raw = PersistentQueueWithCapacity(str(workdir / "raw"), count * 4)
+    results["raw_push_batch"] = count / timed(
+        lambda: [raw.push(payloads[i : i + BATCH]) for i in range(0, count, BATCH)]
+    )
+    results["raw_push_single"] = singles / timed(lambda: [raw.push([p]) for p in payloads[:singles]])
+    total = count + singles
+    results["raw_pop"] = total / timed(lambda: [raw.pop(BATCH) for _ in range(0, total, BATCH)])
+    del raw
+
+    # --- the DLQ: enqueue batches (encoding included), singles, read_batch + ack
+    config = DLQConfig(base_path=workdir / "dlq", min_free_disk_mb=0)
+    manager = DLQManager(config, background=False)
+    results["dlq_enqueue_batch"] = count / timed(
+        lambda: [manager.enqueue(queue, messages[i : i + BATCH]) for i in range(0, count, BATCH)]
+    )
+    results["dlq_enqueue_single"] = singles / timed(
+        lambda: [manager.enqueue(queue, [m]) for m in messages[:singles]]
+    )
+
+    drained = 0
+
+    def drain() -> None:
+        nonlocal drained
+        while True:
+            lease = manager.read_batch(queue, BATCH)
+            if lease.is_empty:
+                return
+            drained += len(lease.messages)
+            manager.ack(lease)
+
+    results["dlq_drain"] = total / timed(drain)
+    assert drained == total, (drained, total)
+    manager.close()
+
+    # --- persist-queue SQLiteAckQueue get + ack (what a Python user would otherwise pick)
+    import persistqueue
+
+    pq_count = min(count, 2000)
+    ack_queue = persistqueue.SQLiteAckQueue(str(workdir / "pq"), auto_commit=True, multithreading=True)
+    for p in payloads[:pq_count]:
+        ack_queue.put(p)
+
+    def pq_drain() -> None:
+        for _ in range(pq_count):
+            item = ack_queue.get(block=False)
+            ack_queue.ack(item)
+
+    results["persist_queue_drain"] = pq_count / timed(pq_drain)
+    return results
+
+
+def bench_fds(workdir: Path, queues: int) -> int:
+    config = DLQConfig(base_path=workdir / "fds", min_free_disk_mb=0)
+    manager = DLQManager(config, background=False)
+    queue0 = QueueId("1", "t0", "1")
+    message = make_messages(queue0, 1)[0]
+    peak = open_fds()
+    for i in range(queues):
+        queue = QueueId(str(i % 10), f"table_{i}", str(i % 3))
+        manager.enqueue(queue, [DLQMessage.create(queue, message.record, message.failure)])
+        peak = max(peak, open_fds())
+    for queue in manager.list_queues():
+        lease = manager.read_batch(queue, 10)
+        manager.ack(lease)
+        peak = max(peak, open_fds())
+    manager.close()
+    return peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--messages", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--queues", type=int, default=1000)
+    args = parser.parse_args()
+    rounds = []
+    for r in range(args.rounds):
+        workdir = Path(tempfile.mkdtemp(prefix="bench_dlq_"))
+        try:
+            result = bench_round(workdir, args.messages)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        rounds.append(result)
+        print(f"round {r + 1}: " + " ".join(f"{k}={v:,.0f}" for k, v in result.items()), flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench_dlq_fds_"))
+    try:
+        fds = bench_fds(workdir, args.queues)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    def median_ratio(a: str, b: str) -> float:
+        return statistics.median(r[a] / r[b] for r in rounds)
+
+    def median(a: str) -> float:
+        return statistics.median(r[a] for r in rounds)
+
+    print(f"rocksq {rocksq.version()} messages={args.messages} rounds={args.rounds}")
+    for name in ("raw_push_batch", "dlq_enqueue_batch", "raw_push_single", "dlq_enqueue_single",
+                 "raw_pop", "dlq_drain", "persist_queue_drain"):
+        print(f"RESULT {name}_per_s={median(name):.0f}")
+    print(f"RESULT enqueue_batch_ratio={median_ratio('dlq_enqueue_batch', 'raw_push_batch'):.3f}")
+    print(f"RESULT enqueue_single_ratio={median_ratio('dlq_enqueue_single', 'raw_push_single'):.3f}")
+    print(f"RESULT drain_ratio={median_ratio('dlq_drain', 'raw_pop'):.3f}")
+    print(f"RESULT vs_persist_queue_drain={median_ratio('dlq_drain', 'persist_queue_drain'):.1f}")
+    print(f"RESULT fds_1000_queues={fds}")
+
+
+if __name__ == "__main__":
+    main()
