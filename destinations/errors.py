@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from config.errors import RosettaError
 
 
-class FailureKind(str, Enum):
+class FailureKind(StrEnum):
     TRANSIENT = "transient"  # the destination may accept it later: retry, then queue
     PERMANENT = "permanent"  # it will never go in as is: park it with its context
 

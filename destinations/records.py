@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 
-class Operation(str, Enum):
+class Operation(StrEnum):
     """Kind of change, with Debezium's one-letter codes as values."""
 
     INSERT = "c"

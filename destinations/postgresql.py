@@ -1,0 +1,802 @@
+"""PostgreSQL destination: applies CDC batches idempotently with psycopg2.
+
+A batch is collapsed to one change per primary key (its net effect), then
+applied in one transaction:
+
+* large batches (or any batch with the position guard on) are copied into a
+  temporary stage table with ``COPY``, then applied with one
+  ``DELETE ... USING stage`` and one ``INSERT ... SELECT ... ON CONFLICT (pk)
+  DO UPDATE``, sent together in one round trip;
+* small batches (fewer than ``copy_threshold`` changes) skip the stage and go
+  straight to the target with ``execute_values``.
+
+Position guard (``position_guard=True``): the target table must have two
+``bigint`` columns, ``_rosetta_commit`` (the source commit position, e.g. the
+commit LSN as an integer) and ``_rosetta_seq`` (the change's order inside its
+transaction). A change is applied only if it is newer than the row's stored
+position, so an out-of-order replay can never regress a row. Deletes leave a
+tombstone (key + position) in a side table ``<table>__rosetta_tombstones`` that
+the destination creates next to the target; an older insert replayed after a
+delete is refused by it, so it cannot resurrect the row. The target table
+itself keeps plain delete semantics (no soft-delete rows for readers to filter).
+Rows written before the guard was on (NULL position) count as oldest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extras
+from psycopg2 import sql
+from psycopg2.extensions import connection as PgConnection
+from psycopg2.extensions import cursor as PgCursor
+
+from destinations.base import Destination
+from destinations.errors import (
+    ClassifiedError,
+    DestinationError,
+    FailureKind,
+    PermanentDestinationError,
+    TransientDestinationError,
+)
+from destinations.health_probe import HealthProbe
+from destinations.net_effect import net_effect, row_of
+from destinations.records import ChangeRecord
+
+logger = logging.getLogger(__name__)
+
+POSITION_COMMIT_COLUMN = "_rosetta_commit"
+POSITION_SEQ_COLUMN = "_rosetta_seq"
+TOMBSTONE_SUFFIX = "__rosetta_tombstones"
+_DELETE_FLAG = "_rosetta_stage_delete"  # stage-only column: True for a delete
+_MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
+_BIGINT_MAX = 2**63 - 1
+
+# SQLSTATE classes and codes (https://www.postgresql.org/docs/current/errcodes-appendix.html).
+_TRANSIENT_CLASSES = frozenset({"08", "53", "57", "58"})
+_TRANSIENT_CODES = frozenset({"40001", "40P01", "40003", "55P03", "55006"})
+_PERMANENT_CLASSES = frozenset({"21", "22", "23", "42", "44", "0A", "2F", "P0", "40"})
+
+TargetSpec = str | tuple[str, str]
+
+
+@dataclass(frozen=True)
+class _TableInfo:
+    """What the catalog says about a target table."""
+
+    schema: str
+    name: str
+    columns: dict[str, str]  # column name -> SQL type (format_type), in table order
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+@dataclass
+class _Group:
+    """Net changes that write the same set of columns (the usual batch has one)."""
+
+    columns: tuple[str, ...]
+    upserts: list[tuple[Any, ...]] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    """A batch turned into rows, ready to stage or send."""
+
+    keys: tuple[str, ...]
+    groups: list[_Group]
+    deletes: list[tuple[Any, ...]]  # key values (+ position when guarded)
+
+    @property
+    def size(self) -> int:
+        return len(self.deletes) + sum(len(g.upserts) for g in self.groups)
+
+
+class PostgreSQLDestination(Destination):
+    """Writes CDC batches to PostgreSQL tables by primary key.
+
+    ``table_map`` maps a source table (``ChangeRecord.table``) to its target,
+    as ``"schema.table"`` (split at the first dot) or a ``(schema, table)``
+    tuple; by default the target has the source table's name. Record columns
+    must exist in the target; target columns absent from a record are left
+    alone on update and take their default on insert.
+    """
+
+    def __init__(
+        self,
+        destination_id: str,
+        name: str,
+        dsn: str,
+        *,
+        table_map: Mapping[str, TargetSpec] | None = None,
+        position_guard: bool = False,
+        connect_timeout: float = 5.0,
+        copy_threshold: int = 200,
+        statement_timeout: float | None = None,
+    ) -> None:
+        super().__init__(destination_id, name)
+        self._dsn = dsn  # may hold a password: never logged, never in repr
+        self._table_map = dict(table_map or {})
+        self.position_guard = position_guard
+        self.connect_timeout = connect_timeout
+        self.copy_threshold = copy_threshold
+        self.statement_timeout = statement_timeout
+        self._conn: PgConnection | None = None
+        self._tables: dict[tuple[str | None, str], _TableInfo] = {}
+        self._tombstones_ready: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self._probe = HealthProbe(self._probe_once, label=f"{name}:{destination_id}")
+
+    def __repr__(self) -> str:
+        return (
+            f"PostgreSQLDestination(id={self.destination_id!r}, name={self.name!r}, "
+            f"position_guard={self.position_guard})"
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
+        """Apply ``records`` in one transaction; returns ``len(records)``.
+
+        Every record is then reflected in the table: applied, or superseded by a
+        later change to the same key (in the batch, or already in the table when
+        the position guard is on).
+        """
+        if not records:
+            return 0
+        changes = net_effect(records)
+        target = self._target_of(table)
+        with self._lock:
+            reused = self._conn is not None and not self._conn.closed
+            try:
+                self._apply(target, changes)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                if not (reused and self._conn is None):
+                    raise
+                # The kept connection died while idle (server restart, network
+                # blip, idle timeout). The batch was not committed, or if the
+                # commit raced the failure, replaying it is harmless (idempotent),
+                # so try once more on a fresh connection.
+                logger.info(
+                    "stale connection replaced destination=%s table=%s error=%s",
+                    self,
+                    table,
+                    _first_line(exc),
+                )
+                self._apply(target, changes)
+        logger.debug(
+            "batch applied destination=%s table=%s records=%d net=%d",
+            self,
+            table,
+            len(records),
+            len(changes),
+        )
+        return len(records)
+
+    def _apply(self, target: tuple[str | None, str], changes: list[ChangeRecord]) -> None:
+        conn = self._connection()
+        try:
+            with conn.cursor() as cur:
+                info = self._table_info(cur, target)
+                plan = self._plan(info, changes)
+                if self.position_guard:
+                    tombstones = self._ensure_tombstones(cur, info, plan.keys)
+                    self._apply_staged(cur, info, plan, tombstones)
+                elif plan.size < self.copy_threshold:
+                    self._apply_values(cur, info, plan)
+                else:
+                    self._apply_staged(cur, info, plan, None)
+            conn.commit()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _plan(self, info: _TableInfo, changes: list[ChangeRecord]) -> _Plan:
+        keys = tuple(changes[0].key)
+        self._check_columns(info, keys, "key")
+        guard = self._guard_values if self.position_guard else None
+        groups: dict[tuple[str, ...], _Group] = {}
+        layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
+        deletes: list[tuple[Any, ...]] = []
+        for change in changes:
+            if tuple(change.key) != keys:
+                raise PermanentDestinationError(
+                    f"{self}: records of one batch have different key columns "
+                    f"({', '.join(keys)} vs {', '.join(change.key)}) table={info}"
+                )
+            if change.op.is_delete:
+                values = change.key_values
+                deletes.append(values + guard(change) if guard else values)
+                continue
+            row = row_of(change)
+            layout = tuple(row)
+            columns = layouts.get(layout)
+            if columns is None:
+                columns = layouts[layout] = self._columns_for(info, row)
+            group = groups.get(columns)
+            if group is None:
+                group = groups[columns] = _Group(columns)
+            values = tuple([row[c] for c in columns])
+            group.upserts.append(values + guard(change) if guard else values)
+        return _Plan(keys, list(groups.values()), deletes)
+
+    def _columns_for(self, info: _TableInfo, row: Mapping[str, Any]) -> tuple[str, ...]:
+        """The row's columns in table order; unknown columns are a permanent error."""
+        self._check_columns(info, row, "record")
+        guard_columns = (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN)
+        return tuple(
+            c for c in info.columns if c in row and not (self.position_guard and c in guard_columns)
+        )
+
+    def _check_columns(self, info: _TableInfo, columns: Iterable[str], what: str) -> None:
+        missing = [c for c in columns if c not in info.columns]
+        if missing:
+            raise PermanentDestinationError(
+                f"{self}: {what} columns missing from target table {info}: "
+                f"{', '.join(sorted(missing))} (target has: {', '.join(info.columns)})"
+            )
+
+    @staticmethod
+    def _guard_values(change: ChangeRecord) -> tuple[int, int]:
+        commit, seq = change.position
+        if not (0 <= commit <= _BIGINT_MAX and 0 <= seq <= _BIGINT_MAX):
+            raise PermanentDestinationError(
+                f"source position does not fit the bigint guard columns: {change.position!r}"
+            )
+        return (commit, seq)
+
+    # ------------------------------------------------------------ catalog
+
+    def _target_of(self, table: str) -> tuple[str | None, str]:
+        spec = self._table_map.get(table, table)
+        if isinstance(spec, tuple):
+            return (spec[0], spec[1])
+        schema, dot, name = spec.partition(".")
+        return (schema, name) if dot else (None, spec)
+
+    def _table_info(self, cur: PgCursor, target: tuple[str | None, str]) -> _TableInfo:
+        info = self._tables.get(target)
+        if info is not None:
+            return info
+        schema, name = target
+        ident = sql.Identifier(schema, name) if schema else sql.Identifier(name)
+        # ::regclass resolves the quoted name like any statement would, and
+        # raises 42P01 (undefined table, permanent) when there is none.
+        cur.execute(
+            "SELECT c.oid, n.nspname, c.relname FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::regclass",
+            (ident.as_string(cur),),
+        )
+        oid, nspname, relname = cur.fetchone()  # type: ignore[misc]
+        cur.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (oid,),
+        )
+        info = _TableInfo(nspname, relname, dict(cur.fetchall()))
+        if self.position_guard:
+            self._check_columns(info, (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN), "guard")
+        self._tables[target] = info
+        return info
+
+    def _ensure_tombstones(
+        self, cur: PgCursor, info: _TableInfo, keys: tuple[str, ...]
+    ) -> sql.Identifier:
+        tomb = sql.Identifier(info.schema, tombstone_table_name(info.name))
+        if (info.schema, info.name) in self._tombstones_ready:
+            return tomb
+        cur.execute("SELECT to_regclass(%s)", (tomb.as_string(cur),))
+        row = cur.fetchone()
+        if row is None or row[0] is None:
+            # Serialise creators (two pipelines starting together) so that
+            # CREATE ... IF NOT EXISTS cannot race on the catalog.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext('rosetta.tombstones'))")
+            key_defs = [
+                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(info.columns[k])) for k in keys
+            ]
+            cur.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} ({}, {} bigint NOT NULL, {} bigint NOT NULL, "
+                    "PRIMARY KEY ({}))"
+                ).format(
+                    tomb,
+                    sql.SQL(", ").join(key_defs),
+                    sql.Identifier(POSITION_COMMIT_COLUMN),
+                    sql.Identifier(POSITION_SEQ_COLUMN),
+                    _idents(keys),
+                )
+            )
+            logger.info("tombstone table ready destination=%s table=%s", self, info)
+        self._tombstones_ready.add((info.schema, info.name))
+        return tomb
+
+    # ------------------------------------------------------------ apply paths
+
+    def _apply_values(self, cur: PgCursor, info: _TableInfo, plan: _Plan) -> None:
+        """Small batches: upsert and delete straight from VALUES lists."""
+        target = info.ident
+        keys = plan.keys
+        for group in plan.groups:
+            query = sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) {}").format(
+                target,
+                _idents(group.columns),
+                sql.Placeholder(),
+                _idents(keys),
+                _on_conflict_set(group.columns, keys, guard=False),
+            )
+            _execute_values(cur, query, group.upserts, _template(info, group.columns))
+        if plan.deletes:
+            query = sql.SQL("DELETE FROM {} AS t USING (VALUES {}) AS d ({}) WHERE {}").format(
+                target, sql.Placeholder(), _idents(keys), _key_match("t", "d", keys)
+            )
+            _execute_values(cur, query, plan.deletes, _template(info, keys))
+
+    def _apply_staged(
+        self,
+        cur: PgCursor,
+        info: _TableInfo,
+        plan: _Plan,
+        tombstones: sql.Identifier | None,
+    ) -> None:
+        """COPY the changes into temporary stage tables, then apply them in one round trip."""
+        guard_columns = (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN) if tombstones else ()
+        layouts = [g.columns for g in plan.groups] or [plan.keys]
+        statements: list[sql.Composable] = []
+        creates: list[sql.Composable] = []
+        copies: list[tuple[sql.Composable, io.StringIO]] = []
+        for index, columns in enumerate(layouts):
+            stage = sql.Identifier(f"_rosetta_stage_{index}")
+            stage_columns = columns + guard_columns
+            creates.append(
+                sql.SQL(
+                    "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS "
+                    "SELECT {}, NULL::boolean AS {} FROM {} WITH NO DATA"
+                ).format(stage, _idents(stage_columns), sql.Identifier(_DELETE_FLAG), info.ident)
+            )
+            upserts = plan.groups[index].upserts if plan.groups else []
+            # Deletes ride in the first stage; only their key (and position) is set.
+            deletes = plan.deletes if index == 0 else []
+            copies.append(
+                (
+                    sql.SQL("COPY {} ({}) FROM STDIN").format(
+                        stage, _idents(stage_columns + (_DELETE_FLAG,))
+                    ),
+                    _copy_buffer(stage_columns, plan.keys, upserts, deletes, guard_columns),
+                )
+            )
+            statements += _staged_sql(info, stage, columns, plan.keys, tombstones, bool(deletes))
+        cur.execute(sql.SQL("; ").join(creates))
+        for copy_sql, buffer in copies:
+            cur.copy_expert(copy_sql, buffer, size=1 << 20)
+        cur.execute(sql.SQL("; ").join(statements))
+
+    # ------------------------------------------------------------ connections
+
+    def _connection(self) -> PgConnection:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect(self.connect_timeout, self.statement_timeout)
+            self._tables.clear()
+            self._tombstones_ready.clear()
+        return self._conn
+
+    def _connect(self, timeout: float, statement_timeout: float | None) -> PgConnection:
+        options: dict[str, Any] = {
+            # libpq takes whole seconds and treats anything below 2 as 2.
+            "connect_timeout": max(2, math.ceil(timeout)),
+            "application_name": "rosetta",
+            # Notice a peer that vanished mid-write instead of waiting forever.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+        if statement_timeout is not None:
+            options["options"] = f"-c statement_timeout={max(1, int(statement_timeout * 1000))}"
+        return psycopg2.connect(self._dsn, **options)
+
+    def _abort(self) -> None:
+        """Roll back after a failure; drop the connection if it is broken."""
+        self._tables.clear()  # the failure may be a schema change: re-read the catalog
+        self._tombstones_ready.clear()
+        conn = self._conn
+        if conn is None:
+            return
+        if not conn.closed:
+            try:
+                conn.rollback()
+                return
+            except psycopg2.Error:
+                pass
+        try:
+            conn.close()
+        finally:
+            self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None and not conn.closed:
+                try:
+                    conn.close()
+                except psycopg2.Error:
+                    logger.debug("close failed destination=%s", self, exc_info=True)
+
+    # ------------------------------------------------------------ health
+
+    def test_connection(self, timeout: float = 5.0) -> bool:
+        """Connect afresh and run ``SELECT 1``; False on any failure or after ``timeout``."""
+        return self._probe.run(timeout)
+
+    def _probe_once(self, timeout: float) -> None:
+        conn = self._connect(timeout, statement_timeout=timeout)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetchone()
+        finally:
+            conn.close()
+
+    # ------------------------------------------------------------ errors
+
+    def classify_error(self, error: BaseException) -> ClassifiedError:
+        """Transient (retry later) or permanent (park), by SQLSTATE class."""
+        kind = _kind_of(error)
+        code = getattr(error, "pgcode", None)
+        return ClassifiedError(kind, type(error).__name__, _first_line(error), code)
+
+
+# ---------------------------------------------------------------- SQL helpers
+
+
+def tombstone_table_name(table: str) -> str:
+    """Name of the side table holding delete tombstones for ``table`` (guard mode)."""
+    name = f"{table}{TOMBSTONE_SUFFIX}"
+    if len(name.encode()) <= _MAX_IDENTIFIER_BYTES:
+        return name
+    # PostgreSQL would truncate a longer name; keep it unique with a digest.
+    digest = hashlib.sha1(table.encode()).hexdigest()[:8]
+    room = _MAX_IDENTIFIER_BYTES - len(TOMBSTONE_SUFFIX) - len(digest) - 1
+    head = table.encode()[:room].decode(errors="ignore")
+    return f"{head}_{digest}{TOMBSTONE_SUFFIX}"
+
+
+def _idents(names: Iterable[str]) -> sql.Composed:
+    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+
+
+def _qualified(alias: str, column: str) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(column))
+
+
+def _key_match(left: str, right: str, keys: Sequence[str]) -> sql.Composed:
+    return sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(_qualified(left, k), _qualified(right, k)) for k in keys
+    )
+
+
+def _position(alias: str) -> sql.Composed:
+    return sql.SQL("({}, {})").format(
+        _qualified(alias, POSITION_COMMIT_COLUMN), _qualified(alias, POSITION_SEQ_COLUMN)
+    )
+
+
+def _on_conflict_set(columns: Sequence[str], keys: Sequence[str], *, guard: bool) -> sql.Composed:
+    updates = [c for c in columns if c not in keys]
+    if guard:
+        updates += [POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN]
+    if not updates:
+        return sql.Composed([sql.SQL("DO NOTHING")])
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in updates
+    )
+    if not guard:
+        return sql.SQL("DO UPDATE SET {}").format(assignments)
+    # Only a newer change may overwrite; rows from before the guard count as oldest.
+    return sql.SQL("DO UPDATE SET {} WHERE {} IS NULL OR {} < {}").format(
+        assignments,
+        _qualified("t", POSITION_COMMIT_COLUMN),
+        _position("t"),
+        sql.SQL("(EXCLUDED.{}, EXCLUDED.{})").format(
+            sql.Identifier(POSITION_COMMIT_COLUMN), sql.Identifier(POSITION_SEQ_COLUMN)
+        ),
+    )
+
+
+def _staged_sql(
+    info: _TableInfo,
+    stage: sql.Identifier,
+    columns: tuple[str, ...],
+    keys: tuple[str, ...],
+    tombstones: sql.Identifier | None,
+    has_deletes: bool,
+) -> list[sql.Composable]:
+    """The statements that apply one stage table to the target."""
+    flag = _qualified("s", _DELETE_FLAG)
+    target = sql.SQL("{} AS t").format(info.ident)
+    source = sql.SQL("{} AS s").format(stage)
+    match = _key_match("t", "s", keys)
+    insert_columns = columns + ((POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN) if tombstones else ())
+    select_list = sql.SQL(", ").join(_qualified("s", c) for c in insert_columns)
+    statements: list[sql.Composable] = []
+    if tombstones is None:
+        if has_deletes:
+            statements.append(
+                sql.SQL("DELETE FROM {} USING {} WHERE {} AND {}").format(
+                    target, source, flag, match
+                )
+            )
+        statements.append(
+            sql.SQL(
+                "INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT {} ON CONFLICT ({}) {}"
+            ).format(
+                target,
+                _idents(insert_columns),
+                select_list,
+                source,
+                flag,
+                _idents(keys),
+                _on_conflict_set(columns, keys, guard=False),
+            )
+        )
+        return statements
+
+    tomb_match = _key_match("b", "s", keys)
+    newer_than_row = sql.SQL("({} IS NULL OR {} < {})").format(
+        _qualified("t", POSITION_COMMIT_COLUMN), _position("t"), _position("s")
+    )
+    tomb = sql.SQL("{} AS b").format(tombstones)
+    if has_deletes:
+        statements += [
+            # 1. A delete removes the row unless the row is newer.
+            sql.SQL("DELETE FROM {} USING {} WHERE {} AND {} AND {}").format(
+                target, source, flag, match, newer_than_row
+            ),
+            # 2. Remember applied deletes (row gone or never there), newest wins.
+            sql.SQL(
+                "INSERT INTO {} AS b ({}, {}, {}) SELECT {}, {}, {} FROM {} WHERE {} "
+                "AND NOT EXISTS (SELECT 1 FROM {} WHERE {}) "
+                "ON CONFLICT ({}) DO UPDATE SET {} = EXCLUDED.{}, {} = EXCLUDED.{} "
+                "WHERE {} < (EXCLUDED.{}, EXCLUDED.{})"
+            ).format(
+                tombstones,
+                _idents(keys),
+                sql.Identifier(POSITION_COMMIT_COLUMN),
+                sql.Identifier(POSITION_SEQ_COLUMN),
+                sql.SQL(", ").join(_qualified("s", k) for k in keys),
+                _qualified("s", POSITION_COMMIT_COLUMN),
+                _qualified("s", POSITION_SEQ_COLUMN),
+                source,
+                flag,
+                target,
+                match,
+                _idents(keys),
+                sql.Identifier(POSITION_COMMIT_COLUMN),
+                sql.Identifier(POSITION_COMMIT_COLUMN),
+                sql.Identifier(POSITION_SEQ_COLUMN),
+                sql.Identifier(POSITION_SEQ_COLUMN),
+                _position("b"),
+                sql.Identifier(POSITION_COMMIT_COLUMN),
+                sql.Identifier(POSITION_SEQ_COLUMN),
+            ),
+        ]
+    statements += [
+        # 3. Upserts, unless a tombstone or the row itself is at least as new.
+        sql.SQL(
+            "INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT {} "
+            "AND NOT EXISTS (SELECT 1 FROM {} WHERE {} AND {} >= {}) ON CONFLICT ({}) {}"
+        ).format(
+            target,
+            _idents(insert_columns),
+            select_list,
+            source,
+            flag,
+            tomb,
+            tomb_match,
+            _position("b"),
+            _position("s"),
+            _idents(keys),
+            _on_conflict_set(columns, keys, guard=True),
+        ),
+        # 4. A newer upsert makes older tombstones of its key useless.
+        sql.SQL("DELETE FROM {} USING {} WHERE NOT {} AND {} AND {} < {}").format(
+            tomb, source, flag, tomb_match, _position("b"), _position("s")
+        ),
+    ]
+    return statements
+
+
+def _template(info: _TableInfo, columns: Sequence[str]) -> str:
+    """An execute_values row template that casts each value to its column's type."""
+    return "(" + ", ".join(f"%s::{info.columns[c]}" for c in columns) + ")"
+
+
+def _execute_values(
+    cur: PgCursor, query: sql.Composed, rows: list[tuple[Any, ...]], template: str
+) -> None:
+    if not rows:
+        return
+    # Identifiers may contain '%', which the parameter formatting would read
+    # as a placeholder: escape the composed text, then put the one %s back.
+    marker = "\x00rosetta-values\x00"
+    text = query.as_string(cur).replace("%s", marker).replace("%", "%%").replace(marker, "%s")
+    params = [tuple(_param(v) for v in row) for row in rows]
+    psycopg2.extras.execute_values(cur, text, params, template=template, page_size=len(rows))
+
+
+def _param(value: Any) -> str | None:
+    """A value for a VALUES list: the same text COPY would send; the template casts it.
+
+    Sending text rather than letting psycopg2 adapt each type keeps the small
+    and the COPY path exactly alike (an aware datetime into a ``timestamp``
+    column, a UUID, a NaN...).
+    """
+    if value is None:
+        return None
+    return _formatter(value, _TEXT)(value)
+
+
+# ---------------------------------------------------------------- COPY text format
+
+
+def _copy_buffer(
+    columns: tuple[str, ...],
+    keys: tuple[str, ...],
+    upserts: list[tuple[Any, ...]],
+    deletes: list[tuple[Any, ...]],
+    guard_columns: tuple[str, ...],
+) -> io.StringIO:
+    """COPY text-format lines: the stage columns, then the delete flag."""
+    fmt = _copy_field
+    lines = ["\t".join([fmt(v) for v in row]) + "\tf" for row in upserts]
+    if deletes:
+        # A delete sets its key (and position); every other column is NULL.
+        slots = [columns.index(k) for k in keys]
+        width = len(columns)
+        for row in deletes:
+            fields = ["\\N"] * width
+            for slot, value in zip(slots, row, strict=False):
+                fields[slot] = fmt(value)
+            for offset, value in enumerate(row[len(keys) :]):
+                fields[width - len(guard_columns) + offset] = fmt(value)
+            lines.append("\t".join(fields) + "\tt")
+    lines.append("")
+    return io.StringIO("\n".join(lines))
+
+
+def _escape_text(text: str) -> str:
+    # COPY text format: backslash is the escape character; tab and newline
+    # separate fields and rows.
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if "\t" in text:
+        text = text.replace("\t", "\\t")
+    if "\n" in text:
+        text = text.replace("\n", "\\n")
+    if "\r" in text:
+        text = text.replace("\r", "\\r")
+    return text
+
+
+def _float_text(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
+
+
+def _bytes_text(value: bytes | bytearray | memoryview) -> str:
+    return "\\x" + bytes(value).hex()  # bytea hex format
+
+
+def _interval_text(value: timedelta) -> str:
+    return f"{value.days} days {value.seconds} seconds {value.microseconds} microseconds"
+
+
+def _bool_text(value: bool) -> str:
+    return "t" if value else "f"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str)
+
+
+def _escaped(to_text: Callable[[Any], str]) -> Callable[[Any], str]:
+    return lambda value: _escape_text(to_text(value))
+
+
+# Each value's text as PostgreSQL's input functions read it.
+_TEXT: dict[type, Callable[[Any], str]] = {
+    str: str.__str__,  # the plain value, also for a (str, Enum)
+    int: int.__repr__,
+    bool: _bool_text,
+    float: _float_text,
+    Decimal: str,
+    datetime: datetime.isoformat,
+    date: date.isoformat,
+    time: time.isoformat,
+    uuid.UUID: str,
+    bytes: _bytes_text,
+    bytearray: _bytes_text,
+    memoryview: _bytes_text,
+    timedelta: _interval_text,
+    dict: _json,
+    list: _json,
+}
+
+# The same, escaped for COPY where the text can hold a backslash, tab or newline.
+_COPY: dict[type, Callable[[Any], str]] = {
+    **_TEXT,
+    str: _escape_text,
+    bytes: _escaped(_bytes_text),
+    bytearray: _escaped(_bytes_text),
+    memoryview: _escaped(_bytes_text),
+    dict: _escaped(_json),
+    list: _escaped(_json),
+}
+
+
+def _formatter(value: Any, table: dict[type, Callable[[Any], str]]) -> Callable[[Any], str]:
+    formatter = table.get(type(value))
+    if formatter is not None:
+        return formatter
+    for kind, fallback in table.items():  # subclasses: IntEnum, StrEnum, ...
+        if isinstance(value, kind):
+            return fallback
+    raise PermanentDestinationError(
+        f"cannot write a value of type {type(value).__name__} to PostgreSQL: {value!r:.80}"
+    )
+
+
+def _copy_field(value: Any) -> str:
+    if value is None:
+        return "\\N"
+    formatter = _COPY.get(type(value))
+    if formatter is not None:
+        return formatter(value)
+    return _formatter(value, _COPY)(value)
+
+
+# ---------------------------------------------------------------- classification
+
+
+def _kind_of(error: BaseException) -> FailureKind:
+    if isinstance(error, PermanentDestinationError):
+        return FailureKind.PERMANENT
+    if isinstance(error, TransientDestinationError | DestinationError):
+        return FailureKind.TRANSIENT
+    code = getattr(error, "pgcode", None)
+    if isinstance(error, psycopg2.Error) and code:
+        if code in _TRANSIENT_CODES or code[:2] in _TRANSIENT_CLASSES:
+            return FailureKind.TRANSIENT
+        if code[:2] in _PERMANENT_CLASSES:
+            return FailureKind.PERMANENT
+        return FailureKind.TRANSIENT  # unknown: retry within the budget
+    if isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError):
+        return FailureKind.TRANSIENT  # lost or refused connection (libpq sets no SQLSTATE)
+    if isinstance(error, psycopg2.DataError | psycopg2.IntegrityError | psycopg2.ProgrammingError):
+        return FailureKind.PERMANENT  # client-side, e.g. a value psycopg2 cannot adapt
+    return FailureKind.TRANSIENT
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,79 @@
+"""Session fixtures: a real PostgreSQL and a fakesnow server, started by the suite itself."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import psycopg2
+import pytest
+from psycopg2 import sql
+
+from tests.servers import PostgresCluster, PostgresServer
+
+_schema_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """Makes extra PostgreSQL servers (for outage tests, special settings)."""
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_cluster: PostgresCluster) -> str:
+    """DSN of the shared session server; ``ROSETTA_TEST_POSTGRES_DSN`` overrides it."""
+    external = os.environ.get("ROSETTA_TEST_POSTGRES_DSN")
+    if external:
+        return external
+    return postgres_cluster.new_server().dsn
+
+
+@pytest.fixture
+def postgres_server_factory(
+    postgres_cluster: PostgresCluster,
+) -> Callable[..., PostgresServer]:
+    """``factory(settings=None)`` -> a dedicated, started server this test may stop and start."""
+
+    def make(settings: Mapping[str, str] | None = None) -> PostgresServer:
+        return postgres_cluster.new_server(settings)
+
+    return make
+
+
+@pytest.fixture
+def pg_schema(postgres_dsn: str) -> Iterator[str]:
+    """A fresh, empty schema for one test; dropped afterwards."""
+    name = f"t{os.getpid()}_{next(_schema_numbers)}"
+    conn = psycopg2.connect(postgres_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+        conn.close()
+
+
+@pytest.fixture
+def pg_conn(postgres_dsn: str) -> Iterator[Any]:
+    """An autocommit psycopg2 connection to the session server, for setup and checks."""
+    conn = psycopg2.connect(postgres_dsn)
+    conn.autocommit = True
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def fakesnow_server() -> Iterator[dict[str, Any]]:
+    """Connection kwargs for a local fakesnow server (real connector, DuckDB behind it)."""
+    import fakesnow
+
+    with fakesnow.server() as kwargs:
+        yield dict(kwargs)
