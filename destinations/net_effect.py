@@ -1,15 +1,19 @@
-"""Collapse a batch of changes to its net effect: one change per primary key."""
+"""Collapse a batch of changes to its net effect, and lay it out by column for bulk writes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from operator import attrgetter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
 from destinations.errors import PermanentDestinationError
-from destinations.records import ChangeRecord
+from destinations.records import ChangeRecord, Operation
 
-_BY_POSITION = attrgetter("position")
+_POSITION = attrgetter("position")
+_KEY = attrgetter("key")
+_AFTER = attrgetter("after")
+_VALUES = methodcaller("values")
 
 
 def net_effect(records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
@@ -18,28 +22,123 @@ def net_effect(records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
     The sort is stable, so changes with equal positions keep their batch order.
     Applying only the last change of each key gives the same table as applying
     every change in order, because each change carries the full row (upsert) or
-    removes it (delete). Raises ``PermanentDestinationError`` for a record that
-    cannot be applied at all (an upsert without a row, a record without a key).
+    removes it (delete).
     """
-    latest: dict[tuple[Any, ...], ChangeRecord] = {}
-    for record in sorted(records, key=_BY_POSITION):
-        if not record.key:
-            raise PermanentDestinationError(
-                f"change without a primary key: table={record.table} position={record.position}"
-            )
-        if record.after is None and not record.op.is_delete:
-            raise PermanentDestinationError(
-                f"{record.op.name.lower()} without a row image: table={record.table} "
-                f"key={dict(record.key)} position={record.position}"
-            )
-        latest[record.key_values] = record
+    ordered = sorted(records, key=_POSITION)
+    # Built with C-level map/zip: this runs once per record of every batch.
+    keys = map(tuple, map(_VALUES, map(_KEY, ordered)))
+    latest = dict(zip(keys, ordered, strict=True))  # a later change replaces an earlier one
+    if () in latest:
+        bad = latest[()]
+        raise PermanentDestinationError(
+            f"change without a primary key: table={bad.table} position={bad.position}"
+        )
     return list(latest.values())
 
 
-def row_of(record: ChangeRecord) -> dict[str, Any]:
-    """The row an upsert writes: its after image, with the key columns filled from ``key``."""
-    assert record.after is not None
-    row = dict(record.after)
-    for column, value in record.key.items():
-        row.setdefault(column, value)
-    return row
+@dataclass
+class ColumnBatch:
+    """Rows that write the same columns, stored column by column."""
+
+    columns: tuple[str, ...]
+    data: list[list[Any]]  # data[i] holds the values of columns[i], one per row
+    records: list[ChangeRecord]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return list(zip(*self.data, strict=True))
+
+
+@dataclass
+class BatchLayout:
+    """A net-effect batch split into upserts (grouped by column set) and deletes."""
+
+    keys: tuple[str, ...]
+    upserts: list[ColumnBatch]
+    deletes: ColumnBatch  # columns are the keys
+
+    def __len__(self) -> int:
+        return len(self.deletes) + sum(len(group) for group in self.upserts)
+
+
+def layout(changes: list[ChangeRecord]) -> BatchLayout:
+    """Group net changes by the columns they write; ``PermanentDestinationError`` if malformed.
+
+    The usual batch writes one column set; several appear when a source adds a
+    column mid-batch or sends partial rows, and each set is applied on its own
+    so that a missing column is left alone rather than set to NULL. This runs
+    for every record of every batch, so the common case stays in C-level
+    ``map``/``itemgetter`` calls.
+    """
+    keys = tuple(changes[0].key)
+    deletes = [c for c in changes if c.op is Operation.DELETE]
+    upserts = [c for c in changes if c.op is not Operation.DELETE]
+    try:
+        if set(map(len, map(_KEY, changes))) != {len(keys)}:
+            raise KeyError(keys)
+        delete_batch = ColumnBatch(keys, _key_columns(deletes, keys), deletes)
+    except KeyError:
+        shapes = sorted({tuple(c.key) for c in changes})
+        raise PermanentDestinationError(
+            f"records of one batch have different key columns: {shapes}"
+        ) from None
+    afters = list(map(_AFTER, upserts))
+    if None in afters:
+        bad = upserts[afters.index(None)]
+        raise PermanentDestinationError(
+            f"{bad.op.name.lower()} without a row image: table={bad.table} "
+            f"key={dict(bad.key)} position={bad.position}"
+        )
+    if not upserts:
+        return BatchLayout(keys, [], delete_batch)
+    shape = tuple(afters[0])
+    if set(map(len, afters)) == {len(shape)}:
+        try:  # same length and every first-row column present: one column set
+            return BatchLayout(keys, [_upsert_batch(shape, keys, upserts)], delete_batch)
+        except KeyError:
+            pass
+    return BatchLayout(keys, _grouped(keys, afters, upserts), delete_batch)
+
+
+def _grouped(
+    keys: tuple[str, ...], afters: list[Mapping[str, Any]], upserts: list[ChangeRecord]
+) -> list[ColumnBatch]:
+    groups: dict[frozenset[str], tuple[tuple[str, ...], list[ChangeRecord]]] = {}
+    for after, change in zip(afters, upserts, strict=True):
+        shape = frozenset(after)
+        group = groups.get(shape)
+        if group is None:
+            group = groups[shape] = (tuple(after), [])
+        group[1].append(change)
+    return [_upsert_batch(shape, keys, members) for shape, members in groups.values()]
+
+
+def _upsert_batch(
+    shape: tuple[str, ...], keys: tuple[str, ...], members: list[ChangeRecord]
+) -> ColumnBatch:
+    """Columns of ``members``, whose rows all have the columns ``shape``.
+
+    Key columns absent from the row image are taken from the record's key.
+    Raises KeyError if a row lacks one of the columns.
+    """
+    afters = list(map(_AFTER, members))
+    data = [list(map(itemgetter(c), afters)) for c in shape]
+    missing = tuple(k for k in keys if k not in shape)
+    if missing:
+        data += _key_columns(members, missing)
+    return ColumnBatch(shape + missing, data, members)
+
+
+def _key_columns(changes: list[ChangeRecord], keys: tuple[str, ...]) -> list[list[Any]]:
+    key_dicts = list(map(_KEY, changes))
+    return [list(map(itemgetter(k), key_dicts)) for k in keys]
+
+
+def positions(changes: list[ChangeRecord]) -> tuple[list[int], list[int]]:
+    """The commit and sequence columns of ``changes``."""
+    if not changes:
+        return [], []
+    commits, seqs = zip(*map(_POSITION, changes), strict=True)
+    return list(commits), list(seqs)

@@ -25,16 +25,11 @@ Rows written before the guard was on (NULL position) count as oldest.
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import logging
 import math
 import threading
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
-from decimal import Decimal
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
@@ -45,6 +40,7 @@ from psycopg2.extensions import connection as PgConnection
 from psycopg2.extensions import cursor as PgCursor
 
 from destinations.base import Destination
+from destinations.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
 from destinations.errors import (
     ClassifiedError,
     DestinationError,
@@ -53,17 +49,21 @@ from destinations.errors import (
     TransientDestinationError,
 )
 from destinations.health_probe import HealthProbe
-from destinations.net_effect import net_effect, row_of
+from destinations.net_effect import BatchLayout, ColumnBatch, layout, net_effect, positions
 from destinations.records import ChangeRecord
 
 logger = logging.getLogger(__name__)
 
 POSITION_COMMIT_COLUMN = "_rosetta_commit"
 POSITION_SEQ_COLUMN = "_rosetta_seq"
+POSITION_COLUMNS = (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN)
 TOMBSTONE_SUFFIX = "__rosetta_tombstones"
 _DELETE_FLAG = "_rosetta_stage_delete"  # stage-only column: True for a delete
 _MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 _BIGINT_MAX = 2**63 - 1
+_COPY_CHUNK_ROWS = (
+    5000  # rows formatted per COPY chunk; the server parses one while we format the next
+)
 
 # SQLSTATE classes and codes (https://www.postgresql.org/docs/current/errcodes-appendix.html).
 _TRANSIENT_CLASSES = frozenset({"08", "53", "57", "58"})
@@ -87,27 +87,6 @@ class _TableInfo:
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}"
-
-
-@dataclass
-class _Group:
-    """Net changes that write the same set of columns (the usual batch has one)."""
-
-    columns: tuple[str, ...]
-    upserts: list[tuple[Any, ...]] = field(default_factory=list)
-
-
-@dataclass
-class _Plan:
-    """A batch turned into rows, ready to stage or send."""
-
-    keys: tuple[str, ...]
-    groups: list[_Group]
-    deletes: list[tuple[Any, ...]]  # key values (+ position when guarded)
-
-    @property
-    def size(self) -> int:
-        return len(self.deletes) + sum(len(g.upserts) for g in self.groups)
 
 
 class PostgreSQLDestination(Destination):
@@ -200,7 +179,7 @@ class PostgreSQLDestination(Destination):
                 if self.position_guard:
                     tombstones = self._ensure_tombstones(cur, info, plan.keys)
                     self._apply_staged(cur, info, plan, tombstones)
-                elif plan.size < self.copy_threshold:
+                elif len(plan) < self.copy_threshold:
                     self._apply_values(cur, info, plan)
                 else:
                     self._apply_staged(cur, info, plan, None)
@@ -209,41 +188,18 @@ class PostgreSQLDestination(Destination):
             self._abort()
             raise
 
-    def _plan(self, info: _TableInfo, changes: list[ChangeRecord]) -> _Plan:
-        keys = tuple(changes[0].key)
-        self._check_columns(info, keys, "key")
-        guard = self._guard_values if self.position_guard else None
-        groups: dict[tuple[str, ...], _Group] = {}
-        layouts: dict[tuple[str, ...], tuple[str, ...]] = {}
-        deletes: list[tuple[Any, ...]] = []
-        for change in changes:
-            if tuple(change.key) != keys:
-                raise PermanentDestinationError(
-                    f"{self}: records of one batch have different key columns "
-                    f"({', '.join(keys)} vs {', '.join(change.key)}) table={info}"
-                )
-            if change.op.is_delete:
-                values = change.key_values
-                deletes.append(values + guard(change) if guard else values)
-                continue
-            row = row_of(change)
-            layout = tuple(row)
-            columns = layouts.get(layout)
-            if columns is None:
-                columns = layouts[layout] = self._columns_for(info, row)
-            group = groups.get(columns)
-            if group is None:
-                group = groups[columns] = _Group(columns)
-            values = tuple([row[c] for c in columns])
-            group.upserts.append(values + guard(change) if guard else values)
-        return _Plan(keys, list(groups.values()), deletes)
-
-    def _columns_for(self, info: _TableInfo, row: Mapping[str, Any]) -> tuple[str, ...]:
-        """The row's columns in table order; unknown columns are a permanent error."""
-        self._check_columns(info, row, "record")
-        guard_columns = (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN)
-        return tuple(
-            c for c in info.columns if c in row and not (self.position_guard and c in guard_columns)
+    def _plan(self, info: _TableInfo, changes: list[ChangeRecord]) -> BatchLayout:
+        """Lay the changes out by column, checked against the target table."""
+        plan = layout(changes)
+        self._check_columns(info, plan.keys, "key")
+        for group in plan.upserts:
+            self._check_columns(info, group.columns, "record")
+        if not self.position_guard:
+            return plan
+        return BatchLayout(
+            plan.keys,
+            [_with_positions(_without_positions(g)) for g in plan.upserts],
+            _with_positions(plan.deletes),
         )
 
     def _check_columns(self, info: _TableInfo, columns: Iterable[str], what: str) -> None:
@@ -253,15 +209,6 @@ class PostgreSQLDestination(Destination):
                 f"{self}: {what} columns missing from target table {info}: "
                 f"{', '.join(sorted(missing))} (target has: {', '.join(info.columns)})"
             )
-
-    @staticmethod
-    def _guard_values(change: ChangeRecord) -> tuple[int, int]:
-        commit, seq = change.position
-        if not (0 <= commit <= _BIGINT_MAX and 0 <= seq <= _BIGINT_MAX):
-            raise PermanentDestinationError(
-                f"source position does not fit the bigint guard columns: {change.position!r}"
-            )
-        return (commit, seq)
 
     # ------------------------------------------------------------ catalog
 
@@ -330,11 +277,11 @@ class PostgreSQLDestination(Destination):
 
     # ------------------------------------------------------------ apply paths
 
-    def _apply_values(self, cur: PgCursor, info: _TableInfo, plan: _Plan) -> None:
-        """Small batches: upsert and delete straight from VALUES lists."""
+    def _apply_values(self, cur: PgCursor, info: _TableInfo, plan: BatchLayout) -> None:
+        """Small batches: upsert and delete straight from typed VALUES lists."""
         target = info.ident
         keys = plan.keys
-        for group in plan.groups:
+        for group in plan.upserts:
             query = sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) {}").format(
                 target,
                 _idents(group.columns),
@@ -342,7 +289,7 @@ class PostgreSQLDestination(Destination):
                 _idents(keys),
                 _on_conflict_set(group.columns, keys, guard=False),
             )
-            _execute_values(cur, query, group.upserts, _template(info, group.columns))
+            _execute_values(cur, query, group, _template(info, group.columns))
         if plan.deletes:
             query = sql.SQL("DELETE FROM {} AS t USING (VALUES {}) AS d ({}) WHERE {}").format(
                 target, sql.Placeholder(), _idents(keys), _key_match("t", "d", keys)
@@ -353,36 +300,40 @@ class PostgreSQLDestination(Destination):
         self,
         cur: PgCursor,
         info: _TableInfo,
-        plan: _Plan,
+        plan: BatchLayout,
         tombstones: sql.Identifier | None,
     ) -> None:
         """COPY the changes into temporary stage tables, then apply them in one round trip."""
-        guard_columns = (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN) if tombstones else ()
-        layouts = [g.columns for g in plan.groups] or [plan.keys]
-        statements: list[sql.Composable] = []
+        # One stage per upsert column set; deletes ride in the first stage
+        # with only their key (and position) set.
+        stages: list[tuple[ColumnBatch | None, ColumnBatch | None]] = [
+            (group, plan.deletes if index == 0 and plan.deletes else None)
+            for index, group in enumerate(plan.upserts)
+        ] or [(None, plan.deletes)]
         creates: list[sql.Composable] = []
-        copies: list[tuple[sql.Composable, io.StringIO]] = []
-        for index, columns in enumerate(layouts):
+        statements: list[sql.Composable] = []
+        copies: list[tuple[sql.Composable, CopyReader]] = []
+        for index, (upserts, deletes) in enumerate(stages):
             stage = sql.Identifier(f"_rosetta_stage_{index}")
-            stage_columns = columns + guard_columns
+            stage_columns = (upserts or deletes or plan.deletes).columns
             creates.append(
                 sql.SQL(
                     "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS "
                     "SELECT {}, NULL::boolean AS {} FROM {} WITH NO DATA"
                 ).format(stage, _idents(stage_columns), sql.Identifier(_DELETE_FLAG), info.ident)
             )
-            upserts = plan.groups[index].upserts if plan.groups else []
-            # Deletes ride in the first stage; only their key (and position) is set.
-            deletes = plan.deletes if index == 0 else []
             copies.append(
                 (
                     sql.SQL("COPY {} ({}) FROM STDIN").format(
                         stage, _idents(stage_columns + (_DELETE_FLAG,))
                     ),
-                    _copy_buffer(stage_columns, plan.keys, upserts, deletes, guard_columns),
+                    CopyReader(_stage_chunks(stage_columns, upserts, deletes)),
                 )
             )
-            statements += _staged_sql(info, stage, columns, plan.keys, tombstones, bool(deletes))
+            columns = tuple(c for c in stage_columns if c not in POSITION_COLUMNS)
+            statements += _staged_sql(
+                info, stage, columns, plan.keys, tombstones, bool(upserts), bool(deletes)
+            )
         cur.execute(sql.SQL("; ").join(creates))
         for copy_sql, buffer in copies:
             cur.copy_expert(copy_sql, buffer, size=1 << 20)
@@ -526,6 +477,7 @@ def _staged_sql(
     columns: tuple[str, ...],
     keys: tuple[str, ...],
     tombstones: sql.Identifier | None,
+    has_upserts: bool,
     has_deletes: bool,
 ) -> list[sql.Composable]:
     """The statements that apply one stage table to the target."""
@@ -543,6 +495,8 @@ def _staged_sql(
                     target, source, flag, match
                 )
             )
+        if not has_upserts:
+            return statements
         statements.append(
             sql.SQL(
                 "INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT {} ON CONFLICT ({}) {}"
@@ -597,6 +551,8 @@ def _staged_sql(
                 sql.Identifier(POSITION_SEQ_COLUMN),
             ),
         ]
+    if not has_upserts:
+        return statements
     statements += [
         # 3. Upserts, unless a tombstone or the row itself is at least as new.
         sql.SQL(
@@ -628,151 +584,65 @@ def _template(info: _TableInfo, columns: Sequence[str]) -> str:
     return "(" + ", ".join(f"%s::{info.columns[c]}" for c in columns) + ")"
 
 
-def _execute_values(
-    cur: PgCursor, query: sql.Composed, rows: list[tuple[Any, ...]], template: str
-) -> None:
-    if not rows:
+def _execute_values(cur: PgCursor, query: sql.Composed, batch: ColumnBatch, template: str) -> None:
+    if not batch:
         return
     # Identifiers may contain '%', which the parameter formatting would read
     # as a placeholder: escape the composed text, then put the one %s back.
     marker = "\x00rosetta-values\x00"
     text = query.as_string(cur).replace("%s", marker).replace("%", "%%").replace(marker, "%s")
-    params = [tuple(_param(v) for v in row) for row in rows]
-    psycopg2.extras.execute_values(cur, text, params, template=template, page_size=len(rows))
+    # Values go as the same text COPY would send, cast by the template, so
+    # both paths store a value identically (an aware datetime in a timestamp
+    # column, a UUID, a NaN...).
+    columns = [list(map(text_value, column)) for column in batch.data]
+    rows = list(zip(*columns, strict=True))
+    psycopg2.extras.execute_values(cur, text, rows, template=template, page_size=len(rows))
 
 
-def _param(value: Any) -> str | None:
-    """A value for a VALUES list: the same text COPY would send; the template casts it.
-
-    Sending text rather than letting psycopg2 adapt each type keeps the small
-    and the COPY path exactly alike (an aware datetime into a ``timestamp``
-    column, a UUID, a NaN...).
-    """
-    if value is None:
-        return None
-    return _formatter(value, _TEXT)(value)
-
-
-# ---------------------------------------------------------------- COPY text format
-
-
-def _copy_buffer(
-    columns: tuple[str, ...],
-    keys: tuple[str, ...],
-    upserts: list[tuple[Any, ...]],
-    deletes: list[tuple[Any, ...]],
-    guard_columns: tuple[str, ...],
-) -> io.StringIO:
-    """COPY text-format lines: the stage columns, then the delete flag."""
-    fmt = _copy_field
-    lines = ["\t".join([fmt(v) for v in row]) + "\tf" for row in upserts]
+def _stage_chunks(
+    columns: tuple[str, ...], upserts: ColumnBatch | None, deletes: ColumnBatch | None
+) -> Iterator[str]:
+    """COPY text for one stage table (its columns, then the delete flag), in chunks."""
+    if upserts:
+        for start in range(0, len(upserts), _COPY_CHUNK_ROWS):
+            end = start + _COPY_CHUNK_ROWS
+            fields = [copy_column(values[start:end]) for values in upserts.data]
+            yield copy_lines([*fields, ["f"] * len(fields[0])])
     if deletes:
-        # A delete sets its key (and position); every other column is NULL.
-        slots = [columns.index(k) for k in keys]
-        width = len(columns)
-        for row in deletes:
-            fields = ["\\N"] * width
-            for slot, value in zip(slots, row, strict=False):
-                fields[slot] = fmt(value)
-            for offset, value in enumerate(row[len(keys) :]):
-                fields[width - len(guard_columns) + offset] = fmt(value)
-            lines.append("\t".join(fields) + "\tt")
-    lines.append("")
-    return io.StringIO("\n".join(lines))
+        given = dict(zip(deletes.columns, deletes.data, strict=True))
+        for start in range(0, len(deletes), _COPY_CHUNK_ROWS):
+            end = start + _COPY_CHUNK_ROWS
+            count = len(deletes.records[start:end])
+            nulls = [NULL] * count  # a delete sets only its key (and position)
+            fields = [copy_column(given[c][start:end]) if c in given else nulls for c in columns]
+            yield copy_lines([*fields, ["t"] * count])
 
 
-def _escape_text(text: str) -> str:
-    # COPY text format: backslash is the escape character; tab and newline
-    # separate fields and rows.
-    if "\\" in text:
-        text = text.replace("\\", "\\\\")
-    if "\t" in text:
-        text = text.replace("\t", "\\t")
-    if "\n" in text:
-        text = text.replace("\n", "\\n")
-    if "\r" in text:
-        text = text.replace("\r", "\\r")
-    return text
-
-
-def _float_text(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "Infinity" if value > 0 else "-Infinity"
-    return repr(value)
-
-
-def _bytes_text(value: bytes | bytearray | memoryview) -> str:
-    return "\\x" + bytes(value).hex()  # bytea hex format
-
-
-def _interval_text(value: timedelta) -> str:
-    return f"{value.days} days {value.seconds} seconds {value.microseconds} microseconds"
-
-
-def _bool_text(value: bool) -> str:
-    return "t" if value else "f"
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, default=str)
-
-
-def _escaped(to_text: Callable[[Any], str]) -> Callable[[Any], str]:
-    return lambda value: _escape_text(to_text(value))
-
-
-# Each value's text as PostgreSQL's input functions read it.
-_TEXT: dict[type, Callable[[Any], str]] = {
-    str: str.__str__,  # the plain value, also for a (str, Enum)
-    int: int.__repr__,
-    bool: _bool_text,
-    float: _float_text,
-    Decimal: str,
-    datetime: datetime.isoformat,
-    date: date.isoformat,
-    time: time.isoformat,
-    uuid.UUID: str,
-    bytes: _bytes_text,
-    bytearray: _bytes_text,
-    memoryview: _bytes_text,
-    timedelta: _interval_text,
-    dict: _json,
-    list: _json,
-}
-
-# The same, escaped for COPY where the text can hold a backslash, tab or newline.
-_COPY: dict[type, Callable[[Any], str]] = {
-    **_TEXT,
-    str: _escape_text,
-    bytes: _escaped(_bytes_text),
-    bytearray: _escaped(_bytes_text),
-    memoryview: _escaped(_bytes_text),
-    dict: _escaped(_json),
-    list: _escaped(_json),
-}
-
-
-def _formatter(value: Any, table: dict[type, Callable[[Any], str]]) -> Callable[[Any], str]:
-    formatter = table.get(type(value))
-    if formatter is not None:
-        return formatter
-    for kind, fallback in table.items():  # subclasses: IntEnum, StrEnum, ...
-        if isinstance(value, kind):
-            return fallback
-    raise PermanentDestinationError(
-        f"cannot write a value of type {type(value).__name__} to PostgreSQL: {value!r:.80}"
+def _without_positions(group: ColumnBatch) -> ColumnBatch:
+    """Drop position columns a record carries: with the guard on, the destination writes them."""
+    keep = [i for i, c in enumerate(group.columns) if c not in POSITION_COLUMNS]
+    if len(keep) == len(group.columns):
+        return group
+    return ColumnBatch(
+        tuple(group.columns[i] for i in keep), [group.data[i] for i in keep], group.records
     )
 
 
-def _copy_field(value: Any) -> str:
-    if value is None:
-        return "\\N"
-    formatter = _COPY.get(type(value))
-    if formatter is not None:
-        return formatter(value)
-    return _formatter(value, _COPY)(value)
+def _with_positions(group: ColumnBatch) -> ColumnBatch:
+    """Append the changes' source positions as the guard columns."""
+    commits, seqs = positions(group.records)
+    if commits and not (
+        0 <= min(commits)
+        and max(commits) <= _BIGINT_MAX
+        and 0 <= min(seqs) <= max(seqs) <= _BIGINT_MAX
+    ):
+        raise PermanentDestinationError(
+            "source position does not fit the bigint position columns "
+            f"(commit {min(commits)}..{max(commits)}, seq {min(seqs)}..{max(seqs)})"
+        )
+    return ColumnBatch(
+        group.columns + POSITION_COLUMNS, [*group.data, commits, seqs], group.records
+    )
 
 
 # ---------------------------------------------------------------- classification

@@ -1,0 +1,296 @@
+"""Destination write throughput against real servers, side by side in one run.
+
+    python tests/benchmarks/bench_destinations.py [--rows 100000] [--repeat 3]
+
+PostgreSQL: 100,000 changes (90% upserts, half of them to existing rows, and
+10% deletes), all to distinct keys so that every method applies the same rows.
+Each method starts from the same table state; the best of ``--repeat`` runs
+counts. Methods:
+
+* destination: ``PostgreSQLDestination.write_batch`` of all the records;
+* copy_upsert: bare COPY into a temp table + ``INSERT ... ON CONFLICT`` (and
+  ``DELETE ... USING`` a temp table of deleted keys), rows pre-formatted;
+* execute_values: psycopg2 ``execute_values`` upsert and delete, page 1000.
+
+Snowflake: one 10,000-row batch written through the real connector to a local
+fakesnow server; statements are counted at ``SnowflakeCursor.execute``.
+
+Prints, last, ``RESULT pg_apply_vs_copy_upsert=``, ``RESULT
+pg_apply_vs_execute_values=`` and ``RESULT snowflake_rows_per_statement=``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from destinations.postgresql import PostgreSQLDestination  # noqa: E402
+from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402
+from tests.servers import PostgresCluster  # noqa: E402
+
+TABLE = "bench_upsert"
+DDL = (
+    f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, name text NOT NULL, "
+    "amount numeric(12,2), updated_at timestamp, active boolean)"
+)
+COLUMNS = ("id", "name", "amount", "updated_at", "active")
+Row = tuple[int, str, Decimal, datetime, bool]
+
+
+def make_workload(rows: int, seed: int = 7) -> tuple[list[Row], list[Row], list[int]]:
+    """(initial rows, upsert rows, deleted ids): distinct keys, 10% deletes."""
+    rng = random.Random(seed)
+    base = datetime(2024, 1, 1)
+
+    def row(key: int, version: int) -> Row:
+        return (
+            key,
+            f"customer-{key}-v{version}",
+            Decimal(rng.randrange(0, 10**8)) / 100,
+            base + timedelta(seconds=key * 7 + version),
+            rng.random() < 0.5,
+        )
+
+    deletes = rows // 10
+    updates = (rows - deletes) // 2
+    inserts = rows - deletes - updates
+    existing = updates + deletes  # every delete and update hits a row
+    initial = [row(k, 0) for k in range(existing)]
+    old_keys = list(range(existing))
+    rng.shuffle(old_keys)
+    deleted = old_keys[:deletes]
+    new_keys = range(existing, existing + inserts)
+    changed = [row(k, 1) for k in old_keys[deletes:]] + [row(k, 1) for k in new_keys]
+    return initial, changed, deleted
+
+
+def to_records(changed: list[Row], deleted: list[int]) -> list[ChangeRecord]:
+    records: list[ChangeRecord] = []
+    seq = 0
+    for values in changed:
+        seq += 1
+        records.append(
+            ChangeRecord(
+                TABLE,
+                Operation.UPDATE,
+                {"id": values[0]},
+                dict(zip(COLUMNS, values, strict=True)),
+                SourcePosition(1_000_000 + seq, 0),
+            )
+        )
+    for key in deleted:
+        seq += 1
+        records.append(
+            ChangeRecord(TABLE, Operation.DELETE, {"id": key}, None, SourcePosition(1_000_000 + seq))
+        )
+    random.Random(3).shuffle(records)  # interleaved, as a real stream would be
+    records.sort(key=lambda r: r.position)
+    return records
+
+
+def bare_copy_text(rows: list[Row]) -> io.StringIO:
+    # The benchmark's rows need no escaping; this is the cheapest correct text.
+    return io.StringIO(
+        "".join(
+            f"{r[0]}\t{r[1]}\t{r[2]}\t{r[3].isoformat()}\t{'t' if r[4] else 'f'}\n" for r in rows
+        )
+    )
+
+
+def reset_table(dsn: str, initial: list[Row]) -> None:
+    conn = psycopg2.connect(dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        cur.execute(DDL)
+        cur.copy_expert(f"COPY {TABLE} FROM STDIN", bare_copy_text(initial))
+    with conn.cursor() as cur:
+        conn.autocommit = True
+        cur.execute(f"VACUUM ANALYZE {TABLE}")
+    conn.close()
+
+
+def run_destination(dsn: str, changed: list[Row], deleted: list[int]) -> float:
+    records = to_records(changed, deleted)
+    destination = PostgreSQLDestination("bench", "PG-Bench", dsn)
+    destination.test_connection(5.0)
+    destination.write_batch(TABLE, records[:1])  # connect and read the catalog first
+    start = time.perf_counter()
+    destination.write_batch(TABLE, records)
+    elapsed = time.perf_counter() - start
+    destination.close()
+    return elapsed
+
+
+def run_copy_upsert(dsn: str, changed: list[Row], deleted: list[int]) -> float:
+    conn = psycopg2.connect(dsn)
+    start = time.perf_counter()
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT * FROM {TABLE} WITH NO DATA;"
+            "CREATE TEMP TABLE gone (id bigint) ON COMMIT DROP"
+        )
+        cur.copy_expert("COPY stage FROM STDIN", bare_copy_text(changed))
+        cur.copy_expert("COPY gone FROM STDIN", io.StringIO("".join(f"{k}\n" for k in deleted)))
+        cur.execute(
+            f"DELETE FROM {TABLE} t USING gone g WHERE t.id = g.id;"
+            f"INSERT INTO {TABLE} SELECT * FROM stage ON CONFLICT (id) DO UPDATE SET "
+            "name = EXCLUDED.name, amount = EXCLUDED.amount, "
+            "updated_at = EXCLUDED.updated_at, active = EXCLUDED.active"
+        )
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+def run_execute_values(dsn: str, changed: list[Row], deleted: list[int]) -> float:
+    conn = psycopg2.connect(dsn)
+    start = time.perf_counter()
+    with conn, conn.cursor() as cur:
+        psycopg2.extras.execute_values(
+            cur,
+            f"INSERT INTO {TABLE} (id, name, amount, updated_at, active) VALUES %s "
+            "ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, amount = EXCLUDED.amount, "
+            "updated_at = EXCLUDED.updated_at, active = EXCLUDED.active",
+            changed,
+            page_size=1000,
+        )
+        psycopg2.extras.execute_values(
+            cur,
+            f"DELETE FROM {TABLE} t USING (VALUES %s) AS d (id) WHERE t.id = d.id",
+            [(k,) for k in deleted],
+            page_size=1000,
+        )
+    elapsed = time.perf_counter() - start
+    conn.close()
+    return elapsed
+
+
+def expected_state(dsn: str) -> list[tuple[Any, ...]]:
+    conn = psycopg2.connect(dsn)
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT * FROM {TABLE} ORDER BY id")
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def bench_postgres(dsn: str, rows: int, repeat: int) -> dict[str, float]:
+    initial, changed, deleted = make_workload(rows)
+    methods: dict[str, Callable[[str, list[Row], list[int]], float]] = {
+        "destination": run_destination,
+        "copy_upsert": run_copy_upsert,
+        "execute_values": run_execute_values,
+    }
+    best: dict[str, float] = {}
+    states: dict[str, int] = {}
+    for _ in range(repeat):
+        for name, method in methods.items():
+            reset_table(dsn, initial)
+            elapsed = method(dsn, changed, deleted)
+            best[name] = min(best.get(name, float("inf")), elapsed)
+            states[name] = hash(tuple(expected_state(dsn)))
+    if len(set(states.values())) != 1:
+        raise SystemExit(f"methods disagree on the final table: {states}")
+    applied = len(changed) + len(deleted)
+    for name, seconds in best.items():
+        print(f"postgres {name:15s} {applied / seconds:10.0f} rows/s  ({seconds:.3f} s)")
+    return {name: applied / seconds for name, seconds in best.items()}
+
+
+@contextmanager
+def counted_statements() -> Iterator[list[str]]:
+    """Count every statement the Snowflake connector sends."""
+    from snowflake.connector.cursor import SnowflakeCursor
+
+    sent: list[str] = []
+    original = SnowflakeCursor.execute
+
+    def execute(self: SnowflakeCursor, command: str, *args: Any, **kwargs: Any) -> Any:
+        sent.append(command)
+        return original(self, command, *args, **kwargs)
+
+    SnowflakeCursor.execute = execute  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        SnowflakeCursor.execute = original  # type: ignore[method-assign]
+
+
+def bench_snowflake(rows: int) -> float:
+    import fakesnow
+    import snowflake.connector
+
+    from destinations.snowflake.destination import SnowflakeDestination
+
+    with fakesnow.server() as kwargs:
+        setup = snowflake.connector.connect(**kwargs)
+        cur = setup.cursor()
+        cur.execute("CREATE DATABASE IF NOT EXISTS BENCH")
+        cur.execute("CREATE SCHEMA IF NOT EXISTS BENCH.S")
+        cur.execute(
+            "CREATE OR REPLACE TABLE BENCH.S.BENCH_UPSERT (ID NUMBER(19,0), NAME VARCHAR, "
+            "AMOUNT NUMBER(12,2), UPDATED_AT TIMESTAMP_NTZ, ACTIVE BOOLEAN)"
+        )
+        setup.close()
+        initial, changed, deleted = make_workload(rows)
+        records = to_records(changed, deleted)
+        destination = SnowflakeDestination(
+            "bench", "Snowflake-Bench", database="BENCH", schema="S", **kwargs
+        )
+        destination.write_batch(TABLE, records[:1])  # log in and read the table first
+        with counted_statements() as sent:
+            start = time.perf_counter()
+            destination.write_batch(TABLE, records)
+            elapsed = time.perf_counter() - start
+        destination.close()
+    print(
+        f"snowflake destination {len(records)} rows in {len(sent)} statements "
+        f"({elapsed:.2f} s): " + "; ".join(s.split("(")[0][:40] for s in sent)
+    )
+    return len(records) / len(sent)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--snowflake-rows", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--skip-snowflake", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    cluster = None
+    dsn = os.environ.get("ROSETTA_TEST_POSTGRES_DSN")
+    if not dsn:
+        cluster = PostgresCluster()
+        dsn = cluster.new_server().dsn
+    try:
+        pg = bench_postgres(dsn, args.rows, args.repeat)
+    finally:
+        if cluster is not None:
+            cluster.close()
+    sf = bench_snowflake(args.snowflake_rows) if not args.skip_snowflake else 0.0
+
+    print(f"RESULT pg_apply_vs_copy_upsert={pg['destination'] / pg['copy_upsert']:.2f}")
+    print(f"RESULT pg_apply_vs_execute_values={pg['destination'] / pg['execute_values']:.2f}")
+    print(f"RESULT snowflake_rows_per_statement={sf:.0f}")
+
+
+if __name__ == "__main__":
+    main()
