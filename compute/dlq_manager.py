@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compute.dlq_message import DLQMessage, decode_message, encode_message
+from compute.dlq_message import DLQMessage, FailureContext, decode_message, encode_message
 from compute.errors import DLQFullError, LeaseError, MessageDecodeError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoreLease
@@ -97,6 +97,8 @@ class _QueueInfo:
     newest: float | None = None
     newest_known: bool = False
     last_error: str | None = None
+    # The failure of the newest enqueued message; formatted only when shown.
+    last_failure: FailureContext | None = None
     dropped: int = 0
     quarantined: int = 0
     dirty: bool = True
@@ -170,12 +172,13 @@ class DLQManager:
         """
         if not messages:
             return EnqueueResult(0)
+        payloads = []
         for message in messages:
-            if message.queue != queue:
+            if message.queue is not queue and message.queue != queue:
                 raise ValueError(
                     f"message {message.message_id} belongs to {message.queue}, not {queue}"
                 )
-        payloads = [encode_message(m) for m in messages]
+            payloads.append(encode_message(message))
         info = self._info(queue)
         try:
             self.store.enqueue(queue, payloads)
@@ -205,8 +208,8 @@ class DLQManager:
             if info.newest is None or newest > info.newest:
                 info.newest = newest
             info.newest_known = True
-            last = messages[-1].failure
-            info.last_error = f"{last.error_class}: {last.message}"
+            info.last_failure = messages[-1].failure
+            info.last_error = None
             info.dirty = True
         return EnqueueResult(len(messages))
 
@@ -302,7 +305,7 @@ class DLQManager:
                 bytes_on_disk=stats.bytes_on_disk,
                 oldest_enqueued_at=oldest,
                 newest_enqueued_at=newest,
-                last_error=info.last_error,
+                last_error=_last_error(info),
                 dropped=info.dropped,
                 quarantined=info.quarantined,
             )
@@ -387,6 +390,12 @@ class DLQManager:
         finally:
             self.store.close()
         logger.info("DLQ Manager closed")
+
+
+def _last_error(info: _QueueInfo) -> str | None:
+    if info.last_error is None and info.last_failure is not None:
+        info.last_error = f"{info.last_failure.error_class}: {info.last_failure.message}"
+    return info.last_error
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:

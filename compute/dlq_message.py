@@ -10,6 +10,7 @@ exact ``Decimal`` it was. Anything that is not a version-1 message raises
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 import traceback
 import uuid
@@ -162,6 +163,24 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise ValueError(f"unknown extension type {code}")
 
 
+_local = threading.local()
+
+
+def _packer() -> msgpack.Packer:
+    """This thread's Packer: reusing one is much cheaper than ``packb``; sharing is unsafe."""
+    try:
+        return _local.packer
+    except AttributeError:
+        _local.packer = msgpack.Packer(default=_default, use_bin_type=True)
+        return _local.packer
+
+
+def _pack_surrogates(fields: list[Any]) -> bytes:
+    return msgpack.packb(
+        fields, default=_default, use_bin_type=True, unicode_errors="surrogatepass"
+    )
+
+
 def encode_message(message: DLQMessage) -> bytes:
     """Encode ``message`` (version byte + msgpack array)."""
     record = message.record
@@ -173,8 +192,8 @@ def encode_message(message: DLQMessage) -> bytes:
         queue.table,
         queue.destination_id,
         record.table,
-        record.op.value,
-        list(record.key.keys()),
+        record.op,  # a str Enum: packed as its one-letter value
+        list(record.key),
         list(record.key.values()),
         record.before,
         record.after,
@@ -183,7 +202,7 @@ def encode_message(message: DLQMessage) -> bytes:
         record.commit_ts,
         failure.error_class,
         failure.message,
-        failure.kind.value,
+        failure.kind,  # a str Enum: packed as its value
         failure.code,
         failure.stack,
         failure.attempts,
@@ -191,9 +210,12 @@ def encode_message(message: DLQMessage) -> bytes:
         failure.last_failure_at,
         message.enqueued_at,
     ]
-    # A shared Packer is not thread-safe; packb is, and costs about the same.
     try:
-        return _VERSION_BYTE + msgpack.packb(fields, default=_default, use_bin_type=True)
+        try:
+            return _VERSION_BYTE + _packer().pack(fields)
+        except UnicodeEncodeError:
+            # Lone surrogates (a QueueId takes any str): rare, so kept off the fast path.
+            return _VERSION_BYTE + _pack_surrogates(fields)
     except (TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"message {message.message_id} cannot be encoded: {error}") from error
 
@@ -208,7 +230,9 @@ def decode_message(data: bytes, queue: QueueId | None = None) -> DLQMessage:
     ``queue``, when given, is reused for messages that belong to it (the usual
     case when reading a queue), which saves building a new ``QueueId`` each.
     """
-    if not isinstance(data, bytes | bytearray | memoryview) or len(data) < 2:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise MessageDecodeError(f"not a message: {type(data).__name__}")
+    if len(data) < 2:
         raise MessageDecodeError(f"message too short ({len(data)} bytes)")
     version = data[0]
     if version != FORMAT_VERSION:
@@ -216,7 +240,14 @@ def decode_message(data: bytes, queue: QueueId | None = None) -> DLQMessage:
             f"unknown message format version {version} (this build reads version {FORMAT_VERSION})"
         )
     try:
-        f = msgpack.unpackb(data[1:], ext_hook=_ext_hook, raw=False, strict_map_key=True)
+        # Non-str map keys and lone surrogates: whatever encode_message accepts.
+        f = msgpack.unpackb(
+            data[1:],
+            ext_hook=_ext_hook,
+            raw=False,
+            strict_map_key=False,
+            unicode_errors="surrogatepass",
+        )
     except Exception as error:  # msgpack raises many types for garbage; all mean one thing
         raise MessageDecodeError(f"undecodable message: {type(error).__name__}: {error}") from None
     if type(f) is not list or len(f) != _FIELD_COUNT:

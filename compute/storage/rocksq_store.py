@@ -183,9 +183,8 @@ class RocksqStore(QueueStore):
                     self._states[queue] = state
         return state
 
-    def _loaded(self, queue: QueueId) -> _QueueState:
-        """The queue's state, loaded from disk; the caller must hold ``state.lock``."""
-        state = self._state(queue)
+    def _loaded(self, state: _QueueState) -> _QueueState:
+        """``state``, loaded from disk first if need be; the caller holds ``state.lock``."""
         if not state.loaded:
             self._load(state)
         return state
@@ -390,7 +389,7 @@ class RocksqStore(QueueStore):
         size = sum(map(len, payloads))
         state = self._state(queue)
         with state.lock:
-            state = self._loaded(queue)
+            self._loaded(state)
             self._check_limits(state, len(payloads), size)
             number = state.write_segment
             if number is None or state.counts[number] >= self.segment_max_items:
@@ -403,7 +402,8 @@ class RocksqStore(QueueStore):
             state.counts[number] += len(payloads)
             state.total += len(payloads)
             state.bytes_since_measure += size
-        with self._free_lock:
+            # Unlocked add: a lost update only makes the free-disk estimate
+            # slightly optimistic until the next measurement (<= 0.5 s).
             self._written_since_free += size
 
     def _start_segment(self, state: _QueueState) -> int:
@@ -468,7 +468,7 @@ class RocksqStore(QueueStore):
             raise ValueError("max_items must be at least 1")
         state = self._state(queue)
         with state.lock:
-            state = self._loaded(queue)
+            self._loaded(state)
             if state.lease is not None:
                 raise LeaseError(f"queue {queue} already has an outstanding lease")
             lease = self._read_locked(state, max_items)
@@ -591,7 +591,7 @@ class RocksqStore(QueueStore):
     def peek(self, queue: QueueId, limit: int, *, newest: bool = False) -> list[bytes]:
         state = self._state(queue)
         with state.lock:
-            state = self._loaded(queue)
+            self._loaded(state)
             if not state.segments or state.total <= 0 or limit < 1:
                 return []
             try:
@@ -655,7 +655,7 @@ class RocksqStore(QueueStore):
     def stats(self, queue: QueueId) -> StoredStats:
         state = self._state(queue)
         with state.lock:
-            state = self._loaded(queue)
+            self._loaded(state)
             return StoredStats(
                 messages=state.total,
                 bytes_on_disk=self._queue_bytes(state) if state.path.exists() else 0,
@@ -680,7 +680,7 @@ class RocksqStore(QueueStore):
     def purge(self, queue: QueueId) -> int:
         state = self._state(queue)
         with state.lock:
-            state = self._loaded(queue)
+            self._loaded(state)
             removed = state.total
             self._close_handles_of(state)
             for number in list(state.segments):
