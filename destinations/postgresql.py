@@ -79,7 +79,10 @@ class _TableInfo:
 
     schema: str
     name: str
-    columns: dict[str, str]  # column name -> SQL type (format_type), in table order
+    # column name -> base type, in table order. Without the type modifier on
+    # purpose: an explicit cast to varchar(3) would silently truncate, while
+    # assigning the base-typed value to the column checks the length (22001).
+    columns: dict[str, str]
 
     @property
     def ident(self) -> sql.Identifier:
@@ -234,7 +237,7 @@ class PostgreSQLDestination(Destination):
         )
         oid, nspname, relname = cur.fetchone()  # type: ignore[misc]
         cur.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
             "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             (oid,),
         )

