@@ -17,10 +17,12 @@ from compute.errors import DLQFullError, LeaseError, MessageDecodeError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoreLease
 from config.settings import DLQConfig, WhenFull
+from destinations.records import ChangeRecord
 
 logger = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+ATTEMPTS_FILE = "attempts.json"
 QUARANTINE_DIR = "quarantine"
 STATUS_INTERVAL = 1.0
 IDLE_CLOSE_SECONDS = 60.0
@@ -46,6 +48,7 @@ class QueueStatus:
     last_error: str | None
     dropped: int
     quarantined: int
+    parked: int = 0
 
     def oldest_age(self, now: float) -> float | None:
         return None if self.oldest_enqueued_at is None else max(0.0, now - self.oldest_enqueued_at)
@@ -63,6 +66,7 @@ class QueueStatus:
             "oldest_age_seconds": _round(self.oldest_age(now)),
             "newest_enqueued_at": _iso(self.newest_enqueued_at),
             "last_error": self.last_error,
+            "parked": self.parked,
             "dropped": self.dropped,
             "quarantined": self.quarantined,
             "updated_at": _iso(now),
@@ -77,6 +81,8 @@ class DLQLease:
     messages: list[DLQMessage]
     quarantined: int
     _store_lease: StoreLease
+    # Position of each message among the leased payloads (quarantined ones are skipped).
+    _payload_index: list[int] = field(default_factory=list)
     _done: bool = False
 
     def __len__(self) -> int:
@@ -97,6 +103,9 @@ class _QueueInfo:
     newest: float | None = None
     newest_known: bool = False
     last_error: str | None = None
+    parked_keys: set[tuple[Any, ...]] | None = None
+    parked_count: int = 0
+    attempts: dict[str, int] | None = None
     # The failure of the newest enqueued message; formatted only when shown.
     last_failure: FailureContext | None = None
     dropped: int = 0
@@ -233,21 +242,36 @@ class DLQManager:
         store_lease = self.store.read(queue, limit)
         messages: list[DLQMessage] = []
         quarantined = 0
+        payload_index: list[int] = []
         segment, start = store_lease.token
+        source_queue = queue.main
         for index, payload in enumerate(store_lease.payloads):
             try:
-                messages.append(decode_message(payload, queue))
+                messages.append(decode_message(payload, source_queue))
+                payload_index.append(index)
             except MessageDecodeError as error:
                 self._quarantine(queue, payload, f"{segment}_{start + index}", str(error))
                 quarantined += 1
-        return DLQLease(queue, messages, quarantined, store_lease)
+        return DLQLease(queue, messages, quarantined, store_lease, payload_index)
 
-    def ack(self, lease: DLQLease) -> None:
-        """The lease's messages are committed downstream: delete them for good."""
+    def ack(self, lease: DLQLease, messages_done: int | None = None) -> None:
+        """The lease's messages are committed downstream: delete them for good.
+
+        With ``messages_done``, only the first that many messages are; the
+        rest go back to the head of the queue, in order.
+        """
         if lease._done:
             raise LeaseError(f"lease on {lease.queue} was already acknowledged or released")
-        self.store.ack(lease._store_lease)
+        count: int | None = None
+        if messages_done is not None and messages_done < len(lease.messages):
+            count = lease._payload_index[messages_done]
+            if count == 0:
+                self.release(lease)
+                return
+        self.store.ack(lease._store_lease, count)
         lease._done = True
+        done_ids = lease.messages if count is None else lease.messages[: messages_done or 0]
+        self._forget_attempts(lease.queue, [m.message_id for m in done_ids])
         info = self._info(lease.queue)
         with info.lock:
             info.oldest_known = False
@@ -259,6 +283,110 @@ class DLQManager:
             raise LeaseError(f"lease on {lease.queue} was already acknowledged or released")
         self.store.release(lease._store_lease)
         lease._done = True
+
+    # ---------------------------------------------------------------- parking
+
+    def park(self, queue: QueueId, messages: Sequence[DLQMessage]) -> None:
+        """Set ``messages`` aside in ``queue``'s parked lane, keeping their context.
+
+        Parked messages stay on disk, visible and replayable by hand; they are
+        never replayed automatically. Their keys count as parked from now on,
+        so later changes to the same keys are parked behind them.
+        """
+        if not messages:
+            return
+        payloads = [encode_message(m) for m in messages]
+        self.store.enqueue(queue.parked, payloads)
+        keys = self._parked_keys(queue)
+        info = self._info(queue)
+        with info.lock:
+            keys.update(record_key(m.record) for m in messages)
+            info.parked_count += len(messages)
+            info.dirty = True
+        for m in messages:
+            logger.error(
+                "DLQ message parked: queue=%s message_id=%s op=%s key=%s attempts=%d error=%s: %s",
+                queue,
+                m.message_id,
+                m.record.op.name.lower(),
+                dict(m.record.key),
+                m.failure.attempts,
+                m.failure.error_class,
+                m.failure.message,
+            )
+
+    def is_parked(self, queue: QueueId, record: ChangeRecord) -> bool:
+        """True when an earlier change to ``record``'s key is parked in ``queue``."""
+        keys = self._parked_keys(queue)
+        return bool(keys) and record_key(record) in keys
+
+    def parked_count(self, queue: QueueId) -> int:
+        return self.store.stats(queue.parked).messages
+
+    def _parked_keys(self, queue: QueueId) -> set[tuple[Any, ...]]:
+        info = self._info(queue)
+        if info.parked_keys is None:
+            keys: set[tuple[Any, ...]] = set()
+            stats = self.store.stats(queue.parked)
+            if stats.messages:
+                for payload in self.store.peek(queue.parked, stats.messages):
+                    try:
+                        keys.add(record_key(decode_message(payload).record))
+                    except MessageDecodeError:
+                        continue
+            with info.lock:
+                if info.parked_keys is None:
+                    info.parked_keys = keys
+        assert info.parked_keys is not None
+        return info.parked_keys
+
+    # --------------------------------------------------------------- attempts
+
+    def record_failed_attempt(
+        self, queue: QueueId, messages: Sequence[DLQMessage]
+    ) -> dict[str, int]:
+        """Count one more failed replay of ``messages``; returns their attempt counts.
+
+        Counts are kept in the queue's ``attempts.json`` (messages in a queue
+        are immutable), so a restart does not reset a poison message's budget.
+        """
+        attempts = self._attempts(queue)
+        for m in messages:
+            attempts[m.message_id] = attempts.get(m.message_id, m.failure.attempts) + 1
+        self._save_attempts(queue, attempts)
+        return {m.message_id: attempts[m.message_id] for m in messages}
+
+    def attempts_of(self, queue: QueueId, message: DLQMessage) -> int:
+        return self._attempts(queue).get(message.message_id, message.failure.attempts)
+
+    def _attempts(self, queue: QueueId) -> dict[str, int]:
+        info = self._info(queue)
+        if info.attempts is None:
+            path = self.store.queue_path(queue) / ATTEMPTS_FILE
+            try:
+                loaded = json.loads(path.read_text())
+                info.attempts = {str(k): int(v) for k, v in loaded.items()}
+            except FileNotFoundError:
+                info.attempts = {}
+            except (OSError, ValueError, TypeError, AttributeError) as error:
+                logger.warning(
+                    "unreadable attempts file, counts restart: file=%s error=%s", path, error
+                )
+                info.attempts = {}
+        return info.attempts
+
+    def _save_attempts(self, queue: QueueId, attempts: dict[str, int]) -> None:
+        path = self.store.queue_path(queue)
+        if path.is_dir():
+            _write_json_atomic(path / ATTEMPTS_FILE, attempts)
+
+    def _forget_attempts(self, queue: QueueId, message_ids: list[str]) -> None:
+        info = self._info(queue)
+        if not info.attempts:  # the common case: nothing ever failed here
+            return
+        for message_id in message_ids:
+            info.attempts.pop(message_id, None)
+        self._save_attempts(queue, info.attempts)
 
     def peek(self, queue: QueueId, limit: int = 10) -> list[DLQMessage]:
         """Up to ``limit`` messages from the head, without leasing or removing them."""
@@ -292,6 +420,7 @@ class DLQManager:
 
     def status(self, queue: QueueId) -> QueueStatus:
         stats = self.store.stats(queue)
+        parked = self.store.stats(queue.parked).messages
         info = self._info(queue)
         if stats.messages == 0:
             oldest = newest = None
@@ -308,6 +437,7 @@ class DLQManager:
                 last_error=_last_error(info),
                 dropped=info.dropped,
                 quarantined=info.quarantined,
+                parked=parked,
             )
 
     def _oldest(self, queue: QueueId, info: _QueueInfo) -> float | None:
@@ -390,6 +520,16 @@ class DLQManager:
         finally:
             self.store.close()
         logger.info("DLQ Manager closed")
+
+
+def record_key(record: ChangeRecord) -> tuple[Any, ...]:
+    """A hashable identity of the row a change applies to."""
+    try:
+        key = (record.table, *record.key.items())
+        hash(key)
+        return key
+    except TypeError:  # unhashable key values: fall back to their repr
+        return (record.table, repr(sorted(record.key.items())))
 
 
 def _last_error(info: _QueueInfo) -> str | None:

@@ -17,6 +17,8 @@ _HASH_MARK = "~"
 SOURCE_PREFIX = "source_"
 TABLE_PREFIX = "table_"
 DEST_PREFIX = "dest_"
+PARKED_LANE = "parked"
+LANES = ("", PARKED_LANE)
 
 
 def encode_name(name: str) -> str:
@@ -76,24 +78,43 @@ class QueueId:
     source_id: str
     table: str
     destination_id: str
+    # "" is the queue itself; "parked" holds its parked (poison) messages,
+    # stored in a sub-directory of the queue's directory.
+    lane: str = ""
 
     def __post_init__(self) -> None:
         for field_name in ("source_id", "table", "destination_id"):
             value = getattr(self, field_name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"QueueId.{field_name} must be a non-empty string, got {value!r}")
+        if self.lane not in LANES:
+            raise ValueError(f"QueueId.lane must be one of {LANES}, got {self.lane!r}")
 
     def __str__(self) -> str:
-        return f"source_{self.source_id}/table_{self.table}/dest_{self.destination_id}"
+        text = f"source_{self.source_id}/table_{self.table}/dest_{self.destination_id}"
+        return f"{text}/{self.lane}" if self.lane else text
+
+    @property
+    def parked(self) -> QueueId:
+        """The lane holding this queue's parked messages."""
+        return QueueId(self.source_id, self.table, self.destination_id, PARKED_LANE)
+
+    @property
+    def main(self) -> QueueId:
+        """The queue itself (for a parked lane: the queue it belongs to)."""
+        if not self.lane:
+            return self
+        return QueueId(self.source_id, self.table, self.destination_id)
 
     @property
     def relative_path(self) -> PurePath:
-        """``source_<id>/table_<name>/dest_<id>``, each part encoded."""
-        return PurePath(
+        """``source_<id>/table_<name>/dest_<id>`` (each part encoded), plus the lane."""
+        path = PurePath(
             SOURCE_PREFIX + encode_name(self.source_id),
             TABLE_PREFIX + encode_name(self.table),
             DEST_PREFIX + encode_name(self.destination_id),
         )
+        return path / self.lane if self.lane else path
 
     @classmethod
     def from_relative_path(cls, parts: tuple[str, str, str]) -> QueueId | None:

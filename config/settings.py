@@ -11,7 +11,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
@@ -64,6 +64,15 @@ class Settings:
     """Everything Rosetta reads from its environment."""
 
     dlq: DLQConfig = DLQConfig()
+    # ROSETTA_PIPELINES_FILE: the TOML file defining pipelines (embedded default).
+    pipelines_file: Path | None = None
+    # CONFIG_DATABASE_URL: read pipelines from this PostgreSQL database instead.
+    config_database_url: str | None = field(default=None, repr=False)
+    # ROSETTA_STATE_PATH: where sources keep their acknowledged positions.
+    state_path: Path = Path("./tmp/state")
+    # The merged environment, for options that name a variable (``dsn_env``);
+    # it may hold secrets, so it is never shown.
+    environment: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
 
 _SIZE_UNITS = {
@@ -264,4 +273,13 @@ def load_settings(
         logger.warning(
             "unknown setting ignored: variable=%s known=%s", name, ",".join(sorted(_DLQ_VARIABLES))
         )
-    return Settings(dlq=DLQConfig(**dlq_values))  # type: ignore[arg-type]
+    pipelines_file = source.get("ROSETTA_PIPELINES_FILE", "").strip()
+    state_path = source.get("ROSETTA_STATE_PATH", "").strip()
+    database_url = source.get("CONFIG_DATABASE_URL", "").strip()
+    return Settings(
+        dlq=DLQConfig(**dlq_values),  # type: ignore[arg-type]
+        pipelines_file=Path(pipelines_file) if pipelines_file else None,
+        config_database_url=database_url or None,
+        state_path=Path(state_path) if state_path else Settings.state_path,
+        environment=source,
+    )

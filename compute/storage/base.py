@@ -65,8 +65,11 @@ class QueueStore(ABC):
         """Lease up to ``max_items`` of the oldest unacknowledged payloads (maybe none)."""
 
     @abstractmethod
-    def ack(self, lease: StoreLease) -> None:
-        """The lease's payloads are committed downstream: delete them for good."""
+    def ack(self, lease: StoreLease, count: int | None = None) -> None:
+        """The lease's first ``count`` payloads (all by default) are committed downstream.
+
+        They are deleted for good; any remaining payloads go back to the head.
+        """
 
     @abstractmethod
     def release(self, lease: StoreLease) -> None:

@@ -529,18 +529,28 @@ class RocksqStore(QueueStore):
                 raise RuntimeError(f"segment {number} has {len(skipped)} items, cursor says {skip}")
         state.rewind.discard(number)
 
-    def ack(self, lease: StoreLease) -> None:
+    def ack(self, lease: StoreLease, count: int | None = None) -> None:
         if not lease.payloads:
             return
+        done = len(lease.payloads) if count is None else count
+        if not 0 < done <= len(lease.payloads):
+            raise ValueError(f"can acknowledge 1 to {len(lease.payloads)} items, not {count}")
         state = self._state(lease.queue)
         with state.lock:
             if state.lease is not lease:
                 raise LeaseError(f"lease on {lease.queue} is not the outstanding lease")
             number, start = lease.token
-            self._write_cursor(state, number, start + len(lease.payloads))
-            state.total -= len(lease.payloads)
+            self._write_cursor(state, number, start + done)
+            state.total -= done
             state.lease = None
-            if state.cursor_acked >= state.counts[number] and state.pending is None:
+            if done < len(lease.payloads):
+                # The rest goes back to the head, as after a release.
+                rest = lease.payloads[done:]
+                if state.pending is not None:
+                    rest = rest + state.pending.payloads
+                state.pending = StoreLease(lease.queue, rest, (number, start + done))
+                state.read_offset = start + done
+            elif state.cursor_acked >= state.counts[number] and state.pending is None:
                 self._retire_head(state)
 
     def _retire_head(self, state: _QueueState) -> bool:

@@ -1,0 +1,384 @@
+"""The recovery worker: one thread per pipeline that replays DLQ queues once destinations heal.
+
+Every ``DLQ_CHECK_INTERVAL`` seconds it probes each destination that has
+queued events (bounded by the probe's timeout, so a hung destination stalls
+neither the others nor ``stop()``). When a destination is healthy it replays
+each of its queues in FIFO order, batch by batch, acknowledging a batch only
+after the destination committed it. A batch that fails again backs off per
+queue; attempts are counted only while the destination passes its health
+check, so an outage never turns events into poison. A message over its
+retry budget, or refused for good, is parked, and later changes to its key
+are parked behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from compute.dlq_manager import DLQLease, DLQManager
+from compute.dlq_message import DLQMessage, FailureContext
+from compute.event_handler import classify_or_transient, held_behind_failure
+from compute.health import DestinationHealth, HealthProbe
+from compute.queue_id import QueueId
+from compute.retry_policy import RetryPolicy
+from config.settings import DLQConfig
+from destinations.base import Destination
+from destinations.errors import FailureKind
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """What one replay pass did to one queue."""
+
+    queue: QueueId
+    replayed: int = 0
+    failed: int = 0
+    parked: int = 0
+    expired: int = 0
+    quarantined: int = 0
+
+
+@dataclass
+class _QueueReplayState:
+    failures: int = 0  # consecutive failed batches, for the backoff
+    retry_at: float = 0.0
+
+
+@dataclass
+class WorkerStats:
+    replayed: int = 0
+    failed: int = 0
+    parked: int = 0
+    expired: int = 0
+    last_run_at: float | None = None
+    last_replay_at: float | None = None
+    last_results: list[ReplayResult] = field(default_factory=list)
+
+
+class DLQRecoveryWorker:
+    """Replays one pipeline's DLQ queues into its destinations when they are healthy."""
+
+    def __init__(
+        self,
+        pipeline_name: str,
+        source_id: str,
+        destinations: Sequence[Destination],
+        health: Mapping[str, DestinationHealth],
+        dlq: DLQManager,
+        config: DLQConfig,
+        *,
+        retry_policy: RetryPolicy | None = None,
+        probe_timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+        on_drained: Callable[[], None] | None = None,
+    ) -> None:
+        self.pipeline_name = pipeline_name
+        self.source_id = str(source_id)
+        self.destinations = {d.destination_id: d for d in destinations}
+        self.health = health
+        self.dlq = dlq
+        self.config = config
+        self.retry_policy = retry_policy or RetryPolicy.from_config(config)
+        self.probes = {d.destination_id: HealthProbe(d, probe_timeout) for d in destinations}
+        self._clock = clock
+        self._on_drained = on_drained
+        self._next_check: dict[str, float] = {}
+        self._queues: dict[QueueId, _QueueReplayState] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._run_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._rng = random.Random()
+        self.stats = WorkerStats()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(
+            target=self._loop, name=f"dlq-recovery-{self.pipeline_name}", daemon=True
+        )
+        self._thread.start()
+        logger.info("DLQ recovery worker started: pipeline=%s", self.pipeline_name)
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Stop the thread; returns True if it ended within ``timeout`` seconds.
+
+        A batch being replayed is either committed and acknowledged or left
+        unacknowledged (it comes back at the head): nothing is lost.
+        """
+        self._stop.set()
+        self._wake.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        stopped = not self._thread.is_alive()
+        if stopped:
+            logger.info("DLQ recovery worker stopped: pipeline=%s", self.pipeline_name)
+        return stopped
+
+    def wake(self) -> None:
+        """Run a pass now instead of at the next interval (new events were queued)."""
+        self._wake.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once(self._clock())
+            except Exception:  # the worker must outlive any single failure
+                logger.exception("DLQ recovery pass failed: pipeline=%s", self.pipeline_name)
+            self._wake.wait(self._seconds_to_next_due())
+            self._wake.clear()
+
+    def _seconds_to_next_due(self) -> float:
+        now = self._clock()
+        due = [t for t in self._next_check.values()] + [
+            s.retry_at for s in self._queues.values() if s.retry_at > now
+        ]
+        upcoming = min((t for t in due if t > now), default=now + self.config.check_interval)
+        return max(0.05, min(self.config.check_interval, upcoming - now))
+
+    # ----------------------------------------------------------------- passes
+
+    def queues(self) -> list[QueueId]:
+        """This pipeline's queues (main lanes) that are on disk or known."""
+        return [
+            q
+            for q in self.dlq.list_queues()
+            if q.source_id == self.source_id and q.destination_id in self.destinations
+        ]
+
+    def run_once(self, now: float | None = None) -> list[ReplayResult]:
+        """One pass: probe destinations with queued events, replay the healthy ones."""
+        now = self._clock() if now is None else now
+        with self._run_lock:
+            self.stats.last_run_at = now
+            by_destination: dict[str, list[QueueId]] = {}
+            for queue in self.queues():
+                if self.dlq.has_messages(queue):
+                    by_destination.setdefault(queue.destination_id, []).append(queue)
+            for destination_id, health in self.health.items():
+                if health.circuit_open and destination_id not in by_destination:
+                    by_destination[
+                        destination_id
+                    ] = []  # nothing queued, but the circuit must close
+            results: list[ReplayResult] = []
+            for destination_id, queues in by_destination.items():
+                if self._stop.is_set():
+                    break
+                if now < self._next_check.get(destination_id, 0.0):
+                    continue
+                if not self._check(destination_id, now):
+                    self._next_check[destination_id] = now + self.config.check_interval
+                    continue
+                self._next_check.pop(destination_id, None)
+                for queue in queues:
+                    if self._stop.is_set():
+                        break
+                    results.append(self.replay_queue(queue, now))
+            self.stats.last_results = results
+            if any(r.replayed for r in results) and self._on_drained is not None:
+                self._on_drained()
+            return results
+
+    def replay_now(self, queue: QueueId | None = None) -> list[ReplayResult]:
+        """Operator trigger: probe and replay now (one queue, or all), ignoring backoff."""
+        now = self._clock()
+        with self._run_lock:
+            targets = [queue] if queue is not None else self.queues()
+            results = []
+            for target in targets:
+                if target.destination_id not in self.destinations:
+                    raise ValueError(
+                        f"queue {target} does not belong to pipeline {self.pipeline_name}"
+                    )
+                if not self._check(target.destination_id, now):
+                    results.append(ReplayResult(target))
+                    continue
+                self._queues.pop(target, None)
+                results.append(self.replay_queue(target, now))
+            return results
+
+    def _check(self, destination_id: str, now: float) -> bool:
+        ok, reason = self.probes[destination_id].check(self._stop)
+        self.health[destination_id].record_check(ok, now, reason)
+        return ok
+
+    # ----------------------------------------------------------------- replay
+
+    def replay_queue(self, queue: QueueId, now: float) -> ReplayResult:
+        """Replay ``queue`` in FIFO batches until it is empty, a batch fails, or stop."""
+        state = self._queues.setdefault(queue, _QueueReplayState())
+        if now < state.retry_at:
+            return ReplayResult(queue)
+        destination = self.destinations[queue.destination_id]
+        totals = {"replayed": 0, "failed": 0, "parked": 0, "expired": 0, "quarantined": 0}
+        while not self._stop.is_set():
+            lease = self.dlq.read_batch(queue, self.config.batch_size)
+            if lease.is_empty:
+                break
+            totals["quarantined"] += lease.quarantined
+            outcome = self._replay_batch(destination, queue, lease, self._clock())
+            for name, value in outcome.items():
+                totals[name] += value
+            if outcome["failed"]:
+                state.failures += 1
+                delay = self.retry_policy.next_delay(min(state.failures, 64), self._rng)
+                state.retry_at = self._clock() + delay
+                logger.warning(
+                    "DLQ replay failed, backing off: queue=%s failures=%d retry_in=%.2fs",
+                    queue,
+                    state.failures,
+                    delay,
+                )
+                break
+            state.failures, state.retry_at = 0, 0.0
+        result = ReplayResult(queue, **totals)
+        self.stats.replayed += result.replayed
+        self.stats.failed += result.failed
+        self.stats.parked += result.parked
+        self.stats.expired += result.expired
+        if result.replayed:
+            self.stats.last_replay_at = self._clock()
+        return result
+
+    def _replay_batch(
+        self, destination: Destination, queue: QueueId, lease: DLQLease, now: float
+    ) -> dict[str, int]:
+        """Apply one leased batch; returns counts. Acks what is done, releases the rest."""
+        counts = {"replayed": 0, "failed": 0, "parked": 0, "expired": 0}
+        messages = lease.messages
+        if not messages:  # only quarantined payloads
+            self.dlq.ack(lease)
+            return counts
+        logger.info("Processing %d DLQ messages for %s", len(messages), queue)
+        live, expired, held = self._sort_out(queue, messages, now)
+        if expired:
+            counts["expired"] = len(expired)
+            logger.warning(
+                "DLQ messages expired, not replayed: ttl=%ds queue=%s count=%d ids=%s",
+                self.config.message_ttl,
+                queue,
+                len(expired),
+                ",".join(m.message_id for m in expired),
+            )
+        try:
+            if live:
+                destination.write_batch(queue.table, [m.record for m in live])
+        except Exception as error:
+            return self._after_failure(destination, queue, lease, error, counts)
+        if held:
+            self._park_held(queue, held, now)
+            counts["parked"] += len(held)
+        self.dlq.ack(lease)
+        counts["replayed"] = len(live)
+        logger.info("✓ Successfully replayed %d/%d DLQ messages", len(live), len(messages))
+        return counts
+
+    def _sort_out(
+        self, queue: QueueId, messages: list[DLQMessage], now: float
+    ) -> tuple[list[DLQMessage], list[DLQMessage], list[DLQMessage]]:
+        """Split into (to write, expired, held behind a parked change)."""
+        ttl = self.config.message_ttl
+        live: list[DLQMessage] = []
+        expired: list[DLQMessage] = []
+        held: list[DLQMessage] = []
+        for m in messages:
+            if ttl and m.enqueued_at + ttl < now:
+                expired.append(m)
+            elif self.dlq.is_parked(queue, m.record):
+                held.append(m)
+            else:
+                live.append(m)
+        return live, expired, held
+
+    def _park_held(self, queue: QueueId, held: list[DLQMessage], now: float) -> None:
+        context = held_behind_failure(now)
+        self.dlq.park(queue, [_with_failure(m, context) for m in held])
+
+    def _after_failure(
+        self,
+        destination: Destination,
+        queue: QueueId,
+        lease: DLQLease,
+        error: Exception,
+        counts: dict[str, int],
+    ) -> dict[str, int]:
+        classified = classify_or_transient(destination, error)
+        self.dlq.record_error(
+            queue, f"replay failed: {classified.error_class}: {classified.message}"
+        )
+        if classified.kind is FailureKind.TRANSIENT:
+            healthy, reason = self.probes[queue.destination_id].check(self._stop)
+            self.health[queue.destination_id].record_check(healthy, self._clock(), reason)
+            if not healthy:
+                # An outage, not poison: nothing is charged to the messages.
+                self.dlq.release(lease)
+                counts["failed"] = len(lease.messages)
+                return counts
+            attempts = self.dlq.record_failed_attempt(queue, lease.messages)
+            if max(attempts.values()) <= self.config.max_retries:
+                self.dlq.release(lease)
+                counts["failed"] = len(lease.messages)
+                logger.warning(
+                    "✗ DLQ replay failed: queue=%s error=%s: %s attempts=%d/%d",
+                    queue,
+                    classified.error_class,
+                    classified.message,
+                    max(attempts.values()),
+                    self.config.max_retries,
+                )
+                return counts
+        # Permanent, or over the retry budget while the destination is up:
+        # find the offending messages one by one.
+        return self._isolate(destination, queue, lease, counts)
+
+    def _isolate(
+        self, destination: Destination, queue: QueueId, lease: DLQLease, counts: dict[str, int]
+    ) -> dict[str, int]:
+        done = 0
+        for message in lease.messages:
+            if self._stop.is_set():
+                break
+            now = self._clock()
+            if self.dlq.is_parked(queue, message.record):
+                self._park_held(queue, [message], now)
+                counts["parked"] += 1
+                done += 1
+                continue
+            try:
+                destination.write_batch(queue.table, [message.record])
+            except Exception as error:
+                classified = classify_or_transient(destination, error)
+                attempts = self.dlq.attempts_of(queue, message)
+                if classified.kind is FailureKind.PERMANENT or attempts > self.config.max_retries:
+                    failed = message.failure.failed_again(classified, now)
+                    self.dlq.park(queue, [_with_failure(message, failed, attempts)])
+                    counts["parked"] += 1
+                    done += 1
+                    continue
+                counts["failed"] += len(lease.messages) - done
+                break
+            counts["replayed"] += 1
+            done += 1
+        if done:
+            self.dlq.ack(lease, done)
+        else:
+            self.dlq.release(lease)
+        return counts
+
+
+def _with_failure(
+    message: DLQMessage, failure: FailureContext, attempts: int | None = None
+) -> DLQMessage:
+    if attempts is not None:
+        failure = replace(failure, attempts=max(attempts, failure.attempts))
+    return replace(message, failure=failure)

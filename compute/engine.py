@@ -1,0 +1,130 @@
+"""The engine: builds pipelines from settings, runs them, and stops them cleanly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+from compute.dlq_manager import DLQManager
+from compute.factories import build_destination, build_source
+from compute.pipeline import Pipeline
+from compute.retry_policy import RetryPolicy
+from config.errors import ConfigError
+from config.pipelines import PipelineSpec, load_pipelines_file
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def load_pipeline_specs(settings: Settings) -> list[PipelineSpec]:
+    """Pipelines from ``ROSETTA_PIPELINES_FILE``, or the config database when configured."""
+    if settings.config_database_url:
+        from destinations.postgresql import read_pipeline_config
+
+        return read_pipeline_config(settings.config_database_url, settings.environment)
+    if settings.pipelines_file is None:
+        raise ConfigError(
+            [
+                "no pipelines defined: set ROSETTA_PIPELINES_FILE to a TOML file "
+                "(see config/pipelines.py) or CONFIG_DATABASE_URL to a config database"
+            ]
+        )
+    return load_pipelines_file(settings.pipelines_file, settings.environment)
+
+
+class Engine:
+    """Initializes the DLQ manager, one pipeline (with its recovery worker) per spec.
+
+    ``stop()`` (also on SIGTERM/SIGINT under ``run_forever``) stops pipelines
+    first, so no new events arrive, then their workers, then closes the
+    queues: a batch in flight is either finished or left unacknowledged, and
+    comes back after a restart.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        specs: Sequence[PipelineSpec],
+        *,
+        pipeline_factory: Callable[[PipelineSpec, DLQManager], Pipeline] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.specs = list(specs)
+        self.dlq: DLQManager | None = None
+        self.pipelines: list[Pipeline] = []
+        self._pipeline_factory = pipeline_factory or self._build_pipeline
+        self._stopped = threading.Event()
+
+    def _build_pipeline(self, spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
+        source = build_source(spec.source, self.settings.state_path)
+        destinations = [build_destination(d) for d in spec.destinations]
+        return Pipeline(
+            spec.name,
+            source,
+            destinations,
+            dlq,
+            self.settings.dlq,
+            retry_policy=RetryPolicy.preset(spec.retry),
+            batch_size=spec.batch_size,
+        )
+
+    def start(self) -> None:
+        self.dlq = DLQManager(self.settings.dlq)
+        try:
+            for spec in self.specs:
+                self.pipelines.append(self._pipeline_factory(spec, self.dlq))
+        except Exception:
+            self.dlq.close()
+            raise
+        existing = self.dlq.list_queues()
+        if existing:
+            logger.info("DLQ queues found on disk: count=%d", len(existing))
+        for pipeline in self.pipelines:
+            pipeline.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for pipeline in self.pipelines:
+            pipeline.stop(timeout)
+        for pipeline in self.pipelines:
+            pipeline.close()
+        if self.dlq is not None:
+            self.dlq.close()
+        logger.info("engine stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def run_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop cleanly."""
+        requested = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            logger.info("signal received, stopping: signal=%s", signal.Signals(signum).name)
+            requested.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not requested.wait(0.5):
+                if self.pipelines and all(p.finished.is_set() for p in self.pipelines):
+                    if not any(self._queued(p) for p in self.pipelines):
+                        logger.info("all sources exhausted and every DLQ queue drained")
+                        break
+        finally:
+            self.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _queued(self, pipeline: Pipeline) -> bool:
+        assert self.dlq is not None
+        return any(self.dlq.has_messages(q) for q in pipeline.worker.queues())
+
+    def status(self) -> dict[str, Any]:
+        return {"pipelines": [p.status() for p in self.pipelines]}

@@ -1,0 +1,269 @@
+"""The event handler: writes change batches to destinations, or to the DLQ when it must.
+
+For each (destination, table) group of a batch:
+
+* the queue for (source, table, destination) holds events: the new events go
+  behind them (store-and-forward), never around them;
+* the destination's circuit is open (known unhealthy): straight to the DLQ;
+* otherwise write, retrying transient failures in place with the retry
+  policy, then queue the batch with its error context; a permanent failure
+  is narrowed down to the offending events, which are parked, while the
+  rest of the batch goes on. Changes to a key that is parked are parked
+  behind it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from compute.dlq_manager import DLQManager
+from compute.dlq_message import DLQMessage, FailureContext
+from compute.errors import DLQFullError
+from compute.health import DestinationHealth
+from compute.queue_id import QueueId
+from compute.retry_policy import RetryPolicy
+from destinations.base import Destination
+from destinations.errors import ClassifiedError, FailureKind
+from destinations.records import ChangeRecord
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class HandlerCounters:
+    """What the handler did, for status and metrics."""
+
+    written: Counter[str] = field(default_factory=Counter)  # by destination id
+    queued: Counter[str] = field(default_factory=Counter)
+    parked: Counter[str] = field(default_factory=Counter)
+    dropped: Counter[str] = field(default_factory=Counter)
+    retries: Counter[str] = field(default_factory=Counter)
+
+
+def group_by_table(records: Sequence[ChangeRecord]) -> dict[str, list[ChangeRecord]]:
+    """Records per table, each list in source order."""
+    groups: dict[str, list[ChangeRecord]] = {}
+    for record in records:
+        groups.setdefault(record.table, []).append(record)
+    return groups
+
+
+def deferred_failure(reason: str, now: float) -> FailureContext:
+    """Context for events queued without being tried (store-and-forward, open circuit)."""
+    return FailureContext(
+        error_class="Deferred",
+        message=reason,
+        kind=FailureKind.TRANSIENT,
+        attempts=0,
+        first_failure_at=now,
+        last_failure_at=now,
+    )
+
+
+def held_behind_failure(now: float) -> FailureContext:
+    return FailureContext(
+        error_class="HeldBehindParkedChange",
+        message="an earlier change to this key is parked; this one waits behind it",
+        kind=FailureKind.PERMANENT,
+        attempts=0,
+        first_failure_at=now,
+        last_failure_at=now,
+    )
+
+
+class EventHandler:
+    """Delivers one pipeline's change batches to its destinations, through the DLQ when needed."""
+
+    def __init__(
+        self,
+        source_id: str,
+        destinations: Sequence[Destination],
+        health: Mapping[str, DestinationHealth],
+        dlq: DLQManager,
+        retry_policy: RetryPolicy,
+        *,
+        stop: threading.Event | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.source_id = str(source_id)
+        self.destinations = list(destinations)
+        self.health = health
+        self.dlq = dlq
+        self.retry_policy = retry_policy
+        self._stop = stop or threading.Event()
+        self._clock = clock
+        self.counters = HandlerCounters()
+
+    def handle(self, records: Sequence[ChangeRecord], done: set[tuple[str, str]]) -> None:
+        """Deliver every (destination id, table) group of ``records`` not yet in ``done``.
+
+        Each group that is written, queued, parked or (``drop_newest``) dropped
+        is added to ``done``. If the DLQ refuses a group (full), the other
+        groups still go on and ``DLQFullError`` is raised at the end: the
+        caller keeps the batch and retries the groups left, after a pause.
+        """
+        groups = group_by_table(records)
+        refused: DLQFullError | None = None
+        for destination in self.destinations:
+            for table, group in groups.items():
+                key = (destination.destination_id, table)
+                if key in done:
+                    continue
+                try:
+                    self._deliver(destination, table, group)
+                except DLQFullError as error:
+                    refused = refused or error
+                    continue
+                done.add(key)
+        if refused is not None:
+            raise refused
+
+    def queue_of(self, destination: Destination, table: str) -> QueueId:
+        return QueueId(self.source_id, table, destination.destination_id)
+
+    def _deliver(self, destination: Destination, table: str, records: list[ChangeRecord]) -> None:
+        queue = self.queue_of(destination, table)
+        now = self._clock()
+        if self.dlq.has_messages(queue):
+            # Older events for this queue wait in the DLQ: writing these now
+            # would let a replayed old change overwrite a newer row.
+            self._enqueue_to_dlq(
+                queue,
+                records,
+                deferred_failure("queued behind earlier events (store-and-forward)", now),
+            )
+            return
+        health = self.health[destination.destination_id]
+        if health.circuit_open:
+            reason = health.snapshot().last_error or "destination unhealthy"
+            self._enqueue_to_dlq(
+                queue, records, deferred_failure(f"destination unhealthy: {reason}", now)
+            )
+            return
+        to_write = records
+        held = [r for r in records if self.dlq.is_parked(queue, r)]
+        if held:
+            to_write = [r for r in records if not self.dlq.is_parked(queue, r)]
+            self._park(queue, held, held_behind_failure(now))
+        if to_write:
+            self._write_with_retries(destination, queue, to_write)
+
+    def _write_with_retries(
+        self, destination: Destination, queue: QueueId, records: list[ChangeRecord]
+    ) -> None:
+        attempt = 0
+        health = self.health[destination.destination_id]
+        while True:
+            attempt += 1
+            try:
+                destination.write_batch(queue.table, records)
+            except Exception as error:
+                classified = classify_or_transient(destination, error)
+                if classified.kind is FailureKind.PERMANENT:
+                    logger.warning(
+                        "✗ Permanent write failure, isolating the offending events: destination=%s "
+                        "queue=%s error=%s: %s",
+                        destination.name,
+                        queue,
+                        classified.error_class,
+                        classified.message,
+                    )
+                    self._isolate_poison(destination, queue, records)
+                    return
+                if self.retry_policy.should_retry(attempt) and not self._stop.is_set():
+                    delay = self.retry_policy.next_delay(attempt)
+                    self.counters.retries[destination.destination_id] += 1
+                    logger.warning(
+                        "✗ Failed to write to destination %s, retrying in %.2fs "
+                        "(attempt %d of %d): queue=%s error=%s: %s",
+                        destination.name,
+                        delay,
+                        attempt,
+                        self.retry_policy.max_retries + 1,
+                        queue,
+                        classified.error_class,
+                        classified.message,
+                    )
+                    if not self._stop.wait(delay):
+                        continue
+                logger.warning(
+                    "✗ Failed to write to destination %s: queue=%s attempts=%d error=%s: %s",
+                    destination.name,
+                    queue,
+                    attempt,
+                    classified.error_class,
+                    classified.message,
+                )
+                health.mark_unhealthy(f"{classified.error_class}: {classified.message}")
+                failure = FailureContext.from_exception(error, classified, attempts=attempt)
+                self._enqueue_to_dlq(queue, records, failure)
+                return
+            health.mark_healthy()
+            self.counters.written[destination.destination_id] += len(records)
+            return
+
+    def _isolate_poison(
+        self, destination: Destination, queue: QueueId, records: list[ChangeRecord]
+    ) -> None:
+        """Write one event at a time: park those the destination refuses for good.
+
+        Permanent failures are rare, so the slow path is fine; it keeps every
+        good event flowing and parks exactly the bad ones (and, behind them,
+        later changes to their keys).
+        """
+        health = self.health[destination.destination_id]
+        for index, record in enumerate(records):
+            now = self._clock()
+            if self.dlq.is_parked(queue, record):
+                self._park(queue, [record], held_behind_failure(now))
+                continue
+            try:
+                destination.write_batch(queue.table, [record])
+            except Exception as error:
+                classified = classify_or_transient(destination, error)
+                failure = FailureContext.from_exception(error, classified, now=now)
+                if classified.kind is FailureKind.PERMANENT:
+                    self._park(queue, [record], failure)
+                    continue
+                health.mark_unhealthy(f"{classified.error_class}: {classified.message}")
+                self._enqueue_to_dlq(queue, records[index:], failure)
+                return
+            self.counters.written[destination.destination_id] += 1
+
+    def _park(self, queue: QueueId, records: list[ChangeRecord], failure: FailureContext) -> None:
+        now = self._clock()
+        self.dlq.park(queue, [DLQMessage.create(queue, r, failure, now=now) for r in records])
+        self.counters.parked[queue.destination_id] += len(records)
+
+    def _enqueue_to_dlq(
+        self, queue: QueueId, records: list[ChangeRecord], failure: FailureContext
+    ) -> None:
+        """Queue ``records`` behind everything already in ``queue``, with ``failure``."""
+        now = self._clock()
+        messages = [DLQMessage.create(queue, r, failure, now=now) for r in records]
+        result = self.dlq.enqueue(queue, messages)
+        self.counters.queued[queue.destination_id] += result.accepted
+        self.counters.dropped[queue.destination_id] += result.dropped
+        if result.accepted:
+            ops = Counter(r.op.name.lower() for r in records)
+            logger.warning(
+                "Enqueued to DLQ: %s - %d messages (%s) reason=%s: %s",
+                queue,
+                result.accepted,
+                ", ".join(f"{op}={n}" for op, n in sorted(ops.items())),
+                failure.error_class,
+                failure.message,
+            )
+
+
+def classify_or_transient(destination: Destination, error: BaseException) -> ClassifiedError:
+    """``destination.classify_error`` that never raises: unclassified means transient."""
+    try:
+        return destination.classify_error(error)
+    except Exception:
+        return ClassifiedError(FailureKind.TRANSIENT, type(error).__name__, str(error))

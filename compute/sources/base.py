@@ -1,0 +1,70 @@
+"""The source interface: change events with positions, and acknowledgement of safe positions."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from config.errors import RosettaError
+from destinations.records import ChangeRecord
+
+
+class SourceError(RosettaError):
+    """A source cannot go on safely (unreadable input, corrupt offset file, bad resume token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SourceBatch:
+    """Change events in source order, and the resume token after the last of them.
+
+    ``resume_token`` is opaque to the engine: handing it back to ``acknowledge``
+    says every event of this batch (and of all earlier batches) is safe, i.e.
+    committed by every destination or accepted by the DLQ.
+    """
+
+    records: Sequence[ChangeRecord]
+    resume_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedEvent:
+    """An input event the source could not turn into a ChangeRecord, and why."""
+
+    where: str  # e.g. "events.jsonl line 17"
+    reason: str
+    raw: str
+
+
+class Source(ABC):
+    """A stream of change events that resumes from its last acknowledged position.
+
+    ``read`` returns the next batch after everything already read (possibly
+    empty when nothing is available now). ``acknowledge`` persists the resume
+    token; after a restart, ``read`` starts right after the last acknowledged
+    batch, so events read but not acknowledged are read again.
+    """
+
+    def __init__(self, source_id: str) -> None:
+        self.source_id = str(source_id)
+
+    @abstractmethod
+    def read(self, max_events: int) -> SourceBatch:
+        """Up to ``max_events`` next change events."""
+
+    @abstractmethod
+    def acknowledge(self, resume_token: str) -> None:
+        """Persist that everything up to ``resume_token`` is safe."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True when a finite source has nothing more to give (a file read to its end)."""
+        return False
+
+    @property
+    def rejected(self) -> Sequence[RejectedEvent]:
+        """Events set aside as malformed so far (reported, never crashed on)."""
+        return ()
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release files and handles."""

@@ -1,0 +1,215 @@
+"""Pipeline definitions: a local TOML file (the embedded default) or the config database.
+
+TOML schema (``ROSETTA_PIPELINES_FILE``)::
+
+    [[pipelines]]
+    name = "orders"                 # unique
+    batch_size = 500                # events per source read (default 500)
+    retry = "aggressive"            # in-place retry preset for live writes
+
+    [pipelines.source]
+    id = "1"
+    type = "synthetic"              # or "jsonl"
+    # synthetic: tables, total_events, seed, keys_per_table, events_per_second
+    # jsonl: path ("-" = stdin), follow, primary_keys = { "public.t" = ["id"] }
+
+    [[pipelines.destinations]]
+    id = "1"
+    name = "Postgres-Local"
+    type = "postgresql"             # or "snowflake"
+    dsn_env = "ROSETTA_DEST_1_DSN"  # secrets come from the environment...
+    # dsn = "postgresql://..."      # ...or inline (kept out of logs and repr)
+    position_guard = false
+    table_map = { "public.users" = "replica.users" }
+
+Destination options whose name ends in ``_env`` are read from that
+environment variable (``password_env``, ``dsn_env``), so the file holds no
+secret. Every problem in the file is reported at once, with its location.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from config.errors import ConfigError
+
+SOURCE_TYPES = ("synthetic", "jsonl")
+DESTINATION_TYPES = ("postgresql", "snowflake")
+RETRY_PRESETS = ("aggressive", "conservative", "default")
+SECRET_OPTIONS = frozenset({"dsn", "password", "private_key", "token"})
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    id: str
+    type: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DestinationSpec:
+    id: str
+    name: str
+    type: str
+    # May hold secrets (dsn, password): never shown by repr.
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    source: SourceSpec
+    destinations: tuple[DestinationSpec, ...]
+    batch_size: int = 500
+    retry: str = "aggressive"
+
+
+def load_pipelines_file(path: str | Path, env: Mapping[str, str]) -> list[PipelineSpec]:
+    """Parse a pipelines TOML file; ``ConfigError`` lists every problem found."""
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"ROSETTA_PIPELINES_FILE={str(file)!r}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError([f"ROSETTA_PIPELINES_FILE={str(file)!r}: cannot read: {error}"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{file}: not valid TOML: {error}"]) from None
+    return parse_pipelines(data, env, where=str(file))
+
+
+def parse_pipelines(
+    data: Mapping[str, Any], env: Mapping[str, str], where: str
+) -> list[PipelineSpec]:
+    problems: list[str] = []
+    raw_pipelines = data.get("pipelines")
+    if not isinstance(raw_pipelines, list) or not raw_pipelines:
+        raise ConfigError([f"{where}: expected at least one [[pipelines]] table"])
+    specs: list[PipelineSpec] = []
+    names: set[str] = set()
+    destination_ids: dict[str, str] = {}
+    for index, raw in enumerate(raw_pipelines):
+        at = f"{where}: pipelines[{index}]"
+        spec = _parse_pipeline(raw, env, at, problems)
+        if spec is None:
+            continue
+        if spec.name in names:
+            problems.append(f"{at}: duplicate pipeline name {spec.name!r}")
+        names.add(spec.name)
+        for destination in spec.destinations:
+            owner = destination_ids.get(destination.id)
+            if owner is not None and owner != spec.name:
+                problems.append(
+                    f"{at}: destination id {destination.id!r} is also used by pipeline "
+                    f"{owner!r}; give each pipeline's destinations their own ids"
+                )
+            destination_ids[destination.id] = spec.name
+        specs.append(spec)
+    if problems:
+        raise ConfigError(problems)
+    return specs
+
+
+def _text(raw: Mapping[str, Any], key: str, at: str, problems: list[str]) -> str | None:
+    value = raw.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{at}: '{key}' must be a non-empty string")
+        return None
+    return value.strip()
+
+
+def _parse_pipeline(
+    raw: Any, env: Mapping[str, str], at: str, problems: list[str]
+) -> PipelineSpec | None:
+    if not isinstance(raw, dict):
+        problems.append(f"{at}: must be a table")
+        return None
+    name = _text(raw, "name", at, problems)
+    batch_size = raw.get("batch_size", 500)
+    if (
+        not isinstance(batch_size, int)
+        or isinstance(batch_size, bool)
+        or not 1 <= batch_size <= 100_000
+    ):
+        problems.append(
+            f"{at}: 'batch_size' must be an integer from 1 to 100000, got {batch_size!r}"
+        )
+        batch_size = 500
+    retry = raw.get("retry", "aggressive")
+    if retry not in RETRY_PRESETS:
+        problems.append(f"{at}: 'retry' must be one of {', '.join(RETRY_PRESETS)}, got {retry!r}")
+    source = _parse_source(raw.get("source"), f"{at}.source", problems)
+    raw_destinations = raw.get("destinations")
+    destinations: list[DestinationSpec] = []
+    if not isinstance(raw_destinations, list) or not raw_destinations:
+        problems.append(f"{at}: expected at least one [[pipelines.destinations]] table")
+    else:
+        seen: set[str] = set()
+        for d_index, raw_destination in enumerate(raw_destinations):
+            d_at = f"{at}.destinations[{d_index}]"
+            destination = _parse_destination(raw_destination, env, d_at, problems)
+            if destination is None:
+                continue
+            if destination.id in seen:
+                problems.append(f"{d_at}: duplicate destination id {destination.id!r}")
+            seen.add(destination.id)
+            destinations.append(destination)
+    if name is None or source is None:
+        return None
+    return PipelineSpec(name, source, tuple(destinations), batch_size, str(retry))
+
+
+def _parse_source(raw: Any, at: str, problems: list[str]) -> SourceSpec | None:
+    if not isinstance(raw, dict):
+        problems.append(f"{at}: expected a [pipelines.source] table")
+        return None
+    source_id = _text(raw, "id", at, problems)
+    kind = raw.get("type")
+    if kind not in SOURCE_TYPES:
+        problems.append(f"{at}: 'type' must be one of {', '.join(SOURCE_TYPES)}, got {kind!r}")
+        return None
+    if kind == "jsonl" and not isinstance(raw.get("path"), str):
+        problems.append(f"{at}: a jsonl source needs 'path' (a file, or \"-\" for stdin)")
+    if source_id is None:
+        return None
+    options = {k: v for k, v in raw.items() if k not in ("id", "type")}
+    return SourceSpec(source_id, str(kind), options)
+
+
+def _parse_destination(
+    raw: Any, env: Mapping[str, str], at: str, problems: list[str]
+) -> DestinationSpec | None:
+    if not isinstance(raw, dict):
+        problems.append(f"{at}: must be a table")
+        return None
+    destination_id = _text(raw, "id", at, problems)
+    name = _text(raw, "name", at, problems)
+    kind = raw.get("type")
+    if kind not in DESTINATION_TYPES:
+        problems.append(f"{at}: 'type' must be one of {', '.join(DESTINATION_TYPES)}, got {kind!r}")
+        return None
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("id", "name", "type"):
+            continue
+        if key.endswith("_env"):
+            variable = str(value)
+            if variable not in env:
+                problems.append(
+                    f"{at}: '{key}' names environment variable {variable} which is not set"
+                )
+                continue
+            options[key[: -len("_env")]] = env[variable]
+        else:
+            options[key] = value
+    if kind == "postgresql" and "dsn" not in options:
+        problems.append(f"{at}: a postgresql destination needs 'dsn' or 'dsn_env'")
+    if destination_id is None or name is None:
+        return None
+    return DestinationSpec(destination_id, name, str(kind), options)
