@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import attrgetter, itemgetter, methodcaller
 from typing import Any
 
@@ -17,22 +17,45 @@ _VALUES = methodcaller("values")
 
 
 def net_effect(records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
-    """The last change per key, by source position.
+    """One change per key with the effect of all its changes, in source-position order.
 
     The sort is stable, so changes with equal positions keep their batch order.
-    Applying only the last change of each key gives the same table as applying
-    every change in order, because each change carries the full row (upsert) or
-    removes it (delete).
+    The last change of a key wins; when an upsert follows an upsert whose row
+    had columns it lacks (partial rows), the earlier values of those columns
+    are carried into it, so collapsing never loses a column. (A delete then a
+    partial re-insert of one key in one batch leaves the target's other
+    columns as they were; sources that send full rows, like Debezium, never
+    meet this.)
     """
     ordered = sorted(records, key=_POSITION)
     # Built with C-level map/zip: this runs once per record of every batch.
-    keys = map(tuple, map(_VALUES, map(_KEY, ordered)))
+    keys = list(map(tuple, map(_VALUES, map(_KEY, ordered))))
     latest = dict(zip(keys, ordered, strict=True))  # a later change replaces an earlier one
     if () in latest:
         bad = latest[()]
         raise PermanentDestinationError(
             f"change without a primary key: table={bad.table} position={bad.position}"
         )
+    if len(latest) == len(ordered):
+        return list(latest.values())
+    return _collapse(keys, ordered)
+
+
+def _collapse(keys: list[tuple[Any, ...]], ordered: list[ChangeRecord]) -> list[ChangeRecord]:
+    """The slow path, for batches that change some key more than once."""
+    latest: dict[tuple[Any, ...], ChangeRecord] = {}
+    for key, record in zip(keys, ordered, strict=True):
+        previous = latest.get(key)
+        if (
+            previous is not None
+            and previous.after is not None
+            and record.after is not None
+            and previous.op is not Operation.DELETE
+            and record.op is not Operation.DELETE
+            and not record.after.keys() >= previous.after.keys()
+        ):
+            record = replace(record, after={**previous.after, **record.after})
+        latest[key] = record
     return list(latest.values())
 
 

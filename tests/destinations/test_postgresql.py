@@ -164,6 +164,12 @@ def test_partial_rows_leave_missing_columns_alone(
         [upsert(1, {"qty": 10}, 2), upsert(2, {"name": "two"}, 3), upsert(3, {"qty": 3}, 4)],
     )
     assert rows(pg_conn, items, "items") == [(1, "one", 10), (2, "two", None), (3, None, 3)]
+    # within one batch too: a partial update after a full insert keeps the insert's columns
+    dest.write_batch(
+        SOURCE_TABLE,
+        [upsert(4, {"name": "four", "qty": 4}, 5, op=Operation.INSERT), upsert(4, {"qty": 40}, 6)],
+    )
+    assert rows(pg_conn, items, "items")[-1] == (4, "four", 40)
 
 
 AWKWARD_TEXT = [
