@@ -1,0 +1,628 @@
+"""A source of Debezium-style change events, one JSON object per line, from a file or stdin.
+
+Each line is ``{"op": "c|u|d|r", "before": {...}|null, "after": {...}|null,
+"source": {"schema": "public", "table": "users", "lsn": 123 or "0/16B3748",
+"lsn_commit": ..., "sequence" or "seq": n, "ts_ms": ..., "pk": [...]},
+"key": {...}}``, optionally wrapped as ``{"payload": {...}}`` (Kafka Connect's
+JSON converter with schemas on).
+
+* Table: ``schema.table`` when ``source.schema`` is given, else ``table``.
+* Position: commit = ``source.lsn_commit`` if present, else ``source.lsn``
+  (an integer, a decimal string or a PostgreSQL ``'X/Y'`` LSN); seq =
+  ``source.sequence``/``source.seq`` when it is an integer, else the event's
+  order among the consecutive events of the same commit. Debezium's own
+  ``sequence`` string (``'["lastCommitLsn","lsn"]'``) is not an in-transaction
+  order and is ignored. Without ``lsn_commit``, ``lsn`` is only a correct commit
+  position when transactions do not interleave; a commit going backwards is
+  logged once as a warning.
+* Key: the ``key`` object if present, else the columns named by ``source.pk``
+  or the ``primary_keys`` option, taken from ``after`` (from ``before`` for a
+  delete). A change whose key cannot be determined is rejected.
+* Numbers with a fraction or exponent become ``Decimal``, so a numeric column
+  keeps its exact value.
+
+Malformed lines are set aside, never crashed on: logged with line number and
+reason, kept in ``rejected`` (the last ``max_rejected``) and appended to
+``rejected_path`` when given. Their bytes count as read, so a restart does not
+report them again unless they are past the acknowledged token.
+
+Resume (files only): the token is the byte offset after the last line of the
+batch (plus the line number and the implicit-sequence state, so line numbers
+and implicit seqs stay identical after a restart); ``acknowledge`` stores it in
+the ``OffsetStore`` and a new source seeks there. With ``follow=True`` the file
+is polled for appended lines and an incomplete last line (no newline yet) is
+left until it is complete; with ``follow=False`` the source is exhausted at
+end of file, and a last line without a newline counts as complete.
+
+Stdin (``"-"``) or any binary stream: read by a helper thread, never resumed
+(``acknowledge`` stores nothing: a pipe cannot be re-read), exhausted at EOF.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+from compute.sources.base import RejectedEvent, Source, SourceBatch, SourceError
+from compute.sources.offset_store import OffsetStore
+from destinations.records import ChangeRecord, Operation, SourcePosition, parse_pg_lsn
+
+logger = logging.getLogger(__name__)
+
+STDIN = "-"
+_BOM = b"\xef\xbb\xbf"
+_RAW_KEPT_CHARS = 4096  # raw text kept in memory per rejected line; the file gets all of it
+_LOG_EACH_FIRST = 100  # rejections logged one by one; after that one in _LOG_EVERY
+_LOG_EVERY = 1000
+_EXTRA_LINES_PER_READ = 1024  # rejected lines a read may skip beyond max_events
+_STREAM_QUEUE_LINES = 10_000
+_OPS = ", ".join(op.value for op in Operation)
+
+
+class _Reject(Exception):
+    """A line is not a usable change event; the message says why."""
+
+
+class _Token(NamedTuple):
+    offset: int
+    line: int | None  # None: count it from the file
+    tx_commit: int | None
+    tx_count: int
+
+    def __str__(self) -> str:
+        if self.line is None:
+            return str(self.offset)  # as stored: the file has not been opened yet
+        commit = "" if self.tx_commit is None else str(self.tx_commit)
+        return f"{self.offset}:{self.line}:{commit}:{self.tx_count}"
+
+
+def _parse_token(token: str) -> _Token:
+    """``'1234'`` or ``'1234:17:5000:2'`` (offset, line, commit, count in commit)."""
+    try:
+        parts = token.split(":")
+        if len(parts) == 1:
+            offset = int(parts[0])
+            if offset < 0:
+                raise ValueError
+            return _Token(offset, None, None, 0)
+        offset_text, line_text, commit_text, count_text = parts
+        parsed = _Token(
+            int(offset_text),
+            int(line_text),
+            int(commit_text) if commit_text else None,
+            int(count_text),
+        )
+    except ValueError:
+        raise SourceError(f"not a JSON-lines resume token: {token!r}") from None
+    if parsed.offset < 0 or (parsed.line or 0) < 0 or parsed.tx_count < 0:
+        raise SourceError(f"not a JSON-lines resume token: {token!r}")
+    return parsed
+
+
+class _Line(NamedTuple):
+    data: bytes
+    too_long: bool
+
+
+class JsonLinesSource(Source):
+    """Debezium-style change events from a JSON-lines file (resumable) or stdin (not)."""
+
+    def __init__(
+        self,
+        source_id: str,
+        path_or_stdin: str | os.PathLike[str] | IO[bytes],
+        offsets: OffsetStore | None,
+        *,
+        follow: bool = False,
+        primary_keys: Mapping[str, Sequence[str]] | None = None,
+        rejected_path: str | os.PathLike[str] | None = None,
+        max_rejected: int = 1000,
+        max_line_bytes: int = 16 * 1024 * 1024,
+    ) -> None:
+        super().__init__(source_id)
+        if max_line_bytes < 1:
+            raise ValueError("max_line_bytes must be positive")
+        self._follow = follow
+        self._offsets = offsets
+        self._primary_keys = {t: _column_list(cols) for t, cols in (primary_keys or {}).items()}
+        self._rejected_path = Path(rejected_path) if rejected_path is not None else None
+        self._rejected: deque[RejectedEvent] = deque(maxlen=max(0, max_rejected))
+        self.rejected_count = 0
+        self._max_line = max_line_bytes
+        self._warned_backwards = False
+        self._closed = False
+
+        self._fh: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._stream_lines: queue.Queue[_Line | BaseException | None] | None = None
+        self._stream_eof = False
+        self._state = _Token(0, 0, None, 0)
+
+        if isinstance(path_or_stdin, str | os.PathLike) and os.fspath(path_or_stdin) != STDIN:
+            self._path = Path(path_or_stdin)
+            self.name = self._path.name
+            stored = offsets.get(self.source_id) if offsets is not None else None
+            self._start = _parse_token(stored) if stored is not None else _Token(0, 0, None, 0)
+            self._state = self._start  # until the file is open, its token is the stored one
+            if not self._open() and not follow:
+                raise SourceError(f"source={self.source_id}: input file {self._path} not found")
+        else:
+            stream = sys.stdin.buffer if not hasattr(path_or_stdin, "read") else path_or_stdin
+            self.name = (
+                "stdin" if stream is sys.stdin.buffer else f"stream {getattr(stream, 'name', '?')}"
+            )
+            self._start_stream(stream)  # type: ignore[arg-type]
+
+    # --- Source ----------------------------------------------------------------------------------
+
+    def read(self, max_events: int) -> SourceBatch:
+        if max_events < 1:
+            raise ValueError("max_events must be at least 1")
+        if self._closed:
+            raise SourceError(f"source={self.source_id}: read after close")
+        records: list[ChangeRecord] = []
+        if self._path is not None and self._fh is None and not self._open():
+            return SourceBatch(records, str(self._state))  # follow: the file is not there yet
+        if self._follow and self._fh is not None:
+            size = os.fstat(self._fh.fileno()).st_size
+            if size < self._state.offset:
+                raise SourceError(
+                    f"source={self.source_id} file={self._path}: file shrank to {size} bytes, "
+                    f"below the read position {self._state.offset}; it was truncated or replaced"
+                )
+        for _ in range(max_events + _EXTRA_LINES_PER_READ):
+            if len(records) >= max_events:
+                break
+            start = self._state.offset
+            line = self._next_line()
+            if line is None:
+                break
+            record = self._accept(line, start)
+            if record is not None:
+                records.append(record)
+        return SourceBatch(records, str(self._state))
+
+    def acknowledge(self, resume_token: str) -> None:
+        token = _parse_token(resume_token)
+        if self._path is None or self._offsets is None:
+            return  # a stream cannot be re-read, so there is nothing to resume from
+        if token.offset > self._state.offset:
+            raise SourceError(
+                f"source={self.source_id}: acknowledged offset {token.offset} is past what was "
+                f"read ({self._state.offset})"
+            )
+        self._offsets.put(self.source_id, resume_token)
+
+    @property
+    def exhausted(self) -> bool:
+        if self._path is None:
+            assert self._stream_lines is not None
+            return self._stream_eof and self._stream_lines.empty()
+        if self._follow or self._fh is None:
+            return False
+        return self._state.offset >= os.fstat(self._fh.fileno()).st_size
+
+    @property
+    def rejected(self) -> Sequence[RejectedEvent]:
+        return tuple(self._rejected)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        # A stream's reader thread is a daemon blocked in read(); stdin is not ours to close.
+
+    # --- files -----------------------------------------------------------------------------------
+
+    def _open(self) -> bool:
+        """Open the file and seek to the stored token; False if it does not exist (yet)."""
+        assert self._path is not None
+        try:
+            fh = open(self._path, "rb")  # noqa: SIM115 - kept open for the source's lifetime
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise SourceError(f"source={self.source_id}: cannot open {self._path}: {exc}") from exc
+        try:
+            self._state = self._resume(fh, self._start)
+        except BaseException:
+            fh.close()
+            raise
+        self._fh = fh
+        if self._start.offset:
+            logger.info(
+                "resuming source=%s file=%s offset=%d line=%d",
+                self.source_id,
+                self._path,
+                self._state.offset,
+                self._state.line or 0,
+            )
+        return True
+
+    def _resume(self, fh: IO[bytes], token: _Token) -> _Token:
+        """Seek to ``token``, checking the file still holds what was read before."""
+        size = os.fstat(fh.fileno()).st_size
+        where = f"source={self.source_id} file={self._path}"
+        if token.offset > size:
+            raise SourceError(
+                f"{where}: resume offset {token.offset} is past the end of the file ({size} "
+                "bytes); was it truncated or replaced? Remove the source's offset to re-read it."
+            )
+        if 0 < token.offset < size:
+            fh.seek(token.offset - 1)
+            if fh.read(1) != b"\n":
+                raise SourceError(
+                    f"{where}: resume offset {token.offset} is not at a line boundary; "
+                    "was the file rewritten?"
+                )
+        line = token.line
+        if line is None:  # an offset-only token: count the lines before it
+            fh.seek(0)
+            line, remaining = 0, token.offset
+            while remaining:
+                chunk = fh.read(min(remaining, 1 << 20))
+                if not chunk:
+                    break
+                line += chunk.count(b"\n")
+                remaining -= len(chunk)
+        fh.seek(token.offset)
+        return token._replace(line=line)
+
+    def _next_line(self) -> _Line | None:
+        """The next complete line (its bytes consumed), or None if there is none yet."""
+        if self._path is None:
+            return self._next_stream_line()
+        fh = self._fh
+        assert fh is not None
+        start = self._state.offset
+        data = fh.readline(self._max_line + 1)
+        too_long = False
+        if not data:
+            return None
+        if not data.endswith(b"\n") and len(data) > self._max_line:
+            too_long = True  # skip the rest of it, keep the head for the report
+            while True:
+                rest = fh.readline(1 << 20)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            if not rest and self._follow:
+                fh.seek(start)
+                return None
+        elif not data.endswith(b"\n") and self._follow:
+            fh.seek(start)  # a writer is still appending to this line
+            return None
+        end = fh.tell()
+        self._state = self._state._replace(offset=end, line=(self._state.line or 0) + 1)
+        return _Line(data, too_long)
+
+    # --- streams ---------------------------------------------------------------------------------
+
+    def _start_stream(self, stream: IO[bytes]) -> None:
+        lines: queue.Queue[_Line | BaseException | None] = queue.Queue(_STREAM_QUEUE_LINES)
+        self._stream_lines = lines
+        limit = self._max_line
+
+        def pump() -> None:
+            # Blocking reads live in this thread so that read() never waits on the pipe.
+            try:
+                while True:
+                    data = stream.readline(limit + 1)
+                    if not data:
+                        break
+                    too_long = not data.endswith(b"\n") and len(data) > limit
+                    if too_long:
+                        while True:
+                            rest = stream.readline(1 << 20)
+                            if not rest or rest.endswith(b"\n"):
+                                break
+                    lines.put(_Line(data, too_long))
+            except BaseException as exc:  # handed to read(), which raises SourceError
+                lines.put(exc)
+            lines.put(None)
+
+        threading.Thread(target=pump, name=f"jsonl-{self.source_id}", daemon=True).start()
+
+    def _next_stream_line(self) -> _Line | None:
+        assert self._stream_lines is not None
+        if self._stream_eof:
+            return None
+        try:
+            item = self._stream_lines.get_nowait()
+        except queue.Empty:
+            return None
+        if item is None:
+            self._stream_eof = True
+            return None
+        if isinstance(item, BaseException):
+            self._stream_eof = True
+            raise SourceError(f"source={self.source_id}: cannot read {self.name}: {item}") from item
+        self._state = self._state._replace(
+            offset=self._state.offset + len(item.data), line=(self._state.line or 0) + 1
+        )
+        return item
+
+    # --- parsing ---------------------------------------------------------------------------------
+
+    def _accept(self, line: _Line, start: int) -> ChangeRecord | None:
+        """The line's change record, or None if it is blank or rejected (and reported)."""
+        line_no = self._state.line or 0
+        data = line.data
+        if start == 0 and data.startswith(_BOM):
+            data = data[len(_BOM) :]
+        try:
+            if line.too_long:
+                raise _Reject(f"line longer than {self._max_line} bytes")
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _Reject(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+            if not text.strip():
+                return None  # blank lines separate nothing and carry nothing
+            try:
+                doc = json.loads(text, parse_float=Decimal)
+            except json.JSONDecodeError as exc:
+                raise _Reject(f"bad JSON: {exc.msg} at column {exc.colno}") from None
+            except RecursionError:
+                raise _Reject("bad JSON: nested too deeply") from None
+            return self._record(doc, line_no)
+        except _Reject as exc:
+            self._reject(line_no, start, str(exc), line.data)
+        except Exception as exc:  # a bug here must not stop the stream; it is reported loudly
+            logger.exception("unexpected error parsing source=%s line=%d", self.source_id, line_no)
+            self._reject(line_no, start, f"unexpected {type(exc).__name__}: {exc}", line.data)
+        return None
+
+    def _record(self, doc: Any, line_no: int) -> ChangeRecord:
+        outer = doc
+        if not isinstance(doc, dict):
+            raise _Reject(f"not a JSON object but {_json_type(doc)}")
+        if "op" not in doc and "payload" in doc:
+            doc = doc["payload"]
+            if not isinstance(doc, dict):
+                raise _Reject(f"'payload' is {_json_type(doc)}, not an object")
+        code = doc.get("op")
+        if code is None:
+            raise _Reject("missing 'op'")
+        try:
+            op = Operation(code)
+        except ValueError:
+            raise _Reject(f"unknown op {code!r} (expected one of {_OPS})") from None
+        source = doc.get("source")
+        if not isinstance(source, dict):
+            what = "missing" if source is None else f"{_json_type(source)}, not an object"
+            raise _Reject(f"'source' is {what} (it gives the table and the position)")
+        table = _table_name(source)
+        before = _row(doc, "before")
+        after = _row(doc, "after")
+        if op is Operation.DELETE:
+            after = None  # a delete leaves no row, whatever the event carries
+        elif after is None:
+            raise _Reject(f"op {op.value!r} without an 'after' row")
+        commit = _position(source, "lsn_commit")
+        if commit is None:
+            commit = _position(source, "lsn")
+        if commit is None:
+            raise _Reject("no position: 'source.lsn_commit' or 'source.lsn' is required")
+        explicit_seq = _sequence(source)
+        commit_ts = _commit_ts(source)
+        key = self._key(doc, outer, source, table, op, before, after)
+
+        state = self._state
+        if commit == state.tx_commit:
+            count = state.tx_count + 1
+        else:
+            if state.tx_commit is not None and commit < state.tx_commit:
+                self._warn_backwards(line_no, commit, state.tx_commit)
+            count = 0
+        self._state = state._replace(tx_commit=commit, tx_count=count)
+        seq = explicit_seq if explicit_seq is not None else count
+        return ChangeRecord(
+            table=table,
+            op=op,
+            key=key,
+            after=after,
+            position=SourcePosition(commit, seq),
+            before=before,
+            commit_ts=commit_ts,
+        )
+
+    def _key(
+        self,
+        doc: dict[str, Any],
+        outer: dict[str, Any],
+        source: dict[str, Any],
+        table: str,
+        op: Operation,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        given = doc.get("key", outer.get("key"))
+        if given is not None:
+            if isinstance(given, dict) and set(given) == {"schema", "payload"}:
+                given = given["payload"]  # a Kafka Connect key with its schema
+            if not isinstance(given, dict) or not given:
+                raise _Reject("'key' must be a non-empty object of primary-key columns")
+            for column, value in given.items():
+                _check_key_value(column, value, "key")
+            return dict(given)
+        columns = source.get("pk")
+        if columns is not None:
+            if not (
+                isinstance(columns, str)
+                or (isinstance(columns, list) and all(isinstance(c, str) for c in columns))
+            ):
+                raise _Reject("'source.pk' must be a list of column names")
+            columns = _column_list(columns)
+        else:
+            bare = table.rpartition(".")[2]
+            columns = self._primary_keys.get(table) or self._primary_keys.get(bare)
+        if not columns:
+            raise _Reject(
+                f"no primary key for table {table}: give a 'key' object or configure primary_keys"
+            )
+        side, row = ("before", before) if op is Operation.DELETE else ("after", after)
+        if row is None:
+            raise _Reject(f"delete from {table} without 'key' or 'before': cannot tell which row")
+        key: dict[str, Any] = {}
+        for column in columns:
+            if column not in row:
+                raise _Reject(f"primary key column {column!r} missing from '{side}'")
+            _check_key_value(column, row[column], side)
+            key[column] = row[column]
+        return key
+
+    # --- reporting -------------------------------------------------------------------------------
+
+    def _reject(self, line_no: int, offset: int, reason: str, data: bytes) -> None:
+        self.rejected_count += 1
+        text = data.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+        kept = text if len(text) <= _RAW_KEPT_CHARS else text[:_RAW_KEPT_CHARS] + "...[truncated]"
+        self._rejected.append(RejectedEvent(f"{self.name} line {line_no}", reason, kept))
+        count = self.rejected_count
+        if count <= _LOG_EACH_FIRST or count % _LOG_EVERY == 0:
+            logger.warning(
+                "rejected change event source=%s file=%s line=%d reason=%s rejected_total=%d%s",
+                self.source_id,
+                self.name,
+                line_no,
+                reason,
+                count,
+                f" (further rejections logged one in {_LOG_EVERY})"
+                if count == _LOG_EACH_FIRST
+                else "",
+            )
+        if self._rejected_path is not None:
+            entry = {
+                "source": self.source_id,
+                "file": str(self._path) if self._path is not None else self.name,
+                "line": line_no,
+                "offset": offset,
+                "reason": reason,
+                "raw": text,
+                "rejected_at": time.time(),
+            }
+            try:
+                with open(self._rejected_path, "a", encoding="utf-8") as out:
+                    out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            except OSError as exc:
+                # The line is still in the input file and in the log above; keep flowing.
+                logger.error(
+                    "cannot write rejected event source=%s path=%s error=%s",
+                    self.source_id,
+                    self._rejected_path,
+                    exc,
+                )
+
+    def _warn_backwards(self, line_no: int, commit: int, previous: int) -> None:
+        if self._warned_backwards:
+            return
+        self._warned_backwards = True
+        logger.warning(
+            "commit position goes backwards source=%s line=%d commit=%d previous=%d: give "
+            "'source.lsn_commit' (the transaction's commit LSN); a change's own LSN is not "
+            "ordered across concurrent transactions (logged once)",
+            self.source_id,
+            line_no,
+            commit,
+            previous,
+        )
+
+
+def _column_list(columns: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(columns, str):
+        return tuple(c.strip() for c in columns.split(",") if c.strip())
+    return tuple(columns)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float | Decimal):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _table_name(source: dict[str, Any]) -> str:
+    table = source.get("table")
+    if not isinstance(table, str) or not table:
+        raise _Reject("'source.table' must be a non-empty string")
+    schema = source.get("schema")
+    if schema is None or schema == "":
+        return table
+    if not isinstance(schema, str):
+        raise _Reject("'source.schema' must be a string")
+    return f"{schema}.{table}"
+
+
+def _row(doc: dict[str, Any], side: str) -> dict[str, Any] | None:
+    row = doc.get(side)
+    if row is not None and not isinstance(row, dict):
+        raise _Reject(f"'{side}' is {_json_type(row)}, not an object or null")
+    return row
+
+
+def _position(source: dict[str, Any], field: str) -> int | None:
+    value = source.get(field)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        if value.isdigit():
+            return int(value)
+        try:
+            return parse_pg_lsn(value)
+        except ValueError:
+            pass
+    raise _Reject(
+        f"'source.{field}' is not a position: {value!r} (expected a non-negative integer or "
+        "a PostgreSQL LSN like '0/16B3748')"
+    )
+
+
+def _sequence(source: dict[str, Any]) -> int | None:
+    for field in ("seq", "sequence"):
+        value = source.get(field)
+        if value is None:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+        if isinstance(value, str) and value.startswith("["):
+            continue  # Debezium's '["lastCommitLsn","lsn"]': not an order inside the transaction
+        raise _Reject(f"'source.{field}' must be a non-negative integer, not {value!r}")
+    return None
+
+
+def _commit_ts(source: dict[str, Any]) -> float | None:
+    value = source.get("ts_ms")
+    if value is None:
+        return None
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return float(value) / 1000.0
+    raise _Reject(f"'source.ts_ms' must be a number, not {value!r}")
+
+
+def _check_key_value(column: Any, value: Any, side: str) -> None:
+    if value is None:
+        raise _Reject(f"primary key column {column!r} is null in '{side}'")
+    if isinstance(value, dict | list):
+        raise _Reject(f"primary key column {column!r} in '{side}' is not a scalar")
