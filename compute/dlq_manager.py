@@ -321,15 +321,15 @@ class DLQManager:
         return bool(keys) and record_key(record) in keys
 
     def parked_count(self, queue: QueueId) -> int:
-        return self.store.stats(queue.parked).messages
+        return self.store.count(queue.parked)
 
     def _parked_keys(self, queue: QueueId) -> set[tuple[Any, ...]]:
         info = self._info(queue)
         if info.parked_keys is None:
             keys: set[tuple[Any, ...]] = set()
-            stats = self.store.stats(queue.parked)
-            if stats.messages:
-                for payload in self.store.peek(queue.parked, stats.messages):
+            parked = self.store.count(queue.parked)
+            if parked:
+                for payload in self.store.peek(queue.parked, parked):
                     try:
                         keys.add(record_key(decode_message(payload).record))
                     except MessageDecodeError:
@@ -412,7 +412,7 @@ class DLQManager:
     # ------------------------------------------------------------- inspection
 
     def has_messages(self, queue: QueueId) -> bool:
-        return self.store.stats(queue).messages > 0
+        return self.store.count(queue) > 0
 
     def list_queues(self) -> list[QueueId]:
         """Every queue, including those found on disk from earlier runs."""
@@ -420,7 +420,7 @@ class DLQManager:
 
     def status(self, queue: QueueId) -> QueueStatus:
         stats = self.store.stats(queue)
-        parked = self.store.stats(queue.parked).messages
+        parked = self.store.count(queue.parked)
         info = self._info(queue)
         if stats.messages == 0:
             oldest = newest = None

@@ -80,6 +80,10 @@ class QueueStore(ABC):
         """Up to ``limit`` unacknowledged payloads from the head (or the newest one), unleased."""
 
     @abstractmethod
+    def count(self, queue: QueueId) -> int:
+        """Unacknowledged messages in ``queue`` (cheap: no disk measurement)."""
+
+    @abstractmethod
     def stats(self, queue: QueueId) -> StoredStats:
         """Message count and bytes on disk of ``queue`` (zeros if it does not exist)."""
 

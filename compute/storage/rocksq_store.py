@@ -672,8 +672,14 @@ class RocksqStore(QueueStore):
                 segments=len(state.segments),
             )
 
+    def count(self, queue: QueueId) -> int:
+        state = self._state(queue)
+        with state.lock:
+            self._loaded(state)
+            return state.total
+
     def list_queues(self) -> list[QueueId]:
-        found = set(self._states)
+        found: set[QueueId] = set()
         for source_dir in _subdirs(self.base_path, SOURCE_PREFIX):
             for table_dir in _subdirs(source_dir, TABLE_PREFIX):
                 for dest_dir in _subdirs(table_dir, DEST_PREFIX):

@@ -1,0 +1,77 @@
+"""Small builders shared by the engine-side tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from compute.sources.base import RejectedEvent, Source, SourceBatch
+from config.settings import DLQConfig
+from destinations.records import ChangeRecord, Operation, SourcePosition
+
+TABLE = "public.accounts"
+
+
+def change(
+    i: int, key: int, op: Operation = Operation.UPDATE, table: str = TABLE, **row: Any
+) -> ChangeRecord:
+    """Change number ``i`` (its position) to row ``key``."""
+    after = None if op is Operation.DELETE else {"id": key, "v": i, **row}
+    return ChangeRecord(table, op, {"id": key}, after, SourcePosition(i, 0))
+
+
+def dlq_config(tmp_path: Path, **overrides: Any) -> DLQConfig:
+    values: dict[str, Any] = {
+        "base_path": tmp_path / "dlq",
+        "min_free_disk_mb": 0,
+        "check_interval": 0.2,
+        "backoff_base_ms": 10,
+        "backoff_max_ms": 50,
+        "batch_size": 10,
+    }
+    values.update(overrides)
+    return DLQConfig(**values)
+
+
+def apply_model(
+    records: Sequence[ChangeRecord],
+) -> dict[str, dict[tuple[Any, ...], dict[str, Any]]]:
+    """The tables a correct destination holds after ``records``, in order."""
+    tables: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+    for r in records:
+        rows = tables.setdefault(r.table, {})
+        if r.op is Operation.DELETE:
+            rows.pop(r.key_values, None)
+        else:
+            assert r.after is not None
+            rows[r.key_values] = {**rows.get(r.key_values, {}), **r.key, **r.after}
+    return tables
+
+
+class ListSource(Source):
+    """A source over a fixed list of records; remembers what was acknowledged."""
+
+    def __init__(self, records: Sequence[ChangeRecord], source_id: str = "1") -> None:
+        super().__init__(source_id)
+        self.records = list(records)
+        self.next_index = 0
+        self.acknowledged = 0
+        self.reads = 0
+
+    def read(self, max_events: int) -> SourceBatch:
+        self.reads += 1
+        batch = self.records[self.next_index : self.next_index + max_events]
+        self.next_index += len(batch)
+        return SourceBatch(batch, str(self.next_index))
+
+    def acknowledge(self, resume_token: str) -> None:
+        self.acknowledged = int(resume_token)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.next_index >= len(self.records)
+
+    @property
+    def rejected(self) -> Sequence[RejectedEvent]:
+        return ()

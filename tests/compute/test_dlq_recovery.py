@@ -1,0 +1,208 @@
+"""The recovery worker: health transitions, ordered replay, backoff, parking, TTL, hangs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from compute.dlq_manager import DLQManager
+from compute.dlq_message import DLQMessage, FailureContext
+from compute.dlq_recovery import DLQRecoveryWorker
+from compute.health import DestinationHealth
+from compute.queue_id import QueueId
+from destinations.records import Operation
+from tests.compute.helpers import TABLE, apply_model, change, dlq_config
+from tests.fakes import FakeDestination
+
+FAILURE = FailureContext("OperationalError", "connection refused", code="08006")
+
+
+def enqueue(dlq: DLQManager, queue: QueueId, records, now: float | None = None) -> None:
+    dlq.enqueue(queue, [DLQMessage.create(queue, r, FAILURE, now=now) for r in records])
+
+
+def make_worker(tmp_path: Path, destinations, **config) -> tuple[DLQRecoveryWorker, DLQManager]:
+    cfg = dlq_config(tmp_path, **config)
+    dlq = DLQManager(cfg, background=False)
+    health = {d.destination_id: DestinationHealth(d) for d in destinations}
+    worker = DLQRecoveryWorker("p", "1", destinations, health, dlq, cfg, probe_timeout=0.5)
+    return worker, dlq
+
+
+def test_replays_in_order_once_healthy_and_logs_transitions(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dest = FakeDestination("2", "Snowflake-Prod")
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=4)
+    queue = QueueId("1", TABLE, "2")
+    history = [
+        change(1, 1),
+        change(2, 2),
+        change(3, 1),
+        change(4, 2, Operation.DELETE),
+        change(5, 3),
+    ]
+    history += [change(6 + i, i % 4) for i in range(20)]
+    enqueue(dlq, queue, history)
+    dest.set_down(True)
+    with caplog.at_level(logging.INFO):
+        assert worker.run_once() == []
+        assert worker.health["2"].circuit_open
+        dest.set_down(False)
+        results = worker.run_once(time.time() + 60)
+    assert results[0].replayed == len(history)
+    assert dest.rows(TABLE) == apply_model(history)[TABLE]
+    assert not dlq.has_messages(queue)
+    text = caplog.text
+    assert "✓ Destination Snowflake-Prod (ID=2) is now HEALTHY" in text
+    assert f"Processing 4 DLQ messages for {queue}" in text
+    assert "✓ Successfully replayed 4/4 DLQ messages" in text
+    # the batches reached the destination in queue order
+    applied = [r.position.commit for r in dest.applied]
+    assert applied == sorted(applied)
+    dlq.close()
+
+
+def test_failed_batch_is_released_and_backs_off(tmp_path: Path) -> None:
+    dest = FakeDestination("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], backoff_base_ms=1000, backoff_max_ms=2000)
+    queue = QueueId("1", TABLE, "2")
+    enqueue(dlq, queue, [change(1, 1), change(2, 2)])
+    dest.fail_next(1)  # one transient failure while the health check passes
+    now = time.time()
+    result = worker.run_once(now)[0]
+    assert result.failed == 2 and result.replayed == 0
+    assert dlq.attempts_of(queue, dlq.peek(queue, 1)[0]) == 2  # enqueued with 1, failed once more
+    assert worker.run_once(now + 0.1)[0].replayed == 0  # still backing off
+    assert worker.run_once(now + 5)[0].replayed == 2
+    assert set(dest.rows(TABLE)) == {(1,), (2,)}
+    dlq.close()
+
+
+def test_outage_never_charges_attempts(tmp_path: Path) -> None:
+    dest = FakeDestination("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], max_retries=1)
+    queue = QueueId("1", TABLE, "2")
+    enqueue(dlq, queue, [change(1, 1)])
+    dest.set_down(True)
+    for i in range(10):
+        worker.run_once(time.time() + i * 100)
+    assert dlq.parked_count(queue) == 0
+    dest.set_down(False)
+    worker.run_once(time.time() + 5000)
+    assert set(dest.rows(TABLE)) == {(1,)}
+    dlq.close()
+
+
+def test_poison_is_parked_and_its_key_held_while_others_flow(tmp_path: Path) -> None:
+    dest = FakeDestination("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=10)
+    queue = QueueId("1", TABLE, "2")
+    enqueue(dlq, queue, [change(1, 1), change(2, 2), change(3, 3), change(4, 2), change(5, 1)])
+    dest.fail_keys([2])  # permanent
+    result = worker.run_once()[0]
+    assert result.parked == 2  # key 2, and its later change behind it
+    assert result.replayed == 3
+    assert dest.row(TABLE, 1)["v"] == 5
+    assert dest.row(TABLE, 2) is None
+    parked = dlq.peek(queue.parked, 10)
+    assert [(m.record.key["id"], m.record.position.commit) for m in parked] == [(2, 2), (2, 4)]
+    assert parked[0].failure.kind.value == "permanent"
+    assert parked[1].failure.error_class == "HeldBehindParkedChange"
+    assert not dlq.has_messages(queue)
+    # parked messages are never replayed automatically
+    dest.clear_failures()
+    worker.run_once(time.time() + 100)
+    assert dest.row(TABLE, 2) is None
+    dlq.close()
+
+
+def test_message_over_retry_budget_is_parked(tmp_path: Path) -> None:
+    dest = FakeDestination("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], max_retries=2, batch_size=10)
+    queue = QueueId("1", TABLE, "2")
+    enqueue(dlq, queue, [change(1, 1), change(2, 2)])
+    dest.fail_keys([1], kind="transient")  # fails "transiently" forever while healthy
+    now = time.time()
+    for i in range(6):
+        worker.run_once(now + i * 100)
+    assert [m.record.key["id"] for m in dlq.peek(queue.parked, 10)] == [1]
+    assert set(dest.rows(TABLE)) == {(2,)}
+    assert not dlq.has_messages(queue)
+    dlq.close()
+
+
+def test_expired_messages_are_counted_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dest = FakeDestination("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], message_ttl=60)
+    queue = QueueId("1", TABLE, "2")
+    now = time.time()
+    enqueue(dlq, queue, [change(1, 1)], now=now - 3600)
+    enqueue(dlq, queue, [change(2, 2)], now=now)
+    with caplog.at_level(logging.WARNING):
+        result = worker.run_once(now)[0]
+    assert (result.expired, result.replayed) == (1, 1)
+    assert set(dest.rows(TABLE)) == {(2,)}
+    assert "DLQ messages expired" in caplog.text
+    dlq.close()
+
+
+def test_hung_health_check_delays_neither_others_nor_stop(tmp_path: Path) -> None:
+    hung = FakeDestination("2", "Hung")
+    hung.hang_test_connection(30, ignore_timeout=True)
+    fine = FakeDestination("3", "Fine")
+    worker, dlq = make_worker(tmp_path, [hung, fine])
+    enqueue(dlq, QueueId("1", TABLE, "2"), [change(1, 1)])
+    enqueue(dlq, QueueId("1", TABLE, "3"), [change(1, 1)])
+    started = time.monotonic()
+    worker.run_once()
+    assert time.monotonic() - started < 3  # probe timeout 0.5 s, not 30 s
+    assert set(fine.rows(TABLE)) == {(1,)}
+    assert worker.health["2"].circuit_open
+    worker.start()
+    time.sleep(0.3)
+    started = time.monotonic()
+    assert worker.stop(timeout=1.0)
+    assert time.monotonic() - started < 1.0
+    # no pile-up: while the first probe hangs, no second one starts
+    checks = hung.health_checks
+    for _ in range(3):
+        worker.run_once(time.time() + 1000)
+    assert hung.health_checks == checks
+    hung.hang_test_connection(0)
+    dlq.close()
+
+
+def test_fresh_events_flow_through_a_running_replay(tmp_path: Path) -> None:
+    dest = FakeDestination("2", "PG")
+    dest.set_write_delay(0.002)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=5, check_interval=0.05)
+    queue = QueueId("1", TABLE, "2")
+    history = [change(i, i % 7) for i in range(1, 101)]
+    enqueue(dlq, queue, history[:50])
+    worker.start()
+
+    def producer() -> None:
+        for i in range(50, 100, 5):
+            enqueue(dlq, queue, history[i : i + 5])
+            worker.wake()
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    thread.join()
+    deadline = time.monotonic() + 20
+    while dlq.has_messages(queue) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.stop()
+    assert not dlq.has_messages(queue)
+    assert dest.rows(TABLE) == apply_model(history)[TABLE]
+    applied = [r.position.commit for r in dest.applied]
+    assert applied == sorted(applied)
+    dlq.close()
