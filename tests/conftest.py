@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 from psycopg2 import sql
 
+from tests import servers
 from tests.servers import PostgresCluster, PostgresServer
 
 _schema_numbers = itertools.count(1)
@@ -73,7 +74,5 @@ def pg_conn(postgres_dsn: str) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def fakesnow_server() -> Iterator[dict[str, Any]]:
     """Connection kwargs for a local fakesnow server (real connector, DuckDB behind it)."""
-    import fakesnow
-
-    with fakesnow.server() as kwargs:
-        yield dict(kwargs)
+    with servers.fakesnow_server() as kwargs:
+        yield kwargs

@@ -291,3 +291,42 @@ def silent_listener() -> Iterator[int]:
         for conn in accepted:
             conn.close()
         sock.close()
+
+
+@contextlib.contextmanager
+def fakesnow_server(port: int | None = None, host: str = "127.0.0.1") -> Iterator[dict[str, Any]]:
+    """A local fakesnow server in a thread; yields connector kwargs.
+
+    Same as ``fakesnow.server()``, which cannot be called twice in one
+    process (its own ``import fakesnow.server`` replaces the function with the
+    module), and with a chosen ``port`` so an outage test can bring the
+    server back where the destination expects it. fakesnow keeps its data in
+    process memory, so a restarted server still has it.
+    """
+    import uvicorn
+    from fakesnow.server import app
+
+    port = port or free_port(host)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name=f"fakesnow:{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while thread.is_alive() and not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not server.started:
+        server.should_exit = True
+        raise RuntimeError(f"fakesnow server did not start on {host}:{port}")
+    try:
+        yield {
+            "user": "fake",
+            "password": "snow",
+            "account": "fakesnow",
+            "host": host,
+            "port": port,
+            "protocol": "http",
+            "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
+            "network_timeout": 1,  # fail fast instead of retrying against a stopped server
+        }
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -104,6 +104,9 @@ class SnowflakeDestination(Destination):
     database and schema: what an unquoted name would resolve to. Record
     columns match target columns exactly or, failing that, case-insensitively.
 
+    ``login_timeout`` bounds a login; ``network_timeout`` bounds each
+    statement, retries included (the connector cancels a statement that runs
+    longer), so a write during an outage fails instead of hanging.
     ``host``/``port``/``protocol`` point the connector elsewhere than
     ``<account>.snowflakecomputing.com`` (tests use a local fakesnow server).
     The password is kept out of ``repr`` and logs.
@@ -126,7 +129,7 @@ class SnowflakeDestination(Destination):
         protocol: str = "https",
         table_map: Mapping[str, str | tuple[str, ...]] | None = None,
         login_timeout: float = 30.0,
-        network_timeout: float = 120.0,
+        network_timeout: float = 300.0,
         session_parameters: Mapping[str, Any] | None = None,
         max_rows_per_insert: int = MAX_ROWS_PER_INSERT,
         max_insert_bytes: int = MAX_INSERT_BYTES,

@@ -235,11 +235,12 @@ def counted_statements() -> Iterator[list[str]]:
 
 
 def bench_snowflake(rows: int) -> float:
-    import fakesnow
     import snowflake.connector
-    from destinations.snowflake.destination import SnowflakeDestination
 
-    with fakesnow.server() as kwargs:
+    from destinations.snowflake.destination import SnowflakeDestination
+    from tests.servers import fakesnow_server
+
+    with fakesnow_server() as kwargs:
         setup = snowflake.connector.connect(**kwargs)
         cur = setup.cursor()
         cur.execute("CREATE DATABASE IF NOT EXISTS BENCH")
@@ -251,8 +252,11 @@ def bench_snowflake(rows: int) -> float:
         setup.close()
         initial, changed, deleted = make_workload(rows)
         records = to_records(changed, deleted)
+        # fakesnow takes tens of seconds to parse a 10,000-row INSERT; the
+        # connector cancels statements that outlast network_timeout.
+        options = {**kwargs, "network_timeout": 3600}
         destination = SnowflakeDestination(
-            "bench", "Snowflake-Bench", database="BENCH", schema="S", **kwargs
+            "bench", "Snowflake-Bench", database="BENCH", schema="S", **options
         )
         destination.write_batch(TABLE, records[:1])  # log in and read the table first
         with counted_statements() as sent:
