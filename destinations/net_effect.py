@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from operator import attrgetter, itemgetter, methodcaller
+from itertools import compress, repeat
+from operator import attrgetter, is_, itemgetter, methodcaller, not_
 from typing import Any
 
 from destinations.errors import PermanentDestinationError
@@ -13,6 +14,7 @@ from destinations.records import ChangeRecord, Operation
 _POSITION = attrgetter("position")
 _KEY = attrgetter("key")
 _AFTER = attrgetter("after")
+_OP = attrgetter("op")
 _VALUES = methodcaller("values")
 
 
@@ -29,21 +31,34 @@ def net_effect(records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
     """
     ordered = sorted(records, key=_POSITION)
     # Built with C-level map/zip: this runs once per record of every batch.
-    keys = list(map(tuple, map(_VALUES, map(_KEY, ordered))))
+    keys = _key_values(ordered)
     latest = dict(zip(keys, ordered, strict=True))  # a later change replaces an earlier one
-    if () in latest:
-        bad = latest[()]
-        raise PermanentDestinationError(
-            f"change without a primary key: table={bad.table} position={bad.position}"
-        )
     if len(latest) == len(ordered):
         return list(latest.values())
     return _collapse(keys, ordered)
 
 
-def _collapse(keys: list[tuple[Any, ...]], ordered: list[ChangeRecord]) -> list[ChangeRecord]:
+def _key_values(ordered: list[ChangeRecord]) -> list[Any]:
+    """Each record's key: the bare value for the usual one-column key, else a tuple."""
+    key_maps = list(map(_KEY, ordered))
+    first = key_maps[0] if key_maps else {}
+    if len(first) == 1 and set(map(len, key_maps)) == {1}:
+        try:
+            return list(map(itemgetter(next(iter(first))), key_maps))
+        except KeyError:
+            pass  # another key column name: the general path says so later
+    keys = list(map(tuple, map(_VALUES, key_maps)))
+    if () in keys:
+        bad = ordered[keys.index(())]
+        raise PermanentDestinationError(
+            f"change without a primary key: table={bad.table} position={bad.position}"
+        )
+    return keys
+
+
+def _collapse(keys: list[Any], ordered: list[ChangeRecord]) -> list[ChangeRecord]:
     """The slow path, for batches that change some key more than once."""
-    latest: dict[tuple[Any, ...], ChangeRecord] = {}
+    latest: dict[Any, ChangeRecord] = {}
     for key, record in zip(keys, ordered, strict=True):
         previous = latest.get(key)
         if (
@@ -96,8 +111,12 @@ def layout(changes: list[ChangeRecord]) -> BatchLayout:
     ``map``/``itemgetter`` calls.
     """
     keys = tuple(changes[0].key)
-    deletes = [c for c in changes if c.op is Operation.DELETE]
-    upserts = [c for c in changes if c.op is not Operation.DELETE]
+    is_delete = list(map(is_, map(_OP, changes), repeat(Operation.DELETE)))
+    if True in is_delete:
+        deletes = list(compress(changes, is_delete))
+        upserts = list(compress(changes, map(not_, is_delete)))
+    else:
+        deletes, upserts = [], changes
     try:
         if set(map(len, map(_KEY, changes))) != {len(keys)}:
             raise KeyError(keys)

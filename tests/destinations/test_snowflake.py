@@ -99,7 +99,7 @@ def counted_statements() -> Iterator[list[str]]:
         sent.append(command)
         return original(self, command, *args, **kwargs)
 
-    SnowflakeCursor.execute = execute  # type: ignore[method-assign]
+    SnowflakeCursor.execute = execute  # type: ignore[method-assign,assignment]
     try:
         yield sent
     finally:
