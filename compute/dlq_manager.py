@@ -217,8 +217,10 @@ class DLQManager:
             if info.newest is None or newest > info.newest:
                 info.newest = newest
             info.newest_known = True
-            info.last_failure = messages[-1].failure
-            info.last_error = None
+            # A deferral (attempts == 0) does not hide the real failure behind it.
+            if messages[-1].failure.attempts or info.last_failure is None:
+                info.last_failure = messages[-1].failure
+                info.last_error = None
             info.dirty = True
         return EnqueueResult(len(messages))
 

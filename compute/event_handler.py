@@ -251,7 +251,10 @@ class EventHandler:
         self.counters.dropped[queue.destination_id] += result.dropped
         if result.accepted:
             ops = Counter(r.op.name.lower() for r in records)
-            logger.warning(
+            # Deferrals behind a non-empty queue are routine while it drains.
+            level = logging.DEBUG if failure.attempts == 0 else logging.WARNING
+            logger.log(
+                level,
                 "Enqueued to DLQ: %s - %d messages (%s) reason=%s: %s",
                 queue,
                 result.accepted,

