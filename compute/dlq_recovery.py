@@ -78,6 +78,7 @@ class DLQRecoveryWorker:
         probe_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
         on_drained: Callable[[], None] | None = None,
+        max_batches_per_pass: int = 50,
     ) -> None:
         self.pipeline_name = pipeline_name
         self.source_id = str(source_id)
@@ -97,6 +98,7 @@ class DLQRecoveryWorker:
         self._thread: threading.Thread | None = None
         self._rng = random.Random()
         self.stats = WorkerStats()
+        self.max_batches_per_pass = max_batches_per_pass
 
     # ------------------------------------------------------------ lifecycle
 
@@ -204,8 +206,26 @@ class DLQRecoveryWorker:
                     results.append(ReplayResult(target))
                     continue
                 self._queues.pop(target, None)
-                results.append(self.replay_queue(target, now))
+                results.append(self._replay_until_done(target))
             return results
+
+    def _replay_until_done(self, queue: QueueId) -> ReplayResult:
+        """Replay ``queue`` until it is empty or a batch fails (operator replay)."""
+        total = ReplayResult(queue)
+        while not self._stop.is_set():
+            step = self.replay_queue(queue, self._clock())
+            total = ReplayResult(
+                queue,
+                total.replayed + step.replayed,
+                total.failed + step.failed,
+                total.parked + step.parked,
+                total.expired + step.expired,
+                total.quarantined + step.quarantined,
+            )
+            moved = step.replayed + step.parked + step.expired + step.quarantined
+            if step.failed or not moved or not self.dlq.has_messages(queue):
+                break
+        return total
 
     def _check(self, destination_id: str, now: float) -> bool:
         ok, reason = self.probes[destination_id].check(self._stop)
@@ -221,7 +241,9 @@ class DLQRecoveryWorker:
             return ReplayResult(queue)
         destination = self.destinations[queue.destination_id]
         totals = {"replayed": 0, "failed": 0, "parked": 0, "expired": 0, "quarantined": 0}
-        while not self._stop.is_set():
+        for _ in range(self.max_batches_per_pass):
+            if self._stop.is_set():
+                break
             lease = self.dlq.read_batch(queue, self.config.batch_size)
             if lease.is_empty:
                 break
@@ -241,6 +263,10 @@ class DLQRecoveryWorker:
                 )
                 break
             state.failures, state.retry_at = 0, 0.0
+        else:
+            # Batch budget used up with events left: come back at once, after
+            # the other queues had their turn (a busy queue cannot starve them).
+            self._wake.set()
         result = ReplayResult(queue, **totals)
         self.stats.replayed += result.replayed
         self.stats.failed += result.failed
