@@ -91,7 +91,7 @@ def parse_pipelines(
         raise ConfigError([f"{where}: expected at least one [[pipelines]] table"])
     specs: list[PipelineSpec] = []
     names: set[str] = set()
-    destination_ids: dict[str, str] = {}
+    source_owner: dict[str, str] = {}
     for index, raw in enumerate(raw_pipelines):
         at = f"{where}: pipelines[{index}]"
         spec = _parse_pipeline(raw, env, at, problems)
@@ -100,14 +100,16 @@ def parse_pipelines(
         if spec.name in names:
             problems.append(f"{at}: duplicate pipeline name {spec.name!r}")
         names.add(spec.name)
-        for destination in spec.destinations:
-            owner = destination_ids.get(destination.id)
-            if owner is not None and owner != spec.name:
-                problems.append(
-                    f"{at}: destination id {destination.id!r} is also used by pipeline "
-                    f"{owner!r}; give each pipeline's destinations their own ids"
-                )
-            destination_ids[destination.id] = spec.name
+        # A source id names the source's offsets and its queues: two pipelines
+        # sharing one would overwrite each other's position and read each
+        # other's queues.
+        owner = source_owner.get(spec.source.id)
+        if owner is not None:
+            problems.append(
+                f"{at}: source id {spec.source.id!r} is already used by pipeline {owner!r}; "
+                "each pipeline needs its own source id"
+            )
+        source_owner.setdefault(spec.source.id, spec.name)
         specs.append(spec)
     if problems:
         raise ConfigError(problems)

@@ -36,7 +36,11 @@ BATCH = 100
 def make_messages(queue: QueueId, count: int) -> list[DLQMessage]:
     """Messages whose encoding is about 300 bytes, like a typical narrow row."""
     failure = FailureContext(
-        "OperationalError", "connection refused", code="08006", first_failure_at=1.0, last_failure_at=1.0
+        "OperationalError",
+        "connection refused",
+        code="08006",
+        first_failure_at=1.0,
+        last_failure_at=1.0,
     )
     messages = []
     for i in range(count):
@@ -47,7 +51,9 @@ def make_messages(queue: QueueId, count: int) -> list[DLQMessage]:
             "balance": "1234.56",
             "note": "x" * 60,
         }
-        record = ChangeRecord("public.users", Operation.UPDATE, {"id": i}, after, SourcePosition(i, 0))
+        record = ChangeRecord(
+            "public.users", Operation.UPDATE, {"id": i}, after, SourcePosition(i, 0)
+        )
         messages.append(DLQMessage.create(queue, record, failure))
     return messages
 
@@ -75,10 +81,11 @@ def bench_round(workdir: Path, count: int) -> dict[str, float]:
     results["raw_push_batch"] = count / timed(
         lambda: [raw.push(payloads[i : i + BATCH]) for i in range(0, count, BATCH)]
     )
-    results["raw_push_single"] = singles / timed(lambda: [raw.push([p]) for p in payloads[:singles]])
+    results["raw_push_single"] = singles / timed(
+        lambda: [raw.push([p]) for p in payloads[:singles]]
+    )
     total = count + singles
     results["raw_pop"] = total / timed(lambda: [raw.pop(BATCH) for _ in range(0, total, BATCH)])
-    del raw
 
     # --- the DLQ: enqueue batches (encoding included), singles, read_batch + ack
     config = DLQConfig(base_path=workdir / "dlq", min_free_disk_mb=0)
@@ -109,7 +116,9 @@ def bench_round(workdir: Path, count: int) -> dict[str, float]:
     import persistqueue
 
     pq_count = min(count, 2000)
-    ack_queue = persistqueue.SQLiteAckQueue(str(workdir / "pq"), auto_commit=True, multithreading=True)
+    ack_queue = persistqueue.SQLiteAckQueue(
+        str(workdir / "pq"), auto_commit=True, multithreading=True
+    )
     for p in payloads[:pq_count]:
         ack_queue.put(p)
 
@@ -168,11 +177,20 @@ def main() -> None:
         return statistics.median(r[a] for r in rounds)
 
     print(f"rocksq {rocksq.version()} messages={args.messages} rounds={args.rounds}")
-    for name in ("raw_push_batch", "dlq_enqueue_batch", "raw_push_single", "dlq_enqueue_single",
-                 "raw_pop", "dlq_drain", "persist_queue_drain"):
+    for name in (
+        "raw_push_batch",
+        "dlq_enqueue_batch",
+        "raw_push_single",
+        "dlq_enqueue_single",
+        "raw_pop",
+        "dlq_drain",
+        "persist_queue_drain",
+    ):
         print(f"RESULT {name}_per_s={median(name):.0f}")
     print(f"RESULT enqueue_batch_ratio={median_ratio('dlq_enqueue_batch', 'raw_push_batch'):.3f}")
-    print(f"RESULT enqueue_single_ratio={median_ratio('dlq_enqueue_single', 'raw_push_single'):.3f}")
+    print(
+        f"RESULT enqueue_single_ratio={median_ratio('dlq_enqueue_single', 'raw_push_single'):.3f}"
+    )
     print(f"RESULT drain_ratio={median_ratio('dlq_drain', 'raw_pop'):.3f}")
     print(f"RESULT vs_persist_queue_drain={median_ratio('dlq_drain', 'persist_queue_drain'):.1f}")
     print(f"RESULT fds_1000_queues={fds}")

@@ -1,0 +1,124 @@
+"""``rosetta run``: clear errors without a traceback, clean stop on SIGTERM and SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from compute.dlq_manager import DLQManager
+from compute.queue_id import QueueId
+from compute.sources.synthetic_source import SyntheticSource
+from config.settings import DLQConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(
+    args: list[str], env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "compute.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DLQ_", "ROSETTA_"))}
+    env.pop("CONFIG_DATABASE_URL", None)
+    env.update(
+        {"DLQ_BASE_PATH": str(tmp_path / "dlq"), "ROSETTA_STATE_PATH": str(tmp_path / "state")}
+    )
+    return env
+
+
+def test_no_pipelines_is_a_one_line_error(tmp_path: Path) -> None:
+    result = run_cli(["run"], base_env(tmp_path))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "ROSETTA_PIPELINES_FILE" in result.stderr
+
+
+def test_bad_env_var_names_it(tmp_path: Path) -> None:
+    env = base_env(tmp_path) | {"DLQ_BATCH_SIZE": "lots", "ROSETTA_PIPELINES_FILE": "x.toml"}
+    result = run_cli(["run"], env)
+    assert result.returncode == 2
+    assert "DLQ_BATCH_SIZE='lots' is invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_base_path_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    (tmp_path / "p.toml").write_text(
+        '[[pipelines]]\nname="p"\n[pipelines.source]\nid="1"\ntype="synthetic"\ntotal_events=1\n'
+        '[[pipelines.destinations]]\nid="1"\nname="d"\ntype="postgresql"\n'
+        'dsn="host=127.0.0.1 port=1"\n'
+    )
+    env = base_env(tmp_path) | {
+        "DLQ_BASE_PATH": str(blocker / "dlq"),
+        "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
+    }
+    result = run_cli(["run"], env)
+    assert result.returncode == 1
+    assert "DLQ base path" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_cleanly_and_keeps_queued_events(
+    tmp_path: Path, postgres_server_factory, signum: int
+) -> None:
+    server = postgres_server_factory()
+    source = SyntheticSource("1", None, total_events=100000, seed=3)
+    conn = psycopg2.connect(server.dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for statement in source.create_tables_sql():
+            cur.execute(statement)
+    conn.close()
+    (tmp_path / "p.toml").write_text(
+        '[[pipelines]]\nname="p"\n[pipelines.source]\nid="1"\ntype="synthetic"\n'
+        "total_events=100000\nseed=3\nevents_per_second=500\n"
+        '[[pipelines.destinations]]\nid="1"\nname="PG"\ntype="postgresql"\ndsn_env="DSN"\n'
+    )
+    env = base_env(tmp_path) | {
+        "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
+        "DSN": server.dsn,
+        "DLQ_MIN_FREE_DISK_MB": "0",
+    }
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "compute.cli", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(2.5)
+    server.stop("immediate")  # events now go to the DLQ
+    time.sleep(1.5)
+    started = time.monotonic()
+    engine.send_signal(signum)
+    output, _ = engine.communicate(timeout=30)
+    assert engine.returncode == 0, output[-2000:]
+    assert time.monotonic() - started < 15
+    assert "signal received, stopping" in output
+    assert "engine stopped" in output
+    with DLQManager(
+        DLQConfig(base_path=tmp_path / "dlq", min_free_disk_mb=0), background=False
+    ) as dlq:
+        queued = sum(dlq.store.count(q) for q in dlq.list_queues())
+        assert queued > 0  # what could not be written is still on disk after the stop
+        status_files = list((tmp_path / "dlq").rglob("status.json"))
+        assert status_files, "queues should have a status file after a clean stop"
+        assert QueueId("1", "public.users", "1") in dlq.list_queues()

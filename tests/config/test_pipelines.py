@@ -1,0 +1,114 @@
+"""Pipelines TOML: the documented schema, secrets from the environment, every error at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.errors import ConfigError
+from config.pipelines import load_pipelines_file
+
+GOOD = """
+[[pipelines]]
+name = "orders"
+batch_size = 200
+retry = "conservative"
+
+[pipelines.source]
+id = 1
+type = "jsonl"
+path = "events.jsonl"
+primary_keys = { "public.audit" = ["id"] }
+
+[[pipelines.destinations]]
+id = "1"
+name = "Postgres-Local"
+type = "postgresql"
+dsn_env = "DEST_DSN"
+position_guard = true
+
+[[pipelines.destinations]]
+id = "2"
+name = "Snowflake-Prod"
+type = "snowflake"
+account = "acme"
+user = "loader"
+password_env = "SF_PASSWORD"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pipelines.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_file(tmp_path: Path) -> None:
+    env = {"DEST_DSN": "host=db password=s3cret", "SF_PASSWORD": "hunter2"}
+    [spec] = load_pipelines_file(write(tmp_path, GOOD), env)
+    assert (spec.name, spec.batch_size, spec.retry) == ("orders", 200, "conservative")
+    assert spec.source.id == "1" and spec.source.type == "jsonl"
+    assert spec.source.options["primary_keys"] == {"public.audit": ["id"]}
+    pg, sf = spec.destinations
+    assert pg.options == {"dsn": "host=db password=s3cret", "position_guard": True}
+    assert sf.options["password"] == "hunter2"
+    assert "s3cret" not in repr(spec) and "hunter2" not in repr(spec)
+
+
+def test_every_problem_reported_at_once(tmp_path: Path) -> None:
+    text = """
+[[pipelines]]
+name = "a"
+batch_size = 0
+retry = "sometimes"
+[pipelines.source]
+id = "1"
+type = "kafka"
+[[pipelines.destinations]]
+id = "1"
+name = "x"
+type = "postgresql"
+dsn_env = "MISSING_DSN"
+[[pipelines.destinations]]
+id = "1"
+name = "y"
+type = "mysql"
+"""
+    with pytest.raises(ConfigError) as caught:
+        load_pipelines_file(write(tmp_path, text), {})
+    text_of = str(caught.value)
+    assert "'batch_size' must be an integer from 1 to 100000, got 0" in text_of
+    assert "'retry' must be one of aggressive, conservative, default, got 'sometimes'" in text_of
+    assert "'type' must be one of synthetic, jsonl, got 'kafka'" in text_of
+    assert "MISSING_DSN which is not set" in text_of
+    assert "'type' must be one of postgresql, snowflake, got 'mysql'" in text_of
+    assert len(caught.value.problems) >= 5
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_pipelines_file(tmp_path / "nope.toml", {})
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_pipelines_file(write(tmp_path, "[[pipelines]\nname="), {})
+    with pytest.raises(ConfigError, match=r"at least one \[\[pipelines\]\]"):
+        load_pipelines_file(write(tmp_path, "title = 'x'\n"), {})
+
+
+def test_duplicate_names_and_shared_source_ids(tmp_path: Path) -> None:
+    block = """
+[[pipelines]]
+name = "same"
+[pipelines.source]
+id = "{sid}"
+type = "synthetic"
+[[pipelines.destinations]]
+id = "9"
+name = "d"
+type = "postgresql"
+dsn = "host=x"
+"""
+    with pytest.raises(ConfigError) as caught:
+        load_pipelines_file(write(tmp_path, block.format(sid=1) + block.format(sid=1)), {})
+    assert "duplicate pipeline name 'same'" in str(caught.value)
+    assert "source id '1' is already used by pipeline 'same'" in str(caught.value)
