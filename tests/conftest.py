@@ -37,13 +37,21 @@ def postgres_dsn(postgres_cluster: PostgresCluster) -> str:
 @pytest.fixture
 def postgres_server_factory(
     postgres_cluster: PostgresCluster,
-) -> Callable[..., PostgresServer]:
-    """``factory(settings=None)`` -> a dedicated, started server this test may stop and start."""
+) -> Iterator[Callable[..., PostgresServer]]:
+    """``factory(settings=None)`` -> a dedicated, started server this test may stop and start.
+
+    Always an embedded server (even with ``ROSETTA_TEST_POSTGRES_DSN``), removed after the test.
+    """
+    made: list[PostgresServer] = []
 
     def make(settings: Mapping[str, str] | None = None) -> PostgresServer:
-        return postgres_cluster.new_server(settings)
+        server = postgres_cluster.new_server(settings)
+        made.append(server)
+        return server
 
-    return make
+    yield make
+    for server in made:
+        server.destroy()
 
 
 @pytest.fixture
