@@ -53,10 +53,12 @@ class HealthProbe:
             logger.exception("health check could not run probe=%s", self._label)
             return False
         if not attempt.done.is_set():
-            logger.info("health check timed out probe=%s timeout=%.1fs", self._label, timeout)
+            logger.debug("health check timed out probe=%s timeout=%.1fs", self._label, timeout)
             return False
         if attempt.error is not None:
-            logger.info(
+            # Repeats every check interval during an outage; the transition
+            # itself is logged once by the engine.
+            logger.debug(
                 "health check failed probe=%s error=%s: %s",
                 self._label,
                 type(attempt.error).__name__,
