@@ -144,4 +144,6 @@ class HealthProbe:
         if "error" in box:
             return False, str(box["error"])
         ok = bool(box.get("ok"))
-        return ok, "" if ok else "test_connection() returned False"
+        if ok:
+            return True, ""
+        return False, self.destination.last_health_error or "test_connection() returned False"

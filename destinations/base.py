@@ -42,6 +42,11 @@ class Destination(ABC):
     def test_connection(self, timeout: float = 5.0) -> bool:
         """True when the destination accepts a trivial query within ``timeout`` seconds."""
 
+    @property
+    def last_health_error(self) -> str | None:
+        """Why the last ``test_connection`` failed, when the destination knows."""
+        return None
+
     async def test_connection_async(self, timeout: float = 5.0) -> bool:
         """``test_connection`` for callers on an event loop; never blocks the loop."""
         return await asyncio.to_thread(self.test_connection, timeout)

@@ -36,6 +36,7 @@ class HealthProbe:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._attempt = _Attempt()
+        self.last_error: str | None = None
 
     @property
     def in_flight(self) -> bool:
@@ -54,8 +55,14 @@ class HealthProbe:
             return False
         if not attempt.done.is_set():
             logger.debug("health check timed out probe=%s timeout=%.1fs", self._label, timeout)
+            self.last_error = f"no answer within {timeout:.1f}s"
             return False
+        self.last_error = None
         if attempt.error is not None:
+            first_line = str(attempt.error).strip().splitlines()
+            self.last_error = (
+                f"{type(attempt.error).__name__}: {first_line[0] if first_line else ''}"
+            )
             # Repeats every check interval during an outage; the transition
             # itself is logged once by the engine.
             logger.debug(

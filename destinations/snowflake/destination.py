@@ -289,6 +289,10 @@ class SnowflakeDestination(Destination):
 
     # ------------------------------------------------------------ health
 
+    @property
+    def last_health_error(self) -> str | None:
+        return self._probe.last_error
+
     def test_connection(self, timeout: float = 5.0) -> bool:
         """Log in afresh and run ``SELECT 1``; False on any failure or after ``timeout``."""
         return self._probe.run(timeout)

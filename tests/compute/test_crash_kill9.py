@@ -176,7 +176,9 @@ def test_kill9_writers_and_readers_lose_nothing(tmp_path: Path) -> None:
         # Let it accept a random number of batches (progress does not depend
         # on how loaded the machine is), then kill it at a random instant.
         wanted = rng.randint(0, 6)
-        _collect(fd, lines, lambda ls: sum(x.startswith("A") for x in ls) >= wanted, timeout=20)
+        _collect(
+            fd, lines, lambda ls, n=wanted: sum(x.startswith("A") for x in ls) >= n, timeout=20
+        )
         time.sleep(rng.uniform(0, 0.02))
         _kill_and_reap(pid, fd, lines)
         for line in lines:
