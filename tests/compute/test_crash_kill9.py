@@ -14,14 +14,16 @@ deliveries come in the order the messages were enqueued.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
-import select
 import signal
 import time
 import traceback
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,23 +48,24 @@ def _config(base: Path) -> DLQConfig:
     return DLQConfig(base_path=base, min_free_disk_mb=0)
 
 
-def _send(fd: int, line: str) -> None:
-    # One write of less than PIPE_BUF bytes is atomic: the parent never sees half a line.
-    os.write(fd, line.encode() + b"\n")
+def _send(conn: Connection, line: str) -> None:
+    # One small message is one write(2) of under PIPE_BUF bytes: atomic, so
+    # the parent never sees half a line, whenever the child is killed.
+    conn.send_bytes(line.encode())
 
 
-def _writer(base: Path, fd: int, epoch: int, seed: int) -> None:
+def _writer(base: Path, conn: Connection, epoch: int, seed: int) -> None:
     rng = random.Random(seed)
     manager = DLQManager(_config(base), background=False)
     manager.store.segment_max_items = 300  # type: ignore[attr-defined]
-    _send(fd, "READY")
+    _send(conn, "READY")
     seq = [0] * len(QUEUES)
     while True:
         q = rng.randrange(len(QUEUES))
         queue = QUEUES[q]
         n = rng.randint(1, 25)
         start = seq[q]
-        _send(fd, f"I {q} {epoch} {start} {n}")
+        _send(conn, f"I {q} {epoch} {start} {n}")
         messages = [
             DLQMessage.create(
                 queue,
@@ -78,15 +81,15 @@ def _writer(base: Path, fd: int, epoch: int, seed: int) -> None:
             for s in range(start, start + n)
         ]
         manager.enqueue(queue, messages)
-        _send(fd, f"A {q} {epoch} {start} {n}")
+        _send(conn, f"A {q} {epoch} {start} {n}")
         seq[q] += n
 
 
-def _reader(base: Path, fd: int, epoch: int, seed: int) -> None:
+def _reader(base: Path, conn: Connection, epoch: int, seed: int) -> None:
     rng = random.Random(seed)
     manager = DLQManager(_config(base), background=False)
     manager.store.segment_max_items = 300  # type: ignore[attr-defined]
-    _send(fd, "READY")
+    _send(conn, "READY")
     while True:
         busy = False
         for q, queue in enumerate(QUEUES):
@@ -98,67 +101,73 @@ def _reader(base: Path, fd: int, epoch: int, seed: int) -> None:
                 manager.release(lease)
                 continue
             keys = " ".join(f"{m.record.key['e']}:{m.record.key['s']}" for m in lease.messages)
-            _send(fd, f"D {q} {keys}")  # the destination committed these
+            _send(conn, f"D {q} {keys}")  # the destination committed these
             time.sleep(rng.uniform(0, 0.003))  # commit latency: kills land before the ack too
             manager.ack(lease)
         if not busy:
-            _send(fd, "EMPTY")
+            _send(conn, "EMPTY")
             manager.close()
             return
 
 
+# Children come from a fork server, never from this process: after a test
+# in this process has used RocksDB, a child forked from it can deadlock in
+# RocksDB's own locks (they belong to threads the child does not have).
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["compute.dlq_manager", "tests.compute.test_crash_kill9"])
+
+
+def _child(
+    target: Callable[[Path, Connection, int, int], None],
+    base: Path,
+    conn: Connection,
+    epoch: int,
+    seed: int,
+) -> None:
+    try:
+        target(base, conn, epoch, seed)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
 def _spawn(
-    target: Callable[[Path, int, int, int], None], base: Path, epoch: int, seed: int
-) -> tuple[int, int]:
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        code = 0
-        try:
-            os.close(read_fd)
-            target(base, write_fd, epoch, seed)
-        except BaseException:
-            traceback.print_exc()
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    return pid, read_fd
+    target: Callable[[Path, Connection, int, int], None], base: Path, epoch: int, seed: int
+) -> tuple[Any, Connection]:
+    reader, writer = _CONTEXT.Pipe(duplex=False)
+    process = _CONTEXT.Process(target=_child, args=(target, base, writer, epoch, seed), daemon=True)
+    process.start()
+    writer.close()
+    return process, reader
 
 
 def _collect(
-    read_fd: int, lines: list[str], until: Callable[[list[str]], bool], timeout: float
+    conn: Connection, lines: list[str], until: Callable[[list[str]], bool], timeout: float
 ) -> bool:
     """Read lines until ``until(lines)`` or EOF or timeout; True if ``until`` was met."""
-    buffer = b""
     deadline = time.monotonic() + timeout
     while True:
         if until(lines):
             return True
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        ready, _, _ = select.select([read_fd], [], [], remaining)
-        if not ready:
-            return False
-        chunk = os.read(read_fd, 65536)
-        if not chunk:
+        if remaining <= 0 or not conn.poll(remaining):
             return until(lines)
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        lines.extend(x.decode() for x in complete)
+        try:
+            lines.append(conn.recv_bytes().decode())
+        except EOFError:
+            return until(lines)
 
 
-def _kill_and_reap(pid: int, read_fd: int, lines: list[str]) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    _, status = os.waitpid(pid, 0)
-    _collect(read_fd, lines, lambda _: False, timeout=5)  # drain to EOF
-    os.close(read_fd)
-    exited_by_itself = os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0
-    assert not exited_by_itself, f"child failed on its own (exit {os.WEXITSTATUS(status)})"
+def _kill_and_reap(process: Any, conn: Connection, lines: list[str]) -> None:
+    if process.is_alive():
+        os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    _collect(conn, lines, lambda _: False, timeout=5)  # drain to EOF
+    conn.close()
+    assert process.exitcode in (0, -signal.SIGKILL), (
+        f"child failed on its own (exit {process.exitcode})"
+    )
 
 
 @pytest.mark.timeout(240)
@@ -171,16 +180,16 @@ def test_kill9_writers_and_readers_lose_nothing(tmp_path: Path) -> None:
     # Phase 1: writers killed at random instants.
     for epoch in range(1, WRITER_KILLS + 1):
         lines: list[str] = []
-        pid, fd = _spawn(_writer, base, epoch, rng.randrange(2**32))
-        assert _collect(fd, lines, lambda ls: "READY" in ls, timeout=30), "writer did not start"
+        process, conn = _spawn(_writer, base, epoch, rng.randrange(2**32))
+        assert _collect(conn, lines, lambda ls: "READY" in ls, timeout=30), "writer did not start"
         # Let it accept a random number of batches (progress does not depend
         # on how loaded the machine is), then kill it at a random instant.
         wanted = rng.randint(0, 6)
         _collect(
-            fd, lines, lambda ls, n=wanted: sum(x.startswith("A") for x in ls) >= n, timeout=20
+            conn, lines, lambda ls, n=wanted: sum(x.startswith("A") for x in ls) >= n, timeout=20
         )
         time.sleep(rng.uniform(0, 0.02))
-        _kill_and_reap(pid, fd, lines)
+        _kill_and_reap(process, conn, lines)
         for line in lines:
             kind, *fields = line.split()
             if kind in ("I", "A"):
@@ -203,20 +212,21 @@ def test_kill9_writers_and_readers_lose_nothing(tmp_path: Path) -> None:
     killed_mid_work = 0
     for _ in range(READER_KILLS):
         lines = []
-        pid, fd = _spawn(_reader, base, 0, rng.randrange(2**32))
-        assert _collect(fd, lines, lambda ls: "READY" in ls, timeout=30), "reader did not start"
+        process, conn = _spawn(_reader, base, 0, rng.randrange(2**32))
+        assert _collect(conn, lines, lambda ls: "READY" in ls, timeout=30), "reader did not start"
         # Wait for the first delivery, then kill somewhere in the work that follows.
-        _collect(fd, lines, lambda ls: any(x.startswith(("D", "EMPTY")) for x in ls), timeout=10)
+        _collect(conn, lines, lambda ls: any(x.startswith(("D", "EMPTY")) for x in ls), timeout=10)
         time.sleep(rng.uniform(0, 0.03))
-        _kill_and_reap(pid, fd, lines)
+        _kill_and_reap(process, conn, lines)
         if not any(x == "EMPTY" for x in lines) and any(x.startswith("D") for x in lines):
             killed_mid_work += 1
         record(lines)
     lines = []
-    pid, fd = _spawn(_reader, base, 0, 0)
-    assert _collect(fd, lines, lambda ls: "EMPTY" in ls, timeout=120), "final reader did not finish"
-    os.waitpid(pid, 0)
-    os.close(fd)
+    process, conn = _spawn(_reader, base, 0, 0)
+    assert _collect(conn, lines, lambda ls: "EMPTY" in ls, timeout=120), (
+        "final reader did not finish"
+    )
+    _kill_and_reap(process, conn, lines)
     record(lines)
 
     for q in range(len(QUEUES)):
