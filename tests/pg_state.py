@@ -11,8 +11,6 @@ from psycopg2 import sql
 
 from compute.sources.synthetic_source import primary_key, table_columns
 
-psycopg2.extras.register_uuid()
-
 
 def fetch_state(
     dsn: str, tables: Iterable[str]
@@ -20,6 +18,9 @@ def fetch_state(
     """``{table: {key tuple: row}}`` for the generated columns of each table."""
     state: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
     conn = psycopg2.connect(dsn)
+    # uuid columns as UUID objects, like the source's rows; only on this
+    # connection, so other code in the process keeps psycopg2's default (str).
+    psycopg2.extras.register_uuid(conn_or_curs=conn)
     try:
         with conn.cursor() as cur:
             for table in tables:
