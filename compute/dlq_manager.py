@@ -247,9 +247,11 @@ class DLQManager:
         payload_index: list[int] = []
         segment, start = store_lease.token
         source_queue = queue.main
+        previous: DLQMessage | None = None
         for index, payload in enumerate(store_lease.payloads):
             try:
-                messages.append(decode_message(payload, source_queue))
+                previous = decode_message(payload, source_queue, previous)
+                messages.append(previous)
                 payload_index.append(index)
             except MessageDecodeError as error:
                 self._quarantine(queue, payload, f"{segment}_{start + index}", str(error))
@@ -321,6 +323,14 @@ class DLQManager:
         """True when an earlier change to ``record``'s key is parked in ``queue``."""
         keys = self._parked_keys(queue)
         return bool(keys) and record_key(record) in keys
+
+    def parked_keys(self, queue: QueueId) -> frozenset[tuple[Any, ...]]:
+        """Keys (``record_key``) with a parked change in ``queue``; usually empty.
+
+        Callers checking a whole batch fetch this once instead of calling
+        ``is_parked`` per record.
+        """
+        return frozenset(self._parked_keys(queue))
 
     def parked_count(self, queue: QueueId) -> int:
         return self.store.count(queue.parked)

@@ -224,11 +224,16 @@ _FIELD_COUNT = 22
 _NUMBER = (int, float)
 
 
-def decode_message(data: bytes, queue: QueueId | None = None) -> DLQMessage:
+def decode_message(
+    data: bytes, queue: QueueId | None = None, previous: DLQMessage | None = None
+) -> DLQMessage:
     """Decode bytes from ``encode_message``; raises ``MessageDecodeError`` for anything else.
 
     ``queue``, when given, is reused for messages that belong to it (the usual
     case when reading a queue), which saves building a new ``QueueId`` each.
+    ``previous`` (the message decoded just before, from the same queue) lends
+    its ``FailureContext`` when the failure fields are equal, as they are for
+    every message of one failed batch.
     """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MessageDecodeError(f"not a message: {type(data).__name__}")
@@ -293,7 +298,19 @@ def decode_message(data: bytes, queue: QueueId | None = None) -> DLQMessage:
             before,
             f[12],
         )
-        failure = FailureContext(f[13], f[14], _KINDS[f[15]], f[16], f[17], f[18], f[19], f[20])
+        failure = previous.failure if previous is not None else None
+        if (
+            failure is None
+            or failure.message != f[14]
+            or failure.last_failure_at != f[20]
+            or failure.attempts != f[18]
+            or failure.first_failure_at != f[19]
+            or failure.error_class != f[13]
+            or failure.kind != f[15]
+            or failure.code != f[16]
+            or failure.stack != f[17]
+        ):
+            failure = FailureContext(f[13], f[14], _KINDS[f[15]], f[16], f[17], f[18], f[19], f[20])
         return DLQMessage(f[0], queue, record, failure, f[21])
     except (KeyError, TypeError, ValueError) as error:
         raise MessageDecodeError(f"undecodable message: bad field: {error}") from None

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from compute.dlq_manager import DLQLease, DLQManager
+from compute.dlq_manager import DLQLease, DLQManager, record_key
 from compute.dlq_message import DLQMessage, FailureContext
 from compute.event_handler import classify_or_transient, held_behind_failure
 from compute.health import DestinationHealth, HealthProbe
@@ -314,13 +314,16 @@ class DLQRecoveryWorker:
     ) -> tuple[list[DLQMessage], list[DLQMessage], list[DLQMessage]]:
         """Split into (to write, expired, held behind a parked change)."""
         ttl = self.config.message_ttl
+        parked = self.dlq.parked_keys(queue)
+        if not ttl and not parked:  # the usual case: everything goes
+            return messages, [], []
         live: list[DLQMessage] = []
         expired: list[DLQMessage] = []
         held: list[DLQMessage] = []
         for m in messages:
             if ttl and m.enqueued_at + ttl < now:
                 expired.append(m)
-            elif self.dlq.is_parked(queue, m.record):
+            elif parked and record_key(m.record) in parked:
                 held.append(m)
             else:
                 live.append(m)

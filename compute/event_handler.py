@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from compute.dlq_manager import DLQManager
+from compute.dlq_manager import DLQManager, record_key
 from compute.dlq_message import DLQMessage, FailureContext
 from compute.errors import DLQFullError
 from compute.health import DestinationHealth
@@ -146,10 +146,12 @@ class EventHandler:
             )
             return
         to_write = records
-        held = [r for r in records if self.dlq.is_parked(queue, r)]
-        if held:
-            to_write = [r for r in records if not self.dlq.is_parked(queue, r)]
-            self._park(queue, held, held_behind_failure(now))
+        parked = self.dlq.parked_keys(queue)
+        if parked:  # rare: only after a poison event in this queue
+            held = [r for r in records if record_key(r) in parked]
+            if held:
+                to_write = [r for r in records if record_key(r) not in parked]
+                self._park(queue, held, held_behind_failure(now))
         if to_write:
             self._write_with_retries(destination, queue, to_write)
 
