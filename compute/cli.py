@@ -24,8 +24,7 @@ def _run(args: argparse.Namespace) -> int:
 
         settings = replace(settings, pipelines_file=Path(args.pipelines))
     specs = load_pipeline_specs(settings)
-    Engine(settings, specs).run_forever()
-    return EXIT_OK
+    return Engine(settings, specs).run_forever()
 
 
 def main(argv: list[str] | None = None) -> int:

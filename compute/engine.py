@@ -11,7 +11,7 @@ from typing import Any
 
 from compute.dlq_manager import DLQManager
 from compute.factories import build_destination, build_source
-from compute.pipeline import Pipeline
+from compute.pipeline import Pipeline, PipelineState
 from compute.retry_policy import RetryPolicy
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec, load_pipelines_file
@@ -101,8 +101,13 @@ class Engine:
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
 
-    def run_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly."""
+    def run_forever(self) -> int:
+        """Run until SIGTERM or SIGINT (or every finite source is done), then stop cleanly.
+
+        Returns 0, or 1 when a pipeline failed: the process should exit
+        non-zero so that its supervisor notices and restarts it; whatever
+        was queued stays on disk for the next run.
+        """
         requested = threading.Event()
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -110,9 +115,16 @@ class Engine:
             requested.set()
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        failed: list[str] = []
         try:
             self.start()
             while not requested.wait(0.5):
+                failed = [p.name for p in self.pipelines if p.state is PipelineState.FAILED]
+                if failed:
+                    logger.error(
+                        "pipeline failed, stopping the engine: pipelines=%s", ",".join(failed)
+                    )
+                    break
                 if self.pipelines and all(p.finished.is_set() for p in self.pipelines):
                     if not any(self._queued(p) for p in self.pipelines):
                         logger.info("all sources exhausted and every DLQ queue drained")
@@ -121,6 +133,7 @@ class Engine:
             self.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+        return 1 if failed else 0
 
     def _queued(self, pipeline: Pipeline) -> bool:
         assert self.dlq is not None

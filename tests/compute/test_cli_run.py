@@ -122,3 +122,38 @@ def test_signal_stops_cleanly_and_keeps_queued_events(
         status_files = list((tmp_path / "dlq").rglob("status.json"))
         assert status_files, "queues should have a status file after a clean stop"
         assert QueueId("1", "public.users", "1") in dlq.list_queues()
+
+
+def test_failing_source_stops_the_engine_with_exit_1(tmp_path: Path) -> None:
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        '{"op": "c", "key": {"id": 1}, "after": {"id": 1}, "source": {"table": "t", "lsn": 10}}\n'
+    )
+    (tmp_path / "p.toml").write_text(
+        f'[[pipelines]]\nname="p"\n[pipelines.source]\nid="1"\ntype="jsonl"\npath="{events}"\n'
+        "follow=true\n"
+        '[[pipelines.destinations]]\nid="1"\nname="d"\ntype="postgresql"\n'
+        'dsn="host=127.0.0.1 port=1 connect_timeout=1"\n'
+    )
+    env = base_env(tmp_path) | {
+        "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
+        "DLQ_MIN_FREE_DISK_MB": "0",
+    }
+    engine = subprocess.Popen(
+        [sys.executable, "-m", "compute.cli", "run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    time.sleep(3)
+    events.write_text("")  # the followed file shrinks: the source cannot go on safely
+    output, _ = engine.communicate(timeout=60)
+    assert engine.returncode == 1, output[-2000:]
+    assert "pipeline failed" in output
+    # the event read before the failure was queued (destination unreachable), not lost
+    with DLQManager(
+        DLQConfig(base_path=tmp_path / "dlq", min_free_disk_mb=0), background=False
+    ) as dlq:
+        assert sum(dlq.store.count(q) for q in dlq.list_queues()) == 1
