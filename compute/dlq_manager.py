@@ -423,6 +423,11 @@ class DLQManager:
 
     # ------------------------------------------------------------- inspection
 
+    def damaged_queues(self) -> list[dict[str, str]]:
+        """Queues whose directories were damaged and set aside (files kept) in this run."""
+        found = getattr(self.store, "quarantined", [])
+        return [{"queue": str(q), "moved_to": str(path), "reason": why} for q, path, why in found]
+
     def has_messages(self, queue: QueueId) -> bool:
         return self.store.count(queue) > 0
 

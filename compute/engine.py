@@ -140,4 +140,5 @@ class Engine:
         return any(self.dlq.has_messages(q) for q in pipeline.worker.queues())
 
     def status(self) -> dict[str, Any]:
-        return {"pipelines": [p.status() for p in self.pipelines]}
+        damaged = self.dlq.damaged_queues() if self.dlq is not None else []
+        return {"pipelines": [p.status() for p in self.pipelines], "damaged_queues": damaged}

@@ -17,6 +17,10 @@ class QueueLockedError(DLQStorageError):
     """The queue directory is held by another process (usually the running engine)."""
 
 
+class QueueCorruptError(DLQStorageError):
+    """RocksDB says a queue directory is damaged (missing or corrupt files)."""
+
+
 class DLQFullError(DLQError):
     """A capacity limit refused an enqueue; nothing of the refused batch was stored.
 

@@ -41,7 +41,13 @@ from typing import Any
 import rocksq
 from rocksq.blocking import MpmcQueue
 
-from compute.errors import DLQFullError, DLQStorageError, LeaseError, QueueLockedError
+from compute.errors import (
+    DLQFullError,
+    DLQStorageError,
+    LeaseError,
+    QueueCorruptError,
+    QueueLockedError,
+)
 from compute.queue_id import DEST_PREFIX, SOURCE_PREFIX, TABLE_PREFIX, QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoredStats, StoreLease
 
@@ -50,6 +56,7 @@ logger = logging.getLogger(__name__)
 READER_LABEL = "rosetta-reader"
 PEEK_LABEL = "rosetta-peek"
 CURSOR_FILE = "cursor.json"
+QUARANTINE_DIR = "quarantine"
 QUEUE_FILE = "queue.json"
 LOCK_FILE = ".rosetta.lock"
 _SEGMENT_RE = re.compile(r"^seg_(\d{12})$")
@@ -134,6 +141,8 @@ class RocksqStore(QueueStore):
         self._written_since_free = 0
         self._closed = False
         self._lock_fd: int | None = None
+        # Damaged queues moved aside: (queue, where its files are now, why).
+        self.quarantined: list[tuple[QueueId, Path, str]] = []
         self._prepare_base_path()
         if lock_base_path:
             self._lock_fd = self._lock_base_path()
@@ -186,8 +195,46 @@ class RocksqStore(QueueStore):
     def _loaded(self, state: _QueueState) -> _QueueState:
         """``state``, loaded from disk first if need be; the caller holds ``state.lock``."""
         if not state.loaded:
-            self._load(state)
+            try:
+                self._load(state)
+            except QueueCorruptError as error:
+                self._set_aside(state, str(error))
+                self._load(state)
         return state
+
+    def _set_aside(self, state: _QueueState, reason: str) -> Path:
+        """Move a damaged queue directory under ``<base>/quarantine/``, keeping every file.
+
+        Crash-looping on a damaged queue would stop every other queue too; its
+        files are kept for an operator (or a recovery tool), the queue starts
+        empty, and the move is logged, listed by ``quarantined()`` and
+        explained in the moved directory's ``reason.json``.
+        """
+        self._close_handles_of(state)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        target = (
+            self.base_path
+            / QUARANTINE_DIR
+            / f"{stamp}-{'-'.join(state.path.relative_to(self.base_path).parts)}"
+        )
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = target.with_name(f"{target.name}.{suffix}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(state.path, target)
+        (target / "reason.json").write_text(
+            json.dumps({"queue": str(state.queue), "reason": reason, "moved_at": stamp}, indent=2)
+        )
+        self.quarantined.append((state.queue, target, reason))
+        logger.error(
+            "damaged DLQ queue set aside, it starts empty: queue=%s moved_to=%s reason=%s",
+            state.queue,
+            target,
+            reason,
+        )
+        state.loaded = False
+        return target
 
     def _load(self, state: _QueueState) -> None:
         """Rebuild the queue's state from its directory (start-up, or after an error)."""
@@ -309,6 +356,8 @@ class RocksqStore(QueueStore):
                 ) from None
             if "No space left" in text:
                 raise DLQFullError("disk_full", f"cannot open {path}: {text}", queue) from None
+            if _is_corruption(text):
+                raise QueueCorruptError(f"queue {queue} is damaged ({path}): {text}") from None
             raise DLQStorageError(f"cannot open queue {queue} at {path}: {text}") from None
 
     def _handle(self, state: _QueueState, number: int) -> MpmcQueue:
@@ -504,6 +553,10 @@ class RocksqStore(QueueStore):
                     READER_LABEL, rocksq.StartPosition.Oldest, min(max_items, available)
                 )
             except RuntimeError as error:
+                if _is_corruption(str(error)):
+                    self._set_aside(state, f"read failed: {error}")
+                    self._load(state)
+                    return StoreLease(state.queue, [], (0, 0))
                 raise self._fail(state, "read", error) from None
             if not items:
                 # The segment holds fewer items than counted: a write that
@@ -735,6 +788,11 @@ class RocksqStore(QueueStore):
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _is_corruption(text: str) -> bool:
+    """RocksDB errors that mean damaged files, not a busy or full disk."""
+    return "Corruption" in text or ("IO error" in text and "No such file or directory" in text)
 
 
 def _cursor_crc(segment: int, acked: int) -> int:
