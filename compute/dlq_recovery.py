@@ -18,7 +18,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from compute.dlq_manager import DLQLease, DLQManager, record_key
 from compute.dlq_message import DLQMessage, FailureContext
@@ -409,5 +409,5 @@ def _with_failure(
     message: DLQMessage, failure: FailureContext, attempts: int | None = None
 ) -> DLQMessage:
     if attempts is not None:
-        failure = replace(failure, attempts=max(attempts, failure.attempts))
-    return replace(message, failure=failure)
+        failure = failure._replace(attempts=max(attempts, failure.attempts))
+    return message._replace(failure=failure)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from itertools import compress, repeat
 from operator import attrgetter, is_, itemgetter, methodcaller, not_
 from typing import Any
@@ -69,7 +69,7 @@ def _collapse(keys: list[Any], ordered: list[ChangeRecord]) -> list[ChangeRecord
             and record.op is not Operation.DELETE
             and not record.after.keys() >= previous.after.keys()
         ):
-            record = replace(record, after={**previous.after, **record.after})
+            record = record._replace(after={**previous.after, **record.after})
         latest[key] = record
     return list(latest.values())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -49,15 +48,17 @@ def format_pg_lsn(value: int) -> str:
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeRecord:
-    """One change to one row of one source table.
+class ChangeRecord(NamedTuple):
+    """One change to one row of one source table (an immutable value).
 
     ``table`` is the source table's qualified name (``public.users``). ``key``
     holds the primary-key columns and their values, in key order. ``after`` is
     the row after the change (None for deletes); ``before`` the row before it,
     when the source provides it. Values are JSON-like scalars plus ``Decimal``,
     ``datetime``, ``date``, ``time``, ``UUID`` and ``bytes``.
+
+    A NamedTuple rather than a frozen dataclass: the DLQ builds one per queued
+    message on every replay, and a tuple is built about three times faster.
     """
 
     table: str

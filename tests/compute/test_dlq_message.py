@@ -233,7 +233,7 @@ def test_encoding_is_the_same_for_equal_messages() -> None:
         a.message_id,
         QueueId("pg1", "public.users", "sf1"),
         a.record,
-        FailureContext(**{f: getattr(a.failure, f) for f in a.failure.__slots__}),
+        FailureContext(**{f: getattr(a.failure, f) for f in a.failure._fields}),
         a.enqueued_at,
     )
     assert encode_message(a) == encode_message(b)
