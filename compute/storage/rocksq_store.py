@@ -42,6 +42,7 @@ import rocksq
 from rocksq.blocking import MpmcQueue
 
 from compute.errors import (
+    DLQError,
     DLQFullError,
     DLQStorageError,
     LeaseError,
@@ -417,7 +418,7 @@ class RocksqStore(QueueStore):
                 self._drop_handle(state, number)
         self._close_cursor(state)
 
-    def _fail(self, state: _QueueState, action: str, error: RuntimeError) -> DLQStorageError:
+    def _fail(self, state: _QueueState, action: str, error: RuntimeError) -> DLQError:
         """Turn a rocksq error into ours; the handles are dead, so reload on next use."""
         self._close_handles_of(state)
         state.loaded = False
