@@ -112,3 +112,10 @@ dsn = "host=x"
         load_pipelines_file(write(tmp_path, block.format(sid=1) + block.format(sid=1)), {})
     assert "duplicate pipeline name 'same'" in str(caught.value)
     assert "source id '1' is already used by pipeline 'same'" in str(caught.value)
+
+
+def test_example_pipelines_file_is_valid() -> None:
+    path = Path(__file__).resolve().parents[2] / "examples" / "pipelines.toml"
+    specs = load_pipelines_file(path, {"DEST_DSN": "host=127.0.0.1"})
+    assert [s.name for s in specs] == ["demo", "from-debezium"]
+    assert specs[1].destinations[0].options["position_guard"] is True
