@@ -502,6 +502,15 @@ class DLQManager:
             reason,
         )
 
+    def refresh_all_status(self) -> int:
+        """Mark every queue on disk for a status-file refresh (after a restart
+        their files may predate a crash); returns how many queues there are."""
+        queues = self.list_queues()
+        for queue in queues:
+            info = self._info(queue)
+            info.dirty = True
+        return len(queues)
+
     def write_status_files(self, *, force: bool = False) -> int:
         """Refresh ``status.json`` of every changed queue (all of them with ``force``)."""
         written = 0

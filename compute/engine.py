@@ -80,9 +80,9 @@ class Engine:
         except Exception:
             self.dlq.close()
             raise
-        existing = self.dlq.list_queues()
+        existing = self.dlq.refresh_all_status()
         if existing:
-            logger.info("DLQ queues found on disk: count=%d", len(existing))
+            logger.info("DLQ queues found on disk: count=%d", existing)
         for pipeline in self.pipelines:
             pipeline.start()
 

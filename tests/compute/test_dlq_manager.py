@@ -162,3 +162,14 @@ def test_enqueue_rejects_message_of_another_queue(tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="belongs to"):
             manager.enqueue(Q, [message(0), message(1, other)])
         assert not manager.has_messages(Q)
+
+
+def test_restart_refreshes_stale_status_files(tmp_path: Path) -> None:
+    with DLQManager(config(tmp_path), background=False) as manager:
+        manager.enqueue(Q, [message(0), message(1)])
+        path = manager.store.queue_path(Q) / STATUS_FILE
+    path.write_text('{"messages": 999}')  # as if the process died before its last refresh
+    with DLQManager(config(tmp_path), background=False) as manager:
+        assert manager.refresh_all_status() == 1
+        manager.write_status_files()
+        assert json.loads(path.read_text())["messages"] == 2
