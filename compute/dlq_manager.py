@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from compute.dlq_message import DLQMessage, FailureContext, decode_message, encode_message
-from compute.errors import DLQFullError, LeaseError, MessageDecodeError
+from compute.errors import DLQError, DLQFullError, LeaseError, MessageDecodeError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoreLease
 from config.settings import DLQConfig, WhenFull
@@ -521,8 +521,15 @@ class DLQManager:
             path = self.store.queue_path(queue)
             if not path.is_dir():
                 continue
-            status = self.status(queue)
-            _write_json_atomic(path / STATUS_FILE, status.to_json(self._clock()))
+            try:
+                status = self.status(queue)
+                _write_json_atomic(path / STATUS_FILE, status.to_json(self._clock()))
+            except (DLQError, OSError) as error:
+                # A full disk or a damaged queue must not stop the refresh of
+                # the others, nor a clean shutdown; try again next time.
+                info.dirty = True
+                logger.warning("status file not refreshed: queue=%s error=%s", queue, error)
+                continue
             written += 1
         return written
 

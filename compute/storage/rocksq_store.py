@@ -351,6 +351,10 @@ class RocksqStore(QueueStore):
             return MpmcQueue(str(path), _NO_TTL)
         except RuntimeError as error:
             text = str(error)
+            if "lock hold by current process" in text:
+                raise DLQStorageError(
+                    f"queue {queue} is still open in this process ({path}): {text}"
+                ) from None
             if "lock" in text.lower():
                 raise QueueLockedError(
                     f"queue {queue} is locked by another process ({path}): {text}"
@@ -448,6 +452,9 @@ class RocksqStore(QueueStore):
             try:
                 handle.add(payloads)
             except RuntimeError as error:
+                # The traceback keeps this frame, and the frame the handle: let
+                # go of it, or the dead RocksDB stays open and locked.
+                del handle
                 raise self._fail(state, "enqueue", error) from None
             state.counts[number] += len(payloads)
             state.total += len(payloads)
@@ -554,6 +561,7 @@ class RocksqStore(QueueStore):
                     READER_LABEL, rocksq.StartPosition.Oldest, min(max_items, available)
                 )
             except RuntimeError as error:
+                del handle  # see enqueue: the traceback must not keep it open
                 if _is_corruption(str(error)):
                     self._set_aside(state, f"read failed: {error}")
                     self._load(state)
@@ -680,6 +688,7 @@ class RocksqStore(QueueStore):
                     )
                 return found[:limit]
             except RuntimeError as error:
+                handle = None  # see enqueue: the traceback must not keep it open
                 raise self._fail(state, "peek", error) from None
 
     def _fill_pending(self, state: _QueueState, wanted: int) -> list[bytes]:
