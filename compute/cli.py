@@ -6,8 +6,10 @@ import argparse
 import logging
 import sys
 
-from config.errors import RosettaError
+from config.errors import ConfigError, RosettaError
 
+# Exit codes (documented in the README): 0 clean stop, 1 runtime error or a
+# failed pipeline, 2 configuration error.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args))
     except RosettaError as error:
         print(f"rosetta: {error}", file=sys.stderr)
-        return EXIT_CONFIG if error.__class__.__name__ == "ConfigError" else EXIT_FAILED
+        return EXIT_CONFIG if isinstance(error, ConfigError) else EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ So each queue directory holds:
   item in it is acknowledged.
 * ``cursor.json``: the acknowledgement point ``(segment, acked)``: every
   segment below ``segment`` is fully acknowledged, and so are the first
-  ``acked`` items of ``segment``. It is replaced atomically after each ack,
-  which comes after the destination committed.
+  ``acked`` items of ``segment``. It is rewritten after each ack (which
+  comes after the destination committed) with one small in-place write of
+  a fixed-size, checksummed record.
 * ``queue.json``: the queue's identity, so any name maps back from disk.
 
 After a crash, the reader label is reset and reading restarts from the
