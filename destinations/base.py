@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from destinations.errors import ClassifiedError
+from destinations.health_probe import HealthProbe
 from destinations.records import ChangeRecord
 
 
@@ -58,3 +59,27 @@ class Destination(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release connections; the destination may not be used afterwards."""
+
+
+class ProbedDestination(Destination):
+    """A destination whose health check is one bounded ``_probe_once(timeout)``.
+
+    The probe runs in a daemon thread, at most one in flight (``HealthProbe``),
+    so ``test_connection`` keeps its timeout even when the driver does not.
+    """
+
+    def __init__(self, destination_id: str, name: str) -> None:
+        super().__init__(destination_id, name)
+        self._probe = HealthProbe(self._probe_once, label=f"{name}:{destination_id}")
+
+    @abstractmethod
+    def _probe_once(self, timeout: float) -> None:
+        """Connect afresh and run a trivial query; raise on any failure."""
+
+    @property
+    def last_health_error(self) -> str | None:
+        return self._probe.last_error
+
+    def test_connection(self, timeout: float = 5.0) -> bool:
+        """False on any failure or after ``timeout``; never raises."""
+        return self._probe.run(timeout)

@@ -41,7 +41,7 @@ from psycopg2.extensions import cursor as PgCursor
 
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec, parse_pipelines
-from destinations.base import Destination
+from destinations.base import ProbedDestination
 from destinations.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
 from destinations.errors import (
     ClassifiedError,
@@ -50,7 +50,6 @@ from destinations.errors import (
     PermanentDestinationError,
     TransientDestinationError,
 )
-from destinations.health_probe import HealthProbe
 from destinations.net_effect import BatchLayout, ColumnBatch, layout, net_effect, positions
 from destinations.records import ChangeRecord
 
@@ -94,7 +93,7 @@ class _TableInfo:
         return f"{self.schema}.{self.name}"
 
 
-class PostgreSQLDestination(Destination):
+class PostgreSQLDestination(ProbedDestination):
     """Writes CDC batches to PostgreSQL tables by primary key.
 
     ``table_map`` maps a source table (``ChangeRecord.table``) to its target,
@@ -127,7 +126,6 @@ class PostgreSQLDestination(Destination):
         self._tables: dict[tuple[str | None, str], _TableInfo] = {}
         self._tombstones_ready: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
-        self._probe = HealthProbe(self._probe_once, label=f"{name}:{destination_id}")
 
     def __repr__(self) -> str:
         return (
@@ -396,14 +394,6 @@ class PostgreSQLDestination(Destination):
                     logger.debug("close failed destination=%s", self, exc_info=True)
 
     # ------------------------------------------------------------ health
-
-    @property
-    def last_health_error(self) -> str | None:
-        return self._probe.last_error
-
-    def test_connection(self, timeout: float = 5.0) -> bool:
-        """Connect afresh and run ``SELECT 1``; False on any failure or after ``timeout``."""
-        return self._probe.run(timeout)
 
     def _probe_once(self, timeout: float) -> None:
         conn = self._connect(timeout, statement_timeout=timeout)

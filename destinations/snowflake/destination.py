@@ -32,14 +32,13 @@ from snowflake.connector import errors as sf_errors
 from snowflake.connector.connection import SnowflakeConnection
 from snowflake.connector.cursor import SnowflakeCursor
 
-from destinations.base import Destination
+from destinations.base import ProbedDestination
 from destinations.errors import (
     ClassifiedError,
     DestinationError,
     FailureKind,
     PermanentDestinationError,
 )
-from destinations.health_probe import HealthProbe
 from destinations.net_effect import BatchLayout, ColumnBatch, layout, net_effect
 from destinations.records import ChangeRecord
 
@@ -94,7 +93,7 @@ class _TableInfo:
         return folded[0] if len(folded) == 1 else None
 
 
-class SnowflakeDestination(Destination):
+class SnowflakeDestination(ProbedDestination):
     """Writes CDC batches to Snowflake tables by primary key.
 
     ``table_map`` maps a source table to its target as ``"DB.SCHEMA.TABLE"``,
@@ -154,7 +153,6 @@ class SnowflakeDestination(Destination):
         self._conn: SnowflakeConnection | None = None
         self._tables: dict[tuple[str, ...], _TableInfo] = {}
         self._lock = threading.Lock()
-        self._probe = HealthProbe(self._probe_once, label=f"{name}:{destination_id}")
 
     def __repr__(self) -> str:
         return (
@@ -288,14 +286,6 @@ class SnowflakeDestination(Destination):
                     logger.debug("close failed destination=%s", self, exc_info=True)
 
     # ------------------------------------------------------------ health
-
-    @property
-    def last_health_error(self) -> str | None:
-        return self._probe.last_error
-
-    def test_connection(self, timeout: float = 5.0) -> bool:
-        """Log in afresh and run ``SELECT 1``; False on any failure or after ``timeout``."""
-        return self._probe.run(timeout)
 
     def _probe_once(self, timeout: float) -> None:
         options = self._connect_options(timeout, timeout)
