@@ -59,11 +59,50 @@ class DLQConfig:
         return self.min_free_disk_mb * MIB
 
 
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class AdminConfig:
+    """Where the engine's admin HTTP API listens (``ROSETTA_ADMIN_ADDR``/``_TOKEN``).
+
+    ``port=0`` picks a free port; the engine writes the address it bound to
+    ``<DLQ_BASE_PATH>/admin.json`` so the CLI can find it. ``enabled=False``
+    (``ROSETTA_ADMIN_ADDR=off``) runs without the API.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8686
+    enabled: bool = True
+    # Required (checked on every request) when ``host`` is not a loopback address.
+    token: str | None = field(default=None, repr=False)
+
+    @property
+    def is_loopback(self) -> bool:
+        return self.host in LOOPBACK_HOSTS
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    """Alert thresholds (``DLQ_ALERT_*``); each queue alert has a warning and a critical level."""
+
+    queue_size: int = 1000  # warning above this many messages in one queue
+    queue_size_critical: int = 10_000
+    max_age: float = 3600.0  # warning when a queue's oldest message is older (seconds)
+    max_age_critical: float = 86400.0
+    unhealthy_seconds: float = 300.0  # a destination unhealthy for longer fires an alert
+    disk_pct: float = 80.0  # DLQ filesystem usage above this percentage
+    webhook_url: str | None = None  # firing/resolved alerts are POSTed here as JSON
+    eval_interval: float = 10.0  # seconds between evaluations
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything Rosetta reads from its environment."""
 
     dlq: DLQConfig = DLQConfig()
+    admin: AdminConfig = AdminConfig()
+    alerts: AlertConfig = AlertConfig()
     # ROSETTA_PIPELINES_FILE: the TOML file defining pipelines (embedded default).
     pipelines_file: Path | None = None
     # CONFIG_DATABASE_URL: read pipelines from this PostgreSQL database instead.
@@ -212,6 +251,109 @@ _DLQ_VARIABLES: dict[str, tuple[str, Callable[[str], object], str]] = {
 }
 
 
+def _webhook_url(text: str) -> str:
+    value = text.strip()
+    if not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+        raise ValueError(text)
+    return value
+
+
+def _percent(text: str) -> float:
+    value = float(text.strip().rstrip("%"))
+    if not math.isfinite(value) or not 0 < value <= 100:
+        raise ValueError(text)
+    return value
+
+
+_ALERT_VARIABLES: dict[str, tuple[str, Callable[[str], object], str]] = {
+    "DLQ_ALERT_QUEUE_SIZE": (
+        "queue_size",
+        _int_in(1, 10**12),
+        "messages in one queue before a warning, an integer from 1 to 1000000000000",
+    ),
+    "DLQ_ALERT_QUEUE_SIZE_CRITICAL": (
+        "queue_size_critical",
+        _int_in(1, 10**12),
+        "messages in one queue before a critical alert, an integer from 1 to 1000000000000, "
+        "not below DLQ_ALERT_QUEUE_SIZE",
+    ),
+    "DLQ_ALERT_MAX_AGE": (
+        "max_age",
+        _seconds_in(1, 10 * 365 * 86400),
+        "seconds, a number from 1 to 315360000",
+    ),
+    "DLQ_ALERT_MAX_AGE_CRITICAL": (
+        "max_age_critical",
+        _seconds_in(1, 10 * 365 * 86400),
+        "seconds, a number from 1 to 315360000, not below DLQ_ALERT_MAX_AGE",
+    ),
+    "DLQ_ALERT_UNHEALTHY_SECONDS": (
+        "unhealthy_seconds",
+        _seconds_in(0, 10 * 365 * 86400),
+        "seconds, a number from 0 to 315360000",
+    ),
+    "DLQ_ALERT_DISK_PCT": ("disk_pct", _percent, "a percentage above 0 and at most 100"),
+    "DLQ_ALERT_WEBHOOK_URL": ("webhook_url", _webhook_url, "an http:// or https:// URL"),
+    "DLQ_ALERT_EVAL_INTERVAL": (
+        "eval_interval",
+        _seconds_in(0.05, 86400),
+        "seconds between alert evaluations, a number from 0.05 to 86400",
+    ),
+}
+
+
+def _check_alert_levels(
+    source: Mapping[str, str], values: dict[str, object], problems: list[str]
+) -> None:
+    """A critical level below its warning level is an error when both were given;
+    an unset critical level follows a warning level set above its default."""
+    for warning_name, critical_name in (
+        ("DLQ_ALERT_QUEUE_SIZE", "DLQ_ALERT_QUEUE_SIZE_CRITICAL"),
+        ("DLQ_ALERT_MAX_AGE", "DLQ_ALERT_MAX_AGE_CRITICAL"),
+    ):
+        warning_field = _ALERT_VARIABLES[warning_name][0]
+        critical_field = _ALERT_VARIABLES[critical_name][0]
+        if warning_field not in values:
+            continue  # default warning level, or reported as invalid
+        warning = values[warning_field]
+        if critical_field not in values:
+            if critical_name not in source:
+                default = getattr(AlertConfig, critical_field)
+                values[critical_field] = max(default, warning)  # type: ignore[call-overload]
+            continue
+        critical = values[critical_field]
+        if critical < warning:  # type: ignore[operator]
+            problems.append(
+                f"{critical_name}={source[critical_name]!r} is below {warning_name}="
+                f"{source[warning_name]!r}: the critical level must be at least the warning level"
+            )
+
+
+ADMIN_ADDR_HELP = "HOST:PORT (port 0 to 65535, 0 picks a free port), [IPv6]:PORT, or off"
+
+
+def _admin_config(source: Mapping[str, str], problems: list[str]) -> AdminConfig:
+    raw = source.get("ROSETTA_ADMIN_ADDR")
+    token = source.get("ROSETTA_ADMIN_TOKEN", "").strip() or None
+    if raw is None or not raw.strip():
+        return AdminConfig(token=token)
+    text = raw.strip()
+    if text.lower() in ("off", "none", "disabled"):
+        return AdminConfig(enabled=False, token=token)
+    match = re.match(r"^(?:\[([0-9a-fA-F:.]+)\]|([^\s:\[\]]+)):(\d{1,5})$", text)
+    port = int(match.group(3)) if match else -1
+    if match is None or not 0 <= port <= 65535:
+        problems.append(f"ROSETTA_ADMIN_ADDR={raw!r} is invalid: expected {ADMIN_ADDR_HELP}")
+        return AdminConfig()
+    config = AdminConfig(host=match.group(1) or match.group(2), port=port, token=token)
+    if not config.is_loopback and token is None:
+        problems.append(
+            f"ROSETTA_ADMIN_ADDR={raw!r} is not a loopback address: set ROSETTA_ADMIN_TOKEN "
+            "(every request must then carry it as 'Authorization: Bearer <token>')"
+        )
+    return config
+
+
 def _parse_group(
     source: Mapping[str, str],
     variables: Mapping[str, tuple[str, Callable[[str], object], str]],
@@ -265,19 +407,25 @@ def load_settings(
             f"DLQ_BACKOFF_MAX_MS={cap} is below DLQ_BACKOFF_BASE_MS={base}: "
             "the cap must be at least the base delay"
         )
+    alert_values = _parse_group(source, _ALERT_VARIABLES, problems)
+    _check_alert_levels(source, alert_values, problems)
+    admin = _admin_config(source, problems)
     if problems:
         raise ConfigError(problems)
 
-    unknown = sorted(k for k in source if k.startswith("DLQ_") and k not in _DLQ_VARIABLES)
+    known = {**_DLQ_VARIABLES, **_ALERT_VARIABLES}
+    unknown = sorted(k for k in source if k.startswith("DLQ_") and k not in known)
     for name in unknown:
         logger.warning(
-            "unknown setting ignored: variable=%s known=%s", name, ",".join(sorted(_DLQ_VARIABLES))
+            "unknown setting ignored: variable=%s known=%s", name, ",".join(sorted(known))
         )
     pipelines_file = source.get("ROSETTA_PIPELINES_FILE", "").strip()
     state_path = source.get("ROSETTA_STATE_PATH", "").strip()
     database_url = source.get("CONFIG_DATABASE_URL", "").strip()
     return Settings(
         dlq=DLQConfig(**dlq_values),  # type: ignore[arg-type]
+        admin=admin,
+        alerts=AlertConfig(**alert_values),  # type: ignore[arg-type]
         pipelines_file=Path(pipelines_file) if pipelines_file else None,
         config_database_url=database_url or None,
         state_path=Path(state_path) if state_path else Settings.state_path,
