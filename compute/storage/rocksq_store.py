@@ -380,7 +380,13 @@ class RocksqStore(QueueStore):
         q = state.queue
         data = {"source_id": q.source_id, "table": q.table, "destination_id": q.destination_id}
         tmp = state.path / (QUEUE_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False))
+        try:
+            raw = json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (a QueueId takes any str) has no UTF-8 form; JSON's
+            # \u escapes keep it exactly.
+            raw = json.dumps(data).encode()
+        tmp.write_bytes(raw)
         os.replace(tmp, path)
 
     def _count_segment(self, state: _QueueState, number: int) -> int:
