@@ -584,7 +584,11 @@ def _last_error(info: _QueueInfo) -> str | None:
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    try:
+        raw = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:  # a lone surrogate in a queue name: \u escapes keep it
+        raw = (json.dumps(data, indent=2) + "\n").encode()
+    tmp.write_bytes(raw)
     os.replace(tmp, path)
 
 
