@@ -17,9 +17,10 @@ EXIT_CONFIG = 2
 
 def _run(args: argparse.Namespace) -> int:
     from compute.engine import Engine, load_pipeline_specs
-    from config.settings import load_settings
+    from config.settings import load_settings, prepare_directory
 
     settings = load_settings()
+    prepare_directory(settings.dlq.base_path, "DLQ_BASE_PATH")
     if args.pipelines:
         from dataclasses import replace
         from pathlib import Path

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from compute.dlq_message import DLQMessage, FailureContext, decode_message, encode_message
-from compute.errors import DLQError, DLQFullError, LeaseError, MessageDecodeError
+from compute.errors import (
+    DLQError,
+    DLQFullError,
+    LeaseError,
+    MessageDecodeError,
+    MessageTooLargeError,
+)
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoreLease
 from config.settings import DLQConfig, WhenFull
@@ -175,19 +181,24 @@ class DLQManager:
     def enqueue(self, queue: QueueId, messages: Sequence[DLQMessage]) -> EnqueueResult:
         """Store ``messages`` (all for ``queue``) at the tail, all or none.
 
-        When a capacity limit is reached: with ``DLQ_WHEN_FULL=block`` raises
+        A message over ``DLQ_MAX_MESSAGE_BYTES`` raises ``MessageTooLargeError``
+        and stores nothing. When a capacity limit is reached: with ``DLQ_WHEN_FULL=block`` raises
         ``DLQFullError`` and stores nothing; with ``drop_newest`` drops the
         batch, counts it and logs it.
         """
         if not messages:
             return EnqueueResult(0)
         payloads = []
+        limit = self.config.max_message_bytes
         for message in messages:
             if message.queue is not queue and message.queue != queue:
                 raise ValueError(
                     f"message {message.message_id} belongs to {message.queue}, not {queue}"
                 )
-            payloads.append(encode_message(message))
+            payload = encode_message(message)
+            if len(payload) > limit:
+                raise MessageTooLargeError(message.message_id, len(payload), limit)
+            payloads.append(payload)
         info = self._info(queue)
         try:
             self.store.enqueue(queue, payloads)
@@ -573,7 +584,11 @@ def _last_error(info: _QueueInfo) -> str | None:
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    try:
+        raw = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode()
+    except UnicodeEncodeError:  # a lone surrogate in a queue name: \u escapes keep it
+        raw = (json.dumps(data, indent=2) + "\n").encode()
+    tmp.write_bytes(raw)
     os.replace(tmp, path)
 
 

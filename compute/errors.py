@@ -42,3 +42,15 @@ class MessageDecodeError(DLQError):
 
 class LeaseError(DLQError):
     """A lease was acknowledged or released twice, out of order, or for the wrong queue."""
+
+
+class MessageTooLargeError(DLQError):
+    """A message is over ``DLQ_MAX_MESSAGE_BYTES``; nothing of its batch was stored."""
+
+    def __init__(self, message_id: str, size: int, limit: int) -> None:
+        self.message_id = message_id
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"message {message_id} is {size} bytes, over DLQ_MAX_MESSAGE_BYTES ({limit} bytes)"
+        )
