@@ -11,7 +11,10 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from compute.dlq_manager import DLQManager
+from compute.dlq_message import DLQMessage
 from compute.engine import Engine
+from compute.event_handler import deferred_failure
 from compute.pipeline import Pipeline
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
@@ -19,7 +22,7 @@ from compute.sources.base import RejectedEvent, Source, SourceBatch
 from config.pipelines import PipelineSpec, SourceSpec
 from config.settings import AdminConfig, AlertConfig, Settings
 from destinations.records import ChangeRecord
-from tests.compute.helpers import TABLE, dlq_config
+from tests.compute.helpers import TABLE, change, dlq_config
 from tests.fakes import FakeDestination
 
 # One in-place retry of a live write, so retry counts are exact.
@@ -133,6 +136,36 @@ def start_engine(
     engine = Engine(settings, [spec], pipeline_factory=factory)
     engine.start()
     return Harness(engine, source, dest, skew)
+
+
+T0 = 1_800_000_000.0
+
+
+class Disk:
+    """An injected ``shutil.disk_usage`` whose usage the test sets."""
+
+    def __init__(self, percent: float, total: int = 1000 * 1024**2) -> None:
+        self.total = total
+        self.percent = percent
+
+    def __call__(self, path: Path) -> tuple[int, int, int]:
+        used = int(self.total * self.percent / 100)
+        return self.total, used, self.total - used
+
+
+def enqueue(dlq: DLQManager, count: int, at: float, queue: QueueId = QUEUE) -> None:
+    failure = deferred_failure("destination down", at)
+    messages = [
+        DLQMessage.create(queue, change(i, i, table=queue.table), failure, now=at)
+        for i in range(count)
+    ]
+    assert dlq.enqueue(queue, messages).accepted == count
+
+
+def drain(dlq: DLQManager, count: int, queue: QueueId = QUEUE) -> None:
+    lease = dlq.read_batch(queue, count)
+    assert len(lease) == count
+    dlq.ack(lease)
 
 
 def wait_sample(h: Harness, metric: str, expected: float, **labels: str) -> bool:
