@@ -27,7 +27,7 @@ from compute.retry_policy import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
-# 5 attempts over about 0.5 + 1 + 2 + 4 = 7.5 s (with jitter, at most that).
+# 5 attempts, waiting at most 0.5, 1, 2 and 4 s between them (jitter only shortens a wait).
 DEFAULT_RETRY = RetryPolicy(max_retries=4, base_delay=0.5, max_delay=30.0)
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_MAX_PENDING = 1000

@@ -284,3 +284,12 @@ def test_engine_alert_reaches_snapshot_metric_and_webhook(
         h.engine.stop()
     assert h.engine.alerts.notifier is not None
     assert h.engine.alerts.notifier.stats.sent == 2
+
+
+def test_the_webhook_url_is_not_in_the_settings_repr(tmp_path: Path) -> None:
+    from config.settings import load_settings
+
+    url = "https://hooks.example.com/services/T000/B000/s3cr3tT0ken"
+    settings = load_settings({"DLQ_ALERT_WEBHOOK_URL": url}, dotenv_path=tmp_path / "absent.env")
+    assert settings.alerts.webhook_url == url
+    assert "s3cr3tT0ken" not in repr(settings)
