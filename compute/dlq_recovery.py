@@ -253,7 +253,7 @@ class DLQRecoveryWorker:
             totals["quarantined"] += lease.quarantined
             started = time.monotonic()
             outcome = self._replay_batch(destination, queue, lease, self._clock())
-            self.observer.replay_batch(queue, time.monotonic() - started, **outcome)
+            self.observer.replay_batch(queue, time.monotonic() - started, outcome)
             for name, value in outcome.items():
                 totals[name] += value
             if outcome["failed"]:

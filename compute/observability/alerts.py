@@ -190,7 +190,9 @@ class AlertMonitor:
             self._thread.join(timeout)
             stopped = not self._thread.is_alive()
         if self.notifier is not None:
-            stopped = self.notifier.stop(timeout) and stopped
+            # Notifications are best effort: a POST in flight (up to its own
+            # timeout) must not hold up a shutdown for long.
+            stopped = self.notifier.stop(min(timeout, 2.0)) and stopped
         return stopped
 
     def _loop(self) -> None:

@@ -154,41 +154,47 @@ class DLQMetrics(Observer):
 
     # ------------------------------------------------------------ Observer
 
+    # Counting must never break delivery: a failure here is logged, not raised.
+
     def enqueued(self, queue: QueueId, accepted: int, dropped: int) -> None:
-        labels = queue_labels(queue)
-        if accepted:
-            self.enqueued_total.labels(*labels).inc(accepted)
-        if dropped:
-            self.dropped_total.labels(*labels).inc(dropped)
+        try:
+            labels = queue_labels(queue)
+            if accepted:
+                self.enqueued_total.labels(*labels).inc(accepted)
+            if dropped:
+                self.dropped_total.labels(*labels).inc(dropped)
+        except Exception:
+            logger.exception("metrics not updated: queue=%s", queue)
 
     def parked(self, queue: QueueId, count: int) -> None:
-        if count:
-            self.parked_total.labels(*queue_labels(queue)).inc(count)
+        try:
+            if count:
+                self.parked_total.labels(*queue_labels(queue)).inc(count)
+        except Exception:
+            logger.exception("metrics not updated: queue=%s", queue)
 
     def retried(self, queue: QueueId, attempts: int = 1) -> None:
-        self.retry_attempts_total.labels(*queue_labels(queue)).inc(attempts)
+        try:
+            self.retry_attempts_total.labels(*queue_labels(queue)).inc(attempts)
+        except Exception:
+            logger.exception("metrics not updated: queue=%s", queue)
 
-    def replay_batch(
-        self,
-        queue: QueueId,
-        seconds: float,
-        *,
-        replayed: int,
-        failed: int,
-        parked: int,
-        expired: int,
-    ) -> None:
-        labels = queue_labels(queue)
-        self.replay_batch_seconds.labels(queue.destination_id).observe(seconds)
-        if replayed:
-            self.replayed_total.labels(*labels).inc(replayed)
-        if failed:
-            self.failed_total.labels(*labels).inc(failed)
-            self.retry_attempts_total.labels(*labels).inc()
-        if parked:
-            self.parked_total.labels(*labels).inc(parked)
-        if expired:
-            self.expired_total.labels(*labels).inc(expired)
+    def replay_batch(self, queue: QueueId, seconds: float, counts: Mapping[str, int]) -> None:
+        try:
+            labels = queue_labels(queue)
+            self.replay_batch_seconds.labels(queue.destination_id).observe(seconds)
+            for name, counter in (
+                ("replayed", self.replayed_total),
+                ("failed", self.failed_total),
+                ("parked", self.parked_total),
+                ("expired", self.expired_total),
+            ):
+                if counts.get(name):
+                    counter.labels(*labels).inc(counts[name])
+            if counts.get("failed"):
+                self.retry_attempts_total.labels(*labels).inc()
+        except Exception:
+            logger.exception("metrics not updated: queue=%s", queue)
 
     # ------------------------------------------------------------ exposition
 

@@ -8,6 +8,8 @@ that call.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from compute.queue_id import QueueId
 
 
@@ -23,17 +25,9 @@ class Observer:
     def retried(self, queue: QueueId, attempts: int = 1) -> None:
         """A write to ``queue``'s destination failed and will be tried again."""
 
-    def replay_batch(
-        self,
-        queue: QueueId,
-        seconds: float,
-        *,
-        replayed: int,
-        failed: int,
-        parked: int,
-        expired: int,
-    ) -> None:
-        """One replay batch of ``queue`` ended after ``seconds`` with these message counts."""
+    def replay_batch(self, queue: QueueId, seconds: float, counts: Mapping[str, int]) -> None:
+        """One replay batch of ``queue`` ended after ``seconds``; ``counts`` has the
+        messages ``replayed``, ``failed``, ``parked`` and ``expired``."""
 
 
 NULL_OBSERVER = Observer()

@@ -250,3 +250,17 @@ def test_each_metrics_object_has_its_own_registry(tmp_path: Path) -> None:
             )
             is None
         )
+
+
+def test_a_failing_counter_is_logged_not_raised_into_delivery(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with DLQManager(dlq_config(tmp_path), background=False) as dlq:
+        metrics = DLQMetrics(dlq, base_path=tmp_path, process_metrics=False)
+
+        def broken(*labels: str) -> None:
+            raise ValueError("label trouble")
+
+        monkeypatch.setattr(metrics.replayed_total, "labels", broken)
+        metrics.replay_batch(QUEUE, 0.01, {"replayed": 3})  # must not raise
+        assert "metrics not updated: queue=" in caplog.text and "label trouble" in caplog.text

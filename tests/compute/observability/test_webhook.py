@@ -112,7 +112,7 @@ def test_firing_and_resolution_are_posted_as_json(
 ) -> None:
     notifier = WebhookNotifier(receiver.url, retry=FAST)
     monitor = monitor_with(dlq, tmp_path, notifier)
-    monitor.start()
+    notifier.start()  # only the sender: evaluation is driven here, with injected time
     try:
         enqueue(dlq, 3, T0)
         monitor.run_once(T0 + 1)
