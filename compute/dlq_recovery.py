@@ -26,6 +26,7 @@ from compute.dlq_message import DLQMessage, FailureContext
 from compute.errors import DLQError
 from compute.event_handler import classify_or_transient, held_behind_failure
 from compute.health import DestinationHealth, HealthProbe
+from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
 from config.settings import DLQConfig
@@ -103,6 +104,8 @@ class DLQRecoveryWorker:
         self._rng = random.Random()
         self.stats = WorkerStats()
         self.max_batches_per_pass = max_batches_per_pass
+        # Metrics hook, set by the engine; called once per replayed batch.
+        self.observer: Observer = NULL_OBSERVER
 
     # ------------------------------------------------------------ lifecycle
 
@@ -274,7 +277,9 @@ class DLQRecoveryWorker:
             if lease.is_empty:
                 break
             totals["quarantined"] += lease.quarantined
+            started = time.monotonic()
             outcome = self._replay_batch(destination, queue, lease, self._clock())
+            self.observer.replay_batch(queue, time.monotonic() - started, outcome)
             for name, value in outcome.items():
                 totals[name] += value
             if outcome["failed"]:

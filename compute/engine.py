@@ -11,6 +11,9 @@ from typing import Any
 
 from compute.dlq_manager import DLQManager
 from compute.factories import build_destination, build_source
+from compute.health import HealthSnapshot
+from compute.observability.alerts import AlertMonitor
+from compute.observability.metrics import DLQMetrics
 from compute.pipeline import Pipeline, PipelineState
 from compute.retry_policy import RetryPolicy
 from config.errors import ConfigError
@@ -56,6 +59,8 @@ class Engine:
         self.specs = list(specs)
         self.dlq: DLQManager | None = None
         self.pipelines: list[Pipeline] = []
+        self.metrics: DLQMetrics | None = None
+        self.alerts: AlertMonitor | None = None
         self._pipeline_factory = pipeline_factory or self._build_pipeline
         self._stopped = threading.Event()
 
@@ -83,17 +88,52 @@ class Engine:
         existing = self.dlq.refresh_all_status()
         if existing:
             logger.info("DLQ queues found on disk: count=%d", existing)
+        self._start_observability(self.dlq)
         for pipeline in self.pipelines:
             pipeline.start()
+
+    def _start_observability(self, dlq: DLQManager) -> None:
+        """Metrics and the alert monitor; the observer is set before any pipeline runs.
+
+        Events are counted through an observer object the handler and the
+        worker call once per batch (not hooks inside DLQManager, whose hot
+        paths stay untouched); everything else is read at scrape time.
+        """
+        base_path = self.settings.dlq.base_path
+        self.metrics = DLQMetrics(
+            dlq,
+            base_path=base_path,
+            destinations=self._health_snapshots,
+            pipelines=self._backpressure,
+        )
+        for pipeline in self.pipelines:
+            pipeline.handler.observer = self.metrics
+            pipeline.worker.observer = self.metrics
+        self.alerts = AlertMonitor(
+            self.settings.alerts, dlq, base_path=base_path, destinations=self._health_snapshots
+        )
+        self.metrics.alerts = self.alerts
+        self.alerts.start()
+
+    def _health_snapshots(self) -> list[tuple[str, HealthSnapshot]]:
+        return [(p.name, h.snapshot()) for p in self.pipelines for h in p.health.values()]
+
+    def _backpressure(self) -> dict[str, bool]:
+        return {p.name: p.state is PipelineState.BACKPRESSURE for p in self.pipelines}
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        # The monitor reads the DLQ: stop it before the queues close.
+        if self.alerts is not None:
+            self.alerts.stop(timeout)
         for pipeline in self.pipelines:
             pipeline.stop(timeout)
         for pipeline in self.pipelines:
             pipeline.close()
+        if self.metrics is not None:
+            self.metrics.close()  # scrapes after this leave the closed queues out
         if self.dlq is not None:
             self.dlq.close()
         logger.info("engine stopped")

@@ -25,6 +25,7 @@ from compute.dlq_manager import DLQManager, EnqueueResult, record_key
 from compute.dlq_message import DLQMessage, FailureContext, encode_message
 from compute.errors import DLQFullError, MessageTooLargeError
 from compute.health import DestinationHealth
+from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
 from destinations.base import Destination
@@ -98,6 +99,8 @@ class EventHandler:
         self._stop = stop or threading.Event()
         self._clock = clock
         self.counters = HandlerCounters()
+        # Metrics hook, set by the engine; called once per batch, never per message.
+        self.observer: Observer = NULL_OBSERVER
 
     def handle(self, records: Sequence[ChangeRecord], done: set[tuple[str, str]]) -> None:
         """Deliver every (destination id, table) group of ``records`` not yet in ``done``.
@@ -180,6 +183,7 @@ class EventHandler:
                 if self.retry_policy.should_retry(attempt) and not self._stop.is_set():
                     delay = self.retry_policy.next_delay(attempt)
                     self.counters.retries[destination.destination_id] += 1
+                    self.observer.retried(queue)
                     logger.warning(
                         "✗ Failed to write to destination %s, retrying in %.2fs "
                         "(attempt %d of %d): queue=%s error=%s: %s",
@@ -241,6 +245,7 @@ class EventHandler:
         now = self._clock()
         self.dlq.park(queue, [DLQMessage.create(queue, r, failure, now=now) for r in records])
         self.counters.parked[queue.destination_id] += len(records)
+        self.observer.parked(queue, len(records))
 
     def _park_oversized(self, queue: QueueId, messages: list[DLQMessage]) -> EnqueueResult:
         """Park messages over ``DLQ_MAX_MESSAGE_BYTES`` (and later changes to their keys),
@@ -277,6 +282,7 @@ class EventHandler:
             result = self._park_oversized(queue, messages)
         self.counters.queued[queue.destination_id] += result.accepted
         self.counters.dropped[queue.destination_id] += result.dropped
+        self.observer.enqueued(queue, result.accepted, result.dropped)
         if result.accepted:
             ops = Counter(r.op.name.lower() for r in records)
             # Deferrals behind a non-empty queue are routine while it drains.

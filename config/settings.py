@@ -96,7 +96,9 @@ class AlertConfig:
     max_age_critical: float = 86400.0
     unhealthy_seconds: float = 300.0  # a destination unhealthy for longer fires an alert
     disk_pct: float = 80.0  # DLQ filesystem usage above this percentage
-    webhook_url: str | None = None  # firing/resolved alerts are POSTed here as JSON
+    # Firing/resolved alerts are POSTed here as JSON. Webhook paths often hold a token
+    # (Slack, PagerDuty): never shown by repr.
+    webhook_url: str | None = field(default=None, repr=False)
     eval_interval: float = 10.0  # seconds between evaluations
 
 
