@@ -42,3 +42,11 @@ class MessageDecodeError(DLQError):
 
 class LeaseError(DLQError):
     """A lease was acknowledged or released twice, out of order, or for the wrong queue."""
+
+
+class MessageNotFoundError(DLQError):
+    """No message with that id is in the queue (or in any queue)."""
+
+
+class DLQConflictError(DLQError):
+    """The operation contradicts the queue's state (already parked, ids already present, ...)."""
