@@ -7,7 +7,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compute.dlq_manager import DLQManager
 from compute.factories import build_destination, build_source
@@ -16,6 +16,9 @@ from compute.retry_policy import RetryPolicy
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec, load_pipelines_file
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from compute.admin.http_api import AdminServer
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class Engine:
         self.pipelines: list[Pipeline] = []
         self._pipeline_factory = pipeline_factory or self._build_pipeline
         self._stopped = threading.Event()
+        self.admin: AdminServer | None = None
 
     def _build_pipeline(self, spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
         source = build_source(spec.source, self.settings.state_path)
@@ -83,13 +87,35 @@ class Engine:
         existing = self.dlq.refresh_all_status()
         if existing:
             logger.info("DLQ queues found on disk: count=%d", existing)
+        if self.settings.admin.enabled:
+            try:
+                self._start_admin()  # before the pipelines: a bad address starts nothing
+            except Exception:
+                self.dlq.close()
+                raise
         for pipeline in self.pipelines:
             pipeline.start()
+
+    def _start_admin(self) -> None:
+        """The admin API, and ``<DLQ_BASE_PATH>/admin.json`` so the CLI can find it."""
+        from compute.admin.http_api import AdminServer
+        from compute.admin.operations import DLQOperations
+
+        assert self.dlq is not None
+        ops = DLQOperations(
+            self.dlq, self.settings, pipelines=lambda: list(self.pipelines), mode="online"
+        )
+        self.admin = AdminServer(ops, self.settings.admin)
+        self.admin.start()
+        self.admin.write_discovery(self.settings.dlq.base_path)
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.admin is not None:
+            self.admin.stop()
+            self.admin = None
         for pipeline in self.pipelines:
             pipeline.stop(timeout)
         for pipeline in self.pipelines:
