@@ -87,14 +87,16 @@ class Engine:
         existing = self.dlq.refresh_all_status()
         if existing:
             logger.info("DLQ queues found on disk: count=%d", existing)
-        if self.settings.admin.enabled:
-            try:
-                self._start_admin()  # before the pipelines: a bad address starts nothing
-            except Exception:
-                self.dlq.close()
-                raise
         for pipeline in self.pipelines:
             pipeline.start()
+        if self.settings.admin.enabled:
+            # After the pipelines, so its imports do not delay the first events;
+            # if it cannot listen, everything is stopped cleanly (nothing lost).
+            try:
+                self._start_admin()
+            except Exception:
+                self.stop()
+                raise
 
     def _start_admin(self) -> None:
         """The admin API, and ``<DLQ_BASE_PATH>/admin.json`` so the CLI can find it."""
