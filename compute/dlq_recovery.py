@@ -134,6 +134,11 @@ class DLQRecoveryWorker:
             logger.info("DLQ recovery worker stopped: pipeline=%s", self.pipeline_name)
         return stopped
 
+    def exclusive(self) -> threading.Lock:
+        """Hold this (as a context manager) to keep passes off the queues: while an
+        operator action edits a queue, no replay batch is leased from it."""
+        return self._run_lock
+
     def wake(self) -> None:
         """Run a pass now instead of at the next interval (new events were queued)."""
         self._wake.set()

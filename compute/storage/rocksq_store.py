@@ -35,7 +35,7 @@ import threading
 import time
 import traceback
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 READER_LABEL = "rosetta-reader"
 PEEK_LABEL = "rosetta-peek"
+SCAN_LABEL = "rosetta-scan"
 CURSOR_FILE = "cursor.json"
 QUARANTINE_DIR = "quarantine"
 QUEUE_FILE = "queue.json"
@@ -885,6 +886,52 @@ class RocksqStore(QueueStore):
             return list(items)
         finally:
             handle.remove_label(PEEK_LABEL)
+
+    def scan(self, queue: QueueId, chunk: int = 1000) -> Iterator[list[bytes]]:
+        """Stream the queue's unacknowledged payloads (export, find by id), unleased.
+
+        Each segment is read with its own label, one chunk per lock hold, so
+        the reader and writers go on between chunks. A segment retired (fully
+        acknowledged) meanwhile simply ends; its items were committed.
+        """
+        state = self._state(queue)
+        with state.lock:
+            self._loaded(state)
+            plan = [
+                (n, state.cursor_acked if n == state.cursor_segment else 0) for n in state.segments
+            ]
+        for number, skip in plan:
+            label = f"{SCAN_LABEL}-{threading.get_ident()}"
+            first = True
+            while True:
+                with state.lock:
+                    if number not in state.counts:
+                        break
+                    try:
+                        handle = self._handle(state, number)
+                        if first and label in handle.labels:
+                            handle.remove_label(label)
+                        if first and skip:
+                            handle.next(label, rocksq.StartPosition.Oldest, skip)
+                        items, _ = handle.next(label, rocksq.StartPosition.Oldest, chunk)
+                        first = False
+                        if not items:
+                            handle.remove_label(label)
+                    except RuntimeError as error:
+                        handle = None  # see enqueue: the traceback must not keep it open
+                        raise self._fail(state, "scan", error) from None
+                if not items:
+                    break
+                try:
+                    yield list(items)
+                except GeneratorExit:  # the caller stopped early: drop the label
+                    with state.lock:
+                        if number in state.counts:
+                            try:
+                                self._handle(state, number).remove_label(label)
+                            except RuntimeError:
+                                pass
+                    raise
 
     def stats(self, queue: QueueId) -> StoredStats:
         state = self._state(queue)

@@ -37,7 +37,12 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DLQ_", "ROSETTA_"))}
     env.pop("CONFIG_DATABASE_URL", None)
     env.update(
-        {"DLQ_BASE_PATH": str(tmp_path / "dlq"), "ROSETTA_STATE_PATH": str(tmp_path / "state")}
+        {
+            "DLQ_BASE_PATH": str(tmp_path / "dlq"),
+            "ROSETTA_STATE_PATH": str(tmp_path / "state"),
+            # Port 0: tests running side by side never collide on the default 8686.
+            "ROSETTA_ADMIN_ADDR": "127.0.0.1:0",
+        }
     )
     return env
 
