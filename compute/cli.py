@@ -210,11 +210,14 @@ def queues(as_json: bool) -> None:
     def human(rows: list[dict[str, Any]]) -> None:
         from rich.table import Table
 
-        table = Table(title=f"DLQ queues ({len(rows)})")
+        damaged = [r for r in rows if r.get("damaged")]
+        table = Table(title=f"DLQ queues ({len(rows) - len(damaged)})")
         for name in ("source", "table", "destination", "messages", "parked", "bytes", "oldest"):
             table.add_column(name, justify="right" if name in ("messages", "parked") else "left")
         table.add_column("destination health")
         for r in rows:
+            if r.get("damaged"):
+                continue
             table.add_row(
                 r["source_id"],
                 r["table"],
@@ -226,6 +229,13 @@ def queues(as_json: bool) -> None:
                 r["destination_health"],
             )
         _console().print(table)
+        if damaged:
+            aside = Table(title=f"DAMAGED queue directories set aside ({len(damaged)})")
+            for name in ("queue", "moved to", "reason"):
+                aside.add_column(name)
+            for r in damaged:
+                aside.add_row(r["queue"], r["moved_to"], r["reason"])
+            _console().print(aside)
 
     _emit(rows, as_json, human)
 

@@ -685,6 +685,31 @@ class DLQManager:
         found = getattr(self.store, "quarantined", [])
         return [{"queue": str(q), "moved_to": str(path), "reason": why} for q, path, why in found]
 
+    def set_aside_directories(self) -> list[dict[str, Any]]:
+        """Every damaged queue directory waiting under ``<base>/quarantine/``, this run or earlier.
+
+        Unlike ``damaged_queues`` (what this run found), these stay listed
+        until an operator has dealt with the files and removed them.
+        """
+        base = Path(self.config.base_path) / QUARANTINE_DIR
+        found: list[dict[str, Any]] = []
+        try:
+            entries = sorted(
+                (e for e in os.scandir(base) if e.is_dir(follow_symlinks=False)),
+                key=lambda e: e.name,
+            )
+        except FileNotFoundError:
+            return found
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                reason = json.loads((path / "reason.json").read_text())
+                queue, why = str(reason["queue"]), str(reason["reason"])
+            except (OSError, ValueError, KeyError, TypeError):
+                queue, why = entry.name, "no readable reason.json"
+            found.append({"queue": queue, "moved_to": str(path), "reason": why})
+        return found
+
     def has_messages(self, queue: QueueId) -> bool:
         return self.store.count(queue) > 0
 

@@ -179,7 +179,11 @@ class LocalClient(DLQClient):
 
 def _waiting(rows: list[dict[str, Any]], queue: QueueId | None, parked: bool) -> int:
     field = "parked" if parked else "messages"
-    return sum(int(r[field]) for r in rows if queue is None or r["queue"] == str(queue))
+    return sum(
+        int(r[field])
+        for r in rows
+        if not r.get("damaged") and (queue is None or r["queue"] == str(queue))
+    )
 
 
 class HttpClient(DLQClient):
@@ -254,7 +258,7 @@ class HttpClient(DLQClient):
     def replay(
         self, queue: QueueId | None, parked: bool, dry_run: bool, progress: ProgressFactory
     ) -> dict[str, Any]:
-        rows = self.queues()
+        rows = [r for r in self.queues() if not r.get("damaged")]  # set aside: not replayable
         targets = [str(queue)] if queue is not None else [r["queue"] for r in rows]
         total = _waiting(rows, queue, parked)
         results: list[dict[str, Any]] = []

@@ -190,7 +190,34 @@ class DLQOperations:
             row["destination_health"] = (
                 dest["health"] if dest else ("unknown" if self.running else "engine stopped")
             )
+            row["damaged"] = False
             rows.append(row)
+        # Damaged queue directories set aside (this run or earlier): their
+        # messages are not replayed until an operator deals with the files.
+        for entry in self.dlq.set_aside_directories():
+            try:
+                queue = QueueId.parse(entry["queue"])
+                names = {
+                    "source_id": queue.source_id,
+                    "table": queue.table,
+                    "destination_id": queue.destination_id,
+                }
+            except ValueError:
+                names = {"source_id": "?", "table": entry["queue"], "destination_id": "?"}
+            rows.append(
+                {
+                    "queue": entry["queue"],
+                    **names,
+                    "messages": None,
+                    "parked": None,
+                    "bytes_on_disk": None,
+                    "oldest_age_seconds": None,
+                    "destination_health": "-",
+                    "damaged": True,
+                    "moved_to": entry["moved_to"],
+                    "reason": entry["reason"],
+                }
+            )
         return rows
 
     def show(self, queue: QueueId, *, limit: int = 20, parked: bool = False) -> dict[str, Any]:

@@ -137,3 +137,25 @@ dsn_env = "TEST_DEST_DSN"
     # Of the damaged queue, only an in-order run from its acknowledgement point arrived.
     arrived = sorted(rows(pg_conn, tables[1]))
     assert arrived == list(range(10, 10 + len(arrived)))
+    # The operator sees it: `rosetta dlq queues` lists the directory set aside, with why.
+    listed = subprocess.run(
+        [sys.executable, "-m", "compute.cli", "dlq", "queues", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    damaged = [r for r in json.loads(listed.stdout) if r["damaged"]]
+    assert [(r["queue"], r["moved_to"]) for r in damaged] == [(str(bad), str(moved))]
+    assert damaged[0]["reason"] == json.loads((moved / "reason.json").read_text())["reason"]
+    human = subprocess.run(
+        [sys.executable, "-m", "compute.cli", "dlq", "queues"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "DAMAGED queue directories set aside (1)" in human.stdout
