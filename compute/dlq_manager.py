@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compute.dlq_message import DLQMessage, FailureContext, decode_message, encode_message
+from compute.dlq_message import (
+    DLQMessage,
+    FailureContext,
+    MessageDecoder,
+    decode_message,
+    encode_messages,
+)
 from compute.errors import DLQError, DLQFullError, LeaseError, MessageDecodeError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoreLease
@@ -81,8 +87,9 @@ class DLQLease:
     messages: list[DLQMessage]
     quarantined: int
     _store_lease: StoreLease
-    # Position of each message among the leased payloads (quarantined ones are skipped).
-    _payload_index: list[int] = field(default_factory=list)
+    # Position of each message among the leased payloads (quarantined ones are
+    # skipped); None when nothing was quarantined and positions are the same.
+    _payload_index: list[int] | None = None
     _done: bool = False
 
     def __len__(self) -> int:
@@ -181,13 +188,12 @@ class DLQManager:
         """
         if not messages:
             return EnqueueResult(0)
-        payloads = []
         for message in messages:
             if message.queue is not queue and message.queue != queue:
                 raise ValueError(
                     f"message {message.message_id} belongs to {message.queue}, not {queue}"
                 )
-            payloads.append(encode_message(message))
+        payloads = encode_messages(messages)
         info = self._info(queue)
         try:
             self.store.enqueue(queue, payloads)
@@ -242,16 +248,20 @@ class DLQManager:
         """
         limit = max_messages or self.config.batch_size
         store_lease = self.store.read(queue, limit)
-        messages: list[DLQMessage] = []
+        decoder = MessageDecoder(queue.main)
+        try:
+            decode = decoder.decode
+            messages = [decode(payload) for payload in store_lease.payloads]
+            return DLQLease(queue, messages, 0, store_lease)
+        except MessageDecodeError:
+            pass  # rare: go again one by one, setting the undecodable aside
+        messages = []
         quarantined = 0
         payload_index: list[int] = []
         segment, start = store_lease.token
-        source_queue = queue.main
-        previous: DLQMessage | None = None
         for index, payload in enumerate(store_lease.payloads):
             try:
-                previous = decode_message(payload, source_queue, previous)
-                messages.append(previous)
+                messages.append(decoder.decode(payload))
                 payload_index.append(index)
             except MessageDecodeError as error:
                 self._quarantine(queue, payload, f"{segment}_{start + index}", str(error))
@@ -268,7 +278,8 @@ class DLQManager:
             raise LeaseError(f"lease on {lease.queue} was already acknowledged or released")
         count: int | None = None
         if messages_done is not None and messages_done < len(lease.messages):
-            count = lease._payload_index[messages_done]
+            index = lease._payload_index
+            count = messages_done if index is None else index[messages_done]
             if count == 0:
                 self.release(lease)
                 return
@@ -299,7 +310,7 @@ class DLQManager:
         """
         if not messages:
             return
-        payloads = [encode_message(m) for m in messages]
+        payloads = encode_messages(messages)
         self.store.enqueue(queue.parked, payloads)
         keys = self._parked_keys(queue)
         info = self._info(queue)
@@ -403,9 +414,10 @@ class DLQManager:
     def peek(self, queue: QueueId, limit: int = 10) -> list[DLQMessage]:
         """Up to ``limit`` messages from the head, without leasing or removing them."""
         found: list[DLQMessage] = []
+        decoder = MessageDecoder(queue.main)
         for payload in self.store.peek(queue, limit):
             try:
-                found.append(decode_message(payload))
+                found.append(decoder.decode(payload))
             except MessageDecodeError:
                 continue  # quarantined when the reader reaches it
         return found
