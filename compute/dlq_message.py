@@ -1,10 +1,12 @@
 """A DLQ message: one CDC change that a destination did not take, with why.
 
 Encoding (version 2): a msgpack array whose first element is the version
-(2), then the change's own fields and, last, a *context* blob: the queue and the failure, packed on
-their own. Every message of one failed batch carries the same context bytes,
-so a reader compares bytes and reuses the queue and failure it already built
-instead of decoding them again, and the store's frame compression folds the
+(2), then the change's own fields (id, operation, key values, before and
+after images, position, commit time, enqueue time) and, last, a *context*
+blob: what a failed batch shares (queue, failure, table, key columns),
+packed on its own. Every message of one failed batch carries the same
+context bytes, so a reader compares bytes and reuses what it already built
+instead of decoding it again, and the store's frame compression folds the
 repeats away. Non-JSON values in row images (Decimal, datetime, date, time,
 UUID) use msgpack extension types, so a bank balance comes back as the exact
 ``Decimal`` it was. Version 1 (a version byte, then one flat array of 22 fields) is still read.
@@ -32,8 +34,8 @@ from destinations.records import ChangeRecord, Operation, SourcePosition
 
 FORMAT_VERSION = 2
 _V1 = 1
-_V2_FIELD_COUNT = 13
-# The first byte of every version-2 message: a msgpack fixarray of 13 elements.
+_V2_FIELD_COUNT = 11
+# The first byte of every version-2 message: a msgpack fixarray of 11 elements.
 V2_FIRST_BYTE = 0x90 | _V2_FIELD_COUNT
 
 MAX_ERROR_MESSAGE_CHARS = 2000
@@ -193,8 +195,13 @@ def _pack(fields: list[Any]) -> bytes:
         )
 
 
-def encode_context(queue: QueueId, failure: FailureContext) -> bytes:
-    """The context blob of a message: its queue and its failure."""
+def encode_context(
+    queue: QueueId,
+    failure: FailureContext,
+    table: str,
+    key_columns: list[str],
+) -> bytes:
+    """The context blob: what the messages of one failed batch share."""
     return _pack(
         [
             queue.source_id,
@@ -208,59 +215,64 @@ def encode_context(queue: QueueId, failure: FailureContext) -> bytes:
             failure.attempts,
             failure.first_failure_at,
             failure.last_failure_at,
+            table,
+            key_columns,
         ]
     )
 
 
-def encode_message(message: DLQMessage, context: bytes | None = None) -> bytes:
-    """Encode ``message`` (one msgpack array); ``context`` if already packed."""
+def _context_of(message: DLQMessage) -> bytes:
     record = message.record
+    return encode_context(message.queue, message.failure, record.table, list(record.key))
+
+
+def _encode(message: DLQMessage, context: bytes) -> bytes:
+    record = message.record
+    return _pack(
+        [
+            FORMAT_VERSION,
+            message.message_id,
+            record.op,  # a str Enum: packed as its one-letter value
+            list(record.key.values()),
+            record.before,
+            record.after,
+            record.position[0],
+            record.position[1],
+            record.commit_ts,
+            message.enqueued_at,
+            context,
+        ]
+    )
+
+
+def encode_message(message: DLQMessage) -> bytes:
+    """Encode ``message`` as one msgpack array (see the module docstring)."""
     try:
-        if context is None:
-            context = encode_context(message.queue, message.failure)
-        return _pack(
-            [
-                FORMAT_VERSION,
-                message.message_id,
-                record.table,
-                record.op,  # a str Enum: packed as its one-letter value
-                list(record.key),
-                list(record.key.values()),
-                record.before,
-                record.after,
-                record.position[0],
-                record.position[1],
-                record.commit_ts,
-                message.enqueued_at,
-                context,
-            ]
-        )
+        return _encode(message, _context_of(message))
     except (TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"message {message.message_id} cannot be encoded: {error}") from error
 
 
 def encode_messages(messages: Sequence[DLQMessage]) -> list[bytes]:
-    """Encode a batch; messages sharing a queue and failure share one packed context."""
+    """Encode a batch; messages that share a context share one packed blob."""
     encoded = []
-    queue: QueueId | None = None
-    failure: FailureContext | None = None
+    shared: tuple[Any, ...] | None = None
     context = b""
     for message in messages:
-        if message.failure is not failure or message.queue is not queue:
-            if failure is None or message.failure != failure or message.queue != queue:
-                try:
-                    context = encode_context(message.queue, message.failure)
-                except (TypeError, ValueError, OverflowError) as error:
-                    raise ValueError(
-                        f"message {message.message_id} cannot be encoded: {error}"
-                    ) from error
-            queue, failure = message.queue, message.failure
-        encoded.append(encode_message(message, context))
+        record = message.record
+        try:
+            key = (message.failure, message.queue, record.table, list(record.key))
+            if key != shared:
+                context = _context_of(message)
+                shared = key
+            encoded.append(_encode(message, context))
+        except (TypeError, ValueError, OverflowError) as error:
+            raise ValueError(f"message {message.message_id} cannot be encoded: {error}") from error
     return encoded
 
 
 _V1_FIELD_COUNT = 22
-_CONTEXT_FIELD_COUNT = 11
+_CONTEXT_FIELD_COUNT = 13
 _NUMBER = (int, float)
 
 
@@ -361,7 +373,14 @@ class MessageDecoder:
     instead of a decode). Not thread-safe; one per reader.
     """
 
-    __slots__ = ("_context", "_failure", "_queue", "queue")
+    __slots__ = (
+        "_columns",
+        "_context",
+        "_failure",
+        "_queue",
+        "_table",
+        "queue",
+    )
 
     def __init__(self, queue: QueueId | None = None) -> None:
         self.queue = queue
@@ -381,16 +400,15 @@ class MessageDecoder:
         if type(f) is not list or len(f) != _V2_FIELD_COUNT or f[0] != FORMAT_VERSION:
             raise MessageDecodeError("undecodable message: not a version-2 field array")
         try:
-            (_, message_id, table, op, columns, values, before, after, commit, index) = f[:10]
-            commit_ts, enqueued_at, context = f[10], f[11], f[12]
+            message_id, op, values, before, after, commit, index, commit_ts = f[1:9]
+            enqueued_at, context = f[9], f[10]
             if context != self._context:
                 self._decode_context(context)
+            columns = self._columns
             if (
                 type(message_id) is not str
-                or type(table) is not str
-                or type(columns) is not list
                 or type(values) is not list
-                or len(columns) != len(values)
+                or len(values) != len(columns)
                 or (before is not None and type(before) is not dict)
                 or (after is not None and type(after) is not dict)
                 or type(commit) is not int
@@ -399,18 +417,16 @@ class MessageDecoder:
                 or type(enqueued_at) not in _NUMBER
             ):
                 raise ValueError("a field has the wrong type")
-            if len(columns) == 1 and type(columns[0]) is str:
+            if len(columns) == 1:
                 key = {columns[0]: values[0]}
-            elif all(type(c) is str for c in columns):
-                key = dict(zip(columns, values, strict=False))
             else:
-                raise ValueError("a key column is not a string")
+                key = dict(zip(columns, values, strict=True))
             # tuple.__new__ skips each NamedTuple's Python-level __new__: a
             # third of the cost of building them, on the path every replay takes.
             record = _new(
                 ChangeRecord,
                 (
-                    table,
+                    self._table,
                     _OPERATIONS[op],
                     key,
                     after,
@@ -447,12 +463,22 @@ class MessageDecoder:
         except Exception as error:
             raise ValueError(f"undecodable context: {type(error).__name__}") from None
         if type(c) is not list or len(c) != _CONTEXT_FIELD_COUNT:
-            raise ValueError("context is not an array of 11 fields")
+            raise ValueError(f"context is not an array of {_CONTEXT_FIELD_COUNT} fields")
         if not all(type(part) is str for part in c[:3]):
             raise ValueError("a queue field has the wrong type")
         queue = _queue_of(c[0], c[1], c[2], self.queue)
         failure = _failure(c, 3)
-        self._context, self._queue, self._failure = context, queue, failure
+        table, columns = c[11], c[12]
+        if (
+            type(table) is not str
+            or type(columns) is not list
+            or not all(type(column) is str for column in columns)
+            or len(set(columns)) != len(columns)
+        ):
+            raise ValueError("a context field has the wrong type")
+        self._queue, self._failure = queue, failure
+        self._table, self._columns = table, columns
+        self._context = context
 
 
 def decode_message(

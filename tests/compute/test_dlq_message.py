@@ -509,14 +509,14 @@ def _fields(message: DLQMessage) -> list[Any]:
     v2 = msgpack.unpackb(
         encode_message(message), raw=False, ext_hook=msgpack.ExtType, strict_map_key=False
     )
-    ctx = msgpack.unpackb(v2[12], raw=False)
-    return [v2[1], *ctx[0:3], *v2[2:11], *ctx[3:11], v2[11]]
+    ctx = msgpack.unpackb(v2[10], raw=False)
+    return [v2[1], *ctx[0:3], ctx[11], v2[2], ctx[12], *v2[3:9], *ctx[3:11], v2[9]]
 
 
 def _pack_v2(f: list[Any]) -> bytes:
-    """Version 2 from the flat view: change fields, then the context blob."""
-    context = msgpack.packb([*f[1:4], *f[13:21]], use_bin_type=True)
-    return msgpack.packb([FORMAT_VERSION, f[0], *f[4:13], f[21], context], use_bin_type=True)
+    """Version 2 from the flat view: the change's own fields, then the context blob."""
+    context = msgpack.packb([*f[1:4], *f[13:21], f[4], f[6]], use_bin_type=True)
+    return msgpack.packb([FORMAT_VERSION, f[0], f[5], *f[7:13], f[21], context], use_bin_type=True)
 
 
 def _pack_v1(fields: Any) -> bytes:
@@ -555,7 +555,7 @@ def test_the_raw_fields_pack_back_to_the_same_message(pack: Any) -> None:
 def test_a_bad_context_blob_is_refused() -> None:
     fields = msgpack.unpackb(encode_message(make_message()))
     for context in (b"", b"\xc1", msgpack.packb([1, 2]), "text", None, msgpack.packb(["a"] * 11)):
-        fields[12] = context
+        fields[10] = context
         with pytest.raises(MessageDecodeError):
             decode_message(msgpack.packb(fields, use_bin_type=True))
 
@@ -564,7 +564,7 @@ def test_messages_sharing_a_failure_share_one_decoded_context() -> None:
     failure = FailureContext("E", "boom", attempts=2, first_failure_at=1.0, last_failure_at=2.0)
     messages = [make_message(failure=failure) for _ in range(3)]
     encoded = encode_messages(messages)
-    assert len({msgpack.unpackb(e)[12] for e in encoded}) == 1
+    assert len({msgpack.unpackb(e)[10] for e in encoded}) == 1
     decoder = MessageDecoder()
     decoded = [decoder.decode(e) for e in encoded]
     assert decoded == messages
