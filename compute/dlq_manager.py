@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,15 @@ from compute.dlq_message import (
     decode_message,
     encode_messages,
 )
-from compute.errors import DLQError, DLQFullError, LeaseError, MessageDecodeError
+from compute.errors import (
+    DLQConflictError,
+    DLQError,
+    DLQFullError,
+    LeaseError,
+    MessageDecodeError,
+    MessageNotFoundError,
+    MessageTooLargeError,
+)
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoreLease
 from config.settings import DLQConfig, WhenFull
@@ -30,6 +38,7 @@ logger = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
 ATTEMPTS_FILE = "attempts.json"
 QUARANTINE_DIR = "quarantine"
+TOMBSTONES_FILE = "discarded.json"
 STATUS_INTERVAL = 1.0
 IDLE_CLOSE_SECONDS = 60.0
 
@@ -87,9 +96,11 @@ class DLQLease:
     messages: list[DLQMessage]
     quarantined: int
     _store_lease: StoreLease
-    # Position of each message among the leased payloads (quarantined ones are
-    # skipped); None when nothing was quarantined and positions are the same.
+    # Position of each message among the leased payloads (quarantined and
+    # discarded ones are skipped); None when positions are the same.
     _payload_index: list[int] | None = None
+    # Discarded (tombstoned) messages skipped in this lease: (payload index, id).
+    _discarded: list[tuple[int, str]] = field(default_factory=list)
     _done: bool = False
 
     def __len__(self) -> int:
@@ -118,6 +129,8 @@ class _QueueInfo:
     dropped: int = 0
     quarantined: int = 0
     dirty: bool = True
+    # Discarded messages of this lane: id -> how many of its first occurrences to skip.
+    tombstones: dict[str, int] | None = None
 
 
 class DLQManager:
@@ -182,7 +195,8 @@ class DLQManager:
     def enqueue(self, queue: QueueId, messages: Sequence[DLQMessage]) -> EnqueueResult:
         """Store ``messages`` (all for ``queue``) at the tail, all or none.
 
-        When a capacity limit is reached: with ``DLQ_WHEN_FULL=block`` raises
+        A message over ``DLQ_MAX_MESSAGE_BYTES`` raises ``MessageTooLargeError``
+        and stores nothing. When a capacity limit is reached: with ``DLQ_WHEN_FULL=block`` raises
         ``DLQFullError`` and stores nothing; with ``drop_newest`` drops the
         batch, counts it and logs it.
         """
@@ -194,6 +208,10 @@ class DLQManager:
                     f"message {message.message_id} belongs to {message.queue}, not {queue}"
                 )
         payloads = encode_messages(messages)
+        limit = self.config.max_message_bytes
+        for message, payload in zip(messages, payloads, strict=True):
+            if len(payload) > limit:
+                raise MessageTooLargeError(message.message_id, len(payload), limit)
         info = self._info(queue)
         try:
             self.store.enqueue(queue, payloads)
@@ -249,24 +267,34 @@ class DLQManager:
         limit = max_messages or self.config.batch_size
         store_lease = self.store.read(queue, limit)
         decoder = MessageDecoder(queue.main)
-        try:
-            decode = decoder.decode
-            messages = [decode(payload) for payload in store_lease.payloads]
-            return DLQLease(queue, messages, 0, store_lease)
-        except MessageDecodeError:
-            pass  # rare: go again one by one, setting the undecodable aside
+        skip = dict(self._tombstones(queue))
+        if not skip:
+            try:
+                decode = decoder.decode
+                messages = [decode(payload) for payload in store_lease.payloads]
+                return DLQLease(queue, messages, 0, store_lease)
+            except MessageDecodeError:
+                pass  # rare: go again one by one, setting the undecodable aside
         messages = []
         quarantined = 0
         payload_index: list[int] = []
         segment, start = store_lease.token
+        discarded: list[tuple[int, str]] = []
         for index, payload in enumerate(store_lease.payloads):
             try:
-                messages.append(decoder.decode(payload))
-                payload_index.append(index)
+                previous = decoder.decode(payload)
             except MessageDecodeError as error:
                 self._quarantine(queue, payload, f"{segment}_{start + index}", str(error))
                 quarantined += 1
-        return DLQLease(queue, messages, quarantined, store_lease, payload_index)
+                continue
+            if skip and skip.get(previous.message_id):
+                # Discarded by an operator: skipped, and removed when the lease is acked.
+                skip[previous.message_id] -= 1
+                discarded.append((index, previous.message_id))
+                continue
+            messages.append(previous)
+            payload_index.append(index)
+        return DLQLease(queue, messages, quarantined, store_lease, payload_index, discarded)
 
     def ack(self, lease: DLQLease, messages_done: int | None = None) -> None:
         """The lease's messages are committed downstream: delete them for good.
@@ -283,8 +311,15 @@ class DLQManager:
             if count == 0:
                 self.release(lease)
                 return
+        if lease._discarded:
+            # Tombstones go first: a crash before the ack then re-delivers a
+            # discarded message (a duplicate), never skips a later one.
+            gone = [i for index, i in lease._discarded if count is None or index < count]
+            self._forget_tombstones(lease.queue, gone)
         self.store.ack(lease._store_lease, count)
         lease._done = True
+        if lease.queue.lane:
+            self._info(lease.queue.main).parked_keys = None  # keys may be released
         done_ids = lease.messages if count is None else lease.messages[: messages_done or 0]
         self._forget_attempts(lease.queue, [m.message_id for m in done_ids])
         info = self._info(lease.queue)
@@ -344,19 +379,22 @@ class DLQManager:
         return frozenset(self._parked_keys(queue))
 
     def parked_count(self, queue: QueueId) -> int:
-        return self.store.count(queue.parked)
+        return self.count(queue.parked)
+
+    def count(self, lane: QueueId) -> int:
+        """Messages in ``lane`` (a queue or its parked lane), discarded ones not counted."""
+        raw = self.store.count(lane)
+        if not raw:
+            return 0
+        return max(0, raw - sum(self._tombstones(lane).values()))
 
     def _parked_keys(self, queue: QueueId) -> set[tuple[Any, ...]]:
         info = self._info(queue)
         if info.parked_keys is None:
             keys: set[tuple[Any, ...]] = set()
-            parked = self.store.count(queue.parked)
-            if parked:
-                for payload in self.store.peek(queue.parked, parked):
-                    try:
-                        keys.add(record_key(decode_message(payload).record))
-                    except MessageDecodeError:
-                        continue
+            if self.store.count(queue.parked):
+                for message in self.iter_messages(queue.parked):
+                    keys.add(record_key(message.record))
             with info.lock:
                 if info.parked_keys is None:
                     info.parked_keys = keys
@@ -414,17 +452,28 @@ class DLQManager:
     def peek(self, queue: QueueId, limit: int = 10) -> list[DLQMessage]:
         """Up to ``limit`` messages from the head, without leasing or removing them."""
         found: list[DLQMessage] = []
+        skip = dict(self._tombstones(queue))
         decoder = MessageDecoder(queue.main)
-        for payload in self.store.peek(queue, limit):
+        for payload in self.store.peek(queue, limit + sum(skip.values())):
             try:
-                found.append(decoder.decode(payload))
+                message = decoder.decode(payload)
             except MessageDecodeError:
                 continue  # quarantined when the reader reaches it
-        return found
+            if skip.get(message.message_id):
+                skip[message.message_id] -= 1
+                continue
+            found.append(message)
+        return found[:limit]
 
     def purge(self, queue: QueueId) -> int:
-        """Delete every message of ``queue``; returns how many there were."""
-        removed = self.store.purge(queue)
+        """Delete every message of ``queue`` (or of its parked lane); returns how many."""
+        discarded = sum(self._tombstones(queue).values())
+        # Tombstones first: a crash in between brings discarded messages back
+        # (duplicates); the other order could skip a later message with the same id.
+        self._forget_tombstones(queue, None)
+        removed = max(0, self.store.purge(queue) - discarded)
+        if queue.lane:
+            self._info(queue.main).parked_keys = None
         info = self._info(queue)
         with info.lock:
             info.oldest_known = False
@@ -432,6 +481,216 @@ class DLQManager:
             info.dirty = True
         logger.warning("DLQ queue purged: queue=%s removed=%d", queue, removed)
         return removed
+
+    # ------------------------------------------------- operator, per message
+    #
+    # The store is append-only, so these never rewrite a queue: a message is
+    # removed from a lane by a durable tombstone (``discarded.json`` in the
+    # lane's directory: id -> how many of its first occurrences to skip) that
+    # reads skip and the next ack deletes for good. Each operation copies
+    # before it tombstones, so a crash (even kill -9) between two steps
+    # leaves at worst a duplicate, never a loss.
+
+    def iter_messages(self, lane: QueueId, chunk: int = 1000) -> Iterator[DLQMessage]:
+        """Every message of ``lane`` in FIFO order, streamed; discarded ones skipped."""
+        skip = dict(self._tombstones(lane))
+        decoder = MessageDecoder(lane.main)
+        for payloads in self.store.scan(lane, chunk):
+            for payload in payloads:
+                try:
+                    message = decoder.decode(payload)
+                except MessageDecodeError:
+                    continue  # quarantined when the reader reaches it
+                if skip and skip.get(message.message_id):
+                    skip[message.message_id] -= 1
+                    continue
+                yield message
+
+    def find(self, queue: QueueId, message_id: str) -> tuple[QueueId, DLQMessage] | None:
+        """(lane, message) for ``message_id`` in ``queue``'s main lane, else its parked lane."""
+        for lane in (queue.main, queue.parked):
+            if not self.store.count(lane):
+                continue
+            for message in self.iter_messages(lane):
+                if message.message_id == message_id:
+                    return lane, message
+        return None
+
+    def locate(self, message_id: str) -> tuple[QueueId, DLQMessage]:
+        """Find ``message_id`` in any queue; raises ``MessageNotFoundError``."""
+        for queue in self.list_queues():
+            found = self.find(queue, message_id)
+            if found is not None:
+                return found
+        raise MessageNotFoundError(f"no message {message_id!r} in any queue")
+
+    def discard_message(self, queue: QueueId, message_id: str) -> list[QueueId]:
+        """Remove ``message_id`` from ``queue`` for good (every lane holding it).
+
+        Returns the lanes it was removed from; raises ``MessageNotFoundError``.
+        """
+        lanes = [
+            lane
+            for lane in (queue.main, queue.parked)
+            if self.store.count(lane)
+            and any(m.message_id == message_id for m in self.iter_messages(lane))
+        ]
+        if not lanes:
+            raise MessageNotFoundError(f"no message {message_id!r} in queue {queue}")
+        for lane in lanes:
+            self._add_tombstones(lane, [message_id])
+            if lane.lane:
+                self._info(queue.main).parked_keys = None
+        self._info(queue.main).dirty = True
+        logger.warning(
+            "DLQ message discarded by operator: queue=%s message_id=%s lanes=%s",
+            queue,
+            message_id,
+            ",".join(lane.lane or "main" for lane in lanes),
+        )
+        return lanes
+
+    def park_message(self, queue: QueueId, message_id: str) -> DLQMessage:
+        """Move one message of ``queue``'s main lane to its parked lane, by hand.
+
+        Copy first, tombstone second (a crash in between leaves the message in
+        both lanes: a duplicate, not a loss). Its key counts as parked from now
+        on, so later changes to the key are parked behind it.
+        """
+        message = next(
+            (m for m in self.iter_messages(queue.main) if m.message_id == message_id), None
+        )
+        if message is None:
+            if self.find(queue, message_id) is not None:
+                raise DLQConflictError(f"message {message_id} in {queue} is already parked")
+            raise MessageNotFoundError(f"no message {message_id!r} in queue {queue}")
+        already = self.store.count(queue.parked) and any(
+            m.message_id == message_id for m in self.iter_messages(queue.parked)
+        )
+        if not already:  # a retry after a crash between copy and tombstone
+            self.park(queue.main, [message])
+        self._add_tombstones(queue.main, [message_id])
+        self._info(queue.main).dirty = True
+        return message
+
+    def unpark_message(self, queue: QueueId, message_id: str) -> list[DLQMessage]:
+        """Send a parked message back for replay, keeping the order of its key.
+
+        Moves the message, every later parked change to the same key and every
+        change to that key still waiting in the main lane, in that order, to
+        the tail of the main lane, then releases the key. Why all of them:
+        the parked chain is older than anything of that key in the main lane;
+        moving only the one message (and releasing its key) would let a newer
+        change to the row be applied before older ones, which then overwrite
+        it. Refuses (``DLQConflictError``) when an earlier change to the key is
+        still parked: unpark that one first. Returns the moved messages.
+        """
+        chain: list[DLQMessage] = []
+        target_key: tuple[Any, ...] | None = None
+        earlier: dict[tuple[Any, ...], str] = {}
+        for message in self.iter_messages(queue.parked):
+            key = record_key(message.record)
+            if target_key is None:
+                if message.message_id == message_id:
+                    if key in earlier:
+                        raise DLQConflictError(
+                            f"an earlier change to the same key is parked in {queue} "
+                            f"(message {earlier[key]}): unpark that one first"
+                        )
+                    target_key = key
+                    chain.append(message)
+                else:
+                    earlier.setdefault(key, message.message_id)
+            elif key == target_key:
+                chain.append(message)
+        if target_key is None:
+            if self.find(queue, message_id) is not None:
+                raise DLQConflictError(f"message {message_id} in {queue} is not parked")
+            raise MessageNotFoundError(f"no parked message {message_id!r} in queue {queue}")
+        waiting = [m for m in self.iter_messages(queue.main) if record_key(m.record) == target_key]
+        moved = chain + waiting
+        # 1. copies at the tail (one atomic enqueue); 2. tombstone the originals
+        # in the main lane, 3. then in the parked lane. A crash after 1 or 2
+        # leaves duplicates whose last copy is the newest change: the row still
+        # ends at its newest value.
+        self.enqueue(queue.main, moved)
+        if waiting:
+            self._add_tombstones(queue.main, [m.message_id for m in waiting])
+        self._add_tombstones(queue.parked, [m.message_id for m in chain])
+        self._info(queue.main).parked_keys = None  # recomputed: the key is free again
+        logger.warning(
+            "DLQ messages unparked by operator: queue=%s message_id=%s moved=%d",
+            queue,
+            message_id,
+            len(moved),
+        )
+        return moved
+
+    def existing_ids(self, queue: QueueId, ids: set[str]) -> set[str]:
+        """Which of ``ids`` are already in ``queue`` (either lane)."""
+        found: set[str] = set()
+        for lane in (queue.main, queue.parked):
+            if self.store.count(lane):
+                found.update(m.message_id for m in self.iter_messages(lane) if m.message_id in ids)
+        return found
+
+    def _tombstones(self, lane: QueueId) -> dict[str, int]:
+        info = self._info(lane)
+        if info.tombstones is None:
+            path = self.store.queue_path(lane) / TOMBSTONES_FILE
+            try:
+                loaded = json.loads(path.read_text())["skip"]
+                info.tombstones = {str(k): int(v) for k, v in loaded.items() if int(v) > 0}
+            except FileNotFoundError:
+                info.tombstones = {}
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+                # Forgetting tombstones re-delivers discarded messages (duplicates),
+                # it never skips a message that was not discarded.
+                logger.error(
+                    "unreadable tombstone file, discarded messages come back: file=%s error=%s",
+                    path,
+                    error,
+                )
+                info.tombstones = {}
+        return info.tombstones
+
+    def _add_tombstones(self, lane: QueueId, ids: Sequence[str]) -> None:
+        info = self._info(lane)
+        with info.lock:
+            updated = dict(self._tombstones(lane))
+            for message_id in ids:
+                updated[message_id] = updated.get(message_id, 0) + 1
+            self._save_tombstones(lane, updated)
+            info.tombstones = updated
+            info.oldest_known = False
+            info.dirty = True
+
+    def _forget_tombstones(self, lane: QueueId, ids: Sequence[str] | None) -> None:
+        """Drop one tombstone per id in ``ids`` (all of them with None)."""
+        info = self._info(lane)
+        with info.lock:
+            current = self._tombstones(lane)
+            if not current:
+                return
+            updated: dict[str, int] = {}
+            if ids is not None:
+                updated = dict(current)
+                for message_id in ids:
+                    left = updated.get(message_id, 0) - 1
+                    if left > 0:
+                        updated[message_id] = left
+                    else:
+                        updated.pop(message_id, None)
+            self._save_tombstones(lane, updated)
+            info.tombstones = updated
+
+    def _save_tombstones(self, lane: QueueId, tombstones: dict[str, int]) -> None:
+        path = self.store.queue_path(lane) / TOMBSTONES_FILE
+        if not tombstones:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(path, {"version": 1, "skip": tombstones}, durable=True)
 
     # ------------------------------------------------------------- inspection
 
@@ -449,9 +708,10 @@ class DLQManager:
 
     def status(self, queue: QueueId) -> QueueStatus:
         stats = self.store.stats(queue)
-        parked = self.store.count(queue.parked)
+        parked = self.parked_count(queue)
         info = self._info(queue)
-        if stats.messages == 0:
+        messages = self.count(queue) if stats.messages else 0
+        if messages == 0:
             oldest = newest = None
         else:
             oldest = self._oldest(queue, info)
@@ -459,7 +719,7 @@ class DLQManager:
         with info.lock:
             return QueueStatus(
                 queue=queue,
-                messages=stats.messages,
+                messages=messages,
                 bytes_on_disk=stats.bytes_on_disk,
                 oldest_enqueued_at=oldest,
                 newest_enqueued_at=newest,
@@ -583,10 +843,27 @@ def _last_error(info: _QueueInfo) -> str | None:
     return info.last_error
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def _write_json_atomic(path: Path, data: dict[str, Any], *, durable: bool = False) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    try:
+        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        raw = text.encode()
+    except UnicodeEncodeError:  # a lone surrogate in a queue name: \u escapes keep it
+        raw = (json.dumps(data, indent=2) + "\n").encode()
+    if not durable:
+        tmp.write_bytes(raw)
+        os.replace(tmp, path)
+        return
+    with open(tmp, "wb") as handle:
+        handle.write(raw)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def _iso(when: float | None) -> str | None:

@@ -19,11 +19,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from compute.dlq_manager import DLQLease, DLQManager, record_key
 from compute.dlq_message import DLQMessage, FailureContext
+from compute.errors import DLQError
 from compute.event_handler import classify_or_transient, held_behind_failure
 from compute.health import DestinationHealth, HealthProbe
+from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
 from config.settings import DLQConfig
@@ -31,6 +34,8 @@ from destinations.base import Destination
 from destinations.errors import FailureKind
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,8 @@ class DLQRecoveryWorker:
         self._rng = random.Random()
         self.stats = WorkerStats()
         self.max_batches_per_pass = max_batches_per_pass
+        # Metrics hook, set by the engine; called once per replayed batch.
+        self.observer: Observer = NULL_OBSERVER
 
     # ------------------------------------------------------------ lifecycle
 
@@ -126,6 +133,11 @@ class DLQRecoveryWorker:
         if stopped:
             logger.info("DLQ recovery worker stopped: pipeline=%s", self.pipeline_name)
         return stopped
+
+    def exclusive(self) -> threading.Lock:
+        """Hold this (as a context manager) to keep passes off the queues: while an
+        operator action edits a queue, no replay batch is leased from it."""
+        return self._run_lock
 
     def wake(self) -> None:
         """Run a pass now instead of at the next interval (new events were queued)."""
@@ -165,7 +177,7 @@ class DLQRecoveryWorker:
             self.stats.last_run_at = now
             by_destination: dict[str, list[QueueId]] = {}
             for queue in self.queues():
-                if self.dlq.has_messages(queue):
+                if self._guarded(queue, "count", self.dlq.has_messages, queue):
                     by_destination.setdefault(queue.destination_id, []).append(queue)
             for destination_id, health in self.health.items():
                 if health.circuit_open and destination_id not in by_destination:
@@ -185,11 +197,33 @@ class DLQRecoveryWorker:
                 for queue in queues:
                     if self._stop.is_set():
                         break
-                    results.append(self.replay_queue(queue, now))
+                    result = self._guarded(queue, "replay", self.replay_queue, queue, now)
+                    results.append(result or ReplayResult(queue))
             self.stats.last_results = results
             if any(r.replayed for r in results) and self._on_drained is not None:
                 self._on_drained()
             return results
+
+    def _guarded(
+        self, queue: QueueId, action: str, call: Callable[..., _T], *args: object
+    ) -> _T | None:
+        """``call(*args)``; a storage error of one queue is logged and must not stop the others.
+
+        (A damaged queue is set aside by the store; any other storage error
+        is retried on the next pass.)
+        """
+        try:
+            return call(*args)
+        except DLQError as error:
+            logger.error(
+                "DLQ %s failed for one queue, the others go on: pipeline=%s queue=%s error=%s",
+                action,
+                self.pipeline_name,
+                queue,
+                error,
+            )
+            self.dlq.record_error(queue, f"{action} failed: {error}")
+            return None
 
     def replay_now(self, queue: QueueId | None = None) -> list[ReplayResult]:
         """Operator trigger: probe and replay now (one queue, or all), ignoring backoff."""
@@ -248,7 +282,9 @@ class DLQRecoveryWorker:
             if lease.is_empty:
                 break
             totals["quarantined"] += lease.quarantined
+            started = time.monotonic()
             outcome = self._replay_batch(destination, queue, lease, self._clock())
+            self.observer.replay_batch(queue, time.monotonic() - started, outcome)
             for name, value in outcome.items():
                 totals[name] += value
             if outcome["failed"]:

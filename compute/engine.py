@@ -7,15 +7,21 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compute.dlq_manager import DLQManager
 from compute.factories import build_destination, build_source
+from compute.health import HealthSnapshot
+from compute.observability.alerts import AlertMonitor
+from compute.observability.metrics import DLQMetrics
 from compute.pipeline import Pipeline, PipelineState
 from compute.retry_policy import RetryPolicy
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec, load_pipelines_file
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from compute.admin.http_api import AdminServer
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +62,11 @@ class Engine:
         self.specs = list(specs)
         self.dlq: DLQManager | None = None
         self.pipelines: list[Pipeline] = []
+        self.metrics: DLQMetrics | None = None
+        self.alerts: AlertMonitor | None = None
         self._pipeline_factory = pipeline_factory or self._build_pipeline
         self._stopped = threading.Event()
+        self.admin: AdminServer | None = None
 
     def _build_pipeline(self, spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
         source = build_source(spec.source, self.settings.state_path)
@@ -83,17 +92,91 @@ class Engine:
         existing = self.dlq.refresh_all_status()
         if existing:
             logger.info("DLQ queues found on disk: count=%d", existing)
+        self._start_observability(self.dlq)
         for pipeline in self.pipelines:
             pipeline.start()
+        if self.settings.admin.enabled:
+            # After the pipelines, so its imports do not delay the first events;
+            # if it cannot listen, everything is stopped cleanly (nothing lost).
+            try:
+                self._start_admin()
+            except Exception:
+                self.stop()
+                raise
+
+    def _start_admin(self) -> None:
+        """The admin API, and ``<DLQ_BASE_PATH>/admin.json`` so the CLI can find it."""
+        from compute.admin.http_api import AdminServer
+        from compute.admin.operations import DLQOperations
+
+        assert self.dlq is not None
+        ops = DLQOperations(
+            self.dlq, self.settings, pipelines=lambda: list(self.pipelines), mode="online"
+        )
+        self.admin = AdminServer(ops, self.settings.admin)
+        self._add_observability_routes(self.admin)
+        self.admin.start()
+        self.admin.write_discovery(self.settings.dlq.base_path)
+
+    def _add_observability_routes(self, admin: AdminServer) -> None:
+        """``GET /metrics`` (Prometheus text format) and ``GET /alerts`` (the monitor's state)."""
+        from compute.admin.http_api import Response
+
+        metrics, alerts = self.metrics, self.alerts
+        assert metrics is not None and alerts is not None
+
+        def render_metrics(request: object) -> Response:
+            body, content_type = metrics.render()
+            return Response(text=body.decode("utf-8"), content_type=content_type)
+
+        admin.add_route("GET", "/metrics", render_metrics)
+        admin.add_route("GET", "/alerts", lambda request: Response(body=alerts.snapshot()))
+
+    def _start_observability(self, dlq: DLQManager) -> None:
+        """Metrics and the alert monitor; the observer is set before any pipeline runs.
+
+        Events are counted through an observer object the handler and the
+        worker call once per batch (not hooks inside DLQManager, whose hot
+        paths stay untouched); everything else is read at scrape time.
+        """
+        base_path = self.settings.dlq.base_path
+        self.metrics = DLQMetrics(
+            dlq,
+            base_path=base_path,
+            destinations=self._health_snapshots,
+            pipelines=self._backpressure,
+        )
+        for pipeline in self.pipelines:
+            pipeline.handler.observer = self.metrics
+            pipeline.worker.observer = self.metrics
+        self.alerts = AlertMonitor(
+            self.settings.alerts, dlq, base_path=base_path, destinations=self._health_snapshots
+        )
+        self.metrics.alerts = self.alerts
+        self.alerts.start()
+
+    def _health_snapshots(self) -> list[tuple[str, HealthSnapshot]]:
+        return [(p.name, h.snapshot()) for p in self.pipelines for h in p.health.values()]
+
+    def _backpressure(self) -> dict[str, bool]:
+        return {p.name: p.state is PipelineState.BACKPRESSURE for p in self.pipelines}
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.admin is not None:
+            self.admin.stop()
+            self.admin = None
+        # The monitor reads the DLQ: stop it before the queues close.
+        if self.alerts is not None:
+            self.alerts.stop(timeout)
         for pipeline in self.pipelines:
             pipeline.stop(timeout)
         for pipeline in self.pipelines:
             pipeline.close()
+        if self.metrics is not None:
+            self.metrics.close()  # scrapes after this leave the closed queues out
         if self.dlq is not None:
             self.dlq.close()
         logger.info("engine stopped")

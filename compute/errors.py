@@ -42,3 +42,39 @@ class MessageDecodeError(DLQError):
 
 class LeaseError(DLQError):
     """A lease was acknowledged or released twice, out of order, or for the wrong queue."""
+
+
+class MessageTooLargeError(DLQError):
+    """A message is over ``DLQ_MAX_MESSAGE_BYTES``; nothing of its batch was stored."""
+
+    def __init__(self, message_id: str, size: int, limit: int) -> None:
+        self.message_id = message_id
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"message {message_id} is {size} bytes, over DLQ_MAX_MESSAGE_BYTES ({limit} bytes)"
+        )
+
+
+class NotFoundError(DLQError):
+    """An operator named a queue or message that does not exist."""
+
+
+class QueueNotFoundError(NotFoundError):
+    """No queue by that name exists under the DLQ base path."""
+
+
+class MessageNotFoundError(NotFoundError):
+    """No message with that id is in the queue (or in any queue)."""
+
+
+class OperationError(DLQError):
+    """An operator action could not be carried out (no pipeline for a queue, bad import file)."""
+
+
+class DLQConflictError(DLQError):
+    """The operation contradicts the queue's state (already parked, ids already present, ...)."""
+
+
+class EngineUnreachableError(OperationError):
+    """The engine holds the queues but its admin API cannot be used (off, down, token)."""

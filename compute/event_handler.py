@@ -21,10 +21,11 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from compute.dlq_manager import DLQManager, record_key
-from compute.dlq_message import DLQMessage, FailureContext
-from compute.errors import DLQFullError
+from compute.dlq_manager import DLQManager, EnqueueResult, record_key
+from compute.dlq_message import DLQMessage, FailureContext, encode_message
+from compute.errors import DLQFullError, MessageTooLargeError
 from compute.health import DestinationHealth
+from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
 from destinations.base import Destination
@@ -98,6 +99,8 @@ class EventHandler:
         self._stop = stop or threading.Event()
         self._clock = clock
         self.counters = HandlerCounters()
+        # Metrics hook, set by the engine; called once per batch, never per message.
+        self.observer: Observer = NULL_OBSERVER
 
     def handle(self, records: Sequence[ChangeRecord], done: set[tuple[str, str]]) -> None:
         """Deliver every (destination id, table) group of ``records`` not yet in ``done``.
@@ -180,6 +183,7 @@ class EventHandler:
                 if self.retry_policy.should_retry(attempt) and not self._stop.is_set():
                     delay = self.retry_policy.next_delay(attempt)
                     self.counters.retries[destination.destination_id] += 1
+                    self.observer.retried(queue)
                     logger.warning(
                         "✗ Failed to write to destination %s, retrying in %.2fs "
                         "(attempt %d of %d): queue=%s error=%s: %s",
@@ -241,6 +245,30 @@ class EventHandler:
         now = self._clock()
         self.dlq.park(queue, [DLQMessage.create(queue, r, failure, now=now) for r in records])
         self.counters.parked[queue.destination_id] += len(records)
+        self.observer.parked(queue, len(records))
+
+    def _park_oversized(self, queue: QueueId, messages: list[DLQMessage]) -> EnqueueResult:
+        """Park messages over ``DLQ_MAX_MESSAGE_BYTES`` (and later changes to their keys),
+        queue the rest; the parked ones keep their whole row on disk, for an operator."""
+        limit = self.dlq.config.max_message_bytes
+        now = self._clock()
+        keep: list[DLQMessage] = []
+        park: list[DLQMessage] = []
+        keys: set[tuple[object, ...]] = set()
+        for message in messages:
+            size = len(encode_message(message))  # again: this path is rare
+            key = record_key(message.record)
+            if size > limit:
+                failure = too_large_failure(size, limit, message.failure, now)
+                park.append(message._replace(failure=failure))
+                keys.add(key)
+            elif key in keys:
+                park.append(message._replace(failure=held_behind_failure(now)))
+            else:
+                keep.append(message)
+        self.dlq.park(queue, park)
+        self.counters.parked[queue.destination_id] += len(park)
+        return self.dlq.enqueue(queue, keep) if keep else EnqueueResult(0)
 
     def _enqueue_to_dlq(
         self, queue: QueueId, records: list[ChangeRecord], failure: FailureContext
@@ -248,9 +276,13 @@ class EventHandler:
         """Queue ``records`` behind everything already in ``queue``, with ``failure``."""
         now = self._clock()
         messages = [DLQMessage.create(queue, r, failure, now=now) for r in records]
-        result = self.dlq.enqueue(queue, messages)
+        try:
+            result = self.dlq.enqueue(queue, messages)
+        except MessageTooLargeError:
+            result = self._park_oversized(queue, messages)
         self.counters.queued[queue.destination_id] += result.accepted
         self.counters.dropped[queue.destination_id] += result.dropped
+        self.observer.enqueued(queue, result.accepted, result.dropped)
         if result.accepted:
             ops = Counter(r.op.name.lower() for r in records)
             # Deferrals behind a non-empty queue are routine while it drains.
@@ -264,6 +296,23 @@ class EventHandler:
                 failure.error_class,
                 failure.message,
             )
+
+
+def too_large_failure(size: int, limit: int, cause: FailureContext, now: float) -> FailureContext:
+    """Context of a change parked because its DLQ message is over ``DLQ_MAX_MESSAGE_BYTES``."""
+    return FailureContext(
+        error_class="MessageTooLarge",
+        message=(
+            f"change of {size} bytes (encoded) is over DLQ_MAX_MESSAGE_BYTES ({limit} bytes): "
+            f"parked instead of queued; it was being queued after {cause.error_class}: "
+            f"{cause.message}"
+        ),
+        kind=FailureKind.PERMANENT,
+        code=cause.code,
+        attempts=cause.attempts,
+        first_failure_at=cause.first_failure_at or now,
+        last_failure_at=now,
+    )
 
 
 def classify_or_transient(destination: Destination, error: BaseException) -> ClassifiedError:

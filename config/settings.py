@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -53,6 +54,9 @@ class DLQConfig:
     when_full: WhenFull = WhenFull.BLOCK
     message_ttl: int = 0
     max_open_queues: int = 32
+    # A change whose encoded DLQ message is larger is parked (kept, never replayed
+    # automatically) instead of queued: one huge row must not stall its table.
+    max_message_bytes: int = 16 * MIB
 
     @property
     def min_free_disk_bytes(self) -> int:
@@ -92,7 +96,9 @@ class AlertConfig:
     max_age_critical: float = 86400.0
     unhealthy_seconds: float = 300.0  # a destination unhealthy for longer fires an alert
     disk_pct: float = 80.0  # DLQ filesystem usage above this percentage
-    webhook_url: str | None = None  # firing/resolved alerts are POSTed here as JSON
+    # Firing/resolved alerts are POSTed here as JSON. Webhook paths often hold a token
+    # (Slack, PagerDuty): never shown by repr.
+    webhook_url: str | None = field(default=None, repr=False)
     eval_interval: float = 10.0  # seconds between evaluations
 
 
@@ -192,10 +198,21 @@ def _megabytes(text: str) -> int:
     return value
 
 
+# Linux limits: PATH_MAX and NAME_MAX, in bytes.
+_MAX_PATH_BYTES = 4096
+_MAX_NAME_BYTES = 255
+
+
 def _path(text: str) -> Path:
-    if not text.strip() or "\x00" in text:
+    value = text.strip()
+    if not value or "\x00" in value:
         raise ValueError(text)
-    return Path(text.strip())
+    encoded = value.encode("utf-8", "surrogateescape")
+    if len(encoded) > _MAX_PATH_BYTES:
+        raise ValueError(text)
+    if any(len(part) > _MAX_NAME_BYTES for part in encoded.split(b"/")):
+        raise ValueError(text)
+    return Path(value)
 
 
 def _when_full(text: str) -> WhenFull:
@@ -204,7 +221,11 @@ def _when_full(text: str) -> WhenFull:
 
 # variable -> (DLQConfig field, parser, what is accepted)
 _DLQ_VARIABLES: dict[str, tuple[str, Callable[[str], object], str]] = {
-    "DLQ_BASE_PATH": ("base_path", _path, "a non-empty directory path"),
+    "DLQ_BASE_PATH": (
+        "base_path",
+        _path,
+        "a non-empty directory path (at most 4096 bytes, each name at most 255, no NUL)",
+    ),
     "DLQ_CHECK_INTERVAL": (
         "check_interval",
         _seconds_in(0.05, 86400),
@@ -248,12 +269,18 @@ _DLQ_VARIABLES: dict[str, tuple[str, Callable[[str], object], str]] = {
         _int_in(1, 10_000),
         "an integer from 1 to 10000 (each open queue holds about 6 file descriptors)",
     ),
+    "DLQ_MAX_MESSAGE_BYTES": (
+        "max_message_bytes",
+        _size_in(1 * KIB, 1 * GIB),
+        f"{SIZE_HELP}, from 1KiB to 1GiB, not above DLQ_MAX_QUEUE_BYTES",
+    ),
 }
 
 
 def _webhook_url(text: str) -> str:
     value = text.strip()
-    if not re.match(r"^https?://[^\s/]+(/\S*)?$", value):
+    # Printable ASCII only (percent-encode the rest), and a length servers accept.
+    if len(value) > 2048 or not re.fullmatch(r"https?://[!-.0-~]+(/[!-~]*)?", value):
         raise ValueError(text)
     return value
 
@@ -327,6 +354,26 @@ def _check_alert_levels(
                 f"{critical_name}={source[critical_name]!r} is below {warning_name}="
                 f"{source[warning_name]!r}: the critical level must be at least the warning level"
             )
+
+
+def _check_message_limit(
+    source: Mapping[str, str], values: dict[str, object], problems: list[str]
+) -> None:
+    """A message limit above the queue limit could never be met; an unset one follows it."""
+    if "max_queue_bytes" not in values:
+        return  # default queue limit (10GiB, above any message limit), or reported as invalid
+    queue_bytes = values["max_queue_bytes"]
+    assert isinstance(queue_bytes, int)
+    if "DLQ_MAX_MESSAGE_BYTES" not in source:
+        values["max_message_bytes"] = min(DLQConfig.max_message_bytes, queue_bytes)
+        return
+    message_bytes = values.get("max_message_bytes")
+    if isinstance(message_bytes, int) and message_bytes > queue_bytes:
+        problems.append(
+            f"DLQ_MAX_MESSAGE_BYTES={source['DLQ_MAX_MESSAGE_BYTES']!r} is above "
+            f"DLQ_MAX_QUEUE_BYTES={source['DLQ_MAX_QUEUE_BYTES']!r}: such a message could "
+            "never be queued"
+        )
 
 
 ADMIN_ADDR_HELP = "HOST:PORT (port 0 to 65535, 0 picks a free port), [IPv6]:PORT, or off"
@@ -407,6 +454,7 @@ def load_settings(
             f"DLQ_BACKOFF_MAX_MS={cap} is below DLQ_BACKOFF_BASE_MS={base}: "
             "the cap must be at least the base delay"
         )
+    _check_message_limit(source, dlq_values, problems)
     alert_values = _parse_group(source, _ALERT_VARIABLES, problems)
     _check_alert_levels(source, alert_values, problems)
     admin = _admin_config(source, problems)
@@ -431,3 +479,29 @@ def load_settings(
         state_path=Path(state_path) if state_path else Settings.state_path,
         environment=source,
     )
+
+
+def prepare_directory(path: Path, variable: str) -> None:
+    """Create ``path`` if need be and prove it writable, or raise ``ConfigError`` naming it.
+
+    Run once at start-up, so that an unusable ``DLQ_BASE_PATH`` is a one-line
+    configuration error instead of a storage failure deep in the first enqueue.
+    """
+    where = f"{variable}={str(path)!r}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError([f"{where} is not a directory"]) from None
+    except OSError as error:
+        raise ConfigError([f"{where}: cannot create the directory: {error.strerror}"]) from None
+    if not path.is_dir():
+        raise ConfigError([f"{where} is not a directory"])
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".rosetta-write-test-", dir=path)
+        try:
+            os.write(fd, b"x")
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as error:
+        raise ConfigError([f"{where}: the directory is not writable: {error.strerror}"]) from None

@@ -663,6 +663,10 @@ def _kind_of(error: BaseException) -> FailureKind:
         return FailureKind.TRANSIENT  # lost or refused connection (libpq sets no SQLSTATE)
     if isinstance(error, psycopg2.DataError | psycopg2.IntegrityError | psycopg2.ProgrammingError):
         return FailureKind.PERMANENT  # client-side, e.g. a value psycopg2 cannot adapt
+    if isinstance(error, ValueError):
+        # psycopg2 refusing to send a value ("A string literal cannot contain NUL",
+        # text that does not encode): the same change fails the same way every time.
+        return FailureKind.PERMANENT
     return FailureKind.TRANSIENT
 
 

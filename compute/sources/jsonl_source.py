@@ -563,12 +563,32 @@ def _table_name(source: dict[str, Any]) -> str:
     table = source.get("table")
     if not isinstance(table, str) or not table:
         raise _Reject("'source.table' must be a non-empty string")
+    _check_name("source.table", table)
     schema = source.get("schema")
     if schema is None or schema == "":
         return table
     if not isinstance(schema, str):
         raise _Reject("'source.schema' must be a string")
+    _check_name("source.schema", schema)
     return f"{schema}.{table}"
+
+
+def _check_name(field: str, name: str) -> None:
+    """Refuse names no destination can hold; any other text (``/``, ``..``, RTL) is kept.
+
+    JSON can carry ``\\u0000`` and lone surrogates (``\\udc80``), which no
+    database identifier or UTF-8 connection takes: without this, every write
+    of the table would fail and keep failing.
+    """
+    if "\x00" in name:
+        raise _Reject(f"'{field}' contains a NUL character: {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise _Reject(
+            f"'{field}' is not valid Unicode (lone surrogate {name[exc.start]!r} at "
+            f"character {exc.start}): {name!r}"
+        ) from None
 
 
 def _row(doc: dict[str, Any], side: str) -> dict[str, Any] | None:

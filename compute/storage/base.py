@@ -9,6 +9,7 @@ replicated backend (NATS JetStream) can implement the same interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,17 @@ class QueueStore(ABC):
     @abstractmethod
     def peek(self, queue: QueueId, limit: int, *, newest: bool = False) -> list[bytes]:
         """Up to ``limit`` unacknowledged payloads from the head (or the newest one), unleased."""
+
+    def scan(self, queue: QueueId, chunk: int = 1000) -> Iterator[list[bytes]]:
+        """Every unacknowledged payload of ``queue`` in FIFO order, ``chunk`` at a time.
+
+        Never leases nor removes anything. Payloads added while scanning may or
+        may not be seen. This default peeks the whole queue at once; stores
+        override it to stream.
+        """
+        payloads = self.peek(queue, self.count(queue))
+        for start in range(0, len(payloads), chunk):
+            yield payloads[start : start + chunk]
 
     @abstractmethod
     def count(self, queue: QueueId) -> int:

@@ -36,8 +36,9 @@ import re
 import shutil
 import threading
 import time
+import traceback
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,9 +65,15 @@ PEEK_LABEL = "rosetta-peek"
 COUNT_LABEL = "rosetta-count"
 # Items fetched per rocksq call when counting or skipping whole frames.
 _SCAN_CHUNK = 1000
+SCAN_LABEL = "rosetta-scan"
 CURSOR_FILE = "cursor.json"
 QUARANTINE_DIR = "quarantine"
 QUEUE_FILE = "queue.json"
+# Items written to each segment, recorded at rollover and at a clean close, so
+# that a segment found shorter at the next open (a truncated or deleted
+# write-ahead log) is reported instead of losing its tail silently.
+WRITTEN_FILE = "segments.json"
+VERIFY_LABEL = "rosetta-verify"
 LOCK_FILE = ".rosetta.lock"
 _SEGMENT_RE = re.compile(r"^seg_(\d{12})$")
 # MpmcQueue TTL: 0 keeps items forever. Expiry is done by the manager, which
@@ -155,8 +162,9 @@ class RocksqStore(QueueStore):
         self._written_since_free = 0
         self._closed = False
         self._lock_fd: int | None = None
-        # Damaged queues moved aside: (queue, where its files are now, why).
-        self.quarantined: list[tuple[QueueId, Path, str]] = []
+        # Damaged queues moved aside: (queue, where its files are now, why); the
+        # queue is a relative path for a directory that names no queue.
+        self.quarantined: list[tuple[QueueId | str, Path, str]] = []
         self._prepare_base_path()
         if lock_base_path:
             self._lock_fd = self._lock_base_path()
@@ -225,22 +233,7 @@ class RocksqStore(QueueStore):
         explained in the moved directory's ``reason.json``.
         """
         self._close_handles_of(state)
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        target = (
-            self.base_path
-            / QUARANTINE_DIR
-            / f"{stamp}-{'-'.join(state.path.relative_to(self.base_path).parts)}"
-        )
-        suffix = 0
-        while target.exists():
-            suffix += 1
-            target = target.with_name(f"{target.name}.{suffix}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(state.path, target)
-        (target / "reason.json").write_text(
-            json.dumps({"queue": str(state.queue), "reason": reason, "moved_at": stamp}, indent=2)
-        )
-        self.quarantined.append((state.queue, target, reason))
+        target = self._move_to_quarantine(state.path, state.queue, reason)
         logger.error(
             "damaged DLQ queue set aside, it starts empty: queue=%s moved_to=%s reason=%s",
             state.queue,
@@ -249,6 +242,61 @@ class RocksqStore(QueueStore):
         )
         state.loaded = False
         return target
+
+    def _move_to_quarantine(self, path: Path, queue: QueueId | str, reason: str) -> Path:
+        """Move ``path`` whole to ``<base>/quarantine/<time>-<its path>/``, with a reason.json."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        target = (
+            self.base_path
+            / QUARANTINE_DIR
+            / f"{stamp}-{'-'.join(path.relative_to(self.base_path).parts)}"
+        )
+        suffix = 0
+        while target.exists():
+            suffix += 1
+            target = target.with_name(f"{target.name}.{suffix}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        (target / "reason.json").write_text(
+            json.dumps({"queue": str(queue), "reason": reason, "moved_at": stamp}, indent=2)
+        )
+        self.quarantined.append((queue, target, reason))
+        return target
+
+    def _unidentified(self, dest_dir: Path) -> None:
+        """A ``dest_*`` directory no queue maps to: set it aside if it holds messages.
+
+        Left in place, its messages would never be replayed and nobody would
+        be told; an empty one (a stray directory) is only logged.
+        """
+        try:
+            holds_data = any(
+                entry.is_dir(follow_symlinks=False)
+                and (_SEGMENT_RE.match(entry.name) or entry.name == "parked")
+                for entry in os.scandir(dest_dir)
+            )
+        except OSError as error:
+            logger.warning("unreadable DLQ directory ignored: path=%s error=%s", dest_dir, error)
+            return
+        if not holds_data:
+            logger.warning("not a DLQ queue directory, ignored: path=%s", dest_dir)
+            return
+        reason = (
+            "cannot tell which queue this directory belongs to: no readable queue.json "
+            "matching it, and its name is not an encoded queue name"
+        )
+        try:
+            target = self._move_to_quarantine(
+                dest_dir, str(dest_dir.relative_to(self.base_path)), reason
+            )
+        except OSError as error:
+            logger.error(
+                "unidentified DLQ directory cannot be moved: path=%s error=%s", dest_dir, error
+            )
+            return
+        logger.error(
+            "unidentified DLQ queue directory set aside: path=%s moved_to=%s", dest_dir, target
+        )
 
     def _load(self, state: _QueueState) -> None:
         """Rebuild the queue's state from its directory (start-up, or after an error)."""
@@ -276,6 +324,7 @@ class RocksqStore(QueueStore):
         state.segments = [n for n in state.segments if n >= state.cursor_segment]
         for number in state.segments:
             state.items[number], state.counts[number] = self._count_segment(state, number)
+        self._check_written_counts(state)
         state.next_segment = max([*state.segments, state.cursor_segment]) + 1
         if state.cursor_segment not in state.counts:
             state.cursor_acked = 0
@@ -346,7 +395,13 @@ class RocksqStore(QueueStore):
         q = state.queue
         data = {"source_id": q.source_id, "table": q.table, "destination_id": q.destination_id}
         tmp = state.path / (QUEUE_FILE + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False))
+        try:
+            raw = json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (a QueueId takes any str) has no UTF-8 form; JSON's
+            # \u escapes keep it exactly.
+            raw = json.dumps(data).encode()
+        tmp.write_bytes(raw)
         os.replace(tmp, path)
 
     def _count_segment(self, state: _QueueState, number: int) -> tuple[int, int]:
@@ -377,6 +432,107 @@ class RocksqStore(QueueStore):
         finally:
             del handle
 
+    def _record_written_counts(self, state: _QueueState) -> None:
+        """Record how many items each segment holds (at rollover and clean close).
+
+        Items leave a segment only with the whole directory, so a segment
+        holding fewer items at the next open lost them; see
+        ``_check_written_counts``. Not on every enqueue: the hot path stays as
+        it is, so loss is detected only up to the last rollover or clean close.
+        """
+        data = {"written": {str(n): state.counts[n] for n in state.segments}}
+        path = state.path / WRITTEN_FILE
+        tmp = state.path / (WRITTEN_FILE + ".tmp")
+        try:
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+        except OSError as error:  # a full disk at close: detection degrades, nothing else
+            logger.warning("segment counts not recorded: queue=%s error=%s", state.queue, error)
+
+    def _check_written_counts(self, state: _QueueState) -> None:
+        """Raise ``QueueCorruptError`` when a segment lost unacknowledged items since recorded.
+
+        RocksDB replays a truncated or damaged write-ahead log up to the
+        damage and drops the rest without an error; this is where that
+        becomes loud. Segments below the cursor are fully acknowledged, so
+        their absence is no loss.
+        """
+        path = state.path / WRITTEN_FILE
+        try:
+            written = {int(n): int(c) for n, c in json.loads(path.read_text())["written"].items()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            logger.warning(
+                "unreadable segment counts, truncation cannot be checked: queue=%s error=%s",
+                state.queue,
+                error,
+            )
+            return
+        losses = []
+        for number, count in sorted(written.items()):
+            if number < state.cursor_segment:
+                continue
+            acked = state.cursor_acked if number == state.cursor_segment else 0
+            found = state.counts.get(number)
+            lost = count - max(found or 0, acked)
+            if lost > 0:
+                where = "is missing" if found is None else f"holds {found}"
+                losses.append(
+                    f"segment {number} {where} of {count} items written "
+                    f"({lost} unacknowledged lost)"
+                )
+        if losses:
+            raise QueueCorruptError(
+                f"queue {state.queue} is damaged: {'; '.join(losses)}; its write-ahead log "
+                "was probably truncated or deleted"
+            )
+
+    def _on_read_error(self, state: _QueueState, error: RuntimeError, action: str) -> None:
+        """After a failed read or peek: set the queue aside if its data is damaged, else raise.
+
+        Damaged data blocks pass the open and fail only when read, and rocksq
+        then says no more than "Failed to retrieve items"; a dead handle (after
+        ENOSPC) says the same. Reading every segment again through fresh
+        handles tells the two apart.
+        """
+        text = str(error)
+        # The traceback's frames (``_rewind``'s among them) still hold the failed
+        # handle, and with it RocksDB's lock: let go before reopening.
+        traceback.clear_frames(error.__traceback__)
+        if _is_corruption(text) or self._unreadable(state):
+            self._set_aside(state, f"queue {state.queue} is damaged: {action} failed: {text}")
+            self._load(state)
+            return
+        raise self._fail(state, action, error) from None
+
+    def _unreadable(self, state: _QueueState) -> bool:
+        """True when a fresh handle cannot read some segment of the queue to its end."""
+        self._close_handles_of(state)
+        for number in list(state.segments):
+            try:
+                handle = self._open_raw(_segment_dir(state.path, number), state.queue)
+            except QueueCorruptError:
+                return True
+            except DLQError:
+                return False  # locked or out of space: no proof of damage
+            try:
+                if VERIFY_LABEL in handle.labels:
+                    handle.remove_label(VERIFY_LABEL)
+                while True:
+                    items, _ = handle.next(VERIFY_LABEL, rocksq.StartPosition.Oldest, 1000)
+                    if not items:
+                        break
+                handle.remove_label(VERIFY_LABEL)
+            except RuntimeError as failure:
+                text = str(failure)
+                return "No space left" not in text and "ENOSPC" not in text
+            finally:
+                del handle
+        # Every item was readable: the next use reloads (and rewinds) the queue.
+        state.loaded = False
+        return False
+
     # ---------------------------------------------------------------- handles
 
     def _open_raw(self, path: Path, queue: QueueId) -> MpmcQueue:
@@ -391,14 +547,15 @@ class RocksqStore(QueueStore):
                 raise DLQStorageError(
                     f"queue {queue} is still open in this process ({path}): {text}"
                 ) from None
+            # Corruption first: its text ("block checksum mismatch") contains "lock".
+            if _is_corruption(text):
+                raise QueueCorruptError(f"queue {queue} is damaged ({path}): {text}") from None
             if "lock" in text.lower():
                 raise QueueLockedError(
                     f"queue {queue} is locked by another process ({path}): {text}"
                 ) from None
             if "No space left" in text:
                 raise DLQFullError("disk_full", f"cannot open {path}: {text}", queue) from None
-            if _is_corruption(text):
-                raise QueueCorruptError(f"queue {queue} is damaged ({path}): {text}") from None
             raise DLQStorageError(f"cannot open queue {queue} at {path}: {text}") from None
 
     def _handle(self, state: _QueueState, number: int) -> MpmcQueue:
@@ -505,6 +662,8 @@ class RocksqStore(QueueStore):
         if not state.segments:
             state.path.mkdir(parents=True, exist_ok=True)
             self._write_queue_file(state)
+        else:
+            self._record_written_counts(state)  # the current write segment is now complete
         number = state.next_segment
         state.next_segment += 1
         state.segments.append(number)
@@ -567,7 +726,11 @@ class RocksqStore(QueueStore):
             self._loaded(state)
             if state.lease is not None:
                 raise LeaseError(f"queue {queue} already has an outstanding lease")
-            lease = self._read_locked(state, max_items)
+            try:
+                lease = self._read_locked(state, max_items)
+            except RuntimeError as error:  # topping up the buffer failed
+                self._on_read_error(state, error, "read")
+                return StoreLease(state.queue, [], (0, 0))
             if lease.payloads:
                 state.lease = lease
             return lease
@@ -587,11 +750,8 @@ class RocksqStore(QueueStore):
                 self._load(state)
                 continue
             except RuntimeError as error:
-                if _is_corruption(str(error)):
-                    self._set_aside(state, f"read failed: {error}")
-                    self._load(state)
-                    return StoreLease(state.queue, [], (0, 0))
-                raise self._fail(state, "read", error) from None
+                self._on_read_error(state, error, "read")
+                return StoreLease(state.queue, [], (0, 0))
             # Nothing unread means the queue is drained, or the one lease holds the rest.
             taken = state.buffer[:max_items]
             del state.buffer[:max_items]
@@ -761,7 +921,8 @@ class RocksqStore(QueueStore):
                 return found[:limit]
             except RuntimeError as error:
                 handle = None  # see enqueue: the traceback must not keep it open
-                raise self._fail(state, "peek", error) from None
+                self._on_read_error(state, error, "peek")
+                return []
 
     @staticmethod
     def _peek_segment(handle: Any, count: int, start: Any) -> list[bytes]:
@@ -774,6 +935,65 @@ class RocksqStore(QueueStore):
             return list(items)
         finally:
             handle.remove_label(PEEK_LABEL)
+
+    def scan(self, queue: QueueId, chunk: int = 1000) -> Iterator[list[bytes]]:
+        """Stream the queue's unacknowledged payloads (export, find by id), unleased.
+
+        Each segment is read with its own label, one chunk per lock hold, so
+        the reader and writers go on between chunks. A segment retired (fully
+        acknowledged) meanwhile simply ends; its items were committed.
+        """
+        state = self._state(queue)
+        with state.lock:
+            self._loaded(state)
+            plan = [
+                (n, state.cursor_acked if n == state.cursor_segment else 0) for n in state.segments
+            ]
+        for number, skip in plan:
+            label = f"{SCAN_LABEL}-{threading.get_ident()}"
+            first = True
+            while True:
+                with state.lock:
+                    if number not in state.counts:
+                        break
+                    # ``chunk`` counts messages; frames hold several each.
+                    fetch = max(1, chunk * state.items[number] // max(1, state.counts[number]))
+                    try:
+                        handle = self._handle(state, number)
+                        if first and label in handle.labels:
+                            handle.remove_label(label)
+                        items, _ = handle.next(label, rocksq.StartPosition.Oldest, fetch)
+                        first = False
+                        if not items:
+                            handle.remove_label(label)
+                    except RuntimeError as error:
+                        handle = None  # see enqueue: the traceback must not keep it open
+                        raise self._fail(state, "scan", error) from None
+                if not items:
+                    break
+                payloads: list[bytes] = []
+                for item in items:
+                    if skip:  # acknowledged messages at the head of the cursor's segment
+                        count = frame_count(item)
+                        if count <= skip:
+                            skip -= count
+                            continue
+                        payloads.extend(decode_frame(item)[skip:])
+                        skip = 0
+                    else:
+                        payloads.extend(decode_frame(item))
+                if not payloads:
+                    continue
+                try:
+                    yield payloads
+                except GeneratorExit:  # the caller stopped early: drop the label
+                    with state.lock:
+                        if number in state.counts:
+                            try:
+                                self._handle(state, number).remove_label(label)
+                            except RuntimeError:
+                                pass
+                    raise
 
     def stats(self, queue: QueueId) -> StoredStats:
         state = self._state(queue)
@@ -798,7 +1018,7 @@ class RocksqStore(QueueStore):
                 for dest_dir in _subdirs(table_dir, DEST_PREFIX):
                     queue = _queue_of(dest_dir)
                     if queue is None:
-                        logger.warning("not a DLQ queue directory, ignored: path=%s", dest_dir)
+                        self._unidentified(dest_dir)
                     else:
                         found.add(queue)
         return sorted(found)
@@ -842,6 +1062,8 @@ class RocksqStore(QueueStore):
             return
         for state in list(self._states.values()):
             with state.lock:
+                if state.loaded and state.segments:
+                    self._record_written_counts(state)
                 self._close_handles_of(state)
                 state.loaded = False
         self._closed = True
@@ -878,14 +1100,23 @@ def _subdirs(path: Path, prefix: str) -> list[Path]:
 
 def _queue_of(dest_dir: Path) -> QueueId | None:
     """The queue stored in ``dest_dir``: from its ``queue.json``, else from the names."""
+    parts = dest_dir.parts[-3:]
     try:
         data = json.loads((dest_dir / QUEUE_FILE).read_text())
-        return QueueId(str(data["source_id"]), str(data["table"]), str(data["destination_id"]))
+        queue = QueueId(str(data["source_id"]), str(data["table"]), str(data["destination_id"]))
+        if queue.relative_path.parts == parts:
+            return queue
+        # A queue.json copied or moved from elsewhere: trusting it would serve
+        # another directory and leave this one's messages unread.
+        logger.warning(
+            "queue.json names another queue, using directory names: path=%s queue_json=%s",
+            dest_dir,
+            queue,
+        )
     except FileNotFoundError:
         pass
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         logger.warning("unreadable queue.json, using directory names: path=%s", dest_dir)
-    parts = dest_dir.parts[-3:]
     return QueueId.from_relative_path((parts[0], parts[1], parts[2]))
 
 

@@ -37,7 +37,12 @@ def base_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DLQ_", "ROSETTA_"))}
     env.pop("CONFIG_DATABASE_URL", None)
     env.update(
-        {"DLQ_BASE_PATH": str(tmp_path / "dlq"), "ROSETTA_STATE_PATH": str(tmp_path / "state")}
+        {
+            "DLQ_BASE_PATH": str(tmp_path / "dlq"),
+            "ROSETTA_STATE_PATH": str(tmp_path / "state"),
+            # Port 0: tests running side by side never collide on the default 8686.
+            "ROSETTA_ADMIN_ADDR": "127.0.0.1:0",
+        }
     )
     return env
 
@@ -57,21 +62,63 @@ def test_bad_env_var_names_it(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_unwritable_base_path_is_a_clear_error(tmp_path: Path) -> None:
+PIPELINES = (
+    '[[pipelines]]\nname="p"\n[pipelines.source]\nid="1"\ntype="synthetic"\ntotal_events=1\n'
+    '[[pipelines.destinations]]\nid="1"\nname="d"\ntype="postgresql"\n'
+    'dsn="host=127.0.0.1 port=1"\n'
+)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A read-only tmpfs: unwritable even for root (chmod 000 is not)."""
+    mount_point = tmp_path / "ro"
+    mount_point.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, f"cannot mount a read-only tmpfs: {result.stderr}"
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("under_a_file", "cannot create the directory: Not a directory"),
+        ("is_a_file", "is not a directory"),
+        ("read_only", "the directory is not writable: Read-only file system"),
+        ("read_only_missing", "cannot create the directory: Read-only file system"),
+    ],
+)
+def test_unusable_base_path_is_a_one_line_config_error(
+    tmp_path: Path, where: str, reason: str, request: pytest.FixtureRequest
+) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    (tmp_path / "p.toml").write_text(
-        '[[pipelines]]\nname="p"\n[pipelines.source]\nid="1"\ntype="synthetic"\ntotal_events=1\n'
-        '[[pipelines.destinations]]\nid="1"\nname="d"\ntype="postgresql"\n'
-        'dsn="host=127.0.0.1 port=1"\n'
-    )
+    path = {
+        "under_a_file": lambda: blocker / "dlq",
+        "is_a_file": lambda: blocker,
+        "read_only": lambda: request.getfixturevalue("read_only_dir"),
+        "read_only_missing": lambda: request.getfixturevalue("read_only_dir") / "dlq",
+    }[where]()
+    (tmp_path / "p.toml").write_text(PIPELINES)
     env = base_env(tmp_path) | {
-        "DLQ_BASE_PATH": str(blocker / "dlq"),
+        "DLQ_BASE_PATH": str(path),
         "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
     }
     result = run_cli(["run"], env)
-    assert result.returncode == 1
-    assert "DLQ base path" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("rosetta:")]
+    assert line == f"rosetta: DLQ_BASE_PATH={str(path)!r}" + (
+        f" {reason}" if reason.startswith("is ") else f": {reason}"
+    )
+    assert blocker.read_text() == "not a directory"  # nothing was overwritten
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

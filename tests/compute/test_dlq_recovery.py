@@ -206,3 +206,34 @@ def test_fresh_events_flow_through_a_running_replay(tmp_path: Path) -> None:
     applied = [r.position.commit for r in dest.applied]
     assert applied == sorted(applied)
     dlq.close()
+
+
+def test_a_storage_error_in_one_queue_does_not_stop_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from compute.errors import DLQStorageError
+
+    fake = FakeDestination("1")
+    worker, dlq = make_worker(tmp_path, [fake])
+    broken, fine = QueueId("1", "public.a", "1"), QueueId("1", "public.b", "1")
+    for queue in (broken, fine):
+        dlq.enqueue(
+            queue,
+            [DLQMessage.create(queue, change(i, i, table=queue.table), FAILURE) for i in range(3)],
+        )
+    real_read = dlq.store.read
+
+    def read(queue: QueueId, max_items: int):  # type: ignore[no-untyped-def]
+        if queue == broken:
+            raise DLQStorageError("read on queue failed: Failed to retrieve items")
+        return real_read(queue, max_items)
+
+    monkeypatch.setattr(dlq.store, "read", read)
+    with caplog.at_level(logging.ERROR, logger="compute.dlq_recovery"):
+        results = worker.run_once(time.time())
+    assert [r.key["id"] for r in fake.applied] == [0, 1, 2]
+    assert {r.queue: r.replayed for r in results} == {broken: 0, fine: 3}
+    assert dlq.store.count(broken) == 3  # still there for the next pass
+    assert "the others go on" in caplog.text and "public.a" in caplog.text
+    assert "Failed to retrieve items" in (dlq.status(broken).last_error or "")
+    dlq.close()

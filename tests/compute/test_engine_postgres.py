@@ -74,6 +74,7 @@ def engine_env(tmp_path: Path, dsn: str, **extra: str) -> dict[str, str]:
             "DLQ_MIN_FREE_DISK_MB": "0",
             "TEST_DEST_DSN": dsn,
             "PYTHONUNBUFFERED": "1",
+            "ROSETTA_ADMIN_ADDR": "127.0.0.1:0",  # never the shared default port
             **extra,
         }
     )
@@ -155,8 +156,18 @@ def test_kill9_engine_during_traffic_and_replay(tmp_path: Path, postgres_server_
             server.stop("immediate")
         elif round_number % 4 == 3 and not server.is_running():
             server.start()
+        started = log.read_text().count("DLQ Manager initialized") if log.exists() else 0
         engine = start_engine(tmp_path, env, log)
-        time.sleep(rng.uniform(0.8, 2.0))  # imports take ~0.6 s; kill somewhere after
+        # Kill somewhere after the imports (their time varies with the load on
+        # the machine): from the moment this engine opened its DLQ.
+        deadline = time.monotonic() + 60
+        while engine.poll() is None and time.monotonic() < deadline:
+            if log.read_text().count("DLQ Manager initialized") > started:
+                break
+            time.sleep(0.02)
+        # Up to 2.5 s: long enough, in outage rounds, for the in-place retries
+        # (~1.3 s) to give up and queue, so that a later engine replays.
+        time.sleep(rng.uniform(0.2, 2.5))
         if engine.poll() is None:
             engine.send_signal(signal.SIGKILL)
             kills += 1

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, DLQConfig, RosettaError, Settings, WhenFull, load_settings
-from config.settings import GIB, KIB, MIB, parse_size
+from config.settings import _ALERT_VARIABLES, _DLQ_VARIABLES, GIB, KIB, MIB, parse_size
 
 ALL_VARIABLES = [
     "DLQ_BASE_PATH",
@@ -28,6 +28,7 @@ ALL_VARIABLES = [
     "DLQ_WHEN_FULL",
     "DLQ_MESSAGE_TTL",
     "DLQ_MAX_OPEN_QUEUES",
+    "DLQ_MAX_MESSAGE_BYTES",
 ]
 
 
@@ -69,6 +70,7 @@ def test_defaults_when_nothing_is_set(no_dotenv: Path) -> None:
     assert dlq.when_full is WhenFull.BLOCK
     assert dlq.message_ttl == 0
     assert dlq.max_open_queues == 32
+    assert dlq.max_message_bytes == 16 * MIB
 
 
 def test_non_dlq_variables_are_ignored(no_dotenv: Path) -> None:
@@ -137,6 +139,10 @@ VALID_CASES: list[tuple[str, str, str, object]] = [
     ("DLQ_MAX_OPEN_QUEUES", "1", "max_open_queues", 1),
     ("DLQ_MAX_OPEN_QUEUES", "64", "max_open_queues", 64),
     ("DLQ_MAX_OPEN_QUEUES", "10000", "max_open_queues", 10_000),
+    ("DLQ_MAX_MESSAGE_BYTES", "1KiB", "max_message_bytes", KIB),
+    ("DLQ_MAX_MESSAGE_BYTES", "1048576", "max_message_bytes", MIB),
+    ("DLQ_MAX_MESSAGE_BYTES", "64MiB", "max_message_bytes", 64 * MIB),
+    ("DLQ_MAX_MESSAGE_BYTES", "1GiB", "max_message_bytes", GIB),
 ]
 
 
@@ -148,8 +154,12 @@ def test_valid_value_is_parsed(
     value = getattr(dlq, field)
     assert value == expected
     assert type(value) is type(expected)
-    # Only the variable given changes; everything else keeps its default.
+    # Only the variable given changes; everything else keeps its default (the
+    # message limit follows a queue limit below it).
     others = {f.name for f in dataclasses.fields(DLQConfig)} - {field}
+    if name == "DLQ_MAX_QUEUE_BYTES":
+        others.discard("max_message_bytes")
+        assert dlq.max_message_bytes == min(16 * MIB, value)
     for other in others:
         assert getattr(dlq, other) == getattr(DLQConfig(), other)
 
@@ -177,6 +187,7 @@ FULL_ENV = {
     "DLQ_WHEN_FULL": "drop_newest",
     "DLQ_MESSAGE_TTL": "86400",
     "DLQ_MAX_OPEN_QUEUES": "16",
+    "DLQ_MAX_MESSAGE_BYTES": "2MiB",
 }
 
 
@@ -196,6 +207,7 @@ def test_every_variable_at_once(no_dotenv: Path) -> None:
         when_full=WhenFull.DROP_NEWEST,
         message_ttl=86400,
         max_open_queues=16,
+        max_message_bytes=2 * MIB,
     )
 
 
@@ -241,7 +253,12 @@ HUGER = "9" * 5000  # longer than Python's int-from-str digit limit
 
 # variable -> (bad values, a fragment of the "what is accepted" text)
 INVALID_CASES: dict[str, tuple[list[str], str]] = {
-    "DLQ_BASE_PATH": (["", "   ", "a\x00b"], "non-empty directory path"),
+    "DLQ_BASE_PATH": (
+        # A negative or non-numeric value is a valid relative path name; absurd
+        # ones are those no filesystem takes.
+        ["", "   ", "a\x00b", "x" * 256, "/tmp/" + "a/" * 2100, HUGER],
+        "non-empty directory path",
+    ),
     "DLQ_CHECK_INTERVAL": (
         ["", " ", "-1", "0", "0.01", "abc", "30s", "1e400", "-1e400", "inf", "nan", "86401", HUGE],
         "a number from 0.05 to 86400",
@@ -255,7 +272,7 @@ INVALID_CASES: dict[str, tuple[list[str], str]] = {
         "an integer from 0 to 1000000",
     ),
     "DLQ_BACKOFF_BASE_MS": (
-        ["", "0", "-100", "1s", "0.5", "1e400", "3600001", HUGE],
+        ["", "0", "-100", "1s", "soon", "0.5", "1e400", "3600001", HUGE],
         "an integer from 1 to 3600000",
     ),
     "DLQ_BACKOFF_MAX_MS": (
@@ -291,7 +308,7 @@ INVALID_CASES: dict[str, tuple[list[str], str]] = {
         "a whole number of MiB",
     ),
     "DLQ_WHEN_FULL": (
-        ["", "drop", "drop_oldest", "block,drop_newest", "1", "blocking"],
+        ["", "drop", "drop_oldest", "block,drop_newest", "1", "-1", "blocking", HUGE],
         "one of: block, drop_newest",
     ),
     "DLQ_MESSAGE_TTL": (
@@ -302,11 +319,96 @@ INVALID_CASES: dict[str, tuple[list[str], str]] = {
         ["", "0", "-1", "10001", "1e400", "many", HUGE],
         "an integer from 1 to 10000",
     ),
+    "DLQ_MAX_MESSAGE_BYTES": (
+        ["", "0", "-1", "-1MiB", "big", "1e400", "1023", "1.5GiB", "2TiB", HUGE, HUGER],
+        "from 1KiB to 1GiB",
+    ),
 }
 
 
 def test_invalid_cases_cover_every_variable() -> None:
     assert set(INVALID_CASES) == set(ALL_VARIABLES)
+    assert set(ALL_VARIABLES) == set(_DLQ_VARIABLES)
+
+
+# Alert thresholds are DLQ_* variables too (config.settings._ALERT_VARIABLES).
+ALERT_INVALID_CASES: dict[str, tuple[list[str], str]] = {
+    "DLQ_ALERT_QUEUE_SIZE": (["", "0", "-1", "lots", "1.5", HUGE, HUGER], "from 1 to"),
+    "DLQ_ALERT_QUEUE_SIZE_CRITICAL": (["", "0", "-1", "lots", HUGE], "from 1 to"),
+    "DLQ_ALERT_MAX_AGE": (["", "0", "-1", "1h", "nan", "inf", HUGE], "from 1 to 315360000"),
+    "DLQ_ALERT_MAX_AGE_CRITICAL": (["", "-1", "1d", "day", "1e400", HUGE], "from 1 to 315360000"),
+    "DLQ_ALERT_UNHEALTHY_SECONDS": (["", "-1", "5m", "long", "-inf", HUGE], "from 0 to 315360000"),
+    "DLQ_ALERT_DISK_PCT": (["", "0", "-1", "most", "101", "1e400", HUGE], "a percentage"),
+    "DLQ_ALERT_WEBHOOK_URL": (
+        [
+            "",
+            "-1",
+            "hooks",
+            "ftp://x/y",
+            "http://",
+            "http://a b/",
+            "http://h/\x00",
+            "https://h/" + "a" * 3000,
+        ],
+        "an http:// or https:// URL",
+    ),
+    "DLQ_ALERT_EVAL_INTERVAL": (["", "0", "-1", "often", "86401", HUGE], "from 0.05 to 86400"),
+}
+
+
+def _is_negative(raw: str) -> bool:
+    return raw.strip().startswith("-")
+
+
+def _is_non_numeric(raw: str) -> bool:
+    return any(ch.isalpha() for ch in raw) and not raw[:1].isdigit() and not _is_negative(raw)
+
+
+@pytest.mark.parametrize("cases", [INVALID_CASES, ALERT_INVALID_CASES], ids=["dlq", "alerts"])
+def test_every_variable_is_tried_empty_negative_non_numeric_and_absurd(
+    cases: dict[str, tuple[list[str], str]],
+) -> None:
+    """The issue's four kinds of bad value, for every DLQ_* variable there is."""
+    assert set(INVALID_CASES) | set(ALERT_INVALID_CASES) == set(_DLQ_VARIABLES) | set(
+        _ALERT_VARIABLES
+    )
+    for name, (values, _accepted) in cases.items():
+        assert "" in values, name
+        assert any(len(v) >= 256 for v in values), name  # absurd
+        if name == "DLQ_BASE_PATH":
+            continue  # "-1" and "abc" are fine directory names
+        assert any(_is_negative(v) for v in values), name
+        assert any(_is_non_numeric(v) for v in values), name
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "accepted"),
+    [
+        pytest.param(name, raw, accepted, id=f"{name}={raw[:20]!r}")
+        for name, (values, accepted) in ALERT_INVALID_CASES.items()
+        for raw in values
+    ],
+)
+def test_invalid_alert_value_is_reported(
+    name: str, raw: str, accepted: str, no_dotenv: Path
+) -> None:
+    error = load_error({name: raw}, no_dotenv)
+    assert len(error.problems) == 1, error.problems
+    problem = error.problems[0]
+    assert problem.startswith(f"{name}={raw!r} is invalid: expected ")
+    assert accepted in problem
+
+
+def test_message_limit_above_the_queue_limit_is_rejected(no_dotenv: Path) -> None:
+    env = {"DLQ_MAX_QUEUE_BYTES": "8MiB", "DLQ_MAX_MESSAGE_BYTES": "9MiB"}
+    [problem] = load_error(env, no_dotenv).problems
+    assert "DLQ_MAX_MESSAGE_BYTES='9MiB' is above DLQ_MAX_QUEUE_BYTES='8MiB'" in problem
+
+
+def test_message_limit_follows_a_small_queue_limit(no_dotenv: Path) -> None:
+    dlq = load({"DLQ_MAX_QUEUE_BYTES": "4MiB"}, no_dotenv)
+    assert dlq.max_message_bytes == 4 * MIB
+    assert load({"DLQ_MAX_QUEUE_BYTES": "1GiB"}, no_dotenv).max_message_bytes == 16 * MIB
 
 
 @pytest.mark.parametrize(

@@ -80,6 +80,7 @@ def test_engine_runs_pipelines_from_the_config_database(tmp_path: Path, config_d
         "DLQ_BASE_PATH": str(tmp_path / "dlq"),
         "ROSETTA_STATE_PATH": str(tmp_path / "state"),
         "DLQ_MIN_FREE_DISK_MB": "0",
+        "ROSETTA_ADMIN_ADDR": "off",  # the admin API is irrelevant here
     }
     result = subprocess.run(
         [sys.executable, "-m", "compute.cli", "run"],

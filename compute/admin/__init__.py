@@ -1,0 +1,1 @@
+"""The operator surface: DLQ operations, their JSONL export format and the admin HTTP API."""

@@ -1,0 +1,1 @@
+"""Observability of the engine: Prometheus metrics, alert evaluation and notification."""
