@@ -17,6 +17,7 @@ can quarantine it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 import time
 import traceback
@@ -159,15 +160,22 @@ def _default(value: Any) -> msgpack.ExtType:
     raise TypeError(f"cannot store a value of type {type(value).__name__} in a DLQ message")
 
 
+_datetime_from = dt.datetime.fromisoformat
+_date_from = dt.date.fromisoformat
+_time_from = dt.time.fromisoformat
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
+    # Called once per Decimal or time value of every replayed row: names bound
+    # at module level, the most common types first.
     if code == _EXT_DECIMAL:
         return Decimal(data.decode())
     if code == _EXT_DATETIME:
-        return dt.datetime.fromisoformat(data.decode())
+        return _datetime_from(data.decode())
     if code == _EXT_DATE:
-        return dt.date.fromisoformat(data.decode())
+        return _date_from(data.decode())
     if code == _EXT_TIME:
-        return dt.time.fromisoformat(data.decode())
+        return _time_from(data.decode())
     if code == _EXT_UUID:
         return uuid.UUID(bytes=data)
     raise ValueError(f"unknown extension type {code}")
@@ -276,21 +284,22 @@ _CONTEXT_FIELD_COUNT = 13
 _NUMBER = (int, float)
 
 
-_unpackb = msgpack.unpackb
+# unpackb with this module's options bound once (a C partial, not a Python wrapper).
+_unpackb = functools.partial(
+    msgpack.unpackb,
+    ext_hook=_ext_hook,
+    raw=False,
+    # Non-str map keys and lone surrogates: whatever encode_message accepts.
+    strict_map_key=False,
+    unicode_errors="surrogatepass",
+)
 _new = tuple.__new__
 _UNSET = object()
 
 
 def _unpack(data: bytes | bytearray | memoryview) -> Any:
     try:
-        # Non-str map keys and lone surrogates: whatever encode_message accepts.
-        return _unpackb(
-            data,
-            ext_hook=_ext_hook,
-            raw=False,
-            strict_map_key=False,
-            unicode_errors="surrogatepass",
-        )
+        return _unpackb(data)
     except Exception as error:  # msgpack raises many types for garbage; all mean one thing
         raise MessageDecodeError(f"undecodable message: {type(error).__name__}: {error}") from None
 
@@ -396,7 +405,12 @@ class MessageDecoder:
         # would otherwise fail later, far from here.
         if type(data) is not bytes or len(data) < 2 or data[0] != V2_FIRST_BYTE:
             return self._decode_other(data)
-        f = _unpack(data)
+        try:
+            f = _unpackb(data)
+        except Exception as error:  # msgpack raises many types for garbage; all mean one thing
+            raise MessageDecodeError(
+                f"undecodable message: {type(error).__name__}: {error}"
+            ) from None
         if type(f) is not list or len(f) != _V2_FIELD_COUNT or f[0] != FORMAT_VERSION:
             raise MessageDecodeError("undecodable message: not a version-2 field array")
         try:
