@@ -14,9 +14,9 @@ Layout of an item::
 
 The count sits outside the compressed part, so counting a segment at
 start-up reads no payload. zlib's checksum catches a damaged compressed
-frame. Any other first byte is an item written before frames existed: one
-payload, as is (those were all DLQ messages, whose first byte is their
-format version, 1).
+frame. An item with any other first byte is one payload, as is: a lone
+payload enqueued by itself, or an item written before frames existed (DLQ
+messages never start with 0xF0 or 0xF1).
 """
 
 from __future__ import annotations
@@ -43,7 +43,14 @@ DAMAGED_PREFIX = b"\x00damaged-frame:"
 
 
 def encode_frames(payloads: list[bytes]) -> list[bytes]:
-    """The items that store ``payloads``, in order (usually exactly one)."""
+    """The items that store ``payloads``, in order (usually exactly one).
+
+    A lone payload that cannot be mistaken for a frame is stored as is: a
+    frame would only add bytes and time to the most expensive enqueue there
+    is (one rocksq write per message).
+    """
+    if len(payloads) == 1 and (not payloads[0] or payloads[0][0] not in (PLAIN, COMPRESSED)):
+        return payloads
     items = []
     start = 0
     total = len(payloads)
