@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compute.dlq_message import DLQMessage, FailureContext, decode_message, encode_message
+from compute.dlq_message import (
+    DLQMessage,
+    FailureContext,
+    MessageDecoder,
+    decode_message,
+    encode_messages,
+)
 from compute.errors import (
     DLQConflictError,
     DLQError,
@@ -90,8 +96,9 @@ class DLQLease:
     messages: list[DLQMessage]
     quarantined: int
     _store_lease: StoreLease
-    # Position of each message among the leased payloads (quarantined ones are skipped).
-    _payload_index: list[int] = field(default_factory=list)
+    # Position of each message among the leased payloads (quarantined and
+    # discarded ones are skipped); None when positions are the same.
+    _payload_index: list[int] | None = None
     # Discarded (tombstoned) messages skipped in this lease: (payload index, id).
     _discarded: list[tuple[int, str]] = field(default_factory=list)
     _done: bool = False
@@ -195,17 +202,16 @@ class DLQManager:
         """
         if not messages:
             return EnqueueResult(0)
-        payloads = []
-        limit = self.config.max_message_bytes
         for message in messages:
             if message.queue is not queue and message.queue != queue:
                 raise ValueError(
                     f"message {message.message_id} belongs to {message.queue}, not {queue}"
                 )
-            payload = encode_message(message)
+        payloads = encode_messages(messages)
+        limit = self.config.max_message_bytes
+        for message, payload in zip(messages, payloads, strict=True):
             if len(payload) > limit:
                 raise MessageTooLargeError(message.message_id, len(payload), limit)
-            payloads.append(payload)
         info = self._info(queue)
         try:
             self.store.enqueue(queue, payloads)
@@ -260,17 +266,23 @@ class DLQManager:
         """
         limit = max_messages or self.config.batch_size
         store_lease = self.store.read(queue, limit)
-        messages: list[DLQMessage] = []
+        decoder = MessageDecoder(queue.main)
+        skip = dict(self._tombstones(queue))
+        if not skip:
+            try:
+                decode = decoder.decode
+                messages = [decode(payload) for payload in store_lease.payloads]
+                return DLQLease(queue, messages, 0, store_lease)
+            except MessageDecodeError:
+                pass  # rare: go again one by one, setting the undecodable aside
+        messages = []
         quarantined = 0
         payload_index: list[int] = []
         segment, start = store_lease.token
-        source_queue = queue.main
-        previous: DLQMessage | None = None
-        skip = dict(self._tombstones(queue))
         discarded: list[tuple[int, str]] = []
         for index, payload in enumerate(store_lease.payloads):
             try:
-                previous = decode_message(payload, source_queue, previous)
+                previous = decoder.decode(payload)
             except MessageDecodeError as error:
                 self._quarantine(queue, payload, f"{segment}_{start + index}", str(error))
                 quarantined += 1
@@ -294,7 +306,8 @@ class DLQManager:
             raise LeaseError(f"lease on {lease.queue} was already acknowledged or released")
         count: int | None = None
         if messages_done is not None and messages_done < len(lease.messages):
-            count = lease._payload_index[messages_done]
+            index = lease._payload_index
+            count = messages_done if index is None else index[messages_done]
             if count == 0:
                 self.release(lease)
                 return
@@ -332,7 +345,7 @@ class DLQManager:
         """
         if not messages:
             return
-        payloads = [encode_message(m) for m in messages]
+        payloads = encode_messages(messages)
         self.store.enqueue(queue.parked, payloads)
         keys = self._parked_keys(queue)
         info = self._info(queue)
@@ -440,9 +453,10 @@ class DLQManager:
         """Up to ``limit`` messages from the head, without leasing or removing them."""
         found: list[DLQMessage] = []
         skip = dict(self._tombstones(queue))
+        decoder = MessageDecoder(queue.main)
         for payload in self.store.peek(queue, limit + sum(skip.values())):
             try:
-                message = decode_message(payload)
+                message = decoder.decode(payload)
             except MessageDecodeError:
                 continue  # quarantined when the reader reaches it
             if skip.get(message.message_id):
@@ -480,11 +494,11 @@ class DLQManager:
     def iter_messages(self, lane: QueueId, chunk: int = 1000) -> Iterator[DLQMessage]:
         """Every message of ``lane`` in FIFO order, streamed; discarded ones skipped."""
         skip = dict(self._tombstones(lane))
-        source_queue = lane.main
+        decoder = MessageDecoder(lane.main)
         for payloads in self.store.scan(lane, chunk):
             for payload in payloads:
                 try:
-                    message = decode_message(payload, source_queue)
+                    message = decoder.decode(payload)
                 except MessageDecodeError:
                     continue  # quarantined when the reader reaches it
                 if skip and skip.get(message.message_id):

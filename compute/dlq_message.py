@@ -1,20 +1,28 @@
 """A DLQ message: one CDC change that a destination did not take, with why.
 
-Encoding (version 1): one version byte, then a msgpack array of the fields in
-``_FIELDS`` order. Non-JSON values in row images (Decimal, datetime, date,
-time, UUID) use msgpack extension types, so a bank balance comes back as the
-exact ``Decimal`` it was. Anything that is not a version-1 message raises
-``MessageDecodeError`` and nothing else, so the store can quarantine it.
+Encoding (version 2): a msgpack array whose first element is the version
+(2), then the change's own fields (id, operation, key values, before and
+after images, position, commit time, enqueue time) and, last, a *context*
+blob: what a failed batch shares (queue, failure, table, key columns),
+packed on its own. Every message of one failed batch carries the same
+context bytes, so a reader compares bytes and reuses what it already built
+instead of decoding it again, and the store's frame compression folds the
+repeats away. Non-JSON values in row images (Decimal, datetime, date, time,
+UUID) use msgpack extension types, so a bank balance comes back as the exact
+``Decimal`` it was. Version 1 (a version byte, then one flat array of 22 fields) is still read.
+Anything else raises ``MessageDecodeError`` and nothing else, so the store
+can quarantine it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -25,8 +33,11 @@ from compute.queue_id import QueueId
 from destinations.errors import ClassifiedError, FailureKind
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
-FORMAT_VERSION = 1
-_VERSION_BYTE = bytes([FORMAT_VERSION])
+FORMAT_VERSION = 2
+_V1 = 1
+_V2_FIELD_COUNT = 11
+# The first byte of every version-2 message: a msgpack fixarray of 11 elements.
+V2_FIRST_BYTE = 0x90 | _V2_FIELD_COUNT
 
 MAX_ERROR_MESSAGE_CHARS = 2000
 MAX_STACK_CHARS = 4000
@@ -149,15 +160,22 @@ def _default(value: Any) -> msgpack.ExtType:
     raise TypeError(f"cannot store a value of type {type(value).__name__} in a DLQ message")
 
 
+_datetime_from = dt.datetime.fromisoformat
+_date_from = dt.date.fromisoformat
+_time_from = dt.time.fromisoformat
+
+
 def _ext_hook(code: int, data: bytes) -> Any:
+    # Called once per Decimal or time value of every replayed row: names bound
+    # at module level, the most common types first.
     if code == _EXT_DECIMAL:
         return Decimal(data.decode())
     if code == _EXT_DATETIME:
-        return dt.datetime.fromisoformat(data.decode())
+        return _datetime_from(data.decode())
     if code == _EXT_DATE:
-        return dt.date.fromisoformat(data.decode())
+        return _date_from(data.decode())
     if code == _EXT_TIME:
-        return dt.time.fromisoformat(data.decode())
+        return _time_from(data.decode())
     if code == _EXT_UUID:
         return uuid.UUID(bytes=data)
     raise ValueError(f"unknown extension type {code}")
@@ -175,143 +193,334 @@ def _packer() -> msgpack.Packer:
         return _local.packer
 
 
-def _pack_surrogates(fields: list[Any]) -> bytes:
-    return msgpack.packb(
-        fields, default=_default, use_bin_type=True, unicode_errors="surrogatepass"
+def _pack(fields: list[Any]) -> bytes:
+    try:
+        return _packer().pack(fields)
+    except UnicodeEncodeError:
+        # Lone surrogates (a QueueId takes any str): rare, so kept off the fast path.
+        return msgpack.packb(
+            fields, default=_default, use_bin_type=True, unicode_errors="surrogatepass"
+        )
+
+
+def encode_context(
+    queue: QueueId,
+    failure: FailureContext,
+    table: str,
+    key_columns: list[str],
+) -> bytes:
+    """The context blob: what the messages of one failed batch share."""
+    return _pack(
+        [
+            queue.source_id,
+            queue.table,
+            queue.destination_id,
+            failure.error_class,
+            failure.message,
+            failure.kind,  # a str Enum: packed as its value
+            failure.code,
+            failure.stack,
+            failure.attempts,
+            failure.first_failure_at,
+            failure.last_failure_at,
+            table,
+            key_columns,
+        ]
+    )
+
+
+def _context_of(message: DLQMessage) -> bytes:
+    record = message.record
+    return encode_context(message.queue, message.failure, record.table, list(record.key))
+
+
+def _encode(message: DLQMessage, context: bytes) -> bytes:
+    record = message.record
+    return _pack(
+        [
+            FORMAT_VERSION,
+            message.message_id,
+            record.op,  # a str Enum: packed as its one-letter value
+            list(record.key.values()),
+            record.before,
+            record.after,
+            record.position[0],
+            record.position[1],
+            record.commit_ts,
+            message.enqueued_at,
+            context,
+        ]
     )
 
 
 def encode_message(message: DLQMessage) -> bytes:
-    """Encode ``message`` (version byte + msgpack array)."""
-    record = message.record
-    failure = message.failure
-    queue = message.queue
-    fields = [
-        message.message_id,
-        queue.source_id,
-        queue.table,
-        queue.destination_id,
-        record.table,
-        record.op,  # a str Enum: packed as its one-letter value
-        list(record.key),
-        list(record.key.values()),
-        record.before,
-        record.after,
-        record.position[0],
-        record.position[1],
-        record.commit_ts,
-        failure.error_class,
-        failure.message,
-        failure.kind,  # a str Enum: packed as its value
-        failure.code,
-        failure.stack,
-        failure.attempts,
-        failure.first_failure_at,
-        failure.last_failure_at,
-        message.enqueued_at,
-    ]
+    """Encode ``message`` as one msgpack array (see the module docstring)."""
     try:
-        try:
-            return _VERSION_BYTE + _packer().pack(fields)
-        except UnicodeEncodeError:
-            # Lone surrogates (a QueueId takes any str): rare, so kept off the fast path.
-            return _VERSION_BYTE + _pack_surrogates(fields)
+        return _encode(message, _context_of(message))
     except (TypeError, ValueError, OverflowError) as error:
         raise ValueError(f"message {message.message_id} cannot be encoded: {error}") from error
 
 
-_FIELD_COUNT = 22
+def encode_messages(messages: Sequence[DLQMessage]) -> list[bytes]:
+    """Encode a batch; messages that share a context share one packed blob."""
+    encoded = []
+    shared: tuple[Any, ...] | None = None
+    context = b""
+    for message in messages:
+        record = message.record
+        try:
+            key = (message.failure, message.queue, record.table, list(record.key))
+            if key != shared:
+                context = _context_of(message)
+                shared = key
+            encoded.append(_encode(message, context))
+        except (TypeError, ValueError, OverflowError) as error:
+            raise ValueError(f"message {message.message_id} cannot be encoded: {error}") from error
+    return encoded
+
+
+_V1_FIELD_COUNT = 22
+_CONTEXT_FIELD_COUNT = 13
 _NUMBER = (int, float)
 
 
-def decode_message(
-    data: bytes, queue: QueueId | None = None, previous: DLQMessage | None = None
-) -> DLQMessage:
-    """Decode bytes from ``encode_message``; raises ``MessageDecodeError`` for anything else.
+# unpackb with this module's options bound once (a C partial, not a Python wrapper).
+_unpackb = functools.partial(
+    msgpack.unpackb,
+    ext_hook=_ext_hook,
+    raw=False,
+    # Non-str map keys and lone surrogates: whatever encode_message accepts.
+    strict_map_key=False,
+    unicode_errors="surrogatepass",
+)
+_new = tuple.__new__
+_UNSET = object()
 
-    ``queue``, when given, is reused for messages that belong to it (the usual
-    case when reading a queue), which saves building a new ``QueueId`` each.
-    ``previous`` (the message decoded just before, from the same queue) lends
-    its ``FailureContext`` when the failure fields are equal, as they are for
-    every message of one failed batch.
-    """
+
+def _unpack(data: bytes | bytearray | memoryview) -> Any:
+    try:
+        return _unpackb(data)
+    except Exception as error:  # msgpack raises many types for garbage; all mean one thing
+        raise MessageDecodeError(f"undecodable message: {type(error).__name__}: {error}") from None
+
+
+def _check_type(data: Any) -> None:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MessageDecodeError(f"not a message: {type(data).__name__}")
     if len(data) < 2:
         raise MessageDecodeError(f"message too short ({len(data)} bytes)")
-    version = data[0]
-    if version != FORMAT_VERSION:
-        raise MessageDecodeError(
-            f"unknown message format version {version} (this build reads version {FORMAT_VERSION})"
-        )
-    try:
-        # Non-str map keys and lone surrogates: whatever encode_message accepts.
-        f = msgpack.unpackb(
-            data[1:],
-            ext_hook=_ext_hook,
-            raw=False,
-            strict_map_key=False,
-            unicode_errors="surrogatepass",
-        )
-    except Exception as error:  # msgpack raises many types for garbage; all mean one thing
-        raise MessageDecodeError(f"undecodable message: {type(error).__name__}: {error}") from None
-    if type(f) is not list or len(f) != _FIELD_COUNT:
+
+
+def _record(
+    table: Any,
+    op: Any,
+    key_columns: Any,
+    key_values: Any,
+    before: Any,
+    after: Any,
+    commit: Any,
+    index: Any,
+    commit_ts: Any,
+) -> ChangeRecord:
+    """A ChangeRecord from decoded fields, checking exactly what would fail later."""
+    if (
+        type(table) is not str
+        or type(key_columns) is not list
+        or type(key_values) is not list
+        or len(key_columns) != len(key_values)
+        or not all(type(c) is str for c in key_columns)
+        or (before is not None and type(before) is not dict)
+        or (after is not None and type(after) is not dict)
+        or type(commit) is not int
+        or type(index) is not int
+        or (commit_ts is not None and type(commit_ts) not in _NUMBER)
+    ):
+        raise ValueError("a field has the wrong type")
+    return ChangeRecord(
+        table,
+        _OPERATIONS[op],
+        dict(zip(key_columns, key_values, strict=False)),
+        after,
+        SourcePosition(commit, index),
+        before,
+        commit_ts,
+    )
+
+
+def _failure(f: list[Any], at: int) -> FailureContext:
+    """The FailureContext in ``f[at:at + 8]``, type-checked."""
+    error_class, message, kind, code, stack, attempts, first, last = f[at : at + 8]
+    if (
+        type(error_class) is not str
+        or type(message) is not str
+        or (code is not None and type(code) is not str)
+        or type(stack) is not str
+        or type(attempts) is not int
+        or type(first) not in _NUMBER
+        or type(last) not in _NUMBER
+    ):
+        raise ValueError("a failure field has the wrong type")
+    return FailureContext(error_class, message, _KINDS[kind], code, stack, attempts, first, last)
+
+
+def _queue_of(source_id: Any, table: Any, destination_id: Any, known: QueueId | None) -> QueueId:
+    if (
+        known is not None
+        and known.source_id == source_id
+        and known.table == table
+        and known.destination_id == destination_id
+    ):
+        return known
+    return QueueId(source_id, table, destination_id)
+
+
+class MessageDecoder:
+    """Decodes the messages of one queue in order, reusing what they share.
+
+    Messages of one failed batch carry the same context bytes: the queue and
+    failure built for the first are reused for the others (a bytes compare
+    instead of a decode). Not thread-safe; one per reader.
+    """
+
+    __slots__ = (
+        "_columns",
+        "_context",
+        "_failure",
+        "_queue",
+        "_table",
+        "queue",
+    )
+
+    def __init__(self, queue: QueueId | None = None) -> None:
+        self.queue = queue
+        # Compared with each message's context: starts as something no
+        # decoded value equals, so the first message always decodes its own.
+        self._context: object = _UNSET
+        self._queue: QueueId | None = None
+        self._failure: FailureContext | None = None
+
+    def decode(self, data: bytes | bytearray | memoryview) -> DLQMessage:
+        """Decode one message; raises ``MessageDecodeError`` for anything that is not one."""
+        # The hot path of every replay: one unpack, then checks of exactly what
+        # would otherwise fail later, far from here.
+        if type(data) is not bytes or len(data) < 2 or data[0] != V2_FIRST_BYTE:
+            return self._decode_other(data)
+        try:
+            f = _unpackb(data)
+        except Exception as error:  # msgpack raises many types for garbage; all mean one thing
+            raise MessageDecodeError(
+                f"undecodable message: {type(error).__name__}: {error}"
+            ) from None
+        if type(f) is not list or len(f) != _V2_FIELD_COUNT or f[0] != FORMAT_VERSION:
+            raise MessageDecodeError("undecodable message: not a version-2 field array")
+        try:
+            message_id, op, values, before, after, commit, index, commit_ts = f[1:9]
+            enqueued_at, context = f[9], f[10]
+            if context != self._context:
+                self._decode_context(context)
+            columns = self._columns
+            if (
+                type(message_id) is not str
+                or type(values) is not list
+                or len(values) != len(columns)
+                or (before is not None and type(before) is not dict)
+                or (after is not None and type(after) is not dict)
+                or type(commit) is not int
+                or type(index) is not int
+                or (commit_ts is not None and type(commit_ts) not in _NUMBER)
+                or type(enqueued_at) not in _NUMBER
+            ):
+                raise ValueError("a field has the wrong type")
+            if len(columns) == 1:
+                key = {columns[0]: values[0]}
+            else:
+                key = dict(zip(columns, values, strict=True))
+            # tuple.__new__ skips each NamedTuple's Python-level __new__: a
+            # third of the cost of building them, on the path every replay takes.
+            record = _new(
+                ChangeRecord,
+                (
+                    self._table,
+                    _OPERATIONS[op],
+                    key,
+                    after,
+                    _new(SourcePosition, (commit, index)),
+                    before,
+                    commit_ts,
+                ),
+            )
+            return _new(  # type: ignore[no-any-return]
+                DLQMessage, (message_id, self._queue, record, self._failure, enqueued_at)
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise MessageDecodeError(f"undecodable message: bad field: {error}") from None
+
+    def _decode_other(self, data: Any) -> DLQMessage:
+        """Anything off the fast path: other buffer types, version 1, or not a message."""
+        _check_type(data)
+        first = data[0]
+        if first == V2_FIRST_BYTE:
+            return self.decode(bytes(data))
+        if first != _V1:
+            raise MessageDecodeError(
+                f"unknown message format (first byte {first:#04x}): this build reads "
+                f"version {_V1} (first byte 0x01) and version {FORMAT_VERSION} "
+                f"(first byte {V2_FIRST_BYTE:#04x})"
+            )
+        return _decode_v1(_unpack(memoryview(data)[1:]), self.queue)
+
+    def _decode_context(self, context: Any) -> None:
+        if type(context) is not bytes:
+            raise ValueError("the context is not bytes")
+        try:
+            c = msgpack.unpackb(context, raw=False, unicode_errors="surrogatepass")
+        except Exception as error:
+            raise ValueError(f"undecodable context: {type(error).__name__}") from None
+        if type(c) is not list or len(c) != _CONTEXT_FIELD_COUNT:
+            raise ValueError(f"context is not an array of {_CONTEXT_FIELD_COUNT} fields")
+        if not all(type(part) is str for part in c[:3]):
+            raise ValueError("a queue field has the wrong type")
+        queue = _queue_of(c[0], c[1], c[2], self.queue)
+        failure = _failure(c, 3)
+        table, columns = c[11], c[12]
+        if (
+            type(table) is not str
+            or type(columns) is not list
+            or not all(type(column) is str for column in columns)
+            or len(set(columns)) != len(columns)
+        ):
+            raise ValueError("a context field has the wrong type")
+        self._queue, self._failure = queue, failure
+        self._table, self._columns = table, columns
+        self._context = context
+
+
+def decode_message(
+    data: bytes | bytearray | memoryview, queue: QueueId | None = None
+) -> DLQMessage:
+    """Decode bytes from ``encode_message``; raises ``MessageDecodeError`` for anything else.
+
+    ``queue``, when given, is reused for messages that belong to it (the usual
+    case when reading a queue). To decode many messages of one queue, use a
+    ``MessageDecoder``.
+    """
+    return MessageDecoder(queue).decode(data)
+
+
+def _decode_v1(f: Any, queue: QueueId | None) -> DLQMessage:
+    """A version-1 message: one flat array of 22 fields (written by earlier builds)."""
+    if type(f) is not list or len(f) != _V1_FIELD_COUNT:
         raise MessageDecodeError("undecodable message: not a version-1 field array")
     try:
-        # Check exactly what would otherwise fail later, far from here.
-        key_columns, key_values, before, after = f[6], f[7], f[8], f[9]
         if (
             type(f[0]) is not str
-            or type(f[4]) is not str
-            or type(key_columns) is not list
-            or type(key_values) is not list
-            or len(key_columns) != len(key_values)
-            or not all(type(c) is str for c in key_columns)
-            or (before is not None and type(before) is not dict)
-            or (after is not None and type(after) is not dict)
-            or type(f[10]) is not int
-            or type(f[11]) is not int
-            or (f[12] is not None and type(f[12]) not in _NUMBER)
-            or type(f[13]) is not str
-            or type(f[14]) is not str
-            or (f[16] is not None and type(f[16]) is not str)
-            or type(f[17]) is not str
-            or type(f[18]) is not int
-            or type(f[19]) not in _NUMBER
-            or type(f[20]) not in _NUMBER
             or type(f[21]) not in _NUMBER
+            or not all(type(part) is str for part in f[1:4])
         ):
             raise ValueError("a field has the wrong type")
-        if (
-            queue is None
-            or queue.source_id != f[1]
-            or queue.table != f[2]
-            or queue.destination_id != f[3]
-        ):
-            queue = QueueId(f[1], f[2], f[3])
-        record = ChangeRecord(
-            f[4],
-            _OPERATIONS[f[5]],
-            dict(zip(key_columns, key_values, strict=False)),
-            after,
-            SourcePosition(f[10], f[11]),
-            before,
-            f[12],
-        )
-        failure = previous.failure if previous is not None else None
-        if (
-            failure is None
-            or failure.message != f[14]
-            or failure.last_failure_at != f[20]
-            or failure.attempts != f[18]
-            or failure.first_failure_at != f[19]
-            or failure.error_class != f[13]
-            or failure.kind != f[15]
-            or failure.code != f[16]
-            or failure.stack != f[17]
-        ):
-            failure = FailureContext(f[13], f[14], _KINDS[f[15]], f[16], f[17], f[18], f[19], f[20])
-        return DLQMessage(f[0], queue, record, failure, f[21])
+        record = _record(f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12])
+        failure = _failure(f, 13)
+        return DLQMessage(f[0], _queue_of(f[1], f[2], f[3], queue), record, failure, f[21])
     except (KeyError, TypeError, ValueError) as error:
         raise MessageDecodeError(f"undecodable message: bad field: {error}") from None
 

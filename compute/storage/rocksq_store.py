@@ -7,17 +7,20 @@ So each queue directory holds:
 
 * ``seg_<n>/``: MpmcQueue segments, appended to in order; a new one starts
   when the last is full, and a segment directory is deleted only once every
-  item in it is acknowledged.
+  message in it is acknowledged. Each enqueue call is stored as one item, a
+  frame of its payloads (``frames.py``), so positions count messages, not
+  items.
 * ``cursor.json``: the acknowledgement point ``(segment, acked)``: every
   segment below ``segment`` is fully acknowledged, and so are the first
-  ``acked`` items of ``segment``. It is rewritten after each ack (which
+  ``acked`` messages of ``segment``. It is rewritten after each ack (which
   comes after the destination committed) with one small in-place write of
   a fixed-size, checksummed record.
 * ``queue.json``: the queue's identity, so any name maps back from disk.
 
 After a crash, the reader label is reset and reading restarts from the
-oldest item of the cursor's segment, skipping ``acked`` items: unacknowledged
-items come back, in order, and acknowledged ones never do.
+oldest item of the cursor's segment, skipping ``acked`` messages (the rest
+of a frame cut by the cursor is kept): unacknowledged messages come back, in
+order, and acknowledged ones never do.
 
 Only this module imports rocksq.
 """
@@ -53,11 +56,15 @@ from compute.errors import (
 )
 from compute.queue_id import DEST_PREFIX, SOURCE_PREFIX, TABLE_PREFIX, QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoredStats, StoreLease
+from compute.storage.frames import decode_frame, encode_frames, frame_count
 
 logger = logging.getLogger(__name__)
 
 READER_LABEL = "rosetta-reader"
 PEEK_LABEL = "rosetta-peek"
+COUNT_LABEL = "rosetta-count"
+# Items fetched per rocksq call when counting or skipping whole frames.
+_SCAN_CHUNK = 1000
 SCAN_LABEL = "rosetta-scan"
 CURSOR_FILE = "cursor.json"
 QUARANTINE_DIR = "quarantine"
@@ -97,18 +104,23 @@ class _QueueState:
     lock: threading.RLock = field(default_factory=threading.RLock)
     loaded: bool = False
     segments: list[int] = field(default_factory=list)
-    counts: dict[int, int] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)  # messages per segment
+    items: dict[int, int] = field(default_factory=dict)  # rocksq items (frames) per segment
     cursor_segment: int = 1
     cursor_acked: int = 0
     read_segment: int | None = None
+    # Message position in ``read_segment`` of the next message to lease.
     read_offset: int = 0
+    # Items of ``read_segment`` already fetched through the reader label.
+    read_items: int = 0
     next_segment: int = 1
     total: int = 0
     # Segments whose reader label must be reset before the next read (after load).
     rewind: set[int] = field(default_factory=set)
     lease: StoreLease | None = None
-    # A released lease's payloads, served again before reading further.
-    pending: StoreLease | None = None
+    # Fetched but unleased payloads of ``read_segment``, from ``read_offset`` on:
+    # the rest of a frame, or a released lease, served before reading further.
+    buffer: list[bytes] = field(default_factory=list)
     disk_bytes: int = 0
     disk_measured_at: float = float("-inf")
     bytes_since_measure: int = 0
@@ -291,8 +303,10 @@ class RocksqStore(QueueStore):
         self._close_handles_of(state)
         state.segments = []
         state.counts = {}
+        state.items = {}
         state.lease = None
-        state.pending = None
+        state.buffer = []
+        state.read_items = 0
         if state.path.is_dir():
             state.segments = sorted(
                 int(m.group(1))
@@ -309,7 +323,7 @@ class RocksqStore(QueueStore):
             self._remove_segment_dir(state, number)
         state.segments = [n for n in state.segments if n >= state.cursor_segment]
         for number in state.segments:
-            state.counts[number] = self._count_segment(state, number)
+            state.items[number], state.counts[number] = self._count_segment(state, number)
         self._check_written_counts(state)
         state.next_segment = max([*state.segments, state.cursor_segment]) + 1
         if state.cursor_segment not in state.counts:
@@ -390,10 +404,31 @@ class RocksqStore(QueueStore):
         tmp.write_bytes(raw)
         os.replace(tmp, path)
 
-    def _count_segment(self, state: _QueueState, number: int) -> int:
+    def _count_segment(self, state: _QueueState, number: int) -> tuple[int, int]:
+        """``(items, messages)`` of a segment; reads every item's frame header once."""
         handle = self._open_raw(_segment_dir(state.path, number), state.queue)
         try:
-            return int(handle.len)
+            items = int(handle.len)
+            if not items:
+                return 0, 0
+            if COUNT_LABEL in handle.labels:
+                handle.remove_label(COUNT_LABEL)
+            messages = seen = 0
+            while seen < items:
+                chunk, _ = handle.next(
+                    COUNT_LABEL, rocksq.StartPosition.Oldest, min(_SCAN_CHUNK, items - seen)
+                )
+                if not chunk:
+                    break
+                seen += len(chunk)
+                messages += sum(map(frame_count, chunk))
+            handle.remove_label(COUNT_LABEL)
+            return seen, messages
+        except RuntimeError as error:
+            text = str(error)
+            if _is_corruption(text):
+                raise QueueCorruptError(f"queue {state.queue} is damaged: {text}") from None
+            raise DLQStorageError(f"cannot count queue {state.queue}: {text}") from None
         finally:
             del handle
 
@@ -607,14 +642,16 @@ class RocksqStore(QueueStore):
             if number is None or state.counts[number] >= self.segment_max_items:
                 number = self._start_segment(state)
             handle = self._handle(state, number)
+            frames = encode_frames(payloads)
             try:
-                handle.add(payloads)
+                handle.add(frames)
             except RuntimeError as error:
                 # The traceback keeps this frame, and the frame the handle: let
                 # go of it, or the dead RocksDB stays open and locked.
                 del handle
                 raise self._fail(state, "enqueue", error) from None
             state.counts[number] += len(payloads)
+            state.items[number] += len(frames)
             state.total += len(payloads)
             state.bytes_since_measure += size
             # Unlocked add: a lost update only makes the free-disk estimate
@@ -631,8 +668,9 @@ class RocksqStore(QueueStore):
         state.next_segment += 1
         state.segments.append(number)
         state.counts[number] = 0
+        state.items[number] = 0
         if state.read_segment is None:
-            state.read_segment, state.read_offset = number, 0
+            state.read_segment, state.read_offset, state.read_items = number, 0, 0
         return number
 
     def _check_limits(self, state: _QueueState, count: int, size: int) -> None:
@@ -690,7 +728,7 @@ class RocksqStore(QueueStore):
                 raise LeaseError(f"queue {queue} already has an outstanding lease")
             try:
                 lease = self._read_locked(state, max_items)
-            except RuntimeError as error:  # topping up the pending buffer failed
+            except RuntimeError as error:  # topping up the buffer failed
                 self._on_read_error(state, error, "read")
                 return StoreLease(state.queue, [], (0, 0))
             if lease.payloads:
@@ -698,59 +736,88 @@ class RocksqStore(QueueStore):
             return lease
 
     def _read_locked(self, state: _QueueState, max_items: int) -> StoreLease:
-        if state.pending is not None:
-            self._fill_pending(state, max_items)
-            pending = state.pending
-            taken = pending.payloads[:max_items]
-            rest = pending.payloads[max_items:]
-            segment, start = pending.token
-            state.pending = (
-                StoreLease(state.queue, rest, (segment, start + len(taken))) if rest else None
-            )
-            state.read_offset = start + len(taken)
-            return StoreLease(state.queue, taken, (segment, start))
-        while True:
+        for _attempt in range(2):
             number = state.read_segment
             if number is None:
                 return StoreLease(state.queue, [], (0, 0))
-            available = state.counts[number] - state.read_offset
-            if available <= 0:
-                # Nothing unread: the queue is drained, or the one lease holds the rest.
-                return StoreLease(state.queue, [], (number, state.read_offset))
-            handle = self._handle(state, number)
             try:
-                if number in state.rewind:
-                    self._rewind(state, handle, number)
-                items, _ = handle.next(
-                    READER_LABEL, rocksq.StartPosition.Oldest, min(max_items, available)
-                )
-            except RuntimeError as error:
-                del handle  # see enqueue: the traceback must not keep it open
-                self._on_read_error(state, error, "read")
-                return StoreLease(state.queue, [], (0, 0))
-            if not items:
+                self._pull(state, max_items)
+            except _ShortSegment:
                 # The segment holds fewer items than counted: a write that
                 # failed half-way. Recount from disk and try again.
                 logger.warning("DLQ segment shorter than counted, reloading: queue=%s", state.queue)
                 state.loaded = False
                 self._load(state)
-                if state.read_segment == number and state.counts[number] - state.read_offset <= 0:
-                    return StoreLease(state.queue, [], (number, state.read_offset))
                 continue
-            lease = StoreLease(state.queue, list(items), (number, state.read_offset))
-            state.read_offset += len(items)
+            except RuntimeError as error:
+                self._on_read_error(state, error, "read")
+                return StoreLease(state.queue, [], (0, 0))
+            # Nothing unread means the queue is drained, or the one lease holds the rest.
+            taken = state.buffer[:max_items]
+            del state.buffer[:max_items]
+            lease = StoreLease(state.queue, taken, (number, state.read_offset))
+            state.read_offset += len(taken)
             return lease
+        return StoreLease(state.queue, [], (state.read_segment or 0, state.read_offset))
+
+    def _pull(self, state: _QueueState, wanted: int) -> None:
+        """Top the buffer up to ``wanted`` payloads from the read segment.
+
+        The caller holds the queue lock and handles ``RuntimeError`` from
+        rocksq; ``_ShortSegment`` means the segment has fewer items than counted.
+        """
+        number = state.read_segment
+        if number is None or len(state.buffer) >= wanted:
+            return
+        handle = self._handle(state, number)
+        if number in state.rewind:
+            self._rewind(state, handle, number)
+        while len(state.buffer) < wanted:
+            remaining = state.items[number] - state.read_items
+            if remaining <= 0:
+                return
+            # Frames usually hold whole batches: fetch about as many as needed.
+            per_item = max(1, state.counts[number] // max(1, state.items[number]))
+            fetch = min(remaining, -(-(wanted - len(state.buffer)) // per_item))
+            items, _ = handle.next(READER_LABEL, rocksq.StartPosition.Oldest, fetch)
+            if not items:
+                raise _ShortSegment
+            state.read_items += len(items)
+            for item in items:
+                state.buffer.extend(decode_frame(item))
 
     def _rewind(self, state: _QueueState, handle: MpmcQueue, number: int) -> None:
-        """Point the reader label at ``state.read_offset`` by re-reading from the oldest item."""
+        """Point the reader label at ``state.read_offset``, re-reading from the oldest item.
+
+        Whole frames below the offset are skipped by their headers; the frame
+        the offset cuts is decoded and its unacknowledged rest buffered.
+        """
         if READER_LABEL in handle.labels:
             handle.remove_label(READER_LABEL)
-        skip = state.read_offset
-        if skip:
-            skipped, _ = handle.next(READER_LABEL, rocksq.StartPosition.Oldest, skip)
-            if len(skipped) != skip:
-                raise RuntimeError(f"segment {number} has {len(skipped)} items, cursor says {skip}")
         state.rewind.discard(number)
+        state.read_items = 0
+        state.buffer = []
+        skip = state.read_offset
+        while skip > 0:
+            remaining = state.items[number] - state.read_items
+            if remaining <= 0:
+                raise RuntimeError(f"segment {number} ends before the cursor ({skip} short)")
+            chunk, _ = handle.next(
+                READER_LABEL, rocksq.StartPosition.Oldest, min(_SCAN_CHUNK, remaining)
+            )
+            if not chunk:
+                raise RuntimeError(f"segment {number} ends before the cursor ({skip} short)")
+            state.read_items += len(chunk)
+            for item in chunk:
+                if skip <= 0:
+                    state.buffer.extend(decode_frame(item))
+                    continue
+                count = frame_count(item)
+                if count <= skip:
+                    skip -= count
+                else:
+                    state.buffer.extend(decode_frame(item)[skip:])
+                    skip = 0
 
     def ack(self, lease: StoreLease, count: int | None = None) -> None:
         if not lease.payloads:
@@ -768,12 +835,9 @@ class RocksqStore(QueueStore):
             state.lease = None
             if done < len(lease.payloads):
                 # The rest goes back to the head, as after a release.
-                rest = lease.payloads[done:]
-                if state.pending is not None:
-                    rest = rest + state.pending.payloads
-                state.pending = StoreLease(lease.queue, rest, (number, start + done))
+                state.buffer[0:0] = lease.payloads[done:]
                 state.read_offset = start + done
-            elif state.cursor_acked >= state.counts[number] and state.pending is None:
+            elif state.cursor_acked >= state.counts[number] and not state.buffer:
                 self._retire_head(state)
 
     def _retire_head(self, state: _QueueState) -> bool:
@@ -786,12 +850,16 @@ class RocksqStore(QueueStore):
             # back to nothing; the next enqueue starts a fresh segment.
             self._write_cursor(state, state.next_segment, 0)
             state.read_segment, state.read_offset = None, 0
+            state.read_items = 0
         else:
             following = state.segments[state.segments.index(number) + 1]
             self._write_cursor(state, following, 0)
             state.read_segment, state.read_offset = following, 0
+            state.read_items = 0
+        state.buffer = []
         state.segments.remove(number)
         state.counts.pop(number, None)
+        state.items.pop(number, None)
         state.rewind.discard(number)
         self._close_handle(state, number)
         self._remove_segment_dir(state, number)
@@ -814,11 +882,7 @@ class RocksqStore(QueueStore):
             if state.lease is not lease:
                 raise LeaseError(f"lease on {lease.queue} is not the outstanding lease")
             state.lease = None
-            if state.pending is not None:
-                lease = StoreLease(
-                    lease.queue, lease.payloads + state.pending.payloads, lease.token
-                )
-            state.pending = lease
+            state.buffer[0:0] = lease.payloads
             state.read_offset = lease.token[1]
 
     def peek(self, queue: QueueId, limit: int, *, newest: bool = False) -> list[bytes]:
@@ -830,50 +894,35 @@ class RocksqStore(QueueStore):
             try:
                 if newest:
                     handle = self._handle(state, state.segments[-1])
-                    return self._peek_segment(handle, 1, rocksq.StartPosition.Newest)[-1:]
+                    last = self._peek_segment(handle, 1, rocksq.StartPosition.Newest)[-1:]
+                    return decode_frame(last[0])[-1:] if last else []
                 # The head is what the reader holds or will read next: serve it
-                # from the lease and the pending buffer, topping the buffer up
-                # from the reader label, so peeking never re-reads acked items.
+                # from the lease and the buffer, topping the buffer up from the
+                # reader label, so peeking never re-reads acknowledged messages.
                 found: list[bytes] = []
                 if state.lease is not None:
                     found.extend(state.lease.payloads)
-                found.extend(self._fill_pending(state, limit - len(found)))
+                try:
+                    self._pull(state, limit - len(found))
+                except _ShortSegment:
+                    pass  # the next read recounts the segment
+                found.extend(state.buffer[: max(0, limit - len(found))])
                 for number in state.segments:
                     if len(found) >= limit:
                         break
                     if state.read_segment is not None and number <= state.read_segment:
                         continue
                     handle = self._handle(state, number)
-                    found.extend(
-                        self._peek_segment(handle, limit - len(found), rocksq.StartPosition.Oldest)
-                    )
+                    # Every item holds at least one payload: this many items is enough.
+                    for item in self._peek_segment(
+                        handle, limit - len(found), rocksq.StartPosition.Oldest
+                    ):
+                        found.extend(decode_frame(item))
                 return found[:limit]
             except RuntimeError as error:
                 handle = None  # see enqueue: the traceback must not keep it open
                 self._on_read_error(state, error, "peek")
                 return []
-
-    def _fill_pending(self, state: _QueueState, wanted: int) -> list[bytes]:
-        """Make the pending buffer hold up to ``wanted`` head items of the read segment."""
-        pending = state.pending
-        have = list(pending.payloads) if pending is not None else []
-        number = state.read_segment
-        if number is None or len(have) >= wanted:
-            return have[:wanted]
-        end = pending.token[1] + len(pending.payloads) if pending is not None else state.read_offset
-        available = state.counts[number] - end
-        if available <= 0:
-            return have
-        handle = self._handle(state, number)
-        if number in state.rewind:
-            self._rewind(state, handle, number)
-        items, _ = handle.next(
-            READER_LABEL, rocksq.StartPosition.Oldest, min(wanted - len(have), available)
-        )
-        if items:
-            start = pending.token if pending is not None else (number, state.read_offset)
-            state.pending = StoreLease(state.queue, have + list(items), start)
-        return have + list(items)
 
     @staticmethod
     def _peek_segment(handle: Any, count: int, start: Any) -> list[bytes]:
@@ -907,13 +956,13 @@ class RocksqStore(QueueStore):
                 with state.lock:
                     if number not in state.counts:
                         break
+                    # ``chunk`` counts messages; frames hold several each.
+                    fetch = max(1, chunk * state.items[number] // max(1, state.counts[number]))
                     try:
                         handle = self._handle(state, number)
                         if first and label in handle.labels:
                             handle.remove_label(label)
-                        if first and skip:
-                            handle.next(label, rocksq.StartPosition.Oldest, skip)
-                        items, _ = handle.next(label, rocksq.StartPosition.Oldest, chunk)
+                        items, _ = handle.next(label, rocksq.StartPosition.Oldest, fetch)
                         first = False
                         if not items:
                             handle.remove_label(label)
@@ -922,8 +971,21 @@ class RocksqStore(QueueStore):
                         raise self._fail(state, "scan", error) from None
                 if not items:
                     break
+                payloads: list[bytes] = []
+                for item in items:
+                    if skip:  # acknowledged messages at the head of the cursor's segment
+                        count = frame_count(item)
+                        if count <= skip:
+                            skip -= count
+                            continue
+                        payloads.extend(decode_frame(item)[skip:])
+                        skip = 0
+                    else:
+                        payloads.extend(decode_frame(item))
+                if not payloads:
+                    continue
                 try:
-                    yield list(items)
+                    yield payloads
                 except GeneratorExit:  # the caller stopped early: drop the label
                     with state.lock:
                         if number in state.counts:
@@ -1008,6 +1070,10 @@ class RocksqStore(QueueStore):
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+class _ShortSegment(Exception):
+    """A segment returned fewer items than counted (a write that failed half-way)."""
 
 
 def _is_corruption(text: str) -> bool:

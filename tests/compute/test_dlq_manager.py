@@ -151,7 +151,7 @@ def test_undecodable_message_is_quarantined_and_queue_moves_on(tmp_path: Path) -
         raw = [p for p in quarantine.iterdir() if p.suffix == ".bin"]
         assert [p.read_bytes() for p in raw] == [garbage]
         reason = json.loads(raw[0].with_suffix(".json").read_text())["reason"]
-        assert "unknown message format version 7" in reason
+        assert "unknown message format (first byte 0x07)" in reason
         assert manager.status(Q).quarantined == 1
         assert not manager.has_messages(Q)
 

@@ -22,10 +22,13 @@ from compute.dlq_message import (
     FORMAT_VERSION,
     MAX_ERROR_MESSAGE_CHARS,
     MAX_STACK_CHARS,
+    V2_FIRST_BYTE,
     DLQMessage,
     FailureContext,
+    MessageDecoder,
     decode_message,
     encode_message,
+    encode_messages,
     message_to_json,
 )
 from compute.errors import MessageDecodeError
@@ -74,7 +77,8 @@ def make_message(
 def round_trip(message: DLQMessage) -> DLQMessage:
     data = encode_message(message)
     assert isinstance(data, bytes)
-    assert data[0] == FORMAT_VERSION
+    assert data[0] == V2_FIRST_BYTE
+    assert msgpack.unpackb(data, unicode_errors="surrogatepass", strict_map_key=False)[0] == 2
     return decode_message(data)
 
 
@@ -485,21 +489,43 @@ def test_trailing_bytes_are_refused() -> None:
         decode_message(data + b"\x00")
 
 
-@pytest.mark.parametrize("version", [0, 2, 7, 255])
-def test_unknown_version_is_named(version: int) -> None:
-    data = bytes([version]) + encode_message(make_message())[1:]
-    with pytest.raises(MessageDecodeError, match=f"version {version}"):
+@pytest.mark.parametrize("first", [0, 2, 7, 0x9C, 255])
+def test_unknown_format_names_the_byte_and_what_is_read(first: int) -> None:
+    data = bytes([first]) + encode_message(make_message())[1:]
+    with pytest.raises(MessageDecodeError, match=f"first byte {first:#04x}.*version 1.*version 2"):
         decode_message(data)
 
 
+@pytest.mark.parametrize("version", [0, 1, 3, 99])
+def test_a_future_version_in_the_version_2_layout_is_refused(version: int) -> None:
+    fields = msgpack.unpackb(encode_message(make_message()))
+    fields[0] = version
+    with pytest.raises(MessageDecodeError, match="not a version-2 field array"):
+        decode_message(msgpack.packb(fields, use_bin_type=True))
+
+
 def _fields(message: DLQMessage) -> list[Any]:
-    return msgpack.unpackb(
-        encode_message(message)[1:], raw=False, ext_hook=msgpack.ExtType, strict_map_key=False
+    """The 22 fields of ``message`` in version-1 order (the flat view both formats share)."""
+    v2 = msgpack.unpackb(
+        encode_message(message), raw=False, ext_hook=msgpack.ExtType, strict_map_key=False
     )
+    ctx = msgpack.unpackb(v2[10], raw=False)
+    return [v2[1], *ctx[0:3], ctx[11], v2[2], ctx[12], *v2[3:9], *ctx[3:11], v2[9]]
 
 
-def _pack_fields(fields: Any) -> bytes:
-    return bytes([FORMAT_VERSION]) + msgpack.packb(fields, use_bin_type=True)
+def _pack_v2(f: list[Any]) -> bytes:
+    """Version 2 from the flat view: the change's own fields, then the context blob."""
+    context = msgpack.packb([*f[1:4], *f[13:21], f[4], f[6]], use_bin_type=True)
+    return msgpack.packb([FORMAT_VERSION, f[0], f[5], *f[7:13], f[21], context], use_bin_type=True)
+
+
+def _pack_v1(fields: Any) -> bytes:
+    """Version 1, as earlier builds wrote it: a version byte, then the flat array."""
+    return bytes([1]) + msgpack.packb(fields, use_bin_type=True)
+
+
+_pack_fields = _pack_v2
+PACKERS = [pytest.param(_pack_v2, id="v2"), pytest.param(_pack_v1, id="v1")]
 
 
 @pytest.mark.parametrize(
@@ -515,26 +541,58 @@ def _pack_fields(fields: Any) -> bytes:
     ],
 )
 def test_valid_msgpack_of_the_wrong_shape_is_refused(shape: Any) -> None:
-    with pytest.raises(MessageDecodeError):
-        decode_message(_pack_fields(shape))
+    for data in (_pack_v1(shape), msgpack.packb(shape), msgpack.packb([FORMAT_VERSION, shape])):
+        with pytest.raises(MessageDecodeError):
+            decode_message(data)
 
 
-def test_the_raw_fields_pack_back_to_the_same_message() -> None:
+@pytest.mark.parametrize("pack", PACKERS)
+def test_the_raw_fields_pack_back_to_the_same_message(pack: Any) -> None:
     message = make_message()
-    assert decode_message(_pack_fields(_fields(message))) == message
+    assert decode_message(pack(_fields(message))) == message
+
+
+def test_a_bad_context_blob_is_refused() -> None:
+    fields = msgpack.unpackb(encode_message(make_message()))
+    for context in (b"", b"\xc1", msgpack.packb([1, 2]), "text", None, msgpack.packb(["a"] * 11)):
+        fields[10] = context
+        with pytest.raises(MessageDecodeError):
+            decode_message(msgpack.packb(fields, use_bin_type=True))
+
+
+def test_messages_sharing_a_failure_share_one_decoded_context() -> None:
+    failure = FailureContext("E", "boom", attempts=2, first_failure_at=1.0, last_failure_at=2.0)
+    messages = [make_message(failure=failure) for _ in range(3)]
+    encoded = encode_messages(messages)
+    assert len({msgpack.unpackb(e)[10] for e in encoded}) == 1
+    decoder = MessageDecoder()
+    decoded = [decoder.decode(e) for e in encoded]
+    assert decoded == messages
+    assert decoded[0].failure is decoded[2].failure
+    assert encoded == [encode_message(m) for m in messages]
+
+
+def test_version_1_messages_from_earlier_builds_still_decode() -> None:
+    message = make_message(before={"id": 42, "amt": Decimal("1.50")})
+    flat = _fields(message)
+    flat[8] = {"id": 42, "amt": msgpack.ExtType(1, b"1.50")}
+    assert decode_message(_pack_v1(flat)) == message
 
 
 _WRONG_VALUES: list[Any] = [None, 1, -1, 1.5, True, "s", "", b"b", [], ["x"], {}, {"k": 1}]
 
 
+@pytest.mark.parametrize("pack", PACKERS)
 @pytest.mark.parametrize("index", range(22))
-def test_every_field_with_a_wrong_type_is_refused_or_accepted_cleanly(index: int) -> None:
+def test_every_field_with_a_wrong_type_is_refused_or_accepted_cleanly(
+    index: int, pack: Any
+) -> None:
     message = make_message(before={"id": 42})
     for wrong in _WRONG_VALUES:
         fields = _fields(message)
         fields[index] = wrong
         try:
-            decoded = decode_message(_pack_fields(fields))
+            decoded = decode_message(pack(fields))
         except MessageDecodeError:
             continue
         # Accepted: it must be a coherent message that encodes again.
@@ -562,11 +620,12 @@ def test_every_field_with_a_wrong_type_is_refused_or_accepted_cleanly(index: int
         (21, None),  # enqueued_at
     ],
 )
-def test_specific_wrong_fields_are_refused(index: int, wrong: Any) -> None:
+@pytest.mark.parametrize("pack", PACKERS)
+def test_specific_wrong_fields_are_refused(index: int, wrong: Any, pack: Any) -> None:
     fields = _fields(make_message())
     fields[index] = wrong
     with pytest.raises(MessageDecodeError):
-        decode_message(_pack_fields(fields))
+        decode_message(pack(fields))
 
 
 @pytest.mark.parametrize(
@@ -618,7 +677,8 @@ def test_arbitrary_bytes_decode_or_raise_the_typed_error(data: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_after_a_valid_version_byte(data: bytes) -> None:
-    _decodes_or_refuses(bytes([FORMAT_VERSION]) + data)
+    _decodes_or_refuses(bytes([1]) + data)
+    _decodes_or_refuses(bytes([V2_FIRST_BYTE, FORMAT_VERSION]) + data)
 
 
 @settings(max_examples=400, deadline=None)
@@ -673,7 +733,8 @@ def test_valid_shape_with_arbitrary_field_values(data: st.DataObject) -> None:
     fields = _fields(make_message())
     for index in data.draw(st.lists(st.integers(0, 21), min_size=1, max_size=4)):
         fields[index] = data.draw(_loose_values)
-    _decodes_or_refuses(_pack_fields(fields))
+    _decodes_or_refuses(_pack_v2(fields))
+    _decodes_or_refuses(_pack_v1(fields))
 
 
 # --- round trip property ----------------------------------------------------------------------
