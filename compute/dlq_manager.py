@@ -270,8 +270,7 @@ class DLQManager:
         skip = dict(self._tombstones(queue))
         if not skip:
             try:
-                decode = decoder.decode
-                messages = [decode(payload) for payload in store_lease.payloads]
+                messages = decoder.decode_many(store_lease.payloads)
                 return DLQLease(queue, messages, 0, store_lease)
             except MessageDecodeError:
                 pass  # rare: go again one by one, setting the undecodable aside
