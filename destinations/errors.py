@@ -37,3 +37,7 @@ class TransientDestinationError(DestinationError):
 
 class PermanentDestinationError(DestinationError):
     """The destination refuses this data; retrying the same write will not help."""
+
+
+class DestinationTimeoutError(TransientDestinationError):
+    """The destination did not answer within the client-side deadline; the connection was cut."""

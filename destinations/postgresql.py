@@ -42,10 +42,12 @@ from psycopg2.extensions import cursor as PgCursor
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec, parse_pipelines
 from destinations.base import ProbedDestination
+from destinations.connection_watchdog import ConnectionWatchdog, shutdown_socket
 from destinations.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
 from destinations.errors import (
     ClassifiedError,
     DestinationError,
+    DestinationTimeoutError,
     FailureKind,
     PermanentDestinationError,
     TransientDestinationError,
@@ -101,6 +103,13 @@ class PostgreSQLDestination(ProbedDestination):
     tuple; by default the target has the source table's name. Record columns
     must exist in the target; target columns absent from a record are left
     alone on update and take their default on insert.
+
+    ``write_timeout`` bounds one batch (all its statements and the commit) on
+    the client side: a server that stops answering mid-write (a blackholed
+    network, a hung proxy) gets its connection cut after that many seconds,
+    and the write fails as transient (retried or queued, never lost). ``None``
+    waits forever. ``statement_timeout`` is the server-side bound and cannot
+    help when the server never sees the statement.
     """
 
     def __init__(
@@ -114,6 +123,7 @@ class PostgreSQLDestination(ProbedDestination):
         connect_timeout: float = 5.0,
         copy_threshold: int = 200,
         statement_timeout: float | None = None,
+        write_timeout: float | None = 60.0,
     ) -> None:
         super().__init__(destination_id, name)
         self._dsn = dsn  # may hold a password: never logged, never in repr
@@ -122,6 +132,8 @@ class PostgreSQLDestination(ProbedDestination):
         self.connect_timeout = connect_timeout
         self.copy_threshold = copy_threshold
         self.statement_timeout = statement_timeout
+        self.write_timeout = write_timeout
+        self._watchdog = ConnectionWatchdog(f"{name}:{destination_id}")
         self._conn: PgConnection | None = None
         self._tables: dict[tuple[str | None, str], _TableInfo] = {}
         self._tombstones_ready: set[tuple[str, str]] = set()
@@ -150,13 +162,18 @@ class PostgreSQLDestination(ProbedDestination):
             reused = self._conn is not None and not self._conn.closed
             try:
                 self._apply(target, changes)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            except (
+                psycopg2.OperationalError,
+                psycopg2.InterfaceError,
+                DestinationTimeoutError,
+            ) as exc:
                 if not (reused and self._conn is None):
                     raise
                 # The kept connection died while idle (server restart, network
-                # blip, idle timeout). The batch was not committed, or if the
-                # commit raced the failure, replaying it is harmless (idempotent),
-                # so try once more on a fresh connection.
+                # blip, idle timeout, a dropped NAT entry that leaves it mute).
+                # The batch was not committed, or if the commit raced the
+                # failure, replaying it is harmless (idempotent), so try once
+                # more on a fresh connection.
                 logger.info(
                     "stale connection replaced destination=%s table=%s error=%s",
                     self,
@@ -176,17 +193,28 @@ class PostgreSQLDestination(ProbedDestination):
     def _apply(self, target: tuple[str | None, str], changes: list[ChangeRecord]) -> None:
         conn = self._connection()
         try:
-            with conn.cursor() as cur:
-                info = self._table_info(cur, target)
-                plan = self._plan(info, changes)
-                if self.position_guard:
-                    tombstones = self._ensure_tombstones(cur, info, plan.keys)
-                    self._apply_staged(cur, info, plan, tombstones)
-                elif len(plan) < self.copy_threshold:
-                    self._apply_values(cur, info, plan)
-                else:
-                    self._apply_staged(cur, info, plan, None)
-            conn.commit()
+            # The watch ends before _abort() closes the connection, so the
+            # watchdog never touches a descriptor the driver has released.
+            with self._watchdog.watch(self.write_timeout, lambda: _cut(conn)) as cut:
+                try:
+                    with conn.cursor() as cur:
+                        info = self._table_info(cur, target)
+                        plan = self._plan(info, changes)
+                        if self.position_guard:
+                            tombstones = self._ensure_tombstones(cur, info, plan.keys)
+                            self._apply_staged(cur, info, plan, tombstones)
+                        elif len(plan) < self.copy_threshold:
+                            self._apply_values(cur, info, plan)
+                        else:
+                            self._apply_staged(cur, info, plan, None)
+                    conn.commit()
+                except psycopg2.Error as exc:
+                    if cut():
+                        raise DestinationTimeoutError(
+                            f"{self}: no answer from the server within "
+                            f"write_timeout={self.write_timeout:g}s; connection dropped"
+                        ) from exc
+                    raise
         except BaseException:
             self._abort()
             raise
@@ -392,15 +420,45 @@ class PostgreSQLDestination(ProbedDestination):
                     conn.close()
                 except psycopg2.Error:
                     logger.debug("close failed destination=%s", self, exc_info=True)
+        self._watchdog.close()
 
     # ------------------------------------------------------------ health
+
+    def test_connection(self, timeout: float = 5.0) -> bool:
+        """False on any failure or after ``timeout``; never raises.
+
+        A failed check also drops the kept write connection when it is idle:
+        a connection that went mute (a dropped NAT entry, a blackholed
+        network) would otherwise fail only at the next write, after
+        ``write_timeout``, and delay the replay once the destination is back.
+        """
+        ok = super().test_connection(timeout)
+        if not ok:
+            self._drop_idle_connection()
+        return ok
+
+    def _drop_idle_connection(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # a write is using it: its own timeout bounds it
+        try:
+            conn, self._conn = self._conn, None
+            if conn is not None and not conn.closed:
+                try:
+                    conn.close()
+                except psycopg2.Error:
+                    logger.debug("close failed destination=%s", self, exc_info=True)
+        finally:
+            self._lock.release()
 
     def _probe_once(self, timeout: float) -> None:
         conn = self._connect(timeout, statement_timeout=timeout)
         try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-                cur.fetchone()
+            # connect_timeout bounds the login; this bounds the query, which a
+            # server that went mute right after the login would never answer.
+            with self._watchdog.watch(timeout, lambda: _cut(conn)):
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                    cur.fetchone()
         finally:
             conn.close()
 
@@ -664,6 +722,12 @@ def _kind_of(error: BaseException) -> FailureKind:
     if isinstance(error, psycopg2.DataError | psycopg2.IntegrityError | psycopg2.ProgrammingError):
         return FailureKind.PERMANENT  # client-side, e.g. a value psycopg2 cannot adapt
     return FailureKind.TRANSIENT
+
+
+def _cut(conn: PgConnection) -> None:
+    """Wake a call blocked on ``conn``: it fails with a connection error."""
+    if not conn.closed:
+        shutdown_socket(conn.fileno())
 
 
 def _first_line(error: BaseException) -> str:
