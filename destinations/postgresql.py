@@ -72,6 +72,11 @@ _COPY_CHUNK_ROWS = (
 _TRANSIENT_CLASSES = frozenset({"08", "53", "57", "58"})
 _TRANSIENT_CODES = frozenset({"40001", "40P01", "40003", "55P03", "55006"})
 _PERMANENT_CLASSES = frozenset({"21", "22", "23", "42", "44", "0A", "2F", "P0", "40"})
+# Errors about the session rather than the statement: connection exceptions,
+# a killed backend (pg_terminate_backend, 57P01), a server crash or shutdown,
+# a server still starting, no connection slots left.
+_CONNECTION_CLASSES = frozenset({"08"})
+_CONNECTION_CODES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
 
 TargetSpec = str | tuple[str, str]
 
@@ -468,7 +473,9 @@ class PostgreSQLDestination(ProbedDestination):
         """Transient (retry later) or permanent (park), by SQLSTATE class."""
         kind = _kind_of(error)
         code = getattr(error, "pgcode", None)
-        return ClassifiedError(kind, type(error).__name__, _first_line(error), code)
+        return ClassifiedError(
+            kind, type(error).__name__, _first_line(error), code, _connection_lost(error)
+        )
 
 
 # ---------------------------------------------------------------- SQL helpers
@@ -722,6 +729,18 @@ def _kind_of(error: BaseException) -> FailureKind:
     if isinstance(error, psycopg2.DataError | psycopg2.IntegrityError | psycopg2.ProgrammingError):
         return FailureKind.PERMANENT  # client-side, e.g. a value psycopg2 cannot adapt
     return FailureKind.TRANSIENT
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """True when ``error`` is about the session (lost, refused, killed), not the statement."""
+    code = getattr(error, "pgcode", None)
+    if isinstance(error, psycopg2.Error) and code:
+        return code in _CONNECTION_CODES or code[:2] in _CONNECTION_CLASSES
+    # libpq sets no SQLSTATE when the socket itself failed (reset, refused,
+    # closed mid-statement, login timed out). A write cut by write_timeout is
+    # not in this set: a statement that is slow for its data must still be
+    # charged, or it would be retried forever.
+    return isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError)
 
 
 def _cut(conn: PgConnection) -> None:
