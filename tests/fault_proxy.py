@@ -271,6 +271,12 @@ class FaultProxy:
         with self._lock:
             self._commit_drops += times
 
+    def clear(self) -> None:
+        """Pass-through, and no COMMIT reply pending to be swallowed."""
+        with self._lock:
+            self.mode, self.latency_ms, self.reset_after = Mode.PASS, 0.0, None
+            self._commit_drops = 0
+
     def take_commit_drop(self) -> bool:
         with self._lock:
             if self._commit_drops <= 0:
