@@ -131,6 +131,17 @@ class PostgreSQLDestination(ProbedDestination):
         write_timeout: float | None = 60.0,
     ) -> None:
         super().__init__(destination_id, name)
+        if write_timeout is not None and (
+            isinstance(write_timeout, bool)
+            or not isinstance(write_timeout, int | float)
+            or not write_timeout > 0
+        ):
+            raise ConfigError(
+                [
+                    f"destination {destination_id}: write_timeout must be a positive number "
+                    f"of seconds, got {write_timeout!r}"
+                ]
+            )
         self._dsn = dsn  # may hold a password: never logged, never in repr
         self._table_map = dict(table_map or {})
         self.position_guard = position_guard

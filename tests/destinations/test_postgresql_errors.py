@@ -340,3 +340,12 @@ def test_lost_sessions_are_told_apart_from_failed_statements(postgres_dsn: str) 
     admin.close()
     victim.close()
     destination.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", True])
+def test_bad_write_timeout_is_a_config_error_naming_the_option(bad: object) -> None:
+    from config.errors import ConfigError
+    from destinations.postgresql import PostgreSQLDestination
+
+    with pytest.raises(ConfigError, match=r"destination 7: write_timeout must be a positive"):
+        PostgreSQLDestination("7", "PG", "host=127.0.0.1", write_timeout=bad)  # type: ignore[arg-type]
