@@ -15,11 +15,14 @@ random, one at a time with a clear gap between them:
 * ``kill -9`` of the engine, restarted at once (first 60% of the window
   only, so that the last engine process lives long enough to measure).
 
-The source produces ``rate`` events per second for the whole window (a
-little longer, as each engine restart resumes it from its acknowledged
-position). Then every fault is cleared, the engine drains and exits by
-itself (source exhausted, queues empty), and the destination is reconciled
-against the source's ``expected_state``. Printed last:
+The source produces ``rate`` events per second, ``0.9 * rate * window``
+events in all. The synthetic source is rate-capped and cannot catch up time
+the engine spent stalled (a blackhole holds a live write for write_timeout
+plus its retries) or restarting, so faults go on past the window until the
+engine has read the whole source (its acknowledged offset). Then every
+fault is cleared, the engine drains and exits by itself (source exhausted,
+queues empty), and the destination is reconciled against the source's
+``expected_state``. Printed last:
 
 * ``soak_lost_events``: expected rows missing, rows that should not exist,
   and rows with wrong values (target 0);
@@ -36,6 +39,7 @@ against the source's ``expected_state``. Printed last:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -141,6 +145,15 @@ class Engine:
     def stop_sampling(self) -> None:
         self._stop.set()
 
+    def rss_curve(self) -> str:
+        """RSS (MiB) at the start and each fifth of the last process's life: growth or plateau."""
+        samples = list(self.samples)
+        if not samples:
+            return "-"
+        life = samples[-1][0]
+        marks = [next(v for t, v in samples if t >= life * q / 5) for q in range(6)]
+        return " ".join(f"{v / 1024:.0f}" for v in marks) + f" (life {life:.0f}s)"
+
     def rss_growth_pct(self) -> float:
         samples = list(self.samples)
         if len(samples) < 2:
@@ -149,6 +162,15 @@ class Engine:
         warm = min(WARMUP_SECONDS, life / 5)
         base = next(v for t, v in samples if t >= warm)
         return 100.0 * (samples[-1][1] - base) / base
+
+
+def source_position(work: Path) -> int:
+    """The engine's acknowledged source position (0 when none yet)."""
+    try:
+        doc = json.loads((work / "state" / "offsets" / "source_1.json").read_text())
+        return int(doc["offsets"]["1"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def terminate_sessions(dsn: str) -> int:
@@ -169,7 +191,7 @@ def terminate_sessions(dsn: str) -> int:
 def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
     rng = random.Random(seed)
     window = minutes * 60.0
-    events = max(1000, int(rate * window))
+    events = max(1000, int(rate * window * 0.9))
     work = Path(tempfile.mkdtemp(prefix="rosetta-soak-"))
     work.chmod(0o755)
     (work / "pg").mkdir()
@@ -204,11 +226,15 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
     try:
         engine.start()
         started = time.monotonic()
-        while time.monotonic() - started < window:
+        # Faults go on for the window and, past it, until the source is fully
+        # read: the synthetic source is rate-capped and cannot catch up the time
+        # the engine spent stalled or restarting, so its tail is traffic, not drain.
+        hard_stop = 2 * window + 600
+        while True:
             engine.keep_running()
             time.sleep(rng.uniform(1.0, 3.0))  # a clear gap between faults
             elapsed = time.monotonic() - started
-            if elapsed >= window:
+            if elapsed >= hard_stop or (elapsed >= window and source_position(work) >= events):
                 break
             faults = ["pg_stop", "latency", "reset_mid", "reset", "blackhole", "terminate"]
             if elapsed < 0.6 * window:
@@ -216,6 +242,8 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
             fault = rng.choice(faults)
             hold = rng.uniform(1.0, 5.0)
             counts[fault] = counts.get(fault, 0) + 1
+            if elapsed >= window:
+                counts["after_window"] = counts.get("after_window", 0) + 1
             print(f"  t={elapsed:6.1f}s fault={fault} hold={hold:.1f}s", flush=True)
             if fault == "pg_stop":
                 server.stop("immediate")
@@ -279,6 +307,7 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
             f"rows={sum(len(v) for v in expected.values())}",
             flush=True,
         )
+        print(f"soak: engine RSS MiB over its life: {engine.rss_curve()}", flush=True)
         print(f"RESULT soak_lost_events={lost}")
         print(f"RESULT soak_final_state_matches={matches}")
         print(f"RESULT soak_rss_growth_pct={engine.rss_growth_pct():.1f}")
