@@ -122,13 +122,12 @@ class Engine:
         self.restarts += 1
 
     def keep_running(self) -> None:
-        """Restart the engine if it exited (it exits 0 by itself once everything is done)."""
+        """Restart the engine if it failed; exit 0 means everything is read and drained."""
         assert self.proc is not None
         code = self.proc.poll()
-        if code is None:
+        if code is None or code == 0:
             return
-        if code != 0:
-            self.bad_exits.append(code)
+        self.bad_exits.append(code)
         self.start()
         self.restarts += 1
 
@@ -225,7 +224,7 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
     print(f"soak: {minutes:g} min, {events} events at {rate:g}/s, work dir {work}", flush=True)
     try:
         engine.start()
-        started = time.monotonic()
+        started = last_fault_ended = time.monotonic()
         # Faults go on for the window and, past it, until the source is fully
         # read: the synthetic source is rate-capped and cannot catch up the time
         # the engine spent stalled or restarting, so its tail is traffic, not drain.
@@ -268,11 +267,14 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
             elif fault == "kill9":
                 engine.kill9()
             proxy.pass_through()
+            last_fault_ended = time.monotonic()
         # Clear every fault, then wait for the engine to drain and exit by itself.
         proxy.clear()
         if not server.is_running():
             server.start()
-        cleared = time.monotonic()
+        # The drain counts from the end of the last fault, not from this
+        # final clear: the engine may have drained in the gap after it.
+        cleared = last_fault_ended
         drain_deadline = cleared + 600
         while True:
             assert engine.proc is not None
