@@ -6,7 +6,9 @@ neither the others nor ``stop()``). When a destination is healthy it replays
 each of its queues in FIFO order, batch by batch, acknowledging a batch only
 after the destination committed it. A batch that fails again backs off per
 queue; attempts are counted only while the destination passes its health
-check, so an outage never turns events into poison. A message over its
+check and the failure is not a lost session (``ClassifiedError.connection_lost``:
+a reset, a killed backend, a server restarting under the write), so an
+outage never turns events into poison. A message over its
 retry budget, or refused for good, is parked, and later changes to its key
 are parked behind it.
 """
@@ -384,8 +386,9 @@ class DLQRecoveryWorker:
         if classified.kind is FailureKind.TRANSIENT:
             healthy, reason = self.probes[queue.destination_id].check(self._stop)
             self.health[queue.destination_id].record_check(healthy, self._clock(), reason)
-            if not healthy:
-                # An outage, not poison: nothing is charged to the messages.
+            if not healthy or classified.connection_lost:
+                # An outage or a lost session (killed, reset, server restarted
+                # under the write), not poison: nothing is charged to the messages.
                 self.dlq.release(lease)
                 counts["failed"] = len(lease.messages)
                 return counts
@@ -424,7 +427,8 @@ class DLQRecoveryWorker:
             except Exception as error:
                 classified = classify_or_transient(destination, error)
                 attempts = self.dlq.attempts_of(queue, message)
-                if classified.kind is FailureKind.PERMANENT or attempts > self.config.max_retries:
+                over_budget = attempts > self.config.max_retries and not classified.connection_lost
+                if classified.kind is FailureKind.PERMANENT or over_budget:
                     failed = message.failure.failed_again(classified, now)
                     self.dlq.park(queue, [_with_failure(message, failed, attempts)])
                     counts["parked"] += 1

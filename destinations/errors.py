@@ -21,6 +21,10 @@ class ClassifiedError:
     error_class: str
     message: str
     code: str | None = None  # SQLSTATE, or the connector's errno
+    # The session was lost (cut, refused, killed, server shutting down): the
+    # failure says nothing about the events, so replay does not charge it
+    # to their retry budget (it could otherwise park good events as poison).
+    connection_lost: bool = False
 
     @property
     def is_transient(self) -> bool:
@@ -37,3 +41,7 @@ class TransientDestinationError(DestinationError):
 
 class PermanentDestinationError(DestinationError):
     """The destination refuses this data; retrying the same write will not help."""
+
+
+class DestinationTimeoutError(TransientDestinationError):
+    """The destination did not answer within the client-side deadline; the connection was cut."""

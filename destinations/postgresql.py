@@ -42,10 +42,12 @@ from psycopg2.extensions import cursor as PgCursor
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec, parse_pipelines
 from destinations.base import ProbedDestination
+from destinations.connection_watchdog import ConnectionWatchdog, shutdown_socket
 from destinations.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
 from destinations.errors import (
     ClassifiedError,
     DestinationError,
+    DestinationTimeoutError,
     FailureKind,
     PermanentDestinationError,
     TransientDestinationError,
@@ -70,6 +72,11 @@ _COPY_CHUNK_ROWS = (
 _TRANSIENT_CLASSES = frozenset({"08", "53", "57", "58"})
 _TRANSIENT_CODES = frozenset({"40001", "40P01", "40003", "55P03", "55006"})
 _PERMANENT_CLASSES = frozenset({"21", "22", "23", "42", "44", "0A", "2F", "P0", "40"})
+# Errors about the session rather than the statement: connection exceptions,
+# a killed backend (pg_terminate_backend, 57P01), a server crash or shutdown,
+# a server still starting, no connection slots left.
+_CONNECTION_CLASSES = frozenset({"08"})
+_CONNECTION_CODES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
 
 TargetSpec = str | tuple[str, str]
 
@@ -101,6 +108,13 @@ class PostgreSQLDestination(ProbedDestination):
     tuple; by default the target has the source table's name. Record columns
     must exist in the target; target columns absent from a record are left
     alone on update and take their default on insert.
+
+    ``write_timeout`` bounds one batch (all its statements and the commit) on
+    the client side: a server that stops answering mid-write (a blackholed
+    network, a hung proxy) gets its connection cut after that many seconds,
+    and the write fails as transient (retried or queued, never lost). ``None``
+    waits forever. ``statement_timeout`` is the server-side bound and cannot
+    help when the server never sees the statement.
     """
 
     def __init__(
@@ -114,14 +128,28 @@ class PostgreSQLDestination(ProbedDestination):
         connect_timeout: float = 5.0,
         copy_threshold: int = 200,
         statement_timeout: float | None = None,
+        write_timeout: float | None = 60.0,
     ) -> None:
         super().__init__(destination_id, name)
+        if write_timeout is not None and (
+            isinstance(write_timeout, bool)
+            or not isinstance(write_timeout, int | float)
+            or not write_timeout > 0
+        ):
+            raise ConfigError(
+                [
+                    f"destination {destination_id}: write_timeout must be a positive number "
+                    f"of seconds, got {write_timeout!r}"
+                ]
+            )
         self._dsn = dsn  # may hold a password: never logged, never in repr
         self._table_map = dict(table_map or {})
         self.position_guard = position_guard
         self.connect_timeout = connect_timeout
         self.copy_threshold = copy_threshold
         self.statement_timeout = statement_timeout
+        self.write_timeout = write_timeout
+        self._watchdog = ConnectionWatchdog(f"{name}:{destination_id}")
         self._conn: PgConnection | None = None
         self._tables: dict[tuple[str | None, str], _TableInfo] = {}
         self._tombstones_ready: set[tuple[str, str]] = set()
@@ -150,13 +178,18 @@ class PostgreSQLDestination(ProbedDestination):
             reused = self._conn is not None and not self._conn.closed
             try:
                 self._apply(target, changes)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            except (
+                psycopg2.OperationalError,
+                psycopg2.InterfaceError,
+                DestinationTimeoutError,
+            ) as exc:
                 if not (reused and self._conn is None):
                     raise
                 # The kept connection died while idle (server restart, network
-                # blip, idle timeout). The batch was not committed, or if the
-                # commit raced the failure, replaying it is harmless (idempotent),
-                # so try once more on a fresh connection.
+                # blip, idle timeout, a dropped NAT entry that leaves it mute).
+                # The batch was not committed, or if the commit raced the
+                # failure, replaying it is harmless (idempotent), so try once
+                # more on a fresh connection.
                 logger.info(
                     "stale connection replaced destination=%s table=%s error=%s",
                     self,
@@ -176,17 +209,28 @@ class PostgreSQLDestination(ProbedDestination):
     def _apply(self, target: tuple[str | None, str], changes: list[ChangeRecord]) -> None:
         conn = self._connection()
         try:
-            with conn.cursor() as cur:
-                info = self._table_info(cur, target)
-                plan = self._plan(info, changes)
-                if self.position_guard:
-                    tombstones = self._ensure_tombstones(cur, info, plan.keys)
-                    self._apply_staged(cur, info, plan, tombstones)
-                elif len(plan) < self.copy_threshold:
-                    self._apply_values(cur, info, plan)
-                else:
-                    self._apply_staged(cur, info, plan, None)
-            conn.commit()
+            # The watch ends before _abort() closes the connection, so the
+            # watchdog never touches a descriptor the driver has released.
+            with self._watchdog.watch(self.write_timeout, lambda: _cut(conn)) as cut:
+                try:
+                    with conn.cursor() as cur:
+                        info = self._table_info(cur, target)
+                        plan = self._plan(info, changes)
+                        if self.position_guard:
+                            tombstones = self._ensure_tombstones(cur, info, plan.keys)
+                            self._apply_staged(cur, info, plan, tombstones)
+                        elif len(plan) < self.copy_threshold:
+                            self._apply_values(cur, info, plan)
+                        else:
+                            self._apply_staged(cur, info, plan, None)
+                    conn.commit()
+                except psycopg2.Error as exc:
+                    if cut():
+                        raise DestinationTimeoutError(
+                            f"{self}: no answer from the server within "
+                            f"write_timeout={self.write_timeout:g}s; connection dropped"
+                        ) from exc
+                    raise
         except BaseException:
             self._abort()
             raise
@@ -392,15 +436,45 @@ class PostgreSQLDestination(ProbedDestination):
                     conn.close()
                 except psycopg2.Error:
                     logger.debug("close failed destination=%s", self, exc_info=True)
+        self._watchdog.close()
 
     # ------------------------------------------------------------ health
+
+    def test_connection(self, timeout: float = 5.0) -> bool:
+        """False on any failure or after ``timeout``; never raises.
+
+        A failed check also drops the kept write connection when it is idle:
+        a connection that went mute (a dropped NAT entry, a blackholed
+        network) would otherwise fail only at the next write, after
+        ``write_timeout``, and delay the replay once the destination is back.
+        """
+        ok = super().test_connection(timeout)
+        if not ok:
+            self._drop_idle_connection()
+        return ok
+
+    def _drop_idle_connection(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # a write is using it: its own timeout bounds it
+        try:
+            conn, self._conn = self._conn, None
+            if conn is not None and not conn.closed:
+                try:
+                    conn.close()
+                except psycopg2.Error:
+                    logger.debug("close failed destination=%s", self, exc_info=True)
+        finally:
+            self._lock.release()
 
     def _probe_once(self, timeout: float) -> None:
         conn = self._connect(timeout, statement_timeout=timeout)
         try:
-            with conn.cursor() as cur:
-                cur.execute("SELECT 1")
-                cur.fetchone()
+            # connect_timeout bounds the login; this bounds the query, which a
+            # server that went mute right after the login would never answer.
+            with self._watchdog.watch(timeout, lambda: _cut(conn)):
+                with conn.cursor() as cur:
+                    cur.execute("SELECT 1")
+                    cur.fetchone()
         finally:
             conn.close()
 
@@ -410,7 +484,9 @@ class PostgreSQLDestination(ProbedDestination):
         """Transient (retry later) or permanent (park), by SQLSTATE class."""
         kind = _kind_of(error)
         code = getattr(error, "pgcode", None)
-        return ClassifiedError(kind, type(error).__name__, _first_line(error), code)
+        return ClassifiedError(
+            kind, type(error).__name__, _first_line(error), code, _connection_lost(error)
+        )
 
 
 # ---------------------------------------------------------------- SQL helpers
@@ -668,6 +744,24 @@ def _kind_of(error: BaseException) -> FailureKind:
         # text that does not encode): the same change fails the same way every time.
         return FailureKind.PERMANENT
     return FailureKind.TRANSIENT
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """True when ``error`` is about the session (lost, refused, killed), not the statement."""
+    code = getattr(error, "pgcode", None)
+    if isinstance(error, psycopg2.Error) and code:
+        return code in _CONNECTION_CODES or code[:2] in _CONNECTION_CLASSES
+    # libpq sets no SQLSTATE when the socket itself failed (reset, refused,
+    # closed mid-statement, login timed out). A write cut by write_timeout is
+    # not in this set: a statement that is slow for its data must still be
+    # charged, or it would be retried forever.
+    return isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError)
+
+
+def _cut(conn: PgConnection) -> None:
+    """Wake a call blocked on ``conn``: it fails with a connection error."""
+    if not conn.closed:
+        shutdown_socket(conn.fileno())
 
 
 def _first_line(error: BaseException) -> str:

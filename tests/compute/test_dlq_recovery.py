@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from compute.dlq_message import DLQMessage, FailureContext
 from compute.dlq_recovery import DLQRecoveryWorker
 from compute.health import DestinationHealth
 from compute.queue_id import QueueId
+from destinations.errors import ClassifiedError
 from destinations.records import Operation
 from tests.compute.helpers import TABLE, apply_model, change, dlq_config
 from tests.fakes import FakeDestination
@@ -236,4 +238,33 @@ def test_a_storage_error_in_one_queue_does_not_stop_the_others(
     assert dlq.store.count(broken) == 3  # still there for the next pass
     assert "the others go on" in caplog.text and "public.a" in caplog.text
     assert "Failed to retrieve items" in (dlq.status(broken).last_error or "")
+    dlq.close()
+
+
+class SessionLostDestination(FakeDestination):
+    """Calls every transient failure a lost session, as PostgreSQL does for a killed backend."""
+
+    def classify_error(self, error: BaseException) -> ClassifiedError:
+        classified = super().classify_error(error)
+        return dataclasses.replace(classified, connection_lost=classified.is_transient)
+
+
+def test_lost_sessions_while_healthy_are_never_charged(tmp_path: Path) -> None:
+    """Sessions killed under every replay (health checks pass): retried, never parked."""
+    dest = SessionLostDestination("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], max_retries=1, batch_size=10)
+    queue = QueueId("1", TABLE, "2")
+    enqueue(dlq, queue, [change(1, 1), change(2, 2)])
+    dest.fail_keys([1], kind="transient")
+    charged_before = dlq.attempts_of(queue, dlq.peek(queue, 1)[0])
+    now = time.time()
+    for i in range(8):
+        worker.run_once(now + i * 100)
+    assert len([c for c in dest.calls if not c.ok]) >= 8
+    assert dlq.parked_count(queue) == 0
+    assert dlq.attempts_of(queue, dlq.peek(queue, 1)[0]) == charged_before
+    dest.clear_failures()
+    worker.run_once(now + 5000)
+    assert set(dest.rows(TABLE)) == {(1,), (2,)}
+    assert not dlq.has_messages(queue)
     dlq.close()

@@ -309,3 +309,43 @@ def test_connection_refused_08_is_transient() -> None:
 def test_unknown_errors_are_transient(dest: PostgreSQLDestination) -> None:
     assert verdict(dest, RuntimeError("something odd")) == (TRANSIENT, None)
     assert verdict(dest, TimeoutError("slow")) == (TRANSIENT, None)
+
+
+def test_lost_sessions_are_told_apart_from_failed_statements(postgres_dsn: str) -> None:
+    """A killed backend or a cut socket is a lost session; a bad value or a timeout is not."""
+    import psycopg2 as pg
+
+    from destinations.errors import DestinationTimeoutError
+    from destinations.postgresql import PostgreSQLDestination
+
+    destination = PostgreSQLDestination("1", "PG", postgres_dsn)
+    victim = pg.connect(postgres_dsn)
+    admin = pg.connect(postgres_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (victim.get_backend_pid(),))
+    with pytest.raises(pg.Error) as killed:
+        victim.cursor().execute("SELECT 1")
+    classified = destination.classify_error(killed.value)
+    assert classified.is_transient and classified.connection_lost, classified
+    with pytest.raises(pg.Error) as refused:
+        pg.connect("host=127.0.0.1 port=1 connect_timeout=2")
+    assert destination.classify_error(refused.value).connection_lost
+    with pytest.raises(pg.Error) as bad_value, admin.cursor() as cur:
+        cur.execute("SELECT 'x'::int")
+    assert not destination.classify_error(bad_value.value).connection_lost
+    timeout = DestinationTimeoutError("no answer within write_timeout=2s")
+    assert destination.classify_error(timeout).is_transient
+    assert not destination.classify_error(timeout).connection_lost
+    admin.close()
+    victim.close()
+    destination.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", True])
+def test_bad_write_timeout_is_a_config_error_naming_the_option(bad: object) -> None:
+    from config.errors import ConfigError
+    from destinations.postgresql import PostgreSQLDestination
+
+    with pytest.raises(ConfigError, match=r"destination 7: write_timeout must be a positive"):
+        PostgreSQLDestination("7", "PG", "host=127.0.0.1", write_timeout=bad)  # type: ignore[arg-type]

@@ -1,0 +1,125 @@
+"""Shared pieces of the fault tests: a real engine (in process or as ``rosetta run``) and checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+
+from compute.dlq_manager import DLQManager
+from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
+from config.settings import DLQConfig
+from tests.pg_state import differences, fetch_state
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def create_tables(dsn: str, source: SyntheticSource) -> None:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for statement in source.create_tables_sql():
+            cur.execute(statement)
+    conn.close()
+
+
+def write_pipelines(
+    path: Path,
+    *,
+    events: int,
+    rate: float,
+    seed: int,
+    keys: int,
+    batch_size: int = 50,
+    destination_options: str = "",
+) -> None:
+    path.write_text(
+        f"""
+[[pipelines]]
+name = "faults"
+batch_size = {batch_size}
+retry = "aggressive"
+
+[pipelines.source]
+id = "1"
+type = "synthetic"
+total_events = {events}
+seed = {seed}
+keys_per_table = {keys}
+events_per_second = {rate}
+
+[[pipelines.destinations]]
+id = "1"
+name = "Postgres-Faults"
+type = "postgresql"
+dsn_env = "TEST_DEST_DSN"
+{destination_options}
+"""
+    )
+
+
+def engine_env(tmp_path: Path, dsn: str, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DLQ_BASE_PATH": str(tmp_path / "dlq"),
+        "ROSETTA_STATE_PATH": str(tmp_path / "state"),
+        "ROSETTA_PIPELINES_FILE": str(tmp_path / "pipelines.toml"),
+        "DLQ_CHECK_INTERVAL": "0.3",
+        "DLQ_BACKOFF_BASE_MS": "50",
+        "DLQ_BACKOFF_MAX_MS": "300",
+        "DLQ_MIN_FREE_DISK_MB": "0",
+        "TEST_DEST_DSN": dsn,
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+def start_engine(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``rosetta run`` as a child process, logging to ``log`` (appended)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "compute.cli", "--log-level", "INFO", "run"],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def queue_leftovers(dlq_path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """(messages still queued, messages parked) per queue, read from disk."""
+    config = DLQConfig(base_path=dlq_path, min_free_disk_mb=0)
+    with DLQManager(config, background=False) as dlq:
+        return dlq_counts(dlq)
+
+
+def dlq_counts(dlq: DLQManager) -> tuple[dict[str, int], dict[str, int]]:
+    queued = {str(q): dlq.store.count(q) for q in dlq.list_queues() if dlq.has_messages(q)}
+    parked = {str(q): dlq.parked_count(q) for q in dlq.list_queues() if dlq.parked_count(q)}
+    return queued, parked
+
+
+def assert_exact_state(dsn: str, source: SyntheticSource, upto: int | None = None) -> None:
+    """The destination tables hold exactly the source's state after its events."""
+    problems = differences(source.expected_state(upto), fetch_state(dsn, DEFAULT_TABLES))
+    assert not problems, problems
+
+
+def assert_nothing_left(queued: dict[str, Any], parked: dict[str, Any]) -> None:
+    assert not parked, f"a fault parked events as poison: {parked}"
+    assert not queued, f"queues still hold messages: {queued}"
