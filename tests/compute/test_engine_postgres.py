@@ -7,89 +7,19 @@ with the synthetic source's final state.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import psycopg2
 import pytest
 
 from compute.dlq_manager import DLQManager
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
 from config.settings import DLQConfig
+from tests.faults.helpers import create_tables, engine_env, start_engine, write_pipelines
 from tests.pg_state import differences, fetch_state
 from tests.servers import PostgresServer
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def write_pipelines(path: Path, *, events: int, rate: float, seed: int, keys: int) -> None:
-    path.write_text(
-        f"""
-[[pipelines]]
-name = "crash"
-batch_size = 50
-retry = "aggressive"
-
-[pipelines.source]
-id = "1"
-type = "synthetic"
-total_events = {events}
-seed = {seed}
-keys_per_table = {keys}
-events_per_second = {rate}
-
-[[pipelines.destinations]]
-id = "1"
-name = "Postgres-Test"
-type = "postgresql"
-dsn_env = "TEST_DEST_DSN"
-"""
-    )
-
-
-def create_tables(dsn: str, source: SyntheticSource) -> None:
-    conn = psycopg2.connect(dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        for statement in source.create_tables_sql():
-            cur.execute(statement)
-    conn.close()
-
-
-def engine_env(tmp_path: Path, dsn: str, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "DLQ_BASE_PATH": str(tmp_path / "dlq"),
-            "ROSETTA_STATE_PATH": str(tmp_path / "state"),
-            "ROSETTA_PIPELINES_FILE": str(tmp_path / "pipelines.toml"),
-            "DLQ_CHECK_INTERVAL": "0.3",
-            "DLQ_BACKOFF_BASE_MS": "50",
-            "DLQ_BACKOFF_MAX_MS": "300",
-            "DLQ_MIN_FREE_DISK_MB": "0",
-            "TEST_DEST_DSN": dsn,
-            "PYTHONUNBUFFERED": "1",
-            "ROSETTA_ADMIN_ADDR": "127.0.0.1:0",  # never the shared default port
-            **extra,
-        }
-    )
-    return env
-
-
-def start_engine(tmp_path: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "compute.cli", "--log-level", "INFO", "run"],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 def assert_final_state(tmp_path: Path, dsn: str, source: SyntheticSource) -> None:
@@ -120,7 +50,7 @@ def test_outage_and_recovery_with_many_updates_to_few_keys(
     write_pipelines(tmp_path / "pipelines.toml", events=events, rate=rate, seed=11, keys=8)
     log = tmp_path / "engine.log"
     env = engine_env(tmp_path, server.dsn, DLQ_BATCH_SIZE="3")
-    engine = start_engine(tmp_path, env, log)
+    engine = start_engine(env, log)
     try:
         time.sleep(2.0)
         server.stop("immediate")
@@ -157,7 +87,7 @@ def test_kill9_engine_during_traffic_and_replay(tmp_path: Path, postgres_server_
         elif round_number % 4 == 3 and not server.is_running():
             server.start()
         started = log.read_text().count("DLQ Manager initialized") if log.exists() else 0
-        engine = start_engine(tmp_path, env, log)
+        engine = start_engine(env, log)
         # Kill somewhere after the imports (their time varies with the load on
         # the machine): from the moment this engine opened its DLQ.
         deadline = time.monotonic() + 60
@@ -176,7 +106,7 @@ def test_kill9_engine_during_traffic_and_replay(tmp_path: Path, postgres_server_
     if not server.is_running():
         server.start()
     assert kills >= 30
-    engine = start_engine(tmp_path, env, log)
+    engine = start_engine(env, log)
     try:
         assert engine.wait(timeout=180) == 0, log.read_text()[-3000:]
     finally:

@@ -85,6 +85,7 @@ def engine_env(tmp_path: Path, dsn: str, **extra: str) -> dict[str, str]:
         "DLQ_MIN_FREE_DISK_MB": "0",
         "TEST_DEST_DSN": dsn,
         "PYTHONUNBUFFERED": "1",
+        "ROSETTA_ADMIN_ADDR": "127.0.0.1:0",  # never the shared default port
         **extra,
     }
 
