@@ -72,9 +72,7 @@ class QueueStatus:
         q = self.queue
         return {
             "queue": str(q),
-            "source_id": q.source_id,
-            "table": q.table,
-            "destination_id": q.destination_id,
+            **q.json_fields(),
             "messages": self.messages,
             "bytes_on_disk": self.bytes_on_disk,
             "oldest_enqueued_at": _iso(self.oldest_enqueued_at),

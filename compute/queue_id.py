@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
+from typing import Any
 
 # Characters kept as they are in directory names; everything else is %XX (UTF-8).
 _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -19,6 +21,10 @@ TABLE_PREFIX = "table_"
 DEST_PREFIX = "dest_"
 PARKED_LANE = "parked"
 LANES = ("", PARKED_LANE)
+
+
+def _has_surrogate(name: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in name)
 
 
 def encode_name(name: str) -> str:
@@ -115,6 +121,33 @@ class QueueId:
             DEST_PREFIX + encode_name(self.destination_id),
         )
         return path / self.lane if self.lane else path
+
+    def json_fields(self) -> dict[str, object]:
+        """The names as JSON fields (``queue.json``, ``status.json``), exactly.
+
+        JSON cannot tell a surrogate pair written as two code points from the
+        character it encodes (both read back as the character), and any str
+        is a valid name: such a name also goes as its code points, under
+        ``exact_names``, which ``from_json_fields`` prefers.
+        """
+        fields: dict[str, object] = {
+            "source_id": self.source_id,
+            "table": self.table,
+            "destination_id": self.destination_id,
+        }
+        names = (self.source_id, self.table, self.destination_id)
+        if any(_has_surrogate(name) for name in names):
+            fields["exact_names"] = [[ord(c) for c in name] for name in names]
+        return fields
+
+    @classmethod
+    def from_json_fields(cls, data: Mapping[str, Any]) -> QueueId:
+        """The queue ``json_fields`` wrote; ValueError/KeyError/TypeError if it is not one."""
+        exact = data.get("exact_names")
+        if exact is not None:
+            source, table, dest = ("".join(map(chr, codes)) for codes in exact)
+            return cls(source, table, dest)
+        return cls(str(data["source_id"]), str(data["table"]), str(data["destination_id"]))
 
     @classmethod
     def from_relative_path(cls, parts: tuple[str, str, str]) -> QueueId | None:

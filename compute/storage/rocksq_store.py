@@ -393,13 +393,13 @@ class RocksqStore(QueueStore):
         if path.exists():
             return
         q = state.queue
-        data = {"source_id": q.source_id, "table": q.table, "destination_id": q.destination_id}
+        data = q.json_fields()
         tmp = state.path / (QUEUE_FILE + ".tmp")
         try:
             raw = json.dumps(data, ensure_ascii=False).encode()
         except UnicodeEncodeError:
-            # A lone surrogate (a QueueId takes any str) has no UTF-8 form; JSON's
-            # \u escapes keep it exactly.
+            # A lone surrogate (a QueueId takes any str) has no UTF-8 form: \u
+            # escapes, and json_fields' exact_names for what they cannot tell apart.
             raw = json.dumps(data).encode()
         tmp.write_bytes(raw)
         os.replace(tmp, path)
@@ -1103,7 +1103,7 @@ def _queue_of(dest_dir: Path) -> QueueId | None:
     parts = dest_dir.parts[-3:]
     try:
         data = json.loads((dest_dir / QUEUE_FILE).read_text())
-        queue = QueueId(str(data["source_id"]), str(data["table"]), str(data["destination_id"]))
+        queue = QueueId.from_json_fields(data)
         if queue.relative_path.parts == parts:
             return queue
         # A queue.json copied or moved from elsewhere: trusting it would serve
