@@ -255,15 +255,31 @@ class DLQManager:
 
     # ---------------------------------------------------------------- reading
 
-    def read_batch(self, queue: QueueId, max_messages: int | None = None) -> DLQLease:
+    def read_batch(
+        self, queue: QueueId, max_messages: int | None = None, *, ahead: bool = False
+    ) -> DLQLease:
         """Lease the oldest unacknowledged messages of ``queue``, in order.
 
         Undecodable payloads are moved to the queue's ``quarantine/`` directory
         with their raw bytes and are not returned; acking the lease removes
         them from the queue.
+
+        With ``ahead``, one lease may be outstanding already: this reads (and
+        decodes) the messages that follow it, while its batch is still being
+        written. Leases are acked oldest first; releasing one releases every
+        later one.
         """
         limit = max_messages or self.config.batch_size
-        store_lease = self.store.read(queue, limit)
+        store_lease = self.store.read(queue, limit, ahead=ahead)
+        try:
+            return self._decode_lease(queue, store_lease)
+        except BaseException:
+            # Whatever went wrong, the payloads stay at the head: a lease the
+            # reader never saw would block every later read of the queue.
+            self.store.release(store_lease)
+            raise
+
+    def _decode_lease(self, queue: QueueId, store_lease: StoreLease) -> DLQLease:
         decoder = MessageDecoder(queue.main)
         skip = dict(self._tombstones(queue))
         if not skip:

@@ -54,7 +54,10 @@ class QueueStore(ABC):
     """FIFO queues of opaque payloads with at-least-once leased reads.
 
     Thread-safety: any number of threads may enqueue; each queue has one
-    reader, holding at most one lease at a time.
+    reader. The reader holds one lease at a time, plus at most one read-ahead
+    lease (``read(..., ahead=True)``): the next payloads, fetched while the
+    first lease's batch is still being written downstream. Leases are acked
+    oldest first; releasing a lease gives back every later one too.
     """
 
     @abstractmethod
@@ -62,19 +65,25 @@ class QueueStore(ABC):
         """Append ``payloads`` atomically; raise ``DLQFullError`` if a limit refuses them."""
 
     @abstractmethod
-    def read(self, queue: QueueId, max_items: int) -> StoreLease:
-        """Lease up to ``max_items`` of the oldest unacknowledged payloads (maybe none)."""
+    def read(self, queue: QueueId, max_items: int, *, ahead: bool = False) -> StoreLease:
+        """Lease up to ``max_items`` of the oldest unacknowledged payloads (maybe none).
+
+        With ``ahead``, a lease may already be outstanding: the new lease holds
+        the payloads that follow it (maybe none, e.g. at a segment's end).
+        Without it, an outstanding lease raises ``LeaseError``.
+        """
 
     @abstractmethod
     def ack(self, lease: StoreLease, count: int | None = None) -> None:
         """The lease's first ``count`` payloads (all by default) are committed downstream.
 
-        They are deleted for good; any remaining payloads go back to the head.
+        It must be the oldest outstanding lease. They are deleted for good; any
+        remaining payloads (and a read-ahead lease) go back to the head.
         """
 
     @abstractmethod
     def release(self, lease: StoreLease) -> None:
-        """Give the lease back: its payloads stay at the head, in order."""
+        """Give the lease back, with any later one: its payloads stay at the head, in order."""
 
     @abstractmethod
     def peek(self, queue: QueueId, limit: int, *, newest: bool = False) -> list[bytes]:

@@ -117,7 +117,9 @@ class _QueueState:
     total: int = 0
     # Segments whose reader label must be reset before the next read (after load).
     rewind: set[int] = field(default_factory=set)
-    lease: StoreLease | None = None
+    # Outstanding leases, oldest first: the reader's lease and, at most, one
+    # read-ahead lease that follows it.
+    leases: list[StoreLease] = field(default_factory=list)
     # Fetched but unleased payloads of ``read_segment``, from ``read_offset`` on:
     # the rest of a frame, or a released lease, served before reading further.
     buffer: list[bytes] = field(default_factory=list)
@@ -304,7 +306,7 @@ class RocksqStore(QueueStore):
         state.segments = []
         state.counts = {}
         state.items = {}
-        state.lease = None
+        state.leases = []
         state.buffer = []
         state.read_items = 0
         if state.path.is_dir():
@@ -718,21 +720,24 @@ class RocksqStore(QueueStore):
                 self._written_since_free = 0
             return self._free_bytes - self._written_since_free
 
-    def read(self, queue: QueueId, max_items: int) -> StoreLease:
+    def read(self, queue: QueueId, max_items: int, *, ahead: bool = False) -> StoreLease:
         if max_items < 1:
             raise ValueError("max_items must be at least 1")
         state = self._state(queue)
         with state.lock:
             self._loaded(state)
-            if state.lease is not None:
-                raise LeaseError(f"queue {queue} already has an outstanding lease")
+            if len(state.leases) > (1 if ahead else 0):
+                raise LeaseError(
+                    f"queue {queue} already has an outstanding lease"
+                    + (" and a read-ahead lease" if ahead else "")
+                )
             try:
                 lease = self._read_locked(state, max_items)
             except RuntimeError as error:  # topping up the buffer failed
                 self._on_read_error(state, error, "read")
                 return StoreLease(state.queue, [], (0, 0))
             if lease.payloads:
-                state.lease = lease
+                state.leases.append(lease)
             return lease
 
     def _read_locked(self, state: _QueueState, max_items: int) -> StoreLease:
@@ -743,6 +748,10 @@ class RocksqStore(QueueStore):
             try:
                 self._pull(state, max_items)
             except _ShortSegment:
+                if state.leases:
+                    # A read-ahead: reloading would take the outstanding lease
+                    # away; the next plain read recounts.
+                    return StoreLease(state.queue, [], (number, state.read_offset))
                 # The segment holds fewer items than counted: a write that
                 # failed half-way. Recount from disk and try again.
                 logger.warning("DLQ segment shorter than counted, reloading: queue=%s", state.queue)
@@ -752,7 +761,8 @@ class RocksqStore(QueueStore):
             except RuntimeError as error:
                 self._on_read_error(state, error, "read")
                 return StoreLease(state.queue, [], (0, 0))
-            # Nothing unread means the queue is drained, or the one lease holds the rest.
+            # Nothing unread means the queue is drained, or outstanding leases
+            # hold the rest of the segment (a lease never spans two segments).
             taken = state.buffer[:max_items]
             del state.buffer[:max_items]
             lease = StoreLease(state.queue, taken, (number, state.read_offset))
@@ -827,18 +837,30 @@ class RocksqStore(QueueStore):
             raise ValueError(f"can acknowledge 1 to {len(lease.payloads)} items, not {count}")
         state = self._state(lease.queue)
         with state.lock:
-            if state.lease is not lease:
-                raise LeaseError(f"lease on {lease.queue} is not the outstanding lease")
+            if not state.leases or state.leases[0] is not lease:
+                raise LeaseError(f"lease on {lease.queue} is not the oldest outstanding lease")
             number, start = lease.token
             self._write_cursor(state, number, start + done)
             state.total -= done
-            state.lease = None
+            del state.leases[0]
             if done < len(lease.payloads):
-                # The rest goes back to the head, as after a release.
-                state.buffer[0:0] = lease.payloads[done:]
-                state.read_offset = start + done
-            elif state.cursor_acked >= state.counts[number] and not state.buffer:
+                # The rest goes back to the head, as after a release, and a
+                # read-ahead lease with it (it no longer follows acked data).
+                self._give_back(state, lease.payloads[done:], start + done)
+            elif (
+                state.cursor_acked >= state.counts[number] and not state.buffer and not state.leases
+            ):
                 self._retire_head(state)
+
+    @staticmethod
+    def _give_back(state: _QueueState, head: list[bytes], offset: int) -> None:
+        """Put ``head`` and every outstanding lease back in front of the buffer, in order."""
+        returned = list(head)
+        for later in state.leases:
+            returned.extend(later.payloads)
+        state.leases = []
+        state.buffer[0:0] = returned
+        state.read_offset = offset
 
     def _retire_head(self, state: _QueueState) -> bool:
         """Delete the fully acknowledged head segment; False if it cannot go yet."""
@@ -879,11 +901,12 @@ class RocksqStore(QueueStore):
             return
         state = self._state(lease.queue)
         with state.lock:
-            if state.lease is not lease:
-                raise LeaseError(f"lease on {lease.queue} is not the outstanding lease")
-            state.lease = None
-            state.buffer[0:0] = lease.payloads
-            state.read_offset = lease.token[1]
+            if not any(held is lease for held in state.leases):
+                raise LeaseError(f"lease on {lease.queue} is not an outstanding lease")
+            position = next(i for i, held in enumerate(state.leases) if held is lease)
+            kept, state.leases = state.leases[:position], state.leases[position:]
+            self._give_back(state, [], lease.token[1])
+            state.leases = kept
 
     def peek(self, queue: QueueId, limit: int, *, newest: bool = False) -> list[bytes]:
         state = self._state(queue)
@@ -900,8 +923,8 @@ class RocksqStore(QueueStore):
                 # from the lease and the buffer, topping the buffer up from the
                 # reader label, so peeking never re-reads acknowledged messages.
                 found: list[bytes] = []
-                if state.lease is not None:
-                    found.extend(state.lease.payloads)
+                for lease in state.leases:
+                    found.extend(lease.payloads)
                 try:
                     self._pull(state, limit - len(found))
                 except _ShortSegment:

@@ -5,7 +5,8 @@ each batch over a pipe twice: an intent line before ``enqueue`` and an
 accepted line after it returns. The parent kills it with SIGKILL at random
 instants, over and over. Then a reader process drains with read/ack,
 reporting each leased batch (its "destination commit") before acking it,
-and is itself killed at random. Finally a clean reader drains the rest.
+often holding a read-ahead lease on the next batch, and is itself killed
+at random. Finally a clean reader drains the rest.
 
 Checks: every accepted message was delivered at least once; nothing was
 delivered that no writer ever tried to enqueue; per queue, the first
@@ -94,16 +95,27 @@ def _reader(base: Path, conn: Connection, epoch: int, seed: int) -> None:
         busy = False
         for q, queue in enumerate(QUEUES):
             lease = manager.read_batch(queue, rng.randint(1, 15))
-            if lease.is_empty:
-                continue
-            busy = True
-            if rng.random() < 0.1:
-                manager.release(lease)
-                continue
-            keys = " ".join(f"{m.record.key['e']}:{m.record.key['s']}" for m in lease.messages)
-            _send(conn, f"D {q} {keys}")  # the destination committed these
-            time.sleep(rng.uniform(0, 0.003))  # commit latency: kills land before the ack too
-            manager.ack(lease)
+            while not lease.is_empty:
+                busy = True
+                # As the recovery worker does: the next batch is often read
+                # ahead while this one is being committed.
+                ahead = (
+                    manager.read_batch(queue, rng.randint(1, 15), ahead=True)
+                    if rng.random() < 0.5
+                    else None
+                )
+                if rng.random() < 0.1:
+                    if ahead is not None:
+                        manager.release(ahead)
+                    manager.release(lease)
+                    break
+                keys = " ".join(f"{m.record.key['e']}:{m.record.key['s']}" for m in lease.messages)
+                _send(conn, f"D {q} {keys}")  # the destination committed these
+                time.sleep(rng.uniform(0, 0.003))  # commit latency: kills land before the ack too
+                manager.ack(lease)
+                if ahead is None:
+                    break
+                lease = ahead
         if not busy:
             _send(conn, "EMPTY")
             manager.close()

@@ -173,3 +173,31 @@ def test_restart_refreshes_stale_status_files(tmp_path: Path) -> None:
         assert manager.refresh_all_status() == 1
         manager.write_status_files()
         assert json.loads(path.read_text())["messages"] == 2
+
+
+def test_read_ahead_decodes_the_messages_after_the_outstanding_lease(tmp_path: Path) -> None:
+    with DLQManager(config(tmp_path), background=False) as manager:
+        manager.enqueue(Q, [message(i) for i in range(10)])
+        first = manager.read_batch(Q, 4)
+        ahead = manager.read_batch(Q, 4, ahead=True)
+        assert [m.record.key["id"] for m in ahead.messages] == [4, 5, 6, 7]
+        manager.ack(first)
+        manager.ack(ahead)
+        assert drain_ids(manager) == [8, 9]
+
+
+def test_a_read_that_fails_after_leasing_gives_the_payloads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with DLQManager(config(tmp_path), background=False) as manager:
+        manager.enqueue(Q, [message(i) for i in range(5)])
+
+        def broken(self: object, payloads: object) -> list[DLQMessage]:
+            raise MemoryError("no room to decode")
+
+        with monkeypatch.context() as patch:
+            patch.setattr("compute.dlq_manager.MessageDecoder.decode_many", broken)
+            with pytest.raises(MemoryError):
+                manager.read_batch(Q, 3)
+        # No lease was left behind: the next read gets the same head, in order.
+        assert drain_ids(manager) == [0, 1, 2, 3, 4]

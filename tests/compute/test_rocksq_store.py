@@ -76,6 +76,79 @@ def test_one_outstanding_lease_per_queue(store: RocksqStore) -> None:
     assert store.read(Q, 10).payloads == items(2, 5)
 
 
+def test_read_ahead_leases_follow_the_outstanding_one(store: RocksqStore) -> None:
+    store.enqueue(Q, items(0, 10))
+    first = store.read(Q, 3)
+    ahead = store.read(Q, 4, ahead=True)
+    assert (first.payloads, ahead.payloads) == (items(0, 3), items(3, 7))
+    with pytest.raises(LeaseError):
+        store.read(Q, 1)  # a plain read while leases are out
+    with pytest.raises(LeaseError):
+        store.read(Q, 1, ahead=True)  # one read-ahead at a time
+    with pytest.raises(LeaseError):
+        store.ack(ahead)  # oldest first
+    assert store.peek(Q, 10) == items(0, 10)  # leased payloads are still the head
+    store.ack(first)
+    store.ack(ahead)
+    assert store.stats(Q).messages == 3
+    assert drain(store) == items(7, 10)
+
+
+def test_releasing_a_lease_gives_back_the_read_ahead_too(store: RocksqStore) -> None:
+    store.enqueue(Q, items(0, 10))
+    first = store.read(Q, 3)
+    ahead = store.read(Q, 3, ahead=True)
+    store.release(first)
+    with pytest.raises(LeaseError):
+        store.release(ahead)  # already given back with the first
+    assert drain(store, batch=4) == items(0, 10)
+
+
+def test_releasing_only_the_read_ahead_keeps_the_first(store: RocksqStore) -> None:
+    store.enqueue(Q, items(0, 10))
+    first = store.read(Q, 3)
+    ahead = store.read(Q, 3, ahead=True)
+    store.release(ahead)
+    again = store.read(Q, 5, ahead=True)
+    assert again.payloads == items(3, 8)
+    store.ack(first)
+    store.release(again)
+    assert drain(store) == items(3, 10)
+
+
+def test_partial_ack_with_a_read_ahead_returns_both_rests_in_order(store: RocksqStore) -> None:
+    store.enqueue(Q, items(0, 10))
+    first = store.read(Q, 4)
+    ahead = store.read(Q, 4, ahead=True)
+    store.ack(first, 1)
+    with pytest.raises(LeaseError):
+        store.ack(ahead)  # it no longer follows acknowledged data
+    assert store.stats(Q).messages == 9
+    assert drain(store, batch=3) == items(1, 10)
+
+
+def test_read_ahead_stops_at_a_segment_end(store: RocksqStore) -> None:
+    store.enqueue(Q, items(0, 10))  # one full segment (segment_max_items=10)
+    store.enqueue(Q, items(10, 15))  # the next one
+    first = store.read(Q, 10)
+    assert store.read(Q, 5, ahead=True).payloads == []  # a lease never spans segments
+    store.ack(first)
+    assert drain(store) == items(10, 15)
+    assert store.stats(Q).segments == 0
+
+
+def test_restart_with_a_read_ahead_outstanding_loses_nothing(tmp_path: Path) -> None:
+    s = RocksqStore(tmp_path, segment_max_items=10)
+    s.enqueue(Q, items(0, 8))
+    first = s.read(Q, 3)
+    s.read(Q, 3, ahead=True)  # read, never acknowledged
+    s.ack(first)
+    s.close()
+    s = RocksqStore(tmp_path, segment_max_items=10)
+    assert drain(s) == items(3, 8)
+    s.close()
+
+
 def test_restart_returns_unacknowledged_in_order(tmp_path: Path) -> None:
     s = RocksqStore(tmp_path, segment_max_items=10)
     for start in range(0, 40, 4):
