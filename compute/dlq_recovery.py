@@ -31,9 +31,11 @@ from compute.health import DestinationHealth, HealthProbe
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
+from compute.writer_thread import WriterThread
 from config.settings import DLQConfig
 from destinations.base import Destination
 from destinations.errors import FailureKind
+from destinations.records import ChangeRecord
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +108,8 @@ class DLQRecoveryWorker:
         self._rng = random.Random()
         self.stats = WorkerStats()
         self.max_batches_per_pass = max_batches_per_pass
+        # Writes batch N while this thread reads and decodes batch N+1.
+        self._writer = WriterThread(f"dlq-replay-writer-{pipeline_name}")
         # Metrics hook, set by the engine; called once per replayed batch.
         self.observer: Observer = NULL_OBSERVER
 
@@ -128,6 +132,7 @@ class DLQRecoveryWorker:
         """
         self._stop.set()
         self._wake.set()
+        self._writer.close()
         if self._thread is None:
             return True
         self._thread.join(timeout)
@@ -277,34 +282,47 @@ class DLQRecoveryWorker:
             return ReplayResult(queue)
         destination = self.destinations[queue.destination_id]
         totals = {"replayed": 0, "failed": 0, "parked": 0, "expired": 0, "quarantined": 0}
-        for _ in range(self.max_batches_per_pass):
-            if self._stop.is_set():
-                break
-            lease = self.dlq.read_batch(queue, self.config.batch_size)
-            if lease.is_empty:
-                break
-            totals["quarantined"] += lease.quarantined
-            started = time.monotonic()
-            outcome = self._replay_batch(destination, queue, lease, self._clock())
-            self.observer.replay_batch(queue, time.monotonic() - started, outcome)
-            for name, value in outcome.items():
-                totals[name] += value
-            if outcome["failed"]:
-                state.failures += 1
-                delay = self.retry_policy.next_delay(min(state.failures, 64), self._rng)
-                state.retry_at = self._clock() + delay
-                logger.warning(
-                    "DLQ replay failed, backing off: queue=%s failures=%d retry_in=%.2fs",
-                    queue,
-                    state.failures,
-                    delay,
+        # The next batch, read (and decoded) while the previous one was written.
+        ahead: DLQLease | None = None
+        try:
+            for batch in range(self.max_batches_per_pass):
+                if self._stop.is_set():
+                    break
+                if ahead is None:
+                    lease = self.dlq.read_batch(queue, self.config.batch_size)
+                else:
+                    lease = ahead
+                ahead = None
+                if lease.is_empty:
+                    break
+                totals["quarantined"] += lease.quarantined
+                started = time.monotonic()
+                read_ahead = batch + 1 < self.max_batches_per_pass
+                outcome, ahead = self._replay_batch(
+                    destination, queue, lease, self._clock(), read_ahead
                 )
-                break
-            state.failures, state.retry_at = 0, 0.0
-        else:
-            # Batch budget used up with events left: come back at once, after
-            # the other queues had their turn (a busy queue cannot starve them).
-            self._wake.set()
+                self.observer.replay_batch(queue, time.monotonic() - started, outcome)
+                for name, value in outcome.items():
+                    totals[name] += value
+                if outcome["failed"]:
+                    state.failures += 1
+                    delay = self.retry_policy.next_delay(min(state.failures, 64), self._rng)
+                    state.retry_at = self._clock() + delay
+                    logger.warning(
+                        "DLQ replay failed, backing off: queue=%s failures=%d retry_in=%.2fs",
+                        queue,
+                        state.failures,
+                        delay,
+                    )
+                    break
+                state.failures, state.retry_at = 0, 0.0
+            else:
+                # Batch budget used up with events left: come back at once, after
+                # the other queues had their turn (a busy queue cannot starve them).
+                self._wake.set()
+        finally:
+            if ahead is not None and not ahead.is_empty:
+                self.dlq.release(ahead)  # stopped: it comes back at the head
         result = ReplayResult(queue, **totals)
         self.stats.replayed += result.replayed
         self.stats.failed += result.failed
@@ -315,14 +333,24 @@ class DLQRecoveryWorker:
         return result
 
     def _replay_batch(
-        self, destination: Destination, queue: QueueId, lease: DLQLease, now: float
-    ) -> dict[str, int]:
-        """Apply one leased batch; returns counts. Acks what is done, releases the rest."""
+        self,
+        destination: Destination,
+        queue: QueueId,
+        lease: DLQLease,
+        now: float,
+        read_ahead: bool = False,
+    ) -> tuple[dict[str, int], DLQLease | None]:
+        """Apply one leased batch; returns (counts, the next batch if read ahead).
+
+        Acks what is done, releases the rest. The next batch is read ahead only
+        while this one is being written, and only returned when this one
+        committed (after a failure it goes back first, then this one).
+        """
         counts = {"replayed": 0, "failed": 0, "parked": 0, "expired": 0}
         messages = lease.messages
         if not messages:  # only quarantined payloads
             self.dlq.ack(lease)
-            return counts
+            return counts, None
         logger.info("Processing %d DLQ messages for %s", len(messages), queue)
         live, expired, held = self._sort_out(queue, messages, now)
         if expired:
@@ -334,18 +362,54 @@ class DLQRecoveryWorker:
                 len(expired),
                 ",".join(m.message_id for m in expired),
             )
+        ahead: DLQLease | None = None
         try:
             if live:
-                destination.write_batch(queue.table, [m.record for m in live])
+                records = [m.record for m in live]
+                if read_ahead:
+                    ahead = self._write_reading_ahead(destination, queue, records)
+                else:
+                    destination.write_batch(queue.table, records)
         except Exception as error:
-            return self._after_failure(destination, queue, lease, error, counts)
+            return self._after_failure(destination, queue, lease, error, counts), None
         if held:
             self._park_held(queue, held, now)
             counts["parked"] += len(held)
         self.dlq.ack(lease)
         counts["replayed"] = len(live)
         logger.info("✓ Successfully replayed %d/%d DLQ messages", len(live), len(messages))
-        return counts
+        return counts, ahead
+
+    def _write_reading_ahead(
+        self, destination: Destination, queue: QueueId, records: list[ChangeRecord]
+    ) -> DLQLease | None:
+        """Write ``records`` on the writer thread while reading the next batch here.
+
+        Returns the next batch once the write committed. If the write fails,
+        the next batch is released (it comes back at the head, before the
+        failed one is handled) and the write's error is raised. A failed
+        read-ahead is only logged: the next plain read meets it again.
+        """
+        write = self._writer.submit(destination.write_batch, queue.table, records)
+        ahead: DLQLease | None = None
+        try:
+            ahead = self.dlq.read_batch(queue, self.config.batch_size, ahead=True)
+        except DLQError as error:
+            logger.warning(
+                "DLQ read-ahead failed, reading after the batch: queue=%s error=%s", queue, error
+            )
+        finally:
+            # Never leave a write running behind the lease: wait for it, even
+            # when the read-ahead raised something else.
+            try:
+                write.result()
+            except BaseException:
+                if ahead is not None and not ahead.is_empty:
+                    self.dlq.release(ahead)
+                raise
+        if ahead is not None and ahead.is_empty:
+            return None
+        return ahead
 
     def _sort_out(
         self, queue: QueueId, messages: list[DLQMessage], now: float

@@ -225,10 +225,10 @@ def test_a_storage_error_in_one_queue_does_not_stop_the_others(
         )
     real_read = dlq.store.read
 
-    def read(queue: QueueId, max_items: int):  # type: ignore[no-untyped-def]
+    def read(queue: QueueId, max_items: int, *, ahead: bool = False):  # type: ignore[no-untyped-def]
         if queue == broken:
             raise DLQStorageError("read on queue failed: Failed to retrieve items")
-        return real_read(queue, max_items)
+        return real_read(queue, max_items, ahead=ahead)
 
     monkeypatch.setattr(dlq.store, "read", read)
     with caplog.at_level(logging.ERROR, logger="compute.dlq_recovery"):
@@ -267,4 +267,97 @@ def test_lost_sessions_while_healthy_are_never_charged(tmp_path: Path) -> None:
     worker.run_once(now + 5000)
     assert set(dest.rows(TABLE)) == {(1,), (2,)}
     assert not dlq.has_messages(queue)
+    dlq.close()
+
+
+class _FailingWrite(FakeDestination):
+    """Fails its ``fail_at``-th write (1-based) with a transient error."""
+
+    def __init__(self, fail_at: int, dlq_reads: list[tuple[bool, int]]) -> None:
+        super().__init__("2", "PG")
+        self.fail_at = fail_at
+        self.reads = dlq_reads
+        self.set_write_delay(0.02)  # long enough for the read-ahead to land inside it
+
+    def write_batch(self, table, records):  # type: ignore[no-untyped-def]
+        if len(self.calls) + 1 == self.fail_at:
+            self.fail_next(1)
+        return super().write_batch(table, records)
+
+
+def _noting_reads(dlq: DLQManager, dest: _FailingWrite) -> None:
+    """Note each read: (read ahead?, writes finished when it returned)."""
+    real = dlq.read_batch
+
+    def read_batch(queue, max_messages=None, *, ahead=False):  # type: ignore[no-untyped-def]
+        lease = real(queue, max_messages, ahead=ahead)
+        dest.reads.append((ahead, dest.write_count))
+        return lease
+
+    dlq.read_batch = read_batch  # type: ignore[method-assign]
+
+
+def test_next_batch_is_read_while_the_previous_one_is_written(tmp_path: Path) -> None:
+    reads: list[tuple[bool, int]] = []
+    dest = _FailingWrite(fail_at=0, dlq_reads=reads)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=5)
+    _noting_reads(dlq, dest)
+    queue = QueueId("1", TABLE, "2")
+    history = [
+        change(i, i % 7, Operation.DELETE if i % 5 == 4 else Operation.UPDATE) for i in range(1, 31)
+    ]
+    enqueue(dlq, queue, history)
+    assert worker.run_once()[0].replayed == 30
+    # Every batch after the first was read ahead, before the previous write
+    # had finished; the last read ahead finds the queue empty, and a plain read
+    # after the write makes sure of it.
+    assert reads == [(False, 0)] + [(True, batch) for batch in range(6)] + [(False, 6)]
+    assert dest.rows(TABLE) == apply_model(history)[TABLE]
+    assert [r.position.commit for r in dest.applied] == list(range(1, 31))
+    assert not dlq.has_messages(queue)
+    dlq.close()
+
+
+def test_a_failed_write_gives_back_the_batch_read_ahead_in_order(tmp_path: Path) -> None:
+    reads: list[tuple[bool, int]] = []
+    dest = _FailingWrite(fail_at=2, dlq_reads=reads)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=4)
+    _noting_reads(dlq, dest)
+    queue = QueueId("1", TABLE, "2")
+    history = [change(i, i % 3) for i in range(1, 21)]
+    enqueue(dlq, queue, history)
+    now = time.time()
+    result = worker.run_once(now)[0]
+    # Batch 1 committed; batch 2 failed while batch 3 was read ahead.
+    assert (result.replayed, result.failed) == (4, 4)
+    assert dlq.count(queue) == 16
+    # Batch 3 went back before batch 2 was handled: the head is batch 2, in order.
+    assert [m.record.position.commit for m in dlq.peek(queue, 16)] == list(range(5, 21))
+    assert worker.run_once(now + 5)[0].replayed == 16
+    assert dest.rows(TABLE) == apply_model(history)[TABLE]
+    committed = [r.position.commit for c in dest.successful_calls() for r in c.records]
+    assert committed == list(range(1, 21))
+    assert not dlq.has_messages(queue)
+    dlq.close()
+
+
+def test_stop_during_a_write_leaves_no_lease_behind(tmp_path: Path) -> None:
+    reads: list[tuple[bool, int]] = []
+    dest = _FailingWrite(fail_at=0, dlq_reads=reads)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=3)
+    queue = QueueId("1", TABLE, "2")
+    history = [change(i, i) for i in range(1, 13)]
+    enqueue(dlq, queue, history)
+    real_write = dest.write_batch
+
+    def write_then_stop(table, records):  # type: ignore[no-untyped-def]
+        worker.stop(0)  # stop() lands while the next batch is read ahead
+        return real_write(table, records)
+
+    dest.write_batch = write_then_stop  # type: ignore[method-assign]
+    assert worker.run_once()[0].replayed == 3
+    # The batch read ahead went back: the rest is at the head, in order, unleased.
+    lease = dlq.read_batch(queue, 20)
+    assert [m.record.position.commit for m in lease.messages] == list(range(4, 13))
+    dlq.release(lease)
     dlq.close()
