@@ -51,6 +51,9 @@ class EnqueueResult:
     dropped: int = 0
 
 
+_ONE_ACCEPTED = EnqueueResult(1)
+
+
 @dataclass(frozen=True, slots=True)
 class QueueStatus:
     """What an operator wants to know about one queue."""
@@ -198,7 +201,8 @@ class DLQManager:
         ``DLQFullError`` and stores nothing; with ``drop_newest`` drops the
         batch, counts it and logs it.
         """
-        if not messages:
+        count = len(messages)
+        if not count:
             return EnqueueResult(0)
         for message in messages:
             if message.queue is not queue and message.queue != queue:
@@ -207,9 +211,11 @@ class DLQManager:
                 )
         payloads = encode_messages(messages)
         limit = self.config.max_message_bytes
-        for message, payload in zip(messages, payloads, strict=True):
-            if len(payload) > limit:
-                raise MessageTooLargeError(message.message_id, len(payload), limit)
+        # One max() instead of a Python loop; the loop only finds who is too large.
+        if max(map(len, payloads)) > limit:
+            for message, payload in zip(messages, payloads, strict=True):
+                if len(payload) > limit:
+                    raise MessageTooLargeError(message.message_id, len(payload), limit)
         info = self._info(queue)
         try:
             self.store.enqueue(queue, payloads)
@@ -221,18 +227,20 @@ class DLQManager:
             if self.config.when_full is not WhenFull.DROP_NEWEST:
                 raise
             with info.lock:
-                info.dropped += len(messages)
+                info.dropped += count
             logger.error(
                 "DLQ full, dropped newest messages (DLQ_WHEN_FULL=drop_newest): "
                 "queue=%s dropped=%d total_dropped=%d limit=%s ids=%s",
                 queue,
-                len(messages),
+                count,
                 info.dropped,
                 error.limit,
                 ",".join(m.message_id for m in messages[:20]),
             )
-            return EnqueueResult(0, dropped=len(messages))
-        newest = max(m.enqueued_at for m in messages)
+            return EnqueueResult(0, dropped=count)
+        last = messages[-1]
+        # A generator over one message costs more than the rest of this block.
+        newest = last.enqueued_at if count == 1 else max(m.enqueued_at for m in messages)
         with info.lock:
             if info.oldest_known and info.oldest is None:
                 info.oldest = min(m.enqueued_at for m in messages)  # was empty
@@ -240,11 +248,13 @@ class DLQManager:
                 info.newest = newest
             info.newest_known = True
             # A deferral (attempts == 0) does not hide the real failure behind it.
-            if messages[-1].failure.attempts or info.last_failure is None:
-                info.last_failure = messages[-1].failure
+            failure = last.failure
+            if failure.attempts or info.last_failure is None:
+                info.last_failure = failure
                 info.last_error = None
             info.dirty = True
-        return EnqueueResult(len(messages))
+        # Frozen, so one shared result serves every single-message enqueue.
+        return _ONE_ACCEPTED if count == 1 else EnqueueResult(count)
 
     def record_error(self, queue: QueueId, text: str) -> None:
         """Remember the latest failure seen for ``queue`` (shown in its status)."""

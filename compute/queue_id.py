@@ -77,9 +77,28 @@ def decode_name(encoded: str) -> str | None:
     return name if encode_name(name) == encoded else None
 
 
+class _HashSlot:
+    """Holds QueueId's cached hash in a slot of its own, outside the dataclass fields.
+
+    Outside, so that ``fields()``, ``asdict()``, ``replace()``, repr, equality
+    and ordering of a QueueId are exactly what its four fields make them.
+    """
+
+    __slots__ = ("_hash",)
+    _hash: int
+
+
+_FIELDS = ("source_id", "table", "destination_id", "lane")
+
+
 @dataclass(frozen=True, slots=True, order=True)
-class QueueId:
-    """One queue: the events of one source table bound for one destination."""
+class QueueId(_HashSlot):
+    """One queue: the events of one source table bound for one destination.
+
+    Its hash is computed once: every enqueue looks its queue up in two dicts,
+    and the generated ``__hash__`` (a Python call building a tuple) cost
+    more than the lookups themselves. The value is the generated one's.
+    """
 
     source_id: str
     table: str
@@ -95,6 +114,21 @@ class QueueId:
                 raise ValueError(f"QueueId.{field_name} must be a non-empty string, got {value!r}")
         if self.lane not in LANES:
             raise ValueError(f"QueueId.lane must be one of {LANES}, got {self.lane!r}")
+        object.__setattr__(
+            self, "_hash", hash((self.source_id, self.table, self.destination_id, self.lane))
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __setstate__(self, state: list[str]) -> None:
+        """Unpickling and copying: the fields, then the hash, computed in this process.
+
+        (str hashes differ between processes: a pickled hash would be wrong.)
+        """
+        for name, value in zip(_FIELDS, state, strict=True):
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_hash", hash(tuple(state)))
 
     def __str__(self) -> str:
         text = f"source_{self.source_id}/table_{self.table}/dest_{self.destination_id}"

@@ -560,10 +560,14 @@ class RocksqStore(QueueStore):
                 raise DLQFullError("disk_full", f"cannot open {path}: {text}", queue) from None
             raise DLQStorageError(f"cannot open queue {queue} at {path}: {text}") from None
 
-    def _handle(self, state: _QueueState, number: int) -> MpmcQueue:
-        """An open handle on segment ``number``; the caller holds ``state.lock``."""
+    def _handle(self, state: _QueueState, number: int, now: float | None = None) -> MpmcQueue:
+        """An open handle on segment ``number``; the caller holds ``state.lock``.
+
+        ``now``: the store's clock, when the caller has just read it.
+        """
         entry = state.handles.get(number)
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         if entry is not None:
             entry.last_used = now
             return entry.queue
@@ -633,17 +637,25 @@ class RocksqStore(QueueStore):
     # ------------------------------------------------------------- operations
 
     def enqueue(self, queue: QueueId, payloads: list[bytes]) -> None:
-        if not payloads:
+        # The hot path of every enqueue, one message per call at worst: what
+        # it needs is looked up once, and one clock reading serves the limits
+        # and the handle's last use.
+        count = len(payloads)
+        if not count:
             return
-        size = sum(map(len, payloads))
+        size = len(payloads[0]) if count == 1 else sum(map(len, payloads))
         state = self._state(queue)
         with state.lock:
-            self._loaded(state)
-            self._check_limits(state, len(payloads), size)
-            number = state.write_segment
-            if number is None or state.counts[number] >= self.segment_max_items:
+            if not state.loaded:
+                self._loaded(state)
+            now = self._clock()
+            self._check_limits(state, count, size, now)
+            segments, counts = state.segments, state.counts
+            if not segments or counts[segments[-1]] >= self.segment_max_items:
                 number = self._start_segment(state)
-            handle = self._handle(state, number)
+            else:
+                number = segments[-1]
+            handle = self._handle(state, number, now)
             frames = encode_frames(payloads)
             try:
                 handle.add(frames)
@@ -652,9 +664,9 @@ class RocksqStore(QueueStore):
                 # go of it, or the dead RocksDB stays open and locked.
                 del handle
                 raise self._fail(state, "enqueue", error) from None
-            state.counts[number] += len(payloads)
+            counts[number] += count
             state.items[number] += len(frames)
-            state.total += len(payloads)
+            state.total += count
             state.bytes_since_measure += size
             # Unlocked add: a lost update only makes the free-disk estimate
             # slightly optimistic until the next measurement (<= 0.5 s).
@@ -675,7 +687,7 @@ class RocksqStore(QueueStore):
             state.read_segment, state.read_offset, state.read_items = number, 0, 0
         return number
 
-    def _check_limits(self, state: _QueueState, count: int, size: int) -> None:
+    def _check_limits(self, state: _QueueState, count: int, size: int, now: float) -> None:
         limits = self.limits
         if limits.max_messages and state.total + count > limits.max_messages:
             raise DLQFullError(
@@ -685,7 +697,7 @@ class RocksqStore(QueueStore):
                 state.queue,
             )
         if limits.max_bytes:
-            used = self._queue_bytes(state)
+            used = self._queue_bytes(state, now)
             if used + size > limits.max_bytes:
                 raise DLQFullError(
                     "max_queue_bytes",
@@ -694,7 +706,7 @@ class RocksqStore(QueueStore):
                     state.queue,
                 )
         if limits.min_free_disk_bytes:
-            free = self._free_disk_bytes()
+            free = self._free_disk_bytes(now)
             if free - size < limits.min_free_disk_bytes:
                 raise DLQFullError(
                     "min_free_disk",
@@ -703,17 +715,15 @@ class RocksqStore(QueueStore):
                     state.queue,
                 )
 
-    def _queue_bytes(self, state: _QueueState) -> int:
-        now = self._clock()
+    def _queue_bytes(self, state: _QueueState, now: float) -> int:
         if now - state.disk_measured_at >= _DISK_BYTES_TTL:
             state.disk_bytes = _tree_size(state.path)
             state.disk_measured_at = now
             state.bytes_since_measure = 0
         return state.disk_bytes + state.bytes_since_measure
 
-    def _free_disk_bytes(self) -> int:
+    def _free_disk_bytes(self, now: float) -> int:
         with self._free_lock:
-            now = self._clock()
             if now - self._free_measured_at >= _FREE_DISK_TTL:
                 self._free_bytes = shutil.disk_usage(self.base_path).free
                 self._free_measured_at = now
@@ -1024,7 +1034,7 @@ class RocksqStore(QueueStore):
             self._loaded(state)
             return StoredStats(
                 messages=state.total,
-                bytes_on_disk=self._queue_bytes(state) if state.path.exists() else 0,
+                bytes_on_disk=self._queue_bytes(state, self._clock()) if state.path.exists() else 0,
                 segments=len(state.segments),
             )
 

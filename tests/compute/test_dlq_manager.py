@@ -12,7 +12,7 @@ import pytest
 
 from compute.dlq_manager import QUARANTINE_DIR, STATUS_FILE, DLQManager
 from compute.dlq_message import DLQMessage, FailureContext
-from compute.errors import DLQFullError
+from compute.errors import DLQFullError, MessageTooLargeError
 from compute.queue_id import QueueId
 from config.settings import DLQConfig, WhenFull
 from destinations.records import ChangeRecord, Operation, SourcePosition
@@ -201,3 +201,28 @@ def test_a_read_that_fails_after_leasing_gives_the_payloads_back(
                 manager.read_batch(Q, 3)
         # No lease was left behind: the next read gets the same head, in order.
         assert drain_ids(manager) == [0, 1, 2, 3, 4]
+
+
+def test_single_message_enqueues_keep_results_limits_and_status(tmp_path: Path) -> None:
+    """One message per call takes shortcuts in ``enqueue``: same results as a batch."""
+    with DLQManager(config(tmp_path, max_message_bytes=1024), background=False) as manager:
+        first = manager.enqueue(Q, [message(0, now=1000.0)])
+        assert (first.accepted, first.dropped) == (1, 0)
+        status = manager.status(Q)
+        assert (status.oldest_enqueued_at, status.newest_enqueued_at) == (1000.0, 1000.0)
+        # An older message enqueued later does not move "newest" back.
+        assert manager.enqueue(Q, [message(1, now=990.0)]).accepted == 1
+        assert manager.status(Q).newest_enqueued_at == 1000.0
+        assert manager.enqueue(Q, [message(2, now=1010.0)]) == first
+        assert manager.status(Q).newest_enqueued_at == 1010.0
+        assert manager.status(Q).last_error == "OperationalError: connection refused #2"
+        big = message(3)._replace(
+            record=message(3).record._replace(after={"id": 3, "blob": "x" * 2000})
+        )
+        with pytest.raises(MessageTooLargeError) as caught:
+            manager.enqueue(Q, [big])
+        assert caught.value.message_id == big.message_id
+        with pytest.raises(MessageTooLargeError) as caught:
+            manager.enqueue(Q, [message(4), big, message(5)])
+        assert caught.value.message_id == big.message_id
+        assert drain_ids(manager) == [0, 1, 2]

@@ -273,6 +273,31 @@ def test_encoding_from_many_threads_at_once() -> None:
     assert [decode_message(d) for d in expected] == messages
 
 
+def test_one_message_alone_encodes_as_in_a_batch() -> None:
+    """encode_messages of one message takes a path of its own: same bytes as a batch."""
+    messages = [
+        make_message(),
+        make_message(op=Operation.DELETE, before={"id": 42}, commit_ts=None),
+        make_message(key={"b": 2, "a": 1}, after={"a": 1, "b": 2, "t": [1, 2]}),
+        make_message(queue=QueueId("1", "bad\udc80name", "2"), after={"col\ud800": "\udfff"}),
+        make_message(failure=FailureContext("E", "m", code=None, attempts=0)),
+    ]
+    for message in messages:
+        batch = encode_messages([message, message])[0]
+        assert encode_messages([message]) == [batch]
+        assert encode_message(message) == batch
+        assert decode_message(batch) == message
+
+
+def test_one_bad_message_alone_raises_value_error_naming_it() -> None:
+    good = make_message()
+    expected = encode_messages([good])
+    message = make_message(after={"bad": object()})
+    with pytest.raises(ValueError, match=message.message_id):
+        encode_messages([message])
+    assert encode_messages([good]) == expected  # nothing half-packed left behind
+
+
 # --- encoding errors --------------------------------------------------------------------------
 
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
+import pickle
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -279,6 +284,71 @@ def test_queue_id_is_a_hashable_ordered_value() -> None:
     ]
     with pytest.raises(AttributeError):
         a.table = "b"  # type: ignore[misc]
+
+
+_VALUE_CASES = [
+    QueueId("1", "public.users", "2"),
+    QueueId("1", "public.users", "2", "parked"),
+    QueueId("src \U0001f600", "bad\udc80name", "d\u00e9st"),
+]
+
+
+@pytest.mark.parametrize("queue", _VALUE_CASES)
+def test_cached_hash_keeps_queue_id_an_exact_value(queue: QueueId) -> None:
+    """QueueId caches its hash: hash, equality, dicts, pickling and copies are unchanged."""
+    fields = (queue.source_id, queue.table, queue.destination_id, queue.lane)
+    # The value the generated dataclass __hash__ gave, and equal ids hash alike.
+    assert hash(queue) == hash(fields)
+    twin = QueueId(*fields)
+    assert twin == queue and twin is not queue and hash(twin) == hash(queue)
+    assert {queue: 1}[twin] == 1 and twin in {queue}
+    other = dataclasses.replace(queue, destination_id="other")
+    assert other != queue and hash(other) == hash((*fields[:2], "other", fields[3]))
+    assert dataclasses.replace(queue) == queue and hash(dataclasses.replace(queue)) == hash(queue)
+    # The cache is no field: fields, asdict, repr and ordering see the four names only.
+    assert [f.name for f in dataclasses.fields(queue)] == [
+        "source_id",
+        "table",
+        "destination_id",
+        "lane",
+    ]
+    assert dataclasses.asdict(queue) == dict(
+        zip(("source_id", "table", "destination_id", "lane"), fields, strict=True)
+    )
+    assert repr(queue) == (
+        f"QueueId(source_id={fields[0]!r}, table={fields[1]!r}, "
+        f"destination_id={fields[2]!r}, lane={fields[3]!r})"
+    )
+    assert not queue < twin and not queue > twin
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        back = pickle.loads(pickle.dumps(queue, protocol))
+        assert back == queue and hash(back) == hash(queue) and {queue: 1}[back] == 1
+    for duplicate in (copy.copy(queue), copy.deepcopy(queue)):
+        assert duplicate == queue and hash(duplicate) == hash(queue)
+    # A pickle's state is the four names, as before the cache (str hashes differ
+    # between processes, so a pickled hash would be wrong); such a state loads.
+    assert queue.__getstate__() == list(fields)
+    loaded = QueueId.__new__(QueueId)
+    loaded.__setstate__(list(fields))
+    assert loaded == queue and hash(loaded) == hash(queue)
+    with pytest.raises(AttributeError):
+        queue.lane = "parked"  # type: ignore[misc]
+
+
+def test_a_pickled_queue_id_hashes_right_in_another_process(tmp_path: Path) -> None:
+    """str hashes are salted per process: the cache is rebuilt on unpickling."""
+    queue = QueueId("1", "public.users", "2")
+    code = (
+        "import pickle, sys; q = pickle.loads(sys.stdin.buffer.read()); "
+        "assert hash(q) == hash((q.source_id, q.table, q.destination_id, q.lane)); "
+        "assert q in {q.__class__(q.source_id, q.table, q.destination_id)}"
+    )
+    # The child imports this very code (sys.path), under another hash salt.
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=pickle.dumps(queue), env=env, check=False
+    )
+    assert done.returncode == 0
 
 
 @FEW
