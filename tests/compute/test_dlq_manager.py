@@ -226,3 +226,15 @@ def test_single_message_enqueues_keep_results_limits_and_status(tmp_path: Path) 
             manager.enqueue(Q, [message(4), big, message(5)])
         assert caught.value.message_id == big.message_id
         assert drain_ids(manager) == [0, 1, 2]
+
+
+def test_a_long_read_ahead_decodes_in_slices_with_the_same_result(tmp_path: Path) -> None:
+    with DLQManager(config(tmp_path), background=False) as manager:
+        sent = [message(i) for i in range(1203)]  # more than two decode slices
+        manager.enqueue(Q, sent)
+        first = manager.read_batch(Q, 1)
+        ahead = manager.read_batch(Q, 1202, ahead=True)
+        assert ahead.messages == sent[1:]
+        manager.ack(first)
+        manager.ack(ahead)
+        assert not manager.has_messages(Q)
