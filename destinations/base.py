@@ -5,10 +5,22 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from destinations.errors import ClassifiedError
 from destinations.health_probe import HealthProbe
 from destinations.records import ChangeRecord
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch made ready ahead of its write (``Destination.prepare_batch``)."""
+
+    table: str
+    records: Sequence[ChangeRecord]
+    # The destination's own head start (its plan, its formatted rows); opaque.
+    work: Any = None
 
 
 class Destination(ABC):
@@ -38,6 +50,21 @@ class Destination(ABC):
         Returns how many records were applied. Raises the driver's exception on
         failure; ``classify_error`` says whether it is transient or permanent.
         """
+
+    def prepare_batch(self, table: str, records: Sequence[ChangeRecord]) -> PreparedBatch:
+        """Do the CPU-only part of writing ``records`` now, in the caller's thread.
+
+        The DLQ recovery worker prepares batch N+1 while batch N is being
+        written on another thread, so the write itself is mostly I/O. No I/O
+        here and no state change; may raise what ``write_batch`` would raise
+        for these records (e.g. a permanent error for a value it cannot
+        store). By default it does nothing ahead.
+        """
+        return PreparedBatch(table, records)
+
+    def write_prepared(self, batch: PreparedBatch) -> int:
+        """``write_batch`` for a batch from ``prepare_batch``: the same contract."""
+        return self.write_batch(batch.table, batch.records)
 
     @abstractmethod
     def test_connection(self, timeout: float = 5.0) -> bool:

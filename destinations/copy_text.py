@@ -125,12 +125,20 @@ class CopyReader(io.TextIOBase):
     def __init__(self, chunks: Iterable[str]) -> None:
         super().__init__()
         self._chunks: Iterator[str] = iter(chunks)
+        # What formatting a chunk raised: psycopg2 reports it only as text in a
+        # QueryCanceled (57014, which reads as transient), so the caller
+        # raises this instead.
+        self.error: Exception | None = None
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int | None = -1) -> str:
-        for chunk in self._chunks:
-            if chunk:
-                return chunk
+        try:
+            for chunk in self._chunks:
+                if chunk:
+                    return chunk
+        except Exception as error:
+            self.error = error
+            raise
         return ""

@@ -41,7 +41,7 @@ from psycopg2.extensions import cursor as PgCursor
 
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec, parse_pipelines
-from destinations.base import ProbedDestination
+from destinations.base import PreparedBatch, ProbedDestination
 from destinations.connection_watchdog import ConnectionWatchdog, shutdown_socket
 from destinations.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
 from destinations.errors import (
@@ -98,6 +98,20 @@ class _TableInfo:
 
     def __str__(self) -> str:
         return f"{self.schema}.{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class _PreparedWrite:
+    """What ``prepare_batch`` worked out ahead of the write."""
+
+    target: tuple[str | None, str]
+    changes: list[ChangeRecord]
+    # The catalog entry the plan was made against (None: not read yet, so the
+    # write plans for itself); the write uses the plan only if it is still current.
+    info: _TableInfo | None = None
+    plan: BatchLayout | None = None
+    # COPY text of each stage table (see _stages), for the staged path.
+    copy_chunks: list[list[str]] | None = None
 
 
 class PostgreSQLDestination(ProbedDestination):
@@ -172,12 +186,47 @@ class PostgreSQLDestination(ProbedDestination):
         """
         if not records:
             return 0
+        return self._write(
+            table, len(records), _PreparedWrite(self._target_of(table), net_effect(records))
+        )
+
+    def prepare_batch(self, table: str, records: Sequence[ChangeRecord]) -> PreparedBatch:
+        """Collapse, lay out and (for the staged path) format the COPY text now.
+
+        The plan needs the target's columns; before the first write to a
+        table they are not known yet, and the write plans for itself. So it
+        does when planning here fails (a column missing, a value it cannot
+        format): the write then fails the same way and, failing, re-reads the
+        catalog, which picks up a column added since.
+        """
         changes = net_effect(records)
         target = self._target_of(table)
+        info = self._tables.get(target)
+        if info is None or not changes:
+            return PreparedBatch(table, records, _PreparedWrite(target, changes))
+        try:
+            plan = self._plan(info, changes)
+            chunks = None
+            if self.position_guard or len(plan) >= self.copy_threshold:
+                chunks = [list(_stage_chunks(*stage)) for stage in _stages(plan)]
+        except DestinationError:
+            return PreparedBatch(table, records, _PreparedWrite(target, changes))
+        return PreparedBatch(table, records, _PreparedWrite(target, changes, info, plan, chunks))
+
+    def write_prepared(self, batch: PreparedBatch) -> int:
+        work = batch.work
+        if not isinstance(work, _PreparedWrite):
+            return self.write_batch(batch.table, batch.records)
+        if not batch.records:
+            return 0
+        return self._write(batch.table, len(batch.records), work)
+
+    def _write(self, table: str, count: int, prepared: _PreparedWrite) -> int:
+        target, changes = prepared.target, prepared.changes
         with self._lock:
             reused = self._conn is not None and not self._conn.closed
             try:
-                self._apply(target, changes)
+                self._apply(target, changes, prepared)
             except (
                 psycopg2.OperationalError,
                 psycopg2.InterfaceError,
@@ -196,17 +245,22 @@ class PostgreSQLDestination(ProbedDestination):
                     table,
                     _first_line(exc),
                 )
-                self._apply(target, changes)
+                self._apply(target, changes, prepared)
         logger.debug(
             "batch applied destination=%s table=%s records=%d net=%d",
             self,
             table,
-            len(records),
+            count,
             len(changes),
         )
-        return len(records)
+        return count
 
-    def _apply(self, target: tuple[str | None, str], changes: list[ChangeRecord]) -> None:
+    def _apply(
+        self,
+        target: tuple[str | None, str],
+        changes: list[ChangeRecord],
+        prepared: _PreparedWrite | None = None,
+    ) -> None:
         conn = self._connection()
         try:
             # The watch ends before _abort() closes the connection, so the
@@ -215,14 +269,23 @@ class PostgreSQLDestination(ProbedDestination):
                 try:
                     with conn.cursor() as cur:
                         info = self._table_info(cur, target)
-                        plan = self._plan(info, changes)
+                        chunks = None
+                        if (
+                            prepared is not None
+                            and prepared.info is info
+                            and prepared.plan is not None
+                        ):
+                            # Planned against the current catalog entry: still valid.
+                            plan, chunks = prepared.plan, prepared.copy_chunks
+                        else:
+                            plan = self._plan(info, changes)
                         if self.position_guard:
                             tombstones = self._ensure_tombstones(cur, info, plan.keys)
-                            self._apply_staged(cur, info, plan, tombstones)
+                            self._apply_staged(cur, info, plan, tombstones, chunks)
                         elif len(plan) < self.copy_threshold:
                             self._apply_values(cur, info, plan)
                         else:
-                            self._apply_staged(cur, info, plan, None)
+                            self._apply_staged(cur, info, plan, None, chunks)
                     conn.commit()
                 except psycopg2.Error as exc:
                     if cut():
@@ -349,20 +412,22 @@ class PostgreSQLDestination(ProbedDestination):
         info: _TableInfo,
         plan: BatchLayout,
         tombstones: sql.Identifier | None,
+        copy_chunks: list[list[str]] | None = None,
     ) -> None:
-        """COPY the changes into temporary stage tables, then apply them in one round trip."""
-        # One stage per upsert column set; deletes ride in the first stage
-        # with only their key (and position) set.
-        stages: list[tuple[ColumnBatch | None, ColumnBatch | None]] = [
-            (group, plan.deletes if index == 0 and plan.deletes else None)
-            for index, group in enumerate(plan.upserts)
-        ] or [(None, plan.deletes)]
+        """COPY the changes into temporary stage tables, then apply them in one round trip.
+
+        ``copy_chunks`` is the COPY text of each stage, when formatted ahead.
+        """
         creates: list[sql.Composable] = []
         statements: list[sql.Composable] = []
         copies: list[tuple[sql.Composable, CopyReader]] = []
-        for index, (upserts, deletes) in enumerate(stages):
+        for index, (stage_columns, upserts, deletes) in enumerate(_stages(plan)):
             stage = sql.Identifier(f"_rosetta_stage_{index}")
-            stage_columns = (upserts or deletes or plan.deletes).columns
+            text = (
+                iter(copy_chunks[index])
+                if copy_chunks is not None
+                else _stage_chunks(stage_columns, upserts, deletes)
+            )
             creates.append(
                 sql.SQL(
                     "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS "
@@ -374,7 +439,7 @@ class PostgreSQLDestination(ProbedDestination):
                     sql.SQL("COPY {} ({}) FROM STDIN").format(
                         stage, _idents(stage_columns + (_DELETE_FLAG,))
                     ),
-                    CopyReader(_stage_chunks(stage_columns, upserts, deletes)),
+                    CopyReader(text),
                 )
             )
             columns = tuple(c for c in stage_columns if c not in POSITION_COLUMNS)
@@ -383,7 +448,12 @@ class PostgreSQLDestination(ProbedDestination):
             )
         cur.execute(sql.SQL("; ").join(creates))
         for copy_sql, buffer in copies:
-            cur.copy_expert(copy_sql, buffer, size=1 << 20)
+            try:
+                cur.copy_expert(copy_sql, buffer, size=1 << 20)
+            except psycopg2.Error as exc:
+                if buffer.error is not None:  # a value we could not format: permanent
+                    raise buffer.error from exc
+                raise
         cur.execute(sql.SQL("; ").join(statements))
 
     # ------------------------------------------------------------ connections
@@ -672,6 +742,24 @@ def _execute_values(cur: PgCursor, query: sql.Composed, batch: ColumnBatch, temp
     columns = [list(map(text_value, column)) for column in batch.data]
     rows = list(zip(*columns, strict=True))
     psycopg2.extras.execute_values(cur, text, rows, template=template, page_size=len(rows))
+
+
+def _stages(
+    plan: BatchLayout,
+) -> list[tuple[tuple[str, ...], ColumnBatch | None, ColumnBatch | None]]:
+    """The stage tables of a staged write: (columns, upserts, deletes) for each.
+
+    One stage per upsert column set; deletes ride in the first stage with
+    only their key (and position) set.
+    """
+    stages: list[tuple[ColumnBatch | None, ColumnBatch | None]] = [
+        (group, plan.deletes if index == 0 and plan.deletes else None)
+        for index, group in enumerate(plan.upserts)
+    ] or [(None, plan.deletes)]
+    return [
+        ((upserts or deletes or plan.deletes).columns, upserts, deletes)
+        for upserts, deletes in stages
+    ]
 
 
 def _stage_chunks(

@@ -612,3 +612,107 @@ def test_concurrent_writers_share_a_destination(
         thread.join()
     assert errors == []
     assert len(rows(pg_conn, items, "items")) == 40
+
+
+# ------------------------------------------------- batches prepared ahead of their write
+
+
+@pytest.mark.parametrize("guard", [False, True], ids=["plain", "guarded"])
+@pytest.mark.parametrize("path", PATHS)
+def test_batches_prepared_ahead_write_like_write_batch(
+    path: str,
+    guard: bool,
+    pg_conn: Any,
+    pg_schema: str,
+    make_destination: Callable[..., PostgreSQLDestination],
+) -> None:
+    create_table(
+        pg_conn,
+        pg_schema,
+        "items",
+        "id int PRIMARY KEY, name text, qty int, _rosetta_commit bigint, _rosetta_seq bigint",
+    )
+    dest = make_destination(pg_schema, copy_threshold=PATHS[path], position_guard=guard)
+    first = [upsert(i, {"name": f"n{i}", "qty": i}, 10 + i) for i in range(1, 6)]
+    # Before any write the catalog is unknown: the write plans for itself.
+    assert dest.write_prepared(dest.prepare_batch(SOURCE_TABLE, first)) == 5
+    # As the recovery worker does: batch 3 is prepared before batch 2 is written.
+    second = [upsert(2, {"name": "two", "qty": 20}, 30), delete(3, 31), delete(9, 32)]
+    third = [
+        upsert(2, {"name": "two again", "qty": 22}, 40),
+        upsert(7, {"name": "seven", "qty": 7}, 41),
+        upsert(1, {"name": "one"}, 42),  # a partial row: qty left alone
+    ]
+    prepared = [dest.prepare_batch(SOURCE_TABLE, b) for b in (second, third)]
+    assert [dest.write_prepared(p) for p in prepared] == [3, 3]
+    assert [r[:3] for r in rows(pg_conn, pg_schema, "items")] == [
+        (1, "one", 1),
+        (2, "two again", 22),
+        (4, "n4", 4),
+        (5, "n5", 5),
+        (7, "seven", 7),
+    ]
+
+
+def test_a_prepared_batch_is_replanned_when_the_catalog_was_reread(
+    items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
+) -> None:
+    dest = make_destination(items, copy_threshold=0)
+    dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "qty": 1}, 1)])
+    prepared = dest.prepare_batch(SOURCE_TABLE, [upsert(2, {"name": "b", "qty": 2}, 2)])
+    with pg_conn.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = 'rosetta' AND pid <> pg_backend_pid()"
+        )
+        cur.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN colour text DEFAULT 'grey'").format(
+                qualified(items, "items")
+            )
+        )
+    # The dead session is replaced and the catalog read again; the plan made
+    # against the old one is not used.
+    assert dest.write_prepared(prepared) == 1
+    assert rows(pg_conn, items, "items") == [(1, "a", 1, "grey"), (2, "b", 2, "grey")]
+
+
+def test_a_column_added_after_preparing_fails_then_is_picked_up(
+    items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
+) -> None:
+    dest = make_destination(items, copy_threshold=0)
+    dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "qty": 1}, 1)])
+    with pg_conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("ALTER TABLE {} ADD COLUMN colour text").format(qualified(items, "items"))
+        )
+    batch = [upsert(1, {"name": "a", "qty": 1, "colour": "red"}, 2)]
+    # Preparing never raises for data: the write does, as write_batch would...
+    prepared = dest.prepare_batch(SOURCE_TABLE, batch)
+    with pytest.raises(PermanentDestinationError, match="colour"):
+        dest.write_prepared(prepared)
+    # ...and, failing, re-reads the catalog: the same batch goes through next time.
+    assert dest.write_prepared(dest.prepare_batch(SOURCE_TABLE, batch)) == 1
+    assert rows(pg_conn, items, "items") == [(1, "a", 1, "red")]
+
+
+def test_a_value_it_cannot_store_fails_the_write_not_the_preparation(
+    items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
+) -> None:
+    dest = make_destination(items, copy_threshold=0)
+    dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "qty": 1}, 1)])
+    batch = [upsert(2, {"name": object(), "qty": 2}, 2)]
+    prepared = dest.prepare_batch(SOURCE_TABLE, batch)
+    with pytest.raises(PermanentDestinationError, match="cannot write a value of type object"):
+        dest.write_prepared(prepared)
+    assert rows(pg_conn, items, "items") == [(1, "a", 1)]
+
+
+def test_a_value_it_cannot_store_is_permanent_on_the_copy_path(
+    items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
+) -> None:
+    dest = make_destination(items, copy_threshold=0)
+    with pytest.raises(PermanentDestinationError, match="type object") as caught:
+        dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": object(), "qty": 1}, 1)])
+    assert dest.classify_error(caught.value).kind is FailureKind.PERMANENT
+    dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "b", "qty": 2}, 2)])
+    assert rows(pg_conn, items, "items") == [(2, "b", 2)]
