@@ -33,9 +33,8 @@ from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
 from compute.writer_thread import WriterThread
 from config.settings import DLQConfig
-from destinations.base import Destination
+from destinations.base import Destination, PreparedBatch
 from destinations.errors import FailureKind
-from destinations.records import ChangeRecord
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +51,19 @@ class ReplayResult:
     parked: int = 0
     expired: int = 0
     quarantined: int = 0
+
+
+@dataclass
+class _ReadyBatch:
+    """A leased batch, sorted out, its write prepared by the destination."""
+
+    lease: DLQLease
+    live: list[DLQMessage]  # to write
+    expired: list[DLQMessage]
+    held: list[DLQMessage]  # behind a parked change of their key
+    prepared: PreparedBatch | None = None
+    # What prepare_batch raised: handled as the write's failure, in turn.
+    error: Exception | None = None
 
 
 @dataclass
@@ -282,25 +294,24 @@ class DLQRecoveryWorker:
             return ReplayResult(queue)
         destination = self.destinations[queue.destination_id]
         totals = {"replayed": 0, "failed": 0, "parked": 0, "expired": 0, "quarantined": 0}
-        # The next batch, read (and decoded) while the previous one was written.
-        ahead: DLQLease | None = None
+        # The next batch, read and prepared while the previous one was written.
+        ahead: _ReadyBatch | None = None
         try:
-            for batch in range(self.max_batches_per_pass):
+            for number in range(self.max_batches_per_pass):
                 if self._stop.is_set():
                     break
                 if ahead is None:
                     lease = self.dlq.read_batch(queue, self.config.batch_size)
+                    if lease.is_empty:
+                        break
+                    batch = self._ready(destination, queue, lease, self._clock())
                 else:
-                    lease = ahead
+                    batch = ahead
                 ahead = None
-                if lease.is_empty:
-                    break
-                totals["quarantined"] += lease.quarantined
+                totals["quarantined"] += batch.lease.quarantined
                 started = time.monotonic()
-                read_ahead = batch + 1 < self.max_batches_per_pass
-                outcome, ahead = self._replay_batch(
-                    destination, queue, lease, self._clock(), read_ahead
-                )
+                read_ahead = number + 1 < self.max_batches_per_pass
+                outcome, ahead = self._replay_batch(destination, queue, batch, read_ahead)
                 self.observer.replay_batch(queue, time.monotonic() - started, outcome)
                 for name, value in outcome.items():
                     totals[name] += value
@@ -321,8 +332,8 @@ class DLQRecoveryWorker:
                 # the other queues had their turn (a busy queue cannot starve them).
                 self._wake.set()
         finally:
-            if ahead is not None and not ahead.is_empty:
-                self.dlq.release(ahead)  # stopped: it comes back at the head
+            if ahead is not None:
+                self.dlq.release(ahead.lease)  # stopped: it comes back at the head
         result = ReplayResult(queue, **totals)
         self.stats.replayed += result.replayed
         self.stats.failed += result.failed
@@ -332,14 +343,28 @@ class DLQRecoveryWorker:
             self.stats.last_replay_at = self._clock()
         return result
 
+    def _ready(
+        self, destination: Destination, queue: QueueId, lease: DLQLease, now: float
+    ) -> _ReadyBatch:
+        """Sort a leased batch out and let the destination prepare its write (CPU only)."""
+        if not lease.messages:  # only quarantined payloads
+            return _ReadyBatch(lease, [], [], [])
+        live, expired, held = self._sort_out(queue, lease.messages, now)
+        batch = _ReadyBatch(lease, live, expired, held)
+        if live:
+            try:
+                batch.prepared = destination.prepare_batch(queue.table, [m.record for m in live])
+            except Exception as error:  # what the write would have raised: handled as its failure
+                batch.error = error
+        return batch
+
     def _replay_batch(
         self,
         destination: Destination,
         queue: QueueId,
-        lease: DLQLease,
-        now: float,
+        batch: _ReadyBatch,
         read_ahead: bool = False,
-    ) -> tuple[dict[str, int], DLQLease | None]:
+    ) -> tuple[dict[str, int], _ReadyBatch | None]:
         """Apply one leased batch; returns (counts, the next batch if read ahead).
 
         Acks what is done, releases the rest. The next batch is read ahead only
@@ -347,53 +372,59 @@ class DLQRecoveryWorker:
         committed (after a failure it goes back first, then this one).
         """
         counts = {"replayed": 0, "failed": 0, "parked": 0, "expired": 0}
-        messages = lease.messages
+        lease, messages = batch.lease, batch.lease.messages
         if not messages:  # only quarantined payloads
             self.dlq.ack(lease)
             return counts, None
         logger.info("Processing %d DLQ messages for %s", len(messages), queue)
-        live, expired, held = self._sort_out(queue, messages, now)
-        if expired:
-            counts["expired"] = len(expired)
+        if batch.expired:
+            counts["expired"] = len(batch.expired)
             logger.warning(
                 "DLQ messages expired, not replayed: ttl=%ds queue=%s count=%d ids=%s",
                 self.config.message_ttl,
                 queue,
-                len(expired),
-                ",".join(m.message_id for m in expired),
+                len(batch.expired),
+                ",".join(m.message_id for m in batch.expired),
             )
-        ahead: DLQLease | None = None
+        ahead: _ReadyBatch | None = None
         try:
-            if live:
-                records = [m.record for m in live]
+            if batch.error is not None:
+                raise batch.error
+            if batch.prepared is not None:
                 if read_ahead:
-                    ahead = self._write_reading_ahead(destination, queue, records)
+                    ahead = self._write_reading_ahead(destination, queue, batch.prepared)
                 else:
-                    destination.write_batch(queue.table, records)
+                    destination.write_prepared(batch.prepared)
         except Exception as error:
             return self._after_failure(destination, queue, lease, error, counts), None
-        if held:
-            self._park_held(queue, held, now)
-            counts["parked"] += len(held)
+        if batch.held:
+            self._park_held(queue, batch.held, self._clock())
+            counts["parked"] += len(batch.held)
         self.dlq.ack(lease)
-        counts["replayed"] = len(live)
-        logger.info("✓ Successfully replayed %d/%d DLQ messages", len(live), len(messages))
+        counts["replayed"] = len(batch.live)
+        logger.info("✓ Successfully replayed %d/%d DLQ messages", len(batch.live), len(messages))
         return counts, ahead
 
     def _write_reading_ahead(
-        self, destination: Destination, queue: QueueId, records: list[ChangeRecord]
-    ) -> DLQLease | None:
-        """Write ``records`` on the writer thread while reading the next batch here.
+        self, destination: Destination, queue: QueueId, prepared: PreparedBatch
+    ) -> _ReadyBatch | None:
+        """Write on the writer thread while reading and preparing the next batch here.
 
         Returns the next batch once the write committed. If the write fails,
         the next batch is released (it comes back at the head, before the
         failed one is handled) and the write's error is raised. A failed
         read-ahead is only logged: the next plain read meets it again.
         """
-        write = self._writer.submit(destination.write_batch, queue.table, records)
-        ahead: DLQLease | None = None
+        write = self._writer.submit(destination.write_prepared, prepared)
+        ahead: _ReadyBatch | None = None
         try:
-            ahead = self.dlq.read_batch(queue, self.config.batch_size, ahead=True)
+            lease = self.dlq.read_batch(queue, self.config.batch_size, ahead=True)
+            if not lease.is_empty:
+                try:
+                    ahead = self._ready(destination, queue, lease, self._clock())
+                except BaseException:
+                    self.dlq.release(lease)
+                    raise
         except DLQError as error:
             logger.warning(
                 "DLQ read-ahead failed, reading after the batch: queue=%s error=%s", queue, error
@@ -404,11 +435,9 @@ class DLQRecoveryWorker:
             try:
                 write.result()
             except BaseException:
-                if ahead is not None and not ahead.is_empty:
-                    self.dlq.release(ahead)
+                if ahead is not None:
+                    self.dlq.release(ahead.lease)
                 raise
-        if ahead is not None and ahead.is_empty:
-            return None
         return ahead
 
     def _sort_out(

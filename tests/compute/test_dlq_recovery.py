@@ -15,7 +15,7 @@ from compute.dlq_message import DLQMessage, FailureContext
 from compute.dlq_recovery import DLQRecoveryWorker
 from compute.health import DestinationHealth
 from compute.queue_id import QueueId
-from destinations.errors import ClassifiedError
+from destinations.errors import ClassifiedError, PermanentDestinationError
 from destinations.records import Operation
 from tests.compute.helpers import TABLE, apply_model, change, dlq_config
 from tests.fakes import FakeDestination
@@ -360,4 +360,60 @@ def test_stop_during_a_write_leaves_no_lease_behind(tmp_path: Path) -> None:
     lease = dlq.read_batch(queue, 20)
     assert [m.record.position.commit for m in lease.messages] == list(range(4, 13))
     dlq.release(lease)
+    dlq.close()
+
+
+class _PreparingDestination(FakeDestination):
+    """Notes when each batch is prepared; refuses a batch with a poison key."""
+
+    def __init__(self, poison: int | None = None) -> None:
+        super().__init__("2", "PG")
+        self.poison = poison
+        # Writes finished when each batch was prepared.
+        self.writes_done_at_prepare: list[int] = []
+        self.set_write_delay(0.02)
+
+    def prepare_batch(self, table, records):  # type: ignore[no-untyped-def]
+        self.writes_done_at_prepare.append(self.write_count)
+        if self.poison is not None and any(r.key["id"] == self.poison for r in records):
+            raise PermanentDestinationError(f"cannot store key {self.poison}")
+        return super().prepare_batch(table, records)
+
+    def write_batch(self, table, records):  # type: ignore[no-untyped-def]
+        if self.poison is not None and any(r.key["id"] == self.poison for r in records):
+            raise PermanentDestinationError(f"cannot store key {self.poison}")
+        return super().write_batch(table, records)
+
+
+def test_the_next_batch_is_prepared_while_the_previous_one_is_written(tmp_path: Path) -> None:
+    dest = _PreparingDestination()
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=4)
+    queue = QueueId("1", TABLE, "2")
+    history = [change(i, i % 5) for i in range(1, 21)]
+    enqueue(dlq, queue, history)
+    assert worker.run_once()[0].replayed == 20
+    # Batch k+1 was prepared before write k had finished.
+    assert dest.writes_done_at_prepare == [0, 0, 1, 2, 3]
+    assert dest.rows(TABLE) == apply_model(history)[TABLE]
+    dlq.close()
+
+
+def test_a_batch_its_destination_cannot_prepare_is_handled_as_a_failed_write(
+    tmp_path: Path,
+) -> None:
+    dest = _PreparingDestination(poison=7)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=4)
+    queue = QueueId("1", TABLE, "2")
+    history = [change(i, i) for i in range(1, 13)]  # key 7 is in the second batch
+    enqueue(dlq, queue, history)
+    now = time.time()
+    for step in range(5):
+        worker.run_once(now + step * 10)
+    # The poison change is parked with its error; every other change arrived, in order.
+    assert dlq.parked_count(queue) == 1
+    assert dlq.peek(queue.parked, 1)[0].record.key == {"id": 7}
+    assert set(dest.rows(TABLE)) == {(k,) for k in range(1, 13) if k != 7}
+    committed = [r.position.commit for c in dest.successful_calls() for r in c.records]
+    assert committed == [i for i in range(1, 13) if i != 7]
+    assert not dlq.has_messages(queue)
     dlq.close()
