@@ -15,6 +15,7 @@ are parked behind it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -397,10 +398,18 @@ class DLQRecoveryWorker:
                     destination.write_prepared(batch.prepared)
         except Exception as error:
             return self._after_failure(destination, queue, lease, error, counts), None
-        if batch.held:
-            self._park_held(queue, batch.held, self._clock())
-            counts["parked"] += len(batch.held)
-        self.dlq.ack(lease)
+        try:
+            if batch.held:
+                self._park_held(queue, batch.held, self._clock())
+                counts["parked"] += len(batch.held)
+            self.dlq.ack(lease)
+        except BaseException:
+            # Committed downstream but not acknowledged (a storage error): give
+            # the leases back so the next pass can read; at worst it re-applies.
+            for leased in ([ahead.lease] if ahead is not None else []) + [lease]:
+                with contextlib.suppress(DLQError):
+                    self.dlq.release(leased)
+            raise
         counts["replayed"] = len(batch.live)
         logger.info("✓ Successfully replayed %d/%d DLQ messages", len(batch.live), len(messages))
         return counts, ahead

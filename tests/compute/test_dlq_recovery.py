@@ -13,6 +13,7 @@ import pytest
 from compute.dlq_manager import DLQManager
 from compute.dlq_message import DLQMessage, FailureContext
 from compute.dlq_recovery import DLQRecoveryWorker
+from compute.errors import DLQStorageError
 from compute.health import DestinationHealth
 from compute.queue_id import QueueId
 from destinations.errors import ClassifiedError, PermanentDestinationError
@@ -213,7 +214,6 @@ def test_fresh_events_flow_through_a_running_replay(tmp_path: Path) -> None:
 def test_a_storage_error_in_one_queue_does_not_stop_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from compute.errors import DLQStorageError
 
     fake = FakeDestination("1")
     worker, dlq = make_worker(tmp_path, [fake])
@@ -415,5 +415,32 @@ def test_a_batch_its_destination_cannot_prepare_is_handled_as_a_failed_write(
     assert set(dest.rows(TABLE)) == {(k,) for k in range(1, 13) if k != 7}
     committed = [r.position.commit for c in dest.successful_calls() for r in c.records]
     assert committed == [i for i in range(1, 13) if i != 7]
+    assert not dlq.has_messages(queue)
+    dlq.close()
+
+
+def test_an_ack_that_fails_after_the_commit_leaves_no_lease_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dest = _PreparingDestination()
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=4)
+    queue = QueueId("1", TABLE, "2")
+    history = [change(i, i % 3) for i in range(1, 13)]
+    enqueue(dlq, queue, history)
+    real_ack = dlq.ack
+    failures = [DLQStorageError("ack on queue failed: No space left on device")]
+
+    def ack(lease, messages_done=None):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        return real_ack(lease, messages_done)
+
+    monkeypatch.setattr(dlq, "ack", ack)
+    worker.run_once()  # batch 1 committed, its ack failed (logged; the pass ends)
+    assert dlq.count(queue) == 12
+    # Both leases (the batch and the one read ahead) went back: the next pass
+    # reads from the head, re-applies batch 1 (idempotent) and drains the rest.
+    assert worker.run_once()[0].replayed == 12
+    assert dest.rows(TABLE) == apply_model(history)[TABLE]
     assert not dlq.has_messages(queue)
     dlq.close()
