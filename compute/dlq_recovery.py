@@ -333,8 +333,9 @@ class DLQRecoveryWorker:
                 # the other queues had their turn (a busy queue cannot starve them).
                 self._wake.set()
         finally:
-            if ahead is not None:
-                self.dlq.release(ahead.lease)  # stopped: it comes back at the head
+            if ahead is not None:  # stopped: it comes back at the head
+                with contextlib.suppress(DLQError):  # never hide what ended the pass
+                    self.dlq.release(ahead.lease)
         result = ReplayResult(queue, **totals)
         self.stats.replayed += result.replayed
         self.stats.failed += result.failed
