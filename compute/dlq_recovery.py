@@ -122,7 +122,7 @@ class DLQRecoveryWorker:
         self.stats = WorkerStats()
         self.max_batches_per_pass = max_batches_per_pass
         # Writes batch N while this thread reads and decodes batch N+1.
-        self._writer = WriterThread(f"dlq-replay-writer-{pipeline_name}")
+        self._writer = WriterThread(f"dlq-recovery-{pipeline_name}-writer")
         # Metrics hook, set by the engine; called once per replayed batch.
         self.observer: Observer = NULL_OBSERVER
 

@@ -49,7 +49,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -69,6 +69,7 @@ from compute.queue_id import QueueId  # noqa: E402
 from compute.sources.base import Source, SourceBatch  # noqa: E402
 from compute.sources.synthetic_source import SyntheticSource, create_table_sql  # noqa: E402
 from config.settings import DLQConfig  # noqa: E402
+from destinations.base import PreparedBatch  # noqa: E402
 from destinations.postgresql import PostgreSQLDestination  # noqa: E402
 from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402
 from tests.pg_state import differences, fetch_state  # noqa: E402
@@ -317,8 +318,15 @@ class TimedDestination(PostgreSQLDestination):
         self.write_seconds = 0.0
 
     def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
+        return self._timed(super().write_batch, table, records)
+
+    def write_prepared(self, batch: PreparedBatch) -> int:
+        # The recovery worker's path (on its writer thread, "dlq-recovery-...-writer").
+        return self._timed(super().write_prepared, batch)
+
+    def _timed(self, write: Callable[..., int], *args: Any) -> int:
         start = time.perf_counter()
-        applied = super().write_batch(table, records)
+        applied = write(*args)
         self.write_seconds += time.perf_counter() - start
         self.commits.append((time.time(), threading.current_thread().name))
         return applied
