@@ -57,3 +57,16 @@ def test_bench_pipeline_prints_its_figures() -> None:
     )
     assert {"replay_vs_copy_upsert", "dlq_overhead_ratio", "recovery_start_seconds"} <= set(figures)
     assert all(float(v) > 0 for v in figures.values()), figures
+
+
+@pytest.mark.timeout(360)
+def test_bench_destinations_prints_its_figures() -> None:
+    figures = run_script(
+        "bench_destinations.py", "--rows", "2000", "--snowflake-rows", "200", "--repeat", "1"
+    )
+    assert {
+        "pg_apply_vs_copy_upsert",
+        "pg_apply_vs_execute_values",
+        "snowflake_rows_per_statement",
+    } <= set(figures)
+    assert all(float(v) > 0 for v in figures.values()), figures
