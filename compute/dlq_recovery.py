@@ -28,6 +28,7 @@ from compute.dlq_manager import DLQLease, DLQManager, record_key
 from compute.dlq_message import DLQMessage, FailureContext
 from compute.errors import DLQError
 from compute.event_handler import classify_or_transient, held_behind_failure
+from compute.gc_pause import collector_paused
 from compute.health import DestinationHealth, HealthProbe
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
@@ -293,6 +294,19 @@ class DLQRecoveryWorker:
         state = self._queues.setdefault(queue, _QueueReplayState())
         if now < state.retry_at:
             return ReplayResult(queue)
+        with collector_paused():  # why: compute/gc_pause.py
+            totals = self._replay_batches(queue, state)
+        result = ReplayResult(queue, **totals)
+        self.stats.replayed += result.replayed
+        self.stats.failed += result.failed
+        self.stats.parked += result.parked
+        self.stats.expired += result.expired
+        if result.replayed:
+            self.stats.last_replay_at = self._clock()
+        return result
+
+    def _replay_batches(self, queue: QueueId, state: _QueueReplayState) -> dict[str, int]:
+        """The batches of one pass over ``queue``; returns the counts."""
         destination = self.destinations[queue.destination_id]
         totals = {"replayed": 0, "failed": 0, "parked": 0, "expired": 0, "quarantined": 0}
         # The next batch, read and prepared while the previous one was written.
@@ -336,14 +350,7 @@ class DLQRecoveryWorker:
             if ahead is not None:  # stopped: it comes back at the head
                 with contextlib.suppress(DLQError):  # never hide what ended the pass
                     self.dlq.release(ahead.lease)
-        result = ReplayResult(queue, **totals)
-        self.stats.replayed += result.replayed
-        self.stats.failed += result.failed
-        self.stats.parked += result.parked
-        self.stats.expired += result.expired
-        if result.replayed:
-            self.stats.last_replay_at = self._clock()
-        return result
+        return totals
 
     def _ready(
         self, destination: Destination, queue: QueueId, lease: DLQLease, now: float
