@@ -42,6 +42,13 @@ logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
+# Replay batches at least this large pause the cyclic garbage collector for
+# the pass (compute/gc_pause.py). Smaller ones keep too few objects in flight
+# for full collections to matter, and a pause would only hold back other
+# threads' garbage: the 10-minute soak (batches of 100) ended 10.3% above
+# its warm-up RSS with every pass paused, against 3.3% before.
+PAUSE_GC_FROM_BATCH_SIZE = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class ReplayResult:
@@ -294,7 +301,10 @@ class DLQRecoveryWorker:
         state = self._queues.setdefault(queue, _QueueReplayState())
         if now < state.retry_at:
             return ReplayResult(queue)
-        with collector_paused():  # why: compute/gc_pause.py
+        if self.config.batch_size >= PAUSE_GC_FROM_BATCH_SIZE:
+            with collector_paused():  # why: compute/gc_pause.py
+                totals = self._replay_batches(queue, state)
+        else:
             totals = self._replay_batches(queue, state)
         result = ReplayResult(queue, **totals)
         self.stats.replayed += result.replayed

@@ -444,3 +444,27 @@ def test_an_ack_that_fails_after_the_commit_leaves_no_lease_behind(
     assert dest.rows(TABLE) == apply_model(history)[TABLE]
     assert not dlq.has_messages(queue)
     dlq.close()
+
+
+@pytest.mark.parametrize(("batch_size", "paused"), [(100, False), (1000, True)])
+def test_large_replay_batches_pause_the_collector_for_the_pass(
+    tmp_path: Path, batch_size: int, paused: bool
+) -> None:
+    import gc
+
+    seen: list[bool] = []
+
+    class Noting(FakeDestination):
+        def write_batch(self, table, records):  # type: ignore[no-untyped-def]
+            seen.append(gc.isenabled())
+            return super().write_batch(table, records)
+
+    dest = Noting("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=batch_size)
+    queue = QueueId("1", TABLE, "2")
+    enqueue(dlq, queue, [change(i, i) for i in range(1, 2 * batch_size + 1)])
+    gc.enable()
+    assert worker.run_once()[0].replayed == 2 * batch_size
+    assert seen == [not paused, not paused]
+    assert gc.isenabled()  # restored when the pass ended
+    dlq.close()
