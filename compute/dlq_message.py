@@ -479,8 +479,19 @@ class MessageDecoder:
             if type(f) is not list or len(f) != _V2_FIELD_COUNT or f[0] != FORMAT_VERSION:
                 raise MessageDecodeError("undecodable message: not a version-2 field array")
             try:
-                message_id, op, values, before, after, commit, index, commit_ts = f[1:9]
-                enqueued_at, context = f[9], f[10]
+                (
+                    _,
+                    message_id,
+                    op,
+                    values,
+                    before,
+                    after,
+                    commit,
+                    index,
+                    commit_ts,
+                    enqueued_at,
+                    context,
+                ) = f
                 if context != context_bytes:
                     self._decode_context(context)
                     context_bytes = context
