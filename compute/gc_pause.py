@@ -12,7 +12,7 @@ acknowledged, paused collector or not.
 The pause is process-wide (``gc.disable``), counted across threads (two
 pipelines' workers may overlap), and ends with the last pass; a collector
 that was already off stays off. Only passes with large batches pause it
-(``PAUSE_GC_FROM_BATCH_SIZE`` in ``compute/dlq_recovery.py``).
+(``LARGE_BATCH_SIZE`` in ``compute/dlq_recovery.py``).
 """
 
 from __future__ import annotations

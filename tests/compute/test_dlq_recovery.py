@@ -28,11 +28,15 @@ def enqueue(dlq: DLQManager, queue: QueueId, records, now: float | None = None) 
     dlq.enqueue(queue, [DLQMessage.create(queue, r, FAILURE, now=now) for r in records])
 
 
-def make_worker(tmp_path: Path, destinations, **config) -> tuple[DLQRecoveryWorker, DLQManager]:
+def make_worker(
+    tmp_path: Path, destinations, *, pipelined: bool = False, **config
+) -> tuple[DLQRecoveryWorker, DLQManager]:
+    """A worker; ``pipelined`` makes even these small test batches pipelined."""
     cfg = dlq_config(tmp_path, **config)
     dlq = DLQManager(cfg, background=False)
     health = {d.destination_id: DestinationHealth(d) for d in destinations}
-    worker = DLQRecoveryWorker("p", "1", destinations, health, dlq, cfg, probe_timeout=0.5)
+    extra = {"large_batch_size": 1} if pipelined else {}
+    worker = DLQRecoveryWorker("p", "1", destinations, health, dlq, cfg, probe_timeout=0.5, **extra)
     return worker, dlq
 
 
@@ -300,7 +304,7 @@ def _noting_reads(dlq: DLQManager, dest: _FailingWrite) -> None:
 def test_next_batch_is_read_while_the_previous_one_is_written(tmp_path: Path) -> None:
     reads: list[tuple[bool, int]] = []
     dest = _FailingWrite(fail_at=0, dlq_reads=reads)
-    worker, dlq = make_worker(tmp_path, [dest], batch_size=5)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=5, pipelined=True)
     _noting_reads(dlq, dest)
     queue = QueueId("1", TABLE, "2")
     history = [
@@ -321,7 +325,7 @@ def test_next_batch_is_read_while_the_previous_one_is_written(tmp_path: Path) ->
 def test_a_failed_write_gives_back_the_batch_read_ahead_in_order(tmp_path: Path) -> None:
     reads: list[tuple[bool, int]] = []
     dest = _FailingWrite(fail_at=2, dlq_reads=reads)
-    worker, dlq = make_worker(tmp_path, [dest], batch_size=4)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=4, pipelined=True)
     _noting_reads(dlq, dest)
     queue = QueueId("1", TABLE, "2")
     history = [change(i, i % 3) for i in range(1, 21)]
@@ -344,7 +348,7 @@ def test_a_failed_write_gives_back_the_batch_read_ahead_in_order(tmp_path: Path)
 def test_stop_during_a_write_leaves_no_lease_behind(tmp_path: Path) -> None:
     reads: list[tuple[bool, int]] = []
     dest = _FailingWrite(fail_at=0, dlq_reads=reads)
-    worker, dlq = make_worker(tmp_path, [dest], batch_size=3)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=3, pipelined=True)
     queue = QueueId("1", TABLE, "2")
     history = [change(i, i) for i in range(1, 13)]
     enqueue(dlq, queue, history)
@@ -387,7 +391,7 @@ class _PreparingDestination(FakeDestination):
 
 def test_the_next_batch_is_prepared_while_the_previous_one_is_written(tmp_path: Path) -> None:
     dest = _PreparingDestination()
-    worker, dlq = make_worker(tmp_path, [dest], batch_size=4)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=4, pipelined=True)
     queue = QueueId("1", TABLE, "2")
     history = [change(i, i % 5) for i in range(1, 21)]
     enqueue(dlq, queue, history)
@@ -402,7 +406,7 @@ def test_a_batch_its_destination_cannot_prepare_is_handled_as_a_failed_write(
     tmp_path: Path,
 ) -> None:
     dest = _PreparingDestination(poison=7)
-    worker, dlq = make_worker(tmp_path, [dest], batch_size=4)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=4, pipelined=True)
     queue = QueueId("1", TABLE, "2")
     history = [change(i, i) for i in range(1, 13)]  # key 7 is in the second batch
     enqueue(dlq, queue, history)
@@ -423,7 +427,7 @@ def test_an_ack_that_fails_after_the_commit_leaves_no_lease_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dest = _PreparingDestination()
-    worker, dlq = make_worker(tmp_path, [dest], batch_size=4)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=4, pipelined=True)
     queue = QueueId("1", TABLE, "2")
     history = [change(i, i % 3) for i in range(1, 13)]
     enqueue(dlq, queue, history)
@@ -467,4 +471,27 @@ def test_large_replay_batches_pause_the_collector_for_the_pass(
     assert worker.run_once()[0].replayed == 2 * batch_size
     assert seen == [not paused, not paused]
     assert gc.isenabled()  # restored when the pass ended
+    dlq.close()
+
+
+def test_small_batches_are_written_inline_without_reading_ahead(tmp_path: Path) -> None:
+    reads: list[tuple[bool, int]] = []
+    dest = _FailingWrite(fail_at=0, dlq_reads=reads)
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=5)  # below LARGE_BATCH_SIZE
+    _noting_reads(dlq, dest)
+    queue = QueueId("1", TABLE, "2")
+    history = [change(i, i % 4) for i in range(1, 16)]
+    enqueue(dlq, queue, history)
+    threads: list[str] = []
+    real_write = dest.write_batch
+
+    def noting_thread(table, records):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        return real_write(table, records)
+
+    dest.write_batch = noting_thread  # type: ignore[method-assign]
+    assert worker.run_once()[0].replayed == 15
+    assert reads == [(False, 0), (False, 1), (False, 2), (False, 3)]
+    assert set(threads) == {threading.current_thread().name}
+    assert dest.rows(TABLE) == apply_model(history)[TABLE]
     dlq.close()
