@@ -6,31 +6,15 @@ scripts, which the README's figures come from, from breaking unnoticed.
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.benchmark_runs import run_benchmark
 
 
 def run_script(name: str, *args: str) -> dict[str, str]:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "benchmarks" / name), *args],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    output = (result.stdout + result.stderr)[-3000:]
-    assert result.returncode == 0, output
-    return dict(re.findall(r"^RESULT (\w+)=(\S+)$", result.stdout, re.MULTILINE))
+    run = run_benchmark(name, *args)
+    assert run.returncode == 0, run.tail
+    return run.figures
 
 
 @pytest.mark.timeout(360)

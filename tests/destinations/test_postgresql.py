@@ -53,6 +53,18 @@ def items(pg_conn: Any, pg_schema: str) -> str:
 
 
 @pytest.fixture
+def guarded_items(pg_conn: Any, pg_schema: str) -> str:
+    """``items`` with the position-guard columns; returns the schema."""
+    create_table(
+        pg_conn,
+        pg_schema,
+        "items",
+        "id int PRIMARY KEY, name text, qty int, _rosetta_commit bigint, _rosetta_seq bigint",
+    )
+    return pg_schema
+
+
+@pytest.fixture
 def make_destination(postgres_dsn: str) -> Iterator[Callable[..., PostgreSQLDestination]]:
     made: list[PostgreSQLDestination] = []
 
@@ -99,22 +111,16 @@ def test_same_batch_twice_gives_same_table(
     path: str,
     guard: bool,
     pg_conn: Any,
-    pg_schema: str,
+    guarded_items: str,
     make_destination: Callable[..., PostgreSQLDestination],
 ) -> None:
-    create_table(
-        pg_conn,
-        pg_schema,
-        "items",
-        "id int PRIMARY KEY, name text, qty int, _rosetta_commit bigint, _rosetta_seq bigint",
-    )
     with pg_conn.cursor() as cur:
         cur.execute(
             sql.SQL("INSERT INTO {} (id, name, qty) VALUES (1, 'old', 0), (2, 'gone', 0)").format(
-                qualified(pg_schema, "items")
+                qualified(guarded_items, "items")
             )
         )
-    dest = make_destination(pg_schema, copy_threshold=PATHS[path], position_guard=guard)
+    dest = make_destination(guarded_items, copy_threshold=PATHS[path], position_guard=guard)
     batch = [
         upsert(1, {"name": "new", "qty": 1}, 20),
         delete(2, 21),
@@ -122,9 +128,9 @@ def test_same_batch_twice_gives_same_table(
         upsert(3, {"name": "three again", "qty": 33}, 23),
     ]
     dest.write_batch(SOURCE_TABLE, batch)
-    once = rows(pg_conn, pg_schema, "items")
+    once = rows(pg_conn, guarded_items, "items")
     dest.write_batch(SOURCE_TABLE, batch)
-    assert rows(pg_conn, pg_schema, "items") == once
+    assert rows(pg_conn, guarded_items, "items") == once
     assert [(r[0], r[1], r[2]) for r in once] == [(1, "new", 1), (3, "three again", 33)]
 
 
@@ -623,16 +629,10 @@ def test_batches_prepared_ahead_write_like_write_batch(
     path: str,
     guard: bool,
     pg_conn: Any,
-    pg_schema: str,
+    guarded_items: str,
     make_destination: Callable[..., PostgreSQLDestination],
 ) -> None:
-    create_table(
-        pg_conn,
-        pg_schema,
-        "items",
-        "id int PRIMARY KEY, name text, qty int, _rosetta_commit bigint, _rosetta_seq bigint",
-    )
-    dest = make_destination(pg_schema, copy_threshold=PATHS[path], position_guard=guard)
+    dest = make_destination(guarded_items, copy_threshold=PATHS[path], position_guard=guard)
     first = [upsert(i, {"name": f"n{i}", "qty": i}, 10 + i) for i in range(1, 6)]
     # Before any write the catalog is unknown: the write plans for itself.
     assert dest.write_prepared(dest.prepare_batch(SOURCE_TABLE, first)) == 5
@@ -645,7 +645,7 @@ def test_batches_prepared_ahead_write_like_write_batch(
     ]
     prepared = [dest.prepare_batch(SOURCE_TABLE, b) for b in (second, third)]
     assert [dest.write_prepared(p) for p in prepared] == [3, 3]
-    assert [r[:3] for r in rows(pg_conn, pg_schema, "items")] == [
+    assert [r[:3] for r in rows(pg_conn, guarded_items, "items")] == [
         (1, "one", 1),
         (2, "two again", 22),
         (4, "n4", 4),
