@@ -863,12 +863,12 @@ class RocksqStore(QueueStore):
                 self._retire_head(state)
 
     @staticmethod
-    def _give_back(state: _QueueState, head: list[bytes], offset: int) -> None:
-        """Put ``head`` and every outstanding lease back in front of the buffer, in order."""
+    def _give_back(state: _QueueState, head: list[bytes], offset: int, first: int = 0) -> None:
+        """Put ``head`` and the leases from ``first`` on back in front of the buffer, in order."""
         returned = list(head)
-        for later in state.leases:
+        for later in state.leases[first:]:
             returned.extend(later.payloads)
-        state.leases = []
+        del state.leases[first:]
         state.buffer[0:0] = returned
         state.read_offset = offset
 
@@ -911,12 +911,10 @@ class RocksqStore(QueueStore):
             return
         state = self._state(lease.queue)
         with state.lock:
-            if not any(held is lease for held in state.leases):
+            position = next((i for i, held in enumerate(state.leases) if held is lease), None)
+            if position is None:
                 raise LeaseError(f"lease on {lease.queue} is not an outstanding lease")
-            position = next(i for i, held in enumerate(state.leases) if held is lease)
-            kept, state.leases = state.leases[:position], state.leases[position:]
-            self._give_back(state, [], lease.token[1])
-            state.leases = kept
+            self._give_back(state, [], lease.token[1], position)
 
     def peek(self, queue: QueueId, limit: int, *, newest: bool = False) -> list[bytes]:
         state = self._state(queue)
