@@ -222,11 +222,10 @@ class PostgreSQLDestination(ProbedDestination):
         return self._write(batch.table, len(batch.records), work)
 
     def _write(self, table: str, count: int, prepared: _PreparedWrite) -> int:
-        target, changes = prepared.target, prepared.changes
         with self._lock:
             reused = self._conn is not None and not self._conn.closed
             try:
-                self._apply(target, changes, prepared)
+                self._apply(prepared)
             except (
                 psycopg2.OperationalError,
                 psycopg2.InterfaceError,
@@ -245,22 +244,18 @@ class PostgreSQLDestination(ProbedDestination):
                     table,
                     _first_line(exc),
                 )
-                self._apply(target, changes, prepared)
+                self._apply(prepared)
         logger.debug(
             "batch applied destination=%s table=%s records=%d net=%d",
             self,
             table,
             count,
-            len(changes),
+            len(prepared.changes),
         )
         return count
 
-    def _apply(
-        self,
-        target: tuple[str | None, str],
-        changes: list[ChangeRecord],
-        prepared: _PreparedWrite | None = None,
-    ) -> None:
+    def _apply(self, prepared: _PreparedWrite) -> None:
+        target, changes = prepared.target, prepared.changes
         conn = self._connection()
         try:
             # The watch ends before _abort() closes the connection, so the
@@ -270,11 +265,7 @@ class PostgreSQLDestination(ProbedDestination):
                     with conn.cursor() as cur:
                         info = self._table_info(cur, target)
                         chunks = None
-                        if (
-                            prepared is not None
-                            and prepared.info is info
-                            and prepared.plan is not None
-                        ):
+                        if prepared.info is info and prepared.plan is not None:
                             # Planned against the current catalog entry: still valid.
                             plan, chunks = prepared.plan, prepared.copy_chunks
                         else:
