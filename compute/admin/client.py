@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from compute.admin.export_format import parse_header
-from compute.admin.http_api import DISCOVERY_FILE
+from compute.admin.http_api import DISCOVERY_FILE, IMPORT_CONTENT_TYPE
+from compute.admin.json_limits import MAX_BODY_DEPTH, MAX_LINE_DEPTH, loads
 from compute.errors import (
     DLQConflictError,
     EngineUnreachableError,
@@ -100,7 +101,7 @@ def connect(settings: Settings) -> DLQClient:
     discovery = base / DISCOVERY_FILE
     info: dict[str, Any] | None = None
     try:
-        info = json.loads(discovery.read_text())
+        info = loads(discovery.read_text(), MAX_BODY_DEPTH)
     except FileNotFoundError:
         info = None
     except (OSError, ValueError):
@@ -230,7 +231,7 @@ class HttpClient(DLQClient):
             return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as error:
             try:
-                message = json.loads(error.read()).get("error", error.reason)
+                message = loads(error.read(), MAX_BODY_DEPTH).get("error", error.reason)
             except (ValueError, AttributeError):
                 message = str(error.reason)
             raise _http_error(error.code, str(message), self) from None
@@ -243,7 +244,10 @@ class HttpClient(DLQClient):
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         with self._open(method, path, **kwargs) as response:
-            return json.loads(response.read())
+            try:
+                return loads(response.read(), MAX_LINE_DEPTH)
+            except ValueError as error:
+                raise OperationError(f"the engine sent a bad answer to {path}: {error}") from None
 
     def queues(self) -> list[dict[str, Any]]:
         return list(self._request("GET", "/dlq/queues")["queues"])
@@ -299,7 +303,7 @@ class HttpClient(DLQClient):
             lines = _lines(response)
             first = next(lines, b"")
             try:
-                lane, expected = parse_header(json.loads(first))
+                lane, expected = parse_header(loads(first, MAX_BODY_DEPTH))
             except ValueError as error:
                 raise OperationError(f"the engine sent a bad export header: {error}") from None
             with progress("exporting", expected) as advance, tmp.open("wb") as out:
@@ -328,7 +332,7 @@ class HttpClient(DLQClient):
         query = urllib.parse.urlencode({"skip_existing": str(skip_existing).lower()})
         size = path.stat().st_size
         with progress("importing", None), path.open("rb") as body:
-            headers = {"Content-Type": "application/x-ndjson", "Content-Length": str(size)}
+            headers = {"Content-Type": IMPORT_CONTENT_TYPE, "Content-Length": str(size)}
             return dict(self._request("POST", f"/dlq/import?{query}", data=body, headers=headers))
 
 

@@ -26,6 +26,7 @@ from compute.admin.export_format import (
     message_to_line,
     parse_header,
 )
+from compute.admin.json_limits import MAX_LINE_DEPTH, JSONTooDeepError, loads
 from compute.dlq_manager import DLQManager, _iso
 from compute.dlq_message import DLQMessage, message_to_json
 from compute.dlq_recovery import DLQRecoveryWorker
@@ -620,7 +621,9 @@ def _validate_file(path: Path) -> tuple[QueueId, list[str]]:
                 if not line.strip():
                     raise OperationError(f"{where}: empty line")
                 try:
-                    data = json.loads(line)
+                    data = loads(line, MAX_LINE_DEPTH)
+                except JSONTooDeepError as error:
+                    raise OperationError(f"{where}: {error}") from None
                 except json.JSONDecodeError as error:
                     raise OperationError(f"{where}: not JSON: {error.msg}") from None
                 try:
@@ -652,7 +655,7 @@ def _read_messages(path: Path, lane: QueueId) -> Iterable[DLQMessage]:
     with path.open(encoding="utf-8") as handle:
         next(handle)
         for line in handle:
-            yield message_from_line(json.loads(line), lane)
+            yield message_from_line(loads(line, MAX_LINE_DEPTH), lane)
 
 
 def _dumps(data: dict[str, Any]) -> str:

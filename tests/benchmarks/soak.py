@@ -13,7 +13,10 @@ random, one at a time with a clear gap between them:
 * ``pg_terminate_backend`` of the engine's sessions, with the next COMMIT
   replies swallowed by the proxy (committed, the engine never hears);
 * ``kill -9`` of the engine, restarted at once (first 60% of the window
-  only, so that the last engine process lives long enough to measure).
+  only, so that the last engine process lives long enough to measure);
+* an idle-connection flood: 200 connections (more than the admin API's cap)
+  opened to the engine's admin API on loopback and held past its timeout,
+  then closed; the API must serve again right after.
 
 The source produces ``rate`` events per second, ``0.9 * rate * window``
 events in all. The synthetic source is rate-capped and cannot catch up time
@@ -44,11 +47,14 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import psycopg2
@@ -191,6 +197,46 @@ def terminate_sessions(dsn: str) -> int:
         conn.close()
 
 
+IDLE_FLOOD_CONNECTIONS = 200  # above ROSETTA_ADMIN_MAX_CONNECTIONS' default of 32
+IDLE_FLOOD_SECONDS = 12.0  # past ROSETTA_ADMIN_TIMEOUT's default of 10: idle ones are cut
+
+
+def idle_connection_flood(work: Path) -> str:
+    """Open many idle connections to the engine's admin API, hold them, close them.
+
+    Loopback only, a bounded count, all closed at the end. The engine must
+    refuse those over its cap without a thread and cut the idle ones, with
+    its pipelines untouched; then a real request must be served again.
+    """
+    try:
+        url = json.loads((work / "dlq" / "admin.json").read_text())["url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "skipped (no admin.json)"
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname, parts.port
+    if host not in ("127.0.0.1", "::1", "localhost") or port is None:
+        return f"skipped (not loopback: {url})"
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(IDLE_FLOOD_CONNECTIONS):
+            try:
+                sockets.append(socket.create_connection((host, port), timeout=2))
+            except OSError:
+                break
+        time.sleep(IDLE_FLOOD_SECONDS)
+    finally:
+        for s in sockets:
+            s.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/dlq/stats", timeout=5) as response:
+                return f"opened={len(sockets)} served_after={response.status}"
+        except OSError:
+            time.sleep(0.2)
+    return f"opened={len(sockets)} served_after=none"
+
+
 def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
     rng = random.Random(seed)
     window = minutes * 60.0
@@ -240,6 +286,7 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
             if elapsed >= hard_stop or (elapsed >= window and source_position(work) >= events):
                 break
             faults = ["pg_stop", "latency", "reset_mid", "reset", "blackhole", "terminate"]
+            faults.append("idle_flood")
             if elapsed < 0.6 * window:
                 faults.append("kill9")
             fault = rng.choice(faults)
@@ -270,6 +317,8 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
                 time.sleep(min(hold, 1.0))
             elif fault == "kill9":
                 engine.kill9()
+            elif fault == "idle_flood":
+                print(f"    idle_flood: {idle_connection_flood(work)}", flush=True)
             proxy.pass_through()
             last_fault_ended = time.monotonic()
         # Clear every fault, then wait for the engine to drain and exit by itself.

@@ -67,6 +67,42 @@ def test_non_loopback_admin_needs_a_token(tmp_path: Path) -> None:
     assert "s3cret" not in repr(admin)
 
 
+def test_admin_limits_and_allowed_hosts(tmp_path: Path) -> None:
+    defaults = settings({}, tmp_path).admin
+    assert (defaults.allowed_hosts, defaults.max_connections, defaults.timeout) == ((), 32, 10.0)
+    assert defaults.max_body_bytes == 1024 * 1024 * 1024
+    admin = settings(
+        {
+            "ROSETTA_ADMIN_ALLOWED_HOSTS": " Rosetta.Internal. , admin.example.com:443,,[::1]:8080",
+            "ROSETTA_ADMIN_MAX_CONNECTIONS": "8",
+            "ROSETTA_ADMIN_TIMEOUT": "2.5",
+            "ROSETTA_ADMIN_MAX_BODY_MB": "2GiB",
+        },
+        tmp_path,
+    ).admin
+    assert admin.allowed_hosts == ("rosetta.internal", "admin.example.com:443", "[::1]:8080")
+    assert (admin.max_connections, admin.timeout, admin.max_body_mb) == (8, 2.5, 2048)
+
+
+def test_bad_admin_limits_name_the_variable(tmp_path: Path) -> None:
+    problems = error_of(
+        {
+            "ROSETTA_ADMIN_ALLOWED_HOSTS": "good.example,bad host",
+            "ROSETTA_ADMIN_MAX_CONNECTIONS": "0",
+            "ROSETTA_ADMIN_TIMEOUT": "never",
+            "ROSETTA_ADMIN_MAX_BODY_MB": "0",
+        },
+        tmp_path,
+    ).problems
+    assert [p.split("=")[0] for p in problems] == [
+        "ROSETTA_ADMIN_ALLOWED_HOSTS",
+        "ROSETTA_ADMIN_MAX_CONNECTIONS",
+        "ROSETTA_ADMIN_TIMEOUT",
+        "ROSETTA_ADMIN_MAX_BODY_MB",
+    ]
+    assert all("is invalid: expected" in p for p in problems)
+
+
 def test_alert_variables_parse(tmp_path: Path) -> None:
     alerts = settings(
         {

@@ -35,13 +35,16 @@ def call(
     body: Any = None,
     token: str | None = None,
     data: bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    headers = {}
+    headers = dict(headers or {})
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
     if body is not None:
         data = json.dumps(body).encode() if not isinstance(body, bytes) else body
-        headers["Content-Type"] = "application/json"
+        headers.setdefault("Content-Type", "application/json")
+    elif data is not None:
+        headers.setdefault("Content-Type", "application/x-ndjson")
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
