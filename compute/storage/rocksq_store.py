@@ -83,6 +83,8 @@ _NO_TTL = 0
 _DISK_BYTES_TTL = 1.0
 _CURSOR_RECORD = 96
 _FREE_DISK_TTL = 0.5
+# Free room under which a failed RocksDB call is put down to a full disk, not damage.
+_WRITE_ROOM = 1 << 20
 
 
 def _segment_dir(queue_dir: Path, number: int) -> Path:
@@ -428,9 +430,17 @@ class RocksqStore(QueueStore):
             return seen, messages
         except RuntimeError as error:
             text = str(error)
-            if _is_corruption(text):
-                raise QueueCorruptError(f"queue {state.queue} is damaged: {text}") from None
-            raise DLQStorageError(f"cannot count queue {state.queue}: {text}") from None
+            # A fresh handle that cannot read its own items: a damaged data
+            # block (rocksq passes on no more than "Failed to retrieve items"),
+            # unless the disk is full, since reading writes the label's position.
+            if _is_corruption(text) or not (_is_no_space(text) or self._disk_low()):
+                raise QueueCorruptError(
+                    f"queue {state.queue} is damaged (corrupt RocksDB data): "
+                    f"counting segment {number} failed: {text}"
+                ) from None
+            raise DLQFullError(
+                "disk_full", f"cannot count queue {state.queue}: {text}", state.queue
+            ) from None
         finally:
             del handle
 
@@ -502,8 +512,11 @@ class RocksqStore(QueueStore):
         # The traceback's frames (``_rewind``'s among them) still hold the failed
         # handle, and with it RocksDB's lock: let go before reopening.
         traceback.clear_frames(error.__traceback__)
-        if _is_corruption(text) or self._unreadable(state):
-            self._set_aside(state, f"queue {state.queue} is damaged: {action} failed: {text}")
+        if _is_corruption(text) or (not self._disk_low() and self._unreadable(state)):
+            self._set_aside(
+                state,
+                f"queue {state.queue} is damaged (corrupt RocksDB data): {action} failed: {text}",
+            )
             self._load(state)
             return
         raise self._fail(state, action, error) from None
@@ -527,8 +540,7 @@ class RocksqStore(QueueStore):
                         break
                 handle.remove_label(VERIFY_LABEL)
             except RuntimeError as failure:
-                text = str(failure)
-                return "No space left" not in text and "ENOSPC" not in text
+                return not (_is_no_space(str(failure)) or self._disk_low())
             finally:
                 del handle
         # Every item was readable: the next use reloads (and rewinds) the queue.
@@ -626,7 +638,8 @@ class RocksqStore(QueueStore):
         self._close_handles_of(state)
         state.loaded = False
         text = str(error)
-        if "No space left" in text or "ENOSPC" in text:
+        # rocksq's read errors carry no cause; a nearly full disk is the likely one.
+        if _is_no_space(text) or self._disk_low():
             return DLQFullError("disk_full", f"{action} failed: {text}", state.queue)
         return DLQStorageError(f"{action} on queue {state.queue} failed: {text}")
 
@@ -722,6 +735,19 @@ class RocksqStore(QueueStore):
             state.bytes_since_measure = 0
         return state.disk_bytes + state.bytes_since_measure
 
+    def _disk_low(self) -> bool:
+        """True when the base path has too little room left for RocksDB's small writes.
+
+        Called only after a failure: rocksq reports a failed read as "Failed
+        to retrieve items" whatever the cause, and a read writes too (the
+        label's new position), so on a full disk it fails as a damaged block
+        does. Damage is concluded only while there is room.
+        """
+        try:
+            return shutil.disk_usage(self.base_path).free < _WRITE_ROOM
+        except OSError:
+            return True
+
     def _free_disk_bytes(self, now: float) -> int:
         with self._free_lock:
             if now - self._free_measured_at >= _FREE_DISK_TTL:
@@ -745,6 +771,10 @@ class RocksqStore(QueueStore):
                 lease = self._read_locked(state, max_items)
             except RuntimeError as error:  # topping up the buffer failed
                 self._on_read_error(state, error, "read")
+                return StoreLease(state.queue, [], (0, 0))
+            except QueueCorruptError as error:  # reopening a segment, or recounting it
+                self._set_aside(state, str(error))
+                self._load(state)
                 return StoreLease(state.queue, [], (0, 0))
             if lease.payloads:
                 state.leases.append(lease)
@@ -954,6 +984,10 @@ class RocksqStore(QueueStore):
                 handle = None  # see enqueue: the traceback must not keep it open
                 self._on_read_error(state, error, "peek")
                 return []
+            except QueueCorruptError as error:  # reopening a segment found it damaged
+                self._set_aside(state, str(error))
+                self._load(state)
+                return []
 
     @staticmethod
     def _peek_segment(handle: Any, count: int, start: Any) -> list[bytes]:
@@ -999,7 +1033,13 @@ class RocksqStore(QueueStore):
                             handle.remove_label(label)
                     except RuntimeError as error:
                         handle = None  # see enqueue: the traceback must not keep it open
-                        raise self._fail(state, "scan", error) from None
+                        # Damage sets the queue aside (raising otherwise): the scan ends.
+                        self._on_read_error(state, error, "scan")
+                        return
+                    except QueueCorruptError as error:
+                        self._set_aside(state, str(error))
+                        self._load(state)
+                        return
                 if not items:
                     break
                 payloads: list[bytes] = []
@@ -1107,9 +1147,27 @@ class _ShortSegment(Exception):
     """A segment returned fewer items than counted (a write that failed half-way)."""
 
 
+# RocksDB's texts for damaged files. Its corruption statuses read "Corruption: ...",
+# but the detail alone ("block checksum mismatch", "bad block contents", ...)
+# is all some wrappers pass on, so those are matched too.
+_CORRUPTION_RE = re.compile(
+    r"corrupt|checksum mismatch|bad block|bad entry in block|bad table magic"
+    r"|bad extended magic|magic number mismatch|truncated block|truncated (header|record)"
+    r"|bad record length|file is too short|too short to be an sst|file too short"
+    r"|internal key (length )?too small|bad writebatch",
+    re.IGNORECASE,
+)
+
+
 def _is_corruption(text: str) -> bool:
     """RocksDB errors that mean damaged files, not a busy or full disk."""
-    return "Corruption" in text or ("IO error" in text and "No such file or directory" in text)
+    return bool(_CORRUPTION_RE.search(text)) or (
+        "IO error" in text and "No such file or directory" in text
+    )
+
+
+def _is_no_space(text: str) -> bool:
+    return "No space left" in text or "ENOSPC" in text
 
 
 def _cursor_crc(segment: int, acked: int) -> int:
