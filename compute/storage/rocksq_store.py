@@ -56,6 +56,7 @@ from compute.errors import (
 )
 from compute.queue_id import DEST_PREFIX, SOURCE_PREFIX, TABLE_PREFIX, QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoredStats, StoreLease
+from compute.storage.disk_reserve import DiskReserve
 from compute.storage.frames import decode_frame, encode_frames, frame_count
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ QUEUE_FILE = "queue.json"
 WRITTEN_FILE = "segments.json"
 VERIFY_LABEL = "rosetta-verify"
 LOCK_FILE = ".rosetta.lock"
+# Preallocated room given up to reopen queues on a full disk (see DiskReserve).
+RESERVE_FILE = ".rosetta.reserve"
 _SEGMENT_RE = re.compile(r"^seg_(\d{12})$")
 # MpmcQueue TTL: 0 keeps items forever. Expiry is done by the manager, which
 # counts and logs every expired message; RocksDB's TTL would drop them silently.
@@ -85,6 +88,13 @@ _CURSOR_RECORD = 96
 _FREE_DISK_TTL = 0.5
 # Free room under which a failed RocksDB call is put down to a full disk, not damage.
 _WRITE_ROOM = 1 << 20
+# What opening a segment writes besides flushing its log (measured: 0.1 to 0.3 MiB,
+# a new MANIFEST and OPTIONS file, the info log, a small table file).
+_REOPEN_ROOM = 1 << 20
+# RocksDB's write buffer (rocksq's default): a larger log is flushed by RocksDB itself.
+_WAL_CAP = 64 << 20
+# Bytes a rocksq item adds to the log beyond its own (key, record header).
+_ITEM_OVERHEAD = 64
 
 
 def _segment_dir(queue_dir: Path, number: int) -> Path:
@@ -95,6 +105,8 @@ def _segment_dir(queue_dir: Path, number: int) -> Path:
 class _Handle:
     queue: MpmcQueue
     last_used: float
+    # Bytes added through this handle: its log, which the next open must flush.
+    log_bytes: int = 0
 
 
 @dataclass
@@ -172,6 +184,13 @@ class RocksqStore(QueueStore):
         self._prepare_base_path()
         if lock_base_path:
             self._lock_fd = self._lock_base_path()
+        self._reserve = DiskReserve(self.base_path / RESERVE_FILE, keep_free=_WRITE_ROOM)
+        if not self._reserve.grow(_REOPEN_ROOM):
+            logger.warning(
+                "DLQ disk nearly full, no room kept to reopen queues yet: path=%s free=%d",
+                self.base_path,
+                shutil.disk_usage(self.base_path).free,
+            )
 
     # ----------------------------------------------------------------- set-up
 
@@ -384,7 +403,13 @@ class RocksqStore(QueueStore):
         data = record.ljust(_CURSOR_RECORD - 1).encode() + b"\n"
         if state.cursor_fd is None:
             state.cursor_fd = os.open(state.path / CURSOR_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        os.pwrite(state.cursor_fd, data, 0)
+        try:
+            os.pwrite(state.cursor_fd, data, 0)
+        except OSError as error:
+            # A new cursor file needs a block: on a full disk, from the reserve.
+            if error.errno != errno.ENOSPC or not self._release_reserve(state.path):
+                raise
+            os.pwrite(state.cursor_fd, data, 0)
         state.cursor_segment, state.cursor_acked = segment, acked
 
     def _close_cursor(self, state: _QueueState) -> None:
@@ -554,7 +579,7 @@ class RocksqStore(QueueStore):
             for old_log in path.glob("LOG.old.*"):
                 # RocksDB keeps every info log of every open; they are not data.
                 old_log.unlink(missing_ok=True)
-            return MpmcQueue(str(path), _NO_TTL)
+            return self._open_segment(path)
         except RuntimeError as error:
             text = str(error)
             if "lock hold by current process" in text:
@@ -569,8 +594,64 @@ class RocksqStore(QueueStore):
                     f"queue {queue} is locked by another process ({path}): {text}"
                 ) from None
             if "No space left" in text:
-                raise DLQFullError("disk_full", f"cannot open {path}: {text}", queue) from None
+                raise DLQFullError(
+                    "disk_full",
+                    f"cannot open {path}: {text}; free disk space under {self.base_path} "
+                    "(the queue is opened again on its next use)",
+                    queue,
+                ) from None
             raise DLQStorageError(f"cannot open queue {queue} at {path}: {text}") from None
+
+    def _open_segment(self, path: Path) -> MpmcQueue:
+        """Open a segment; on a full disk with the reserved room, and leaving no file behind.
+
+        An open flushes the segment's log first (about its size of room); one
+        that fails for want of room leaves a partial table file and a rotated
+        info log, one more per attempt, unless they are removed.
+        """
+        before = _listing(path)
+        try:
+            return MpmcQueue(str(path), _NO_TTL)
+        except RuntimeError as error:
+            if not _is_no_space(str(error)):
+                raise
+            _remove_new_files(path, before)
+            if not self._release_reserve(path):
+                raise
+        try:
+            return MpmcQueue(str(path), _NO_TTL)
+        except RuntimeError as error:
+            if _is_no_space(str(error)):
+                _remove_new_files(path, before)
+            raise
+
+    def _release_reserve(self, path: Path) -> bool:
+        """Give up the reserved room so that replay can go on; False if there was none."""
+        freed = self._reserve.release()
+        if freed:
+            logger.warning(
+                "DLQ disk full, room kept for replay released: path=%s freed=%d; "
+                "enqueues are refused until it can be taken back",
+                path,
+                freed,
+            )
+        return bool(freed)
+
+    def _keep_reopen_room(self, state: _QueueState, size: int) -> None:
+        """Grow (or take back) the reserve to ``size`` bytes, or refuse the enqueue.
+
+        Data the store could not reopen on a full disk could not be replayed
+        either: a batch is accepted only while its log's flush is covered.
+        """
+        if not self._reserve.grow(max(size, self._reserve.wanted)):
+            free = shutil.disk_usage(self.base_path).free
+            raise DLQFullError(
+                "disk_full",
+                f"No space left on device for the DLQ under {self.base_path}: {free} bytes free, "
+                f"and {self._reserve.wanted} bytes ({RESERVE_FILE}) must stay available to reopen "
+                "the queues; batch refused until replay or the operator frees room",
+                state.queue,
+            )
 
     def _handle(self, state: _QueueState, number: int, now: float | None = None) -> MpmcQueue:
         """An open handle on segment ``number``; the caller holds ``state.lock``.
@@ -670,13 +751,21 @@ class RocksqStore(QueueStore):
                 number = segments[-1]
             handle = self._handle(state, number, now)
             frames = encode_frames(payloads)
+            entry = state.handles[number]
+            logged = entry.log_bytes + _ITEM_OVERHEAD * len(frames)
+            logged += len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
+            # The next open must flush this log: keep room for that (a check per
+            # batch, a syscall per MiB at most).
+            if min(logged, _WAL_CAP) + _REOPEN_ROOM > self._reserve.size:
+                self._keep_reopen_room(state, min(logged, _WAL_CAP) + _REOPEN_ROOM)
             try:
                 handle.add(frames)
             except RuntimeError as error:
                 # The traceback keeps this frame, and the frame the handle: let
                 # go of it, or the dead RocksDB stays open and locked.
-                del handle
+                del handle, entry
                 raise self._fail(state, "enqueue", error) from None
+            entry.log_bytes = logged
             counts[number] += count
             state.items[number] += len(frames)
             state.total += count
@@ -1112,6 +1201,9 @@ class RocksqStore(QueueStore):
             return removed
 
     def close_idle(self, idle_seconds: float) -> int:
+        if self._reserve.released and not self._reserve.restore():
+            # The disk is full: reopening needs room, an open handle does not.
+            return 0
         cutoff = self._clock() - idle_seconds
         closed = 0
         with self._handles_lock:
@@ -1168,6 +1260,39 @@ def _is_corruption(text: str) -> bool:
 
 def _is_no_space(text: str) -> bool:
     return "No space left" in text or "ENOSPC" in text
+
+
+def _listing(path: Path) -> tuple[set[str] | None, bytes | None]:
+    """The names in a segment directory (None: no directory) and its ``CURRENT`` file."""
+    try:
+        names = set(os.listdir(path))
+    except FileNotFoundError:
+        return None, None
+    try:
+        return names, (path / "CURRENT").read_bytes()
+    except OSError:
+        return names, None
+
+
+def _remove_new_files(path: Path, before: tuple[set[str] | None, bytes | None]) -> None:
+    """Remove what a failed open added to ``path``, unless it got as far as changing the database.
+
+    While ``CURRENT`` names the same MANIFEST, no new file is part of the
+    database: a half-written table file, a rotated info log, a new log.
+    """
+    names, current = before
+    if names is None:
+        shutil.rmtree(path, ignore_errors=True)  # the open created the directory
+        return
+    now = _listing(path)
+    if now[0] is None or now[1] != current:
+        return
+    for name in now[0] - names:
+        if name not in ("LOG", "LOCK"):
+            try:
+                (path / name).unlink()
+            except OSError:
+                pass
 
 
 def _cursor_crc(segment: int, acked: int) -> int:
