@@ -6,6 +6,7 @@ Nothing else in Rosetta reads ``os.environ``: everything gets a frozen
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -577,4 +578,8 @@ def prepare_directory(path: Path, variable: str) -> None:
             os.close(fd)
             os.unlink(probe)
     except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Writable, but full: the store starts anyway and drains its queues
+            # with the room it keeps for that; enqueues are refused meanwhile.
+            return
         raise ConfigError([f"{where}: the directory is not writable: {error.strerror}"]) from None

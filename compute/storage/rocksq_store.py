@@ -56,6 +56,7 @@ from compute.errors import (
 )
 from compute.queue_id import DEST_PREFIX, SOURCE_PREFIX, TABLE_PREFIX, QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoredStats, StoreLease
+from compute.storage.disk_reserve import DiskReserve
 from compute.storage.frames import decode_frame, encode_frames, frame_count
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ QUEUE_FILE = "queue.json"
 WRITTEN_FILE = "segments.json"
 VERIFY_LABEL = "rosetta-verify"
 LOCK_FILE = ".rosetta.lock"
+# Preallocated room given up to reopen queues on a full disk (see DiskReserve).
+RESERVE_FILE = ".rosetta.reserve"
 _SEGMENT_RE = re.compile(r"^seg_(\d{12})$")
 # MpmcQueue TTL: 0 keeps items forever. Expiry is done by the manager, which
 # counts and logs every expired message; RocksDB's TTL would drop them silently.
@@ -83,6 +86,15 @@ _NO_TTL = 0
 _DISK_BYTES_TTL = 1.0
 _CURSOR_RECORD = 96
 _FREE_DISK_TTL = 0.5
+# Free room under which a failed RocksDB call is put down to a full disk, not damage.
+_WRITE_ROOM = 1 << 20
+# What opening a segment writes besides flushing its log (measured: 0.1 to 0.3 MiB,
+# a new MANIFEST and OPTIONS file, the info log, a small table file).
+_REOPEN_ROOM = 1 << 20
+# RocksDB's write buffer (rocksq's default): a larger log is flushed by RocksDB itself.
+_WAL_CAP = 64 << 20
+# Bytes a rocksq item adds to the log beyond its own (key, record header).
+_ITEM_OVERHEAD = 64
 
 
 def _segment_dir(queue_dir: Path, number: int) -> Path:
@@ -93,6 +105,8 @@ def _segment_dir(queue_dir: Path, number: int) -> Path:
 class _Handle:
     queue: MpmcQueue
     last_used: float
+    # Bytes added through this handle: its log, which the next open must flush.
+    log_bytes: int = 0
 
 
 @dataclass
@@ -170,6 +184,13 @@ class RocksqStore(QueueStore):
         self._prepare_base_path()
         if lock_base_path:
             self._lock_fd = self._lock_base_path()
+        self._reserve = DiskReserve(self.base_path / RESERVE_FILE, keep_free=_WRITE_ROOM)
+        if not self._reserve.grow(_REOPEN_ROOM):
+            logger.warning(
+                "DLQ disk nearly full, no room kept to reopen queues yet: path=%s free=%d",
+                self.base_path,
+                shutil.disk_usage(self.base_path).free,
+            )
 
     # ----------------------------------------------------------------- set-up
 
@@ -382,7 +403,13 @@ class RocksqStore(QueueStore):
         data = record.ljust(_CURSOR_RECORD - 1).encode() + b"\n"
         if state.cursor_fd is None:
             state.cursor_fd = os.open(state.path / CURSOR_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        os.pwrite(state.cursor_fd, data, 0)
+        try:
+            os.pwrite(state.cursor_fd, data, 0)
+        except OSError as error:
+            # A new cursor file needs a block: on a full disk, from the reserve.
+            if error.errno != errno.ENOSPC or not self._release_reserve(state.path):
+                raise
+            os.pwrite(state.cursor_fd, data, 0)
         state.cursor_segment, state.cursor_acked = segment, acked
 
     def _close_cursor(self, state: _QueueState) -> None:
@@ -428,9 +455,17 @@ class RocksqStore(QueueStore):
             return seen, messages
         except RuntimeError as error:
             text = str(error)
-            if _is_corruption(text):
-                raise QueueCorruptError(f"queue {state.queue} is damaged: {text}") from None
-            raise DLQStorageError(f"cannot count queue {state.queue}: {text}") from None
+            # A fresh handle that cannot read its own items: a damaged data
+            # block (rocksq passes on no more than "Failed to retrieve items"),
+            # unless the disk is full, since reading writes the label's position.
+            if _is_corruption(text) or not (_is_no_space(text) or self._disk_low()):
+                raise QueueCorruptError(
+                    f"queue {state.queue} is damaged (corrupt RocksDB data): "
+                    f"counting segment {number} failed: {text}"
+                ) from None
+            raise DLQFullError(
+                "disk_full", f"cannot count queue {state.queue}: {text}", state.queue
+            ) from None
         finally:
             del handle
 
@@ -502,8 +537,11 @@ class RocksqStore(QueueStore):
         # The traceback's frames (``_rewind``'s among them) still hold the failed
         # handle, and with it RocksDB's lock: let go before reopening.
         traceback.clear_frames(error.__traceback__)
-        if _is_corruption(text) or self._unreadable(state):
-            self._set_aside(state, f"queue {state.queue} is damaged: {action} failed: {text}")
+        if _is_corruption(text) or (not self._disk_low() and self._unreadable(state)):
+            self._set_aside(
+                state,
+                f"queue {state.queue} is damaged (corrupt RocksDB data): {action} failed: {text}",
+            )
             self._load(state)
             return
         raise self._fail(state, action, error) from None
@@ -527,8 +565,7 @@ class RocksqStore(QueueStore):
                         break
                 handle.remove_label(VERIFY_LABEL)
             except RuntimeError as failure:
-                text = str(failure)
-                return "No space left" not in text and "ENOSPC" not in text
+                return not (_is_no_space(str(failure)) or self._disk_low())
             finally:
                 del handle
         # Every item was readable: the next use reloads (and rewinds) the queue.
@@ -542,7 +579,7 @@ class RocksqStore(QueueStore):
             for old_log in path.glob("LOG.old.*"):
                 # RocksDB keeps every info log of every open; they are not data.
                 old_log.unlink(missing_ok=True)
-            return MpmcQueue(str(path), _NO_TTL)
+            return self._open_segment(path)
         except RuntimeError as error:
             text = str(error)
             if "lock hold by current process" in text:
@@ -557,8 +594,64 @@ class RocksqStore(QueueStore):
                     f"queue {queue} is locked by another process ({path}): {text}"
                 ) from None
             if "No space left" in text:
-                raise DLQFullError("disk_full", f"cannot open {path}: {text}", queue) from None
+                raise DLQFullError(
+                    "disk_full",
+                    f"cannot open {path}: {text}; free disk space under {self.base_path} "
+                    "(the queue is opened again on its next use)",
+                    queue,
+                ) from None
             raise DLQStorageError(f"cannot open queue {queue} at {path}: {text}") from None
+
+    def _open_segment(self, path: Path) -> MpmcQueue:
+        """Open a segment; on a full disk with the reserved room, and leaving no file behind.
+
+        An open flushes the segment's log first (about its size of room); one
+        that fails for want of room leaves a partial table file and a rotated
+        info log, one more per attempt, unless they are removed.
+        """
+        before = _listing(path)
+        try:
+            return MpmcQueue(str(path), _NO_TTL)
+        except RuntimeError as error:
+            if not _is_no_space(str(error)):
+                raise
+            _remove_new_files(path, before)
+            if not self._release_reserve(path):
+                raise
+        try:
+            return MpmcQueue(str(path), _NO_TTL)
+        except RuntimeError as error:
+            if _is_no_space(str(error)):
+                _remove_new_files(path, before)
+            raise
+
+    def _release_reserve(self, path: Path) -> bool:
+        """Give up the reserved room so that replay can go on; False if there was none."""
+        freed = self._reserve.release()
+        if freed:
+            logger.warning(
+                "DLQ disk full, room kept for replay released: path=%s freed=%d; "
+                "enqueues are refused until it can be taken back",
+                path,
+                freed,
+            )
+        return bool(freed)
+
+    def _keep_reopen_room(self, state: _QueueState, size: int) -> None:
+        """Grow (or take back) the reserve to ``size`` bytes, or refuse the enqueue.
+
+        Data the store could not reopen on a full disk could not be replayed
+        either: a batch is accepted only while its log's flush is covered.
+        """
+        if not self._reserve.grow(max(size, self._reserve.wanted)):
+            free = shutil.disk_usage(self.base_path).free
+            raise DLQFullError(
+                "disk_full",
+                f"No space left on device for the DLQ under {self.base_path}: {free} bytes free, "
+                f"and {self._reserve.wanted} bytes ({RESERVE_FILE}) must stay available to reopen "
+                "the queues; batch refused until replay or the operator frees room",
+                state.queue,
+            )
 
     def _handle(self, state: _QueueState, number: int, now: float | None = None) -> MpmcQueue:
         """An open handle on segment ``number``; the caller holds ``state.lock``.
@@ -626,7 +719,8 @@ class RocksqStore(QueueStore):
         self._close_handles_of(state)
         state.loaded = False
         text = str(error)
-        if "No space left" in text or "ENOSPC" in text:
+        # rocksq's read errors carry no cause; a nearly full disk is the likely one.
+        if _is_no_space(text) or self._disk_low():
             return DLQFullError("disk_full", f"{action} failed: {text}", state.queue)
         return DLQStorageError(f"{action} on queue {state.queue} failed: {text}")
 
@@ -657,13 +751,21 @@ class RocksqStore(QueueStore):
                 number = segments[-1]
             handle = self._handle(state, number, now)
             frames = encode_frames(payloads)
+            entry = state.handles[number]
+            logged = entry.log_bytes + _ITEM_OVERHEAD * len(frames)
+            logged += len(frames[0]) if len(frames) == 1 else sum(map(len, frames))
+            # The next open must flush this log: keep room for that (a check per
+            # batch, a syscall per MiB at most).
+            if min(logged, _WAL_CAP) + _REOPEN_ROOM > self._reserve.size:
+                self._keep_reopen_room(state, min(logged, _WAL_CAP) + _REOPEN_ROOM)
             try:
                 handle.add(frames)
             except RuntimeError as error:
                 # The traceback keeps this frame, and the frame the handle: let
                 # go of it, or the dead RocksDB stays open and locked.
-                del handle
+                del handle, entry
                 raise self._fail(state, "enqueue", error) from None
+            entry.log_bytes = logged
             counts[number] += count
             state.items[number] += len(frames)
             state.total += count
@@ -722,6 +824,19 @@ class RocksqStore(QueueStore):
             state.bytes_since_measure = 0
         return state.disk_bytes + state.bytes_since_measure
 
+    def _disk_low(self) -> bool:
+        """True when the base path has too little room left for RocksDB's small writes.
+
+        Called only after a failure: rocksq reports a failed read as "Failed
+        to retrieve items" whatever the cause, and a read writes too (the
+        label's new position), so on a full disk it fails as a damaged block
+        does. Damage is concluded only while there is room.
+        """
+        try:
+            return shutil.disk_usage(self.base_path).free < _WRITE_ROOM
+        except OSError:
+            return True
+
     def _free_disk_bytes(self, now: float) -> int:
         with self._free_lock:
             if now - self._free_measured_at >= _FREE_DISK_TTL:
@@ -745,6 +860,10 @@ class RocksqStore(QueueStore):
                 lease = self._read_locked(state, max_items)
             except RuntimeError as error:  # topping up the buffer failed
                 self._on_read_error(state, error, "read")
+                return StoreLease(state.queue, [], (0, 0))
+            except QueueCorruptError as error:  # reopening a segment, or recounting it
+                self._set_aside(state, str(error))
+                self._load(state)
                 return StoreLease(state.queue, [], (0, 0))
             if lease.payloads:
                 state.leases.append(lease)
@@ -954,6 +1073,10 @@ class RocksqStore(QueueStore):
                 handle = None  # see enqueue: the traceback must not keep it open
                 self._on_read_error(state, error, "peek")
                 return []
+            except QueueCorruptError as error:  # reopening a segment found it damaged
+                self._set_aside(state, str(error))
+                self._load(state)
+                return []
 
     @staticmethod
     def _peek_segment(handle: Any, count: int, start: Any) -> list[bytes]:
@@ -999,7 +1122,13 @@ class RocksqStore(QueueStore):
                             handle.remove_label(label)
                     except RuntimeError as error:
                         handle = None  # see enqueue: the traceback must not keep it open
-                        raise self._fail(state, "scan", error) from None
+                        # Damage sets the queue aside (raising otherwise): the scan ends.
+                        self._on_read_error(state, error, "scan")
+                        return
+                    except QueueCorruptError as error:
+                        self._set_aside(state, str(error))
+                        self._load(state)
+                        return
                 if not items:
                     break
                 payloads: list[bytes] = []
@@ -1072,6 +1201,9 @@ class RocksqStore(QueueStore):
             return removed
 
     def close_idle(self, idle_seconds: float) -> int:
+        if self._reserve.released and not self._reserve.restore():
+            # The disk is full: reopening needs room, an open handle does not.
+            return 0
         cutoff = self._clock() - idle_seconds
         closed = 0
         with self._handles_lock:
@@ -1107,9 +1239,60 @@ class _ShortSegment(Exception):
     """A segment returned fewer items than counted (a write that failed half-way)."""
 
 
+# RocksDB's texts for damaged files. Its corruption statuses read "Corruption: ...",
+# but the detail alone ("block checksum mismatch", "bad block contents", ...)
+# is all some wrappers pass on, so those are matched too.
+_CORRUPTION_RE = re.compile(
+    r"corrupt|checksum mismatch|bad block|bad entry in block|bad table magic"
+    r"|bad extended magic|magic number mismatch|truncated block|truncated (header|record)"
+    r"|bad record length|file is too short|too short to be an sst|file too short"
+    r"|internal key (length )?too small|bad writebatch",
+    re.IGNORECASE,
+)
+
+
 def _is_corruption(text: str) -> bool:
     """RocksDB errors that mean damaged files, not a busy or full disk."""
-    return "Corruption" in text or ("IO error" in text and "No such file or directory" in text)
+    return bool(_CORRUPTION_RE.search(text)) or (
+        "IO error" in text and "No such file or directory" in text
+    )
+
+
+def _is_no_space(text: str) -> bool:
+    return "No space left" in text or "ENOSPC" in text
+
+
+def _listing(path: Path) -> tuple[set[str] | None, bytes | None]:
+    """The names in a segment directory (None: no directory) and its ``CURRENT`` file."""
+    try:
+        names = set(os.listdir(path))
+    except FileNotFoundError:
+        return None, None
+    try:
+        return names, (path / "CURRENT").read_bytes()
+    except OSError:
+        return names, None
+
+
+def _remove_new_files(path: Path, before: tuple[set[str] | None, bytes | None]) -> None:
+    """Remove what a failed open added to ``path``, unless it got as far as changing the database.
+
+    While ``CURRENT`` names the same MANIFEST, no new file is part of the
+    database: a half-written table file, a rotated info log, a new log.
+    """
+    names, current = before
+    if names is None:
+        shutil.rmtree(path, ignore_errors=True)  # the open created the directory
+        return
+    now = _listing(path)
+    if now[0] is None or now[1] != current:
+        return
+    for name in now[0] - names:
+        if name not in ("LOG", "LOCK"):
+            try:
+                (path / name).unlink()
+            except OSError:
+                pass
 
 
 def _cursor_crc(segment: int, acked: int) -> int:

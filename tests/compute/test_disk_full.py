@@ -62,7 +62,7 @@ def test_enospc_refuses_typed_then_recovers_everything_once_space_is_back(small_
         assert "No space left" in str(refused)
         assert len(accepted) > 500
         with pytest.raises(DLQFullError):  # still full: refused again, typed, no crash
-            dlq.enqueue(Q, messages(10**6, 1))
+            dlq.enqueue(Q, messages(10**6, 100))
         filler.unlink()  # space is back
         dlq.enqueue(Q, messages(10**6, 1))  # the dead handle was closed and reopened
         assert dlq.store.count(Q) == len(accepted) + 1
