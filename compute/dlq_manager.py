@@ -93,7 +93,13 @@ class QueueStatus:
 
 @dataclass
 class DLQLease:
-    """Messages handed to a queue's reader: ack them after the destination committed."""
+    """Messages handed to a queue's reader: ack them after the destination committed.
+
+    A context manager: leaving ``with lease:`` gives the lease back (its
+    messages stay at the head, in order) unless it was acknowledged or
+    released inside, whatever ended the block. A lease that is never given
+    back stalls its queue until a restart.
+    """
 
     queue: QueueId
     messages: list[DLQMessage]
@@ -105,6 +111,7 @@ class DLQLease:
     # Discarded (tombstoned) messages skipped in this lease: (payload index, id).
     _discarded: list[tuple[int, str]] = field(default_factory=list)
     _done: bool = False
+    _owner: DLQManager | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -112,6 +119,30 @@ class DLQLease:
     @property
     def is_empty(self) -> bool:
         return not self._store_lease.payloads
+
+    @property
+    def settled(self) -> bool:
+        """True once acknowledged or given back (by itself or with an earlier lease)."""
+        return self._done
+
+    def close(self) -> None:
+        """Give the lease back unless it is settled already."""
+        if not self._done and self._owner is not None:
+            self._owner.release(self)
+
+    def __enter__(self) -> DLQLease:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except DLQError as error:  # never hide what ended the block
+            logger.error("DLQ lease not given back: queue=%s error=%s", self.queue, error)
 
 
 @dataclass
@@ -134,6 +165,9 @@ class _QueueInfo:
     dirty: bool = True
     # Discarded messages of this lane: id -> how many of its first occurrences to skip.
     tombstones: dict[str, int] | None = None
+    # Outstanding leases, oldest first (the reader's, plus a read-ahead one):
+    # settling one also settles the later ones, as in the store.
+    leases: list[DLQLease] = field(default_factory=list)
 
 
 class DLQManager:
@@ -284,12 +318,18 @@ class DLQManager:
         limit = max_messages or self.config.batch_size
         store_lease = self.store.read(queue, limit, ahead=ahead)
         try:
-            return self._decode_lease(queue, store_lease, ahead)
+            lease = self._decode_lease(queue, store_lease, ahead)
         except BaseException:
             # Whatever went wrong, the payloads stay at the head: a lease the
             # reader never saw would block every later read of the queue.
             self.store.release(store_lease)
             raise
+        lease._owner = self
+        if store_lease.payloads:
+            info = self._info(queue)
+            with info.lock:
+                info.leases.append(lease)
+        return lease
 
     def _decode_lease(self, queue: QueueId, store_lease: StoreLease, ahead: bool) -> DLQLease:
         decoder = MessageDecoder(queue.main)
@@ -345,7 +385,8 @@ class DLQManager:
             gone = [i for index, i in lease._discarded if count is None or index < count]
             self._forget_tombstones(lease.queue, gone)
         self.store.ack(lease._store_lease, count)
-        lease._done = True
+        # A partial ack gives the rest back, and a read-ahead lease with it.
+        self._settle(lease, later=count is not None)
         if lease.queue.lane:
             self._info(lease.queue.main).parked_keys = None  # keys may be released
         done_ids = lease.messages if count is None else lease.messages[: messages_done or 0]
@@ -360,7 +401,23 @@ class DLQManager:
         if lease._done:
             raise LeaseError(f"lease on {lease.queue} was already acknowledged or released")
         self.store.release(lease._store_lease)
+        self._settle(lease, later=True)
+
+    def _settle(self, lease: DLQLease, *, later: bool) -> None:
+        """``lease`` is acked or given back; with ``later``, so are the leases after it."""
         lease._done = True
+        info = self._info(lease.queue)
+        with info.lock:
+            held = info.leases
+            position = next((i for i, x in enumerate(held) if x is lease), None)
+            if position is None:
+                return
+            if later:
+                for after in held[position + 1 :]:
+                    after._done = True
+                del held[position:]
+            else:
+                del held[position]
 
     # ---------------------------------------------------------------- parking
 

@@ -450,24 +450,24 @@ class DLQOperations:
         with worker.exclusive():
             while True:
                 lease = self.dlq.read_batch(queue.parked, self.settings.dlq.batch_size)
-                if lease.is_empty:
-                    break
-                if not lease.messages:
+                with lease:  # given back unless acknowledged, whatever fails
+                    if lease.is_empty:
+                        break
+                    if not lease.messages:
+                        self.dlq.ack(lease)
+                        continue
+                    try:
+                        destination.write_batch(queue.table, [m.record for m in lease.messages])
+                    except Exception as error:
+                        classified = classify_or_transient(destination, error)
+                        text = f"{classified.error_class}: {classified.message}"
+                        self.dlq.record_error(queue, f"parked replay failed: {text}")
+                        self.dlq.record_failed_attempt(queue.parked, lease.messages)
+                        done["failed"] = self.dlq.count(queue.parked)
+                        done["error"] = text
+                        logger.warning("parked replay failed: queue=%s error=%s", queue, text)
+                        break
                     self.dlq.ack(lease)
-                    continue
-                try:
-                    destination.write_batch(queue.table, [m.record for m in lease.messages])
-                except Exception as error:
-                    classified = classify_or_transient(destination, error)
-                    self.dlq.release(lease)
-                    self.dlq.record_failed_attempt(queue.parked, lease.messages)
-                    text = f"{classified.error_class}: {classified.message}"
-                    self.dlq.record_error(queue, f"parked replay failed: {text}")
-                    done["failed"] = self.dlq.count(queue.parked)
-                    done["error"] = text
-                    logger.warning("parked replay failed: queue=%s error=%s", queue, text)
-                    break
-                self.dlq.ack(lease)
                 done["replayed"] += len(lease.messages)
                 progress(len(lease.messages))
         if done["replayed"]:
