@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from compute.dlq_message import (
     DLQMessage,
@@ -34,6 +35,9 @@ from config.settings import DLQConfig, WhenFull
 from destinations.records import ChangeRecord
 
 logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 STATUS_FILE = "status.json"
 ATTEMPTS_FILE = "attempts.json"
@@ -168,6 +172,22 @@ class _QueueInfo:
     # Outstanding leases, oldest first (the reader's, plus a read-ahead one):
     # settling one also settles the later ones, as in the store.
     leases: list[DLQLease] = field(default_factory=list)
+    # Held by every append to the queue (either lane) and by operator edits
+    # of it (main lane's info only): see ``DLQManager.editing``.
+    edit_lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def _editing(
+    method: Callable[Concatenate[DLQManager, QueueId, _P], _T],
+) -> Callable[Concatenate[DLQManager, QueueId, _P], _T]:
+    """Run an operator edit of ``queue`` holding ``DLQManager.editing(queue)``."""
+
+    @functools.wraps(method)
+    def edit(self: DLQManager, queue: QueueId, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with self.editing(queue):
+            return method(self, queue, *args, **kwargs)
+
+    return edit
 
 
 class DLQManager:
@@ -254,7 +274,10 @@ class DLQManager:
                     raise MessageTooLargeError(message.message_id, len(payload), limit)
         info = self._info(queue)
         try:
-            self.store.enqueue(queue, payloads)
+            # One uncontended lock per batch: an operator edit of this queue
+            # (unpark, park, discard, purge, import) is not interleaved with it.
+            with (self._info(queue.main) if queue.lane else info).edit_lock:
+                self.store.enqueue(queue, payloads)
         except DLQFullError as error:
             error.queue = queue
             with info.lock:
@@ -291,6 +314,17 @@ class DLQManager:
             info.dirty = True
         # Frozen, so one shared result serves every single-message enqueue.
         return _ONE_ACCEPTED if count == 1 else EnqueueResult(count)
+
+    def editing(self, queue: QueueId) -> threading.RLock:
+        """Hold this (a context manager) to edit ``queue`` (both lanes) as one step.
+
+        Appends to the queue (``enqueue``, ``park``) wait meanwhile: a live
+        change to a key can then not land between an operator's snapshot of
+        the queue and the copies it appends (which would put it ahead of
+        older changes to the same key). Reentrant; the operator edits of this
+        class (purge, discard, park, unpark) take it themselves.
+        """
+        return self._info(queue.main).edit_lock
 
     def record_error(self, queue: QueueId, text: str) -> None:
         """Remember the latest failure seen for ``queue`` (shown in its status)."""
@@ -431,7 +465,8 @@ class DLQManager:
         if not messages:
             return
         payloads = encode_messages(messages)
-        self.store.enqueue(queue.parked, payloads)
+        with self.editing(queue):
+            self.store.enqueue(queue.parked, payloads)
         keys = self._parked_keys(queue)
         info = self._info(queue)
         with info.lock:
@@ -550,6 +585,7 @@ class DLQManager:
             found.append(message)
         return found[:limit]
 
+    @_editing
     def purge(self, queue: QueueId) -> int:
         """Delete every message of ``queue`` (or of its parked lane); returns how many."""
         discarded = sum(self._tombstones(queue).values())
@@ -609,6 +645,7 @@ class DLQManager:
                 return found
         raise MessageNotFoundError(f"no message {message_id!r} in any queue")
 
+    @_editing
     def discard_message(self, queue: QueueId, message_id: str) -> list[QueueId]:
         """Remove ``message_id`` from ``queue`` for good (every lane holding it).
 
@@ -635,6 +672,7 @@ class DLQManager:
         )
         return lanes
 
+    @_editing
     def park_message(self, queue: QueueId, message_id: str) -> DLQMessage:
         """Move one message of ``queue``'s main lane to its parked lane, by hand.
 
@@ -658,6 +696,7 @@ class DLQManager:
         self._info(queue.main).dirty = True
         return message
 
+    @_editing
     def unpark_message(self, queue: QueueId, message_id: str) -> list[DLQMessage]:
         """Send a parked message back for replay, keeping the order of its key.
 

@@ -565,7 +565,9 @@ class DLQOperations:
         lane, messages = _validate_file(path)
         queue = lane.main
         ids = set(messages)
-        with self._exclusive(queue):
+        # Live appends to the queue wait until the import is in: its messages
+        # stay together, in file order.
+        with self._exclusive(queue), self.dlq.editing(queue):
             existing = self.dlq.existing_ids(queue, ids)
             if existing and not skip_existing:
                 sample = ", ".join(sorted(existing)[:5])
