@@ -31,6 +31,7 @@ from compute.errors import (
 )
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoreLease
+from compute.supervisor import Supervisor
 from config.settings import DLQConfig, WhenFull
 from destinations.records import ChangeRecord
 
@@ -226,12 +227,10 @@ class DLQManager:
         self._infos: dict[QueueId, _QueueInfo] = {}
         self._infos_lock = threading.Lock()
         self._stop = threading.Event()
-        self._maintenance: threading.Thread | None = None
+        self.maintenance: Supervisor | None = None
         if background:
-            self._maintenance = threading.Thread(
-                target=self._maintain, name="dlq-maintenance", daemon=True
-            )
-            self._maintenance.start()
+            self.maintenance = Supervisor("dlq-maintenance", self._maintain, self._stop)
+            self.maintenance.start()
         logger.info("DLQ Manager initialized with base path: %s", config.base_path)
 
     def __enter__(self) -> DLQManager:
@@ -967,8 +966,8 @@ class DLQManager:
         if self._stop.is_set():
             return
         self._stop.set()
-        if self._maintenance is not None:
-            self._maintenance.join(timeout=5)
+        if self.maintenance is not None:
+            self.maintenance.join(timeout=5)
         try:
             self.write_status_files(force=True)
         finally:

@@ -33,6 +33,7 @@ from compute.health import DestinationHealth, HealthProbe
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
+from compute.supervisor import Supervisor
 from compute.writer_thread import WriterThread
 from config.settings import DLQConfig
 from destinations.base import Destination, PreparedBatch
@@ -128,8 +129,12 @@ class DLQRecoveryWorker:
         self._queues: dict[QueueId, _QueueReplayState] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
+        # Held by passes and operator actions; also guards the per-queue and
+        # per-destination schedules (_queues, _next_check), which replay_now
+        # changes from the admin thread.
         self._run_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        # Restarts the loop if anything unexpected escapes it.
+        self.supervisor = Supervisor(f"dlq-recovery-{pipeline_name}", self._loop, self._stop)
         self._rng = random.Random()
         self.stats = WorkerStats()
         self.max_batches_per_pass = max_batches_per_pass
@@ -143,12 +148,9 @@ class DLQRecoveryWorker:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self.supervisor.is_alive():
             return
-        self._thread = threading.Thread(
-            target=self._loop, name=f"dlq-recovery-{self.pipeline_name}", daemon=True
-        )
-        self._thread.start()
+        self.supervisor.start()
         logger.info("DLQ recovery worker started: pipeline=%s", self.pipeline_name)
 
     def stop(self, timeout: float = 1.0) -> bool:
@@ -160,10 +162,7 @@ class DLQRecoveryWorker:
         self._stop.set()
         self._wake.set()
         self._writer.close()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        stopped = not self._thread.is_alive()
+        stopped = self.supervisor.join(timeout)
         if stopped:
             logger.info("DLQ recovery worker stopped: pipeline=%s", self.pipeline_name)
         return stopped
@@ -188,9 +187,12 @@ class DLQRecoveryWorker:
 
     def _seconds_to_next_due(self) -> float:
         now = self._clock()
-        due = [t for t in self._next_check.values()] + [
-            s.retry_at for s in self._queues.values() if s.retry_at > now
-        ]
+        # Under the run lock: an operator's replay_now (another thread) adds
+        # and removes entries, and iterating a dict while it changes size raises.
+        with self._run_lock:
+            due = list(self._next_check.values()) + [
+                s.retry_at for s in self._queues.values() if s.retry_at > now
+            ]
         upcoming = min((t for t in due if t > now), default=now + self.config.check_interval)
         return max(0.05, min(self.config.check_interval, upcoming - now))
 
