@@ -92,6 +92,9 @@ def run(ctx: click.Context, pipelines: str | None) -> None:
 
     settings = load_settings()
     prepare_directory(settings.dlq.base_path, "DLQ_BASE_PATH")
+    # Sources write their offsets there after the first batch: an unusable
+    # directory must stop start-up, not the pipeline after its first write.
+    prepare_directory(settings.state_path, "ROSETTA_STATE_PATH")
     if pipelines:
         from dataclasses import replace
 

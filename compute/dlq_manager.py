@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from compute.dlq_message import (
     DLQMessage,
@@ -30,10 +31,14 @@ from compute.errors import (
 )
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoreLease
+from compute.supervisor import Supervisor
 from config.settings import DLQConfig, WhenFull
 from destinations.records import ChangeRecord
 
 logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 STATUS_FILE = "status.json"
 ATTEMPTS_FILE = "attempts.json"
@@ -93,7 +98,13 @@ class QueueStatus:
 
 @dataclass
 class DLQLease:
-    """Messages handed to a queue's reader: ack them after the destination committed."""
+    """Messages handed to a queue's reader: ack them after the destination committed.
+
+    A context manager: leaving ``with lease:`` gives the lease back (its
+    messages stay at the head, in order) unless it was acknowledged or
+    released inside, whatever ended the block. A lease that is never given
+    back stalls its queue until a restart.
+    """
 
     queue: QueueId
     messages: list[DLQMessage]
@@ -105,6 +116,7 @@ class DLQLease:
     # Discarded (tombstoned) messages skipped in this lease: (payload index, id).
     _discarded: list[tuple[int, str]] = field(default_factory=list)
     _done: bool = False
+    _owner: DLQManager | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -112,6 +124,30 @@ class DLQLease:
     @property
     def is_empty(self) -> bool:
         return not self._store_lease.payloads
+
+    @property
+    def settled(self) -> bool:
+        """True once acknowledged or given back (by itself or with an earlier lease)."""
+        return self._done
+
+    def close(self) -> None:
+        """Give the lease back unless it is settled already."""
+        if not self._done and self._owner is not None:
+            self._owner.release(self)
+
+    def __enter__(self) -> DLQLease:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except DLQError as error:  # never hide what ended the block
+            logger.error("DLQ lease not given back: queue=%s error=%s", self.queue, error)
 
 
 @dataclass
@@ -134,6 +170,25 @@ class _QueueInfo:
     dirty: bool = True
     # Discarded messages of this lane: id -> how many of its first occurrences to skip.
     tombstones: dict[str, int] | None = None
+    # Outstanding leases, oldest first (the reader's, plus a read-ahead one):
+    # settling one also settles the later ones, as in the store.
+    leases: list[DLQLease] = field(default_factory=list)
+    # Held by every append to the queue (either lane) and by operator edits
+    # of it (main lane's info only): see ``DLQManager.editing``.
+    edit_lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+def _editing(
+    method: Callable[Concatenate[DLQManager, QueueId, _P], _T],
+) -> Callable[Concatenate[DLQManager, QueueId, _P], _T]:
+    """Run an operator edit of ``queue`` holding ``DLQManager.editing(queue)``."""
+
+    @functools.wraps(method)
+    def edit(self: DLQManager, queue: QueueId, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with self.editing(queue):
+            return method(self, queue, *args, **kwargs)
+
+    return edit
 
 
 class DLQManager:
@@ -172,12 +227,10 @@ class DLQManager:
         self._infos: dict[QueueId, _QueueInfo] = {}
         self._infos_lock = threading.Lock()
         self._stop = threading.Event()
-        self._maintenance: threading.Thread | None = None
+        self.maintenance: Supervisor | None = None
         if background:
-            self._maintenance = threading.Thread(
-                target=self._maintain, name="dlq-maintenance", daemon=True
-            )
-            self._maintenance.start()
+            self.maintenance = Supervisor("dlq-maintenance", self._maintain, self._stop)
+            self.maintenance.start()
         logger.info("DLQ Manager initialized with base path: %s", config.base_path)
 
     def __enter__(self) -> DLQManager:
@@ -220,7 +273,10 @@ class DLQManager:
                     raise MessageTooLargeError(message.message_id, len(payload), limit)
         info = self._info(queue)
         try:
-            self.store.enqueue(queue, payloads)
+            # One uncontended lock per batch: an operator edit of this queue
+            # (unpark, park, discard, purge, import) is not interleaved with it.
+            with (self._info(queue.main) if queue.lane else info).edit_lock:
+                self.store.enqueue(queue, payloads)
         except DLQFullError as error:
             error.queue = queue
             with info.lock:
@@ -258,6 +314,17 @@ class DLQManager:
         # Frozen, so one shared result serves every single-message enqueue.
         return _ONE_ACCEPTED if count == 1 else EnqueueResult(count)
 
+    def editing(self, queue: QueueId) -> threading.RLock:
+        """Hold this (a context manager) to edit ``queue`` (both lanes) as one step.
+
+        Appends to the queue (``enqueue``, ``park``) wait meanwhile: a live
+        change to a key can then not land between an operator's snapshot of
+        the queue and the copies it appends (which would put it ahead of
+        older changes to the same key). Reentrant; the operator edits of this
+        class (purge, discard, park, unpark) take it themselves.
+        """
+        return self._info(queue.main).edit_lock
+
     def record_error(self, queue: QueueId, text: str) -> None:
         """Remember the latest failure seen for ``queue`` (shown in its status)."""
         info = self._info(queue)
@@ -284,12 +351,18 @@ class DLQManager:
         limit = max_messages or self.config.batch_size
         store_lease = self.store.read(queue, limit, ahead=ahead)
         try:
-            return self._decode_lease(queue, store_lease, ahead)
+            lease = self._decode_lease(queue, store_lease, ahead)
         except BaseException:
             # Whatever went wrong, the payloads stay at the head: a lease the
             # reader never saw would block every later read of the queue.
             self.store.release(store_lease)
             raise
+        lease._owner = self
+        if store_lease.payloads:
+            info = self._info(queue)
+            with info.lock:
+                info.leases.append(lease)
+        return lease
 
     def _decode_lease(self, queue: QueueId, store_lease: StoreLease, ahead: bool) -> DLQLease:
         decoder = MessageDecoder(queue.main)
@@ -345,7 +418,8 @@ class DLQManager:
             gone = [i for index, i in lease._discarded if count is None or index < count]
             self._forget_tombstones(lease.queue, gone)
         self.store.ack(lease._store_lease, count)
-        lease._done = True
+        # A partial ack gives the rest back, and a read-ahead lease with it.
+        self._settle(lease, later=count is not None)
         if lease.queue.lane:
             self._info(lease.queue.main).parked_keys = None  # keys may be released
         done_ids = lease.messages if count is None else lease.messages[: messages_done or 0]
@@ -360,7 +434,23 @@ class DLQManager:
         if lease._done:
             raise LeaseError(f"lease on {lease.queue} was already acknowledged or released")
         self.store.release(lease._store_lease)
+        self._settle(lease, later=True)
+
+    def _settle(self, lease: DLQLease, *, later: bool) -> None:
+        """``lease`` is acked or given back; with ``later``, so are the leases after it."""
         lease._done = True
+        info = self._info(lease.queue)
+        with info.lock:
+            held = info.leases
+            position = next((i for i, x in enumerate(held) if x is lease), None)
+            if position is None:
+                return
+            if later:
+                for after in held[position + 1 :]:
+                    after._done = True
+                del held[position:]
+            else:
+                del held[position]
 
     # ---------------------------------------------------------------- parking
 
@@ -374,7 +464,8 @@ class DLQManager:
         if not messages:
             return
         payloads = encode_messages(messages)
-        self.store.enqueue(queue.parked, payloads)
+        with self.editing(queue):
+            self.store.enqueue(queue.parked, payloads)
         keys = self._parked_keys(queue)
         info = self._info(queue)
         with info.lock:
@@ -493,6 +584,7 @@ class DLQManager:
             found.append(message)
         return found[:limit]
 
+    @_editing
     def purge(self, queue: QueueId) -> int:
         """Delete every message of ``queue`` (or of its parked lane); returns how many."""
         discarded = sum(self._tombstones(queue).values())
@@ -552,6 +644,7 @@ class DLQManager:
                 return found
         raise MessageNotFoundError(f"no message {message_id!r} in any queue")
 
+    @_editing
     def discard_message(self, queue: QueueId, message_id: str) -> list[QueueId]:
         """Remove ``message_id`` from ``queue`` for good (every lane holding it).
 
@@ -578,6 +671,7 @@ class DLQManager:
         )
         return lanes
 
+    @_editing
     def park_message(self, queue: QueueId, message_id: str) -> DLQMessage:
         """Move one message of ``queue``'s main lane to its parked lane, by hand.
 
@@ -601,6 +695,7 @@ class DLQManager:
         self._info(queue.main).dirty = True
         return message
 
+    @_editing
     def unpark_message(self, queue: QueueId, message_id: str) -> list[DLQMessage]:
         """Send a parked message back for replay, keeping the order of its key.
 
@@ -871,8 +966,8 @@ class DLQManager:
         if self._stop.is_set():
             return
         self._stop.set()
-        if self._maintenance is not None:
-            self._maintenance.join(timeout=5)
+        if self.maintenance is not None:
+            self.maintenance.join(timeout=5)
         try:
             self.write_status_files(force=True)
         finally:

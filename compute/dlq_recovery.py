@@ -33,6 +33,7 @@ from compute.health import DestinationHealth, HealthProbe
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
+from compute.supervisor import Supervisor
 from compute.writer_thread import WriterThread
 from config.settings import DLQConfig
 from destinations.base import Destination, PreparedBatch
@@ -128,8 +129,12 @@ class DLQRecoveryWorker:
         self._queues: dict[QueueId, _QueueReplayState] = {}
         self._stop = threading.Event()
         self._wake = threading.Event()
+        # Held by passes and operator actions; also guards the per-queue and
+        # per-destination schedules (_queues, _next_check), which replay_now
+        # changes from the admin thread.
         self._run_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        # Restarts the loop if anything unexpected escapes it.
+        self.supervisor = Supervisor(f"dlq-recovery-{pipeline_name}", self._loop, self._stop)
         self._rng = random.Random()
         self.stats = WorkerStats()
         self.max_batches_per_pass = max_batches_per_pass
@@ -143,12 +148,9 @@ class DLQRecoveryWorker:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self.supervisor.is_alive():
             return
-        self._thread = threading.Thread(
-            target=self._loop, name=f"dlq-recovery-{self.pipeline_name}", daemon=True
-        )
-        self._thread.start()
+        self.supervisor.start()
         logger.info("DLQ recovery worker started: pipeline=%s", self.pipeline_name)
 
     def stop(self, timeout: float = 1.0) -> bool:
@@ -160,10 +162,7 @@ class DLQRecoveryWorker:
         self._stop.set()
         self._wake.set()
         self._writer.close()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        stopped = not self._thread.is_alive()
+        stopped = self.supervisor.join(timeout)
         if stopped:
             logger.info("DLQ recovery worker stopped: pipeline=%s", self.pipeline_name)
         return stopped
@@ -188,9 +187,12 @@ class DLQRecoveryWorker:
 
     def _seconds_to_next_due(self) -> float:
         now = self._clock()
-        due = [t for t in self._next_check.values()] + [
-            s.retry_at for s in self._queues.values() if s.retry_at > now
-        ]
+        # Under the run lock: an operator's replay_now (another thread) adds
+        # and removes entries, and iterating a dict while it changes size raises.
+        with self._run_lock:
+            due = list(self._next_check.values()) + [
+                s.retry_at for s in self._queues.values() if s.retry_at > now
+            ]
         upcoming = min((t for t in due if t > now), default=now + self.config.check_interval)
         return max(0.05, min(self.config.check_interval, upcoming - now))
 
@@ -241,22 +243,27 @@ class DLQRecoveryWorker:
     def _guarded(
         self, queue: QueueId, action: str, call: Callable[..., _T], *args: object
     ) -> _T | None:
-        """``call(*args)``; a storage error of one queue is logged and must not stop the others.
+        """``call(*args)``; a failure of one queue is logged and must not stop the others.
 
-        (A damaged queue is set aside by the store; any other storage error
-        is retried on the next pass.)
+        (A damaged queue is set aside by the store; any other storage error,
+        e.g. a full disk while a failed replay is being recorded, is retried
+        on the next pass.) The queue's status shows the real cause: its
+        leases were given back, so the next pass does not fail on them.
         """
         try:
             return call(*args)
-        except DLQError as error:
+        except Exception as error:
+            known = isinstance(error, DLQError)
+            cause = str(error) if known else f"{type(error).__name__}: {error}"
             logger.error(
                 "DLQ %s failed for one queue, the others go on: pipeline=%s queue=%s error=%s",
                 action,
                 self.pipeline_name,
                 queue,
-                error,
+                cause,
+                exc_info=not known,  # an unexpected error: its traceback goes to the log
             )
-            self.dlq.record_error(queue, f"{action} failed: {error}")
+            self.dlq.record_error(queue, f"{action} failed: {cause}")
             return None
 
     def replay_now(self, queue: QueueId | None = None) -> list[ReplayResult]:
@@ -327,22 +334,28 @@ class DLQRecoveryWorker:
         totals = {"replayed": 0, "failed": 0, "parked": 0, "expired": 0, "quarantined": 0}
         # The next batch, read and prepared while the previous one was written.
         ahead: _ReadyBatch | None = None
-        try:
+        # Every lease of this pass is given back unless acknowledged, on every
+        # path (a failure while handling a failure included): a read-ahead one
+        # left when the pass ends (stop) here, the others by their own ``with``.
+        with contextlib.ExitStack() as leases:
             for number in range(self.max_batches_per_pass):
                 if self._stop.is_set():
                     break
-                if ahead is None:
-                    lease = self.dlq.read_batch(queue, self.config.batch_size)
+                lease = (
+                    ahead.lease
+                    if ahead is not None
+                    else self.dlq.read_batch(queue, self.config.batch_size)
+                )
+                with lease:  # releasing it also gives back a read-ahead lease
                     if lease.is_empty:
                         break
-                    batch = self._ready(destination, queue, lease, self._clock())
-                else:
-                    batch = ahead
-                ahead = None
-                totals["quarantined"] += batch.lease.quarantined
-                started = time.monotonic()
-                read_ahead = self.pipelined and number + 1 < self.max_batches_per_pass
-                outcome, ahead = self._replay_batch(destination, queue, batch, read_ahead)
+                    batch = ahead or self._ready(destination, queue, lease, self._clock())
+                    totals["quarantined"] += lease.quarantined
+                    started = time.monotonic()
+                    read_ahead = self.pipelined and number + 1 < self.max_batches_per_pass
+                    outcome, ahead = self._replay_batch(destination, queue, batch, read_ahead)
+                    if ahead is not None:
+                        leases.enter_context(ahead.lease)
                 self.observer.replay_batch(queue, time.monotonic() - started, outcome)
                 for name, value in outcome.items():
                     totals[name] += value
@@ -362,10 +375,6 @@ class DLQRecoveryWorker:
                 # Batch budget used up with events left: come back at once, after
                 # the other queues had their turn (a busy queue cannot starve them).
                 self._wake.set()
-        finally:
-            if ahead is not None:  # stopped: it comes back at the head
-                with contextlib.suppress(DLQError):  # never hide what ended the pass
-                    self.dlq.release(ahead.lease)
         return totals
 
     def _ready(
@@ -392,9 +401,10 @@ class DLQRecoveryWorker:
     ) -> tuple[dict[str, int], _ReadyBatch | None]:
         """Apply one leased batch; returns (counts, the next batch if read ahead).
 
-        Acks what is done, releases the rest. The next batch is read ahead only
-        while this one is being written, and only returned when this one
-        committed (after a failure it goes back first, then this one).
+        Acks what is done; the caller's ``with lease`` gives back the rest.
+        The next batch is read ahead only while this one is being written, and
+        only returned when this one committed (after a failure it goes back
+        first, then this one).
         """
         counts = {"replayed": 0, "failed": 0, "parked": 0, "expired": 0}
         lease, messages = batch.lease, batch.lease.messages
@@ -422,18 +432,13 @@ class DLQRecoveryWorker:
                     destination.write_prepared(batch.prepared)
         except Exception as error:
             return self._after_failure(destination, queue, lease, error, counts), None
-        try:
-            if batch.held:
-                self._park_held(queue, batch.held, self._clock())
-                counts["parked"] += len(batch.held)
-            self.dlq.ack(lease)
-        except BaseException:
-            # Committed downstream but not acknowledged (a storage error): give
-            # the leases back so the next pass can read; at worst it re-applies.
-            for leased in ([ahead.lease] if ahead is not None else []) + [lease]:
-                with contextlib.suppress(DLQError):
-                    self.dlq.release(leased)
-            raise
+        # Committed downstream; if parking or the ack fails (a storage error),
+        # the caller gives the lease back, the read-ahead one with it: the next
+        # pass re-applies the batch (idempotent), nothing is lost.
+        if batch.held:
+            self._park_held(queue, batch.held, self._clock())
+            counts["parked"] += len(batch.held)
+        self.dlq.ack(lease)
         counts["replayed"] = len(batch.live)
         logger.info("✓ Successfully replayed %d/%d DLQ messages", len(batch.live), len(messages))
         return counts, ahead
@@ -453,24 +458,24 @@ class DLQRecoveryWorker:
         try:
             lease = self.dlq.read_batch(queue, self.config.batch_size, ahead=True)
             if not lease.is_empty:
-                try:
+                with contextlib.ExitStack() as unless_ready:
+                    unless_ready.enter_context(lease)  # given back if preparing it fails
                     ahead = self._ready(destination, queue, lease, self._clock())
-                except BaseException:
-                    self.dlq.release(lease)
-                    raise
+                    unless_ready.pop_all()
         except DLQError as error:
             logger.warning(
                 "DLQ read-ahead failed, reading after the batch: queue=%s error=%s", queue, error
             )
         finally:
             # Never leave a write running behind the lease: wait for it, even
-            # when the read-ahead raised something else.
-            try:
-                write.result()
-            except BaseException:
+            # when the read-ahead raised something else. If the write failed,
+            # the read-ahead goes back first (before this batch's failure is
+            # handled, which may acknowledge all of this batch).
+            with contextlib.ExitStack() as unless_written:
                 if ahead is not None:
-                    self.dlq.release(ahead.lease)
-                raise
+                    unless_written.enter_context(ahead.lease)
+                write.result()
+                unless_written.pop_all()
         return ahead
 
     def _sort_out(
@@ -515,12 +520,11 @@ class DLQRecoveryWorker:
             if not healthy or classified.connection_lost:
                 # An outage or a lost session (killed, reset, server restarted
                 # under the write), not poison: nothing is charged to the messages.
-                self.dlq.release(lease)
+                # The lease goes back when the caller's ``with lease`` ends.
                 counts["failed"] = len(lease.messages)
                 return counts
             attempts = self.dlq.record_failed_attempt(queue, lease.messages)
             if max(attempts.values()) <= self.config.max_retries:
-                self.dlq.release(lease)
                 counts["failed"] = len(lease.messages)
                 logger.warning(
                     "✗ DLQ replay failed: queue=%s error=%s: %s attempts=%d/%d",
@@ -564,10 +568,8 @@ class DLQRecoveryWorker:
                 break
             counts["replayed"] += 1
             done += 1
-        if done:
+        if done:  # the rest goes back when the caller's ``with lease`` ends
             self.dlq.ack(lease, done)
-        else:
-            self.dlq.release(lease)
         return counts
 
 

@@ -16,6 +16,7 @@ from compute.observability.alerts import AlertMonitor
 from compute.observability.metrics import DLQMetrics
 from compute.pipeline import Pipeline, PipelineState
 from compute.retry_policy import RetryPolicy
+from compute.supervisor import Supervisor
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec, load_pipelines_file
 from config.settings import Settings
@@ -111,7 +112,11 @@ class Engine:
 
         assert self.dlq is not None
         ops = DLQOperations(
-            self.dlq, self.settings, pipelines=lambda: list(self.pipelines), mode="online"
+            self.dlq,
+            self.settings,
+            pipelines=lambda: list(self.pipelines),
+            threads=lambda: [s.status() for s in self._engine_supervisors()],
+            mode="online",
         )
         self.admin = AdminServer(ops, self.settings.admin)
         self._add_observability_routes(self.admin)
@@ -145,6 +150,7 @@ class Engine:
             base_path=base_path,
             destinations=self._health_snapshots,
             pipelines=self._backpressure,
+            threads=self.supervisors,
         )
         for pipeline in self.pipelines:
             pipeline.handler.observer = self.metrics
@@ -154,6 +160,18 @@ class Engine:
         )
         self.metrics.alerts = self.alerts
         self.alerts.start()
+
+    def supervisors(self) -> list[Supervisor]:
+        """Every supervised engine thread: the pipelines' and the engine's own."""
+        return [s for p in self.pipelines for s in p.supervisors()] + self._engine_supervisors()
+
+    def _engine_supervisors(self) -> list[Supervisor]:
+        found: list[Supervisor] = []
+        if self.dlq is not None and self.dlq.maintenance is not None:
+            found.append(self.dlq.maintenance)
+        if self.alerts is not None:
+            found += self.alerts.supervisors()
+        return found
 
     def _health_snapshots(self) -> list[tuple[str, HealthSnapshot]]:
         return [(p.name, h.snapshot()) for p in self.pipelines for h in p.health.values()]
@@ -224,4 +242,8 @@ class Engine:
 
     def status(self) -> dict[str, Any]:
         damaged = self.dlq.damaged_queues() if self.dlq is not None else []
-        return {"pipelines": [p.status() for p in self.pipelines], "damaged_queues": damaged}
+        return {
+            "pipelines": [p.status() for p in self.pipelines],
+            "threads": [s.status() for s in self._engine_supervisors()],
+            "damaged_queues": damaged,
+        }

@@ -78,3 +78,7 @@ class DLQConflictError(DLQError):
 
 class EngineUnreachableError(OperationError):
     """The engine holds the queues but its admin API cannot be used (off, down, token)."""
+
+
+class WriterThreadError(RosettaError):
+    """The recovery worker's writer thread failed outside the write it ran."""

@@ -17,6 +17,7 @@ from compute.event_handler import EventHandler
 from compute.health import DestinationHealth
 from compute.retry_policy import RetryPolicy
 from compute.sources.base import Source, SourceBatch
+from compute.supervisor import Supervisor
 from config.settings import DLQConfig
 from destinations.base import Destination
 
@@ -103,7 +104,9 @@ class Pipeline:
         self.state = PipelineState.CREATED
         self.stats = PipelineStats()
         self._pending: tuple[SourceBatch, set[tuple[str, str]]] | None = None
-        self._thread: threading.Thread | None = None
+        # A failing step is handled by the loop itself (FAILED state); the
+        # supervisor restarts it only if something unexpected escapes it.
+        self.supervisor = Supervisor(f"pipeline-{name}", self._loop, self._stop)
         self.finished = threading.Event()
 
     # ------------------------------------------------------------ lifecycle
@@ -111,10 +114,7 @@ class Pipeline:
     def start(self) -> None:
         self.state = PipelineState.RUNNING
         self.worker.start()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"pipeline-{self.name}", daemon=True
-        )
-        self._thread.start()
+        self.supervisor.start()
         logger.info(
             "pipeline started: pipeline=%s source=%s destinations=%s",
             self.name,
@@ -126,12 +126,15 @@ class Pipeline:
         """Stop reading, finish or abandon the current batch unacknowledged, stop the worker."""
         self._stop.set()
         self._resume.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self.supervisor.join(timeout)
         self.worker.stop(timeout=max(1.0, timeout / 2))
         if self.state is not PipelineState.FINISHED:
             self.state = PipelineState.STOPPED
         logger.info("pipeline stopped: pipeline=%s events=%d", self.name, self.stats.events)
+
+    def supervisors(self) -> list[Supervisor]:
+        """This pipeline's threads: its loop and its recovery worker."""
+        return [self.supervisor, self.worker.supervisor]
 
     def close(self) -> None:
         self.source.close()
@@ -238,6 +241,7 @@ class Pipeline:
                 }
                 for s in (h.snapshot() for h in self.health.values())
             ],
+            "threads": [s.status() for s in self.supervisors()],
             "recovery": {
                 "replayed": self.worker.stats.replayed,
                 "failed": self.worker.stats.failed,

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from compute.errors import WriterThreadError
+
 _T = TypeVar("_T")
 
 _Job = tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]
@@ -61,11 +63,18 @@ class WriterThread:
             if job is None:
                 return
             future, call, args = job
-            if not future.set_running_or_notify_cancel():
-                continue
             try:
-                result = call(*args)
-            except BaseException as error:  # handed to the waiting worker, which decides
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+                if not future.set_running_or_notify_cancel():
+                    continue
+                try:
+                    result = call(*args)
+                except BaseException as error:  # handed to the waiting worker, which decides
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+            except BaseException as error:
+                # The thread's own step failed, not the call: the pass waiting
+                # on this future gets the error instead of waiting for ever,
+                # and the thread goes on with the next write.
+                if not future.done():
+                    future.set_exception(WriterThreadError(f"writer thread failed: {error!r}"))

@@ -37,6 +37,7 @@ from compute.errors import (
 )
 from compute.event_handler import classify_or_transient
 from compute.queue_id import QueueId
+from compute.supervisor import CRASH_WINDOW
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class DLQOperations:
         settings: Settings,
         *,
         pipelines: Callable[[], Sequence[PipelineView]] | None = None,
+        threads: Callable[[], Sequence[dict[str, Any]]] | None = None,
         mode: str = "offline",
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -95,6 +97,9 @@ class DLQOperations:
         self.settings = settings
         self.mode = mode
         self._pipelines = pipelines
+        # Status of the engine's own threads (DLQ maintenance, alert monitor,
+        # webhook sender); the pipelines' threads come with their status.
+        self._threads = threads
         self._clock = clock
         self._offline_workers: dict[str, DLQRecoveryWorker] | None = None
 
@@ -300,18 +305,23 @@ class DLQOperations:
         """Overall and per-destination health, and the HTTP status to answer with.
 
         ``critical`` (503): a pipeline FAILED, or is in backpressure because the
-        DLQ is full: events are not flowing and nothing absorbs them.
+        DLQ is full: events are not flowing and nothing absorbs them; or an
+        engine thread keeps crashing (``compute/supervisor.py``: 3 crashes
+        within 5 minutes, or it ended for good).
         ``warning`` (200): a destination is unhealthy (the DLQ absorbs the
         outage; a 503 would make an orchestrator restart a healthy engine),
-        queued messages are older than 24 h, messages are parked, or a
-        damaged queue was set aside. ``healthy`` (200) otherwise.
+        queued messages are older than 24 h, messages are parked, a
+        damaged queue was set aside, or a thread crashed and was restarted
+        within the last 5 minutes. ``healthy`` (200) otherwise.
         """
         now = self._clock()
         reasons: list[str] = []
         pipelines = []
+        threads: list[dict[str, Any]] = list(self._threads()) if self._threads else []
         critical = False
         for pipeline in self._pipelines() if self._pipelines is not None else []:
             status = pipeline.status()
+            threads.extend(status.get("threads", []))
             pipelines.append(
                 {
                     "pipeline": status["pipeline"],
@@ -368,6 +378,20 @@ class DLQOperations:
         if damaged:
             warning = True
             reasons.append(f"{len(damaged)} damaged queue directory(ies) set aside")
+        for thread in threads:
+            if thread["crashing"]:
+                critical = True
+                reasons.append(
+                    f"thread {thread['thread']} keeps crashing ({thread['state']}, "
+                    f"{thread['recent_crashes']} crash(es) in {CRASH_WINDOW:.0f}s): "
+                    f"{thread['last_error']}"
+                )
+            elif thread["recent_crashes"]:
+                warning = True
+                reasons.append(
+                    f"thread {thread['thread']} crashed and was restarted "
+                    f"({thread['restarts']} restart(s)): {thread['last_error']}"
+                )
         overall = "critical" if critical else "warning" if warning else "healthy"
         body = {
             "status": overall,
@@ -375,6 +399,7 @@ class DLQOperations:
             "reasons": reasons,
             "pipelines": pipelines,
             "destinations": destinations,
+            "threads": threads,
             "dlq": self.stats(),
             "damaged_queues": damaged,
         }
@@ -451,24 +476,24 @@ class DLQOperations:
         with worker.exclusive():
             while True:
                 lease = self.dlq.read_batch(queue.parked, self.settings.dlq.batch_size)
-                if lease.is_empty:
-                    break
-                if not lease.messages:
+                with lease:  # given back unless acknowledged, whatever fails
+                    if lease.is_empty:
+                        break
+                    if not lease.messages:
+                        self.dlq.ack(lease)
+                        continue
+                    try:
+                        destination.write_batch(queue.table, [m.record for m in lease.messages])
+                    except Exception as error:
+                        classified = classify_or_transient(destination, error)
+                        text = f"{classified.error_class}: {classified.message}"
+                        self.dlq.record_error(queue, f"parked replay failed: {text}")
+                        self.dlq.record_failed_attempt(queue.parked, lease.messages)
+                        done["failed"] = self.dlq.count(queue.parked)
+                        done["error"] = text
+                        logger.warning("parked replay failed: queue=%s error=%s", queue, text)
+                        break
                     self.dlq.ack(lease)
-                    continue
-                try:
-                    destination.write_batch(queue.table, [m.record for m in lease.messages])
-                except Exception as error:
-                    classified = classify_or_transient(destination, error)
-                    self.dlq.release(lease)
-                    self.dlq.record_failed_attempt(queue.parked, lease.messages)
-                    text = f"{classified.error_class}: {classified.message}"
-                    self.dlq.record_error(queue, f"parked replay failed: {text}")
-                    done["failed"] = self.dlq.count(queue.parked)
-                    done["error"] = text
-                    logger.warning("parked replay failed: queue=%s error=%s", queue, text)
-                    break
-                self.dlq.ack(lease)
                 done["replayed"] += len(lease.messages)
                 progress(len(lease.messages))
         if done["replayed"]:
@@ -566,7 +591,9 @@ class DLQOperations:
         lane, messages = _validate_file(path)
         queue = lane.main
         ids = set(messages)
-        with self._exclusive(queue):
+        # Live appends to the queue wait until the import is in: its messages
+        # stay together, in file order.
+        with self._exclusive(queue), self.dlq.editing(queue):
             existing = self.dlq.existing_ids(queue, ids)
             if existing and not skip_existing:
                 sample = ", ".join(sorted(existing)[:5])

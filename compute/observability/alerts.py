@@ -39,6 +39,7 @@ from typing import Any
 from compute.dlq_manager import DLQManager
 from compute.health import HealthSnapshot, HealthState
 from compute.observability.webhook import WebhookNotifier
+from compute.supervisor import Supervisor
 from config.settings import AlertConfig
 
 logger = logging.getLogger(__name__)
@@ -165,17 +166,16 @@ class AlertMonitor:
         self._last_error: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.supervisor = Supervisor("alert-monitor", self._loop, self._stop)
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self.supervisor.is_alive():
             return
         if self.notifier is not None:
             self.notifier.start()
-        self._thread = threading.Thread(target=self._loop, name="alert-monitor", daemon=True)
-        self._thread.start()
+        self.supervisor.start()
         logger.info(
             "alert monitor started: interval=%.1fs webhook=%s",
             self.config.eval_interval,
@@ -185,15 +185,19 @@ class AlertMonitor:
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop evaluating, then the webhook sender; True if both ended within ``timeout``."""
         self._stop.set()
-        stopped = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-            stopped = not self._thread.is_alive()
+        stopped = self.supervisor.join(timeout)
         if self.notifier is not None:
             # Notifications are best effort: a POST in flight (up to its own
             # timeout) must not hold up a shutdown for long.
             stopped = self.notifier.stop(min(timeout, 2.0)) and stopped
         return stopped
+
+    def supervisors(self) -> list[Supervisor]:
+        """The monitor's thread, and the webhook sender's when there is one."""
+        found = [self.supervisor]
+        if self.notifier is not None:
+            found.append(self.notifier.supervisor)
+        return found
 
     def _loop(self) -> None:
         while not self._stop.is_set():

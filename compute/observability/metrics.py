@@ -39,6 +39,7 @@ from compute.queue_id import QueueId
 
 if TYPE_CHECKING:
     from compute.observability.alerts import AlertMonitor
+    from compute.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ CIRCUIT_STATES = {
 DiskUsage = Callable[[Path], tuple[int, int, int]]
 HealthSource = Callable[[], Iterable[tuple[str, HealthSnapshot]]]
 PipelineSource = Callable[[], Mapping[str, bool]]
+ThreadSource = Callable[[], Iterable["Supervisor"]]
 
 
 def queue_labels(queue: QueueId) -> tuple[str, str, str]:
@@ -84,6 +86,7 @@ class DLQMetrics(Observer):
         base_path: Path,
         destinations: HealthSource = lambda: (),
         pipelines: PipelineSource = lambda: {},
+        threads: ThreadSource = lambda: (),
         clock: Callable[[], float] = time.time,
         disk_usage: DiskUsage = shutil.disk_usage,
         process_metrics: bool = True,
@@ -93,6 +96,7 @@ class DLQMetrics(Observer):
         self.alerts: AlertMonitor | None = None  # set by the engine once the monitor exists
         self._destinations = destinations
         self._pipelines = pipelines
+        self._threads = threads
         self._clock = clock
         self._disk_usage = disk_usage
         self._closed = threading.Event()
@@ -216,6 +220,9 @@ class DLQMetrics(Observer):
     def pipeline_backpressure(self) -> Mapping[str, bool]:
         return self._pipelines()
 
+    def supervised_threads(self) -> list[Supervisor]:
+        return list(self._threads())
+
     def disk(self) -> tuple[int, int, int]:
         """(total, used, free) bytes of the filesystem holding the DLQ base path."""
         total, used, free = self._disk_usage(self.base_path)
@@ -235,7 +242,15 @@ class _StateCollector(Collector):
         return ()  # names are not known up front; nothing to check for collisions
 
     def collect(self) -> Iterator[Metric]:
-        for part in (self._queues, self._destinations, self._pipelines, self._disk, self._alerts):
+        parts = (
+            self._queues,
+            self._destinations,
+            self._pipelines,
+            self._threads,
+            self._disk,
+            self._alerts,
+        )
+        for part in parts:
             try:
                 yield from part()
             except Exception as error:  # a scrape must never fail as a whole
@@ -333,6 +348,23 @@ class _StateCollector(Collector):
         for name, paused in self.metrics.pipeline_backpressure().items():
             backpressure.add_metric([name], 1.0 if paused else 0.0)
         yield backpressure
+
+    def _threads(self) -> Iterator[Metric]:
+        restarts = CounterMetricFamily(
+            "rosetta_thread_restarts",
+            "Times an engine thread crashed on an unexpected error and was restarted",
+            labels=("thread",),
+        )
+        crashing = GaugeMetricFamily(
+            "rosetta_thread_crashing",
+            "1 while the thread keeps crashing (3 crashes within 5 minutes, or it ended for good)",
+            labels=("thread",),
+        )
+        for thread in self.metrics.supervised_threads():
+            restarts.add_metric([thread.name], thread.restarts)
+            crashing.add_metric([thread.name], 1.0 if thread.crashing else 0.0)
+        yield restarts
+        yield crashing
 
     def _disk(self) -> Iterator[Metric]:
         total, used, free = self.metrics.disk()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compute.retry_policy import RetryPolicy
+from compute.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class WebhookNotifier:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._busy = False
-        self._thread: threading.Thread | None = None
+        self.supervisor = Supervisor("alert-webhook", self._loop, self._stop)
         self._rng = random.Random()
         self.stats = WebhookStats()
 
@@ -100,20 +101,16 @@ class WebhookNotifier:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self.supervisor.is_alive():
             return
-        self._thread = threading.Thread(target=self._loop, name="alert-webhook", daemon=True)
-        self._thread.start()
+        self.supervisor.start()
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop sending; notifications still pending are given up (and logged)."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        stopped = True
-        if self._thread is not None:
-            self._thread.join(timeout)
-            stopped = not self._thread.is_alive()
+        stopped = self.supervisor.join(timeout)
         with self._cond:
             left = len(self._pending)
             self._pending.clear()

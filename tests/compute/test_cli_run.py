@@ -86,6 +86,7 @@ def read_only_dir(tmp_path: Path):  # type: ignore[no-untyped-def]
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.mark.parametrize("variable", ["DLQ_BASE_PATH", "ROSETTA_STATE_PATH"])
 @pytest.mark.parametrize(
     ("where", "reason"),
     [
@@ -95,9 +96,11 @@ def read_only_dir(tmp_path: Path):  # type: ignore[no-untyped-def]
         ("read_only_missing", "cannot create the directory: Read-only file system"),
     ],
 )
-def test_unusable_base_path_is_a_one_line_config_error(
-    tmp_path: Path, where: str, reason: str, request: pytest.FixtureRequest
+def test_unusable_directory_is_a_one_line_config_error(
+    tmp_path: Path, where: str, reason: str, variable: str, request: pytest.FixtureRequest
 ) -> None:
+    """DLQ_BASE_PATH (queues) and ROSETTA_STATE_PATH (source offsets) are both
+    checked at start-up: exit 2 with one line, before any event is read."""
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     path = {
@@ -108,14 +111,14 @@ def test_unusable_base_path_is_a_one_line_config_error(
     }[where]()
     (tmp_path / "p.toml").write_text(PIPELINES)
     env = base_env(tmp_path) | {
-        "DLQ_BASE_PATH": str(path),
+        variable: str(path),
         "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
     }
     result = run_cli(["run"], env)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("rosetta:")]
-    assert line == f"rosetta: DLQ_BASE_PATH={str(path)!r}" + (
+    assert line == f"rosetta: {variable}={str(path)!r}" + (
         f" {reason}" if reason.startswith("is ") else f": {reason}"
     )
     assert blocker.read_text() == "not a directory"  # nothing was overwritten

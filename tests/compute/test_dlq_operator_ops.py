@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,45 @@ def test_park_then_unpark_keeps_key_order(tmp_path: Path) -> None:
         assert ids(lease.messages) == ["m001", "m000", "m003", "m002"]
         dlq.ack(lease)
         assert dlq.store.count(QUEUE) == 0
+
+
+def test_unpark_keeps_key_order_while_live_changes_are_appended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live change to the key appended (by the event handler's thread) between
+    unpark's snapshot of the main lane and its copies lands after them."""
+    with DLQManager(dlq_config(tmp_path), background=False) as dlq:
+        dlq.enqueue(QUEUE, [message(0, 7), message(1, 8), message(2, 7)])
+        dlq.park_message(QUEUE, "m000")
+        live = message(10, 7)  # the newest change to key 7
+        appended = threading.Event()
+
+        def append_live() -> None:
+            dlq.enqueue(QUEUE, [live])
+            appended.set()
+
+        appender = threading.Thread(target=append_live)
+        real_iter = dlq.iter_messages
+
+        def iter_messages(lane: QueueId, chunk: int = 1000):  # type: ignore[no-untyped-def]
+            yield from real_iter(lane, chunk)
+            if lane == QUEUE and not appender.is_alive() and not appended.is_set():
+                # unpark has its snapshot of the main lane: append now, from
+                # another thread, and give it time to land before the copies.
+                appender.start()
+                appended.wait(1.0)
+
+        monkeypatch.setattr(dlq, "iter_messages", iter_messages)
+        moved = dlq.unpark_message(QUEUE, "m000")
+        appender.join(10)
+        assert appended.is_set()
+        monkeypatch.undo()
+        assert ids(moved) == ["m000", "m002"]
+        key7 = [m for m in dlq.iter_messages(QUEUE) if m.record.key["id"] == 7]
+        assert ids(key7) == ["m000", "m002", "m010"]  # oldest first
+        lease = dlq.read_batch(QUEUE, 10)
+        assert ids(lease.messages) == ["m001", "m000", "m002", "m010"]
+        dlq.ack(lease)
 
 
 CRASH_SCRIPT = textwrap.dedent(

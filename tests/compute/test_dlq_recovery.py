@@ -13,7 +13,7 @@ import pytest
 from compute.dlq_manager import DLQManager
 from compute.dlq_message import DLQMessage, FailureContext
 from compute.dlq_recovery import DLQRecoveryWorker
-from compute.errors import DLQStorageError
+from compute.errors import DLQFullError, DLQStorageError
 from compute.health import DestinationHealth
 from compute.queue_id import QueueId
 from destinations.errors import ClassifiedError, PermanentDestinationError
@@ -494,4 +494,50 @@ def test_small_batches_are_written_inline_without_reading_ahead(tmp_path: Path) 
     assert reads == [(False, 0), (False, 1), (False, 2), (False, 3)]
     assert set(threads) == {threading.current_thread().name}
     assert dest.rows(TABLE) == apply_model(history)[TABLE]
+    dlq.close()
+
+
+@pytest.mark.parametrize("pipelined", [False, True], ids=["inline", "pipelined"])
+@pytest.mark.parametrize("broken", ["record_failed_attempt", "park"])
+def test_a_failure_while_handling_a_failed_batch_gives_the_lease_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken: str, pipelined: bool
+) -> None:
+    """Counting the attempt (a full disk) or parking the poison (DLQ full) fails
+    while a replay failure is handled: the batch (and a read-ahead one) goes back
+    in order, the status names that cause, and the next pass goes on."""
+    dest = _PreparingDestination()
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=4, pipelined=pipelined)
+    queue = QueueId("1", TABLE, "2")
+    history = [change(i, i % 3) for i in range(1, 13)]
+    enqueue(dlq, queue, history)
+    ids = [m.message_id for m in dlq.iter_messages(queue)]
+    if broken == "record_failed_attempt":
+        dest.fail_next(1)  # transient while the destination is healthy: the attempt is counted
+        error: Exception = OSError(28, "No space left on device")
+        cause = "OSError: [Errno 28] No space left on device"
+    else:
+        dest.fail_keys([history[0].key["id"]])  # permanent: the change is parked
+        error = DLQFullError("disk_full", "No space left on device")
+        cause = "DLQ full (disk_full): No space left on device"
+    real = getattr(dlq, broken)
+    failures = [error]
+
+    def failing(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dlq, broken, failing)
+    result = worker.run_once()[0]
+    assert result.replayed == 0
+    assert dlq.status(queue).last_error == f"replay failed: {cause}"
+    # Nothing lost, nothing duplicated, same order; the lease is free again.
+    assert [m.message_id for m in dlq.iter_messages(queue)] == ids
+    lease = dlq.read_batch(queue, 12)
+    assert [m.message_id for m in lease.messages] == ids
+    dlq.release(lease)
+    dest.clear_failures()
+    assert worker.run_once(time.time() + 100)[0].replayed == 12
+    assert dest.rows(TABLE) == apply_model(history)[TABLE]
+    assert not dlq.has_messages(queue)
     dlq.close()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 
 import pytest
 
+from compute.errors import WriterThreadError
 from compute.writer_thread import WriterThread
 
 
@@ -44,4 +46,29 @@ def test_close_lets_the_running_call_finish_and_a_later_submit_starts_anew() -> 
     release.set()
     assert running.result(timeout=5) is True
     assert writer.submit(lambda: 42).result(timeout=5) == 42
+    writer.close()
+
+
+def test_a_failure_of_the_thread_itself_reaches_the_waiting_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If the writer thread fails outside the call (here: starting the future),
+    the pass waiting on the write gets an error instead of waiting for ever."""
+    import compute.writer_thread as module
+
+    class BrokenFuture(Future):  # type: ignore[type-arg]
+        broken = [True]
+
+        def set_running_or_notify_cancel(self) -> bool:
+            if self.broken:
+                self.broken.pop()
+                raise RuntimeError("thread state lost")
+            return super().set_running_or_notify_cancel()
+
+    monkeypatch.setattr(module, "Future", BrokenFuture)
+    writer = WriterThread("test-writer")
+    with pytest.raises(WriterThreadError, match="thread state lost"):
+        writer.submit(lambda: "never run").result(timeout=5)
+    # The next write starts a new thread.
+    assert writer.submit(lambda: "written").result(timeout=5) == "written"
     writer.close()
