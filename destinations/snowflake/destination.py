@@ -137,6 +137,7 @@ class SnowflakeDestination(ProbedDestination):
         self.account = account
         self.user = user
         self._password = password
+        self._secrets = (password,)  # masked in every error text this destination hands out
         self.database = database
         self.schema = schema
         self.warehouse = warehouse
@@ -182,7 +183,7 @@ class SnowflakeDestination(ProbedDestination):
                     "stale session replaced destination=%s table=%s error=%s",
                     self,
                     table,
-                    _first_line(exc),
+                    self.redact(_first_line(exc)),
                 )
                 statements = self._apply(target, plan)
         logger.debug(
@@ -306,7 +307,8 @@ class SnowflakeDestination(ProbedDestination):
         code = None
         if isinstance(error, sf_errors.Error) and errno is not None and errno != -1:
             code = f"{errno:06d}"
-        return ClassifiedError(_kind_of(error), type(error).__name__, _first_line(error), code)
+        message = self.redact(_first_line(error))
+        return ClassifiedError(_kind_of(error), type(error).__name__, message, code)
 
 
 # ---------------------------------------------------------------- the stage and the MERGE
