@@ -112,3 +112,15 @@ def test_parked_error_shown_by_the_admin_api_and_export_is_masked(
     assert SECRET not in shown
     assert SECRET not in exported
     assert SECRET not in caplog.text
+
+
+def test_health_reasons_are_masked(caplog: pytest.LogCaptureFixture) -> None:
+    from compute.health import DestinationHealth
+
+    health = DestinationHealth(FakeDestination("7", "Leaky"))
+    with caplog.at_level(logging.INFO):
+        health.mark_unhealthy(f"ProgrammingError: {LEAKY}", now=1.0)
+    last_error = health.snapshot().last_error
+    assert last_error is not None and "password=***" in last_error
+    assert SECRET not in last_error
+    assert SECRET not in caplog.text
