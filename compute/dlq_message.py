@@ -32,6 +32,7 @@ from compute.errors import MessageDecodeError
 from compute.queue_id import QueueId
 from destinations.errors import ClassifiedError, FailureKind
 from destinations.records import ChangeRecord, Operation, SourcePosition
+from destinations.redact import redact
 
 FORMAT_VERSION = 2
 _V1 = 1
@@ -73,17 +74,21 @@ class FailureContext(NamedTuple):
         attempts: int = 1,
         now: float | None = None,
     ) -> FailureContext:
-        """Capture ``error`` (with its truncated stack) as a failure context."""
+        """Capture ``error`` (with its truncated stack) as a failure context.
+
+        Credentials in the message or the stack are masked: both are stored
+        with every message and shown by the admin API and exports.
+        """
         when = time.time() if now is None else now
         stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
         return cls(
             error_class=classified.error_class if classified else type(error).__name__,
             message=_truncate(
-                classified.message if classified else str(error), MAX_ERROR_MESSAGE_CHARS
+                redact(classified.message if classified else str(error)), MAX_ERROR_MESSAGE_CHARS
             ),
             kind=classified.kind if classified else FailureKind.TRANSIENT,
             code=classified.code if classified else None,
-            stack=_truncate_stack(stack),
+            stack=_truncate_stack(redact(stack)),
             attempts=attempts,
             first_failure_at=when,
             last_failure_at=when,
@@ -93,7 +98,7 @@ class FailureContext(NamedTuple):
         """The context after one more failed attempt."""
         return self._replace(
             error_class=error.error_class,
-            message=_truncate(error.message, MAX_ERROR_MESSAGE_CHARS),
+            message=_truncate(redact(error.message), MAX_ERROR_MESSAGE_CHARS),
             kind=error.kind,
             code=error.code,
             attempts=self.attempts + 1,

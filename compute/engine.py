@@ -10,7 +10,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from compute.dlq_manager import DLQManager
-from compute.factories import build_destination, build_source
+from compute.factories import build_destination, build_source, check_destinations
 from compute.health import HealthSnapshot
 from compute.observability.alerts import AlertMonitor
 from compute.observability.metrics import DLQMetrics
@@ -61,6 +61,9 @@ class Engine:
     ) -> None:
         self.settings = settings
         self.specs = list(specs)
+        # Before anything opens or logs: a malformed DSN is a config error,
+        # not a failure of every write.
+        check_destinations(self.specs)
         self.dlq: DLQManager | None = None
         self.pipelines: list[Pipeline] = []
         self.metrics: DLQMetrics | None = None

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from compute.dlq_manager import DLQManager, EnqueueResult, record_key
 from compute.dlq_message import DLQMessage, FailureContext, encode_message
@@ -31,6 +31,7 @@ from compute.retry_policy import RetryPolicy
 from destinations.base import Destination
 from destinations.errors import ClassifiedError, FailureKind
 from destinations.records import ChangeRecord
+from destinations.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -316,8 +317,13 @@ def too_large_failure(size: int, limit: int, cause: FailureContext, now: float) 
 
 
 def classify_or_transient(destination: Destination, error: BaseException) -> ClassifiedError:
-    """``destination.classify_error`` that never raises: unclassified means transient."""
+    """``destination.classify_error`` that never raises: unclassified means transient.
+
+    Its message is logged, stored and shown, so credentials in it are masked
+    here too, whatever the destination did (only on the failure path).
+    """
     try:
-        return destination.classify_error(error)
+        classified = destination.classify_error(error)
     except Exception:
-        return ClassifiedError(FailureKind.TRANSIENT, type(error).__name__, str(error))
+        classified = ClassifiedError(FailureKind.TRANSIENT, type(error).__name__, str(error))
+    return replace(classified, message=redact(classified.message))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from compute.sources.base import Source
 from compute.sources.offset_store import OffsetStore
 from config.errors import ConfigError
-from config.pipelines import DestinationSpec, SourceSpec
+from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
 from destinations.base import Destination
 
 
@@ -33,7 +34,35 @@ def build_source(spec: SourceSpec, state_path: Path) -> Source:
     raise ConfigError([f"source {spec.id}: unknown type {spec.type!r}"])
 
 
+def check_destinations(specs: Iterable[PipelineSpec]) -> None:
+    """Refuse, all at once, destination settings that are wrong without connecting.
+
+    Run before anything starts: a malformed DSN would otherwise fail every
+    write and park every event as a permanent failure.
+    """
+    problems = [p for spec in specs for d in spec.destinations for p in destination_problems(d)]
+    if problems:
+        raise ConfigError(problems)
+
+
+def destination_problems(spec: DestinationSpec) -> list[str]:
+    """What is wrong with ``spec``'s settings, each naming the setting (secrets masked)."""
+    if spec.type == "postgresql" and "dsn" in spec.options:
+        from destinations.postgresql import dsn_problem
+
+        problem = dsn_problem(spec.options["dsn"])
+        if problem is not None:
+            return [
+                f"destination {spec.name} (ID={spec.id}): {spec.setting('dsn')}: "
+                f"invalid DSN: {problem}"
+            ]
+    return []
+
+
 def build_destination(spec: DestinationSpec) -> Destination:
+    problems = destination_problems(spec)
+    if problems:
+        raise ConfigError(problems)
     options: dict[str, Any] = dict(spec.options)
     try:
         if spec.type == "postgresql":

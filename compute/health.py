@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from destinations.base import Destination
+from destinations.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class DestinationHealth:
 
     def mark_unhealthy(self, reason: str, now: float | None = None) -> None:
         now = self._clock() if now is None else now
+        reason = redact(reason)  # logged and shown by status and metrics: no credentials
         with self._lock:
             self._last_error = reason
             if self._state is HealthState.UNHEALTHY:

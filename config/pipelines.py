@@ -57,6 +57,13 @@ class DestinationSpec:
     type: str
     # May hold secrets (dsn, password): never shown by repr.
     options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # Where an option read from the environment came from ("dsn" -> "dsn_env
+    # DEST_DSN"), so that an error about its value names what to fix.
+    origins: Mapping[str, str] = field(default_factory=dict)
+
+    def setting(self, option: str) -> str:
+        """How ``option`` was set: ``dsn``, or ``dsn_env DEST_DSN``."""
+        return self.origins.get(option, option)
 
 
 @dataclass(frozen=True)
@@ -197,6 +204,7 @@ def _parse_destination(
         problems.append(f"{at}: 'type' must be one of {', '.join(DESTINATION_TYPES)}, got {kind!r}")
         return None
     options: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for key, value in raw.items():
         if key in ("id", "name", "type"):
             continue
@@ -208,10 +216,11 @@ def _parse_destination(
                 )
                 continue
             options[key[: -len("_env")]] = env[variable]
+            origins[key[: -len("_env")]] = f"{key} {variable}"
         else:
             options[key] = value
     if kind == "postgresql" and "dsn" not in options:
         problems.append(f"{at}: a postgresql destination needs 'dsn' or 'dsn_env'")
     if destination_id is None or name is None:
         return None
-    return DestinationSpec(destination_id, name, str(kind), options)
+    return DestinationSpec(destination_id, name, str(kind), options, origins)

@@ -11,6 +11,7 @@ from typing import Any
 from destinations.errors import ClassifiedError
 from destinations.health_probe import HealthProbe
 from destinations.records import ChangeRecord
+from destinations.redact import redact
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +35,12 @@ class Destination(ABC):
     * Within a batch, the records for one primary key are applied in source
       order, so the net effect is that of the last change.
     * ``test_connection`` never raises and returns within its timeout.
+    * Error texts it hands out (``classify_error``, ``last_health_error``,
+      its log lines) go through ``redact``: they are logged and stored.
     """
+
+    # The configured credentials (a password), masked wherever they appear in an error text.
+    _secrets: tuple[str | None, ...] = ()
 
     def __init__(self, destination_id: str, name: str) -> None:
         self.destination_id = str(destination_id)
@@ -42,6 +48,10 @@ class Destination(ABC):
 
     def __str__(self) -> str:
         return f"Destination {self.name} (ID={self.destination_id})"
+
+    def redact(self, text: str) -> str:
+        """``text`` with this destination's credentials, and what looks like one, masked."""
+        return redact(text, self._secrets)
 
     @abstractmethod
     def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
@@ -97,7 +107,9 @@ class ProbedDestination(Destination):
 
     def __init__(self, destination_id: str, name: str) -> None:
         super().__init__(destination_id, name)
-        self._probe = HealthProbe(self._probe_once, label=f"{name}:{destination_id}")
+        self._probe = HealthProbe(
+            self._probe_once, label=f"{name}:{destination_id}", mask=self.redact
+        )
 
     @abstractmethod
     def _probe_once(self, timeout: float) -> None:

@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from destinations.redact import redact
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,9 +32,17 @@ class HealthProbe:
     threads.
     """
 
-    def __init__(self, check: Callable[[float], None], label: str) -> None:
+    def __init__(
+        self,
+        check: Callable[[float], None],
+        label: str,
+        *,
+        mask: Callable[[str], str] = redact,
+    ) -> None:
         self._check = check
         self._label = label
+        # Driver errors may quote the connection string: mask before logging or keeping.
+        self._mask = mask
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._attempt = _Attempt()
@@ -59,17 +69,16 @@ class HealthProbe:
             return False
         self.last_error = None
         if attempt.error is not None:
-            first_line = str(attempt.error).strip().splitlines()
-            self.last_error = (
-                f"{type(attempt.error).__name__}: {first_line[0] if first_line else ''}"
-            )
+            lines = str(attempt.error).strip().splitlines()
+            first_line = self._mask(lines[0]) if lines else ""
+            self.last_error = f"{type(attempt.error).__name__}: {first_line}"
             # Repeats every check interval during an outage; the transition
             # itself is logged once by the engine.
             logger.debug(
                 "health check failed probe=%s error=%s: %s",
                 self._label,
                 type(attempt.error).__name__,
-                str(attempt.error).strip().splitlines()[0] if str(attempt.error).strip() else "",
+                first_line,
             )
         return attempt.ok
 

@@ -38,6 +38,7 @@ import psycopg2.extras
 from psycopg2 import sql
 from psycopg2.extensions import connection as PgConnection
 from psycopg2.extensions import cursor as PgCursor
+from psycopg2.extensions import parse_dsn
 
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec, parse_pipelines
@@ -54,6 +55,7 @@ from destinations.errors import (
 )
 from destinations.net_effect import BatchLayout, ColumnBatch, layout, net_effect, positions
 from destinations.records import ChangeRecord
+from destinations.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,22 @@ _PERMANENT_CLASSES = frozenset({"21", "22", "23", "42", "44", "0A", "2F", "P0", 
 # a server still starting, no connection slots left.
 _CONNECTION_CLASSES = frozenset({"08"})
 _CONNECTION_CODES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
+
+# Connection options libpq checks only when it connects (parsing accepts any
+# text): checked up front so a typo is a start-up error, not a failed write.
+_INTEGER_OPTIONS = (
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
+_CHOICE_OPTIONS = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+}
 
 TargetSpec = str | tuple[str, str]
 
@@ -156,7 +174,14 @@ class PostgreSQLDestination(ProbedDestination):
                     f"of seconds, got {write_timeout!r}"
                 ]
             )
+        problem = dsn_problem(dsn)
+        if problem is not None:
+            raise ConfigError(
+                [f"destination {name} (ID={destination_id}): dsn: invalid DSN: {problem}"]
+            )
         self._dsn = dsn  # may hold a password: never logged, never in repr
+        # Masked literally in every error text this destination hands out.
+        self._secrets = (parse_dsn(dsn).get("password"),)
         self._table_map = dict(table_map or {})
         self.position_guard = position_guard
         self.connect_timeout = connect_timeout
@@ -242,7 +267,7 @@ class PostgreSQLDestination(ProbedDestination):
                     "stale connection replaced destination=%s table=%s error=%s",
                     self,
                     table,
-                    _first_line(exc),
+                    self.redact(_first_line(exc)),
                 )
                 self._apply(prepared)
         logger.debug(
@@ -545,9 +570,8 @@ class PostgreSQLDestination(ProbedDestination):
         """Transient (retry later) or permanent (park), by SQLSTATE class."""
         kind = _kind_of(error)
         code = getattr(error, "pgcode", None)
-        return ClassifiedError(
-            kind, type(error).__name__, _first_line(error), code, _connection_lost(error)
-        )
+        message = self.redact(_first_line(error))
+        return ClassifiedError(kind, type(error).__name__, message, code, _connection_lost(error))
 
 
 # ---------------------------------------------------------------- SQL helpers
@@ -848,6 +872,33 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def dsn_problem(dsn: str) -> str | None:
+    """Why libpq would refuse ``dsn``, found without connecting; None when it looks fine.
+
+    The answer never holds the password (libpq quotes a malformed URI whole).
+    """
+    if not isinstance(dsn, str):
+        return f"expected a connection string, got {type(dsn).__name__}"
+    if not dsn.strip():
+        return "empty; expected a libpq connection string or postgresql:// URI"
+    try:
+        options = parse_dsn(dsn)
+    except psycopg2.Error as error:
+        return redact(_first_line(error).removeprefix("invalid dsn: "))
+    for port in options.get("port", "").split(","):
+        if port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
+            return f"port {port.strip()!r} is not a port number (1-65535)"
+    for name in _INTEGER_OPTIONS:
+        value = options.get(name, "").strip()
+        if value and not value.lstrip("-").isdigit():
+            return f"{name} {value!r} is not an integer"
+    for name, choices in _CHOICE_OPTIONS.items():
+        value = options.get(name)
+        if value is not None and value not in choices:
+            return f"{name} {value!r} is not one of {', '.join(choices)}"
+    return None
+
+
 # ---------------------------------------------------------------- config database
 
 # The config database schema, as documented in the README (a test keeps the two equal).
@@ -883,15 +934,21 @@ SELECT pipeline, id, name, type, options FROM rosetta_destinations ORDER BY pipe
 def read_pipeline_config(url: str, env: Mapping[str, str]) -> list[PipelineSpec]:
     """Pipelines from the config database (``CONFIG_DATABASE_URL``); schema in the README.
 
-    Connection and schema problems become one ``ConfigError`` that never shows
-    the URL (it may hold a password).
+    A malformed URL, connection and schema problems become one ``ConfigError``
+    that never shows the URL or its password.
     """
+    problem = dsn_problem(url)
+    if problem is not None:
+        raise ConfigError([f"CONFIG_DATABASE_URL: invalid DSN: {problem}"])
+    secrets = (parse_dsn(url).get("password"),)
     try:
         conn = psycopg2.connect(url, connect_timeout=10)
     except psycopg2.Error as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(
-            [f"CONFIG_DATABASE_URL: cannot connect to the config database: {message}"]
+            [
+                "CONFIG_DATABASE_URL: cannot connect to the config database: "
+                f"{redact(_first_line(error), secrets)}"
+            ]
         ) from None
     try:
         with conn, conn.cursor() as cur:
@@ -904,7 +961,7 @@ def read_pipeline_config(url: str, env: Mapping[str, str]) -> list[PipelineSpec]
             [
                 "CONFIG_DATABASE_URL: the config database lacks the expected tables "
                 "rosetta_pipelines and rosetta_destinations (see README, 'Running the engine'): "
-                f"{str(error).strip().splitlines()[0]}"
+                f"{redact(_first_line(error), secrets)}"
             ]
         ) from None
     finally:

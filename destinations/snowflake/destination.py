@@ -66,9 +66,32 @@ _TRANSIENT_ERRNOS = frozenset(
         630,  # statement reached its timeout
         390111,  # session no longer exists
         390112,  # session expired
+        390113,  # master token not found
         390114,  # authentication token expired
+        390115,  # master token invalid
     }
 )
+# Failures of the session rather than the statement: it could not be opened,
+# was closed, or expired (and could not be renewed). Nothing in them is about
+# the events, so replay does not charge them to their retry budget. A
+# statement timeout (604, 630) is not among them: a statement that is slow for
+# its data must still be charged, or it would be retried forever.
+_SESSION_ERRNOS = frozenset(
+    {
+        250001,  # could not connect
+        250002,  # connection is closed
+        250003,  # request failed (network)
+        251011,  # connection timeout during login
+        251012,  # login retryable code
+        252007,  # failed to renew session
+        390111,  # session no longer exists
+        390112,  # session expired
+        390113,  # master token not found
+        390114,  # authentication (master) token expired
+        390115,  # master token invalid
+    }
+)
+_SESSION_SQLSTATE_CLASSES = frozenset({"08"})  # connection exception (08001, 08003, ...)
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 _PERMANENT_SQLSTATE_CLASSES = frozenset({"21", "22", "23", "42", "44", "0A"})
 
@@ -137,6 +160,7 @@ class SnowflakeDestination(ProbedDestination):
         self.account = account
         self.user = user
         self._password = password
+        self._secrets = (password,)  # masked in every error text this destination hands out
         self.database = database
         self.schema = schema
         self.warehouse = warehouse
@@ -173,8 +197,9 @@ class SnowflakeDestination(ProbedDestination):
             reused = self._conn is not None and not self._conn.is_closed()
             try:
                 statements = self._apply(target, plan)
-            except (sf_errors.OperationalError, sf_errors.InterfaceError) as exc:
-                if not (reused and self._conn is None):
+            except sf_errors.Error as exc:
+                stale = isinstance(exc, sf_errors.OperationalError | sf_errors.InterfaceError)
+                if not (reused and self._conn is None and (stale or _connection_lost(exc))):
                     raise
                 # The kept session died while idle (expired, server restarted):
                 # nothing reached the target, so try once more on a new one.
@@ -182,7 +207,7 @@ class SnowflakeDestination(ProbedDestination):
                     "stale session replaced destination=%s table=%s error=%s",
                     self,
                     table,
-                    _first_line(exc),
+                    self.redact(_first_line(exc)),
                 )
                 statements = self._apply(target, plan)
         logger.debug(
@@ -268,8 +293,9 @@ class SnowflakeDestination(ProbedDestination):
         """After a failure: re-read the catalog next time; drop a session that failed below SQL."""
         self._tables.clear()
         conn = self._conn
-        if conn is None or isinstance(error, sf_errors.ProgrammingError | DestinationError):
-            return  # the server answered: the session is fine
+        answered = isinstance(error, sf_errors.ProgrammingError | DestinationError)
+        if conn is None or (answered and not _connection_lost(error)):
+            return  # the server answered about the statement: the session is fine
         self._conn = None
         try:
             conn.close(retry=False)  # the server may be gone: do not wait on it
@@ -301,12 +327,21 @@ class SnowflakeDestination(ProbedDestination):
     # ------------------------------------------------------------ errors
 
     def classify_error(self, error: BaseException) -> ClassifiedError:
-        """Transient (retry later) or permanent (park), by connector errno and SQLSTATE."""
+        """Transient (retry later) or permanent (park), by connector errno and SQLSTATE.
+
+        A lost or expired session is transient and ``connection_lost``.
+        """
         errno = getattr(error, "errno", None)
         code = None
         if isinstance(error, sf_errors.Error) and errno is not None and errno != -1:
             code = f"{errno:06d}"
-        return ClassifiedError(_kind_of(error), type(error).__name__, _first_line(error), code)
+        return ClassifiedError(
+            _kind_of(error),
+            type(error).__name__,
+            self.redact(_first_line(error)),
+            code,
+            _connection_lost(error),
+        )
 
 
 # ---------------------------------------------------------------- the stage and the MERGE
@@ -494,6 +529,16 @@ def _kind_of(error: BaseException) -> FailureKind:
     # Network, HTTP 5xx/429, closed sessions, and anything unknown: retry
     # within the budget.
     return FailureKind.TRANSIENT
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """True when ``error`` is about the session (lost, closed, expired), not the statement."""
+    if isinstance(error, sf_errors.Error):
+        errno = error.errno if isinstance(error.errno, int) else -1
+        sqlstate = error.sqlstate if isinstance(error.sqlstate, str) else ""
+        return errno in _SESSION_ERRNOS or sqlstate[:2] in _SESSION_SQLSTATE_CLASSES
+    # Below the connector: a reset, refused or aborted socket.
+    return isinstance(error, ConnectionError)
 
 
 def _first_line(error: BaseException) -> str:

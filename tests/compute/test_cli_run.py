@@ -207,3 +207,55 @@ def test_failing_source_stops_the_engine_with_exit_1(tmp_path: Path) -> None:
         DLQConfig(base_path=tmp_path / "dlq", min_free_disk_mb=0), background=False
     ) as dlq:
         assert sum(dlq.store.count(q) for q in dlq.list_queues()) == 1
+
+
+BAD_DSNS = [
+    "postgresql://user:s3cret@host:notaport/db",
+    "postgresql://user:s3cret@host/db?badoption=1",
+    "postgresql://user:s3cret@[::1/db",
+    "host=x password=s3cret dbname",
+    "host=x password='s3cret port=5432",
+    "host=127.0.0.1 password=s3cret sslmode=required",
+]
+
+
+def one_line_config_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "s3cret" not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    return line
+
+
+@pytest.mark.parametrize("dsn", BAD_DSNS)
+@pytest.mark.parametrize("inline", [False, True])
+def test_malformed_destination_dsn_is_refused_at_start_without_its_password(
+    tmp_path: Path, dsn: str, inline: bool
+) -> None:
+    setting = f"dsn = {dsn!r}" if inline else 'dsn_env = "DEST_DSN"'
+    (tmp_path / "p.toml").write_text(
+        '[[pipelines]]\nname="p"\n[pipelines.source]\nid="1"\ntype="synthetic"\n'
+        "total_events=5\n"
+        '[[pipelines.destinations]]\nid="1"\nname="Postgres-Local"\ntype="postgresql"\n'
+        f"{setting}\n"
+    )
+    env = base_env(tmp_path) | {
+        "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
+        "DEST_DSN": dsn,
+        "DLQ_MIN_FREE_DISK_MB": "0",
+    }
+    line = one_line_config_error(run_cli(["run"], env))
+    where = "dsn" if inline else "dsn_env DEST_DSN"
+    assert line.startswith(f"rosetta: destination Postgres-Local (ID=1): {where}: invalid DSN: ")
+    # refused before the source was read: nothing was queued or parked
+    assert not list((tmp_path / "dlq").glob("source_*"))
+
+
+@pytest.mark.parametrize("dsn", BAD_DSNS)
+def test_malformed_config_database_url_is_refused_without_its_password(
+    tmp_path: Path, dsn: str
+) -> None:
+    env = base_env(tmp_path) | {"CONFIG_DATABASE_URL": dsn}
+    line = one_line_config_error(run_cli(["run"], env))
+    assert line.startswith("rosetta: CONFIG_DATABASE_URL: invalid DSN: ")

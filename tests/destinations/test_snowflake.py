@@ -499,3 +499,185 @@ def test_service_unavailable_is_transient() -> None:
 def test_unknown_errors_are_transient(any_dest: SnowflakeDestination) -> None:
     assert classified(any_dest, RuntimeError("odd")) == (FailureKind.TRANSIENT, None)
     assert classified(any_dest, ConnectionResetError("reset"))[0] is FailureKind.TRANSIENT
+
+
+# ---------------------------------------------------------------- lost and expired sessions
+
+
+def offline_dest() -> SnowflakeDestination:
+    """A destination that never connects: classification needs no server."""
+    return SnowflakeDestination(
+        "6", "Snowflake-Offline", account="a", user="u", password="p", database="D", schema="S"
+    )
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        sf_errors.ProgrammingError(msg="Session no longer exists.", errno=390111, sqlstate="08001"),
+        sf_errors.ProgrammingError(
+            msg="Your session has expired. Please login again.", errno=390112, sqlstate="08001"
+        ),
+        sf_errors.ProgrammingError(
+            msg="Authentication token has expired.  The user must authenticate again.",
+            errno=390114,
+            sqlstate="08001",
+        ),
+        sf_errors.DatabaseError(msg="Connection is closed", errno=250002, sqlstate="08003"),
+        sf_errors.OperationalError(msg="Failed to connect to DB", errno=250001, sqlstate="08001"),
+        sf_errors.OperationalError(msg="Failed to execute request: reset", errno=250003),
+        sf_errors.OperationalError(msg="ConnectionTimeout occurred during login", errno=251011),
+        sf_errors.InterfaceError(msg="Failed to renew session", errno=252007),
+        sf_errors.HttpError(msg="401 Unauthorized", errno=290401, sqlstate="08001"),
+        ConnectionResetError("Connection reset by peer"),
+    ],
+    ids=lambda e: f"{type(e).__name__}-{getattr(e, 'errno', '')}",
+)
+def test_lost_or_expired_session_is_transient_and_not_the_events_fault(
+    error: BaseException,
+) -> None:
+    verdict = offline_dest().classify_error(error)
+    assert verdict.kind is FailureKind.TRANSIENT
+    assert verdict.connection_lost
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        sf_errors.ProgrammingError(msg="statement timeout", errno=630, sqlstate="57014"),
+        sf_errors.ProgrammingError(msg="SQL execution canceled", errno=604, sqlstate="57014"),
+        sf_errors.ProgrammingError(msg="does not exist", errno=2003, sqlstate="42S02"),
+        sf_errors.ProgrammingError(msg="NULL result", errno=100072, sqlstate="22000"),
+        RuntimeError("odd"),
+    ],
+    ids=lambda e: f"{type(e).__name__}-{getattr(e, 'errno', '')}",
+)
+def test_statement_failures_are_charged_to_the_events(error: BaseException) -> None:
+    assert not offline_dest().classify_error(error).connection_lost
+
+
+class ExpiringSessions:
+    """Makes fakesnow expire sessions the way Snowflake does.
+
+    An expired session's query is answered with 390112 (session expired); the
+    connector then asks to renew it, and the renewal is refused with 390114
+    (authentication token expired): the connector raises that ProgrammingError.
+    A fresh login always works, so the health check passes meanwhile.
+    """
+
+    def __init__(self) -> None:
+        self.expired: set[str] = set()
+        self.queries: dict[str, int] = {}
+        # None: sessions live until expired; N: a new session expires after N queries.
+        self.queries_per_session: int | None = None
+        self.spared: set[str] = set()  # sessions opened before the limit was set
+
+    def limit_queries(self, limit: int | None) -> None:
+        self.queries_per_session = limit
+        self.spared = self.current()
+
+    @staticmethod
+    def current() -> set[str]:
+        import fakesnow.server
+
+        return set(fakesnow.server.sessions)
+
+    def expire_since(self, before: set[str]) -> None:
+        """Expire the sessions opened since ``before`` was taken."""
+        self.expired.update(self.current() - before)
+
+
+@pytest.fixture
+def expiring_sessions(monkeypatch: pytest.MonkeyPatch) -> Iterator[ExpiringSessions]:
+    import fakesnow.server
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    control = ExpiringSessions()
+    original = fakesnow.server.to_conn
+
+    def to_conn(token: str) -> Any:
+        control.queries[token] = control.queries.get(token, 0) + 1
+        limit = control.queries_per_session
+        over = limit is not None and token not in control.spared and control.queries[token] > limit
+        if token in control.expired or over:
+            control.expired.add(token)
+            raise fakesnow.server.ServerError(
+                status_code=200, code="390112", message="Your session has expired."
+            )
+        return original(token)
+
+    async def token_request(request: Any) -> JSONResponse:
+        return JSONResponse(
+            {
+                "data": None,
+                "code": "390114",
+                "message": "Authentication token has expired.  The user must authenticate again.",
+                "success": False,
+            }
+        )
+
+    route = Route("/session/token-request", token_request, methods=["POST"])
+    monkeypatch.setattr(fakesnow.server, "to_conn", to_conn)
+    fakesnow.server.app.router.routes.append(route)
+    try:
+        yield control
+    finally:
+        fakesnow.server.app.router.routes.remove(route)
+
+
+def test_session_expired_while_idle_is_replaced_and_the_batch_goes_in(
+    items: str,
+    sf_admin: Any,
+    make_destination: Callable[..., SnowflakeDestination],
+    expiring_sessions: ExpiringSessions,
+) -> None:
+    dest = make_destination(items)
+    before = expiring_sessions.current()
+    dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "before", "qty": 1}, 1)])
+    # The kept session expires while the destination is idle.
+    expiring_sessions.expire_since(before)
+    dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "after", "qty": 2}, 2)])
+    assert table_rows(sf_admin, items) == [(1, "before", 1), (2, "after", 2)]
+
+
+@pytest.mark.timeout(120)
+def test_replay_failing_on_an_expired_session_does_not_charge_the_events(
+    items: str,
+    sf_admin: Any,
+    make_destination: Callable[..., SnowflakeDestination],
+    expiring_sessions: ExpiringSessions,
+    tmp_path: Any,
+) -> None:
+    from compute.dlq_manager import DLQManager
+    from compute.dlq_message import DLQMessage, FailureContext
+    from compute.dlq_recovery import DLQRecoveryWorker
+    from compute.health import DestinationHealth
+    from compute.queue_id import QueueId
+    from tests.compute.helpers import dlq_config
+
+    dest = make_destination(items)
+    config = dlq_config(tmp_path, max_retries=1)
+    dlq = DLQManager(config, background=False)
+    queue = QueueId("1", SOURCE_TABLE, dest.destination_id)
+    records = [upsert(i, {"name": f"n{i}", "qty": i}, i) for i in range(1, 4)]
+    failure = FailureContext("OperationalError", "Snowflake was down")
+    dlq.enqueue(queue, [DLQMessage.create(queue, r, failure) for r in records])
+    health = {dest.destination_id: DestinationHealth(dest)}
+    worker = DLQRecoveryWorker("p", "1", [dest], health, dlq, config, probe_timeout=10.0)
+    # Every session expires after its first query: the health check's
+    # SELECT 1 passes, the replay's write fails midway, again and again.
+    expiring_sessions.limit_queries(1)
+    now = time.time()
+    try:
+        for i in range(4):
+            result = worker.run_once(now + i * 100)[0]
+            assert result.failed == len(records) and result.parked == 0
+            assert dlq.parked_count(queue) == 0
+            assert [dlq.attempts_of(queue, m) for m in dlq.peek(queue, 10)] == [1, 1, 1]
+        expiring_sessions.limit_queries(None)  # sessions last again
+        assert worker.run_once(now + 1000)[0].replayed == len(records)
+        assert table_rows(sf_admin, items) == [(1, "n1", 1), (2, "n2", 2), (3, "n3", 3)]
+        assert not dlq.has_messages(queue)
+    finally:
+        dlq.close()
