@@ -424,8 +424,7 @@ class DLQRecoveryWorker:
             return self._after_failure(destination, queue, lease, error, counts), None
         try:
             if batch.held:
-                self._park_held(queue, batch.held, self._clock())
-                counts["parked"] += len(batch.held)
+                counts["parked"] += self._park_held(queue, batch.held, self._clock())
             self.dlq.ack(lease)
         except BaseException:
             # Committed downstream but not acknowledged (a storage error): give
@@ -493,9 +492,11 @@ class DLQRecoveryWorker:
                 live.append(m)
         return live, expired, held
 
-    def _park_held(self, queue: QueueId, held: list[DLQMessage], now: float) -> None:
+    def _park_held(self, queue: QueueId, held: list[DLQMessage], now: float) -> int:
+        """Park ``held`` behind their keys' parked changes; returns how many were parked
+        (a change no message can store is quarantined instead, and counted there)."""
         context = held_behind_failure(now)
-        self.dlq.park(queue, [_with_failure(m, context) for m in held])
+        return self.dlq.park(queue, [_with_failure(m, context) for m in held])
 
     def _after_failure(
         self,
@@ -544,8 +545,7 @@ class DLQRecoveryWorker:
                 break
             now = self._clock()
             if self.dlq.is_parked(queue, message.record):
-                self._park_held(queue, [message], now)
-                counts["parked"] += 1
+                counts["parked"] += self._park_held(queue, [message], now)
                 done += 1
                 continue
             try:
@@ -556,8 +556,9 @@ class DLQRecoveryWorker:
                 over_budget = attempts > self.config.max_retries and not classified.connection_lost
                 if classified.kind is FailureKind.PERMANENT or over_budget:
                     failed = message.failure.failed_again(classified, now)
-                    self.dlq.park(queue, [_with_failure(message, failed, attempts)])
-                    counts["parked"] += 1
+                    counts["parked"] += self.dlq.park(
+                        queue, [_with_failure(message, failed, attempts)]
+                    )
                     done += 1
                     continue
                 counts["failed"] += len(lease.messages) - done

@@ -230,7 +230,7 @@ def test_final_line_without_newline_is_read_when_not_following(tmp_path: Path) -
 
 # --- malformed lines --------------------------------------------------------------------------
 
-BAD_LINES: list[tuple[Line, str]] = [
+BAD_LINES: list[Any] = [  # (line, reason) or pytest.param(line, reason)
     ("{not json", "bad JSON"),
     (b'{"op": "c", "after": {"id": "\xff\xfe"}}', "not UTF-8"),
     ("[1, 2, 3]", "not a JSON object but an array"),
@@ -267,6 +267,22 @@ BAD_LINES: list[tuple[Line, str]] = [
     (event("c", pk=[1]), "'source.pk' must be a list of column names"),
     (event("d", pk=["id"]), "without 'key' or 'before'"),
     ("x" * 400, "line longer than 200 bytes"),
+    pytest.param(
+        keyed(after={"id": 1, "doc": json.loads("[" * 199 + "]" * 199)}),
+        "nested deeper than 200",
+        id="nested-201",
+    ),
+    pytest.param(
+        '{"op": "c", "x": ' + "[" * 2000 + "]" * 2000 + "}",
+        "nested deeper than 200",
+        id="nested-2001",
+    ),
+    pytest.param(
+        '{"op": "c", "after": {"id": 1' + "0" * 5000 + "}}",
+        "bad JSON: Exceeds the limit",
+        id="int-of-5001-digits",
+    ),
+    pytest.param(keyed(ts_ms=10**400), "'source.ts_ms' is out of range", id="ts-ms-huge"),
 ]
 
 
@@ -503,3 +519,21 @@ def test_dash_means_stdin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     while not source.exhausted and time.monotonic() < deadline:
         records.extend(source.read(10).records)
     assert [r.position.commit for r in records] == [4]
+
+
+def test_values_of_any_size_and_nesting_up_to_the_limit_are_kept_exactly(tmp_path: Path) -> None:
+    doc = json.loads("[" * 198 + "]" * 198)  # with the envelope: 200 levels, the limit
+    line = keyed(
+        key={"id": 10**25},
+        after={"id": 10**25, "neg": -(2**64), "doc": doc, "s": "\udc80", "f": 1e400},
+        lsn=2**64,
+        seq=2**70,
+    )
+    records, source = one(tmp_path, line)
+    assert not source.rejected
+    (record,) = records
+    assert record.key == {"id": 10**25}
+    assert record.after is not None
+    assert record.after["neg"] == -(2**64) and record.after["doc"] == doc
+    assert record.after["s"] == "\udc80"  # stored exactly by the DLQ (never re-encoded here)
+    assert record.position == SourcePosition(2**64, 2**70)
