@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterable
 from decimal import Decimal
@@ -12,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from compute.dlq_message import DLQMessage, FailureContext, decode_message, encode_message
+from compute.queue_id import QueueId
 from compute.sources.base import SourceError
 from compute.sources.jsonl_source import JsonLinesSource
 from compute.sources.offset_store import OffsetStore
 from destinations.records import ChangeRecord, Operation, SourcePosition
+from tests.compute.value_strategies import same
 
 Line = dict[str, Any] | str | bytes
 
@@ -537,3 +543,39 @@ def test_values_of_any_size_and_nesting_up_to_the_limit_are_kept_exactly(tmp_pat
     assert record.after["neg"] == -(2**64) and record.after["doc"] == doc
     assert record.after["s"] == "\udc80"  # stored exactly by the DLQ (never re-encoded here)
     assert record.position == SourcePosition(2**64, 2**70)
+
+
+_json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),  # any size
+        st.integers(min_value=2**63, max_value=10**100).flatmap(lambda n: st.sampled_from([n, -n])),
+        st.floats(),  # NaN and Infinity: Python's JSON reads and writes them
+        st.text(st.characters(categories=["L", "N", "P", "S", "Z", "Cc", "Cs"]), max_size=8),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    key=st.one_of(st.integers(), st.text(min_size=1, max_size=5)),
+    after=st.dictionaries(st.text(min_size=1, max_size=5), _json_values, max_size=4),
+    lsn=st.integers(min_value=0),
+)
+def test_every_event_the_source_accepts_is_stored_exactly_by_the_dlq(
+    key: Any, after: dict[str, Any], lsn: int
+) -> None:
+    """What a JSON line can carry, the source accepts, the DLQ stores and gives back."""
+    line = keyed(key={"id": key}, after={**after, "id": key}, lsn=lsn)
+    with tempfile.TemporaryDirectory() as directory:
+        records, source = one(Path(directory), line)
+        source.close()
+    assert not source.rejected
+    (record,) = records
+    message = DLQMessage.create(QueueId("s", record.table, "d"), record, FailureContext("E", "m"))
+    assert same(decode_message(encode_message(message)), message)
