@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import reprlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -18,6 +19,7 @@ from compute.dlq_message import (
     FailureContext,
     MessageDecoder,
     decode_message,
+    encode_message,
     encode_messages,
 )
 from compute.errors import (
@@ -26,6 +28,7 @@ from compute.errors import (
     DLQFullError,
     LeaseError,
     MessageDecodeError,
+    MessageEncodeError,
     MessageNotFoundError,
     MessageTooLargeError,
 )
@@ -50,10 +53,14 @@ IDLE_CLOSE_SECONDS = 60.0
 
 @dataclass(frozen=True, slots=True)
 class EnqueueResult:
-    """How many messages the DLQ stored, and how many it dropped (``drop_newest`` only)."""
+    """How many messages the DLQ stored, dropped (``drop_newest`` only) and quarantined.
+
+    Quarantined: holding a value no DLQ message can store (see ``DLQManager.enqueue``).
+    """
 
     accepted: int
     dropped: int = 0
+    quarantined: int = 0
 
 
 _ONE_ACCEPTED = EnqueueResult(1)
@@ -254,7 +261,9 @@ class DLQManager:
         A message over ``DLQ_MAX_MESSAGE_BYTES`` raises ``MessageTooLargeError``
         and stores nothing. When a capacity limit is reached: with ``DLQ_WHEN_FULL=block`` raises
         ``DLQFullError`` and stores nothing; with ``drop_newest`` drops the
-        batch, counts it and logs it.
+        batch, counts it and logs it. A message holding a value no DLQ message
+        can store is quarantined (``quarantined`` in the result) and the others
+        are stored.
         """
         count = len(messages)
         if not count:
@@ -264,7 +273,15 @@ class DLQManager:
                 raise ValueError(
                     f"message {message.message_id} belongs to {message.queue}, not {queue}"
                 )
-        payloads = encode_messages(messages)
+        try:
+            payloads = encode_messages(messages)
+        except MessageEncodeError:  # rare: set the unstorable ones aside, store the rest
+            stored, payloads = self._encode_storable(queue, messages)
+            quarantined = count - len(stored)
+            if stored:
+                result = self.enqueue(queue, stored)
+                return EnqueueResult(result.accepted, result.dropped, quarantined)
+            return EnqueueResult(0, quarantined=quarantined)
         limit = self.config.max_message_bytes
         # One max() instead of a Python loop; the loop only finds who is too large.
         if max(map(len, payloads)) > limit:
@@ -454,16 +471,23 @@ class DLQManager:
 
     # ---------------------------------------------------------------- parking
 
-    def park(self, queue: QueueId, messages: Sequence[DLQMessage]) -> None:
+    def park(self, queue: QueueId, messages: Sequence[DLQMessage]) -> int:
         """Set ``messages`` aside in ``queue``'s parked lane, keeping their context.
 
         Parked messages stay on disk, visible and replayable by hand; they are
         never replayed automatically. Their keys count as parked from now on,
-        so later changes to the same keys are parked behind them.
+        so later changes to the same keys are parked behind them. A message
+        holding a value no DLQ message can store is quarantined instead.
+        Returns how many were parked.
         """
         if not messages:
-            return
-        payloads = encode_messages(messages)
+            return 0
+        try:
+            payloads = encode_messages(messages)
+        except MessageEncodeError:  # rare: set the unstorable ones aside, park the rest
+            messages, payloads = self._encode_storable(queue.parked, messages)
+            if not messages:
+                return 0
         with self.editing(queue):
             self.store.enqueue(queue.parked, payloads)
         keys = self._parked_keys(queue)
@@ -483,6 +507,7 @@ class DLQManager:
                 m.failure.error_class,
                 m.failure.message,
             )
+        return len(messages)
 
     def is_parked(self, queue: QueueId, record: ChangeRecord) -> bool:
         """True when an earlier change to ``record``'s key is parked in ``queue``."""
@@ -902,6 +927,63 @@ class DLQManager:
             info.newest, info.newest_known = newest, True
         return newest
 
+    def _encode_storable(
+        self, lane: QueueId, messages: Sequence[DLQMessage]
+    ) -> tuple[list[DLQMessage], list[bytes]]:
+        """(storable messages, their payloads); the others are quarantined with their reason.
+
+        Only after a batch failed to encode: one message at a time (the same
+        bytes as in a batch), so one unstorable change never holds the others.
+        """
+        stored: list[DLQMessage] = []
+        payloads: list[bytes] = []
+        for message in messages:
+            try:
+                payloads.append(encode_message(message))
+            except MessageEncodeError as error:
+                self._quarantine_unstorable(lane, message, error.reason)
+                continue
+            stored.append(message)
+        return stored, payloads
+
+    def _quarantine_unstorable(self, lane: QueueId, message: DLQMessage, reason: str) -> None:
+        """Write a change no DLQ message can hold to ``<lane>/quarantine/``, readable, with why."""
+        directory = self.store.queue_path(lane) / QUARANTINE_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        name = f"unstorable-{message.message_id}"
+        text, complete = _describe(message)
+        (directory / f"{name}.txt").write_text(text + "\n", errors="backslashreplace")
+        record = message.record
+        meta = {
+            "reason": f"cannot be stored in a DLQ message: {reason}",
+            "message_id": message.message_id,
+            "table": record.table,
+            "op": record.op.name.lower(),
+            "key": reprlib.repr(dict(record.key)),
+            "position": str(record.position),
+            "failure": f"{message.failure.error_class}: {message.failure.message}",
+            "complete": complete,  # False: the .txt holds an abridged repr
+            "quarantined_at": _iso(self._clock()),
+        }
+        (directory / f"{name}.json").write_text(
+            json.dumps(meta, indent=2, ensure_ascii=True) + "\n"
+        )
+        info = self._info(lane.main)
+        with info.lock:
+            info.quarantined += 1
+            info.last_error = f"unstorable change quarantined: {reason}"
+            info.dirty = True
+        logger.error(
+            "DLQ cannot store a change, quarantined it instead: queue=%s message_id=%s "
+            "position=%s file=%s reason=%s; the other changes go on, see the file to "
+            "re-apply it by hand",
+            lane,
+            message.message_id,
+            record.position,
+            directory / f"{name}.txt",
+            reason,
+        )
+
     # ------------------------------------------------------------ housekeeping
 
     def _quarantine(self, queue: QueueId, payload: bytes, name: str, reason: str) -> None:
@@ -989,6 +1071,27 @@ def _last_error(info: _QueueInfo) -> str | None:
     if info.last_error is None and info.last_failure is not None:
         info.last_error = f"{info.last_failure.error_class}: {info.last_failure.message}"
     return info.last_error
+
+
+def _describe(message: DLQMessage) -> tuple[str, bool]:
+    """``repr(message)`` (exact values, as Python literals), and whether it is whole.
+
+    A value nested too deeply to print is abridged (``...``) column by column.
+    """
+    try:
+        return repr(message), True
+    except RecursionError:
+        pass
+    record = message.record
+    lines = [repr(message._replace(record=record._replace(before=None, after=None)))]
+    for side, row in (("before", record.before), ("after", record.after)):
+        for column, value in (row or {}).items():
+            try:
+                text = repr(value)
+            except RecursionError:
+                text = reprlib.repr(value) + "  # abridged: nested too deeply to print"
+            lines.append(f"{side}[{column!r}] = {text}")
+    return "\n".join(lines), False
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any], *, durable: bool = False) -> None:

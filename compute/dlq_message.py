@@ -7,11 +7,19 @@ blob: what a failed batch shares (queue, failure, table, key columns),
 packed on its own. Every message of one failed batch carries the same
 context bytes, so a reader compares bytes and reuses what it already built
 instead of decoding it again, and the store's frame compression folds the
-repeats away. Non-JSON values in row images (Decimal, datetime, date, time,
-UUID) use msgpack extension types, so a bank balance comes back as the exact
-``Decimal`` it was. Version 1 (a version byte, then one flat array of 22 fields) is still read.
-Anything else raises ``MessageDecodeError`` and nothing else, so the store
-can quarantine it.
+repeats away. Values msgpack has no type for use extension types, so every
+value comes back exactly as it was: Decimal, datetime, date, time and UUID
+(a bank balance stays the exact ``Decimal`` it was), integers outside 64
+bits (a ``numeric`` key of 10**25, an LSN of 2**64), and tuples, sets and
+frozensets (a tuple stays hashable, so it can be a map key). Builds before
+the big-integer and collection extensions wrote the same version 2 without
+them; their messages read the same. Version 1 (a version byte, then one
+flat array of 22 fields) is still read. Anything else raises
+``MessageDecodeError`` and nothing else, so the store can quarantine it.
+
+A value that cannot be stored (an unknown type, nesting deeper than about
+1,000 levels) raises ``MessageEncodeError`` naming the message, so the caller
+can set that one change aside and keep the others.
 """
 
 from __future__ import annotations
@@ -24,11 +32,12 @@ import traceback
 import uuid
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
+from enum import Enum
 from typing import Any, NamedTuple
 
 import msgpack
 
-from compute.errors import MessageDecodeError
+from compute.errors import MessageDecodeError, MessageEncodeError
 from compute.queue_id import QueueId
 from destinations.errors import ClassifiedError, FailureKind
 from destinations.records import ChangeRecord, Operation, SourcePosition
@@ -48,6 +57,11 @@ _EXT_DATETIME = 2
 _EXT_DATE = 3
 _EXT_TIME = 4
 _EXT_UUID = 5
+# Added later in version 2 (older builds never wrote them; this one reads both).
+_EXT_BIGINT = 6  # an int outside 64 bits: two's-complement big-endian bytes
+_EXT_TUPLE = 7  # the packed items, as a list
+_EXT_SET = 8
+_EXT_FROZENSET = 9
 
 _OPERATIONS = {op.value: op for op in Operation}
 _KINDS = {kind.value: kind for kind in FailureKind}
@@ -149,7 +163,13 @@ def _truncate_stack(stack: str) -> str:
     return stack if len(stack) <= MAX_STACK_CHARS else "[truncated] ..." + stack[-MAX_STACK_CHARS:]
 
 
-def _default(value: Any) -> msgpack.ExtType:
+def _default(value: Any) -> Any:
+    """What msgpack cannot pack itself (the packer is strict: subclasses come here too).
+
+    Called only for such values, so rows of plain JSON-like values never pay for it.
+    """
+    if isinstance(value, Enum):  # Operation, FailureKind: their stored value
+        return value._value_
     if isinstance(value, Decimal):
         return msgpack.ExtType(_EXT_DECIMAL, str(value).encode())
     if isinstance(value, dt.datetime):
@@ -160,9 +180,40 @@ def _default(value: Any) -> msgpack.ExtType:
         return msgpack.ExtType(_EXT_TIME, value.isoformat().encode())
     if isinstance(value, uuid.UUID):
         return msgpack.ExtType(_EXT_UUID, value.bytes)
-    if isinstance(value, tuple | set | frozenset):
+    if isinstance(value, int):
+        if type(value) is not int:  # an IntEnum or other subclass: as the number
+            return int(value)
+        # Out of msgpack's 64 bits: the packer calls this only then.
+        size = (value.bit_length() + 8) // 8  # + 1 bit for the sign, rounded up
+        return msgpack.ExtType(_EXT_BIGINT, value.to_bytes(size, "big", signed=True))
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, tuple):
+        return msgpack.ExtType(_EXT_TUPLE, _pack_nested(list(value)))
+    if isinstance(value, frozenset):
+        return msgpack.ExtType(_EXT_FROZENSET, _pack_nested(list(value)))
+    if isinstance(value, set):
+        return msgpack.ExtType(_EXT_SET, _pack_nested(list(value)))
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list):
         return list(value)
     raise TypeError(f"cannot store a value of type {type(value).__name__} in a DLQ message")
+
+
+def _pack_nested(items: list[Any]) -> bytes:
+    # A Packer of its own: this thread's Packer is in the middle of a message.
+    return msgpack.packb(
+        items,
+        default=_default,
+        use_bin_type=True,
+        strict_types=True,
+        unicode_errors="surrogatepass",
+    )
 
 
 _datetime_from = dt.datetime.fromisoformat
@@ -183,7 +234,24 @@ def _ext_hook(code: int, data: bytes) -> Any:
         return _time_from(data.decode())
     if code == _EXT_UUID:
         return uuid.UUID(bytes=data)
+    if code == _EXT_BIGINT:
+        if not data:
+            raise ValueError("empty integer")
+        return int.from_bytes(data, "big", signed=True)
+    if code == _EXT_TUPLE:
+        return tuple(_unpack_items(data))
+    if code == _EXT_SET:
+        return set(_unpack_items(data))
+    if code == _EXT_FROZENSET:
+        return frozenset(_unpack_items(data))
     raise ValueError(f"unknown extension type {code}")
+
+
+def _unpack_items(data: bytes) -> list[Any]:
+    items = _unpackb(data)
+    if type(items) is not list:
+        raise ValueError("a collection extension does not hold an array")
+    return items
 
 
 _local = threading.local()
@@ -194,7 +262,7 @@ def _packer() -> msgpack.Packer:
     try:
         return _local.packer
     except AttributeError:
-        _local.packer = msgpack.Packer(default=_default, use_bin_type=True)
+        _local.packer = msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)
         return _local.packer
 
 
@@ -204,7 +272,11 @@ def _pack(fields: list[Any]) -> bytes:
     except UnicodeEncodeError:
         # Lone surrogates (a QueueId takes any str): rare, so kept off the fast path.
         return msgpack.packb(
-            fields, default=_default, use_bin_type=True, unicode_errors="surrogatepass"
+            fields,
+            default=_default,
+            use_bin_type=True,
+            strict_types=True,
+            unicode_errors="surrogatepass",
         )
 
 
@@ -233,6 +305,22 @@ _FAILURE_FIELDS = (
 if FailureContext._fields != _FAILURE_FIELDS:  # pragma: no cover - a guard for later edits
     raise ImportError("FailureContext's fields changed: the DLQ message format depends on them")
 
+# The encoder unpacks a ChangeRecord and a SourcePosition by position, and the
+# decoder builds them by position (tuple.__new__, for speed): a reordered field
+# would swap, say, the before and after images of every stored change.
+_RECORD_FIELDS = ("table", "op", "key", "after", "position", "before", "commit_ts")
+_POSITION_FIELDS = ("commit", "seq")
+if ChangeRecord._fields != _RECORD_FIELDS:
+    raise ImportError(
+        f"ChangeRecord's fields changed to {ChangeRecord._fields}: the DLQ message format "
+        f"reads and writes them by position as {_RECORD_FIELDS}; update compute/dlq_message.py"
+    )
+if SourcePosition._fields != _POSITION_FIELDS:
+    raise ImportError(
+        f"SourcePosition's fields changed to {SourcePosition._fields}: the DLQ message format "
+        f"reads and writes them by position as {_POSITION_FIELDS}; update compute/dlq_message.py"
+    )
+
 
 def _context_fields(
     queue: QueueId, failure: FailureContext, table: str, key_columns: list[str]
@@ -251,7 +339,7 @@ def _encode(message: DLQMessage, context: bytes) -> bytes:
         [
             FORMAT_VERSION,
             message.message_id,
-            record.op,  # a str Enum: packed as its one-letter value
+            record.op._value_,  # its one-letter code
             list(record.key.values()),
             record.before,
             record.after,
@@ -278,7 +366,7 @@ def _encode_one(message: DLQMessage) -> bytes:
     fields = [
         FORMAT_VERSION,
         message_id,
-        op,  # a str Enum: packed as its one-letter value
+        op._value_,  # its one-letter code
         list(key.values()),
         before,
         after,
@@ -299,22 +387,24 @@ def _encode_one(message: DLQMessage) -> bytes:
 
 
 def encode_message(message: DLQMessage) -> bytes:
-    """Encode ``message`` as one msgpack array (see the module docstring)."""
+    """Encode ``message`` as one msgpack array (see the module docstring).
+
+    Raises ``MessageEncodeError`` (a ValueError) naming the message if a value cannot be stored.
+    """
     try:
         return _encode_one(message)
     except (TypeError, ValueError, OverflowError) as error:
-        raise ValueError(f"message {message.message_id} cannot be encoded: {error}") from error
+        raise MessageEncodeError(message.message_id, _reason(error)) from error
 
 
 def encode_messages(messages: Sequence[DLQMessage]) -> list[bytes]:
-    """Encode a batch; messages that share a context share one packed blob."""
+    """Encode a batch; messages that share a context share one packed blob.
+
+    Raises ``MessageEncodeError`` for the first message that cannot be stored.
+    """
     if len(messages) == 1:
         # Nothing to share: skip building and comparing the context key.
-        try:
-            return [_encode_one(messages[0])]
-        except (TypeError, ValueError, OverflowError) as error:
-            message_id = messages[0].message_id
-            raise ValueError(f"message {message_id} cannot be encoded: {error}") from error
+        return [encode_message(messages[0])]
     encoded = []
     shared: tuple[Any, ...] | None = None
     context = b""
@@ -327,8 +417,15 @@ def encode_messages(messages: Sequence[DLQMessage]) -> list[bytes]:
                 shared = key
             encoded.append(_encode(message, context))
         except (TypeError, ValueError, OverflowError) as error:
-            raise ValueError(f"message {message.message_id} cannot be encoded: {error}") from error
+            raise MessageEncodeError(message.message_id, _reason(error)) from error
     return encoded
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).rstrip(".")
+    if text == "recursion limit exceeded":
+        return "a value is nested too deeply (msgpack's limit is about 1,000 levels)"
+    return text or type(error).__name__
 
 
 _V1_FIELD_COUNT = 22

@@ -436,8 +436,7 @@ class DLQRecoveryWorker:
         # the caller gives the lease back, the read-ahead one with it: the next
         # pass re-applies the batch (idempotent), nothing is lost.
         if batch.held:
-            self._park_held(queue, batch.held, self._clock())
-            counts["parked"] += len(batch.held)
+            counts["parked"] += self._park_held(queue, batch.held, self._clock())
         self.dlq.ack(lease)
         counts["replayed"] = len(batch.live)
         logger.info("✓ Successfully replayed %d/%d DLQ messages", len(batch.live), len(messages))
@@ -498,9 +497,11 @@ class DLQRecoveryWorker:
                 live.append(m)
         return live, expired, held
 
-    def _park_held(self, queue: QueueId, held: list[DLQMessage], now: float) -> None:
+    def _park_held(self, queue: QueueId, held: list[DLQMessage], now: float) -> int:
+        """Park ``held`` behind their keys' parked changes; returns how many were parked
+        (a change no message can store is quarantined instead, and counted there)."""
         context = held_behind_failure(now)
-        self.dlq.park(queue, [_with_failure(m, context) for m in held])
+        return self.dlq.park(queue, [_with_failure(m, context) for m in held])
 
     def _after_failure(
         self,
@@ -548,8 +549,7 @@ class DLQRecoveryWorker:
                 break
             now = self._clock()
             if self.dlq.is_parked(queue, message.record):
-                self._park_held(queue, [message], now)
-                counts["parked"] += 1
+                counts["parked"] += self._park_held(queue, [message], now)
                 done += 1
                 continue
             try:
@@ -560,8 +560,9 @@ class DLQRecoveryWorker:
                 over_budget = attempts > self.config.max_retries and not classified.connection_lost
                 if classified.kind is FailureKind.PERMANENT or over_budget:
                     failed = message.failure.failed_again(classified, now)
-                    self.dlq.park(queue, [_with_failure(message, failed, attempts)])
-                    counts["parked"] += 1
+                    counts["parked"] += self.dlq.park(
+                        queue, [_with_failure(message, failed, attempts)]
+                    )
                     done += 1
                     continue
                 counts["failed"] += len(lease.messages) - done

@@ -40,6 +40,15 @@ class MessageDecodeError(DLQError):
     """Stored bytes are not a DLQ message this version can read (truncated, garbage, future)."""
 
 
+class MessageEncodeError(DLQError, ValueError):
+    """A change holds a value the DLQ message format cannot store (nothing was stored)."""
+
+    def __init__(self, message_id: str, reason: str) -> None:
+        self.message_id = message_id
+        self.reason = reason
+        super().__init__(f"message {message_id} cannot be encoded: {reason}")
+
+
 class LeaseError(DLQError):
     """A lease was acknowledged or released twice, out of order, or for the wrong queue."""
 

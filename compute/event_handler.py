@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 
 from compute.dlq_manager import DLQManager, EnqueueResult, record_key
 from compute.dlq_message import DLQMessage, FailureContext, encode_message
-from compute.errors import DLQFullError, MessageTooLargeError
+from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.health import DestinationHealth
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
@@ -44,6 +44,8 @@ class HandlerCounters:
     queued: Counter[str] = field(default_factory=Counter)
     parked: Counter[str] = field(default_factory=Counter)
     dropped: Counter[str] = field(default_factory=Counter)
+    # Changes holding a value no DLQ message can store: in the queue's quarantine/.
+    quarantined: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
 
 
@@ -244,9 +246,12 @@ class EventHandler:
 
     def _park(self, queue: QueueId, records: list[ChangeRecord], failure: FailureContext) -> None:
         now = self._clock()
-        self.dlq.park(queue, [DLQMessage.create(queue, r, failure, now=now) for r in records])
-        self.counters.parked[queue.destination_id] += len(records)
-        self.observer.parked(queue, len(records))
+        parked = self.dlq.park(
+            queue, [DLQMessage.create(queue, r, failure, now=now) for r in records]
+        )
+        self.counters.parked[queue.destination_id] += parked
+        self.counters.quarantined[queue.destination_id] += len(records) - parked
+        self.observer.parked(queue, parked)
 
     def _park_oversized(self, queue: QueueId, messages: list[DLQMessage]) -> EnqueueResult:
         """Park messages over ``DLQ_MAX_MESSAGE_BYTES`` (and later changes to their keys),
@@ -257,7 +262,11 @@ class EventHandler:
         park: list[DLQMessage] = []
         keys: set[tuple[object, ...]] = set()
         for message in messages:
-            size = len(encode_message(message))  # again: this path is rare
+            try:
+                size = len(encode_message(message))  # again: this path is rare
+            except MessageEncodeError:
+                keep.append(message)  # enqueue quarantines it, with its reason
+                continue
             key = record_key(message.record)
             if size > limit:
                 failure = too_large_failure(size, limit, message.failure, now)
@@ -267,8 +276,9 @@ class EventHandler:
                 park.append(message._replace(failure=held_behind_failure(now)))
             else:
                 keep.append(message)
-        self.dlq.park(queue, park)
-        self.counters.parked[queue.destination_id] += len(park)
+        parked = self.dlq.park(queue, park)
+        self.counters.parked[queue.destination_id] += parked
+        self.counters.quarantined[queue.destination_id] += len(park) - parked
         return self.dlq.enqueue(queue, keep) if keep else EnqueueResult(0)
 
     def _enqueue_to_dlq(
@@ -283,6 +293,7 @@ class EventHandler:
             result = self._park_oversized(queue, messages)
         self.counters.queued[queue.destination_id] += result.accepted
         self.counters.dropped[queue.destination_id] += result.dropped
+        self.counters.quarantined[queue.destination_id] += result.quarantined
         self.observer.enqueued(queue, result.accepted, result.dropped)
         if result.accepted:
             ops = Counter(r.op.name.lower() for r in records)

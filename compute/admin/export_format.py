@@ -10,9 +10,13 @@ then one line per message, in queue order, holding every field of
 map keys, so such values are tagged: ``{"$decimal": "10.50"}``,
 ``{"$datetime": "2026-01-02T03:04:05.000001+02:00"}``, ``{"$date": ...}``,
 ``{"$time": ...}``, ``{"$uuid": ...}``, ``{"$bytes": "<base64>"}``,
-``{"$float": "nan"}`` and ``{"$map": [[key, value], ...]}`` (a map with a
-non-string key, or a key starting with ``$``). Decoding gives back values
-of the exact types and equal values, so the message encodes to the same bytes.
+``{"$float": "nan"}``, ``{"$tuple": [...]}``, ``{"$set": [...]}``,
+``{"$frozenset": [...]}`` and ``{"$map": [[key, value], ...]}`` (a map with a
+non-string key, or a key starting with ``$``). Integers of any size are JSON
+numbers (never floats), except those too long for Python's int-to-text limit
+(over 4,300 digits), which are ``{"$int": "<hex>"}``. Decoding gives back
+values of the exact types and equal values, so the message encodes to the
+same bytes.
 """
 
 from __future__ import annotations
@@ -42,7 +46,8 @@ def tag(value: Any) -> Any:
     if value is None or isinstance(value, bool | str):
         return value
     if isinstance(value, int):
-        return value
+        # Python refuses to print (or parse) ints of over 4,300 digits; hex has no limit.
+        return value if value.bit_length() < _MAX_DECIMAL_BITS else {"$int": hex(value)}
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}
     if isinstance(value, Decimal):
@@ -57,14 +62,23 @@ def tag(value: Any) -> Any:
         return {"$uuid": str(value)}
     if isinstance(value, bytes | bytearray | memoryview):
         return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list):
         return [tag(v) for v in value]
+    if isinstance(value, tuple):
+        return {"$tuple": [tag(v) for v in value]}
+    if isinstance(value, frozenset):
+        return {"$frozenset": [tag(v) for v in value]}
+    if isinstance(value, set):
+        return {"$set": [tag(v) for v in value]}
     if isinstance(value, dict):
         if all(isinstance(k, str) and not k.startswith("$") for k in value):
             return {k: tag(v) for k, v in value.items()}
         return {"$map": [[tag(k), tag(v)] for k, v in value.items()]}
     raise ValueError(f"cannot export a value of type {type(value).__name__}")
 
+
+# Well below 4,300 decimal digits (about 14,280 bits): such ints print as JSON numbers.
+_MAX_DECIMAL_BITS = 14_000
 
 _UNTAG: dict[str, Callable[[str], Any]] = {
     "$decimal": Decimal,
@@ -74,6 +88,12 @@ _UNTAG: dict[str, Callable[[str], Any]] = {
     "$uuid": uuid.UUID,
     "$bytes": lambda text: base64.b64decode(text, validate=True),
     "$float": float,
+    "$int": lambda text: int(text, 16),
+}
+_COLLECTIONS: dict[str, Callable[[list[Any]], Any]] = {
+    "$tuple": tuple,
+    "$set": set,
+    "$frozenset": frozenset,
 }
 
 
@@ -97,6 +117,13 @@ def untag(value: Any) -> Any:
                     key = tuple(key)
                 result[key] = untag(v)
             return result
+        if name in _COLLECTIONS:
+            if not isinstance(inner, list):
+                raise ValueError(f"{name} must hold a list")
+            try:
+                return _COLLECTIONS[name]([untag(v) for v in inner])
+            except TypeError as error:  # an unhashable item in a set
+                raise ValueError(f"bad {name} value: {error}") from None
         if name in _UNTAG:
             if not isinstance(inner, str):
                 raise ValueError(f"{name} must hold a string")
@@ -154,7 +181,7 @@ def message_to_line(message: DLQMessage) -> dict[str, Any]:
             "key": tag(dict(record.key)),
             "before": tag(record.before),
             "after": tag(record.after),
-            "position": [record.position[0], record.position[1]],
+            "position": [tag(record.position[0]), tag(record.position[1])],
             "commit_ts": tag(record.commit_ts),
         },
         "failure": {
@@ -199,7 +226,7 @@ def message_from_line(data: Any, queue: QueueId) -> DLQMessage:
         raise ValueError("field 'key' must map column names (strings) to values")
     before = untag(_typed(record, "before", (dict,), optional=True))
     after = untag(_typed(record, "after", (dict,), optional=True))
-    position = _typed(record, "position", (list,))
+    position = untag(_typed(record, "position", (list,)))
     if len(position) != 2 or not all(type(p) is int for p in position):
         raise ValueError("field 'position' must be [commit, seq] (two integers)")
     commit_ts = untag(record.get("commit_ts"))
@@ -214,13 +241,13 @@ def message_from_line(data: Any, queue: QueueId) -> DLQMessage:
         message_id,
         queue.main,
         ChangeRecord(
-            _typed(record, "table", (str,)),
-            _OPERATIONS[op],
-            key,
-            after,
-            SourcePosition(position[0], position[1]),
-            before,
-            commit_ts,
+            table=_typed(record, "table", (str,)),
+            op=_OPERATIONS[op],
+            key=key,
+            after=after,
+            position=SourcePosition(commit=position[0], seq=position[1]),
+            before=before,
+            commit_ts=commit_ts,
         ),
         FailureContext(
             _typed(failure, "error_class", (str,)),

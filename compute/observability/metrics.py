@@ -278,7 +278,7 @@ class _StateCollector(Collector):
         )
         quarantined = CounterMetricFamily(
             "rosetta_dlq_messages_quarantined",
-            "Undecodable messages moved to the queue's quarantine/ directory (this run)",
+            "Undecodable messages and unstorable changes moved to a queue's quarantine/",
             labels=QUEUE_LABELS,
         )
         now = m.now()

@@ -19,7 +19,11 @@ JSON converter with schemas on).
   or the ``primary_keys`` option, taken from ``after`` (from ``before`` for a
   delete). A change whose key cannot be determined is rejected.
 * Numbers with a fraction or exponent become ``Decimal``, so a numeric column
-  keeps its exact value.
+  keeps its exact value; integers stay ``int`` whatever their size (the DLQ
+  stores them exactly).
+* A line nested deeper than ``MAX_NESTING`` levels of objects and arrays is
+  rejected: deeper values cannot be stored in the DLQ or exported, so an
+  event the destination refused could not be kept.
 
 Malformed lines are set aside, never crashed on: logged with line number and
 reason, kept in ``rejected`` (the last ``max_rejected``) and appended to
@@ -67,6 +71,10 @@ _LOG_EVERY = 1000
 _EXTRA_LINES_PER_READ = 1024  # rejected lines a read may skip beyond max_events
 _STREAM_QUEUE_LINES = 10_000
 _OPS = ", ".join(op.value for op in Operation)
+# Objects and arrays nested in one line, envelope included. Deep enough for any
+# real row; far below what the DLQ message (msgpack, about 1,000) and its JSON
+# export (Python's recursion limit, 1,000 frames) can take.
+MAX_NESTING = 200
 
 
 class _Reject(Exception):
@@ -374,7 +382,14 @@ class JsonLinesSource(Source):
             except json.JSONDecodeError as exc:
                 raise _Reject(f"bad JSON: {exc.msg} at column {exc.colno}") from None
             except RecursionError:
-                raise _Reject("bad JSON: nested too deeply") from None
+                raise _Reject(f"bad JSON: nested deeper than {MAX_NESTING} levels") from None
+            except ValueError as exc:  # an integer of over 4,300 digits (Python's limit)
+                raise _Reject(f"bad JSON: {exc}") from None
+            if text.count("{") + text.count("[") > MAX_NESTING and _nested_deeper(doc):
+                raise _Reject(
+                    f"nested deeper than {MAX_NESTING} levels of objects and arrays "
+                    "(the DLQ could not keep it if a destination refused it)"
+                )
             return self._record(doc, line_no)
         except _Reject as exc:
             self._reject(line_no, start, str(exc), line.data)
@@ -545,6 +560,18 @@ def _column_list(columns: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(columns)
 
 
+def _nested_deeper(doc: Any, limit: int = MAX_NESTING) -> bool:
+    """True if ``doc`` nests objects and arrays more than ``limit`` deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def _json_type(value: Any) -> str:
     if value is None:
         return "null"
@@ -637,7 +664,10 @@ def _commit_ts(source: dict[str, Any]) -> float | None:
     if value is None:
         return None
     if isinstance(value, int | Decimal) and not isinstance(value, bool):
-        return float(value) / 1000.0
+        try:
+            return float(value) / 1000.0
+        except OverflowError:
+            raise _Reject(f"'source.ts_ms' is out of range: {value}") from None
     raise _Reject(f"'source.ts_ms' must be a number, not {value!r}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -129,3 +130,35 @@ def test_drop_newest_marks_group_done_and_counts(tmp_path: Path) -> None:
         assert done == {("2", TABLE)}
         assert handler.counters.dropped["2"] == 2
         assert dlq.status(QueueId("1", TABLE, "2")).dropped == 2
+
+
+def _unstorable() -> list[object]:
+    deep: list[object] = []
+    for _ in range(3000):  # deeper than msgpack packs
+        deep = [deep]
+    return deep
+
+
+def test_a_change_no_message_can_store_is_quarantined_and_the_rest_go_on(setup) -> None:
+    """Parked or queued, an unstorable change ends in quarantine/ with why; nothing raises."""
+    handler, destination, _other, dlq = setup
+    queue = QueueId("1", TABLE, "2")
+    destination.fail_keys([2])  # refused for good: parked
+    handler.handle([change(1, 1), change(2, 2, doc=_unstorable()), change(3, 3)], set())
+    assert set(destination.rows(TABLE)) == {(1,), (3,)}
+    assert handler.counters.quarantined["2"] == 1
+    assert handler.counters.parked["2"] == 0
+    quarantine = dlq.store.queue_path(queue.parked) / "quarantine"
+    [meta] = [p for p in quarantine.iterdir() if p.suffix == ".json"]
+    info = json.loads(meta.read_text())
+    assert "nested too deeply" in info["reason"]
+    assert info["position"] == "0/2#0"
+    assert (quarantine / meta.name.replace(".json", ".txt")).read_text().startswith("DLQMessage(")
+    assert dlq.status(queue).quarantined == 1
+
+    destination.clear_failures()
+    destination.set_down(True)  # queued (store-and-forward): the same, the others queue
+    handler.handle([change(4, 4), change(5, 5, doc=_unstorable()), change(6, 6)], set())
+    assert queued_ids(dlq, queue) == [4, 6]
+    assert handler.counters.quarantined["2"] == 2
+    assert dlq.status(queue).quarantined == 2

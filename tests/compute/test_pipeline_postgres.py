@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from compute.dlq_manager import DLQManager
 from compute.pipeline import Pipeline, PipelineState
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
+from compute.sources.jsonl_source import JsonLinesSource
+from compute.sources.offset_store import OffsetStore
 from destinations.postgresql import PostgreSQLDestination
 from destinations.records import ChangeRecord, Operation, SourcePosition
 from tests.compute.helpers import ListSource, dlq_config
@@ -129,3 +132,58 @@ def test_backpressure_in_an_outage_drops_nothing_and_resumes(
         pipeline.stop()
         pipeline.close()
         dlq.close()
+
+
+def _jsonl_event(key: int, balance: int, v: int, lsn: int) -> str:
+    after = {"id": key, "balance": balance, "v": v}
+    source = {"schema": "public", "table": "accounts", "lsn": lsn, "pk": ["id"]}
+    return json.dumps(
+        {"op": "c" if v == 1 else "u", "before": None, "after": after, "source": source}
+    )
+
+
+def test_a_value_over_64_bits_is_parked_exactly_and_the_events_behind_it_flow(
+    tmp_path: Path, postgres_server_factory
+) -> None:
+    """10**25 for a bigint column: PostgreSQL refuses it, the DLQ keeps it exactly (its
+    position is 2**64), the good events behind it are written, a restart parks nothing again."""
+    server = postgres_server_factory()
+    make_table(server.dsn)
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        "\n".join(
+            [
+                _jsonl_event(1, 100, 1, 1000),
+                _jsonl_event(2, 10**25, 1, 2**64),  # numeric out of range (22003): parked
+                _jsonl_event(3, 300, 1, 2**64 + 1),
+                _jsonl_event(1, 110, 2, 2**64 + 2),
+            ]
+        )
+        + "\n"
+    )
+    config = dlq_config(tmp_path)
+    queue = QueueId("src", TABLE, "1")
+
+    def run() -> None:
+        source = JsonLinesSource("src", events, OffsetStore(tmp_path / "offsets.json"))
+        destination = PostgreSQLDestination("1", "PG", server.dsn)
+        with DLQManager(config, background=False) as dlq:
+            pipeline = Pipeline("p", source, [destination], dlq, config, batch_size=10)
+            while pipeline.step():
+                pass
+            assert source.exhausted
+            pipeline.close()
+
+    run()
+    assert rows(server.dsn) == {1: (110, 2), 3: (300, 1)}
+    run()  # a restart: nothing is read, parked or written again
+    assert rows(server.dsn) == {1: (110, 2), 3: (300, 1)}
+    with DLQManager(config, background=False) as dlq:
+        parked = dlq.peek(queue.parked, 10)
+        assert len(parked) == 1
+        (message,) = parked
+        assert message.record.after == {"id": 2, "balance": 10**25, "v": 1}
+        assert type(message.record.after["balance"]) is int
+        assert message.record.position == SourcePosition(2**64, 0)
+        assert message.failure.code == "22003"
+        assert not dlq.has_messages(queue)

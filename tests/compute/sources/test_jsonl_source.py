@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Iterable
 from decimal import Decimal
@@ -12,11 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from compute.dlq_message import DLQMessage, FailureContext, decode_message, encode_message
+from compute.queue_id import QueueId
 from compute.sources.base import SourceError
 from compute.sources.jsonl_source import JsonLinesSource
 from compute.sources.offset_store import OffsetStore
 from destinations.records import ChangeRecord, Operation, SourcePosition
+from tests.compute.value_strategies import same
 
 Line = dict[str, Any] | str | bytes
 
@@ -230,7 +236,7 @@ def test_final_line_without_newline_is_read_when_not_following(tmp_path: Path) -
 
 # --- malformed lines --------------------------------------------------------------------------
 
-BAD_LINES: list[tuple[Line, str]] = [
+BAD_LINES: list[Any] = [  # (line, reason) or pytest.param(line, reason)
     ("{not json", "bad JSON"),
     (b'{"op": "c", "after": {"id": "\xff\xfe"}}', "not UTF-8"),
     ("[1, 2, 3]", "not a JSON object but an array"),
@@ -267,6 +273,22 @@ BAD_LINES: list[tuple[Line, str]] = [
     (event("c", pk=[1]), "'source.pk' must be a list of column names"),
     (event("d", pk=["id"]), "without 'key' or 'before'"),
     ("x" * 400, "line longer than 200 bytes"),
+    pytest.param(
+        keyed(after={"id": 1, "doc": json.loads("[" * 199 + "]" * 199)}),
+        "nested deeper than 200",
+        id="nested-201",
+    ),
+    pytest.param(
+        '{"op": "c", "x": ' + "[" * 2000 + "]" * 2000 + "}",
+        "nested deeper than 200",
+        id="nested-2001",
+    ),
+    pytest.param(
+        '{"op": "c", "after": {"id": 1' + "0" * 5000 + "}}",
+        "bad JSON: Exceeds the limit",
+        id="int-of-5001-digits",
+    ),
+    pytest.param(keyed(ts_ms=10**400), "'source.ts_ms' is out of range", id="ts-ms-huge"),
 ]
 
 
@@ -503,3 +525,57 @@ def test_dash_means_stdin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
     while not source.exhausted and time.monotonic() < deadline:
         records.extend(source.read(10).records)
     assert [r.position.commit for r in records] == [4]
+
+
+def test_values_of_any_size_and_nesting_up_to_the_limit_are_kept_exactly(tmp_path: Path) -> None:
+    doc = json.loads("[" * 198 + "]" * 198)  # with the envelope: 200 levels, the limit
+    line = keyed(
+        key={"id": 10**25},
+        after={"id": 10**25, "neg": -(2**64), "doc": doc, "s": "\udc80", "f": 1e400},
+        lsn=2**64,
+        seq=2**70,
+    )
+    records, source = one(tmp_path, line)
+    assert not source.rejected
+    (record,) = records
+    assert record.key == {"id": 10**25}
+    assert record.after is not None
+    assert record.after["neg"] == -(2**64) and record.after["doc"] == doc
+    assert record.after["s"] == "\udc80"  # stored exactly by the DLQ (never re-encoded here)
+    assert record.position == SourcePosition(2**64, 2**70)
+
+
+_json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),  # any size
+        st.integers(min_value=2**63, max_value=10**100).flatmap(lambda n: st.sampled_from([n, -n])),
+        st.floats(),  # NaN and Infinity: Python's JSON reads and writes them
+        st.text(st.characters(categories=["L", "N", "P", "S", "Z", "Cc", "Cs"]), max_size=8),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    key=st.one_of(st.integers(), st.text(min_size=1, max_size=5)),
+    after=st.dictionaries(st.text(min_size=1, max_size=5), _json_values, max_size=4),
+    lsn=st.integers(min_value=0),
+)
+def test_every_event_the_source_accepts_is_stored_exactly_by_the_dlq(
+    key: Any, after: dict[str, Any], lsn: int
+) -> None:
+    """What a JSON line can carry, the source accepts, the DLQ stores and gives back."""
+    line = keyed(key={"id": key}, after={**after, "id": key}, lsn=lsn)
+    with tempfile.TemporaryDirectory() as directory:
+        records, source = one(Path(directory), line)
+        source.close()
+    assert not source.rejected
+    (record,) = records
+    message = DLQMessage.create(QueueId("s", record.table, "d"), record, FailureContext("E", "m"))
+    assert same(decode_message(encode_message(message)), message)
