@@ -14,11 +14,12 @@ random, one at a time with a clear gap between them:
   replies swallowed by the proxy (committed, the engine never hears);
 * ``kill -9`` of the engine, restarted at once (first 60% of the window
   only, so that the last engine process lives long enough to measure);
-* a queue directory deleted (``rm -rf``) while the engine runs: one holding
-  messages whose segments the engine has open (it must copy them back into
-  a recreated directory, so ``soak_lost_events`` stays a real check), else
-  an empty one. A non-empty queue whose files the engine does not hold open
-  is never picked: deleting it is an operator deleting messages.
+* a queue directory deleted (``rm -rf``) while the engine runs, PostgreSQL
+  stopped 1-5 s before and restarted 1 s after: one holding messages whose
+  segments the engine has open (it must copy them back into a recreated
+  directory, so ``soak_lost_events`` stays a real check), else an empty one.
+  A non-empty queue whose files the engine does not hold open is never
+  picked: deleting it is an operator deleting messages.
 
 The source produces ``rate`` events per second, ``0.9 * rate * window``
 events in all. The synthetic source is rate-capped and cannot catch up time
@@ -325,8 +326,14 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
                 engine.kill9()
             elif fault == "queue_dir_removed" and engine.proc is not None:
                 before = log.read_text(errors="replace").count("removed or moved away")
+                # With PostgreSQL down, events pile up in the queues: the removed
+                # directory then holds messages the engine must copy back.
+                server.stop("immediate")
+                time.sleep(hold)
                 removed, segments = remove_queue_dir(work / "dlq", engine.proc.pid, rng)
                 print(f"    removed {removed} (segments={segments})", flush=True)
+                time.sleep(1.0)  # more events for it, into the deleted files
+                server.start()
                 if segments:
                     # Until the engine has copied the messages back, a kill -9
                     # would lose them with the deleted files: wait for its ERROR line.
