@@ -231,6 +231,8 @@ class DLQManager:
                 max_open_handles=config.max_open_queues,
             )
         self.store = store
+        if hasattr(store, "on_recreated"):
+            store.on_recreated = self._queue_recreated
         self._infos: dict[QueueId, _QueueInfo] = {}
         self._infos_lock = threading.Lock()
         self._stop = threading.Event()
@@ -875,9 +877,38 @@ class DLQManager:
     def has_messages(self, queue: QueueId) -> bool:
         return self.store.count(queue) > 0
 
-    def list_queues(self) -> list[QueueId]:
-        """Every queue, including those found on disk from earlier runs."""
+    def list_queues(self, *, refresh: bool = False) -> list[QueueId]:
+        """Every known queue (from memory); ``refresh`` first scans the disk for new ones.
+
+        Queues made by this process are known at once; others (a restore, a
+        second process) appear at the next scan, every ``DLQ_RESCAN_INTERVAL``.
+        """
+        if refresh:
+            return self.store.rescan()
         return self.store.list_queues()
+
+    def _restore_side_files(self, queue: QueueId) -> None:
+        """Write this queue's tombstones and attempt counts again if their files went missing.
+
+        They live in the queue's directory; if it was removed (the store then
+        recreates it) or a file was deleted, the copy in memory is the truth,
+        and a restart must not forget discarded messages or retry budgets.
+        """
+        info = self._infos.get(queue)
+        if info is None:
+            return
+        path = self.store.queue_path(queue)
+        with info.lock:
+            if info.tombstones and not (path / TOMBSTONES_FILE).exists():
+                logger.warning("tombstone file missing, written again: queue=%s", queue)
+                self._save_tombstones(queue, info.tombstones)
+            if info.attempts and not (path / ATTEMPTS_FILE).exists():
+                logger.warning("attempts file missing, written again: queue=%s", queue)
+                self._save_attempts(queue, info.attempts)
+
+    def _queue_recreated(self, queue: QueueId) -> None:
+        self._restore_side_files(queue)
+        self._info(queue).dirty = True  # its status.json went with the directory
 
     def status(self, queue: QueueId) -> QueueStatus:
         stats = self.store.stats(queue)
@@ -1024,6 +1055,8 @@ class DLQManager:
             if not path.is_dir():
                 continue
             try:
+                if info.tombstones or info.attempts:
+                    self._restore_side_files(queue)
                 status = self.status(queue)
                 _write_json_atomic(path / STATUS_FILE, status.to_json(self._clock()))
             except (DLQError, OSError) as error:
@@ -1036,10 +1069,14 @@ class DLQManager:
         return written
 
     def _maintain(self) -> None:
+        scanned_at = time.monotonic()
         while not self._stop.wait(STATUS_INTERVAL):
             try:
                 self.write_status_files()
                 self.store.close_idle(IDLE_CLOSE_SECONDS)
+                if time.monotonic() - scanned_at >= self.config.rescan_interval:
+                    scanned_at = time.monotonic()
+                    self.store.rescan()
             except Exception:  # keep the status thread alive whatever happens
                 logger.exception("DLQ status refresh failed")
 

@@ -58,6 +58,9 @@ class DLQConfig:
     # A change whose encoded DLQ message is larger is parked (kept, never replayed
     # automatically) instead of queued: one huge row must not stall its table.
     max_message_bytes: int = 16 * MIB
+    # Seconds between walks of the base path for queues this process did not
+    # create (listing queues answers from memory).
+    rescan_interval: float = 60.0
 
     @property
     def min_free_disk_bytes(self) -> int:
@@ -287,6 +290,12 @@ _DLQ_VARIABLES: dict[str, tuple[str, Callable[[str], object], str]] = {
         "max_message_bytes",
         _size_in(1 * KIB, 1 * GIB),
         f"{SIZE_HELP}, from 1KiB to 1GiB, not above DLQ_MAX_QUEUE_BYTES",
+    ),
+    "DLQ_RESCAN_INTERVAL": (
+        "rescan_interval",
+        _seconds_in(1, 86400),
+        "seconds between scans of DLQ_BASE_PATH for new queue directories, "
+        "a number from 1 to 86400",
     ),
 }
 

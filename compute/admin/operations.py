@@ -111,7 +111,7 @@ class DLQOperations:
 
     def _known(self, queue: QueueId) -> QueueId:
         queue = queue.main
-        if queue not in self.dlq.list_queues():
+        if queue not in self.dlq.list_queues() and queue not in self.dlq.list_queues(refresh=True):
             raise QueueNotFoundError(
                 f"no queue {queue} under {self.settings.dlq.base_path} "
                 "(`rosetta dlq queues` lists them)"
@@ -190,7 +190,8 @@ class DLQOperations:
         now = self._clock()
         health = self._destination_health()
         rows = []
-        for queue in self.dlq.list_queues():
+        # An operator asking sees queues made since the last scan too.
+        for queue in self.dlq.list_queues(refresh=True):
             row = self.dlq.status(queue).to_json(now)
             dest = health.get((queue.source_id, queue.destination_id))
             row["destination_health"] = (
@@ -257,7 +258,8 @@ class DLQOperations:
         per_dest: dict[str, dict[str, Any]] = {}
         total = parked = 0
         oldest: float | None = None
-        for queue in self.dlq.list_queues():
+        queues = self.dlq.list_queues(refresh=True)
+        for queue in queues:
             status = self.dlq.status(queue)
             entry = per_dest.setdefault(
                 queue.destination_id,
@@ -296,7 +298,7 @@ class DLQOperations:
             "oldest_message_age_seconds": _age(now, oldest),
             "recovery_enabled": self.running and bool(workers),
             "last_recovery_attempt": last,
-            "queues": len(self.dlq.list_queues()),
+            "queues": len(queues),
             "destinations": dict(sorted(per_dest.items())),
             "mode": self.mode,
         }

@@ -110,7 +110,19 @@ class QueueStore(ABC):
 
     @abstractmethod
     def list_queues(self) -> list[QueueId]:
-        """Every queue that exists, including those found on disk at start-up."""
+        """Every known queue: found at start-up or the last ``rescan``, or created since.
+
+        Called on every recovery pass, metrics scrape and status call, so it
+        must be cheap: no disk access, no side effects.
+        """
+
+    def rescan(self) -> list[QueueId]:
+        """Look for queues created outside this store (another process, a restore).
+
+        ``list_queues`` answers from memory; this is the call that may read the
+        disk. Stores that always know every queue need not override it.
+        """
+        return self.list_queues()
 
     @abstractmethod
     def queue_path(self, queue: QueueId) -> Path:

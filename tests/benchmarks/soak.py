@@ -16,7 +16,13 @@ random, one at a time with a clear gap between them:
   only, so that the last engine process lives long enough to measure);
 * an idle-connection flood: 200 connections (more than the admin API's cap)
   opened to the engine's admin API on loopback and held past its timeout,
-  then closed; the API must serve again right after.
+  then closed; the API must serve again right after;
+* a queue directory deleted (``rm -rf``) while the engine runs, PostgreSQL
+  stopped 1-5 s before and restarted 1 s after: one holding messages whose
+  segments the engine has open (it must copy them back into a recreated
+  directory, so ``soak_lost_events`` stays a real check), else an empty one.
+  A non-empty queue whose files the engine does not hold open is never
+  picked: deleting it is an operator deleting messages.
 
 The source produces ``rate`` events per second, ``0.9 * rate * window``
 events in all. The synthetic source is rate-capped and cannot catch up time
@@ -182,6 +188,46 @@ def source_position(work: Path) -> int:
         return 0
 
 
+def open_paths(pid: int) -> list[str]:
+    """Where the process's file descriptors point (their targets, as the kernel names them)."""
+    found = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return found
+
+
+def remove_queue_dir(dlq: Path, pid: int, rng: random.Random) -> tuple[Path | None, int]:
+    """Delete a queue directory the engine can recover from; (which, its segment count).
+
+    Preferred: one holding messages whose every segment the engine has open
+    (RocksDB files under it), so the messages are still readable through the
+    engine's handles; else an empty one; else none.
+    """
+    queues = sorted(dlq.glob("source_*/table_*/dest_*"))
+    held = open_paths(pid)
+    full, empty = [], []
+    for queue in queues:
+        segments = sorted(queue.glob("seg_*"))
+        if not segments:
+            empty.append(queue)
+        elif all(any(p.startswith(f"{seg}/") for p in held) for seg in segments):
+            full.append((queue, len(segments)))
+    if full:
+        queue, segments = rng.choice(full)
+    elif empty:
+        queue, segments = rng.choice(empty), 0
+    else:
+        return None, 0
+    shutil.rmtree(queue, ignore_errors=True)
+    return queue, segments
+
+
 def terminate_sessions(dsn: str) -> int:
     conn = psycopg2.connect(dsn, connect_timeout=3)
     conn.autocommit = True
@@ -285,8 +331,16 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
             elapsed = time.monotonic() - started
             if elapsed >= hard_stop or (elapsed >= window and source_position(work) >= events):
                 break
-            faults = ["pg_stop", "latency", "reset_mid", "reset", "blackhole", "terminate"]
-            faults.append("idle_flood")
+            faults = [
+                "pg_stop",
+                "latency",
+                "reset_mid",
+                "reset",
+                "blackhole",
+                "terminate",
+                "queue_dir_removed",
+                "idle_flood",
+            ]
             if elapsed < 0.6 * window:
                 faults.append("kill9")
             fault = rng.choice(faults)
@@ -319,6 +373,29 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
                 engine.kill9()
             elif fault == "idle_flood":
                 print(f"    idle_flood: {idle_connection_flood(work)}", flush=True)
+            elif fault == "queue_dir_removed" and engine.proc is not None:
+                before = log.read_text(errors="replace").count("removed or moved away")
+                # With PostgreSQL down, events pile up in the queues: the removed
+                # directory then holds messages the engine must copy back.
+                server.stop("immediate")
+                time.sleep(hold)
+                removed, segments = remove_queue_dir(work / "dlq", engine.proc.pid, rng)
+                print(f"    removed {removed} (segments={segments})", flush=True)
+                time.sleep(1.0)  # more events for it, into the deleted files
+                server.start()
+                if segments:
+                    # Until the engine has copied the messages back, a kill -9
+                    # would lose them with the deleted files: wait for its ERROR line.
+                    deadline = time.monotonic() + hold + 30
+                    while time.monotonic() < deadline:
+                        if log.read_text(errors="replace").count("removed or moved away") > before:
+                            break
+                        time.sleep(0.1)
+                    else:
+                        print("    the engine did not report the removal", flush=True)
+                        counts["queue_dir_removed_unnoticed"] = (
+                            counts.get("queue_dir_removed_unnoticed", 0) + 1
+                        )
             proxy.pass_through()
             last_fault_ended = time.monotonic()
         # Clear every fault, then wait for the engine to drain and exit by itself.

@@ -29,6 +29,7 @@ ALL_VARIABLES = [
     "DLQ_MESSAGE_TTL",
     "DLQ_MAX_OPEN_QUEUES",
     "DLQ_MAX_MESSAGE_BYTES",
+    "DLQ_RESCAN_INTERVAL",
 ]
 
 
@@ -143,6 +144,9 @@ VALID_CASES: list[tuple[str, str, str, object]] = [
     ("DLQ_MAX_MESSAGE_BYTES", "1048576", "max_message_bytes", MIB),
     ("DLQ_MAX_MESSAGE_BYTES", "64MiB", "max_message_bytes", 64 * MIB),
     ("DLQ_MAX_MESSAGE_BYTES", "1GiB", "max_message_bytes", GIB),
+    ("DLQ_RESCAN_INTERVAL", "1", "rescan_interval", 1.0),
+    ("DLQ_RESCAN_INTERVAL", "2.5", "rescan_interval", 2.5),
+    ("DLQ_RESCAN_INTERVAL", "86400", "rescan_interval", 86400.0),
 ]
 
 
@@ -188,6 +192,7 @@ FULL_ENV = {
     "DLQ_MESSAGE_TTL": "86400",
     "DLQ_MAX_OPEN_QUEUES": "16",
     "DLQ_MAX_MESSAGE_BYTES": "2MiB",
+    "DLQ_RESCAN_INTERVAL": "300",
 }
 
 
@@ -208,6 +213,7 @@ def test_every_variable_at_once(no_dotenv: Path) -> None:
         message_ttl=86400,
         max_open_queues=16,
         max_message_bytes=2 * MIB,
+        rescan_interval=300.0,
     )
 
 
@@ -322,6 +328,10 @@ INVALID_CASES: dict[str, tuple[list[str], str]] = {
     "DLQ_MAX_MESSAGE_BYTES": (
         ["", "0", "-1", "-1MiB", "big", "1e400", "1023", "1.5GiB", "2TiB", HUGE, HUGER],
         "from 1KiB to 1GiB",
+    ),
+    "DLQ_RESCAN_INTERVAL": (
+        ["", "0", "0.5", "-1", "86401", "nan", "inf", "often", HUGE],
+        "a number from 1 to 86400",
     ),
 }
 
