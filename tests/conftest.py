@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -13,6 +14,7 @@ from psycopg2 import sql
 
 from tests import servers
 from tests.servers import PostgresCluster, PostgresServer
+from tests.tmpfs import mounted_tmpfs
 
 _schema_numbers = itertools.count(1)
 
@@ -84,3 +86,16 @@ def fakesnow_server() -> Iterator[dict[str, Any]]:
     """Connection kwargs for a local fakesnow server (real connector, DuckDB behind it)."""
     with servers.fakesnow_server() as kwargs:
         yield kwargs
+
+
+@pytest.fixture
+def small_disk_size() -> str:
+    """The size of ``small_disk``; a test module overrides this fixture for another size."""
+    return "16m"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, small_disk_size: str) -> Iterator[Path]:
+    """A small tmpfs of the test's own, to fill up (the suite runs as root, as CI does)."""
+    with mounted_tmpfs(tmp_path / "small", f"size={small_disk_size}") as mount_point:
+        yield mount_point

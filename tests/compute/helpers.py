@@ -6,11 +6,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from compute.queue_id import QueueId
 from compute.sources.base import RejectedEvent, Source, SourceBatch
+from compute.storage.rocksq_store import RocksqStore
 from config.settings import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
 TABLE = "public.accounts"
+# The queue the store-level tests write to.
+STORE_QUEUE = QueueId("1", "public.users", "2")
 
 
 def change(
@@ -75,3 +79,19 @@ class ListSource(Source):
     @property
     def rejected(self) -> Sequence[RejectedEvent]:
         return ()
+
+
+def items(start: int, stop: int, size: int = 0) -> list[bytes]:
+    """Payloads ``m000000``.. for the store tests, padded with dots to ``size`` bytes."""
+    return [(b"m%06d" % i).ljust(size, b".") for i in range(start, stop)]
+
+
+def drain(store: RocksqStore, queue: QueueId = STORE_QUEUE, batch: int = 7) -> list[bytes]:
+    """Read and acknowledge ``queue`` to the end, ``batch`` at a time; the payloads, in order."""
+    out: list[bytes] = []
+    while True:
+        lease = store.read(queue, batch)
+        if not lease.payloads:
+            return out
+        out.extend(lease.payloads)
+        store.ack(lease)

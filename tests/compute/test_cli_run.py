@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,39 +14,21 @@ from compute.dlq_manager import DLQManager
 from compute.queue_id import QueueId
 from compute.sources.synthetic_source import SyntheticSource
 from config.settings import DLQConfig
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def run_cli(
-    args: list[str], env: dict[str, str], timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "compute.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.rosetta_cli import cli_env, run_rosetta, start_rosetta
+from tests.tmpfs import mounted_tmpfs
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DLQ_", "ROSETTA_"))}
-    env.pop("CONFIG_DATABASE_URL", None)
-    env.update(
-        {
-            "DLQ_BASE_PATH": str(tmp_path / "dlq"),
-            "ROSETTA_STATE_PATH": str(tmp_path / "state"),
-            # Port 0: tests running side by side never collide on the default 8686.
-            "ROSETTA_ADMIN_ADDR": "127.0.0.1:0",
-        }
+    return cli_env(
+        DLQ_BASE_PATH=str(tmp_path / "dlq"),
+        ROSETTA_STATE_PATH=str(tmp_path / "state"),
+        # Port 0: tests running side by side never collide on the default 8686.
+        ROSETTA_ADMIN_ADDR="127.0.0.1:0",
     )
-    return env
 
 
 def test_no_pipelines_is_a_one_line_error(tmp_path: Path) -> None:
-    result = run_cli(["run"], base_env(tmp_path))
+    result = run_rosetta(base_env(tmp_path), "run", timeout=60)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "ROSETTA_PIPELINES_FILE" in result.stderr
@@ -56,7 +36,7 @@ def test_no_pipelines_is_a_one_line_error(tmp_path: Path) -> None:
 
 def test_bad_env_var_names_it(tmp_path: Path) -> None:
     env = base_env(tmp_path) | {"DLQ_BATCH_SIZE": "lots", "ROSETTA_PIPELINES_FILE": "x.toml"}
-    result = run_cli(["run"], env)
+    result = run_rosetta(env, "run", timeout=60)
     assert result.returncode == 2
     assert "DLQ_BATCH_SIZE='lots' is invalid" in result.stderr
     assert "Traceback" not in result.stderr
@@ -72,18 +52,8 @@ PIPELINES = (
 @pytest.fixture
 def read_only_dir(tmp_path: Path):  # type: ignore[no-untyped-def]
     """A read-only tmpfs: unwritable even for root (chmod 000 is not)."""
-    mount_point = tmp_path / "ro"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, f"cannot mount a read-only tmpfs: {result.stderr}"
-    try:
+    with mounted_tmpfs(tmp_path / "ro", "ro,size=1m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 @pytest.mark.parametrize("variable", ["DLQ_BASE_PATH", "ROSETTA_STATE_PATH"])
@@ -114,7 +84,7 @@ def test_unusable_directory_is_a_one_line_config_error(
         variable: str(path),
         "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
     }
-    result = run_cli(["run"], env)
+    result = run_rosetta(env, "run", timeout=60)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     [line] = [ln for ln in result.stderr.splitlines() if ln.startswith("rosetta:")]
@@ -146,14 +116,7 @@ def test_signal_stops_cleanly_and_keeps_queued_events(
         "DSN": server.dsn,
         "DLQ_MIN_FREE_DISK_MB": "0",
     }
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "compute.cli", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    engine = start_rosetta(env, "run")
     time.sleep(2.5)
     server.stop("immediate")  # events now go to the DLQ
     time.sleep(1.5)
@@ -189,14 +152,7 @@ def test_failing_source_stops_the_engine_with_exit_1(tmp_path: Path) -> None:
         "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
         "DLQ_MIN_FREE_DISK_MB": "0",
     }
-    engine = subprocess.Popen(
-        [sys.executable, "-m", "compute.cli", "run"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    engine = start_rosetta(env, "run")
     time.sleep(3)
     events.write_text("")  # the followed file shrinks: the source cannot go on safely
     output, _ = engine.communicate(timeout=60)
@@ -245,7 +201,7 @@ def test_malformed_destination_dsn_is_refused_at_start_without_its_password(
         "DEST_DSN": dsn,
         "DLQ_MIN_FREE_DISK_MB": "0",
     }
-    line = one_line_config_error(run_cli(["run"], env))
+    line = one_line_config_error(run_rosetta(env, "run", timeout=60))
     where = "dsn" if inline else "dsn_env DEST_DSN"
     assert line.startswith(f"rosetta: destination Postgres-Local (ID=1): {where}: invalid DSN: ")
     # refused before the source was read: nothing was queued or parked
@@ -257,5 +213,5 @@ def test_malformed_config_database_url_is_refused_without_its_password(
     tmp_path: Path, dsn: str
 ) -> None:
     env = base_env(tmp_path) | {"CONFIG_DATABASE_URL": dsn}
-    line = one_line_config_error(run_cli(["run"], env))
+    line = one_line_config_error(run_rosetta(env, "run", timeout=60))
     assert line.startswith("rosetta: CONFIG_DATABASE_URL: invalid DSN: ")

@@ -9,10 +9,7 @@ disk), after a restart too, and a failed open leaves no file behind.
 
 from __future__ import annotations
 
-import errno
 import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,27 +23,11 @@ from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from tests.compute.helpers import change
 from tests.fakes import FakeDestination
+from tests.tmpfs import fill_disk
 
 DEST = "2"
 Q = QueueId("1", "public.accounts", DEST)
 FAILURE = FailureContext("OperationalError", "destination down", code="08006")
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs of the test's own (the suite runs as root, as CI does)."""
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, f"cannot mount a tmpfs: {result.stderr}"
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def config(disk: Path) -> DLQConfig:
@@ -80,19 +61,6 @@ def fill_queue(dlq: DLQManager) -> list[int]:
         accepted.extend(range(start, start + 200))
     assert len(accepted) > 5_000
     return accepted
-
-
-def fill_disk(disk: Path, name: str = "filler") -> None:
-    """Another process takes every byte left (writing until ENOSPC)."""
-    with open(disk / name, "ab", buffering=0) as filler:
-        block = b"\0" * 4096
-        while True:
-            try:
-                filler.write(block)
-            except OSError as error:
-                assert error.errno == errno.ENOSPC
-                break
-    assert os.statvfs(disk).f_bavail == 0
 
 
 def worker_for(dlq: DLQManager, dest: FakeDestination, cfg: DLQConfig) -> DLQRecoveryWorker:

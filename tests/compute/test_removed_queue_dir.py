@@ -17,9 +17,10 @@ import pytest
 from compute.dlq_manager import TOMBSTONES_FILE, DLQManager
 from compute.queue_id import QueueId
 from compute.storage.rocksq_store import CURSOR_FILE, QUEUE_FILE, RocksqStore
+from tests.compute.helpers import STORE_QUEUE, drain, items
 from tests.compute.test_dlq_manager import config, message
 
-Q = QueueId("1", "public.users", "2")
+Q = STORE_QUEUE
 OTHER = QueueId("1", "public.orders", "2")
 
 
@@ -34,20 +35,6 @@ class Clock:
 
     def tick(self) -> None:
         self.now += 1.0
-
-
-def items(start: int, stop: int) -> list[bytes]:
-    return [b"m%06d" % i for i in range(start, stop)]
-
-
-def drain(store: RocksqStore, queue: QueueId = Q, batch: int = 7) -> list[bytes]:
-    out: list[bytes] = []
-    while True:
-        lease = store.read(queue, batch)
-        if not lease.payloads:
-            return out
-        out.extend(lease.payloads)
-        store.ack(lease)
 
 
 def remove(path: Path) -> None:

@@ -14,22 +14,9 @@ from compute.errors import DLQFullError, LeaseError, QueueLockedError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits
 from compute.storage.rocksq_store import CURSOR_FILE, RocksqStore
+from tests.compute.helpers import STORE_QUEUE, drain, items
 
-Q = QueueId("1", "public.users", "2")
-
-
-def items(start: int, stop: int) -> list[bytes]:
-    return [b"m%06d" % i for i in range(start, stop)]
-
-
-def drain(store: RocksqStore, queue: QueueId = Q, batch: int = 7) -> list[bytes]:
-    out: list[bytes] = []
-    while True:
-        lease = store.read(queue, batch)
-        if not lease.payloads:
-            return out
-        out.extend(lease.payloads)
-        store.ack(lease)
+Q = STORE_QUEUE
 
 
 @pytest.fixture

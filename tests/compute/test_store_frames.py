@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rocksq.blocking import MpmcQueue
 
-from compute.queue_id import QueueId
 from compute.storage.frames import (
     DAMAGED_PREFIX,
     MAX_FRAME_PAYLOADS,
@@ -21,22 +20,9 @@ from compute.storage.frames import (
     frame_count,
 )
 from compute.storage.rocksq_store import RocksqStore
+from tests.compute.helpers import STORE_QUEUE, drain, items
 
-Q = QueueId("1", "public.users", "2")
-
-
-def items(start: int, stop: int, size: int = 0) -> list[bytes]:
-    return [(b"m%06d" % i).ljust(size, b".") for i in range(start, stop)]
-
-
-def drain(store: RocksqStore, batch: int) -> list[bytes]:
-    out: list[bytes] = []
-    while True:
-        lease = store.read(Q, batch)
-        if not lease.payloads:
-            return out
-        out.extend(lease.payloads)
-        store.ack(lease)
+Q = STORE_QUEUE
 
 
 @given(st.lists(st.binary(max_size=3000), max_size=2500))
@@ -86,7 +72,7 @@ def test_restart_inside_a_frame_resumes_at_the_first_unacked_message(
     store = RocksqStore(tmp_path)
     assert store.count(Q) == 300 - cut
     assert store.peek(Q, 3) == items(cut, min(cut + 3, 300))
-    assert drain(store, 45) == items(cut, 300)
+    assert drain(store, batch=45) == items(cut, 300)
     store.close()
 
 
@@ -98,7 +84,7 @@ def test_partial_ack_inside_a_frame_then_release(tmp_path: Path) -> None:
     lease = store.read(Q, 50)
     assert lease.payloads == items(10, 60)
     store.release(lease)
-    assert drain(store, 33) == items(10, 100)
+    assert drain(store, batch=33) == items(10, 100)
     store.close()
 
 
@@ -110,7 +96,7 @@ def test_segments_rotate_by_messages(tmp_path: Path) -> None:
     store.close()
     store = RocksqStore(tmp_path, segment_max_items=250)
     assert store.count(Q) == 1000
-    assert drain(store, 77) == items(0, 1000)
+    assert drain(store, batch=77) == items(0, 1000)
     assert store.stats(Q).segments == 0
     store.close()
 
@@ -137,7 +123,7 @@ def test_items_written_before_frames_are_read_one_payload_each(tmp_path: Path) -
     store.ack(lease)
     store.close()
     store = RocksqStore(tmp_path)
-    assert drain(store, 4) == legacy[7:] + items(0, 10)
+    assert drain(store, batch=4) == legacy[7:] + items(0, 10)
     store.close()
 
 
@@ -169,5 +155,5 @@ def test_random_enqueue_read_ack_release_matches_a_model(tmp_path: Path) -> None
             store.close()
             store = RocksqStore(tmp_path, segment_max_items=120)
         assert store.count(Q) == len(model), step
-    assert drain(store, 64) == model
+    assert drain(store, batch=64) == model
     store.close()

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg2
@@ -15,8 +12,7 @@ from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
 from config.errors import ConfigError
 from destinations.postgresql import CONFIG_DATABASE_SCHEMA, read_pipeline_config
 from tests.pg_state import differences, fetch_state
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.rosetta_cli import ROOT, cli_env, run_rosetta
 
 
 def dsn_with_db(dsn: str, dbname: str) -> str:
@@ -73,23 +69,15 @@ def test_engine_runs_pipelines_from_the_config_database(tmp_path: Path, config_d
         )
     specs = read_pipeline_config(config_dsn, {"WAREHOUSE_DSN": warehouse})
     assert [s.name for s in specs] == ["from-db"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DLQ_", "ROSETTA_"))}
-    env |= {
-        "CONFIG_DATABASE_URL": config_dsn,
-        "WAREHOUSE_DSN": warehouse,
-        "DLQ_BASE_PATH": str(tmp_path / "dlq"),
-        "ROSETTA_STATE_PATH": str(tmp_path / "state"),
-        "DLQ_MIN_FREE_DISK_MB": "0",
-        "ROSETTA_ADMIN_ADDR": "off",  # the admin API is irrelevant here
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "compute.cli", "run"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    env = cli_env(
+        CONFIG_DATABASE_URL=config_dsn,
+        WAREHOUSE_DSN=warehouse,
+        DLQ_BASE_PATH=str(tmp_path / "dlq"),
+        ROSETTA_STATE_PATH=str(tmp_path / "state"),
+        DLQ_MIN_FREE_DISK_MB="0",
+        ROSETTA_ADMIN_ADDR="off",  # the admin API is irrelevant here
     )
+    result = run_rosetta(env, "run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert not differences(source.expected_state(), fetch_state(warehouse, DEFAULT_TABLES))
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +15,7 @@ from compute.dlq_manager import DLQManager
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
 from config.settings import DLQConfig
 from tests.pg_state import differences, fetch_state
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.rosetta_cli import ROOT, cli_env, rosetta_command
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -74,8 +72,8 @@ dsn_env = "TEST_DEST_DSN"
 
 
 def engine_env(tmp_path: Path, dsn: str, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
+    """Settings for ``rosetta run`` under ``tmp_path``, writing to PostgreSQL at ``dsn``."""
+    settings = {
         "DLQ_BASE_PATH": str(tmp_path / "dlq"),
         "ROSETTA_STATE_PATH": str(tmp_path / "state"),
         "ROSETTA_PIPELINES_FILE": str(tmp_path / "pipelines.toml"),
@@ -86,20 +84,87 @@ def engine_env(tmp_path: Path, dsn: str, **extra: str) -> dict[str, str]:
         "TEST_DEST_DSN": dsn,
         "PYTHONUNBUFFERED": "1",
         "ROSETTA_ADMIN_ADDR": "127.0.0.1:0",  # never the shared default port
-        **extra,
     }
+    return cli_env(**(settings | extra))  # ``extra`` may override any of them
 
 
 def start_engine(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """``rosetta run`` as a child process, logging to ``log`` (appended)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "compute.cli", "--log-level", "INFO", "run"],
+        rosetta_command("--log-level", "INFO", "run"),
         cwd=ROOT,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
     )
+
+
+def write_jsonl_pipeline(
+    tmp_path: Path, schema: str, table: str, first_id: int, batch_size: int = 50
+) -> None:
+    """``pipelines.toml``: 20 updates of ``schema.table`` (ids from ``first_id``, v 0 to 19),
+    read from ``events.jsonl``, to PostgreSQL at ``TEST_DEST_DSN``."""
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "op": "u",
+                    "key": {"id": first_id + i},
+                    "after": {"id": first_id + i, "v": i},
+                    "source": {"schema": schema, "table": table, "lsn": 10_000 + i},
+                }
+            )
+            + "\n"
+            for i in range(20)
+        )
+    )
+    (tmp_path / "pipelines.toml").write_text(
+        f"""
+[[pipelines]]
+name = "p"
+batch_size = {batch_size}
+[pipelines.source]
+id = "1"
+type = "jsonl"
+path = "{events}"
+[[pipelines.destinations]]
+id = "1"
+name = "Postgres-Test"
+type = "postgresql"
+dsn_env = "TEST_DEST_DSN"
+"""
+    )
+
+
+def create_row_tables(
+    conn: Any, schema: str, names: tuple[str, ...], extra_columns: str = ""
+) -> list[str]:
+    """Tables ``schema.<name>`` of ``(id, v)`` rows (plus ``extra_columns``); their names."""
+    tables = [f"{schema}.{name}" for name in names]
+    with conn.cursor() as cur:
+        for table in tables:
+            cur.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY, v integer{extra_columns})")
+    return tables
+
+
+def rows(conn: Any, table: str) -> dict[int, int]:
+    """``id -> v`` of every row of ``table``."""
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT id, v FROM {table}")
+        return dict(cur.fetchall())
+
+
+def flip_sst_byte(queue_dir: Path, tenths: int) -> int:
+    """Flip the byte ``tenths``/10 into the largest SST file of the queue's one segment
+    (inside a data block: RocksDB opens the file, reading that block fails); the file's size."""
+    [segment] = [p for p in queue_dir.iterdir() if p.name.startswith("seg_")]
+    sst = max(segment.glob("*.sst"), key=lambda p: p.stat().st_size)
+    data = bytearray(sst.read_bytes())
+    data[len(data) * tenths // 10] ^= 0xFF
+    sst.write_bytes(bytes(data))
+    return len(data)
 
 
 def queue_leftovers(dlq_path: Path) -> tuple[dict[str, int], dict[str, int]]:

@@ -8,9 +8,6 @@ first run) and every other queue, plus the new events, arrive in PostgreSQL.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +16,15 @@ from compute.dlq_message import DLQMessage, FailureContext
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from tests.compute.helpers import change
+from tests.faults.helpers import (
+    create_row_tables,
+    engine_env,
+    flip_sst_byte,
+    rows,
+    write_jsonl_pipeline,
+)
+from tests.rosetta_cli import run_rosetta
 
-ROOT = Path(__file__).resolve().parents[2]
 FAILURE = FailureContext("OperationalError", "down", code="08006")
 
 
@@ -42,86 +46,21 @@ def fill(base: Path, queues: list[QueueId], bad: QueueId) -> None:
                 dlq.ack(dlq.read_batch(bad, 10))
 
 
-def damage_late_data_block(queue_dir: Path) -> None:
-    [segment] = [p for p in queue_dir.iterdir() if p.name.startswith("seg_")]
-    sst = max(segment.glob("*.sst"), key=lambda p: p.stat().st_size)
-    data = bytearray(sst.read_bytes())
-    data[len(data) * 9 // 10] ^= 0xFF
-    sst.write_bytes(bytes(data))
-
-
-def rows(conn: Any, table: str) -> dict[int, int]:
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT id, v FROM {table}")
-        return dict(cur.fetchall())
-
-
 def test_engine_restarted_on_a_damaged_queue_never_crash_loops(
     tmp_path: Path, postgres_dsn: str, pg_schema: str, pg_conn: Any
 ) -> None:
-    tables = [f"{pg_schema}.{name}" for name in ("alpha", "bad", "gamma")]
-    with pg_conn.cursor() as cur:
-        for table in tables:
-            cur.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY, v integer)")
+    tables = create_row_tables(pg_conn, pg_schema, ("alpha", "bad", "gamma"))
     queues = [QueueId("1", table, "1") for table in tables]
     bad = queues[1]
     base = tmp_path / "dlq"
     fill(base, queues, bad)
-    damage_late_data_block(base / bad.relative_path)
+    flip_sst_byte(base / bad.relative_path, tenths=9)  # a late data block
 
-    events = tmp_path / "events.jsonl"
-    events.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "op": "u",
-                    "key": {"id": 1000 + i},
-                    "after": {"id": 1000 + i, "v": i},
-                    "source": {"schema": pg_schema, "table": "gamma", "lsn": 10_000 + i},
-                }
-            )
-            + "\n"
-            for i in range(20)
-        )
-    )
-    (tmp_path / "pipelines.toml").write_text(
-        f"""
-[[pipelines]]
-name = "p"
-batch_size = 5
-[pipelines.source]
-id = "1"
-type = "jsonl"
-path = "{events}"
-[[pipelines.destinations]]
-id = "1"
-name = "Postgres-Test"
-type = "postgresql"
-dsn_env = "TEST_DEST_DSN"
-"""
-    )
-    env = {
-        **os.environ,
-        "DLQ_BASE_PATH": str(base),
-        "ROSETTA_STATE_PATH": str(tmp_path / "state"),
-        "ROSETTA_PIPELINES_FILE": str(tmp_path / "pipelines.toml"),
-        "ROSETTA_ADMIN_ADDR": "off",
-        "DLQ_CHECK_INTERVAL": "0.2",
-        "DLQ_BACKOFF_BASE_MS": "20",
-        "DLQ_BACKOFF_MAX_MS": "100",
-        "DLQ_MIN_FREE_DISK_MB": "0",
-        "TEST_DEST_DSN": postgres_dsn,
-    }
+    write_jsonl_pipeline(tmp_path, pg_schema, "gamma", first_id=1000, batch_size=5)
+    env = engine_env(tmp_path, postgres_dsn)
     runs = []
     for _ in range(3):
-        result = subprocess.run(
-            [sys.executable, "-m", "compute.cli", "run"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = run_rosetta(env, "run")
         runs.append(result)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "Traceback" not in result.stderr
@@ -138,24 +77,10 @@ dsn_env = "TEST_DEST_DSN"
     arrived = sorted(rows(pg_conn, tables[1]))
     assert arrived == list(range(10, 10 + len(arrived)))
     # The operator sees it: `rosetta dlq queues` lists the directory set aside, with why.
-    listed = subprocess.run(
-        [sys.executable, "-m", "compute.cli", "dlq", "queues", "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    listed = run_rosetta(env, "dlq", "queues", "--json")
     assert listed.returncode == 0, listed.stderr[-3000:]
     damaged = [r for r in json.loads(listed.stdout) if r["damaged"]]
     assert [(r["queue"], r["moved_to"]) for r in damaged] == [(str(bad), str(moved))]
     assert damaged[0]["reason"] == json.loads((moved / "reason.json").read_text())["reason"]
-    human = subprocess.run(
-        [sys.executable, "-m", "compute.cli", "dlq", "queues"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    human = run_rosetta(env, "dlq", "queues")
     assert "DAMAGED queue directories set aside (1)" in human.stdout

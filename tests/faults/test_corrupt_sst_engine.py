@@ -8,10 +8,7 @@ the queue aside, write every other table, and the CLI must list the queues.
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +17,15 @@ from compute.dlq_message import DLQMessage, FailureContext
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from tests.compute.helpers import change
+from tests.faults.helpers import (
+    create_row_tables,
+    engine_env,
+    flip_sst_byte,
+    rows,
+    write_jsonl_pipeline,
+)
+from tests.rosetta_cli import run_rosetta
 
-ROOT = Path(__file__).resolve().parents[2]
 FAILURE = FailureContext("OperationalError", "down", code="08006")
 BIG_COUNT = 30_000
 
@@ -53,90 +57,20 @@ def fill(base: Path, good: list[QueueId], bad: QueueId) -> None:
         assert dlq.store.count(bad) == BIG_COUNT
 
 
-def flip_data_block(queue_dir: Path) -> None:
-    [segment] = [p for p in queue_dir.iterdir() if p.name.startswith("seg_")]
-    sst = max(segment.glob("*.sst"), key=lambda p: p.stat().st_size)
-    data = bytearray(sst.read_bytes())
-    assert len(data) > BIG_COUNT * 100, len(data)
-    data[len(data) // 2] ^= 0xFF
-    sst.write_bytes(bytes(data))
-
-
-def rows(conn: Any, table: str) -> dict[int, int]:
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT id, v FROM {table}")
-        return dict(cur.fetchall())
-
-
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "compute.cli", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
 def test_engine_starts_on_a_large_queue_with_a_damaged_data_block(
     tmp_path: Path, postgres_dsn: str, pg_schema: str, pg_conn: Any
 ) -> None:
-    tables = [f"{pg_schema}.{name}" for name in ("alpha", "big", "gamma")]
-    with pg_conn.cursor() as cur:
-        for table in tables:
-            cur.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY, v integer, note text)")
+    tables = create_row_tables(pg_conn, pg_schema, ("alpha", "big", "gamma"), ", note text")
     queues = [QueueId("1", table, "1") for table in tables]
     bad = queues[1]
     base = tmp_path / "dlq"
     fill(base, [queues[0], queues[2]], bad)
-    flip_data_block(base / bad.relative_path)
+    size = flip_sst_byte(base / bad.relative_path, tenths=5)  # the middle of the file
+    assert size > BIG_COUNT * 100, size
 
-    events = tmp_path / "events.jsonl"
-    events.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "op": "u",
-                    "key": {"id": 1000 + i},
-                    "after": {"id": 1000 + i, "v": i},
-                    "source": {"schema": pg_schema, "table": "gamma", "lsn": 10_000 + i},
-                }
-            )
-            + "\n"
-            for i in range(20)
-        )
-    )
-    (tmp_path / "pipelines.toml").write_text(
-        f"""
-[[pipelines]]
-name = "p"
-batch_size = 50
-[pipelines.source]
-id = "1"
-type = "jsonl"
-path = "{events}"
-[[pipelines.destinations]]
-id = "1"
-name = "Postgres-Test"
-type = "postgresql"
-dsn_env = "TEST_DEST_DSN"
-"""
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "DLQ_BASE_PATH": str(base),
-        "ROSETTA_STATE_PATH": str(tmp_path / "state"),
-        "ROSETTA_PIPELINES_FILE": str(tmp_path / "pipelines.toml"),
-        "ROSETTA_ADMIN_ADDR": "off",
-        "DLQ_CHECK_INTERVAL": "0.2",
-        "DLQ_BACKOFF_BASE_MS": "20",
-        "DLQ_BACKOFF_MAX_MS": "100",
-        "DLQ_MIN_FREE_DISK_MB": "0",
-        "TEST_DEST_DSN": postgres_dsn,
-    }
-    runs = [cli(env, "run") for _ in range(2)]
+    write_jsonl_pipeline(tmp_path, pg_schema, "gamma", first_id=1000)
+    env = engine_env(tmp_path, postgres_dsn)
+    runs = [run_rosetta(env, "run", timeout=180) for _ in range(2)]
     for run in runs:
         assert run.returncode == 0, run.stderr[-3000:]
         assert "Traceback" not in run.stderr
@@ -151,9 +85,9 @@ dsn_env = "TEST_DEST_DSN"
     assert rows(pg_conn, tables[2]) == {i: i for i in range(200)} | {1000 + i: i for i in range(20)}
     assert not rows(pg_conn, tables[1])  # nothing of the damaged queue, none out of order
 
-    listed = cli(env, "dlq", "queues", "--json")
+    listed = run_rosetta(env, "dlq", "queues", "--json", timeout=180)
     assert listed.returncode == 0, listed.stderr[-3000:]
     damaged = [r for r in json.loads(listed.stdout) if r["damaged"]]
     assert [(r["queue"], r["moved_to"]) for r in damaged] == [(str(bad), str(moved))]
-    stats = cli(env, "dlq", "stats", "--json")
+    stats = run_rosetta(env, "dlq", "stats", "--json", timeout=180)
     assert stats.returncode == 0, stats.stderr[-3000:]

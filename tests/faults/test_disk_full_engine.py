@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from compute.dlq_manager import DLQManager
 from compute.dlq_message import DLQMessage, FailureContext
@@ -18,41 +12,17 @@ from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from tests.compute.helpers import change
-from tests.compute.test_disk_full_drain import fill_disk
+from tests.faults.helpers import create_row_tables, engine_env, rows, write_jsonl_pipeline
+from tests.rosetta_cli import run_rosetta
+from tests.tmpfs import fill_disk
 
-ROOT = Path(__file__).resolve().parents[2]
 FAILURE = FailureContext("OperationalError", "down", code="08006")
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "small"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, f"cannot mount a tmpfs: {result.stderr}"
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def rows(conn: Any, table: str) -> dict[int, int]:
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT id, v FROM {table}")
-        return dict(cur.fetchall())
 
 
 def test_engine_restarted_on_a_full_disk_drains(
     tmp_path: Path, small_disk: Path, postgres_dsn: str, pg_schema: str, pg_conn: Any
 ) -> None:
-    alpha, beta = f"{pg_schema}.alpha", f"{pg_schema}.beta"
-    with pg_conn.cursor() as cur:
-        for table in (alpha, beta):
-            cur.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY, v integer, note text)")
+    alpha, beta = create_row_tables(pg_conn, pg_schema, ("alpha", "beta"), ", note text")
     queue = QueueId("1", alpha, "1")
     base = small_disk / "dlq"
     accepted: list[int] = []
@@ -72,59 +42,9 @@ def test_engine_restarted_on_a_full_disk_drains(
     assert len(accepted) > 5_000
     fill_disk(small_disk)
 
-    events = tmp_path / "events.jsonl"
-    events.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "op": "u",
-                    "key": {"id": i},
-                    "after": {"id": i, "v": i},
-                    "source": {"schema": pg_schema, "table": "beta", "lsn": 10_000 + i},
-                }
-            )
-            + "\n"
-            for i in range(20)
-        )
-    )
-    (tmp_path / "pipelines.toml").write_text(
-        f"""
-[[pipelines]]
-name = "p"
-batch_size = 50
-[pipelines.source]
-id = "1"
-type = "jsonl"
-path = "{events}"
-[[pipelines.destinations]]
-id = "1"
-name = "Postgres-Test"
-type = "postgresql"
-dsn_env = "TEST_DEST_DSN"
-"""
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "DLQ_BASE_PATH": str(base),
-        "ROSETTA_STATE_PATH": str(tmp_path / "state"),
-        "ROSETTA_PIPELINES_FILE": str(tmp_path / "pipelines.toml"),
-        "ROSETTA_ADMIN_ADDR": "off",
-        "DLQ_CHECK_INTERVAL": "0.2",
-        "DLQ_BACKOFF_BASE_MS": "20",
-        "DLQ_BACKOFF_MAX_MS": "100",
-        "DLQ_BATCH_SIZE": "1000",
-        "DLQ_MIN_FREE_DISK_MB": "0",
-        "TEST_DEST_DSN": postgres_dsn,
-    }
-    run = subprocess.run(
-        [sys.executable, "-m", "compute.cli", "run"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    write_jsonl_pipeline(tmp_path, pg_schema, "beta", first_id=0)
+    env = engine_env(tmp_path, postgres_dsn, DLQ_BASE_PATH=str(base), DLQ_BATCH_SIZE="1000")
+    run = run_rosetta(env, "run", timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Traceback" not in run.stderr
     assert rows(pg_conn, alpha) == {i: i for i in accepted}  # the whole queue, replayed

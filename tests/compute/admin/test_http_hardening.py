@@ -34,6 +34,15 @@ from tests.compute.admin.test_http_api import (
 )
 from tests.compute.helpers import dlq_config
 
+# Every route that changes the queues (POST).
+WRITE_ROUTES = (
+    "/dlq/reprocess",
+    "/dlq/purge",
+    "/dlq/messages/m001/discard",
+    "/dlq/messages/m001/park",
+    "/dlq/messages/m001/unpark",
+)
+
 
 def address(harness: Harness) -> tuple[str, int]:
     parts = urlsplit(harness.url)
@@ -146,13 +155,7 @@ def test_allowed_host_names_and_every_json_post_needs_its_content_type(tmp_path:
         for name in ("rosetta.internal", f"rosetta.internal:{port}", "Rosetta.Internal.:8080"):
             assert raw(harness, "GET", "/dlq/stats", headers={"Host": name})[0] == 200, name
         assert raw(harness, "GET", "/health", headers={"Host": "other.internal"})[0] == 403
-        for path in (
-            "/dlq/reprocess",
-            "/dlq/purge",
-            "/dlq/messages/m001/discard",
-            "/dlq/messages/m001/park",
-            "/dlq/messages/m001/unpark",
-        ):
+        for path in WRITE_ROUTES:
             for headers in ({}, {"Content-Type": "application/x-www-form-urlencoded"}):
                 status, body = raw(harness, "POST", path, b"{}", headers)
                 assert status == 415 and body["accepted"] == ["application/json"], path
@@ -320,13 +323,7 @@ def test_deeply_nested_json_is_a_400_on_every_route(api: Harness) -> None:
     json_headers = {"Content-Type": "application/json"}
     for depth in (40, 100_000):
         body = ('{"queue": ' + nested(depth) + ', "confirm": true}').encode()
-        for path in (
-            "/dlq/reprocess",
-            "/dlq/purge",
-            "/dlq/messages/m001/discard",
-            "/dlq/messages/m001/park",
-            "/dlq/messages/m001/unpark",
-        ):
+        for path in WRITE_ROUTES:
             status, answer = raw(api, "POST", path, body, json_headers)
             assert status == 400, (path, depth, answer)
             assert "nested too deeply" in answer["error"]
