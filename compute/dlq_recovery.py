@@ -30,6 +30,7 @@ from compute.errors import DLQError
 from compute.event_handler import classify_or_transient, held_behind_failure
 from compute.gc_pause import collector_paused
 from compute.health import DestinationHealth, HealthProbe
+from compute.in_flight import InFlightWrites
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
@@ -114,6 +115,7 @@ class DLQRecoveryWorker:
         on_drained: Callable[[], None] | None = None,
         max_batches_per_pass: int = 50,
         large_batch_size: int = LARGE_BATCH_SIZE,
+        in_flight: InFlightWrites | None = None,
     ) -> None:
         self.pipeline_name = pipeline_name
         self.source_id = str(source_id)
@@ -125,6 +127,9 @@ class DLQRecoveryWorker:
         self.probes = {d.destination_id: HealthProbe(d, probe_timeout) for d in destinations}
         self._clock = clock
         self._on_drained = on_drained
+        # Live writes that passed their deadline: their destination is not
+        # replayed to until they end; then they are settled here.
+        self.in_flight = in_flight or InFlightWrites(clock)
         self._next_check: dict[str, float] = {}
         self._queues: dict[QueueId, _QueueReplayState] = {}
         self._stop = threading.Event()
@@ -211,6 +216,7 @@ class DLQRecoveryWorker:
         now = self._clock() if now is None else now
         with self._run_lock:
             self.stats.last_run_at = now
+            self._settle_in_flight()
             by_destination: dict[str, list[QueueId]] = {}
             for queue in self.queues():
                 if self._guarded(queue, "count", self.dlq.has_messages, queue):
@@ -226,6 +232,8 @@ class DLQRecoveryWorker:
                     break
                 if now < self._next_check.get(destination_id, 0.0):
                     continue
+                if self.in_flight.is_held(destination_id):
+                    continue  # a live write past its deadline may still commit
                 if not self._check(destination_id, now):
                     self._next_check[destination_id] = now + self.config.check_interval
                     continue
@@ -270,6 +278,7 @@ class DLQRecoveryWorker:
         """Operator trigger: probe and replay now (one queue, or all), ignoring backoff."""
         now = self._clock()
         with self._run_lock:
+            self._settle_in_flight()
             targets = [queue] if queue is not None else self.queues()
             results = []
             for target in targets:
@@ -277,6 +286,9 @@ class DLQRecoveryWorker:
                     raise ValueError(
                         f"queue {target} does not belong to pipeline {self.pipeline_name}"
                     )
+                if self.in_flight.is_held(target.destination_id):
+                    results.append(ReplayResult(target))
+                    continue
                 if not self._check(target.destination_id, now):
                     results.append(ReplayResult(target))
                     continue
@@ -301,6 +313,60 @@ class DLQRecoveryWorker:
             if step.failed or not moved or not self.dlq.has_messages(queue):
                 break
         return total
+
+    def _settle_in_flight(self) -> None:
+        """Settle the live writes that passed their deadline and have ended since.
+
+        Committed: the queued copies of its events (the head of the queue)
+        are acknowledged, so they are not applied twice. Failed: they stay and
+        are replayed in order like any queued event. Either way the
+        destination is released for replay.
+        """
+        for stuck in self.in_flight.take_ended():
+            try:
+                if stuck.committed and stuck.message_ids:
+                    settled = self._acknowledge_head(stuck.queue, set(stuck.message_ids))
+                    logger.info(
+                        "live write that passed its deadline committed: its %d queued messages "
+                        "acknowledged: pipeline=%s queue=%s",
+                        settled,
+                        self.pipeline_name,
+                        stuck.queue,
+                    )
+                elif stuck.message_ids:
+                    logger.info(
+                        "live write that passed its deadline failed, its %d queued messages "
+                        "will be replayed: pipeline=%s queue=%s error=%s",
+                        len(stuck.message_ids),
+                        self.pipeline_name,
+                        stuck.queue,
+                        stuck.error,
+                    )
+            except DLQError as error:
+                # Not acknowledged: the events are replayed (applied twice, harmless).
+                logger.error(
+                    "settling a live write past its deadline failed, its events will be "
+                    "replayed: pipeline=%s queue=%s error=%s",
+                    self.pipeline_name,
+                    stuck.queue,
+                    error,
+                )
+            finally:
+                self.in_flight.release(stuck)
+
+    def _acknowledge_head(self, queue: QueueId, ids: set[str]) -> int:
+        """Acknowledge the leading messages of ``queue`` whose ids are in ``ids``."""
+        lease = self.dlq.read_batch(queue, len(ids))
+        done = 0
+        for message in lease.messages:
+            if message.message_id not in ids:
+                break
+            done += 1
+        if done:
+            self.dlq.ack(lease, done)
+        else:
+            self.dlq.release(lease)
+        return done
 
     def _check(self, destination_id: str, now: float) -> bool:
         ok, reason = self.probes[destination_id].check(self._stop)

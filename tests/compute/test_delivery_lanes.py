@@ -1,0 +1,208 @@
+"""One slow destination never holds the others: lanes, the live-write deadline, settling."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from compute.dlq_manager import DLQManager
+from compute.event_handler import EventHandler
+from compute.health import DestinationHealth, HealthState
+from compute.pipeline import Pipeline
+from compute.queue_id import QueueId
+from compute.retry_policy import RetryPolicy
+from destinations.records import ChangeRecord
+from tests.compute.helpers import TABLE, ListSource, apply_model, change, dlq_config
+from tests.fakes import FakeDestination
+
+NO_RETRY = RetryPolicy(max_retries=0, base_delay=0.001, max_delay=0.001)
+TABLES = ("public.a", "public.b")
+
+
+def wait_for(condition: Any, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
+
+
+def history(n: int, keys: int = 7) -> list[ChangeRecord]:
+    return [change(i, i % keys, table=TABLES[i % 2]) for i in range(1, n + 1)]
+
+
+def assert_applied_in_order(dest: FakeDestination) -> None:
+    """No change was applied after a newer one to the same row (duplicates are fine)."""
+    newest: dict[tuple[str, Any], int] = {}
+    for record in dest.applied:
+        key = (record.table, record.key_values)
+        position = record.position.commit
+        assert position >= newest.get(key, 0), f"{key}: change {position} applied after newer"
+        newest[key] = position
+
+
+def all_rows(dest: FakeDestination) -> dict[str, Any]:
+    return {t: dest.rows(t) for t in TABLES if dest.rows(t)}
+
+
+def make_pipeline(tmp_path: Path, source: ListSource, dests: list[FakeDestination], **cfg: Any):
+    config = dlq_config(tmp_path, **{"live_write_deadline_ms": 200, **cfg})
+    dlq = DLQManager(config)
+    pipeline = Pipeline(
+        "p", source, dests, dlq, config, batch_size=10, retry_policy=NO_RETRY, probe_timeout=0.5
+    )
+    return pipeline, dlq
+
+
+def queued(dlq: DLQManager, destination_id: str) -> int:
+    return sum(dlq.count(QueueId("1", t, destination_id)) for t in TABLES)
+
+
+def test_a_hung_destination_does_not_hold_the_other_and_settles_in_order(tmp_path: Path) -> None:
+    events = history(300)
+    source = ListSource(events)
+    a, b = FakeDestination("A", "A"), FakeDestination("B", "B")
+    a.hold_writes()
+    pipeline, dlq = make_pipeline(tmp_path, source, [a, b])
+    pipeline.start()
+    try:
+        # B gets everything and the source is acknowledged to the end while A hangs.
+        assert wait_for(lambda: all_rows(b) == apply_model(events), timeout=30)
+        assert wait_for(lambda: source.acknowledged == len(events), timeout=30)
+        assert a.held_writes == 1  # one stuck write; the rest went straight to A's queues
+        assert pipeline.health["A"].snapshot().state is HealthState.UNHEALTHY
+        assert queued(dlq, "A") == len(events)
+        assert pipeline.in_flight.is_held("A")
+        # A comes back: the stuck write commits, its queued copies are acknowledged,
+        # the rest replays after it.
+        a.release_writes()
+        assert wait_for(lambda: queued(dlq, "A") == 0, timeout=30)
+        assert all_rows(a) == apply_model(events)
+        assert not pipeline.in_flight.is_held("A")
+        assert_applied_in_order(a)
+        assert_applied_in_order(b)
+        # Settled, not replayed twice: each event reached A once.
+        assert len(a.applied) == len(events)
+        assert dlq.parked_count(QueueId("1", TABLES[0], "A")) == 0
+    finally:
+        pipeline.stop()
+        dlq.close()
+
+
+def test_a_stuck_write_that_fails_is_replayed_in_order(tmp_path: Path) -> None:
+    events = history(120)
+    source = ListSource(events)
+    a, b = FakeDestination("A", "A"), FakeDestination("B", "B")
+    a.hold_writes()
+    pipeline, dlq = make_pipeline(tmp_path, source, [a, b])
+    pipeline.start()
+    try:
+        assert wait_for(lambda: source.acknowledged == len(events), timeout=30)
+        a.release_writes(fail=True)  # the connection died under the stuck write
+        assert wait_for(lambda: queued(dlq, "A") == 0, timeout=30)
+        assert all_rows(a) == apply_model(events)
+        assert_applied_in_order(a)
+        assert len(a.failed_calls()) == 1
+        assert all_rows(b) == apply_model(events)
+    finally:
+        pipeline.stop()
+        dlq.close()
+
+
+def test_a_slow_destination_keeps_the_source_moving_up_to_the_read_ahead(tmp_path: Path) -> None:
+    events = history(400)
+    source = ListSource(events)
+    a, b = FakeDestination("A", "A"), FakeDestination("B", "B")
+    a.set_write_delay(0.05)  # slow but within the deadline: A stays live, behind B
+    pipeline, dlq = make_pipeline(tmp_path, source, [a, b], read_ahead_events=100)
+    pipeline.start()
+    try:
+        assert wait_for(lambda: all_rows(a) == apply_model(events), timeout=60)
+        assert wait_for(lambda: source.acknowledged == len(events))
+        assert queued(dlq, "A") == 0  # never past the deadline: nothing queued
+        assert_applied_in_order(a)
+        assert all_rows(b) == apply_model(events)
+    finally:
+        pipeline.stop()
+        dlq.close()
+
+
+def test_source_waits_when_the_read_ahead_is_full(tmp_path: Path) -> None:
+    events = history(200)
+    source = ListSource(events)
+    a, b = FakeDestination("A", "A"), FakeDestination("B", "B")
+    a.set_write_delay(0.15)  # under the 5 s deadline: A's lane is slow, not stuck
+    pipeline, dlq = make_pipeline(
+        tmp_path, source, [a, b], read_ahead_events=30, live_write_deadline_ms=5000
+    )
+    pipeline.start()
+    try:
+        time.sleep(0.5)
+        # B is at most the read-ahead ahead of A: the reader waits for the slow lane.
+        assert source.reads * 10 - source.acknowledged <= 30 + 10
+        assert len(b.applied) <= source.reads * 10
+    finally:
+        pipeline.stop()
+        dlq.close()
+
+
+def test_in_place_retries_share_one_deadline(tmp_path: Path) -> None:
+    dest = FakeDestination("A", "A")
+    dest.set_down(True)
+    health = {"A": DestinationHealth(dest)}
+    patient = RetryPolicy(max_retries=1000, base_delay=0.05, max_delay=0.05, jitter=0.0)
+    with DLQManager(dlq_config(tmp_path), background=False) as dlq:
+        handler = EventHandler("1", [dest], health, dlq, patient, live_write_deadline=0.3)
+        started = time.monotonic()
+        handler.handle([change(1, 1), change(2, 2)], set())
+        elapsed = time.monotonic() - started
+        assert elapsed < 1.0, f"retries took {elapsed:.2f}s against a 0.3s deadline"
+        assert dlq.count(QueueId("1", TABLE, "A")) == 2
+        assert 2 <= dest.write_count <= 10
+        handler.close()
+
+
+def test_outage_is_dated_from_the_first_failed_write(tmp_path: Path) -> None:
+    dest = FakeDestination("A", "A")
+    dest.set_down(True)
+    health = {"A": DestinationHealth(dest)}
+    patient = RetryPolicy(max_retries=1000, base_delay=0.1, max_delay=0.1, jitter=0.0)
+    with DLQManager(dlq_config(tmp_path), background=False) as dlq:
+        handler = EventHandler("1", [dest], health, dlq, patient, live_write_deadline=0.5)
+        first_write = time.time()
+        handler.handle([change(1, 1)], set())
+        snapshot = health["A"].snapshot()
+        assert snapshot.state is HealthState.UNHEALTHY
+        # Dated from the first failure, not from the give-up half a second later.
+        assert abs(snapshot.since - first_write) < 0.1
+        handler.close()
+
+
+def test_stuck_write_holds_the_destination_against_replay(tmp_path: Path) -> None:
+    """While the stuck write may commit, the worker writes nothing else to its destination."""
+    events = history(40)
+    source = ListSource(events)
+    a = FakeDestination("A", "A")
+    pipeline, dlq = make_pipeline(tmp_path, source, [a])
+    try:
+        a.hold_writes()
+        pipeline.step()  # the first batch's write sticks past the deadline: queued
+        while pipeline.step():
+            pass
+        assert queued(dlq, "A") == len(events)
+        for _ in range(3):  # the worker probes A (healthy) but must not replay to it
+            pipeline.worker.run_once(time.time() + 100)
+        assert queued(dlq, "A") == len(events)
+        assert a.held_writes == 1
+        a.release_writes()
+        assert wait_for(lambda: not pipeline.in_flight.take_ended() == [], timeout=5)
+        pipeline.worker.run_once(time.time() + 200)
+        pipeline.worker.run_once(time.time() + 300)
+        assert queued(dlq, "A") == 0
+        assert all_rows(a) == apply_model(events)
+        assert_applied_in_order(a)
+    finally:
+        pipeline.stop()
+        dlq.close()
