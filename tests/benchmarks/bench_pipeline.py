@@ -656,8 +656,30 @@ def bench_recovery(
 # -------------------------------------------------------------------- isolation
 
 
+class LatencyDestination(PostgreSQLDestination):
+    """Records how long each live write takes (the figure behind the default deadline)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.durations: list[float] = []
+
+    def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
+        started = time.perf_counter()
+        try:
+            return super().write_batch(table, records)
+        finally:
+            self.durations.append(time.perf_counter() - started)
+
+
 def isolation_round(
-    dsn: str, workdir: Path, rate: float, seconds: float, keys: int, seed: int, fault: bool
+    dsn: str,
+    workdir: Path,
+    rate: float,
+    seconds: float,
+    keys: int,
+    seed: int,
+    fault: bool,
+    latencies: list[float] | None = None,
 ) -> tuple[float, float]:
     """B's events/s and longest pause over ``seconds``, with A black-holed mid-run or not.
 
@@ -673,7 +695,7 @@ def isolation_round(
     config = DLQConfig(base_path=workdir, min_free_disk_mb=0)
     dlq = DLQManager(config)
     with FaultProxy(*_host_port(dsn)) as proxy:
-        a = PostgreSQLDestination(
+        a = LatencyDestination(
             "A", "PG-A", proxy.dsn_for(dsn), table_map=side_tables(source, "iso_a")
         )
         b = PostgreSQLDestination("B", "PG-B", dsn, table_map=side_tables(source, "iso_b"))
@@ -697,6 +719,8 @@ def isolation_round(
             pipeline.stop()
             pipeline.close()
             dlq.close()
+    if latencies is not None and not fault:
+        latencies.extend(a.durations)
     moved = samples[-1][1] - samples[0][1]
     gap, last_change, last = 0.0, samples[0][0], samples[0][1]
     for at, value in samples:
@@ -716,8 +740,11 @@ def bench_isolation(
     dsn: str, workdir: Path, rounds: int, rate: float, seconds: float, keys: int
 ) -> dict[str, float]:
     ratios, gaps = [], []
+    latencies: list[float] = []
     for r in range(rounds):
-        healthy, _ = isolation_round(dsn, workdir / f"iso{r}h", rate, seconds, keys, 200 + r, False)
+        healthy, _ = isolation_round(
+            dsn, workdir / f"iso{r}h", rate, seconds, keys, 200 + r, False, latencies
+        )
         faulty, gap = isolation_round(dsn, workdir / f"iso{r}f", rate, seconds, keys, 200 + r, True)
         ratios.append(faulty / healthy)
         gaps.append(gap)
@@ -726,6 +753,13 @@ def bench_isolation(
             f"with A black-holed mid-run ({faulty / healthy:.3f}); longest pause {gap:.2f}s",
             flush=True,
         )
+    latencies.sort()
+    print(
+        f"healthy live writes to A: {len(latencies)}, median "
+        f"{statistics.median(latencies) * 1000:.1f} ms, 99.9th percentile "
+        f"{latencies[int(0.999 * (len(latencies) - 1))] * 1000:.1f} ms, worst "
+        f"{latencies[-1] * 1000:.1f} ms (DLQ_LIVE_WRITE_DEADLINE_MS defaults to 2000)"
+    )
     return {
         "ratio": statistics.median(ratios),
         "gap": statistics.median(gaps),
