@@ -21,8 +21,10 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from compute.dlq_manager import DLQLease, DLQManager, record_key
 from compute.dlq_message import DLQMessage, FailureContext
@@ -145,8 +147,18 @@ class DLQRecoveryWorker:
         self.max_batches_per_pass = max_batches_per_pass
         # Pipelined replay and the collector pause from this batch size on.
         self.pipelined = config.batch_size >= large_batch_size
-        # Writes batch N while this thread reads and decodes batch N+1.
-        self._writer = WriterThread(f"dlq-recovery-{pipeline_name}-writer")
+        # Replay writes run on a writer thread per destination: batch N is
+        # written while this thread reads and decodes batch N+1, and a write
+        # still running at the deadline is left there (held, settled when it
+        # ends) while this thread goes on with the other destinations.
+        self._writers = {
+            d.destination_id: WriterThread(
+                f"dlq-recovery-{pipeline_name}-writer"
+                + ("" if len(self.destinations) == 1 else f"-{d.destination_id}")
+            )
+            for d in destinations
+        }
+        self.write_deadline = config.live_write_deadline_ms / 1000
         # Metrics hook, set by the engine; called once per replayed batch.
         self.observer: Observer = NULL_OBSERVER
 
@@ -166,7 +178,8 @@ class DLQRecoveryWorker:
         """
         self._stop.set()
         self._wake.set()
-        self._writer.close()
+        for writer in self._writers.values():
+            writer.close()
         stopped = self.supervisor.join(timeout)
         if stopped:
             logger.info("DLQ recovery worker stopped: pipeline=%s", self.pipeline_name)
@@ -239,8 +252,8 @@ class DLQRecoveryWorker:
                     continue
                 self._next_check.pop(destination_id, None)
                 for queue in queues:
-                    if self._stop.is_set():
-                        break
+                    if self._stop.is_set() or self.in_flight.is_held(destination_id):
+                        break  # a replay write passed its deadline: the next destination
                     result = self._guarded(queue, "replay", self.replay_queue, queue, now)
                     results.append(result or ReplayResult(queue))
             self.stats.last_results = results
@@ -425,6 +438,8 @@ class DLQRecoveryWorker:
                 self.observer.replay_batch(queue, time.monotonic() - started, outcome)
                 for name, value in outcome.items():
                     totals[name] += value
+                if self.in_flight.is_held(destination.destination_id):
+                    break  # this batch's write passed its deadline: settled when it ends
                 if outcome["failed"]:
                     state.failures += 1
                     delay = self.retry_policy.next_delay(min(state.failures, 64), self._rng)
@@ -495,7 +510,15 @@ class DLQRecoveryWorker:
                 if read_ahead:
                     ahead = self._write_reading_ahead(destination, queue, batch.prepared)
                 else:
-                    destination.write_prepared(batch.prepared)
+                    write = self._writers[destination.destination_id].submit(
+                        destination.write_prepared, batch.prepared
+                    )
+                    self._wait_for_write(write)
+        except _StuckWrite as stuck:
+            # The lease goes back (the caller's ``with``); the destination stays
+            # held until the write ends, then the batch is settled against the head.
+            self._hold_stuck(destination, queue, batch, stuck.future)
+            return counts, None
         except Exception as error:
             return self._after_failure(destination, queue, lease, error, counts), None
         # Committed downstream; if parking or the ack fails (a storage error),
@@ -518,7 +541,10 @@ class DLQRecoveryWorker:
         failed one is handled) and the write's error is raised. A failed
         read-ahead is only logged: the next plain read meets it again.
         """
-        write = self._writer.submit(destination.write_prepared, prepared)
+        write = self._writers[destination.destination_id].submit(
+            destination.write_prepared, prepared
+        )
+        started = time.monotonic()
         ahead: _ReadyBatch | None = None
         try:
             lease = self.dlq.read_batch(queue, self.config.batch_size, ahead=True)
@@ -539,9 +565,44 @@ class DLQRecoveryWorker:
             with contextlib.ExitStack() as unless_written:
                 if ahead is not None:
                     unless_written.enter_context(ahead.lease)
-                write.result()
+                self._wait_for_write(write, started)
                 unless_written.pop_all()
         return ahead
+
+    def _wait_for_write(self, write: Future[Any], started: float | None = None) -> None:
+        """The write's outcome; ``_StuckWrite`` if it is still running at the deadline."""
+        left = self.write_deadline - (0.0 if started is None else time.monotonic() - started)
+        try:
+            write.result(timeout=max(0.0, left))
+        except FutureTimeout:
+            raise _StuckWrite(write) from None
+
+    def _hold_stuck(
+        self, destination: Destination, queue: QueueId, batch: _ReadyBatch, write: Future[Any]
+    ) -> None:
+        """A replay write passed its deadline: hold its destination until it ends.
+
+        Nothing more is replayed to that destination meanwhile (the write may
+        still commit, and a later batch must not be overtaken by it); the other
+        destinations go on. When it ends, ``_settle_in_flight`` acknowledges
+        the batch (committed) or leaves it at the head (failed).
+        """
+        stuck = self.in_flight.hold(destination.destination_id, queue, write)
+        self.in_flight.queued(stuck, [m.message_id for m in batch.live])
+        reason = (
+            f"replay write did not finish within {self.write_deadline * 1000:.0f} ms "
+            "(DLQ_LIVE_WRITE_DEADLINE_MS); waiting for it before replaying more"
+        )
+        health = self.health[destination.destination_id]
+        health.note_failure(reason, self._clock() - self.write_deadline)
+        health.mark_unhealthy(reason)
+        logger.warning(
+            "DLQ replay write passed its deadline, the other destinations go on: pipeline=%s "
+            "queue=%s messages=%d",
+            self.pipeline_name,
+            queue,
+            len(batch.live),
+        )
 
     def _sort_out(
         self, queue: QueueId, messages: list[DLQMessage], now: float
@@ -638,6 +699,14 @@ class DLQRecoveryWorker:
         if done:  # the rest goes back when the caller's ``with lease`` ends
             self.dlq.ack(lease, done)
         return counts
+
+
+class _StuckWrite(Exception):
+    """A replay write still running at its deadline (``future`` is its outcome)."""
+
+    def __init__(self, future: Future[Any]) -> None:
+        super().__init__("replay write past its deadline")
+        self.future = future
 
 
 def _with_failure(

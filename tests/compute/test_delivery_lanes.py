@@ -206,3 +206,42 @@ def test_stuck_write_holds_the_destination_against_replay(tmp_path: Path) -> Non
     finally:
         pipeline.stop()
         dlq.close()
+
+
+def test_a_replay_write_past_its_deadline_does_not_hold_the_other_destinations(
+    tmp_path: Path,
+) -> None:
+    events = history(60)
+    source = ListSource(events)
+    a, b = FakeDestination("A", "A"), FakeDestination("B", "B")
+    pipeline, dlq = make_pipeline(tmp_path, source, [a, b])
+    try:
+        a.set_down(True)
+        b.set_down(True)
+        while pipeline.step():  # both down: everything is queued for both
+            pass
+        assert queued(dlq, "A") == queued(dlq, "B") == len(events)
+        a.set_down(False)
+        b.set_down(False)
+        a.hold_writes()  # A answers its health check, but its writes hang
+        started = time.monotonic()
+        pipeline.worker.run_once(time.time() + 100)
+        took = time.monotonic() - started
+        assert took < 3.0, f"the pass waited {took:.1f}s on A's stuck replay write"
+        assert queued(dlq, "B") == 0 and all_rows(b) == apply_model(events)
+        assert queued(dlq, "A") == len(events)  # the stuck batch went back to the head
+        assert pipeline.in_flight.is_held("A")
+        assert pipeline.health["A"].snapshot().state is HealthState.UNHEALTHY
+        pipeline.worker.run_once(time.time() + 200)
+        assert a.held_writes == 1  # nothing more was written to A while it was held
+        a.release_writes()
+        assert wait_for(lambda: pipeline.in_flight.take_ended() != [], timeout=5)
+        for step in range(3):
+            pipeline.worker.run_once(time.time() + 300 + step * 100)
+        assert queued(dlq, "A") == 0
+        assert all_rows(a) == apply_model(events)
+        assert len(a.applied) == len(events)  # the settled batch was not written again
+        assert_applied_in_order(a)
+    finally:
+        pipeline.stop()
+        dlq.close()
