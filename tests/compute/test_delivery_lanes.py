@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,36 +150,45 @@ def test_source_waits_when_the_read_ahead_is_full(tmp_path: Path) -> None:
         dlq.close()
 
 
-def test_in_place_retries_share_one_deadline(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def handler_to_a_down_destination(
+    tmp_path: Path, retry_delay: float, deadline: float
+) -> Iterator[tuple[EventHandler, FakeDestination, DestinationHealth, DLQManager]]:
+    """An event handler whose one destination refuses every write, retrying patiently."""
     dest = FakeDestination("A", "A")
     dest.set_down(True)
-    health = {"A": DestinationHealth(dest)}
-    patient = RetryPolicy(max_retries=1000, base_delay=0.05, max_delay=0.05, jitter=0.0)
+    health = DestinationHealth(dest)
+    patient = RetryPolicy(
+        max_retries=1000, base_delay=retry_delay, max_delay=retry_delay, jitter=0.0
+    )
     with DLQManager(dlq_config(tmp_path), background=False) as dlq:
-        handler = EventHandler("1", [dest], health, dlq, patient, live_write_deadline=0.3)
+        handler = EventHandler(
+            "1", [dest], {"A": health}, dlq, patient, live_write_deadline=deadline
+        )
+        try:
+            yield handler, dest, health, dlq
+        finally:
+            handler.close()
+
+
+def test_in_place_retries_share_one_deadline(tmp_path: Path) -> None:
+    with handler_to_a_down_destination(tmp_path, 0.05, 0.3) as (handler, dest, _, dlq):
         started = time.monotonic()
         handler.handle([change(1, 1), change(2, 2)], set())
         elapsed = time.monotonic() - started
         assert elapsed < 1.0, f"retries took {elapsed:.2f}s against a 0.3s deadline"
         assert dlq.count(QueueId("1", TABLE, "A")) == 2
         assert 2 <= dest.write_count <= 10
-        handler.close()
 
 
 def test_outage_is_dated_from_the_first_failed_write(tmp_path: Path) -> None:
-    dest = FakeDestination("A", "A")
-    dest.set_down(True)
-    health = {"A": DestinationHealth(dest)}
-    patient = RetryPolicy(max_retries=1000, base_delay=0.1, max_delay=0.1, jitter=0.0)
-    with DLQManager(dlq_config(tmp_path), background=False) as dlq:
-        handler = EventHandler("1", [dest], health, dlq, patient, live_write_deadline=0.5)
+    with handler_to_a_down_destination(tmp_path, 0.1, 0.5) as (handler, _, health, _dlq):
         first_write = time.time()
         handler.handle([change(1, 1)], set())
-        snapshot = health["A"].snapshot()
+        snapshot = health.snapshot()
         assert snapshot.state is HealthState.UNHEALTHY
         # Dated from the first failure, not from the give-up half a second later.
         assert abs(snapshot.since - first_write) < 0.1
-        handler.close()
 
 
 def test_stuck_write_holds_the_destination_against_replay(tmp_path: Path) -> None:
