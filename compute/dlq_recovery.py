@@ -21,8 +21,10 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from compute.dlq_manager import DLQLease, DLQManager, record_key
 from compute.dlq_message import DLQMessage, FailureContext
@@ -30,6 +32,7 @@ from compute.errors import DLQError
 from compute.event_handler import classify_or_transient, held_behind_failure
 from compute.gc_pause import collector_paused
 from compute.health import DestinationHealth, HealthProbe
+from compute.in_flight import InFlightWrites
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
@@ -114,6 +117,7 @@ class DLQRecoveryWorker:
         on_drained: Callable[[], None] | None = None,
         max_batches_per_pass: int = 50,
         large_batch_size: int = LARGE_BATCH_SIZE,
+        in_flight: InFlightWrites | None = None,
     ) -> None:
         self.pipeline_name = pipeline_name
         self.source_id = str(source_id)
@@ -125,6 +129,9 @@ class DLQRecoveryWorker:
         self.probes = {d.destination_id: HealthProbe(d, probe_timeout) for d in destinations}
         self._clock = clock
         self._on_drained = on_drained
+        # Live writes that passed their deadline: their destination is not
+        # replayed to until they end; then they are settled here.
+        self.in_flight = in_flight or InFlightWrites(clock)
         self._next_check: dict[str, float] = {}
         self._queues: dict[QueueId, _QueueReplayState] = {}
         self._stop = threading.Event()
@@ -140,8 +147,18 @@ class DLQRecoveryWorker:
         self.max_batches_per_pass = max_batches_per_pass
         # Pipelined replay and the collector pause from this batch size on.
         self.pipelined = config.batch_size >= large_batch_size
-        # Writes batch N while this thread reads and decodes batch N+1.
-        self._writer = WriterThread(f"dlq-recovery-{pipeline_name}-writer")
+        # Replay writes run on a writer thread per destination: batch N is
+        # written while this thread reads and decodes batch N+1, and a write
+        # still running at the deadline is left there (held, settled when it
+        # ends) while this thread goes on with the other destinations.
+        self._writers = {
+            d.destination_id: WriterThread(
+                f"dlq-recovery-{pipeline_name}-writer"
+                + ("" if len(self.destinations) == 1 else f"-{d.destination_id}")
+            )
+            for d in destinations
+        }
+        self.write_deadline = config.live_write_deadline_ms / 1000
         # Metrics hook, set by the engine; called once per replayed batch.
         self.observer: Observer = NULL_OBSERVER
 
@@ -161,7 +178,8 @@ class DLQRecoveryWorker:
         """
         self._stop.set()
         self._wake.set()
-        self._writer.close()
+        for writer in self._writers.values():
+            writer.close()
         stopped = self.supervisor.join(timeout)
         if stopped:
             logger.info("DLQ recovery worker stopped: pipeline=%s", self.pipeline_name)
@@ -211,6 +229,7 @@ class DLQRecoveryWorker:
         now = self._clock() if now is None else now
         with self._run_lock:
             self.stats.last_run_at = now
+            self._settle_in_flight()
             by_destination: dict[str, list[QueueId]] = {}
             for queue in self.queues():
                 if self._guarded(queue, "count", self.dlq.has_messages, queue):
@@ -226,13 +245,15 @@ class DLQRecoveryWorker:
                     break
                 if now < self._next_check.get(destination_id, 0.0):
                     continue
+                if self.in_flight.is_held(destination_id):
+                    continue  # a live write past its deadline may still commit
                 if not self._check(destination_id, now):
                     self._next_check[destination_id] = now + self.config.check_interval
                     continue
                 self._next_check.pop(destination_id, None)
                 for queue in queues:
-                    if self._stop.is_set():
-                        break
+                    if self._stop.is_set() or self.in_flight.is_held(destination_id):
+                        break  # a replay write passed its deadline: the next destination
                     result = self._guarded(queue, "replay", self.replay_queue, queue, now)
                     results.append(result or ReplayResult(queue))
             self.stats.last_results = results
@@ -270,6 +291,7 @@ class DLQRecoveryWorker:
         """Operator trigger: probe and replay now (one queue, or all), ignoring backoff."""
         now = self._clock()
         with self._run_lock:
+            self._settle_in_flight()
             targets = [queue] if queue is not None else self.queues()
             results = []
             for target in targets:
@@ -277,6 +299,9 @@ class DLQRecoveryWorker:
                     raise ValueError(
                         f"queue {target} does not belong to pipeline {self.pipeline_name}"
                     )
+                if self.in_flight.is_held(target.destination_id):
+                    results.append(ReplayResult(target))
+                    continue
                 if not self._check(target.destination_id, now):
                     results.append(ReplayResult(target))
                     continue
@@ -301,6 +326,60 @@ class DLQRecoveryWorker:
             if step.failed or not moved or not self.dlq.has_messages(queue):
                 break
         return total
+
+    def _settle_in_flight(self) -> None:
+        """Settle the live writes that passed their deadline and have ended since.
+
+        Committed: the queued copies of its events (the head of the queue)
+        are acknowledged, so they are not applied twice. Failed: they stay and
+        are replayed in order like any queued event. Either way the
+        destination is released for replay.
+        """
+        for stuck in self.in_flight.take_ended():
+            try:
+                if stuck.committed and stuck.message_ids:
+                    settled = self._acknowledge_head(stuck.queue, set(stuck.message_ids))
+                    logger.info(
+                        "live write that passed its deadline committed: its %d queued messages "
+                        "acknowledged: pipeline=%s queue=%s",
+                        settled,
+                        self.pipeline_name,
+                        stuck.queue,
+                    )
+                elif stuck.message_ids:
+                    logger.info(
+                        "live write that passed its deadline failed, its %d queued messages "
+                        "will be replayed: pipeline=%s queue=%s error=%s",
+                        len(stuck.message_ids),
+                        self.pipeline_name,
+                        stuck.queue,
+                        stuck.error,
+                    )
+            except DLQError as error:
+                # Not acknowledged: the events are replayed (applied twice, harmless).
+                logger.error(
+                    "settling a live write past its deadline failed, its events will be "
+                    "replayed: pipeline=%s queue=%s error=%s",
+                    self.pipeline_name,
+                    stuck.queue,
+                    error,
+                )
+            finally:
+                self.in_flight.release(stuck)
+
+    def _acknowledge_head(self, queue: QueueId, ids: set[str]) -> int:
+        """Acknowledge the leading messages of ``queue`` whose ids are in ``ids``."""
+        lease = self.dlq.read_batch(queue, len(ids))
+        done = 0
+        for message in lease.messages:
+            if message.message_id not in ids:
+                break
+            done += 1
+        if done:
+            self.dlq.ack(lease, done)
+        else:
+            self.dlq.release(lease)
+        return done
 
     def _check(self, destination_id: str, now: float) -> bool:
         ok, reason = self.probes[destination_id].check(self._stop)
@@ -359,6 +438,8 @@ class DLQRecoveryWorker:
                 self.observer.replay_batch(queue, time.monotonic() - started, outcome)
                 for name, value in outcome.items():
                     totals[name] += value
+                if self.in_flight.is_held(destination.destination_id):
+                    break  # this batch's write passed its deadline: settled when it ends
                 if outcome["failed"]:
                     state.failures += 1
                     delay = self.retry_policy.next_delay(min(state.failures, 64), self._rng)
@@ -429,7 +510,15 @@ class DLQRecoveryWorker:
                 if read_ahead:
                     ahead = self._write_reading_ahead(destination, queue, batch.prepared)
                 else:
-                    destination.write_prepared(batch.prepared)
+                    write = self._writers[destination.destination_id].submit(
+                        destination.write_prepared, batch.prepared
+                    )
+                    self._wait_for_write(write)
+        except _StuckWrite as stuck:
+            # The lease goes back (the caller's ``with``); the destination stays
+            # held until the write ends, then the batch is settled against the head.
+            self._hold_stuck(destination, queue, batch, stuck.future)
+            return counts, None
         except Exception as error:
             return self._after_failure(destination, queue, lease, error, counts), None
         # Committed downstream; if parking or the ack fails (a storage error),
@@ -452,7 +541,10 @@ class DLQRecoveryWorker:
         failed one is handled) and the write's error is raised. A failed
         read-ahead is only logged: the next plain read meets it again.
         """
-        write = self._writer.submit(destination.write_prepared, prepared)
+        write = self._writers[destination.destination_id].submit(
+            destination.write_prepared, prepared
+        )
+        started = time.monotonic()
         ahead: _ReadyBatch | None = None
         try:
             lease = self.dlq.read_batch(queue, self.config.batch_size, ahead=True)
@@ -473,9 +565,44 @@ class DLQRecoveryWorker:
             with contextlib.ExitStack() as unless_written:
                 if ahead is not None:
                     unless_written.enter_context(ahead.lease)
-                write.result()
+                self._wait_for_write(write, started)
                 unless_written.pop_all()
         return ahead
+
+    def _wait_for_write(self, write: Future[Any], started: float | None = None) -> None:
+        """The write's outcome; ``_StuckWrite`` if it is still running at the deadline."""
+        left = self.write_deadline - (0.0 if started is None else time.monotonic() - started)
+        try:
+            write.result(timeout=max(0.0, left))
+        except FutureTimeout:
+            raise _StuckWrite(write) from None
+
+    def _hold_stuck(
+        self, destination: Destination, queue: QueueId, batch: _ReadyBatch, write: Future[Any]
+    ) -> None:
+        """A replay write passed its deadline: hold its destination until it ends.
+
+        Nothing more is replayed to that destination meanwhile (the write may
+        still commit, and a later batch must not be overtaken by it); the other
+        destinations go on. When it ends, ``_settle_in_flight`` acknowledges
+        the batch (committed) or leaves it at the head (failed).
+        """
+        stuck = self.in_flight.hold(destination.destination_id, queue, write)
+        self.in_flight.queued(stuck, [m.message_id for m in batch.live])
+        reason = (
+            f"replay write did not finish within {self.write_deadline * 1000:.0f} ms "
+            "(DLQ_LIVE_WRITE_DEADLINE_MS); waiting for it before replaying more"
+        )
+        health = self.health[destination.destination_id]
+        health.note_failure(reason, self._clock() - self.write_deadline)
+        health.mark_unhealthy(reason)
+        logger.warning(
+            "DLQ replay write passed its deadline, the other destinations go on: pipeline=%s "
+            "queue=%s messages=%d",
+            self.pipeline_name,
+            queue,
+            len(batch.live),
+        )
 
     def _sort_out(
         self, queue: QueueId, messages: list[DLQMessage], now: float
@@ -572,6 +699,14 @@ class DLQRecoveryWorker:
         if done:  # the rest goes back when the caller's ``with lease`` ends
             self.dlq.ack(lease, done)
         return counts
+
+
+class _StuckWrite(Exception):
+    """A replay write still running at its deadline (``future`` is its outcome)."""
+
+    def __init__(self, future: Future[Any]) -> None:
+        super().__init__("replay write past its deadline")
+        self.future = future
 
 
 def _with_failure(

@@ -10,6 +10,14 @@ For each (destination, table) group of a batch:
   is narrowed down to the offending events, which are parked, while the
   rest of the batch goes on. Changes to a key that is parked are parked
   behind it.
+
+A live write and its in-place retries share one deadline
+(``DLQ_LIVE_WRITE_DEADLINE_MS``). The write runs on the destination's own
+writer thread; if it has not ended by the deadline, its events are queued
+at once and the destination turns to store-and-forward, while the write,
+left to finish, is settled against the queue later (``compute/in_flight.py``).
+A destination that hangs thus costs its pipeline one deadline, not its
+driver's timeouts.
 """
 
 from __future__ import annotations
@@ -19,15 +27,20 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from compute.dlq_manager import DLQManager, EnqueueResult, record_key
 from compute.dlq_message import DLQMessage, FailureContext, encode_message
 from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.health import DestinationHealth
+from compute.in_flight import InFlightWrites
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.retry_policy import RetryPolicy
+from compute.writer_thread import WriterThread
 from destinations.base import Destination
 from destinations.errors import ClassifiedError, FailureKind
 from destinations.records import ChangeRecord
@@ -69,6 +82,22 @@ def deferred_failure(reason: str, now: float) -> FailureContext:
     )
 
 
+def deadline_failure(destination: Destination, deadline: float, now: float) -> FailureContext:
+    """Context for events queued because their live write passed its deadline."""
+    return FailureContext(
+        error_class="LiveWriteDeadline",
+        message=(
+            f"the write to {destination.name} did not finish within "
+            f"{deadline * 1000:.0f} ms (DLQ_LIVE_WRITE_DEADLINE_MS): queued; the write still "
+            "in flight is settled against the queue when it ends"
+        ),
+        kind=FailureKind.TRANSIENT,
+        attempts=0,
+        first_failure_at=now,
+        last_failure_at=now,
+    )
+
+
 def held_behind_failure(now: float) -> FailureContext:
     return FailureContext(
         error_class="HeldBehindParkedChange",
@@ -93,6 +122,8 @@ class EventHandler:
         *,
         stop: threading.Event | None = None,
         clock: Callable[[], float] = time.time,
+        live_write_deadline: float | None = None,
+        in_flight: InFlightWrites | None = None,
     ) -> None:
         self.source_id = str(source_id)
         self.destinations = list(destinations)
@@ -101,6 +132,14 @@ class EventHandler:
         self.retry_policy = retry_policy
         self._stop = stop or threading.Event()
         self._clock = clock
+        # Seconds a live write and its in-place retries may take in all; None: no bound
+        # beyond the destination's own timeouts (the write then runs in the caller's thread).
+        self.live_write_deadline = live_write_deadline
+        self.in_flight = in_flight or InFlightWrites(clock)
+        self._writers = {
+            d.destination_id: WriterThread(f"live-writer-{source_id}-{d.destination_id}")
+            for d in self.destinations
+        }
         self.counters = HandlerCounters()
         # Metrics hook, set by the engine; called once per batch, never per message.
         self.observer: Observer = NULL_OBSERVER
@@ -116,18 +155,41 @@ class EventHandler:
         groups = group_by_table(records)
         refused: DLQFullError | None = None
         for destination in self.destinations:
-            for table, group in groups.items():
-                key = (destination.destination_id, table)
-                if key in done:
-                    continue
-                try:
-                    self._deliver(destination, table, group)
-                except DLQFullError as error:
-                    refused = refused or error
-                    continue
-                done.add(key)
+            try:
+                self.deliver_groups(destination, groups, done)
+            except DLQFullError as error:
+                refused = refused or error
         if refused is not None:
             raise refused
+
+    def deliver_groups(
+        self,
+        destination: Destination,
+        groups: Mapping[str, list[ChangeRecord]],
+        done: set[tuple[str, str]],
+    ) -> None:
+        """``handle`` for one destination: its (table) groups not yet in ``done``."""
+        refused: DLQFullError | None = None
+        for table, group in groups.items():
+            key = (destination.destination_id, table)
+            if key in done:
+                continue
+            try:
+                self._deliver(destination, table, group)
+            except DLQFullError as error:
+                refused = refused or error
+                continue
+            done.add(key)
+        if refused is not None:
+            raise refused
+
+    def close(self) -> None:
+        """Let the live writer threads end (a write still running finishes on its own)."""
+        for destination_id in self._writers:
+            self.close_writer(destination_id)
+
+    def close_writer(self, destination_id: str) -> None:
+        self._writers[destination_id].close()
 
     def queue_of(self, destination: Destination, table: str) -> QueueId:
         return QueueId(self.source_id, table, destination.destination_id)
@@ -145,6 +207,19 @@ class EventHandler:
             )
             return
         health = self.health[destination.destination_id]
+        if self.in_flight.is_held(destination.destination_id):
+            # A write that passed its deadline may still commit: nothing goes
+            # to this destination until it has ended and been settled.
+            self._enqueue_to_dlq(
+                queue,
+                records,
+                deferred_failure(
+                    "an earlier write to this destination passed its deadline and is still "
+                    "in flight (store-and-forward)",
+                    now,
+                ),
+            )
+            return
         if health.circuit_open:
             reason = health.snapshot().last_error or "destination unhealthy"
             self._enqueue_to_dlq(
@@ -166,10 +241,15 @@ class EventHandler:
     ) -> None:
         attempt = 0
         health = self.health[destination.destination_id]
+        deadline = self.live_write_deadline
+        give_up_at = None if deadline is None else time.monotonic() + deadline
         while True:
             attempt += 1
             try:
-                destination.write_batch(queue.table, records)
+                self._write_live(destination, queue, records, give_up_at)
+            except _PastDeadline as stuck:
+                self._store_and_forward(destination, queue, records, len(records), stuck.future)
+                return
             except Exception as error:
                 classified = classify_or_transient(destination, error)
                 if classified.kind is FailureKind.PERMANENT:
@@ -183,8 +263,10 @@ class EventHandler:
                     )
                     self._isolate_poison(destination, queue, records)
                     return
-                if self.retry_policy.should_retry(attempt) and not self._stop.is_set():
-                    delay = self.retry_policy.next_delay(attempt)
+                health.note_failure(f"{classified.error_class}: {classified.message}")
+                delay = self.retry_policy.next_delay(attempt)
+                in_time = give_up_at is None or time.monotonic() + delay < give_up_at
+                if self.retry_policy.should_retry(attempt) and in_time and not self._stop.is_set():
                     self.counters.retries[destination.destination_id] += 1
                     self.observer.retried(queue)
                     logger.warning(
@@ -216,6 +298,61 @@ class EventHandler:
             self.counters.written[destination.destination_id] += len(records)
             return
 
+    def _write_live(
+        self,
+        destination: Destination,
+        queue: QueueId,
+        records: list[ChangeRecord],
+        give_up_at: float | None,
+    ) -> None:
+        """One write attempt; raises ``_PastDeadline`` if it is still running at ``give_up_at``."""
+        if give_up_at is None:
+            destination.write_batch(queue.table, records)
+            return
+        future = self._writers[destination.destination_id].submit(
+            destination.write_batch, queue.table, records
+        )
+        try:
+            future.result(timeout=max(0.0, give_up_at - time.monotonic()))
+        except FutureTimeout:
+            raise _PastDeadline(future) from None
+
+    def _store_and_forward(
+        self,
+        destination: Destination,
+        queue: QueueId,
+        records: list[ChangeRecord],
+        in_flight: int,
+        future: Future[Any],
+    ) -> None:
+        """The write passed the deadline: queue ``records`` now, settle the write when it ends.
+
+        The write in flight carries the first ``in_flight`` of ``records``.
+        The destination is held first, so the recovery worker replays nothing
+        to it while the write may still commit; the queue was empty (live
+        writes only go to empty queues), so these messages are its head.
+        """
+        deadline = self.live_write_deadline or 0.0
+        now = self._clock()
+        health = self.health[destination.destination_id]
+        stuck = self.in_flight.hold(destination.destination_id, queue, future)
+        reason = (
+            f"write did not finish within {deadline * 1000:.0f} ms "
+            "(DLQ_LIVE_WRITE_DEADLINE_MS); store-and-forward until it recovers"
+        )
+        health.note_failure(reason, now - deadline)
+        health.mark_unhealthy(reason, now)
+        failure = deadline_failure(destination, deadline, now)
+        messages = [DLQMessage.create(queue, r, failure, now=now) for r in records]
+        queued: list[str] = []
+        try:
+            self._enqueue_messages(queue, records, messages, failure)
+            queued = [m.message_id for m in messages[:in_flight]]
+        finally:
+            # Not queued (DLQ full, ...): the caller keeps the events and tries again;
+            # the settle then has nothing to acknowledge.
+            self.in_flight.queued(stuck, queued)
+
     def _isolate_poison(
         self, destination: Destination, queue: QueueId, records: list[ChangeRecord]
     ) -> None:
@@ -231,8 +368,17 @@ class EventHandler:
             if self.dlq.is_parked(queue, record):
                 self._park(queue, [record], held_behind_failure(now))
                 continue
+            deadline = self.live_write_deadline
             try:
-                destination.write_batch(queue.table, [record])
+                self._write_live(
+                    destination,
+                    queue,
+                    [record],
+                    None if deadline is None else time.monotonic() + deadline,
+                )
+            except _PastDeadline as stuck:
+                self._store_and_forward(destination, queue, records[index:], 1, stuck.future)
+                return
             except Exception as error:
                 classified = classify_or_transient(destination, error)
                 failure = FailureContext.from_exception(error, classified, now=now)
@@ -287,6 +433,15 @@ class EventHandler:
         """Queue ``records`` behind everything already in ``queue``, with ``failure``."""
         now = self._clock()
         messages = [DLQMessage.create(queue, r, failure, now=now) for r in records]
+        self._enqueue_messages(queue, records, messages, failure)
+
+    def _enqueue_messages(
+        self,
+        queue: QueueId,
+        records: list[ChangeRecord],
+        messages: list[DLQMessage],
+        failure: FailureContext,
+    ) -> None:
         try:
             result = self.dlq.enqueue(queue, messages)
         except MessageTooLargeError:
@@ -308,6 +463,14 @@ class EventHandler:
                 failure.error_class,
                 failure.message,
             )
+
+
+class _PastDeadline(Exception):
+    """A live write still running at its deadline (``future`` is its outcome)."""
+
+    def __init__(self, future: Future[Any]) -> None:
+        super().__init__("live write past its deadline")
+        self.future = future
 
 
 def too_large_failure(size: int, limit: int, cause: FailureContext, now: float) -> FailureContext:

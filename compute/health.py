@@ -52,6 +52,9 @@ class DestinationHealth:
         self._since = clock()
         self._last_error: str | None = None
         self._last_check_at: float | None = None
+        # The first failed or stuck write of the current trouble, before the
+        # circuit opened: an outage is dated from it, not from the give-up.
+        self._failing_since: float | None = None
 
     def snapshot(self) -> HealthSnapshot:
         with self._lock:
@@ -68,6 +71,15 @@ class DestinationHealth:
     def circuit_open(self) -> bool:
         return self._state is HealthState.UNHEALTHY
 
+    def note_failure(self, reason: str, now: float | None = None) -> None:
+        """A write failed (or is stuck) but is still being retried: the circuit stays
+        closed, and if it opens, the outage is dated from this first failure."""
+        now = self._clock() if now is None else now
+        with self._lock:
+            self._last_error = reason
+            if self._failing_since is None:
+                self._failing_since = now
+
     def mark_unhealthy(self, reason: str, now: float | None = None) -> None:
         now = self._clock() if now is None else now
         reason = redact(reason)  # logged and shown by status and metrics: no credentials
@@ -75,12 +87,15 @@ class DestinationHealth:
             self._last_error = reason
             if self._state is HealthState.UNHEALTHY:
                 return
-            self._state, self._since = HealthState.UNHEALTHY, now
+            since = self._failing_since if self._failing_since is not None else now
+            self._state, self._since = HealthState.UNHEALTHY, min(since, now)
+            self._failing_since = None
         logger.warning("✗ %s is UNHEALTHY: %s", self.destination, reason)
 
     def mark_healthy(self, now: float | None = None) -> None:
         now = self._clock() if now is None else now
         with self._lock:
+            self._failing_since = None
             previous, since = self._state, self._since
             if previous is HealthState.HEALTHY:
                 return

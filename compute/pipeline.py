@@ -1,20 +1,31 @@
-"""A pipeline: one source, its destinations, the event handler and the recovery worker."""
+"""A pipeline: one source, its destinations, the event handler and the recovery worker.
+
+Running, a pipeline has a reader thread (the source) and one delivery lane
+per destination (``compute/delivery_lane.py``), so a slow or hung
+destination never holds the others: each lane takes the batches in source
+order, and a batch's source position is acknowledged once every lane has
+delivered it (written, queued or parked), in source order. The reader stays
+at most ``DLQ_READ_AHEAD_EVENTS`` events ahead of the slowest lane.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from compute.delivery_lane import DeliveryLane, LaneBatch, lane_batch
 from compute.dlq_manager import DLQManager
 from compute.dlq_recovery import DLQRecoveryWorker
 from compute.errors import DLQFullError
 from compute.event_handler import EventHandler
 from compute.health import DestinationHealth
+from compute.in_flight import InFlightWrites
 from compute.retry_policy import RetryPolicy
 from compute.sources.base import Source, SourceBatch
 from compute.supervisor import Supervisor
@@ -81,6 +92,7 @@ class Pipeline:
         self._stop = threading.Event()
         self._resume = threading.Event()
         self.health = {d.destination_id: DestinationHealth(d, clock) for d in self.destinations}
+        self.in_flight = InFlightWrites(clock)
         self.handler = EventHandler(
             source.source_id,
             self.destinations,
@@ -89,6 +101,8 @@ class Pipeline:
             retry_policy or RetryPolicy.preset("aggressive"),
             stop=self._stop,
             clock=clock,
+            live_write_deadline=config.live_write_deadline_ms / 1000,
+            in_flight=self.in_flight,
         )
         self.worker = DLQRecoveryWorker(
             name,
@@ -99,8 +113,23 @@ class Pipeline:
             config,
             probe_timeout=probe_timeout,
             clock=clock,
-            on_drained=self._resume.set,
+            on_drained=self._on_drained,
+            in_flight=self.in_flight,
         )
+        self.in_flight.on_settle = self.worker.wake
+        self.lanes = {
+            d.destination_id: DeliveryLane(
+                name, d, self.handler, self._stop, self._lane_delivered, self._lane_failed
+            )
+            for d in self.destinations
+        }
+        # Batches handed to the lanes and not yet acknowledged, in source order:
+        # (batch, resume token, events). Guarded by _progress.
+        self._in_lanes: deque[tuple[LaneBatch, str | None, int]] = deque()
+        self._in_lanes_events = 0
+        self._next_seq = 0
+        self._progress = threading.Condition()
+        self._lane_error: BaseException | None = None
         self.state = PipelineState.CREATED
         self.stats = PipelineStats()
         self._pending: tuple[SourceBatch, set[tuple[str, str]]] | None = None
@@ -114,6 +143,8 @@ class Pipeline:
     def start(self) -> None:
         self.state = PipelineState.RUNNING
         self.worker.start()
+        for lane in self.lanes.values():
+            lane.start()
         self.supervisor.start()
         logger.info(
             "pipeline started: pipeline=%s source=%s destinations=%s",
@@ -126,15 +157,23 @@ class Pipeline:
         """Stop reading, finish or abandon the current batch unacknowledged, stop the worker."""
         self._stop.set()
         self._resume.set()
+        for lane in self.lanes.values():
+            lane.wake()
+        with self._progress:
+            self._progress.notify_all()
         self.supervisor.join(timeout)
+        for lane in self.lanes.values():
+            lane.join(max(1.0, timeout / 2))
+        self.handler.close()
         self.worker.stop(timeout=max(1.0, timeout / 2))
         if self.state is not PipelineState.FINISHED:
             self.state = PipelineState.STOPPED
         logger.info("pipeline stopped: pipeline=%s events=%d", self.name, self.stats.events)
 
     def supervisors(self) -> list[Supervisor]:
-        """This pipeline's threads: its loop and its recovery worker."""
-        return [self.supervisor, self.worker.supervisor]
+        """This pipeline's threads: its reader loop, its delivery lanes and its recovery worker."""
+        lanes = [lane.supervisor for lane in self.lanes.values()]
+        return [self.supervisor, *lanes, self.worker.supervisor]
 
     def close(self) -> None:
         self.source.close()
@@ -149,19 +188,98 @@ class Pipeline:
     def _loop(self) -> None:
         try:
             while not self._stop.is_set():
-                progressed = self.step()
-                if self.state is PipelineState.BACKPRESSURE:
-                    self._resume.wait(BACKPRESSURE_WAIT)
-                    self._resume.clear()
-                elif not progressed:
-                    if self.source.exhausted and self._pending is None:
+                self._acknowledge_delivered()
+                if self._lane_error is not None:
+                    raise self._lane_error
+                refused = self._refused()
+                if refused is not None:
+                    # A full DLQ: stop reading the source until it has room again.
+                    self._enter_backpressure(refused)
+                    self._wait_for_progress(BACKPRESSURE_WAIT)
+                    continue
+                self._leave_backpressure()
+                if self._in_lanes_events >= self.config.read_ahead_events:
+                    self._wait_for_progress(IDLE_POLL)
+                    continue
+                if not self._read_into_lanes():
+                    if self.source.exhausted and not self._in_lanes:
                         self._finish()
                         return
-                    self._stop.wait(IDLE_POLL)
+                    self._wait_for_progress(IDLE_POLL)
         except Exception as error:
             self.state = PipelineState.FAILED
             self.stats.last_error = f"{type(error).__name__}: {error}"
-            logger.exception("pipeline failed: pipeline=%s", self.name)
+            logger.error(
+                "pipeline failed: pipeline=%s error=%s",
+                self.name,
+                self.stats.last_error,
+                exc_info=error,
+            )
+
+    def _read_into_lanes(self) -> bool:
+        """Read one source batch and hand it to every lane; False if the source had none."""
+        batch = self.source.read(self.batch_size)
+        self.stats.rejected_events = len(self.source.rejected)
+        if not batch.records:
+            if batch.resume_token:
+                with self._progress:
+                    if self._in_lanes:  # acknowledged in order, after what is in the lanes
+                        entry = LaneBatch(self._next_seq, {})
+                        self._next_seq += 1
+                        self._in_lanes.append((entry, batch.resume_token, 0))
+                        return False
+                self.source.acknowledge(batch.resume_token)
+            return False
+        entry = lane_batch(self._next_seq, batch.records)
+        self._next_seq += 1
+        entry.pending = set(self.lanes)
+        with self._progress:
+            self._in_lanes.append((entry, batch.resume_token, len(batch.records)))
+            self._in_lanes_events += len(batch.records)
+        for lane in self.lanes.values():
+            lane.put(entry)
+        return True
+
+    def _lane_delivered(self, destination_id: str, batch: LaneBatch) -> None:
+        with self._progress:
+            batch.pending.discard(destination_id)
+            if not batch.pending:
+                self._progress.notify_all()
+
+    def _lane_failed(self, destination_id: str, error: BaseException) -> None:
+        with self._progress:
+            self._lane_error = error
+            self._progress.notify_all()
+
+    def _acknowledge_delivered(self) -> None:
+        """Acknowledge, in source order, the batches every lane has delivered."""
+        while True:
+            with self._progress:
+                if not self._in_lanes or self._in_lanes[0][0].pending:
+                    return
+                _, token, events = self._in_lanes.popleft()
+                self._in_lanes_events -= events
+            if token:
+                self.source.acknowledge(token)
+            if events:
+                self.stats.batches += 1
+                self.stats.events += events
+                self.worker.wake()
+
+    def _refused(self) -> DLQFullError | None:
+        return next((lane.refused for lane in self.lanes.values() if lane.refused), None)
+
+    def _wait_for_progress(self, timeout: float) -> None:
+        with self._progress:
+            if self._stop.is_set() or (self._in_lanes and not self._in_lanes[0][0].pending):
+                return
+            self._progress.wait(timeout)
+
+    def _on_drained(self) -> None:
+        """The recovery worker freed room in the DLQ: let refused batches go again."""
+        self._resume.set()
+        for lane in self.lanes.values():
+            lane.resume()
 
     def _finish(self) -> None:
         self.state = PipelineState.FINISHED
@@ -171,7 +289,11 @@ class Pipeline:
         )
 
     def step(self) -> bool:
-        """Deliver one batch (the pending one first); True if anything moved."""
+        """Deliver one batch to every destination in this thread (the pending one first).
+
+        True if anything moved. For driving a pipeline by hand (tests, tools):
+        a started pipeline delivers through its lanes instead.
+        """
         if self._pending is None:
             batch = self.source.read(self.batch_size)
             self.stats.rejected_events = len(self.source.rejected)

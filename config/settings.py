@@ -61,6 +61,12 @@ class DLQConfig:
     # Seconds between walks of the base path for queues this process did not
     # create (listing queues answers from memory).
     rescan_interval: float = 60.0
+    # A live write (with its in-place retries) still running after this long turns its
+    # destination to store-and-forward: its events are queued, the source moves on.
+    live_write_deadline_ms: int = 2000
+    # Events a pipeline may have read but not yet delivered to every destination: how
+    # far the other destinations may run ahead of a slow one (memory: ~1-2 KiB each).
+    read_ahead_events: int = 20_000
 
     @property
     def min_free_disk_bytes(self) -> int:
@@ -296,6 +302,17 @@ _DLQ_VARIABLES: dict[str, tuple[str, Callable[[str], object], str]] = {
         _seconds_in(1, 86400),
         "seconds between scans of DLQ_BASE_PATH for new queue directories, "
         "a number from 1 to 86400",
+    ),
+    "DLQ_LIVE_WRITE_DEADLINE_MS": (
+        "live_write_deadline_ms",
+        _int_in(10, 3_600_000),
+        "milliseconds a live write and its retries may take before its events are queued, "
+        "an integer from 10 to 3600000",
+    ),
+    "DLQ_READ_AHEAD_EVENTS": (
+        "read_ahead_events",
+        _int_in(1, 10_000_000),
+        "events read but not yet delivered to every destination, an integer from 1 to 10000000",
     ),
 }
 

@@ -69,7 +69,9 @@ class FakeDestination(Destination):
     * ``hang_test_connection(seconds)``: health checks block that long, up to
       their timeout (or beyond it with ``ignore_timeout=True``, to play a
       destination that breaks the contract);
-    * ``set_write_delay(seconds)``: each write takes that long.
+    * ``set_write_delay(seconds)``: each write takes that long;
+    * ``hold_writes()``: writes block (as on a server that stopped answering)
+      until ``release_writes(fail=...)``, then commit or raise a transient error.
     """
 
     def __init__(self, destination_id: str = "fake", name: str = "Fake") -> None:
@@ -87,8 +89,22 @@ class FakeDestination(Destination):
         self._hang_ignores_timeout = False
         self._unhang = threading.Event()
         self._write_delay = 0.0
+        self._writes_released = threading.Event()
+        self._writes_released.set()
+        self._released_writes_fail = False
+        self.held_writes = 0  # writes that were blocked by hold_writes()
 
     # ------------------------------------------------------------ scripting
+
+    def hold_writes(self) -> None:
+        """Block every write from now on, until ``release_writes``."""
+        self._released_writes_fail = False
+        self._writes_released.clear()
+
+    def release_writes(self, *, fail: bool = False) -> None:
+        """Let blocked writes go on: they commit, or with ``fail`` raise a transient error."""
+        self._released_writes_fail = fail
+        self._writes_released.set()
 
     def fail_next(self, n: int = 1, kind: FailureKind | str = FailureKind.TRANSIENT) -> None:
         with self._lock:
@@ -163,8 +179,15 @@ class FakeDestination(Destination):
         started = time.monotonic()
         if self._write_delay:
             time.sleep(self._write_delay)
+        held = not self._writes_released.is_set()
+        if held:
+            with self._lock:
+                self.held_writes += 1
+            self._writes_released.wait()
         with self._lock:
             error = self._scripted_failure(table, records)
+            if held and self._released_writes_fail:
+                error = TransientDestinationError(f"{self}: connection lost while blocked")
             if error is None:
                 try:
                     self._apply(table, records)

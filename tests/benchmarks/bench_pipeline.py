@@ -2,9 +2,10 @@
 
     python tests/benchmarks/bench_pipeline.py [--replay-events 100000] [--replay-batch 5000]
         [--replay-rounds 3] [--overhead-events 30000] [--overhead-rounds 15] [--chunk 5]
-        [--batch-size 500] [--recovery-rounds 5] [--skip replay|overhead|recovery] [--profile]
+        [--batch-size 500] [--recovery-rounds 5] [--isolation-rounds 3]
+        [--isolation-rate 3000] [--skip replay|overhead|recovery|isolation] [--profile]
 
-Three figures (medians over rounds), printed last as ``RESULT name=value``:
+Four groups of figures (medians over rounds), printed last as ``RESULT name=value``:
 
 * ``replay_vs_copy_upsert``: 100,000 changes to one table (45% inserts, 45%
   updates, 10% deletes, every change to a distinct key, so both sides apply
@@ -33,6 +34,13 @@ Three figures (medians over rounds), printed last as ``RESULT name=value``:
   again; the figure is the time from the first successful ``psycopg2.connect``
   to the first replayed batch committed (``write_batch`` returning in the
   recovery worker's thread). Each round then drains and checks the tables.
+* ``isolation_other_destination_ratio`` and ``isolation_max_gap_seconds``:
+  one pipeline writes a synthetic source (``--isolation-rate`` events/s,
+  batches of 500) to destinations A (through the fault proxy, listed first)
+  and B, with default settings; B's events/s over ``--isolation-seconds``
+  with A black-holed mid-run (accepts, never answers), divided by the same
+  with A healthy, and the longest pause in B's writes during the blackhole
+  (medians over rounds; the worst round's pause is shown too).
 """
 
 from __future__ import annotations
@@ -72,6 +80,7 @@ from config.settings import DLQConfig  # noqa: E402
 from destinations.base import PreparedBatch  # noqa: E402
 from destinations.postgresql import PostgreSQLDestination  # noqa: E402
 from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402
+from tests.fault_proxy import FaultProxy  # noqa: E402
 from tests.pg_state import differences, fetch_state  # noqa: E402
 from tests.servers import PostgresServer, free_port  # noqa: E402
 
@@ -644,6 +653,120 @@ def bench_recovery(
     return statistics.median(figures)
 
 
+# -------------------------------------------------------------------- isolation
+
+
+class LatencyDestination(PostgreSQLDestination):
+    """Records how long each live write takes (the figure behind the default deadline)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.durations: list[float] = []
+
+    def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
+        started = time.perf_counter()
+        try:
+            return super().write_batch(table, records)
+        finally:
+            self.durations.append(time.perf_counter() - started)
+
+
+def isolation_round(
+    dsn: str,
+    workdir: Path,
+    rate: float,
+    seconds: float,
+    keys: int,
+    seed: int,
+    fault: bool,
+    latencies: list[float] | None = None,
+) -> tuple[float, float]:
+    """B's events/s and longest pause over ``seconds``, with A black-holed mid-run or not.
+
+    One pipeline, two destinations on the same server (schemas ``iso_a`` and
+    ``iso_b``): A through the fault proxy and listed first, B direct. Default
+    settings (deadline, read-ahead, A's 60 s ``write_timeout``).
+    """
+    source = SyntheticSource(
+        SOURCE_ID, None, total_events=None, seed=seed, keys_per_table=keys, events_per_second=rate
+    )
+    reset_side(dsn, source, "iso_a")
+    reset_side(dsn, source, "iso_b")
+    config = DLQConfig(base_path=workdir, min_free_disk_mb=0)
+    dlq = DLQManager(config)
+    with FaultProxy(*_host_port(dsn)) as proxy:
+        a = LatencyDestination(
+            "A", "PG-A", proxy.dsn_for(dsn), table_map=side_tables(source, "iso_a")
+        )
+        b = PostgreSQLDestination("B", "PG-B", dsn, table_map=side_tables(source, "iso_b"))
+        pipeline = Pipeline("isolation", source, [a, b], dlq, config, batch_size=500)
+        samples: list[tuple[float, int]] = []
+        pipeline.start()
+        try:
+            wait_for(lambda: pipeline.handler.counters.written["A"] > 0, 30, "A's first write")
+            time.sleep(1.0)
+            if fault:
+                proxy.blackhole()
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                samples.append((time.monotonic(), pipeline.handler.counters.written["B"]))
+                time.sleep(0.01)
+            if fault and pipeline.handler.counters.queued["A"] == 0:
+                raise SystemExit("isolation: A never turned to store-and-forward")
+        finally:
+            proxy.pass_through()
+            proxy.reset_all()  # the write stuck on A ends at once
+            pipeline.stop()
+            pipeline.close()
+            dlq.close()
+    if latencies is not None and not fault:
+        latencies.extend(a.durations)
+    moved = samples[-1][1] - samples[0][1]
+    gap, last_change, last = 0.0, samples[0][0], samples[0][1]
+    for at, value in samples:
+        if value != last:
+            gap = max(gap, at - last_change)
+            last_change, last = at, value
+    gap = max(gap, samples[-1][0] - last_change)
+    return moved / (samples[-1][0] - samples[0][0]), gap
+
+
+def _host_port(dsn: str) -> tuple[str, int]:
+    parts = dict(p.split("=", 1) for p in dsn.split())
+    return parts.get("host", "127.0.0.1"), int(parts["port"])
+
+
+def bench_isolation(
+    dsn: str, workdir: Path, rounds: int, rate: float, seconds: float, keys: int
+) -> dict[str, float]:
+    ratios, gaps = [], []
+    latencies: list[float] = []
+    for r in range(rounds):
+        healthy, _ = isolation_round(
+            dsn, workdir / f"iso{r}h", rate, seconds, keys, 200 + r, False, latencies
+        )
+        faulty, gap = isolation_round(dsn, workdir / f"iso{r}f", rate, seconds, keys, 200 + r, True)
+        ratios.append(faulty / healthy)
+        gaps.append(gap)
+        print(
+            f"isolation round {r + 1}: B {healthy:.0f} events/s with A healthy, {faulty:.0f} "
+            f"with A black-holed mid-run ({faulty / healthy:.3f}); longest pause {gap:.2f}s",
+            flush=True,
+        )
+    latencies.sort()
+    print(
+        f"healthy live writes to A: {len(latencies)}, median "
+        f"{statistics.median(latencies) * 1000:.1f} ms, 99.9th percentile "
+        f"{latencies[int(0.999 * (len(latencies) - 1))] * 1000:.1f} ms, worst "
+        f"{latencies[-1] * 1000:.1f} ms (DLQ_LIVE_WRITE_DEADLINE_MS defaults to 2000)"
+    )
+    return {
+        "ratio": statistics.median(ratios),
+        "gap": statistics.median(gaps),
+        "max_gap": max(gaps),
+    }
+
+
 # ------------------------------------------------------------------------- main
 
 
@@ -664,8 +787,16 @@ def main() -> None:
     parser.add_argument("--recovery-rounds", type=int, default=5)
     parser.add_argument("--recovery-rate", type=float, default=500.0, help="events/s")
     parser.add_argument("--outage", type=float, default=2.0, help="seconds PostgreSQL is down")
+    parser.add_argument("--isolation-rounds", type=int, default=3)
+    parser.add_argument("--isolation-rate", type=float, default=3000.0, help="events/s")
     parser.add_argument(
-        "--skip", action="append", default=[], choices=["replay", "overhead", "recovery"]
+        "--isolation-seconds", type=float, default=10.0, help="seconds measured per run"
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        choices=["replay", "overhead", "recovery", "isolation"],
     )
     parser.add_argument("--verbose", action="store_true", help="show warnings from the engine")
     parser.add_argument(
@@ -680,7 +811,7 @@ def main() -> None:
     server = PostgresServer(base / "pg", port=free_port())
     server.start()
     try:
-        replay = overhead = None
+        replay = overhead = isolation = None
         recovery = float("nan")
         if "replay" not in args.skip:
             replay = bench_replay(
@@ -704,6 +835,15 @@ def main() -> None:
         if "recovery" not in args.skip:
             recovery = bench_recovery(
                 server, base, args.recovery_rounds, args.recovery_rate, args.outage, args.keys
+            )
+        if "isolation" not in args.skip:
+            isolation = bench_isolation(
+                server.dsn,
+                base,
+                args.isolation_rounds,
+                args.isolation_rate,
+                args.isolation_seconds,
+                args.keys,
             )
     finally:
         server.stop("immediate")
@@ -733,6 +873,10 @@ def main() -> None:
         print(f"RESULT dlq_overhead_ratio={overhead['ratio']:.3f}")
     if "recovery" not in args.skip:
         print(f"RESULT recovery_start_seconds={recovery:.2f}")
+    if isolation is not None:
+        print(f"RESULT isolation_max_gap_seconds_worst_round={isolation['max_gap']:.2f}")
+        print(f"RESULT isolation_other_destination_ratio={isolation['ratio']:.3f}")
+        print(f"RESULT isolation_max_gap_seconds={isolation['gap']:.2f}")
 
 
 if __name__ == "__main__":

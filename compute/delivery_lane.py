@@ -1,0 +1,139 @@
+"""One destination of a running pipeline: its batches, delivered in order on its own thread.
+
+Why a thread per destination: a pipeline's destinations must progress
+independently. With one thread delivering a batch to every destination in
+turn, a destination that hangs holds the others (and the source) until its
+write gives up. Each lane takes the pipeline's batches in source order and
+hands each to the event handler for its one destination; the pipeline
+acknowledges a batch's source position once every lane is done with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from compute.errors import DLQFullError
+from compute.event_handler import EventHandler, group_by_table
+from compute.supervisor import Supervisor
+from destinations.base import Destination
+from destinations.records import ChangeRecord
+
+logger = logging.getLogger(__name__)
+
+# How long a lane waits before retrying a batch the DLQ refused; the
+# recovery worker wakes it sooner when it frees room.
+BACKPRESSURE_WAIT = 1.0
+
+
+@dataclass
+class LaneBatch:
+    """A source batch as the lanes see it: its place in the source order and its groups."""
+
+    seq: int
+    groups: dict[str, list[ChangeRecord]]
+    # Lanes (destination ids) that still have to deliver it; the pipeline's to keep.
+    pending: set[str] = field(default_factory=set)
+
+
+class DeliveryLane:
+    """Delivers a pipeline's batches to one destination, in order, on a thread of its own."""
+
+    def __init__(
+        self,
+        pipeline_name: str,
+        destination: Destination,
+        handler: EventHandler,
+        stop: threading.Event,
+        on_delivered: Callable[[str, LaneBatch], None],
+        on_failed: Callable[[str, BaseException], None],
+    ) -> None:
+        self.pipeline_name = pipeline_name
+        self.destination = destination
+        self.destination_id = destination.destination_id
+        self._handler = handler
+        self._stop = stop
+        self._on_delivered = on_delivered
+        self._on_failed = on_failed
+        self._inbox: deque[LaneBatch] = deque()
+        self._ready = threading.Condition()
+        self._resume = threading.Event()
+        # The lane reports its own failures (the pipeline then fails); the
+        # supervisor restarts it only if something unexpected escapes that.
+        self.supervisor = Supervisor(
+            f"pipeline-{pipeline_name}-dest-{destination.destination_id}", self._run, stop
+        )
+        # The DLQ refusal this lane is waiting out (backpressure), if any.
+        self.refused: DLQFullError | None = None
+
+    def start(self) -> None:
+        self.supervisor.start()
+
+    def put(self, batch: LaneBatch) -> None:
+        with self._ready:
+            self._inbox.append(batch)
+            self._ready.notify()
+
+    def resume(self) -> None:
+        """Retry a refused batch now (the DLQ may have room)."""
+        self._resume.set()
+
+    def wake(self) -> None:
+        """Let a waiting lane see that the pipeline stops."""
+        self._resume.set()
+        with self._ready:
+            self._ready.notify_all()
+
+    def join(self, timeout: float) -> None:
+        self.supervisor.join(timeout)
+
+    def _next(self) -> LaneBatch | None:
+        with self._ready:
+            while not self._inbox:
+                if self._stop.is_set():
+                    return None
+                self._ready.wait(0.5)
+            return self._inbox[0]
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                batch = self._next()
+                if batch is None:
+                    return
+                if not self._deliver(batch):
+                    return  # stopping: the batch stays unacknowledged
+                with self._ready:
+                    self._inbox.popleft()
+                self._on_delivered(self.destination_id, batch)
+        except Exception as error:
+            logger.exception(
+                "delivery lane failed: pipeline=%s destination=%s",
+                self.pipeline_name,
+                self.destination,
+            )
+            self._on_failed(self.destination_id, error)
+        finally:
+            self._handler.close_writer(self.destination_id)
+
+    def _deliver(self, batch: LaneBatch) -> bool:
+        """Deliver every group of ``batch``; waits out a full DLQ. False if stopped first."""
+        done: set[tuple[str, str]] = set()
+        while not self._stop.is_set():
+            try:
+                self._handler.deliver_groups(self.destination, batch.groups, done)
+            except DLQFullError as error:
+                self.refused = error
+                self._resume.wait(BACKPRESSURE_WAIT)
+                self._resume.clear()
+                continue
+            self.refused = None
+            return True
+        return False
+
+
+def lane_batch(seq: int, records: Sequence[ChangeRecord]) -> LaneBatch:
+    return LaneBatch(seq, group_by_table(records))
