@@ -18,6 +18,30 @@ from tests.tmpfs import mounted_tmpfs
 
 _schema_numbers = itertools.count(1)
 
+# Long-running tests: every real-engine fault test under tests/faults/ (kill -9
+# loops, the soak, servers stopped and black-holed), the benchmark smoke runs and
+# the crash loops. `python -m pytest -m "not slow"` is the fast suite (under two
+# minutes on 2 cores); `python -m pytest` (CI) runs everything.
+# Also the few tests elsewhere that run a whole engine for several seconds.
+_SLOW = (
+    "tests/faults/",
+    "tests/test_benchmark_scripts.py",
+    "tests/compute/test_crash_kill9.py",
+    "tests/compute/test_engine_postgres.py",
+    "tests/compute/admin/test_cli_dlq.py::test_every_command_",
+    "tests/compute/test_cli_run.py::test_signal_stops_cleanly_and_keeps_queued_events",
+    "tests/destinations/test_snowflake.py::test_write_during_outage_is_transient_and_recovers",
+)
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        path = Path(str(item.path)).resolve().relative_to(_ROOT).as_posix()
+        name = path + item.nodeid[len(item.nodeid.split("::")[0]) :]
+        if name.startswith(_SLOW):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresCluster]:

@@ -126,8 +126,8 @@ def test_a_stuck_write_that_fails_is_replayed_in_order(tmp_path: Path) -> None:
 
 
 def test_a_slow_destination_keeps_the_source_moving_up_to_the_read_ahead(tmp_path: Path) -> None:
-    events = history(400)
-    with running(tmp_path, events, lambda a: a.set_write_delay(0.05), read_ahead_events=100) as run:
+    events = history(200)
+    with running(tmp_path, events, lambda a: a.set_write_delay(0.05), read_ahead_events=60) as run:
         assert wait_for(lambda: all_rows(run.a) == apply_model(events), timeout=60)
         assert wait_for(lambda: run.source.acknowledged == len(events))
         assert queued(run.dlq, "A") == 0  # never past the deadline: nothing queued

@@ -127,6 +127,7 @@ def test_items_written_before_frames_are_read_one_payload_each(tmp_path: Path) -
     store.close()
 
 
+@pytest.mark.slow
 def test_random_enqueue_read_ack_release_matches_a_model(tmp_path: Path) -> None:
     rng = random.Random(7)
     store = RocksqStore(tmp_path, segment_max_items=120)

@@ -30,6 +30,8 @@ ALL_VARIABLES = [
     "DLQ_MAX_OPEN_QUEUES",
     "DLQ_MAX_MESSAGE_BYTES",
     "DLQ_RESCAN_INTERVAL",
+    "DLQ_LIVE_WRITE_DEADLINE_MS",
+    "DLQ_READ_AHEAD_EVENTS",
 ]
 
 
@@ -147,6 +149,11 @@ VALID_CASES: list[tuple[str, str, str, object]] = [
     ("DLQ_RESCAN_INTERVAL", "1", "rescan_interval", 1.0),
     ("DLQ_RESCAN_INTERVAL", "2.5", "rescan_interval", 2.5),
     ("DLQ_RESCAN_INTERVAL", "86400", "rescan_interval", 86400.0),
+    ("DLQ_LIVE_WRITE_DEADLINE_MS", "10", "live_write_deadline_ms", 10),
+    ("DLQ_LIVE_WRITE_DEADLINE_MS", "2_000", "live_write_deadline_ms", 2000),
+    ("DLQ_LIVE_WRITE_DEADLINE_MS", "3600000", "live_write_deadline_ms", 3_600_000),
+    ("DLQ_READ_AHEAD_EVENTS", "1", "read_ahead_events", 1),
+    ("DLQ_READ_AHEAD_EVENTS", "10000000", "read_ahead_events", 10_000_000),
 ]
 
 
@@ -193,6 +200,8 @@ FULL_ENV = {
     "DLQ_MAX_OPEN_QUEUES": "16",
     "DLQ_MAX_MESSAGE_BYTES": "2MiB",
     "DLQ_RESCAN_INTERVAL": "300",
+    "DLQ_LIVE_WRITE_DEADLINE_MS": "500",
+    "DLQ_READ_AHEAD_EVENTS": "5000",
 }
 
 
@@ -214,6 +223,8 @@ def test_every_variable_at_once(no_dotenv: Path) -> None:
         max_open_queues=16,
         max_message_bytes=2 * MIB,
         rescan_interval=300.0,
+        live_write_deadline_ms=500,
+        read_ahead_events=5000,
     )
 
 
@@ -332,6 +343,14 @@ INVALID_CASES: dict[str, tuple[list[str], str]] = {
     "DLQ_RESCAN_INTERVAL": (
         ["", "0", "0.5", "-1", "86401", "nan", "inf", "often", HUGE],
         "a number from 1 to 86400",
+    ),
+    "DLQ_LIVE_WRITE_DEADLINE_MS": (
+        ["", "0", "9", "-1", "1.5", "3600001", "2s", "nan", HUGE],
+        "an integer from 10 to 3600000",
+    ),
+    "DLQ_READ_AHEAD_EVENTS": (
+        ["", "0", "-1", "1.5", "10000001", "lots", "1e400", HUGE],
+        "an integer from 1 to 10000000",
     ),
 }
 
