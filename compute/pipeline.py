@@ -119,7 +119,13 @@ class Pipeline:
         self.in_flight.on_settle = self.worker.wake
         self.lanes = {
             d.destination_id: DeliveryLane(
-                name, d, self.handler, self._stop, self._lane_delivered, self._lane_failed
+                name,
+                d,
+                self.handler,
+                self._stop,
+                self._lane_delivered,
+                self._lane_failed,
+                max_events=max(batch_size, 1),
             )
             for d in self.destinations
         }

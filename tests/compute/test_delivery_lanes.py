@@ -254,3 +254,31 @@ def test_a_replay_write_past_its_deadline_does_not_hold_the_other_destinations(
     finally:
         pipeline.stop()
         dlq.close()
+
+
+class TrickleSource(ListSource):
+    """Returns at most two events per read, like a rate-capped source read in a loop."""
+
+    def read(self, max_events: int):  # type: ignore[no-untyped-def]
+        return super().read(min(max_events, 2))
+
+
+def test_a_lane_that_fell_behind_catches_up_in_larger_writes(tmp_path: Path) -> None:
+    events = [change(i, i % 7) for i in range(1, 121)]  # one table: one write per delivery
+    source = TrickleSource(events)
+    a, b = FakeDestination("A", "A"), FakeDestination("B", "B")
+    a.set_write_delay(0.05)  # A falls behind the reader; B keeps up
+    pipeline, dlq = make_pipeline(tmp_path, source, [a, b])
+    pipeline.start()
+    try:
+        assert wait_for(lambda: source.acknowledged == len(events), timeout=30)
+        assert a.rows(TABLE) == b.rows(TABLE) == apply_model(events)[TABLE]
+        # 60 reads of two events; A took what waited in its inbox together (up to
+        # the pipeline's batch size of 10), in source order.
+        assert len(a.successful_calls()) <= 60 // 3
+        assert max(len(c.records) for c in a.successful_calls()) > 2
+        assert_applied_in_order(a)
+        assert dlq.count(QueueId("1", TABLE, "A")) == 0  # never past the deadline
+    finally:
+        pipeline.stop()
+        dlq.close()
