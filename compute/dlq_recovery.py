@@ -513,7 +513,7 @@ class DLQRecoveryWorker:
                     write = self._writers[destination.destination_id].submit(
                         destination.write_prepared, batch.prepared
                     )
-                    self._wait_for_write(write)
+                    self._wait_for_write(destination, write)
         except _StuckWrite as stuck:
             # The lease goes back (the caller's ``with``); the destination stays
             # held until the write ends, then the batch is settled against the head.
@@ -565,13 +565,20 @@ class DLQRecoveryWorker:
             with contextlib.ExitStack() as unless_written:
                 if ahead is not None:
                     unless_written.enter_context(ahead.lease)
-                self._wait_for_write(write, started)
+                self._wait_for_write(destination, write, started)
                 unless_written.pop_all()
         return ahead
 
-    def _wait_for_write(self, write: Future[Any], started: float | None = None) -> None:
+    def _deadline_of(self, destination: Destination) -> float:
+        own = destination.live_write_deadline
+        return own if own is not None else self.write_deadline
+
+    def _wait_for_write(
+        self, destination: Destination, write: Future[Any], started: float | None = None
+    ) -> None:
         """The write's outcome; ``_StuckWrite`` if it is still running at the deadline."""
-        left = self.write_deadline - (0.0 if started is None else time.monotonic() - started)
+        deadline = self._deadline_of(destination)
+        left = deadline - (0.0 if started is None else time.monotonic() - started)
         try:
             write.result(timeout=max(0.0, left))
         except FutureTimeout:
@@ -589,12 +596,13 @@ class DLQRecoveryWorker:
         """
         stuck = self.in_flight.hold(destination.destination_id, queue, write)
         self.in_flight.queued(stuck, [m.message_id for m in batch.live])
+        deadline = self._deadline_of(destination)
         reason = (
-            f"replay write did not finish within {self.write_deadline * 1000:.0f} ms "
-            "(DLQ_LIVE_WRITE_DEADLINE_MS); waiting for it before replaying more"
+            f"replay write did not finish within {deadline * 1000:.0f} ms "
+            "(live_write_deadline_ms); waiting for it before replaying more"
         )
         health = self.health[destination.destination_id]
-        health.note_failure(reason, self._clock() - self.write_deadline)
+        health.note_failure(reason, self._clock() - deadline)
         health.mark_unhealthy(reason)
         logger.warning(
             "DLQ replay write passed its deadline, the other destinations go on: pipeline=%s "

@@ -11,9 +11,10 @@ For each (destination, table) group of a batch:
   rest of the batch goes on. Changes to a key that is parked are parked
   behind it.
 
-A live write and its in-place retries share one deadline
-(``DLQ_LIVE_WRITE_DEADLINE_MS``). The write runs on the destination's own
-writer thread; if it has not ended by the deadline, its events are queued
+A live write and its in-place retries share one deadline (the destination's
+``live_write_deadline_ms`` option, else ``DLQ_LIVE_WRITE_DEADLINE_MS``). The
+write runs on the destination's own writer thread; if it has not ended by the
+deadline, its events are queued
 at once and the destination turns to store-and-forward, while the write,
 left to finish, is settled against the queue later (``compute/in_flight.py``).
 A destination that hangs thus costs its pipeline one deadline, not its
@@ -88,7 +89,7 @@ def deadline_failure(destination: Destination, deadline: float, now: float) -> F
         error_class="LiveWriteDeadline",
         message=(
             f"the write to {destination.name} did not finish within "
-            f"{deadline * 1000:.0f} ms (DLQ_LIVE_WRITE_DEADLINE_MS): queued; the write still "
+            f"{deadline * 1000:.0f} ms (live_write_deadline_ms): queued; the write still "
             "in flight is settled against the queue when it ends"
         ),
         kind=FailureKind.TRANSIENT,
@@ -183,6 +184,11 @@ class EventHandler:
         if refused is not None:
             raise refused
 
+    def deadline_of(self, destination: Destination) -> float | None:
+        """Seconds a live write to ``destination`` may take: its own option, else the engine's."""
+        own = destination.live_write_deadline
+        return own if own is not None else self.live_write_deadline
+
     def close(self) -> None:
         """Let the live writer threads end (a write still running finishes on its own)."""
         for destination_id in self._writers:
@@ -241,7 +247,7 @@ class EventHandler:
     ) -> None:
         attempt = 0
         health = self.health[destination.destination_id]
-        deadline = self.live_write_deadline
+        deadline = self.deadline_of(destination)
         give_up_at = None if deadline is None else time.monotonic() + deadline
         while True:
             attempt += 1
@@ -332,13 +338,13 @@ class EventHandler:
         to it while the write may still commit; the queue was empty (live
         writes only go to empty queues), so these messages are its head.
         """
-        deadline = self.live_write_deadline or 0.0
+        deadline = self.deadline_of(destination) or 0.0
         now = self._clock()
         health = self.health[destination.destination_id]
         stuck = self.in_flight.hold(destination.destination_id, queue, future)
         reason = (
             f"write did not finish within {deadline * 1000:.0f} ms "
-            "(DLQ_LIVE_WRITE_DEADLINE_MS); store-and-forward until it recovers"
+            "(live_write_deadline_ms); store-and-forward until it recovers"
         )
         health.note_failure(reason, now - deadline)
         health.mark_unhealthy(reason, now)
@@ -368,7 +374,7 @@ class EventHandler:
             if self.dlq.is_parked(queue, record):
                 self._park(queue, [record], held_behind_failure(now))
                 continue
-            deadline = self.live_write_deadline
+            deadline = self.deadline_of(destination)
             try:
                 self._write_live(
                     destination,

@@ -45,18 +45,30 @@ def check_destinations(specs: Iterable[PipelineSpec]) -> None:
         raise ConfigError(problems)
 
 
+# The engine's own per-destination option (not passed to the destination's driver).
+DEADLINE_OPTION = "live_write_deadline_ms"
+
+
 def destination_problems(spec: DestinationSpec) -> list[str]:
     """What is wrong with ``spec``'s settings, each naming the setting (secrets masked)."""
+    problems = []
+    deadline = spec.options.get(DEADLINE_OPTION)
+    whole = isinstance(deadline, int) and not isinstance(deadline, bool)
+    if deadline is not None and not (whole and 10 <= deadline <= 3_600_000):
+        problems.append(
+            f"destination {spec.name} (ID={spec.id}): {spec.setting(DEADLINE_OPTION)} must be an "
+            f"integer number of milliseconds from 10 to 3600000, got {deadline!r}"
+        )
     if spec.type == "postgresql" and "dsn" in spec.options:
         from destinations.postgresql import dsn_problem
 
         problem = dsn_problem(spec.options["dsn"])
         if problem is not None:
-            return [
+            problems.append(
                 f"destination {spec.name} (ID={spec.id}): {spec.setting('dsn')}: "
                 f"invalid DSN: {problem}"
-            ]
-    return []
+            )
+    return problems
 
 
 def build_destination(spec: DestinationSpec) -> Destination:
@@ -64,6 +76,14 @@ def build_destination(spec: DestinationSpec) -> Destination:
     if problems:
         raise ConfigError(problems)
     options: dict[str, Any] = dict(spec.options)
+    deadline = options.pop(DEADLINE_OPTION, None)
+    destination = _build_driver(spec, options)
+    if deadline is not None:
+        destination.live_write_deadline = deadline / 1000
+    return destination
+
+
+def _build_driver(spec: DestinationSpec, options: dict[str, Any]) -> Destination:
     try:
         if spec.type == "postgresql":
             from destinations.postgresql import PostgreSQLDestination

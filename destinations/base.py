@@ -45,6 +45,10 @@ class Destination(ABC):
     def __init__(self, destination_id: str, name: str) -> None:
         self.destination_id = str(destination_id)
         self.name = name
+        # Seconds a live or replay write to this destination may take before the
+        # engine stops waiting for it (its ``live_write_deadline_ms`` option);
+        # None: the engine's DLQ_LIVE_WRITE_DEADLINE_MS.
+        self.live_write_deadline: float | None = None
 
     def __str__(self) -> str:
         return f"Destination {self.name} (ID={self.destination_id})"

@@ -282,3 +282,24 @@ def test_a_lane_that_fell_behind_catches_up_in_larger_writes(tmp_path: Path) -> 
     finally:
         pipeline.stop()
         dlq.close()
+
+
+def test_a_destination_s_own_deadline_wins_over_the_engine_s(tmp_path: Path) -> None:
+    """A slow-when-healthy destination (large Snowflake batches) gets a longer deadline,
+    a fast one a shorter: each write is bounded by its own destination's."""
+    events = history(20)
+    fast, patient = FakeDestination("A", "A"), FakeDestination("B", "B")
+    fast.live_write_deadline = 0.2
+    patient.live_write_deadline = 30.0
+    with DLQManager(dlq_config(tmp_path), background=False) as dlq:
+        health = {"A": DestinationHealth(fast), "B": DestinationHealth(patient)}
+        handler = EventHandler("1", [fast, patient], health, dlq, NO_RETRY, live_write_deadline=5)
+        fast.hold_writes()
+        patient.set_write_delay(0.5)  # past A's deadline, well within B's own
+        started = time.monotonic()
+        handler.handle(events, set())
+        assert time.monotonic() - started < 4.0  # A cost 0.2 s, not the engine's 5 s
+        assert queued(dlq, "A") == len(events)
+        assert queued(dlq, "B") == 0 and all_rows(patient) == apply_model(events)
+        fast.release_writes()
+        handler.close()
