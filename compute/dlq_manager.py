@@ -33,6 +33,7 @@ from compute.errors import (
     MessageTooLargeError,
 )
 from compute.queue_id import QueueId
+from compute.storage.atomic_file import json_bytes, write_atomic
 from compute.storage.base import QueueLimits, QueueStore, StoreLease
 from compute.supervisor import Supervisor
 from config.settings import DLQConfig, WhenFull
@@ -1132,26 +1133,7 @@ def _describe(message: DLQMessage) -> tuple[str, bool]:
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any], *, durable: bool = False) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-        raw = text.encode()
-    except UnicodeEncodeError:  # a lone surrogate in a queue name: \u escapes keep it
-        raw = (json.dumps(data, indent=2) + "\n").encode()
-    if not durable:
-        tmp.write_bytes(raw)
-        os.replace(tmp, path)
-        return
-    with open(tmp, "wb") as handle:
-        handle.write(raw)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomic(path, json_bytes(data, indent=2) + b"\n", durable=durable)
 
 
 def _iso(when: float | None) -> str | None:

@@ -42,6 +42,7 @@ from compute.admin.json_limits import MAX_BODY_DEPTH, loads
 from compute.admin.operations import DLQOperations, parse_queue
 from compute.errors import DLQConflictError, DLQFullError, NotFoundError, OperationError
 from compute.queue_id import QueueId
+from compute.storage.atomic_file import json_bytes, write_atomic
 from config.settings import MIB, AdminConfig
 
 logger = logging.getLogger(__name__)
@@ -679,9 +680,7 @@ class AdminServer:
             "token_required": self.config.token is not None,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json_bytes(data, indent=2) + b"\n")
         self._discovery = path
         return path
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compute.sources.base import SourceError
+from compute.storage.atomic_file import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -122,24 +123,10 @@ class OffsetStore:
             indent=1,
             sort_keys=True,
         ).encode()
-        # The pid keeps two processes pointed at one file by mistake from
-        # interleaving writes into one temporary file.
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(body)
-                if self._fsync:
-                    fh.flush()
-                    os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-            if self._fsync:
-                _fsync_dir(self.path.parent)
+            write_atomic(self.path, body, durable=self._fsync)
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
             raise SourceError(f"cannot write offset file {self.path}: {exc}") from exc
 
 
@@ -162,14 +149,3 @@ def _parse(data: bytes) -> dict[str, str]:
         if not isinstance(token, str):
             raise ValueError(f"token of source {source_id!r} is not a string: {token!r}")
     return dict(offsets)
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # some platforms cannot open a directory; the rename is still atomic
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

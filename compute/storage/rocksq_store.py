@@ -55,6 +55,7 @@ from compute.errors import (
     QueueLockedError,
 )
 from compute.queue_id import DEST_PREFIX, SOURCE_PREFIX, TABLE_PREFIX, QueueId
+from compute.storage.atomic_file import json_bytes, write_atomic
 from compute.storage.base import QueueLimits, QueueStore, StoredStats, StoreLease
 from compute.storage.disk_reserve import DiskReserve
 from compute.storage.frames import decode_frame, encode_frames, frame_count
@@ -454,17 +455,9 @@ class RocksqStore(QueueStore):
         path = state.path / QUEUE_FILE
         if path.exists():
             return
-        q = state.queue
-        data = q.json_fields()
-        tmp = state.path / (QUEUE_FILE + ".tmp")
-        try:
-            raw = json.dumps(data, ensure_ascii=False).encode()
-        except UnicodeEncodeError:
-            # A lone surrogate (a QueueId takes any str) has no UTF-8 form: \u
-            # escapes, and json_fields' exact_names for what they cannot tell apart.
-            raw = json.dumps(data).encode()
-        tmp.write_bytes(raw)
-        os.replace(tmp, path)
+        # A lone surrogate has no UTF-8 form: json_bytes then writes \u escapes,
+        # and json_fields' exact_names keep what they cannot tell apart.
+        write_atomic(path, json_bytes(state.queue.json_fields()))
 
     def _count_segment(self, state: _QueueState, number: int) -> tuple[int, int]:
         """``(items, messages)`` of a segment; reads every item's frame header once."""
@@ -511,11 +504,8 @@ class RocksqStore(QueueStore):
         it is, so loss is detected only up to the last rollover or clean close.
         """
         data = {"written": {str(n): state.counts[n] for n in state.segments}}
-        path = state.path / WRITTEN_FILE
-        tmp = state.path / (WRITTEN_FILE + ".tmp")
         try:
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, path)
+            write_atomic(state.path / WRITTEN_FILE, json_bytes(data))
         except OSError as error:  # a full disk at close: detection degrades, nothing else
             logger.warning("segment counts not recorded: queue=%s error=%s", state.queue, error)
 
