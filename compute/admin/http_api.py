@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -115,16 +115,18 @@ class Request:
         return self._body
 
     def _read_exactly(self, length: int) -> bytes:
-        parts = []
+        return b"".join(self._body_chunks(length))
+
+    def _body_chunks(self, length: int) -> Iterator[bytes]:
+        """The body's ``length`` bytes in chunks, never more; BadRequest if it ends early."""
         left = length
         while left > 0:
             chunk = self._handler.rfile.read(min(_CHUNK, left))
             if not chunk:
                 raise BadRequest(f"body ended after {length - left} of {length} bytes")
-            parts.append(chunk)
+            yield chunk
             left -= len(chunk)
         _body_read(self._handler)
-        return b"".join(parts)
 
     def body_to_file(self, directory: Path, floor_bytes: int) -> Path:
         """Stream the raw body into a temporary file in ``directory``.
@@ -139,14 +141,8 @@ class Request:
         path = Path(name)
         try:
             with os.fdopen(fd, "wb") as out:
-                left = length
-                while left > 0:
-                    chunk = self._handler.rfile.read(min(_CHUNK, left))
-                    if not chunk:
-                        raise BadRequest(f"body ended after {length - left} of {length} bytes")
+                for chunk in self._body_chunks(length):
                     out.write(chunk)
-                    left -= len(chunk)
-            _body_read(self._handler)
         except OSError as error:  # a timeout or reset mid-upload, or the disk
             path.unlink(missing_ok=True)
             if isinstance(error, TimeoutError | ConnectionError):
