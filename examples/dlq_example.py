@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psycopg2  # noqa: E402
 
-from compute.engine import Engine  # noqa: E402
+from compute.engine.engine import Engine  # noqa: E402
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource  # noqa: E402
 from config.errors import ConfigError  # noqa: E402
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec  # noqa: E402
@@ -105,7 +105,7 @@ def main() -> int:
     if args.events < 1 or args.rate <= 0 or args.outage < 0:
         parser.error("--events and --rate must be positive, --outage not negative")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
-    for noisy in ("compute.dlq_manager", "compute.sources"):
+    for noisy in ("compute.dlq.manager", "compute.sources"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings()

@@ -26,16 +26,16 @@ _schema_numbers = itertools.count(1)
 _SLOW = (
     "tests/faults/",
     "tests/test_benchmark_scripts.py",
-    "tests/compute/test_crash_kill9.py",
-    "tests/compute/test_engine_postgres.py",
-    "tests/compute/admin/test_cli_dlq.py::test_every_command_",
-    "tests/compute/test_cli_run.py::test_signal_stops_cleanly_and_keeps_queued_events",
-    "tests/destinations/test_snowflake.py::test_write_during_outage_is_transient_and_recovers",
-    "tests/compute/test_disk_full_drain.py",
-    "tests/compute/test_cli_run.py::test_failing_source_stops_the_engine_with_exit_1",
+    "tests/compute/engine/test_crash_kill9.py",
+    "tests/compute/engine/test_engine_postgres.py",
+    "tests/compute/cli/test_cli_dlq.py::test_every_command_",
+    "tests/compute/cli/test_cli_run.py::test_signal_stops_cleanly_and_keeps_queued_events",
+    "tests/destinations/snowflake/test_destination.py::test_write_during_outage_is_transient_and_recovers",
+    "tests/compute/storage/test_disk_full_drain.py",
+    "tests/compute/cli/test_cli_run.py::test_failing_source_stops_the_engine_with_exit_1",
     "tests/compute/admin/test_http_hardening.py::test_a_stalled_export_does_not_stop_replay",
-    "tests/compute/admin/test_cli_dlq.py::test_offline_errors_are_one_line_with_documented_exit_codes",
-    "tests/compute/test_rocksq_store.py::test_open_handles_stay_capped_with_many_queues",
+    "tests/compute/cli/test_cli_dlq.py::test_offline_errors_are_one_line_with_documented_exit_codes",
+    "tests/compute/storage/test_rocksq_store.py::test_open_handles_stay_capped_with_many_queues",
 )
 _ROOT = Path(__file__).resolve().parents[1]
 

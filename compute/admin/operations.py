@@ -20,24 +20,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from compute.admin.export_format import (
+from compute.codec.export_view import (
     header,
     message_from_line,
     message_to_line,
     parse_header,
 )
 from compute.admin.json_limits import MAX_LINE_DEPTH, JSONTooDeepError, loads
-from compute.dlq_manager import DLQManager, _iso
-from compute.dlq_message import DLQMessage, message_to_json
-from compute.dlq_recovery import DLQRecoveryWorker
+from compute.dlq.manager import DLQManager, _iso
+from compute.codec.message import DLQMessage, message_to_json
+from compute.recovery.worker import DLQRecoveryWorker
 from compute.errors import (
     DLQConflictError,
     OperationError,
     QueueNotFoundError,
 )
-from compute.event_handler import classify_or_transient
+from compute.delivery.event_handler import classify_or_transient
 from compute.queue_id import QueueId
-from compute.supervisor import CRASH_WINDOW
+from compute.runtime.supervisor import CRASH_WINDOW
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def _no_progress(done: int) -> None:
 
 
 class PipelineView(Protocol):
-    """What operations need of a running pipeline (``compute.pipeline.Pipeline``)."""
+    """What operations need of a running pipeline (``compute.engine.pipeline.Pipeline``)."""
 
     name: str
     worker: DLQRecoveryWorker
@@ -135,9 +135,9 @@ class DLQOperations:
 
     def _build_offline_worker(self, queue: QueueId) -> DLQRecoveryWorker | None:
         """Offline: the pipeline delivering ``queue``, from the pipelines config."""
-        from compute.engine import load_pipeline_specs
-        from compute.factories import build_destination
-        from compute.health import DestinationHealth
+        from compute.engine.engine import load_pipeline_specs
+        from compute.engine.factories import build_destination
+        from compute.delivery.health import DestinationHealth
 
         for spec in load_pipeline_specs(self.settings):
             if str(spec.source.id) != queue.source_id:
@@ -308,7 +308,7 @@ class DLQOperations:
 
         ``critical`` (503): a pipeline FAILED, or is in backpressure because the
         DLQ is full: events are not flowing and nothing absorbs them; or an
-        engine thread keeps crashing (``compute/supervisor.py``: 3 crashes
+        engine thread keeps crashing (``compute/runtime/supervisor.py``: 3 crashes
         within 5 minutes, or it ended for good).
         ``warning`` (200): a destination is unhealthy (the DLQ absorbs the
         outage; a 503 would make an orchestrator restart a healthy engine),

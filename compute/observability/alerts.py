@@ -36,10 +36,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from compute.dlq_manager import DLQManager
-from compute.health import HealthSnapshot, HealthState
+from compute.dlq.manager import DLQManager
+from compute.delivery.health import HealthSnapshot, HealthState
 from compute.observability.webhook import WebhookNotifier
-from compute.supervisor import Supervisor
+from compute.runtime.supervisor import Supervisor
 from config.settings import AlertConfig
 
 logger = logging.getLogger(__name__)

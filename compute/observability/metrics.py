@@ -32,14 +32,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from compute.dlq_manager import DLQManager
-from compute.health import HealthSnapshot, HealthState
+from compute.dlq.manager import DLQManager
+from compute.delivery.health import HealthSnapshot, HealthState
 from compute.observability.observer import Observer
 from compute.queue_id import QueueId
 
 if TYPE_CHECKING:
     from compute.observability.alerts import AlertMonitor
-    from compute.supervisor import Supervisor
+    from compute.runtime.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 

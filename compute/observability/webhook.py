@@ -23,8 +23,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from compute.retry_policy import RetryPolicy
-from compute.supervisor import Supervisor
+from compute.runtime.retry_policy import RetryPolicy
+from compute.runtime.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ import psycopg2.extras
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from destinations.postgresql import PostgreSQLDestination  # noqa: E402
+from destinations.postgresql.destination import PostgreSQLDestination  # noqa: E402
 from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402
 from tests.servers import PostgresCluster  # noqa: E402
 

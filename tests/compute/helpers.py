@@ -8,7 +8,7 @@ from typing import Any
 
 from compute.queue_id import QueueId
 from compute.sources.base import RejectedEvent, Source, SourceBatch
-from compute.storage.rocksq_store import RocksqStore
+from compute.storage.rocksq.store import RocksqStore
 from config.settings import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition
 

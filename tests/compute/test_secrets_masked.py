@@ -11,12 +11,12 @@ from urllib.parse import quote
 
 import pytest
 
-from compute.dlq_manager import DLQManager
-from compute.dlq_message import FailureContext
-from compute.engine import Engine
-from compute.pipeline import Pipeline
+from compute.dlq.manager import DLQManager
+from compute.codec.message import FailureContext
+from compute.engine.engine import Engine
+from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
-from compute.retry_policy import RetryPolicy
+from compute.runtime.retry_policy import RetryPolicy
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
 from config.settings import AdminConfig, Settings
 from destinations.errors import ClassifiedError, FailureKind, PermanentDestinationError
@@ -115,7 +115,7 @@ def test_parked_error_shown_by_the_admin_api_and_export_is_masked(
 
 
 def test_health_reasons_are_masked(caplog: pytest.LogCaptureFixture) -> None:
-    from compute.health import DestinationHealth
+    from compute.delivery.health import DestinationHealth
 
     health = DestinationHealth(FakeDestination("7", "Leaky"))
     with caplog.at_level(logging.INFO):

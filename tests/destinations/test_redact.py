@@ -81,7 +81,7 @@ def test_postgresql_refuses_a_malformed_dsn_and_masks_its_password_in_errors() -
     import psycopg2
 
     from config.errors import ConfigError
-    from destinations.postgresql import PostgreSQLDestination
+    from destinations.postgresql.destination import PostgreSQLDestination
 
     with pytest.raises(ConfigError) as caught:
         PostgreSQLDestination("1", "PG", "postgresql://user:s3cret@[::1/db")

@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg2
 
-from compute.dlq_manager import DLQManager
+from compute.dlq.manager import DLQManager
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
 from config.settings import DLQConfig
 from tests.pg_state import differences, fetch_state

@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from compute.dlq_manager import DLQManager
-from compute.dlq_message import DLQMessage, FailureContext
-from compute.engine import Engine
-from compute.pipeline import Pipeline
+from compute.dlq.manager import DLQManager
+from compute.codec.message import DLQMessage, FailureContext
+from compute.engine.engine import Engine
+from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
 from config.settings import DLQConfig, Settings

@@ -12,8 +12,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from compute.dlq_manager import DLQManager
-from compute.dlq_message import DLQMessage, FailureContext
+from compute.dlq.manager import DLQManager
+from compute.codec.message import DLQMessage, FailureContext
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from tests.compute.helpers import change

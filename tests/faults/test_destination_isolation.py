@@ -20,10 +20,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from compute.dlq_manager import DLQManager
-from compute.pipeline import Pipeline
+from compute.dlq.manager import DLQManager
+from compute.engine.pipeline import Pipeline
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
-from destinations.postgresql import PostgreSQLDestination
+from destinations.postgresql.destination import PostgreSQLDestination
 from tests.compute.helpers import dlq_config
 from tests.fault_proxy import FaultProxy, fault_proxy
 from tests.faults.helpers import (

@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from compute.dlq_manager import DLQManager
-from compute.dlq_message import DLQMessage, FailureContext
+from compute.dlq.manager import DLQManager
+from compute.codec.message import DLQMessage, FailureContext
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from config.settings import DLQConfig

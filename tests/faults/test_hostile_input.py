@@ -15,12 +15,12 @@ from typing import Any
 
 from psycopg2 import sql
 
-from compute.dlq_manager import DLQManager
-from compute.pipeline import Pipeline, PipelineState
+from compute.dlq.manager import DLQManager
+from compute.engine.pipeline import Pipeline, PipelineState
 from compute.queue_id import QueueId
-from compute.retry_policy import RetryPolicy
+from compute.runtime.retry_policy import RetryPolicy
 from compute.sources.jsonl_source import JsonLinesSource
-from destinations.postgresql import PostgreSQLDestination
+from destinations.postgresql.destination import PostgreSQLDestination
 from tests.compute.helpers import dlq_config
 
 NO_RETRY = RetryPolicy(max_retries=0, base_delay=0.01, max_delay=0.01)
@@ -238,7 +238,7 @@ def test_row_over_the_message_limit_is_parked_whole_naming_limit_and_size(
 def test_enqueue_refuses_a_batch_with_an_oversized_message_storing_nothing(
     tmp_path: Path,
 ) -> None:
-    from compute.dlq_message import DLQMessage, FailureContext
+    from compute.codec.message import DLQMessage, FailureContext
     from compute.errors import MessageTooLargeError
     from tests.compute.helpers import change
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 from hypothesis import example, given, settings
 
-from compute.dlq_manager import DLQManager
-from compute.dlq_message import DLQMessage, FailureContext
+from compute.dlq.manager import DLQManager
+from compute.codec.message import DLQMessage, FailureContext
 from compute.queue_id import QueueId
-from compute.storage.rocksq_store import RocksqStore
+from compute.storage.rocksq.store import RocksqStore
 from config.settings import DLQConfig
 from tests.compute.helpers import change
 from tests.compute.test_queue_id import any_name, names

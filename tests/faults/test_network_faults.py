@@ -20,11 +20,11 @@ from typing import Any
 import psycopg2
 import pytest
 
-from compute.dlq_manager import DLQManager
-from compute.pipeline import Pipeline
+from compute.dlq.manager import DLQManager
+from compute.engine.pipeline import Pipeline
 from compute.sources.synthetic_source import SyntheticSource
 from destinations.errors import DestinationTimeoutError
-from destinations.postgresql import PostgreSQLDestination
+from destinations.postgresql.destination import PostgreSQLDestination
 from destinations.records import ChangeRecord, Operation, SourcePosition
 from tests.compute.helpers import dlq_config
 from tests.fault_proxy import FaultProxy, fault_proxy
@@ -114,7 +114,7 @@ def test_a_write_on_a_mute_connection_is_cut_and_nothing_is_lost(
     server: PostgresServer, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A blackhole under a kept connection: the write ends, transient, within its bounds."""
-    caplog.set_level(logging.INFO, logger="destinations.postgresql")
+    caplog.set_level(logging.INFO, logger="destinations.postgresql.destination")
     setup = make_t(server.dsn)
     destination = destination_via(proxy, server)
     destination.write_batch("public.t", [_row(1, 1)])  # the connection is now kept

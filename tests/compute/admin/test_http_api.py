@@ -14,12 +14,12 @@ from urllib.parse import quote
 
 import pytest
 
-from compute.dlq_manager import DLQManager
-from compute.dlq_message import DLQMessage, FailureContext
-from compute.engine import Engine
-from compute.pipeline import Pipeline
+from compute.dlq.manager import DLQManager
+from compute.codec.message import DLQMessage, FailureContext
+from compute.engine.engine import Engine
+from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
-from compute.retry_policy import RetryPolicy
+from compute.runtime.retry_policy import RetryPolicy
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
 from config.settings import AdminConfig, Settings
 from tests.compute.helpers import ListSource, change, dlq_config

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from compute.dlq_manager import DLQManager
+from compute.dlq.manager import DLQManager
 from config.settings import AdminConfig
 from tests.compute.admin.test_http_api import (
     OTHER,
@@ -342,7 +342,7 @@ def test_deeply_nested_json_is_a_400_on_every_route(api: Harness) -> None:
 
 
 def test_offline_import_of_a_deeply_nested_file_is_one_line(tmp_path: Path) -> None:
-    from tests.compute.admin.test_cli_dlq import Q, base_env, fails, fill_queue, ok_json
+    from tests.compute.cli.test_cli_dlq import Q, base_env, fails, fill_queue, ok_json
 
     fill_queue(tmp_path, 2)
     env = base_env(tmp_path)

@@ -11,13 +11,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from compute.dlq_manager import DLQManager
-from compute.dlq_message import DLQMessage
-from compute.engine import Engine
-from compute.event_handler import deferred_failure
-from compute.pipeline import Pipeline
+from compute.dlq.manager import DLQManager
+from compute.codec.message import DLQMessage
+from compute.engine.engine import Engine
+from compute.delivery.event_handler import deferred_failure
+from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
-from compute.retry_policy import RetryPolicy
+from compute.runtime.retry_policy import RetryPolicy
 from compute.sources.base import RejectedEvent, Source, SourceBatch
 from config.pipelines import PipelineSpec, SourceSpec
 from config.settings import AdminConfig, AlertConfig, Settings

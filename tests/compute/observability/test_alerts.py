@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq_manager import DLQManager
+from compute.dlq.manager import DLQManager
 from compute.errors import DLQStorageError
-from compute.health import DestinationHealth, HealthSnapshot
+from compute.delivery.health import DestinationHealth, HealthSnapshot
 from compute.observability.alerts import AlertEvent, AlertMonitor
 from compute.observability.metrics import DLQMetrics
 from compute.queue_id import QueueId

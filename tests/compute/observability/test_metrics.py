@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq_manager import DLQManager
+from compute.dlq.manager import DLQManager
 from compute.observability.metrics import DLQMetrics
 from compute.queue_id import QueueId
 from config.settings import WhenFull

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from compute.dlq_manager import DLQManager
+from compute.dlq.manager import DLQManager
 from compute.observability.alerts import AlertMonitor
 from compute.observability.webhook import WebhookNotifier, redact_url
-from compute.retry_policy import RetryPolicy
+from compute.runtime.retry_policy import RetryPolicy
 from config.settings import AlertConfig
 from tests.compute.helpers import change, dlq_config
 from tests.compute.observability.harness import (

@@ -214,7 +214,7 @@ def test_postgres_round_trip_equals_expected_state(
     import psycopg2.extras
     from psycopg2 import sql
 
-    from destinations.postgresql import PostgreSQLDestination
+    from destinations.postgresql.destination import PostgreSQLDestination
 
     source = SyntheticSource("s", None, total_events=1500, seed=11, keys_per_table=40)
     targets = {t: f"{pg_schema}.{t.rpartition('.')[2]}" for t in source.tables}

@@ -1,0 +1,252 @@
+"""The engine: builds pipelines from settings, runs them, and stops them cleanly."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from compute.dlq.manager import DLQManager
+from compute.engine.factories import build_destination, build_source, check_destinations
+from compute.delivery.health import HealthSnapshot
+from compute.observability.alerts import AlertMonitor
+from compute.observability.metrics import DLQMetrics
+from compute.engine.pipeline import Pipeline, PipelineState
+from compute.runtime.retry_policy import RetryPolicy
+from compute.runtime.supervisor import Supervisor
+from config.errors import ConfigError
+from config.pipelines import PipelineSpec, load_pipelines_file
+from config.settings import Settings
+
+if TYPE_CHECKING:
+    from compute.admin.http_api import AdminServer
+
+logger = logging.getLogger(__name__)
+
+
+def load_pipeline_specs(settings: Settings) -> list[PipelineSpec]:
+    """Pipelines from ``ROSETTA_PIPELINES_FILE``, or the config database when configured."""
+    if settings.config_database_url:
+        from destinations.postgresql.destination import read_pipeline_config
+
+        return read_pipeline_config(settings.config_database_url, settings.environment)
+    if settings.pipelines_file is None:
+        raise ConfigError(
+            [
+                "no pipelines defined: set ROSETTA_PIPELINES_FILE to a TOML file "
+                "(see config/pipelines.py) or CONFIG_DATABASE_URL to a config database"
+            ]
+        )
+    return load_pipelines_file(settings.pipelines_file, settings.environment)
+
+
+class Engine:
+    """Initializes the DLQ manager, one pipeline (with its recovery worker) per spec.
+
+    ``stop()`` (also on SIGTERM/SIGINT under ``run_forever``) stops pipelines
+    first, so no new events arrive, then their workers, then closes the
+    queues: a batch in flight is either finished or left unacknowledged, and
+    comes back after a restart.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        specs: Sequence[PipelineSpec],
+        *,
+        pipeline_factory: Callable[[PipelineSpec, DLQManager], Pipeline] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.specs = list(specs)
+        # Before anything opens or logs: a malformed DSN is a config error,
+        # not a failure of every write.
+        check_destinations(self.specs)
+        self.dlq: DLQManager | None = None
+        self.pipelines: list[Pipeline] = []
+        self.metrics: DLQMetrics | None = None
+        self.alerts: AlertMonitor | None = None
+        self._pipeline_factory = pipeline_factory or self._build_pipeline
+        self._stopped = threading.Event()
+        self.admin: AdminServer | None = None
+
+    def _build_pipeline(self, spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
+        source = build_source(spec.source, self.settings.state_path)
+        destinations = [build_destination(d) for d in spec.destinations]
+        return Pipeline(
+            spec.name,
+            source,
+            destinations,
+            dlq,
+            self.settings.dlq,
+            retry_policy=RetryPolicy.preset(spec.retry),
+            batch_size=spec.batch_size,
+        )
+
+    def start(self) -> None:
+        self.dlq = DLQManager(self.settings.dlq)
+        try:
+            for spec in self.specs:
+                self.pipelines.append(self._pipeline_factory(spec, self.dlq))
+        except Exception:
+            self.dlq.close()
+            raise
+        existing = self.dlq.refresh_all_status()
+        if existing:
+            logger.info("DLQ queues found on disk: count=%d", existing)
+        self._start_observability(self.dlq)
+        for pipeline in self.pipelines:
+            pipeline.start()
+        if self.settings.admin.enabled:
+            # After the pipelines, so its imports do not delay the first events;
+            # if it cannot listen, everything is stopped cleanly (nothing lost).
+            try:
+                self._start_admin()
+            except Exception:
+                self.stop()
+                raise
+
+    def _start_admin(self) -> None:
+        """The admin API, and ``<DLQ_BASE_PATH>/admin.json`` so the CLI can find it."""
+        from compute.admin.http_api import AdminServer
+        from compute.admin.operations import DLQOperations
+
+        assert self.dlq is not None
+        ops = DLQOperations(
+            self.dlq,
+            self.settings,
+            pipelines=lambda: list(self.pipelines),
+            threads=lambda: [s.status() for s in self._engine_supervisors()],
+            mode="online",
+        )
+        self.admin = AdminServer(ops, self.settings.admin)
+        self._add_observability_routes(self.admin)
+        self.admin.start()
+        self.admin.write_discovery(self.settings.dlq.base_path)
+
+    def _add_observability_routes(self, admin: AdminServer) -> None:
+        """``GET /metrics`` (Prometheus text format) and ``GET /alerts`` (the monitor's state)."""
+        from compute.admin.http_api import Response
+
+        metrics, alerts = self.metrics, self.alerts
+        assert metrics is not None and alerts is not None
+
+        def render_metrics(request: object) -> Response:
+            body, content_type = metrics.render()
+            return Response(text=body.decode("utf-8"), content_type=content_type)
+
+        admin.add_route("GET", "/metrics", render_metrics)
+        admin.add_route("GET", "/alerts", lambda request: Response(body=alerts.snapshot()))
+
+    def _start_observability(self, dlq: DLQManager) -> None:
+        """Metrics and the alert monitor; the observer is set before any pipeline runs.
+
+        Events are counted through an observer object the handler and the
+        worker call once per batch (not hooks inside DLQManager, whose hot
+        paths stay untouched); everything else is read at scrape time.
+        """
+        base_path = self.settings.dlq.base_path
+        self.metrics = DLQMetrics(
+            dlq,
+            base_path=base_path,
+            destinations=self._health_snapshots,
+            pipelines=self._backpressure,
+            threads=self.supervisors,
+        )
+        for pipeline in self.pipelines:
+            pipeline.handler.observer = self.metrics
+            pipeline.worker.observer = self.metrics
+        self.alerts = AlertMonitor(
+            self.settings.alerts, dlq, base_path=base_path, destinations=self._health_snapshots
+        )
+        self.metrics.alerts = self.alerts
+        self.alerts.start()
+
+    def supervisors(self) -> list[Supervisor]:
+        """Every supervised engine thread: the pipelines' and the engine's own."""
+        return [s for p in self.pipelines for s in p.supervisors()] + self._engine_supervisors()
+
+    def _engine_supervisors(self) -> list[Supervisor]:
+        found: list[Supervisor] = []
+        if self.dlq is not None and self.dlq.maintenance is not None:
+            found.append(self.dlq.maintenance)
+        if self.alerts is not None:
+            found += self.alerts.supervisors()
+        return found
+
+    def _health_snapshots(self) -> list[tuple[str, HealthSnapshot]]:
+        return [(p.name, h.snapshot()) for p in self.pipelines for h in p.health.values()]
+
+    def _backpressure(self) -> dict[str, bool]:
+        return {p.name: p.state is PipelineState.BACKPRESSURE for p in self.pipelines}
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self.admin is not None:
+            self.admin.stop()
+            self.admin = None
+        # The monitor reads the DLQ: stop it before the queues close.
+        if self.alerts is not None:
+            self.alerts.stop(timeout)
+        for pipeline in self.pipelines:
+            pipeline.stop(timeout)
+        for pipeline in self.pipelines:
+            pipeline.close()
+        if self.metrics is not None:
+            self.metrics.close()  # scrapes after this leave the closed queues out
+        if self.dlq is not None:
+            self.dlq.close()
+        logger.info("engine stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+    def run_forever(self) -> int:
+        """Run until SIGTERM or SIGINT (or every finite source is done), then stop cleanly.
+
+        Returns 0, or 1 when a pipeline failed: the process should exit
+        non-zero so that its supervisor notices and restarts it; whatever
+        was queued stays on disk for the next run.
+        """
+        requested = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            logger.info("signal received, stopping: signal=%s", signal.Signals(signum).name)
+            requested.set()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        failed: list[str] = []
+        try:
+            self.start()
+            while not requested.wait(0.5):
+                failed = [p.name for p in self.pipelines if p.state is PipelineState.FAILED]
+                if failed:
+                    logger.error(
+                        "pipeline failed, stopping the engine: pipelines=%s", ",".join(failed)
+                    )
+                    break
+                if self.pipelines and all(p.finished.is_set() for p in self.pipelines):
+                    if not any(self._queued(p) for p in self.pipelines):
+                        logger.info("all sources exhausted and every DLQ queue drained")
+                        break
+        finally:
+            self.stop()
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        return 1 if failed else 0
+
+    def _queued(self, pipeline: Pipeline) -> bool:
+        assert self.dlq is not None
+        return any(self.dlq.has_messages(q) for q in pipeline.worker.queues())
+
+    def status(self) -> dict[str, Any]:
+        damaged = self.dlq.damaged_queues() if self.dlq is not None else []
+        return {
+            "pipelines": [p.status() for p in self.pipelines],
+            "threads": [s.status() for s in self._engine_supervisors()],
+            "damaged_queues": damaged,
+        }

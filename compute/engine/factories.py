@@ -1,0 +1,99 @@
+"""Build sources and destinations from their specs (imports drivers only when used)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from compute.sources.base import Source
+from compute.sources.offset_store import OffsetStore
+from config.errors import ConfigError
+from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
+from destinations.base import Destination
+
+
+def build_source(spec: SourceSpec, state_path: Path) -> Source:
+    """The source ``spec`` describes, resuming from its offsets under ``state_path``."""
+    offsets = OffsetStore(Path(state_path) / "offsets" / f"source_{spec.id}.json")
+    options = dict(spec.options)
+    try:
+        if spec.type == "synthetic":
+            from compute.sources.synthetic_source import SyntheticSource
+
+            if "tables" in options:
+                options["tables"] = tuple(options["tables"])
+            return SyntheticSource(spec.id, offsets, **options)
+        if spec.type == "jsonl":
+            from compute.sources.jsonl_source import JsonLinesSource
+
+            path = options.pop("path")
+            return JsonLinesSource(spec.id, path, offsets, **options)
+    except TypeError as error:
+        raise ConfigError([f"source {spec.id} ({spec.type}): bad option: {error}"]) from None
+    raise ConfigError([f"source {spec.id}: unknown type {spec.type!r}"])
+
+
+def check_destinations(specs: Iterable[PipelineSpec]) -> None:
+    """Refuse, all at once, destination settings that are wrong without connecting.
+
+    Run before anything starts: a malformed DSN would otherwise fail every
+    write and park every event as a permanent failure.
+    """
+    problems = [p for spec in specs for d in spec.destinations for p in destination_problems(d)]
+    if problems:
+        raise ConfigError(problems)
+
+
+# The engine's own per-destination option (not passed to the destination's driver).
+DEADLINE_OPTION = "live_write_deadline_ms"
+
+
+def destination_problems(spec: DestinationSpec) -> list[str]:
+    """What is wrong with ``spec``'s settings, each naming the setting (secrets masked)."""
+    problems = []
+    deadline = spec.options.get(DEADLINE_OPTION)
+    whole = isinstance(deadline, int) and not isinstance(deadline, bool)
+    if deadline is not None and not (whole and 10 <= deadline <= 3_600_000):
+        problems.append(
+            f"destination {spec.name} (ID={spec.id}): {spec.setting(DEADLINE_OPTION)} must be an "
+            f"integer number of milliseconds from 10 to 3600000, got {deadline!r}"
+        )
+    if spec.type == "postgresql" and "dsn" in spec.options:
+        from destinations.postgresql.destination import dsn_problem
+
+        problem = dsn_problem(spec.options["dsn"])
+        if problem is not None:
+            problems.append(
+                f"destination {spec.name} (ID={spec.id}): {spec.setting('dsn')}: "
+                f"invalid DSN: {problem}"
+            )
+    return problems
+
+
+def build_destination(spec: DestinationSpec) -> Destination:
+    problems = destination_problems(spec)
+    if problems:
+        raise ConfigError(problems)
+    options: dict[str, Any] = dict(spec.options)
+    deadline = options.pop(DEADLINE_OPTION, None)
+    destination = _build_driver(spec, options)
+    if deadline is not None:
+        destination.live_write_deadline = deadline / 1000
+    return destination
+
+
+def _build_driver(spec: DestinationSpec, options: dict[str, Any]) -> Destination:
+    try:
+        if spec.type == "postgresql":
+            from destinations.postgresql.destination import PostgreSQLDestination
+
+            dsn = options.pop("dsn")
+            return PostgreSQLDestination(spec.id, spec.name, dsn, **options)
+        if spec.type == "snowflake":
+            from destinations.snowflake.destination import SnowflakeDestination
+
+            return SnowflakeDestination(spec.id, spec.name, **options)
+    except TypeError as error:
+        raise ConfigError([f"destination {spec.id} ({spec.type}): bad option: {error}"]) from None
+    raise ConfigError([f"destination {spec.id}: unknown type {spec.type!r}"])

@@ -1,0 +1,31 @@
+"""Destinations built from their specs: the engine's own per-destination options."""
+
+from __future__ import annotations
+
+import pytest
+
+from compute.engine.factories import build_destination
+from config.errors import ConfigError
+from config.pipelines import DestinationSpec
+
+DSN = "host=127.0.0.1 port=5432 dbname=x user=u password=s3cret"
+
+
+def spec(**options: object) -> DestinationSpec:
+    return DestinationSpec("1", "PG", "postgresql", {"dsn": DSN, **options})
+
+
+def test_a_destination_keeps_its_own_live_write_deadline() -> None:
+    destination = build_destination(spec(live_write_deadline_ms=15000))
+    assert destination.live_write_deadline == 15.0
+    assert build_destination(spec()).live_write_deadline is None  # the engine's setting
+
+
+@pytest.mark.parametrize("bad", [0, 9, 3_600_001, 1.5, "2s", "2000", True, [1]])
+def test_a_bad_live_write_deadline_is_refused_naming_the_option(bad: object) -> None:
+    with pytest.raises(ConfigError) as refused:
+        build_destination(spec(live_write_deadline_ms=bad))
+    text = str(refused.value)
+    assert "destination PG (ID=1): live_write_deadline_ms must be an integer number of " in text
+    assert "from 10 to 3600000" in text
+    assert "s3cret" not in text

@@ -1,0 +1,75 @@
+"""A full disk: typed refusal, no loss, recovery once space is back (on a real tmpfs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from compute.dlq.manager import DLQManager
+from compute.codec.message import DLQMessage, FailureContext
+from compute.errors import DLQFullError
+from compute.queue_id import QueueId
+from config.settings import DLQConfig
+from tests.compute.helpers import change
+
+Q = QueueId("1", "public.accounts", "1")
+FAILURE = FailureContext("OperationalError", "destination down", code="08006")
+
+
+@pytest.fixture
+def small_disk_size() -> str:
+    """8 MiB: the 5 MiB filler leaves the queue little room, so it fills quickly."""
+    return "8m"
+
+
+def messages(start: int, count: int) -> list[DLQMessage]:
+    return [
+        DLQMessage.create(Q, change(i, i, table=Q.table, note="x" * 200), FAILURE)
+        for i in range(start, start + count)
+    ]
+
+
+def test_enospc_refuses_typed_then_recovers_everything_once_space_is_back(small_disk: Path) -> None:
+    filler = small_disk / "filler"
+    filler.write_bytes(os.urandom(5 * 1024 * 1024))  # what "another process" holds
+    config = DLQConfig(base_path=small_disk / "dlq", min_free_disk_mb=0)  # floor off: hit ENOSPC
+    accepted: list[int] = []
+    with DLQManager(config, background=False) as dlq:
+        refused = None
+        for start in range(0, 100_000, 100):
+            try:
+                dlq.enqueue(Q, messages(start, 100))
+            except DLQFullError as error:
+                refused = error
+                break
+            accepted.extend(range(start, start + 100))
+        assert refused is not None and refused.limit == "disk_full"
+        assert "No space left" in str(refused)
+        assert len(accepted) > 500
+        with pytest.raises(DLQFullError):  # still full: refused again, typed, no crash
+            dlq.enqueue(Q, messages(10**6, 100))
+        filler.unlink()  # space is back
+        dlq.enqueue(Q, messages(10**6, 1))  # the dead handle was closed and reopened
+        assert dlq.store.count(Q) == len(accepted) + 1
+        got: list[int] = []
+        while not (lease := dlq.read_batch(Q, 500)).is_empty:
+            got.extend(m.record.key["id"] for m in lease.messages)
+            dlq.ack(lease)
+        assert got == accepted + [10**6]  # nothing accepted was lost, order kept
+
+
+def test_free_disk_floor_refuses_before_the_disk_is_full(small_disk: Path) -> None:
+    config = DLQConfig(base_path=small_disk / "dlq", min_free_disk_mb=4)
+    with DLQManager(config, background=False) as dlq:
+        accepted = 0
+        with pytest.raises(DLQFullError) as caught:
+            for start in range(0, 100_000, 100):
+                dlq.enqueue(Q, messages(start, 100))
+                accepted += 100
+        assert caught.value.limit == "min_free_disk"
+        assert dlq.store.count(Q) == accepted
+        # the floor left room: the queue still reads fine
+        lease = dlq.read_batch(Q, 10)
+        assert [m.record.key["id"] for m in lease.messages] == list(range(10))

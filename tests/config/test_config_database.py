@@ -1,0 +1,98 @@
+"""Pipelines read from the config database (CONFIG_DATABASE_URL), against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
+from config.errors import ConfigError
+from destinations.postgresql.destination import CONFIG_DATABASE_SCHEMA, read_pipeline_config
+from tests.pg_state import differences, fetch_state
+from tests.rosetta_cli import ROOT, cli_env, run_rosetta
+
+
+def dsn_with_db(dsn: str, dbname: str) -> str:
+    return " ".join(p for p in dsn.split() if not p.startswith("dbname=")) + f" dbname={dbname}"
+
+
+@pytest.fixture
+def config_db(postgres_server_factory):
+    server = postgres_server_factory()
+    conn = psycopg2.connect(server.dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE DATABASE rosetta_config")
+        cur.execute("CREATE DATABASE warehouse")
+    conn.close()
+    config_dsn = dsn_with_db(server.dsn, "rosetta_config")
+    conn = psycopg2.connect(config_dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(CONFIG_DATABASE_SCHEMA)
+    return server, config_dsn, conn
+
+
+def test_readme_documents_the_schema_the_code_reads() -> None:
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert " ".join(CONFIG_DATABASE_SCHEMA.split()) in readme
+
+
+def test_engine_runs_pipelines_from_the_config_database(tmp_path: Path, config_db) -> None:
+    server, config_dsn, conn = config_db
+    warehouse = dsn_with_db(server.dsn, "warehouse")
+    source = SyntheticSource("7", None, total_events=300, seed=2)
+    target = psycopg2.connect(warehouse)
+    target.autocommit = True
+    with target.cursor() as cur:
+        for statement in source.create_tables_sql():
+            cur.execute(statement)
+    target.close()
+    with conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO rosetta_pipelines"
+            " (name, source_id, source_type, source_options, batch_size)"
+            " VALUES ('from-db', '7', 'synthetic', %s, 50)",
+            (json.dumps({"total_events": 300, "seed": 2}),),
+        )
+        cur.execute(
+            "INSERT INTO rosetta_pipelines (name, source_id, source_type, enabled)"
+            " VALUES ('disabled', '8', 'synthetic', false)"
+        )
+        cur.execute(
+            "INSERT INTO rosetta_destinations (pipeline, id, name, type, options)"
+            " VALUES ('from-db', '1', 'Warehouse', 'postgresql', %s)",
+            (json.dumps({"dsn_env": "WAREHOUSE_DSN"}),),
+        )
+    specs = read_pipeline_config(config_dsn, {"WAREHOUSE_DSN": warehouse})
+    assert [s.name for s in specs] == ["from-db"]
+    env = cli_env(
+        CONFIG_DATABASE_URL=config_dsn,
+        WAREHOUSE_DSN=warehouse,
+        DLQ_BASE_PATH=str(tmp_path / "dlq"),
+        ROSETTA_STATE_PATH=str(tmp_path / "state"),
+        DLQ_MIN_FREE_DISK_MB="0",
+        ROSETTA_ADMIN_ADDR="off",  # the admin API is irrelevant here
+    )
+    result = run_rosetta(env, "run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not differences(source.expected_state(), fetch_state(warehouse, DEFAULT_TABLES))
+
+
+def test_unreachable_or_empty_config_database_is_a_clear_error(config_db) -> None:
+    server, config_dsn, conn = config_db
+    with pytest.raises(ConfigError) as caught:
+        read_pipeline_config("host=127.0.0.1 port=1 password=s3cret connect_timeout=2", {})
+    assert "cannot connect to the config database" in str(caught.value)
+    assert "s3cret" not in str(caught.value)
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE rosetta_destinations")
+    with pytest.raises(ConfigError, match="lacks the expected tables"):
+        read_pipeline_config(config_dsn, {})
+    with conn.cursor() as cur:
+        cur.execute("DROP TABLE rosetta_pipelines")
+    with pytest.raises(ConfigError, match="lacks the expected tables"):
+        read_pipeline_config(config_dsn, {})

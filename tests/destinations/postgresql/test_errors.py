@@ -1,0 +1,351 @@
+"""PostgreSQLDestination.classify_error on real errors raised by a real server.
+
+Each SQLSTATE class the destination names is provoked for real. Two of them
+never reach the client with their SQLSTATE, and the tests say so: libpq
+reports a refused connection (08) and a backend killed by
+``pg_terminate_backend`` (57P01) as "connection ... failed" / "server closed
+the connection unexpectedly", an OperationalError without ``pgcode``; the
+destination classes that as a lost connection, transient.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import pytest
+from psycopg2 import sql
+
+from destinations.errors import FailureKind, PermanentDestinationError
+from destinations.postgresql.destination import PostgreSQLDestination
+from tests.destinations.helpers import SOURCE_TABLE, upsert
+from tests.servers import PostgresServer, free_port
+
+TRANSIENT = FailureKind.TRANSIENT
+PERMANENT = FailureKind.PERMANENT
+
+
+@pytest.fixture
+def dest(postgres_dsn: str, pg_conn: Any, pg_schema: str) -> Iterator[PostgreSQLDestination]:
+    with pg_conn.cursor() as cur:
+        cur.execute(
+            sql.SQL(
+                "CREATE TABLE {}.items (id int PRIMARY KEY, name text NOT NULL, "
+                "email text UNIQUE, qty int, code varchar(3))"
+            ).format(sql.Identifier(pg_schema))
+        )
+    destination = PostgreSQLDestination(
+        "7", "PG-Errors", postgres_dsn, table_map={SOURCE_TABLE: (pg_schema, "items")}
+    )
+    yield destination
+    destination.close()
+
+
+def raised_by(write: Callable[[], Any]) -> BaseException:
+    with pytest.raises(Exception) as caught:
+        write()
+    return caught.value
+
+
+def verdict(dest: PostgreSQLDestination, error: BaseException) -> tuple[FailureKind, str | None]:
+    classified = dest.classify_error(error)
+    assert classified.error_class == type(error).__name__
+    assert classified.message
+    return classified.kind, classified.code
+
+
+# ---------------------------------------------------------------- permanent: 22, 23, 42
+
+
+def test_unique_violation_23505_is_permanent(dest: PostgreSQLDestination) -> None:
+    error = raised_by(
+        lambda: dest.write_batch(
+            SOURCE_TABLE,
+            [
+                upsert(1, {"name": "a", "email": "x@y"}, 1),
+                upsert(2, {"name": "b", "email": "x@y"}, 2),
+            ],
+        )
+    )
+    assert isinstance(error, psycopg2.errors.UniqueViolation)
+    assert verdict(dest, error) == (PERMANENT, "23505")
+
+
+def test_not_null_violation_23502_is_permanent(dest: PostgreSQLDestination) -> None:
+    error = raised_by(lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": None}, 1)]))
+    assert verdict(dest, error) == (PERMANENT, "23502")
+
+
+@pytest.mark.parametrize("threshold", [0, 10**9], ids=["copy", "values"])
+def test_invalid_text_representation_22P02_is_permanent(
+    dest: PostgreSQLDestination, threshold: int
+) -> None:
+    dest.copy_threshold = threshold
+    error = raised_by(
+        lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "qty": "lots"}, 1)])
+    )
+    assert verdict(dest, error) == (PERMANENT, "22P02")
+
+
+@pytest.mark.parametrize("threshold", [0, 10**9], ids=["copy", "values"])
+def test_string_too_long_22001_is_permanent_not_truncated(
+    dest: PostgreSQLDestination, threshold: int
+) -> None:
+    dest.copy_threshold = threshold
+    error = raised_by(
+        lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "code": "ABCD"}, 1)])
+    )
+    assert verdict(dest, error) == (PERMANENT, "22001")
+
+
+def test_undefined_table_42P01_is_permanent(dest: PostgreSQLDestination) -> None:
+    error = raised_by(lambda: dest.write_batch("public.nowhere", [upsert(1, {"name": "a"}, 1)]))
+    assert isinstance(error, psycopg2.errors.UndefinedTable)
+    assert verdict(dest, error) == (PERMANENT, "42P01")
+
+
+def test_no_unique_key_for_upsert_42P10_is_permanent(
+    pg_conn: Any, pg_schema: str, postgres_dsn: str
+) -> None:
+    with pg_conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("CREATE TABLE {}.history (id int, name text)").format(sql.Identifier(pg_schema))
+        )
+    dest = PostgreSQLDestination(
+        "7", "PG", postgres_dsn, table_map={SOURCE_TABLE: (pg_schema, "history")}
+    )
+    error = raised_by(lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)]))
+    assert verdict(dest, error) == (PERMANENT, "42P10")
+    dest.close()
+
+
+@pytest.mark.parametrize(
+    ("statement", "code"),
+    [("SELECT no_such_column FROM pg_class", "42703"), ("SELEC 1", "42601")],
+)
+def test_undefined_column_and_syntax_error_are_permanent(
+    dest: PostgreSQLDestination, pg_conn: Any, statement: str, code: str
+) -> None:
+    with pg_conn.cursor() as cur:
+        error = raised_by(lambda: cur.execute(statement))
+    assert verdict(dest, error) == (PERMANENT, code)
+
+
+def test_own_permanent_error_is_permanent(dest: PostgreSQLDestination) -> None:
+    error = raised_by(lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"nope": 1}, 1)]))
+    assert isinstance(error, PermanentDestinationError)
+    assert verdict(dest, error) == (PERMANENT, None)
+
+
+# ---------------------------------------------------------------- transient: 40, 53, 57, 08
+
+
+def test_serialization_failure_40001_is_transient(
+    dest: PostgreSQLDestination, postgres_dsn: str, pg_conn: Any, pg_schema: str
+) -> None:
+    table = sql.SQL("{}.items").format(sql.Identifier(pg_schema))
+    with pg_conn.cursor() as cur:
+        cur.execute(sql.SQL("INSERT INTO {} (id, name) VALUES (1, 'a')").format(table))
+    first = psycopg2.connect(postgres_dsn)
+    first.set_session(isolation_level="REPEATABLE READ")
+    try:
+        with first.cursor() as cur:
+            cur.execute(sql.SQL("SELECT name FROM {} WHERE id = 1").format(table))
+            with pg_conn.cursor() as other:  # a concurrent committed update
+                other.execute(sql.SQL("UPDATE {} SET name = 'b' WHERE id = 1").format(table))
+            error = raised_by(
+                lambda: cur.execute(sql.SQL("UPDATE {} SET name = 'c' WHERE id = 1").format(table))
+            )
+    finally:
+        first.close()
+    assert isinstance(error, psycopg2.errors.SerializationFailure)
+    assert verdict(dest, error) == (TRANSIENT, "40001")
+
+
+@pytest.mark.timeout(60)
+def test_deadlock_40P01_is_transient(
+    dest: PostgreSQLDestination, postgres_dsn: str, pg_conn: Any, pg_schema: str
+) -> None:
+    table = sql.SQL("{}.items").format(sql.Identifier(pg_schema))
+    with pg_conn.cursor() as cur:
+        cur.execute(sql.SQL("INSERT INTO {} (id, name) VALUES (1, 'a'), (2, 'b')").format(table))
+    left, right = psycopg2.connect(postgres_dsn), psycopg2.connect(postgres_dsn)
+    errors: list[BaseException] = []
+
+    def lock_then_wait(conn: Any, first: int, second: int, pause: float) -> None:
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET deadlock_timeout = '100ms'")
+                cur.execute(sql.SQL("UPDATE {} SET qty = 1 WHERE id = %s").format(table), (first,))
+                time.sleep(pause)
+                cur.execute(sql.SQL("UPDATE {} SET qty = 2 WHERE id = %s").format(table), (second,))
+        except psycopg2.Error as exc:
+            errors.append(exc)
+        finally:
+            conn.rollback()
+
+    threads = [
+        threading.Thread(target=lock_then_wait, args=(left, 1, 2, 0.3)),
+        threading.Thread(target=lock_then_wait, args=(right, 2, 1, 0.3)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    left.close()
+    right.close()
+    assert len(errors) == 1 and isinstance(errors[0], psycopg2.errors.DeadlockDetected)
+    assert verdict(dest, errors[0]) == (TRANSIENT, "40P01")
+
+
+@pytest.mark.timeout(60)
+def test_query_canceled_57014_is_transient(
+    dest: PostgreSQLDestination, postgres_dsn: str, pg_conn: Any
+) -> None:
+    victim = psycopg2.connect(postgres_dsn)
+    pid = victim.get_backend_pid()
+
+    def cancel_soon() -> None:
+        time.sleep(0.3)
+        with pg_conn.cursor() as cur:
+            cur.execute("SELECT pg_cancel_backend(%s)", (pid,))
+
+    canceller = threading.Thread(target=cancel_soon)
+    canceller.start()
+    with victim.cursor() as cur:
+        error = raised_by(lambda: cur.execute("SELECT pg_sleep(10)"))
+    canceller.join()
+    victim.close()
+    assert isinstance(error, psycopg2.errors.QueryCanceled)
+    assert verdict(dest, error) == (TRANSIENT, "57014")
+
+
+@pytest.mark.timeout(60)
+def test_terminated_backend_57P01_is_transient(
+    dest: PostgreSQLDestination, postgres_dsn: str, pg_conn: Any
+) -> None:
+    victim = psycopg2.connect(postgres_dsn)
+    pid = victim.get_backend_pid()
+
+    def terminate_soon() -> None:
+        time.sleep(0.3)
+        with pg_conn.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    killer = threading.Thread(target=terminate_soon)
+    killer.start()
+    with victim.cursor() as cur:
+        error = raised_by(lambda: cur.execute("SELECT pg_sleep(10)"))
+    killer.join()
+    victim.close()
+    # The server sends 57P01, but libpq surfaces the closed socket instead.
+    assert isinstance(error, psycopg2.OperationalError)
+    assert verdict(dest, error)[0] is TRANSIENT
+
+
+@pytest.fixture(scope="module")
+def tiny_server(postgres_cluster: Any) -> PostgresServer:
+    """A server with very few connections and a tiny lock table."""
+    return postgres_cluster.new_server(  # type: ignore[no-any-return]
+        {
+            "max_connections": "4",
+            "superuser_reserved_connections": "0",
+            "reserved_connections": "0",
+            "max_locks_per_transaction": "10",
+            "max_wal_senders": "0",
+            "max_worker_processes": "1",
+            "autovacuum_max_workers": "1",
+        }
+    )
+
+
+def test_out_of_shared_memory_53200_is_transient(
+    dest: PostgreSQLDestination, tiny_server: PostgresServer
+) -> None:
+    conn = psycopg2.connect(tiny_server.dsn)
+    try:
+        with conn.cursor() as cur:
+            # every new table holds a lock until commit: exhaust the lock table
+            error = raised_by(
+                lambda: cur.execute(
+                    "DO $$ BEGIN FOR i IN 1..5000 LOOP "
+                    "EXECUTE format('CREATE TEMP TABLE lock_hog_%s (a int)', i); "
+                    "END LOOP; END $$"
+                )
+            )
+    finally:
+        conn.close()
+    assert isinstance(error, psycopg2.errors.OutOfMemory)
+    assert verdict(dest, error) == (TRANSIENT, "53200")
+
+
+def test_too_many_connections_53300_is_transient(
+    dest: PostgreSQLDestination, tiny_server: PostgresServer
+) -> None:
+    held = []
+    try:
+        with pytest.raises(psycopg2.OperationalError, match="too many clients") as caught:
+            for _ in range(10):
+                held.append(psycopg2.connect(tiny_server.dsn))
+    finally:
+        for conn in held:
+            conn.close()
+    # Refused at login: FATAL 53300 arrives as a connection failure without pgcode.
+    assert verdict(dest, caught.value)[0] is TRANSIENT
+
+
+def test_connection_refused_08_is_transient() -> None:
+    dest = PostgreSQLDestination("8", "PG-Closed", f"host=127.0.0.1 port={free_port()} user=x")
+    error = raised_by(lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)]))
+    assert isinstance(error, psycopg2.OperationalError)
+    assert "refused" in str(error)
+    assert verdict(dest, error) == (TRANSIENT, None)
+
+
+def test_unknown_errors_are_transient(dest: PostgreSQLDestination) -> None:
+    assert verdict(dest, RuntimeError("something odd")) == (TRANSIENT, None)
+    assert verdict(dest, TimeoutError("slow")) == (TRANSIENT, None)
+
+
+def test_lost_sessions_are_told_apart_from_failed_statements(postgres_dsn: str) -> None:
+    """A killed backend or a cut socket is a lost session; a bad value or a timeout is not."""
+    import psycopg2 as pg
+
+    from destinations.errors import DestinationTimeoutError
+    from destinations.postgresql.destination import PostgreSQLDestination
+
+    destination = PostgreSQLDestination("1", "PG", postgres_dsn)
+    victim = pg.connect(postgres_dsn)
+    admin = pg.connect(postgres_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(%s)", (victim.get_backend_pid(),))
+    with pytest.raises(pg.Error) as killed:
+        victim.cursor().execute("SELECT 1")
+    classified = destination.classify_error(killed.value)
+    assert classified.is_transient and classified.connection_lost, classified
+    with pytest.raises(pg.Error) as refused:
+        pg.connect("host=127.0.0.1 port=1 connect_timeout=2")
+    assert destination.classify_error(refused.value).connection_lost
+    with pytest.raises(pg.Error) as bad_value, admin.cursor() as cur:
+        cur.execute("SELECT 'x'::int")
+    assert not destination.classify_error(bad_value.value).connection_lost
+    timeout = DestinationTimeoutError("no answer within write_timeout=2s")
+    assert destination.classify_error(timeout).is_transient
+    assert not destination.classify_error(timeout).connection_lost
+    admin.close()
+    victim.close()
+    destination.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, "5", True])
+def test_bad_write_timeout_is_a_config_error_naming_the_option(bad: object) -> None:
+    from config.errors import ConfigError
+    from destinations.postgresql.destination import PostgreSQLDestination
+
+    with pytest.raises(ConfigError, match=r"destination 7: write_timeout must be a positive"):
+        PostgreSQLDestination("7", "PG", "host=127.0.0.1", write_timeout=bad)  # type: ignore[arg-type]
