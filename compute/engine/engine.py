@@ -22,7 +22,7 @@ from config.pipelines import PipelineSpec, load_pipelines_file
 from config.settings import Settings
 
 if TYPE_CHECKING:
-    from compute.admin.http_api import AdminServer
+    from compute.admin.server import AdminServer
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +110,8 @@ class Engine:
 
     def _start_admin(self) -> None:
         """The admin API, and ``<DLQ_BASE_PATH>/admin.json`` so the CLI can find it."""
-        from compute.admin.http_api import AdminServer
         from compute.admin.operations import DLQOperations
+        from compute.admin.server import AdminServer
 
         assert self.dlq is not None
         ops = DLQOperations(
@@ -128,7 +128,7 @@ class Engine:
 
     def _add_observability_routes(self, admin: AdminServer) -> None:
         """``GET /metrics`` (Prometheus text format) and ``GET /alerts`` (the monitor's state)."""
-        from compute.admin.http_api import Response
+        from compute.admin.response import Response
 
         metrics, alerts = self.metrics, self.alerts
         assert metrics is not None and alerts is not None
@@ -137,8 +137,8 @@ class Engine:
             body, content_type = metrics.render()
             return Response(text=body.decode("utf-8"), content_type=content_type)
 
-        admin.add_route("GET", "/metrics", render_metrics)
-        admin.add_route("GET", "/alerts", lambda request: Response(body=alerts.snapshot()))
+        admin.router.add_route("GET", "/metrics", render_metrics)
+        admin.router.add_route("GET", "/alerts", lambda request: Response(body=alerts.snapshot()))
 
     def _start_observability(self, dlq: DLQManager) -> None:
         """Metrics and the alert monitor; the observer is set before any pipeline runs.
