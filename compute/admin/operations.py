@@ -35,7 +35,7 @@ from compute.errors import (
     OperationError,
     QueueNotFoundError,
 )
-from compute.delivery.event_handler import classify_or_transient
+from compute.delivery.failures import classify_or_transient
 from compute.queue_id import QueueId
 from compute.runtime.supervisor import CRASH_WINDOW
 from config.settings import Settings

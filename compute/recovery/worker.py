@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from compute.dlq.manager import DLQLease, DLQManager, record_key
 from compute.codec.message import DLQMessage, FailureContext
 from compute.errors import DLQError
-from compute.delivery.event_handler import classify_or_transient, held_behind_failure
+from compute.delivery.failures import classify_or_transient, held_behind_failure
 from compute.recovery.gc_pause import collector_paused
 from compute.delivery.health import DestinationHealth, HealthProbe
 from compute.delivery.in_flight import InFlightWrites
