@@ -14,7 +14,7 @@ import compute.runtime.supervisor as supervisor_module
 from compute.admin.operations import DLQOperations
 from compute.dlq.manager import DLQManager
 from compute.codec.message import DLQMessage, FailureContext
-from compute.recovery.worker import _QueueReplayState
+from compute.recovery.replay import QueueBackoff
 from compute.observability.metrics import DLQMetrics
 from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
@@ -176,7 +176,7 @@ def test_replay_now_changing_the_queue_map_while_the_loop_schedules_its_next_pas
         replayed.extend(r.replayed for r in worker.replay_now(other))
         done.set()
 
-    class Scheduled(_QueueReplayState):
+    class Scheduled(QueueBackoff):
         @property  # type: ignore[override]
         def retry_at(self) -> float:
             # The loop is reading this entry: the operator replays now.
@@ -190,7 +190,7 @@ def test_replay_now_changing_the_queue_map_while_the_loop_schedules_its_next_pas
             pass
 
     thread = threading.Thread(target=operator)
-    worker._queues[QUEUE] = Scheduled()
+    worker.replay.backoff[QUEUE] = Scheduled()
     try:
         delay = worker._seconds_to_next_due()
         thread.join(10)
