@@ -69,7 +69,7 @@ class Engine:
         self.metrics: DLQMetrics | None = None
         self.alerts: AlertMonitor | None = None
         self._pipeline_factory = pipeline_factory or self._build_pipeline
-        self._stopped = threading.Event()
+        self._stopping = threading.Event()
         self.admin: AdminServer | None = None
 
     def _build_pipeline(self, spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
@@ -183,9 +183,9 @@ class Engine:
         return {p.name: p.state is PipelineState.BACKPRESSURE for p in self.pipelines}
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._stopped.is_set():
+        if self._stopping.is_set():
             return
-        self._stopped.set()
+        self._stopping.set()
         if self.admin is not None:
             self.admin.stop()
             self.admin = None
@@ -201,9 +201,6 @@ class Engine:
         if self.dlq is not None:
             self.dlq.close()
         logger.info("engine stopped")
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
 
     def run_forever(self) -> int:
         """Run until SIGTERM or SIGINT (or every finite source is done), then stop cleanly.
