@@ -42,6 +42,7 @@ from compute.admin.json_limits import MAX_BODY_DEPTH, loads
 from compute.admin.operations import DLQOperations, parse_queue
 from compute.errors import DLQConflictError, DLQFullError, NotFoundError, OperationError
 from compute.queue_id import QueueId
+from compute.runtime.supervisor import Supervisor
 from compute.storage.atomic_file import json_bytes, write_atomic
 from config.settings import MIB, AdminConfig
 
@@ -296,7 +297,9 @@ class AdminServer:
         self.config = config
         self.routes: list[Route] = []
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        # The serve loop, restarted if anything escapes it (the engine reports it).
+        self.supervisor: Supervisor | None = None
+        self._stopping = threading.Event()
         self._discovery: Path | None = None
         self._add_dlq_routes()
 
@@ -638,13 +641,10 @@ class AdminServer:
                 "HOST:0 for a free port, or off"
             ) from None
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="admin-api",
-            daemon=True,
+        self.supervisor = Supervisor(
+            "admin-api", lambda: server.serve_forever(poll_interval=0.2), self._stopping
         )
-        self._thread.start()
+        self.supervisor.start()
         logger.info(
             "admin API listening: url=%s token_required=%s max_connections=%d timeout=%s",
             self.url,
@@ -681,6 +681,7 @@ class AdminServer:
         return path
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._discovery is not None:
             self._discovery.unlink(missing_ok=True)
             self._discovery = None
@@ -688,9 +689,9 @@ class AdminServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        if self.supervisor is not None:
+            self.supervisor.join(5)
+            self.supervisor = None
         logger.info("admin API stopped")
 
 

@@ -165,7 +165,8 @@ class Engine:
         self.alerts.start()
 
     def supervisors(self) -> list[Supervisor]:
-        """Every supervised engine thread: the pipelines' and the engine's own."""
+        """Every supervised engine thread: the pipelines' and the engine's own (DLQ
+        maintenance, alert monitor and webhook, admin API)."""
         return [s for p in self.pipelines for s in p.supervisors()] + self._engine_supervisors()
 
     def _engine_supervisors(self) -> list[Supervisor]:
@@ -174,6 +175,8 @@ class Engine:
             found.append(self.dlq.maintenance)
         if self.alerts is not None:
             found += self.alerts.supervisors()
+        if self.admin is not None and self.admin.supervisor is not None:
+            found.append(self.admin.supervisor)
         return found
 
     def _health_snapshots(self) -> list[tuple[str, HealthSnapshot]]:
