@@ -369,7 +369,7 @@ class QueueReplay:
 
         Nothing more is replayed to that destination meanwhile (the write may
         still commit, and a later batch must not be overtaken by it); the other
-        destinations go on. When it ends, ``_settle_in_flight`` acknowledges
+        destinations go on. When it ends, the worker (``_settle_in_flight``) acknowledges
         the batch (committed) or leaves it at the head (failed).
         """
         stuck = self.in_flight.hold(destination.destination_id, queue, write)
