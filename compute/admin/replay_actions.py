@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from compute.admin.operations_base import OperationsBase, Progress, no_progress
-from compute.delivery.event_handler import classify_or_transient
+from compute.delivery.failures import classify_or_transient
 from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
 

@@ -1,4 +1,4 @@
-"""The engine's admin API: JSON over stdlib ``http.server`` on a daemon thread, started and stopped.
+"""The engine's admin API: JSON over stdlib ``http.server`` on a supervised thread, started and stopped.
 
 Binds 127.0.0.1 by default (``ROSETTA_ADMIN_ADDR``); who may call it is
 checked in ``access.py``, connections are capped and timed in
@@ -22,20 +22,23 @@ from compute.admin.routing import Router
 from compute.admin.spool_files import remove_leftovers
 from compute.admin.transfer_routes import TransferRoutes
 from compute.errors import OperationError
+from compute.runtime.supervisor import Supervisor
 from config.settings import AdminConfig
 
 logger = logging.getLogger(__name__)
 
 
 class AdminServer:
-    """The admin API on a daemon thread; ``start()`` binds, ``stop()`` shuts it down."""
+    """The admin API on a supervised thread; ``start()`` binds, ``stop()`` shuts it down."""
 
     def __init__(self, ops: DLQOperations, config: AdminConfig) -> None:
         self.ops = ops
         self.config = config
         self.router = Router(config)
         self._server: AdminHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        # The serve loop, restarted if anything escapes it (the engine reports it).
+        self.supervisor: Supervisor | None = None
+        self._stopping = threading.Event()
         self._discovery: Path | None = None
         QueueRoutes(ops).add_to(self.router)
         TransferRoutes(ops, config).add_to(self.router)
@@ -53,7 +56,7 @@ class AdminServer:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def start(self) -> str:
-        """Bind and serve on a daemon thread; returns the URL (port 0 picks one)."""
+        """Bind and serve on a supervised thread; returns the URL (port 0 picks one)."""
         remove_leftovers(Path(self.ops.settings.dlq.base_path))
         server_class = AdminHTTPServer6 if ":" in self.config.host else AdminHTTPServer
         try:
@@ -70,13 +73,10 @@ class AdminServer:
                 "HOST:0 for a free port, or off"
             ) from None
         self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="admin-api",
-            daemon=True,
+        self.supervisor = Supervisor(
+            "admin-api", lambda: server.serve_forever(poll_interval=0.2), self._stopping
         )
-        self._thread.start()
+        self.supervisor.start()
         logger.info(
             "admin API listening: url=%s token_required=%s max_connections=%d timeout=%s",
             self.url,
@@ -92,6 +92,7 @@ class AdminServer:
         return self._discovery
 
     def stop(self) -> None:
+        self._stopping.set()
         if self._discovery is not None:
             self._discovery.unlink(missing_ok=True)
             self._discovery = None
@@ -99,7 +100,7 @@ class AdminServer:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None
+        if self.supervisor is not None:
+            self.supervisor.join(5)
+            self.supervisor = None
         logger.info("admin API stopped")

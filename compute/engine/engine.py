@@ -69,7 +69,7 @@ class Engine:
         self.metrics: DLQMetrics | None = None
         self.alerts: AlertMonitor | None = None
         self._pipeline_factory = pipeline_factory or self._build_pipeline
-        self._stopped = threading.Event()
+        self._stopping = threading.Event()
         self.admin: AdminServer | None = None
 
     def _build_pipeline(self, spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
@@ -165,7 +165,8 @@ class Engine:
         self.alerts.start()
 
     def supervisors(self) -> list[Supervisor]:
-        """Every supervised engine thread: the pipelines' and the engine's own."""
+        """Every supervised engine thread: the pipelines' and the engine's own (DLQ
+        maintenance, alert monitor and webhook, admin API)."""
         return [s for p in self.pipelines for s in p.supervisors()] + self._engine_supervisors()
 
     def _engine_supervisors(self) -> list[Supervisor]:
@@ -174,6 +175,8 @@ class Engine:
             found.append(self.dlq.maintenance)
         if self.alerts is not None:
             found += self.alerts.supervisors()
+        if self.admin is not None and self.admin.supervisor is not None:
+            found.append(self.admin.supervisor)
         return found
 
     def _health_snapshots(self) -> list[tuple[str, HealthSnapshot]]:
@@ -183,9 +186,9 @@ class Engine:
         return {p.name: p.state is PipelineState.BACKPRESSURE for p in self.pipelines}
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._stopped.is_set():
+        if self._stopping.is_set():
             return
-        self._stopped.set()
+        self._stopping.set()
         if self.admin is not None:
             self.admin.stop()
             self.admin = None
@@ -201,9 +204,6 @@ class Engine:
         if self.dlq is not None:
             self.dlq.close()
         logger.info("engine stopped")
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
 
     def run_forever(self) -> int:
         """Run until SIGTERM or SIGINT (or every finite source is done), then stop cleanly.

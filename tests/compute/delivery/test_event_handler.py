@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager
-from compute.errors import DLQFullError
 from compute.delivery.event_handler import EventHandler
 from compute.delivery.health import DestinationHealth
+from compute.dlq.manager import DLQManager
+from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from config.settings import WhenFull

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager
 from compute.codec.message import DLQMessage, FailureContext
-from compute.recovery.worker import DLQRecoveryWorker
-from compute.errors import DLQFullError, DLQStorageError
 from compute.delivery.health import DestinationHealth
+from compute.dlq.manager import DLQManager
+from compute.errors import DLQFullError, DLQStorageError
 from compute.queue_id import QueueId
+from compute.recovery.worker import DLQRecoveryWorker
 from destinations.errors import ClassifiedError, PermanentDestinationError
 from destinations.records import Operation
 from tests.compute.helpers import TABLE, apply_model, change, dlq_config
