@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from config.redact import redact
 from destinations.errors import ClassifiedError
 from destinations.health_probe import HealthProbe
 from destinations.records import ChangeRecord
-from destinations.redact import redact
 
 
 @dataclass(frozen=True, slots=True)

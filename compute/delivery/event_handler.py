@@ -33,19 +33,19 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from compute.dlq.manager import DLQManager, EnqueueResult, record_key
 from compute.codec.message import DLQMessage, FailureContext, encode_message
-from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
+from compute.dlq.manager import DLQManager, EnqueueResult, record_key
+from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread
+from config.redact import redact
 from destinations.base import Destination
 from destinations.errors import ClassifiedError, FailureKind
 from destinations.records import ChangeRecord
-from destinations.redact import redact
 
 logger = logging.getLogger(__name__)
 

@@ -42,9 +42,9 @@ from psycopg2.extensions import parse_dsn
 
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec, parse_pipelines
+from config.redact import first_line, redact
 from destinations.base import PreparedBatch, ProbedDestination
 from destinations.connection_watchdog import ConnectionWatchdog, shutdown_socket
-from destinations.postgresql.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
 from destinations.errors import (
     ClassifiedError,
     DestinationError,
@@ -54,8 +54,8 @@ from destinations.errors import (
     TransientDestinationError,
 )
 from destinations.net_effect import BatchLayout, ColumnBatch, layout, net_effect, positions
+from destinations.postgresql.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
 from destinations.records import ChangeRecord
-from destinations.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ class PostgreSQLDestination(ProbedDestination):
                     "stale connection replaced destination=%s table=%s error=%s",
                     self,
                     table,
-                    self.redact(_first_line(exc)),
+                    self.redact(first_line(exc)),
                 )
                 self._apply(prepared)
         logger.debug(
@@ -570,7 +570,7 @@ class PostgreSQLDestination(ProbedDestination):
         """Transient (retry later) or permanent (park), by SQLSTATE class."""
         kind = _kind_of(error)
         code = getattr(error, "pgcode", None)
-        message = self.redact(_first_line(error))
+        message = self.redact(first_line(error))
         return ClassifiedError(kind, type(error).__name__, message, code, _connection_lost(error))
 
 
@@ -867,11 +867,6 @@ def _cut(conn: PgConnection) -> None:
         shutdown_socket(conn.fileno())
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def dsn_problem(dsn: str) -> str | None:
     """Why libpq would refuse ``dsn``, found without connecting; None when it looks fine.
 
@@ -884,7 +879,7 @@ def dsn_problem(dsn: str) -> str | None:
     try:
         options = parse_dsn(dsn)
     except psycopg2.Error as error:
-        return redact(_first_line(error).removeprefix("invalid dsn: "))
+        return redact(first_line(error).removeprefix("invalid dsn: "))
     for port in options.get("port", "").split(","):
         if port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
             return f"port {port.strip()!r} is not a port number (1-65535)"
@@ -947,7 +942,7 @@ def read_pipeline_config(url: str, env: Mapping[str, str]) -> list[PipelineSpec]
         raise ConfigError(
             [
                 "CONFIG_DATABASE_URL: cannot connect to the config database: "
-                f"{redact(_first_line(error), secrets)}"
+                f"{redact(first_line(error), secrets)}"
             ]
         ) from None
     try:
@@ -961,7 +956,7 @@ def read_pipeline_config(url: str, env: Mapping[str, str]) -> list[PipelineSpec]
             [
                 "CONFIG_DATABASE_URL: the config database lacks the expected tables "
                 "rosetta_pipelines and rosetta_destinations (see README, 'Running the engine'): "
-                f"{redact(_first_line(error), secrets)}"
+                f"{redact(first_line(error), secrets)}"
             ]
         ) from None
     finally:

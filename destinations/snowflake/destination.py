@@ -32,6 +32,7 @@ from snowflake.connector import errors as sf_errors
 from snowflake.connector.connection import SnowflakeConnection
 from snowflake.connector.cursor import SnowflakeCursor
 
+from config.redact import first_line
 from destinations.base import ProbedDestination
 from destinations.errors import (
     ClassifiedError,
@@ -207,7 +208,7 @@ class SnowflakeDestination(ProbedDestination):
                     "stale session replaced destination=%s table=%s error=%s",
                     self,
                     table,
-                    self.redact(_first_line(exc)),
+                    self.redact(first_line(exc)),
                 )
                 statements = self._apply(target, plan)
         logger.debug(
@@ -338,7 +339,7 @@ class SnowflakeDestination(ProbedDestination):
         return ClassifiedError(
             _kind_of(error),
             type(error).__name__,
-            self.redact(_first_line(error)),
+            self.redact(first_line(error)),
             code,
             _connection_lost(error),
         )
@@ -539,8 +540,3 @@ def _connection_lost(error: BaseException) -> bool:
         return errno in _SESSION_ERRNOS or sqlstate[:2] in _SESSION_SQLSTATE_CLASSES
     # Below the connector: a reset, refused or aborted socket.
     return isinstance(error, ConnectionError)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
