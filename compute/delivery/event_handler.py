@@ -33,11 +33,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from compute.dlq.manager import DLQManager, EnqueueResult, record_key
 from compute.codec.message import DLQMessage, FailureContext, encode_message
+from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
-from compute.dlq.manager import DLQManager, EnqueueResult, record_key
-from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
