@@ -40,9 +40,9 @@ from psycopg2.extensions import connection as PgConnection
 from psycopg2.extensions import cursor as PgCursor
 from psycopg2.extensions import parse_dsn
 
+from config.dsn import dsn_problem
 from config.errors import ConfigError
-from config.pipelines import PipelineSpec, parse_pipelines
-from config.redact import first_line, redact
+from config.redact import first_line
 from destinations.base import PreparedBatch, ProbedDestination
 from destinations.connection_watchdog import ConnectionWatchdog, shutdown_socket
 from destinations.errors import (
@@ -79,22 +79,6 @@ _PERMANENT_CLASSES = frozenset({"21", "22", "23", "42", "44", "0A", "2F", "P0", 
 # a server still starting, no connection slots left.
 _CONNECTION_CLASSES = frozenset({"08"})
 _CONNECTION_CODES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
-
-# Connection options libpq checks only when it connects (parsing accepts any
-# text): checked up front so a typo is a start-up error, not a failed write.
-_INTEGER_OPTIONS = (
-    "connect_timeout",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
-)
-_CHOICE_OPTIONS = {
-    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
-    "gssencmode": ("disable", "prefer", "require"),
-    "channel_binding": ("disable", "prefer", "require"),
-}
 
 TargetSpec = str | tuple[str, str]
 
@@ -865,117 +849,3 @@ def _cut(conn: PgConnection) -> None:
     """Wake a call blocked on ``conn``: it fails with a connection error."""
     if not conn.closed:
         shutdown_socket(conn.fileno())
-
-
-def dsn_problem(dsn: str) -> str | None:
-    """Why libpq would refuse ``dsn``, found without connecting; None when it looks fine.
-
-    The answer never holds the password (libpq quotes a malformed URI whole).
-    """
-    if not isinstance(dsn, str):
-        return f"expected a connection string, got {type(dsn).__name__}"
-    if not dsn.strip():
-        return "empty; expected a libpq connection string or postgresql:// URI"
-    try:
-        options = parse_dsn(dsn)
-    except psycopg2.Error as error:
-        return redact(first_line(error).removeprefix("invalid dsn: "))
-    for port in options.get("port", "").split(","):
-        if port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
-            return f"port {port.strip()!r} is not a port number (1-65535)"
-    for name in _INTEGER_OPTIONS:
-        value = options.get(name, "").strip()
-        if value and not value.lstrip("-").isdigit():
-            return f"{name} {value!r} is not an integer"
-    for name, choices in _CHOICE_OPTIONS.items():
-        value = options.get(name)
-        if value is not None and value not in choices:
-            return f"{name} {value!r} is not one of {', '.join(choices)}"
-    return None
-
-
-# ---------------------------------------------------------------- config database
-
-# The config database schema, as documented in the README (a test keeps the two equal).
-CONFIG_DATABASE_SCHEMA = """\
-CREATE TABLE rosetta_pipelines (
-    name           text PRIMARY KEY,
-    source_id      text NOT NULL UNIQUE,
-    source_type    text NOT NULL,                 -- synthetic | jsonl
-    source_options jsonb NOT NULL DEFAULT '{}',   -- as [pipelines.source], without id/type
-    batch_size     integer NOT NULL DEFAULT 500,
-    retry          text NOT NULL DEFAULT 'aggressive',
-    enabled        boolean NOT NULL DEFAULT true
-);
-CREATE TABLE rosetta_destinations (
-    pipeline text NOT NULL REFERENCES rosetta_pipelines (name),
-    id       text NOT NULL,
-    name     text NOT NULL,
-    type     text NOT NULL,                       -- postgresql | snowflake
-    options  jsonb NOT NULL DEFAULT '{}',  -- as [[pipelines.destinations]]; *_env for secrets
-    PRIMARY KEY (pipeline, id)
-);
-"""
-
-_PIPELINES_QUERY = """
-SELECT name, source_id, source_type, source_options, batch_size, retry
-FROM rosetta_pipelines WHERE enabled ORDER BY name
-"""
-_DESTINATIONS_QUERY = """
-SELECT pipeline, id, name, type, options FROM rosetta_destinations ORDER BY pipeline, id
-"""
-
-
-def read_pipeline_config(url: str, env: Mapping[str, str]) -> list[PipelineSpec]:
-    """Pipelines from the config database (``CONFIG_DATABASE_URL``); schema in the README.
-
-    A malformed URL, connection and schema problems become one ``ConfigError``
-    that never shows the URL or its password.
-    """
-    problem = dsn_problem(url)
-    if problem is not None:
-        raise ConfigError([f"CONFIG_DATABASE_URL: invalid DSN: {problem}"])
-    secrets = (parse_dsn(url).get("password"),)
-    try:
-        conn = psycopg2.connect(url, connect_timeout=10)
-    except psycopg2.Error as error:
-        raise ConfigError(
-            [
-                "CONFIG_DATABASE_URL: cannot connect to the config database: "
-                f"{redact(first_line(error), secrets)}"
-            ]
-        ) from None
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(_PIPELINES_QUERY)
-            pipelines = cur.fetchall()
-            cur.execute(_DESTINATIONS_QUERY)
-            destinations = cur.fetchall()
-    except psycopg2.Error as error:
-        raise ConfigError(
-            [
-                "CONFIG_DATABASE_URL: the config database lacks the expected tables "
-                "rosetta_pipelines and rosetta_destinations (see README, 'Running the engine'): "
-                f"{redact(first_line(error), secrets)}"
-            ]
-        ) from None
-    finally:
-        conn.close()
-    by_pipeline: dict[str, list[dict[str, Any]]] = {}
-    for pipeline, dest_id, name, kind, options in destinations:
-        by_pipeline.setdefault(pipeline, []).append(
-            {**(options or {}), "id": dest_id, "name": name, "type": kind}
-        )
-    data = {
-        "pipelines": [
-            {
-                "name": name,
-                "batch_size": batch_size,
-                "retry": retry,
-                "source": {**(options or {}), "id": source_id, "type": source_type},
-                "destinations": by_pipeline.get(name, []),
-            }
-            for name, source_id, source_type, options, batch_size, retry in pipelines
-        ]
-    }
-    return parse_pipelines(data, env, where="config database")

@@ -1,37 +1,13 @@
-"""Build sources and destinations from their specs (imports drivers only when used)."""
+"""Builds destinations from their specs and checks their settings; drivers load only when used."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from compute.sources.base import Source
-from compute.sources.offset_store import OffsetStore
 from config.errors import ConfigError
-from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
+from config.pipelines import DestinationSpec, PipelineSpec
 from destinations.base import Destination
-
-
-def build_source(spec: SourceSpec, state_path: Path) -> Source:
-    """The source ``spec`` describes, resuming from its offsets under ``state_path``."""
-    offsets = OffsetStore(Path(state_path) / "offsets" / f"source_{spec.id}.json")
-    options = dict(spec.options)
-    try:
-        if spec.type == "synthetic":
-            from compute.sources.synthetic_source import SyntheticSource
-
-            if "tables" in options:
-                options["tables"] = tuple(options["tables"])
-            return SyntheticSource(spec.id, offsets, **options)
-        if spec.type == "jsonl":
-            from compute.sources.jsonl_source import JsonLinesSource
-
-            path = options.pop("path")
-            return JsonLinesSource(spec.id, path, offsets, **options)
-    except TypeError as error:
-        raise ConfigError([f"source {spec.id} ({spec.type}): bad option: {error}"]) from None
-    raise ConfigError([f"source {spec.id}: unknown type {spec.type!r}"])
 
 
 def check_destinations(specs: Iterable[PipelineSpec]) -> None:
@@ -60,7 +36,7 @@ def destination_problems(spec: DestinationSpec) -> list[str]:
             f"integer number of milliseconds from 10 to 3600000, got {deadline!r}"
         )
     if spec.type == "postgresql" and "dsn" in spec.options:
-        from destinations.postgresql.destination import dsn_problem
+        from config.dsn import dsn_problem  # imports psycopg2
 
         problem = dsn_problem(spec.options["dsn"])
         if problem is not None:
