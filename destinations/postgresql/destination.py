@@ -55,13 +55,15 @@ from destinations.errors import (
 )
 from destinations.net_effect import BatchLayout, ColumnBatch, layout, net_effect, positions
 from destinations.postgresql.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
-from destinations.records import ChangeRecord
+from destinations.records import (
+    POSITION_COLUMNS,
+    POSITION_COMMIT_COLUMN,
+    POSITION_SEQ_COLUMN,
+    ChangeRecord,
+)
 
 logger = logging.getLogger(__name__)
 
-POSITION_COMMIT_COLUMN = "_rosetta_commit"
-POSITION_SEQ_COLUMN = "_rosetta_seq"
-POSITION_COLUMNS = (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN)
 TOMBSTONE_SUFFIX = "__rosetta_tombstones"
 _DELETE_FLAG = "_rosetta_stage_delete"  # stage-only column: True for a delete
 _MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
