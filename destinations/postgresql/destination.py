@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +34,7 @@ from psycopg2.extensions import parse_dsn
 
 from config.dsn import dsn_problem
 from config.errors import ConfigError
-from config.redact import first_line
-from destinations.base import PreparedBatch, ProbedDestination
+from destinations.base import PreparedBatch
 from destinations.connection_watchdog import ConnectionWatchdog, shutdown_socket
 from destinations.errors import (
     ClassifiedError,
@@ -64,6 +62,7 @@ from destinations.records import (
     POSITION_SEQ_COLUMN,
     ChangeRecord,
 )
+from destinations.session import SessionDestination
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ class _PreparedWrite:
     copy_chunks: list[list[str]] | None = None
 
 
-class PostgreSQLDestination(ProbedDestination):
+class PostgreSQLDestination(SessionDestination[PgConnection]):
     """Writes CDC batches to PostgreSQL tables by primary key.
 
     ``table_map`` maps a source table (``ChangeRecord.table``) to its target,
@@ -100,6 +99,8 @@ class PostgreSQLDestination(ProbedDestination):
     waits forever. ``statement_timeout`` is the server-side bound and cannot
     help when the server never sees the statement.
     """
+
+    _close_errors = (psycopg2.Error,)
 
     def __init__(
         self,
@@ -141,10 +142,8 @@ class PostgreSQLDestination(ProbedDestination):
         self.statement_timeout = statement_timeout
         self.write_timeout = write_timeout
         self._watchdog = ConnectionWatchdog(f"{name}:{destination_id}")
-        self._conn: PgConnection | None = None
         self._tables: dict[tuple[str | None, str], TableInfo] = {}
         self._tombstones_ready: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -199,29 +198,7 @@ class PostgreSQLDestination(ProbedDestination):
         return self._write(batch.table, len(batch.records), work)
 
     def _write(self, table: str, count: int, prepared: _PreparedWrite) -> int:
-        with self._lock:
-            reused = self._conn is not None and not self._conn.closed
-            try:
-                self._apply(prepared)
-            except (
-                psycopg2.OperationalError,
-                psycopg2.InterfaceError,
-                DestinationTimeoutError,
-            ) as exc:
-                if not (reused and self._conn is None):
-                    raise
-                # The kept connection died while idle (server restart, network
-                # blip, idle timeout, a dropped NAT entry that leaves it mute).
-                # The batch was not committed, or if the commit raced the
-                # failure, replaying it is harmless (idempotent), so try once
-                # more on a fresh connection.
-                logger.info(
-                    "stale connection replaced destination=%s table=%s error=%s",
-                    self,
-                    table,
-                    self.redact(first_line(exc)),
-                )
-                self._apply(prepared)
+        self._write_once_more(table, lambda: self._apply(prepared))
         logger.debug(
             "batch applied destination=%s table=%s records=%d net=%d",
             self,
@@ -233,7 +210,7 @@ class PostgreSQLDestination(ProbedDestination):
 
     def _apply(self, prepared: _PreparedWrite) -> None:
         target, changes = prepared.target, prepared.changes
-        conn = self._connection()
+        conn = self._current_session()
         try:
             # The watch ends before _abort() closes the connection, so the
             # watchdog never touches a descriptor the driver has released.
@@ -355,12 +332,19 @@ class PostgreSQLDestination(ProbedDestination):
 
     # ------------------------------------------------------------ connections
 
-    def _connection(self) -> PgConnection:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._connect(self.connect_timeout, self.statement_timeout)
-            self._tables.clear()
-            self._tombstones_ready.clear()
-        return self._conn
+    def _open_session(self) -> PgConnection:
+        conn = self._connect(self.connect_timeout, self.statement_timeout)
+        self._tables.clear()
+        self._tombstones_ready.clear()
+        return conn
+
+    def _is_open(self, session: PgConnection) -> bool:
+        return not session.closed
+
+    def _is_stale(self, error: Exception) -> bool:
+        return isinstance(
+            error, psycopg2.OperationalError | psycopg2.InterfaceError | DestinationTimeoutError
+        )
 
     def _connect(self, timeout: float, statement_timeout: float | None) -> PgConnection:
         options: dict[str, Any] = {
@@ -381,7 +365,7 @@ class PostgreSQLDestination(ProbedDestination):
         """Roll back after a failure; drop the connection if it is broken."""
         self._tables.clear()  # the failure may be a schema change: re-read the catalog
         self._tombstones_ready.clear()
-        conn = self._conn
+        conn = self._session
         if conn is None:
             return
         if not conn.closed:
@@ -393,16 +377,10 @@ class PostgreSQLDestination(ProbedDestination):
         try:
             conn.close()
         finally:
-            self._conn = None
+            self._session = None
 
     def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None and not conn.closed:
-                try:
-                    conn.close()
-                except psycopg2.Error:
-                    logger.debug("close failed destination=%s", self, exc_info=True)
+        super().close()
         self._watchdog.close()
 
     # ------------------------------------------------------------ health
@@ -424,12 +402,7 @@ class PostgreSQLDestination(ProbedDestination):
         if not self._lock.acquire(blocking=False):
             return  # a write is using it: its own timeout bounds it
         try:
-            conn, self._conn = self._conn, None
-            if conn is not None and not conn.closed:
-                try:
-                    conn.close()
-                except psycopg2.Error:
-                    logger.debug("close failed destination=%s", self, exc_info=True)
+            self._drop_session()
         finally:
             self._lock.release()
 

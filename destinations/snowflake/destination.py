@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,11 +27,10 @@ from snowflake.connector import errors as sf_errors
 from snowflake.connector.connection import SnowflakeConnection
 from snowflake.connector.cursor import SnowflakeCursor
 
-from config.redact import first_line
-from destinations.base import ProbedDestination
 from destinations.errors import ClassifiedError, DestinationError
 from destinations.net_effect import BatchLayout, layout, net_effect
 from destinations.records import ChangeRecord
+from destinations.session import SessionDestination
 from destinations.snowflake.errors import classify, connection_lost
 from destinations.snowflake.stage import (
     MAX_INSERT_BYTES,
@@ -45,7 +43,7 @@ from destinations.snowflake.stage import (
 logger = logging.getLogger(__name__)
 
 
-class SnowflakeDestination(ProbedDestination):
+class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
     """Writes CDC batches to Snowflake tables by primary key.
 
     ``table_map`` maps a source table to its target as ``"DB.SCHEMA.TABLE"``,
@@ -62,6 +60,9 @@ class SnowflakeDestination(ProbedDestination):
     ``<account>.snowflakecomputing.com`` (tests use a local fakesnow server).
     The password is kept out of ``repr`` and logs.
     """
+
+    _session_noun = "session"
+    _close_errors = (sf_errors.Error,)
 
     def __init__(
         self,
@@ -103,9 +104,7 @@ class SnowflakeDestination(ProbedDestination):
         self.max_rows_per_insert = min(max_rows_per_insert, MAX_ROWS_PER_INSERT)
         self.max_insert_bytes = max_insert_bytes
         self._table_map = dict(table_map or {})
-        self._conn: SnowflakeConnection | None = None
         self._tables: dict[tuple[str, ...], TableInfo] = {}
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -122,23 +121,7 @@ class SnowflakeDestination(ProbedDestination):
             return 0
         plan = layout(net_effect(records))
         target = self._target_of(table)
-        with self._lock:
-            reused = self._conn is not None and not self._conn.is_closed()
-            try:
-                statements = self._apply(target, plan)
-            except sf_errors.Error as exc:
-                stale = isinstance(exc, sf_errors.OperationalError | sf_errors.InterfaceError)
-                if not (reused and self._conn is None and (stale or connection_lost(exc))):
-                    raise
-                # The kept session died while idle (expired, server restarted):
-                # nothing reached the target, so try once more on a new one.
-                logger.info(
-                    "stale session replaced destination=%s table=%s error=%s",
-                    self,
-                    table,
-                    self.redact(first_line(exc)),
-                )
-                statements = self._apply(target, plan)
+        statements = self._write_once_more(table, lambda: self._apply(target, plan))
         logger.debug(
             "batch applied destination=%s table=%s records=%d net=%d statements=%d",
             self,
@@ -151,7 +134,7 @@ class SnowflakeDestination(ProbedDestination):
 
     def _apply(self, target: tuple[str, ...], plan: BatchLayout) -> int:
         """Stage and merge; returns how many statements were sent."""
-        conn = self._connection()
+        conn = self._current_session()
         try:
             with conn.cursor() as cur:
                 info = self._table_info(cur, target)
@@ -210,35 +193,33 @@ class SnowflakeDestination(ProbedDestination):
         }
         return {k: v for k, v in options.items() if v is not None}
 
-    def _connection(self) -> SnowflakeConnection:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = snowflake.connector.connect(
-                **self._connect_options(self.login_timeout, self.network_timeout)
-            )
-            self._tables.clear()
-        return self._conn
+    def _open_session(self) -> SnowflakeConnection:
+        conn = snowflake.connector.connect(
+            **self._connect_options(self.login_timeout, self.network_timeout)
+        )
+        self._tables.clear()
+        return conn
+
+    def _is_open(self, session: SnowflakeConnection) -> bool:
+        return not session.is_closed()
+
+    def _is_stale(self, error: Exception) -> bool:
+        # An expired or closed session (nothing reached the target).
+        stale = isinstance(error, sf_errors.OperationalError | sf_errors.InterfaceError)
+        return isinstance(error, sf_errors.Error) and (stale or connection_lost(error))
 
     def _abort(self, error: BaseException) -> None:
         """After a failure: re-read the catalog next time; drop a session that failed below SQL."""
         self._tables.clear()
-        conn = self._conn
+        conn = self._session
         answered = isinstance(error, sf_errors.ProgrammingError | DestinationError)
         if conn is None or (answered and not connection_lost(error)):
             return  # the server answered about the statement: the session is fine
-        self._conn = None
+        self._session = None
         try:
             conn.close(retry=False)  # the server may be gone: do not wait on it
         except Exception:  # closing a broken session may fail too; it is dropped anyway
             logger.debug("close after failure failed destination=%s", self, exc_info=True)
-
-    def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None and not conn.is_closed():
-                try:
-                    conn.close()
-                except sf_errors.Error:
-                    logger.debug("close failed destination=%s", self, exc_info=True)
 
     # ------------------------------------------------------------ health
 
