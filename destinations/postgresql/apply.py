@@ -174,6 +174,19 @@ def _staged_sql(
     match = _key_match("t", "s", keys)
     insert_columns = columns + ((POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN) if tombstones else ())
     select_list = sql.SQL(", ").join(_qualified("s", c) for c in insert_columns)
+
+    def upsert(where: sql.Composable) -> sql.Composed:
+        """Upsert the stage rows matching ``where`` into the target."""
+        return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} WHERE {} ON CONFLICT ({}) {}").format(
+            target,
+            idents(insert_columns),
+            select_list,
+            source,
+            where,
+            idents(keys),
+            _on_conflict_set(columns, keys, guard=tombstones is not None),
+        )
+
     statements: list[sql.Composable] = []
     if tombstones is None:
         if has_deletes:
@@ -184,19 +197,7 @@ def _staged_sql(
             )
         if not has_upserts:
             return statements
-        statements.append(
-            sql.SQL(
-                "INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT {} ON CONFLICT ({}) {}"
-            ).format(
-                target,
-                idents(insert_columns),
-                select_list,
-                source,
-                flag,
-                idents(keys),
-                _on_conflict_set(columns, keys, guard=False),
-            )
-        )
+        statements.append(upsert(sql.SQL("NOT {}").format(flag)))
         return statements
 
     tomb_match = _key_match("b", "s", keys)
@@ -242,21 +243,10 @@ def _staged_sql(
         return statements
     statements += [
         # 3. Upserts, unless a tombstone or the row itself is at least as new.
-        sql.SQL(
-            "INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT {} "
-            "AND NOT EXISTS (SELECT 1 FROM {} WHERE {} AND {} >= {}) ON CONFLICT ({}) {}"
-        ).format(
-            target,
-            idents(insert_columns),
-            select_list,
-            source,
-            flag,
-            tomb,
-            tomb_match,
-            _position("b"),
-            _position("s"),
-            idents(keys),
-            _on_conflict_set(columns, keys, guard=True),
+        upsert(
+            sql.SQL("NOT {} AND NOT EXISTS (SELECT 1 FROM {} WHERE {} AND {} >= {})").format(
+                flag, tomb, tomb_match, _position("b"), _position("s")
+            )
         ),
         # 4. A newer upsert makes older tombstones of its key useless.
         sql.SQL("DELETE FROM {} USING {} WHERE NOT {} AND {} AND {} < {}").format(

@@ -221,6 +221,15 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         except Exception:  # closing a broken session may fail too; it is dropped anyway
             logger.debug("close after failure failed destination=%s", self, exc_info=True)
 
+    # ------------------------------------------------------------ errors
+
+    def classify_error(self, error: BaseException) -> ClassifiedError:
+        """Transient (retry later) or permanent (park), by connector errno and SQLSTATE.
+
+        A lost or expired session is transient and ``connection_lost``.
+        """
+        return classify(error, self.redact)
+
     # ------------------------------------------------------------ health
 
     def _probe_once(self, timeout: float) -> None:
@@ -233,12 +242,3 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
                 cur.fetchone()
         finally:
             conn.close()
-
-    # ------------------------------------------------------------ errors
-
-    def classify_error(self, error: BaseException) -> ClassifiedError:
-        """Transient (retry later) or permanent (park), by connector errno and SQLSTATE.
-
-        A lost or expired session is transient and ``connection_lost``.
-        """
-        return classify(error, self.redact)
