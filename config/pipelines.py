@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 SOURCE_TYPES = ("synthetic", "jsonl")
 DESTINATION_TYPES = ("postgresql", "snowflake")
 RETRY_PRESETS = ("aggressive", "conservative", "default")
-SECRET_OPTIONS = frozenset({"dsn", "password", "private_key", "token"})
 
 T = TypeVar("T")
 

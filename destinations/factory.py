@@ -16,23 +16,23 @@ def check_destinations(specs: Iterable[PipelineSpec]) -> None:
     Run before anything starts: a malformed DSN would otherwise fail every
     write and park every event as a permanent failure.
     """
-    problems = [p for spec in specs for d in spec.destinations for p in destination_problems(d)]
+    problems = [p for spec in specs for d in spec.destinations for p in _destination_problems(d)]
     if problems:
         raise ConfigError(problems)
 
 
 # The engine's own per-destination option (not passed to the destination's driver).
-DEADLINE_OPTION = "live_write_deadline_ms"
+_DEADLINE_OPTION = "live_write_deadline_ms"
 
 
-def destination_problems(spec: DestinationSpec) -> list[str]:
+def _destination_problems(spec: DestinationSpec) -> list[str]:
     """What is wrong with ``spec``'s settings, each naming the setting (secrets masked)."""
     problems = []
-    deadline = spec.options.get(DEADLINE_OPTION)
+    deadline = spec.options.get(_DEADLINE_OPTION)
     whole = isinstance(deadline, int) and not isinstance(deadline, bool)
     if deadline is not None and not (whole and 10 <= deadline <= 3_600_000):
         problems.append(
-            f"destination {spec.name} (ID={spec.id}): {spec.setting(DEADLINE_OPTION)} must be an "
+            f"destination {spec.name} (ID={spec.id}): {spec.setting(_DEADLINE_OPTION)} must be an "
             f"integer number of milliseconds from 10 to 3600000, got {deadline!r}"
         )
     if spec.type == "postgresql" and "dsn" in spec.options:
@@ -48,11 +48,11 @@ def destination_problems(spec: DestinationSpec) -> list[str]:
 
 
 def build_destination(spec: DestinationSpec) -> Destination:
-    problems = destination_problems(spec)
+    problems = _destination_problems(spec)
     if problems:
         raise ConfigError(problems)
     options: dict[str, Any] = dict(spec.options)
-    deadline = options.pop(DEADLINE_OPTION, None)
+    deadline = options.pop(_DEADLINE_OPTION, None)
     destination = _build_driver(spec, options)
     if deadline is not None:
         destination.live_write_deadline = deadline / 1000

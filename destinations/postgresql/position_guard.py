@@ -20,21 +20,21 @@ from destinations.errors import PermanentDestinationError
 from destinations.net_effect import ColumnBatch, positions
 from destinations.records import POSITION_COLUMNS
 
-TOMBSTONE_SUFFIX = "__rosetta_tombstones"
+_TOMBSTONE_SUFFIX = "__rosetta_tombstones"
 _MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
 _BIGINT_MAX = 2**63 - 1
 
 
 def tombstone_table_name(table: str) -> str:
     """Name of the side table holding delete tombstones for ``table`` (guard mode)."""
-    name = f"{table}{TOMBSTONE_SUFFIX}"
+    name = f"{table}{_TOMBSTONE_SUFFIX}"
     if len(name.encode()) <= _MAX_IDENTIFIER_BYTES:
         return name
     # PostgreSQL would truncate a longer name; keep it unique with a digest.
     digest = hashlib.sha1(table.encode()).hexdigest()[:8]
-    room = _MAX_IDENTIFIER_BYTES - len(TOMBSTONE_SUFFIX) - len(digest) - 1
+    room = _MAX_IDENTIFIER_BYTES - len(_TOMBSTONE_SUFFIX) - len(digest) - 1
     head = table.encode()[:room].decode(errors="ignore")
-    return f"{head}_{digest}{TOMBSTONE_SUFFIX}"
+    return f"{head}_{digest}{_TOMBSTONE_SUFFIX}"
 
 
 def without_positions(group: ColumnBatch) -> ColumnBatch:

@@ -13,7 +13,7 @@ from typing import Any
 from destinations.errors import PermanentDestinationError
 from destinations.net_effect import BatchLayout, ColumnBatch
 
-STAGE_TABLE = "_ROSETTA_STAGE"
+_STAGE_TABLE = "_ROSETTA_STAGE"
 _DELETE_FLAG = "_ROSETTA_DELETED"
 _HAS_PREFIX = "_ROSETTA_HAS_"  # stage flag: the row carries this partial column
 MAX_ROWS_PER_INSERT = 16_384  # Snowflake's limit on rows in one VALUES clause
@@ -65,7 +65,7 @@ class Stage:
         return cls(info, keys, columns, partial, rows)
 
     def statements(self, max_rows: int, max_bytes: int) -> Iterator[tuple[str, Any]]:
-        stage = quote(STAGE_TABLE)
+        stage = quote(_STAGE_TABLE)
         flags = [quote(_HAS_PREFIX + str(i)) for i in range(len(self.partial))]
         definitions = [f"{quote(c)} {_stage_type(self.info.columns[c])}" for c in self.columns]
         definitions += [f"{quote(_DELETE_FLAG)} BOOLEAN"] + [f"{f} BOOLEAN" for f in flags]
