@@ -86,9 +86,9 @@ class OperationsBase:
 
     def _build_offline_worker(self, queue: QueueId) -> DLQRecoveryWorker | None:
         """Offline: the pipeline delivering ``queue``, from the pipelines config."""
-        from compute.engine.engine import load_pipeline_specs
-        from compute.engine.factories import build_destination
         from compute.delivery.health import DestinationHealth
+        from config.pipelines import load_pipeline_specs
+        from destinations.factory import build_destination
 
         for spec in load_pipeline_specs(self.settings):
             if str(spec.source.id) != queue.source_id:

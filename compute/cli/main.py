@@ -41,7 +41,8 @@ def run(ctx: click.Context, pipelines: str | None) -> None:
     """Run the engine in the foreground until SIGTERM/SIGINT."""
     if ctx.obj["log_level"] is None:
         setup_logging("INFO")
-    from compute.engine.engine import Engine, load_pipeline_specs
+    from compute.engine.engine import Engine
+    from config.pipelines import load_pipeline_specs
     from config.settings import load_settings, prepare_directory
 
     settings = load_settings()

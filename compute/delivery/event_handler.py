@@ -43,6 +43,7 @@ from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread
+from config.redact import redact
 from destinations.base import Destination
 from destinations.errors import FailureKind
 from destinations.records import ChangeRecord

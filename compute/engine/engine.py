@@ -10,37 +10,21 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from compute.dlq.manager import DLQManager
-from compute.engine.factories import build_destination, build_source, check_destinations
 from compute.delivery.health import HealthSnapshot
 from compute.observability.alerts import AlertMonitor
 from compute.observability.metrics import DLQMetrics
 from compute.engine.pipeline import Pipeline, PipelineState
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
-from config.errors import ConfigError
-from config.pipelines import PipelineSpec, load_pipelines_file
+from compute.sources.factory import build_source
+from config.pipelines import PipelineSpec
 from config.settings import Settings
+from destinations.factory import build_destination, check_destinations
 
 if TYPE_CHECKING:
     from compute.admin.server import AdminServer
 
 logger = logging.getLogger(__name__)
-
-
-def load_pipeline_specs(settings: Settings) -> list[PipelineSpec]:
-    """Pipelines from ``ROSETTA_PIPELINES_FILE``, or the config database when configured."""
-    if settings.config_database_url:
-        from destinations.postgresql.destination import read_pipeline_config
-
-        return read_pipeline_config(settings.config_database_url, settings.environment)
-    if settings.pipelines_file is None:
-        raise ConfigError(
-            [
-                "no pipelines defined: set ROSETTA_PIPELINES_FILE to a TOML file "
-                "(see config/pipelines.py) or CONFIG_DATABASE_URL to a config database"
-            ]
-        )
-    return load_pipelines_file(settings.pipelines_file, settings.environment)
 
 
 class Engine:

@@ -18,7 +18,8 @@ import pytest
 from psycopg2 import sql
 
 from destinations.errors import FailureKind, PermanentDestinationError
-from destinations.postgresql.destination import PostgreSQLDestination, tombstone_table_name
+from destinations.postgresql.destination import PostgreSQLDestination
+from destinations.postgresql.position_guard import tombstone_table_name
 from destinations.records import Operation
 from tests.destinations.helpers import SOURCE_TABLE, delete, upsert
 from tests.servers import PostgresServer, free_port, silent_listener

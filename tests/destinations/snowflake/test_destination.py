@@ -30,7 +30,8 @@ from snowflake.connector.cursor import SnowflakeCursor
 
 from destinations.errors import FailureKind, PermanentDestinationError
 from destinations.records import Operation
-from destinations.snowflake.destination import SnowflakeDestination, quote
+from destinations.snowflake.destination import SnowflakeDestination
+from destinations.snowflake.stage import quote
 from tests.destinations.helpers import SOURCE_TABLE, delete, upsert
 from tests.servers import fakesnow_server, free_port, silent_listener
 
@@ -649,11 +650,11 @@ def test_replay_failing_on_an_expired_session_does_not_charge_the_events(
     expiring_sessions: ExpiringSessions,
     tmp_path: Any,
 ) -> None:
-    from compute.dlq.manager import DLQManager
     from compute.codec.message import DLQMessage, FailureContext
-    from compute.recovery.worker import DLQRecoveryWorker
     from compute.delivery.health import DestinationHealth
+    from compute.dlq.manager import DLQManager
     from compute.queue_id import QueueId
+    from compute.recovery.worker import DLQRecoveryWorker
     from tests.compute.helpers import dlq_config
 
     dest = make_destination(items)
