@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 from compute.codec.message import FailureContext
+from config.redact import redact
 from destinations.base import Destination
 from destinations.errors import ClassifiedError, FailureKind
-from destinations.redact import redact
 
 
 def classify_or_transient(destination: Destination, error: BaseException) -> ClassifiedError:
