@@ -149,6 +149,7 @@ class FakeDestination(Destination):
         self.calls: list[WriteCall] = []
         self.applied: list[ChangeRecord] = []  # every record of every successful write, in order
         self.health_checks = 0
+        self._health_error: str | None = None
         self.closed = False
         self._lock = threading.RLock()
         self._fail_next: list[Fault] = []
@@ -251,6 +252,8 @@ class FakeDestination(Destination):
     # ------------------------------------------------------------ Destination
 
     def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
+        if not records:
+            return 0  # as the real ones: nothing to send, no connection needed
         started = time.monotonic()
         if self._write_delay:
             time.sleep(self._write_delay)
@@ -355,8 +358,16 @@ class FakeDestination(Destination):
             wait = hang if ignore else min(hang, timeout)
             released = self._unhang.wait(wait)
             if not released and (ignore or hang >= timeout):
+                self._health_error = f"no answer within {timeout:.1f}s"
                 return False
+        self._health_error = (
+            f"SessionLostError: connection refused: {self} is down" if down else None
+        )
         return not down
+
+    @property
+    def last_health_error(self) -> str | None:
+        return self._health_error
 
     def classify_error(self, error: BaseException) -> ClassifiedError:
         """Permanent for a refusal, else transient; a lost session is ``connection_lost``."""
