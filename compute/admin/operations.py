@@ -27,7 +27,8 @@ from compute.codec.export_view import (
     parse_header,
 )
 from compute.admin.json_limits import MAX_LINE_DEPTH, JSONTooDeepError, loads
-from compute.dlq.manager import DLQManager, _iso
+from compute.dlq.manager import DLQManager
+from compute.dlq.timestamps import iso as _iso
 from compute.codec.message import DLQMessage, message_to_json
 from compute.recovery.worker import DLQRecoveryWorker
 from compute.errors import (

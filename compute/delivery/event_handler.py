@@ -33,7 +33,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from compute.dlq.manager import DLQManager, EnqueueResult, record_key
+from compute.dlq.manager import DLQManager, EnqueueResult
+from compute.dlq.parking import record_key
 from compute.codec.message import DLQMessage, FailureContext, encode_message
 from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.delivery.health import DestinationHealth

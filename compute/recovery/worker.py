@@ -26,7 +26,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from compute.dlq.manager import DLQLease, DLQManager, record_key
+from compute.dlq.lease import DLQLease
+from compute.dlq.manager import DLQManager
+from compute.dlq.parking import record_key
 from compute.codec.message import DLQMessage, FailureContext
 from compute.errors import DLQError
 from compute.delivery.event_handler import classify_or_transient, held_behind_failure
