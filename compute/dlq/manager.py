@@ -71,7 +71,6 @@ class DLQManager:
         background: bool = True,
     ) -> None:
         self.config = config
-        self._clock = clock
         if store is None:
             store = default_store(config)
         self.store = store
