@@ -16,7 +16,7 @@ from compute.codec.export_view import (
     parse_header,
 )
 from compute.codec.message import DLQMessage
-from compute.dlq.manager import _iso
+from compute.dlq.timestamps import iso
 from compute.errors import DLQConflictError, OperationError
 from compute.queue_id import QueueId
 
@@ -36,7 +36,7 @@ class ExportImport(OperationsBase):
         lane = queue.parked if parked else queue
         with self.exclusive(queue):
             count = self.dlq.count(lane)
-            yield _dumps(header(lane, count, _iso(self._clock()) or ""))
+            yield _dumps(header(lane, count, iso(self._clock()) or ""))
             written = 0
             for message in self.dlq.iter_messages(lane):
                 if written >= count:

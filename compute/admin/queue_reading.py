@@ -6,7 +6,7 @@ from typing import Any
 
 from compute.admin.operations_base import OperationsBase
 from compute.codec.message import message_to_json
-from compute.dlq.manager import _iso
+from compute.dlq.timestamps import iso
 from compute.queue_id import QueueId
 from compute.runtime.supervisor import CRASH_WINDOW
 
@@ -72,9 +72,9 @@ class QueueReading(OperationsBase):
             row = message_to_json(m)
             row["attempts"] = self.dlq.attempts_of(lane, m)
             row["age_seconds"] = round(max(0.0, now - m.enqueued_at), 3)
-            row["first_failure_at"] = _iso(m.failure.first_failure_at)
-            row["last_failure_at"] = _iso(m.failure.last_failure_at)
-            row["enqueued_at"] = _iso(m.enqueued_at)
+            row["first_failure_at"] = iso(m.failure.first_failure_at)
+            row["last_failure_at"] = iso(m.failure.last_failure_at)
+            row["enqueued_at"] = iso(m.enqueued_at)
             messages.append(row)
         return {
             "queue": str(queue),
@@ -108,14 +108,14 @@ class QueueReading(OperationsBase):
                     oldest = status.oldest_enqueued_at
             total += status.messages
             parked += status.parked
-        last = _iso(max(last_runs)) if last_runs else None
+        last = iso(max(last_runs)) if last_runs else None
         for destination_id, entry in per_dest.items():
             first = entry.pop("_oldest")
             entry["oldest_message_age_seconds"] = _age(now, first)
             entry["recovery_enabled"] = self.running and any(
                 destination_id in w.destinations for w in workers
             )
-            entry["last_recovery_attempt"] = _iso(
+            entry["last_recovery_attempt"] = iso(
                 max(
                     (
                         w.stats.last_run_at
@@ -230,7 +230,7 @@ class QueueReading(OperationsBase):
         overall = "critical" if critical else "warning" if warning else "healthy"
         body = {
             "status": overall,
-            "checked_at": _iso(now),
+            "checked_at": iso(now),
             "reasons": reasons,
             "pipelines": pipelines,
             "destinations": destinations,

@@ -37,13 +37,13 @@ from compute.codec.message import DLQMessage, FailureContext, encode_message
 from compute.delivery.failures import classify_or_transient, held_behind_failure
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
-from compute.dlq.manager import DLQManager, EnqueueResult, record_key
+from compute.dlq.manager import DLQManager, EnqueueResult
+from compute.dlq.parking import record_key
 from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread
-from config.redact import redact
 from destinations.base import Destination
 from destinations.errors import FailureKind
 from destinations.records import ChangeRecord

@@ -24,7 +24,9 @@ from compute.codec.message import DLQMessage, FailureContext
 from compute.delivery.failures import classify_or_transient, held_behind_failure
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
-from compute.dlq.manager import DLQLease, DLQManager, record_key
+from compute.dlq.lease import DLQLease
+from compute.dlq.manager import DLQManager
+from compute.dlq.parking import record_key
 from compute.errors import DLQError
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import TOMBSTONES_FILE, DLQManager
+from compute.dlq.manager import DLQManager
+from compute.dlq.tombstones import TOMBSTONES_FILE
 from compute.queue_id import QueueId
 from compute.storage.rocksq.store import CURSOR_FILE, QUEUE_FILE, RocksqStore
 from tests.compute.helpers import STORE_QUEUE, drain, items
