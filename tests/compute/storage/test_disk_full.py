@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager
 from compute.codec.message import DLQMessage, FailureContext
+from compute.dlq.manager import DLQManager
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from config.settings import DLQConfig

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager
 from compute.codec.message import DLQMessage, FailureContext
-from compute.recovery.worker import DLQRecoveryWorker
-from compute.errors import DLQFullError
 from compute.delivery.health import DestinationHealth
+from compute.dlq.manager import DLQManager
+from compute.errors import DLQFullError
 from compute.queue_id import QueueId
+from compute.recovery.worker import DLQRecoveryWorker
 from config.settings import DLQConfig
 from tests.compute.helpers import change
 from tests.fakes import FakeDestination
