@@ -420,7 +420,7 @@ class AdminServer:
         return _queue_arg(text, "field 'queue'") if text else None
 
     def _find(self, request: Request) -> Response:
-        from compute.codec.message import message_to_json
+        from compute.codec.message_view import message_to_json
 
         lane, message = self.ops.dlq.locate(request.params["message_id"])
         return Response(

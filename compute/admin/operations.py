@@ -28,7 +28,8 @@ from compute.codec.export_view import (
 )
 from compute.admin.json_limits import MAX_LINE_DEPTH, JSONTooDeepError, loads
 from compute.dlq.manager import DLQManager, _iso
-from compute.codec.message import DLQMessage, message_to_json
+from compute.codec.message import DLQMessage
+from compute.codec.message_view import message_to_json
 from compute.recovery.worker import DLQRecoveryWorker
 from compute.errors import (
     DLQConflictError,

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from compute.dlq.manager import DLQManager, EnqueueResult, record_key
-from compute.codec.message import DLQMessage, FailureContext, encode_message
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage, encode_message
 from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from compute.codec.failure_context import FailureContext
 from compute.codec.message import (
     DLQMessage,
-    FailureContext,
     MessageDecoder,
     decode_message,
     encode_message,

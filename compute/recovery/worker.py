@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from compute.dlq.manager import DLQLease, DLQManager, record_key
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.errors import DLQError
 from compute.delivery.event_handler import classify_or_transient, held_behind_failure
 from compute.recovery.gc_pause import collector_paused

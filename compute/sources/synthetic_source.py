@@ -251,7 +251,9 @@ def create_table_sql(
         for column, kind in spec.columns
     ]
     if position_columns:
-        from destinations.postgresql.destination import POSITION_COLUMNS  # only when asked: imports psycopg2
+        from destinations.postgresql.destination import (
+            POSITION_COLUMNS,  # only when asked: imports psycopg2
+        )
 
         lines += [f"    {_quote(column)} bigint" for column in POSITION_COLUMNS]
     lines.append(f"    PRIMARY KEY ({', '.join(_quote(c) for c in spec.key)})")

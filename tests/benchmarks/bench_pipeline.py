@@ -68,7 +68,8 @@ import psycopg2
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from compute.dlq.manager import DLQManager  # noqa: E402
-from compute.codec.message import DLQMessage, FailureContext  # noqa: E402
+from compute.codec.failure_context import FailureContext  # noqa: E402
+from compute.codec.message import DLQMessage  # noqa: E402
 from compute.recovery.worker import DLQRecoveryWorker  # noqa: E402
 from compute.delivery.event_handler import group_by_table  # noqa: E402
 from compute.delivery.health import DestinationHealth  # noqa: E402

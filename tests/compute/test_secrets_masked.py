@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 
 from compute.dlq.manager import DLQManager
-from compute.codec.message import FailureContext
+from compute.codec.failure_context import FailureContext
 from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from tests.compute.helpers import change

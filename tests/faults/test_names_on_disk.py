@@ -10,7 +10,8 @@ from pathlib import Path
 from hypothesis import example, given, settings
 
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.queue_id import QueueId
 from compute.storage.rocksq.store import RocksqStore
 from config.settings import DLQConfig

@@ -15,7 +15,8 @@ from urllib.parse import quote
 import pytest
 
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId

@@ -21,7 +21,8 @@ import psycopg2
 import pytest
 
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext, encode_message
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage, encode_message
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition

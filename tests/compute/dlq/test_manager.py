@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from compute.dlq.manager import QUARANTINE_DIR, STATUS_FILE, DLQManager
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.errors import DLQFullError, MessageTooLargeError
 from compute.queue_id import QueueId
 from config.settings import DLQConfig, WhenFull

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from compute.dlq.manager import DLQManager, record_key
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.errors import DLQConflictError, MessageNotFoundError
 from compute.queue_id import QueueId
 from destinations.records import Operation

@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition

@@ -13,7 +13,8 @@ import pytest
 import compute.runtime.supervisor as supervisor_module
 from compute.admin.operations import DLQOperations
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.recovery.worker import _QueueReplayState
 from compute.observability.metrics import DLQMetrics
 from compute.engine.pipeline import Pipeline

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from config.settings import DLQConfig

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.recovery.worker import DLQRecoveryWorker
 from compute.errors import DLQFullError
 from compute.delivery.health import DestinationHealth
