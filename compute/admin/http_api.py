@@ -43,7 +43,8 @@ from compute.admin.operations import DLQOperations, parse_queue
 from compute.errors import DLQConflictError, DLQFullError, NotFoundError, OperationError
 from compute.queue_id import QueueId
 from compute.storage.atomic_file import json_bytes, write_atomic
-from config.settings import MIB, AdminConfig
+from config.admin_config import AdminConfig
+from config.env_values import MIB
 
 logger = logging.getLogger(__name__)
 

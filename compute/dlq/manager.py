@@ -36,7 +36,7 @@ from compute.queue_id import QueueId
 from compute.storage.atomic_file import json_bytes, write_atomic
 from compute.storage.base import QueueLimits, QueueStore, StoreLease
 from compute.runtime.supervisor import Supervisor
-from config.settings import DLQConfig, WhenFull
+from config.dlq_config import DLQConfig, WhenFull
 from destinations.records import ChangeRecord
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ from compute.delivery.in_flight import InFlightWrites
 from compute.runtime.retry_policy import RetryPolicy
 from compute.sources.base import Source, SourceBatch
 from compute.runtime.supervisor import Supervisor
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from destinations.base import Destination
 
 logger = logging.getLogger(__name__)

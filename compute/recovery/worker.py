@@ -39,7 +39,7 @@ from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
 from compute.runtime.writer_thread import WriterThread
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from destinations.base import Destination, PreparedBatch
 from destinations.errors import FailureKind
 

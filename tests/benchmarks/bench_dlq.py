@@ -31,7 +31,7 @@ from compute.dlq.manager import DLQManager  # noqa: E402
 from compute.codec.failure_context import FailureContext  # noqa: E402
 from compute.codec.message import DLQMessage  # noqa: E402
 from compute.queue_id import QueueId  # noqa: E402
-from config.settings import DLQConfig  # noqa: E402
+from config.dlq_config import DLQConfig  # noqa: E402
 from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402
 
 PAYLOAD_BYTES = 300

@@ -77,7 +77,7 @@ from compute.engine.pipeline import Pipeline  # noqa: E402
 from compute.queue_id import QueueId  # noqa: E402
 from compute.sources.base import Source, SourceBatch  # noqa: E402
 from compute.sources.synthetic_source import SyntheticSource, create_table_sql  # noqa: E402
-from config.settings import DLQConfig  # noqa: E402
+from config.dlq_config import DLQConfig  # noqa: E402
 from destinations.base import PreparedBatch  # noqa: E402
 from destinations.postgresql.destination import PostgreSQLDestination  # noqa: E402
 from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402

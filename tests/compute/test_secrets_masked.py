@@ -18,7 +18,8 @@ from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
-from config.settings import AdminConfig, Settings
+from config.admin_config import AdminConfig
+from config.settings import Settings
 from destinations.errors import ClassifiedError, FailureKind, PermanentDestinationError
 from destinations.records import ChangeRecord
 from tests.compute.helpers import TABLE, ListSource, change, dlq_config

@@ -32,7 +32,8 @@ from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
-from config.settings import DLQConfig, Settings
+from config.dlq_config import DLQConfig
+from config.settings import Settings
 from tests.compute.helpers import ListSource, change
 from tests.fakes import FakeDestination
 

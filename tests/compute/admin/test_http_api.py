@@ -22,7 +22,8 @@ from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
-from config.settings import AdminConfig, Settings
+from config.admin_config import AdminConfig
+from config.settings import Settings
 from tests.compute.helpers import ListSource, change, dlq_config
 from tests.fakes import FakeDestination
 

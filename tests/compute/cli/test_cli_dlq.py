@@ -24,7 +24,7 @@ from compute.dlq.manager import DLQManager
 from compute.codec.failure_context import FailureContext
 from compute.codec.message import DLQMessage, encode_message
 from compute.queue_id import QueueId
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
 ROOT = Path(__file__).resolve().parents[3]

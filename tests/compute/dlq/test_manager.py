@@ -15,7 +15,7 @@ from compute.codec.failure_context import FailureContext
 from compute.codec.message import DLQMessage
 from compute.errors import DLQFullError, MessageTooLargeError
 from compute.queue_id import QueueId
-from config.settings import DLQConfig, WhenFull
+from config.dlq_config import DLQConfig, WhenFull
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
 Q = QueueId("1", "public.accounts", "2")

@@ -20,7 +20,9 @@ from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from compute.sources.base import RejectedEvent, Source, SourceBatch
 from config.pipelines import PipelineSpec, SourceSpec
-from config.settings import AdminConfig, AlertConfig, Settings
+from config.admin_config import AdminConfig
+from config.alert_config import AlertConfig
+from config.settings import Settings
 from destinations.records import ChangeRecord
 from tests.compute.helpers import TABLE, change, dlq_config
 from tests.fakes import FakeDestination

@@ -23,7 +23,7 @@ from compute.dlq.manager import DLQManager
 from compute.codec.failure_context import FailureContext
 from compute.codec.message import DLQMessage
 from compute.queue_id import QueueId
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.compute.helpers import change
 
 BIG = QueueId("1", "public.big", "1")

@@ -21,7 +21,7 @@ from compute.recovery.worker import DLQRecoveryWorker
 from compute.errors import DLQFullError
 from compute.delivery.health import DestinationHealth
 from compute.queue_id import QueueId
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.compute.helpers import change
 from tests.fakes import FakeDestination
 from tests.tmpfs import fill_disk
