@@ -23,8 +23,31 @@ PARKED_LANE = "parked"
 LANES = ("", PARKED_LANE)
 
 
-def _has_surrogate(name: str) -> bool:
-    return any("\ud800" <= c <= "\udfff" for c in name)
+def lone_surrogate_at(text: str) -> int | None:
+    """Where ``text``'s first lone surrogate is, or None if it has none.
+
+    A str can hold surrogate code points (JSON's ``"\\udc80"``, a file name
+    Python could not decode); they have no UTF-8 form, so no UTF-8 file,
+    connection or database identifier can take such a name.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return error.start
+    return None
+
+
+def lone_surrogate_problem(field: str, name: str) -> str | None:
+    """Why ``name`` (the value of ``field``) cannot be used as a name, or None if it can.
+
+    The one wording for every place that refuses a name holding a lone surrogate.
+    """
+    at = lone_surrogate_at(name)
+    if at is None:
+        return None
+    return (
+        f"'{field}' is not valid Unicode (lone surrogate {name[at]!r} at character {at}): {name!r}"
+    )
 
 
 def encode_name(name: str) -> str:
@@ -170,7 +193,7 @@ class QueueId(_HashSlot):
             "destination_id": self.destination_id,
         }
         names = (self.source_id, self.table, self.destination_id)
-        if any(_has_surrogate(name) for name in names):
+        if any(lone_surrogate_at(name) is not None for name in names):
             fields["exact_names"] = [[ord(c) for c in name] for name in names]
         return fields
 

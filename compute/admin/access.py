@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler
 
 from compute.admin.http_errors import refusal_body
 from compute.admin.response import Response
-from config.settings import AdminConfig
+from config.admin_config import AdminConfig
 
 
 class AccessCheck:

@@ -21,7 +21,7 @@ from typing import Any
 from compute.admin.http_errors import refusal_body
 from compute.admin.request import CHUNK
 from compute.admin.response import Response
-from config.settings import MIB
+from config.env_values import MIB
 
 logger = logging.getLogger(__name__)
 

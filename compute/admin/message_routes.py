@@ -7,7 +7,7 @@ from compute.admin.operations import DLQOperations
 from compute.admin.request import Request, body_field
 from compute.admin.response import Response
 from compute.admin.routing import Router
-from compute.codec.message import message_to_json
+from compute.codec.message_view import message_to_json
 
 
 class MessageRoutes:

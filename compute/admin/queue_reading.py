@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from compute.admin.operations_base import OperationsBase
-from compute.codec.message import message_to_json
+from compute.codec.message_view import message_to_json
 from compute.dlq.timestamps import iso
 from compute.queue_id import QueueId
 from compute.runtime.supervisor import CRASH_WINDOW

@@ -23,7 +23,7 @@ from compute.admin.http_errors import HTTPError, refusal_body
 from compute.admin.request import JSON_CONTENT_TYPE, Request
 from compute.admin.response import Response
 from compute.error_codes import UNEXPECTED, error_code
-from config.settings import AdminConfig
+from config.admin_config import AdminConfig
 
 logger = logging.getLogger(__name__)
 

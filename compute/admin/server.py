@@ -1,4 +1,4 @@
-"""The engine's admin API: JSON over stdlib ``http.server`` on a supervised thread, started and stopped.
+"""The engine's admin API: JSON over stdlib ``http.server`` on a supervised thread.
 
 Binds 127.0.0.1 by default (``ROSETTA_ADMIN_ADDR``); who may call it is
 checked in ``access.py``, connections are capped and timed in
@@ -23,7 +23,7 @@ from compute.admin.spool_files import remove_leftovers
 from compute.admin.transfer_routes import TransferRoutes
 from compute.errors import OperationError
 from compute.runtime.supervisor import Supervisor
-from config.settings import AdminConfig
+from config.admin_config import AdminConfig
 
 logger = logging.getLogger(__name__)
 

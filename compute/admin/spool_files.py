@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from compute.admin.http_errors import HTTPError
-from config.settings import MIB
+from config.env_values import MIB
 
 logger = logging.getLogger(__name__)
 

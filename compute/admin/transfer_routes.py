@@ -11,7 +11,7 @@ from compute.admin.response import Response
 from compute.admin.routing import Router
 from compute.admin.spool_files import ROOM_CHECK_BYTES, SPOOL_PREFIX, ensure_room, temp_file
 from compute.errors import OperationError
-from config.settings import AdminConfig
+from config.admin_config import AdminConfig
 
 
 class TransferRoutes:

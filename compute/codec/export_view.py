@@ -29,16 +29,14 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
+from compute.codec.parts import KINDS, OPERATIONS
 from compute.queue_id import LANES, QueueId
-from destinations.errors import FailureKind
-from destinations.records import ChangeRecord, Operation, SourcePosition
+from destinations.records import ChangeRecord, SourcePosition
 
 EXPORT_FORMAT = "rosetta-dlq-export"
 EXPORT_VERSION = 1
-
-_OPERATIONS = {op.value: op for op in Operation}
-_KINDS = {kind.value: kind for kind in FailureKind}
 
 
 def tag(value: Any) -> Any:
@@ -216,11 +214,11 @@ def message_from_line(data: Any, queue: QueueId) -> DLQMessage:
     record = _typed(data, "record", (dict,))
     failure = _typed(data, "failure", (dict,))
     op = _typed(record, "op", (str,))
-    if op not in _OPERATIONS:
-        raise ValueError(f"field 'op' must be one of {sorted(_OPERATIONS)}, got {op!r}")
+    if op not in OPERATIONS:
+        raise ValueError(f"field 'op' must be one of {sorted(OPERATIONS)}, got {op!r}")
     kind = _typed(failure, "kind", (str,))
-    if kind not in _KINDS:
-        raise ValueError(f"field 'kind' must be one of {sorted(_KINDS)}, got {kind!r}")
+    if kind not in KINDS:
+        raise ValueError(f"field 'kind' must be one of {sorted(KINDS)}, got {kind!r}")
     key = untag(_typed(record, "key", (dict,)))
     if not all(isinstance(k, str) for k in key):
         raise ValueError("field 'key' must map column names (strings) to values")
@@ -242,7 +240,7 @@ def message_from_line(data: Any, queue: QueueId) -> DLQMessage:
         queue.main,
         ChangeRecord(
             table=_typed(record, "table", (str,)),
-            op=_OPERATIONS[op],
+            op=OPERATIONS[op],
             key=key,
             after=after,
             position=SourcePosition(commit=position[0], seq=position[1]),
@@ -252,7 +250,7 @@ def message_from_line(data: Any, queue: QueueId) -> DLQMessage:
         FailureContext(
             _typed(failure, "error_class", (str,)),
             _typed(failure, "message", (str,)),
-            _KINDS[kind],
+            KINDS[kind],
             _typed(failure, "code", (str,), optional=True),
             _typed(failure, "stack", (str,)),
             _typed(failure, "attempts", (int,)),

@@ -24,100 +24,26 @@ can set that one change aside and keep the others.
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import threading
 import time
-import traceback
 import uuid
-from collections.abc import Mapping, Sequence
-from decimal import Decimal
-from enum import Enum
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import msgpack
 
+from compute.codec.ext_types import pack_default, packb, unpackb
+from compute.codec.failure_context import FailureContext
+from compute.codec.legacy import V1, decode_v1
+from compute.codec.parts import NUMBER, OPERATIONS, failure_from_fields, queue_of
 from compute.errors import MessageDecodeError, MessageEncodeError
 from compute.queue_id import QueueId
-from config.redact import redact
-from destinations.errors import ClassifiedError, FailureKind
-from destinations.records import ChangeRecord, Operation, SourcePosition
+from destinations.records import ChangeRecord, SourcePosition
 
 FORMAT_VERSION = 2
-_V1 = 1
 _V2_FIELD_COUNT = 11
 # The first byte of every version-2 message: a msgpack fixarray of 11 elements.
 V2_FIRST_BYTE = 0x90 | _V2_FIELD_COUNT
-
-MAX_ERROR_MESSAGE_CHARS = 2000
-MAX_STACK_CHARS = 4000
-
-_EXT_DECIMAL = 1
-_EXT_DATETIME = 2
-_EXT_DATE = 3
-_EXT_TIME = 4
-_EXT_UUID = 5
-# Added later in version 2 (older builds never wrote them; this one reads both).
-_EXT_BIGINT = 6  # an int outside 64 bits: two's-complement big-endian bytes
-_EXT_TUPLE = 7  # the packed items, as a list
-_EXT_SET = 8
-_EXT_FROZENSET = 9
-
-_OPERATIONS = {op.value: op for op in Operation}
-_KINDS = {kind.value: kind for kind in FailureKind}
-
-
-class FailureContext(NamedTuple):
-    """Why a change is in the DLQ, and how often it has failed (an immutable value)."""
-
-    error_class: str
-    message: str
-    kind: FailureKind = FailureKind.TRANSIENT
-    code: str | None = None  # SQLSTATE or connector errno, when known
-    stack: str = ""
-    attempts: int = 1
-    first_failure_at: float = 0.0
-    last_failure_at: float = 0.0
-
-    @classmethod
-    def from_exception(
-        cls,
-        error: BaseException,
-        classified: ClassifiedError | None = None,
-        *,
-        attempts: int = 1,
-        now: float | None = None,
-    ) -> FailureContext:
-        """Capture ``error`` (with its truncated stack) as a failure context.
-
-        Credentials in the message or the stack are masked: both are stored
-        with every message and shown by the admin API and exports.
-        """
-        when = time.time() if now is None else now
-        stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        return cls(
-            error_class=classified.error_class if classified else type(error).__name__,
-            message=_truncate(
-                redact(classified.message if classified else str(error)), MAX_ERROR_MESSAGE_CHARS
-            ),
-            kind=classified.kind if classified else FailureKind.TRANSIENT,
-            code=classified.code if classified else None,
-            stack=_truncate_stack(redact(stack)),
-            attempts=attempts,
-            first_failure_at=when,
-            last_failure_at=when,
-        )
-
-    def failed_again(self, error: ClassifiedError, now: float) -> FailureContext:
-        """The context after one more failed attempt."""
-        return self._replace(
-            error_class=error.error_class,
-            message=_truncate(redact(error.message), MAX_ERROR_MESSAGE_CHARS),
-            kind=error.kind,
-            code=error.code,
-            attempts=self.attempts + 1,
-            last_failure_at=now,
-        )
 
 
 class DLQMessage(NamedTuple):
@@ -154,106 +80,6 @@ class DLQMessage(NamedTuple):
         return encode_message(self)
 
 
-def _truncate(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 15] + "... [truncated]"
-
-
-def _truncate_stack(stack: str) -> str:
-    # The innermost frames say most; keep the tail.
-    return stack if len(stack) <= MAX_STACK_CHARS else "[truncated] ..." + stack[-MAX_STACK_CHARS:]
-
-
-def _default(value: Any) -> Any:
-    """What msgpack cannot pack itself (the packer is strict: subclasses come here too).
-
-    Called only for such values, so rows of plain JSON-like values never pay for it.
-    """
-    if isinstance(value, Enum):  # Operation, FailureKind: their stored value
-        return value._value_
-    if isinstance(value, Decimal):
-        return msgpack.ExtType(_EXT_DECIMAL, str(value).encode())
-    if isinstance(value, dt.datetime):
-        return msgpack.ExtType(_EXT_DATETIME, value.isoformat().encode())
-    if isinstance(value, dt.date):
-        return msgpack.ExtType(_EXT_DATE, value.isoformat().encode())
-    if isinstance(value, dt.time):
-        return msgpack.ExtType(_EXT_TIME, value.isoformat().encode())
-    if isinstance(value, uuid.UUID):
-        return msgpack.ExtType(_EXT_UUID, value.bytes)
-    if isinstance(value, int):
-        if type(value) is not int:  # an IntEnum or other subclass: as the number
-            return int(value)
-        # Out of msgpack's 64 bits: the packer calls this only then.
-        size = (value.bit_length() + 8) // 8  # + 1 bit for the sign, rounded up
-        return msgpack.ExtType(_EXT_BIGINT, value.to_bytes(size, "big", signed=True))
-    if isinstance(value, float):
-        return float(value)
-    if isinstance(value, str):
-        return str(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    if isinstance(value, tuple):
-        return msgpack.ExtType(_EXT_TUPLE, _pack_nested(list(value)))
-    if isinstance(value, frozenset):
-        return msgpack.ExtType(_EXT_FROZENSET, _pack_nested(list(value)))
-    if isinstance(value, set):
-        return msgpack.ExtType(_EXT_SET, _pack_nested(list(value)))
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, list):
-        return list(value)
-    raise TypeError(f"cannot store a value of type {type(value).__name__} in a DLQ message")
-
-
-def _pack_nested(items: list[Any]) -> bytes:
-    # A Packer of its own: this thread's Packer is in the middle of a message.
-    return msgpack.packb(
-        items,
-        default=_default,
-        use_bin_type=True,
-        strict_types=True,
-        unicode_errors="surrogatepass",
-    )
-
-
-_datetime_from = dt.datetime.fromisoformat
-_date_from = dt.date.fromisoformat
-_time_from = dt.time.fromisoformat
-
-
-def _ext_hook(code: int, data: bytes) -> Any:
-    # Called once per Decimal or time value of every replayed row: names bound
-    # at module level, the most common types first.
-    if code == _EXT_DECIMAL:
-        return Decimal(data.decode())
-    if code == _EXT_DATETIME:
-        return _datetime_from(data.decode())
-    if code == _EXT_DATE:
-        return _date_from(data.decode())
-    if code == _EXT_TIME:
-        return _time_from(data.decode())
-    if code == _EXT_UUID:
-        return uuid.UUID(bytes=data)
-    if code == _EXT_BIGINT:
-        if not data:
-            raise ValueError("empty integer")
-        return int.from_bytes(data, "big", signed=True)
-    if code == _EXT_TUPLE:
-        return tuple(_unpack_items(data))
-    if code == _EXT_SET:
-        return set(_unpack_items(data))
-    if code == _EXT_FROZENSET:
-        return frozenset(_unpack_items(data))
-    raise ValueError(f"unknown extension type {code}")
-
-
-def _unpack_items(data: bytes) -> list[Any]:
-    items = _unpackb(data)
-    if type(items) is not list:
-        raise ValueError("a collection extension does not hold an array")
-    return items
-
-
 _local = threading.local()
 
 
@@ -262,7 +88,7 @@ def _packer() -> msgpack.Packer:
     try:
         return _local.packer
     except AttributeError:
-        _local.packer = msgpack.Packer(default=_default, use_bin_type=True, strict_types=True)
+        _local.packer = msgpack.Packer(default=pack_default, use_bin_type=True, strict_types=True)
         return _local.packer
 
 
@@ -271,23 +97,7 @@ def _pack(fields: list[Any]) -> bytes:
         return _packer().pack(fields)
     except UnicodeEncodeError:
         # Lone surrogates (a QueueId takes any str): rare, so kept off the fast path.
-        return msgpack.packb(
-            fields,
-            default=_default,
-            use_bin_type=True,
-            strict_types=True,
-            unicode_errors="surrogatepass",
-        )
-
-
-def encode_context(
-    queue: QueueId,
-    failure: FailureContext,
-    table: str,
-    key_columns: list[str],
-) -> bytes:
-    """The context blob: what the messages of one failed batch share."""
-    return _pack(_context_fields(queue, failure, table, key_columns))
+        return packb(fields)
 
 
 # The context packs a failure's fields in FailureContext's declaration order
@@ -322,15 +132,19 @@ if SourcePosition._fields != _POSITION_FIELDS:
     )
 
 
-def _context_fields(
-    queue: QueueId, failure: FailureContext, table: str, key_columns: list[str]
-) -> list[Any]:
-    return [queue.source_id, queue.table, queue.destination_id, *failure, table, key_columns]
-
-
 def _context_of(message: DLQMessage) -> bytes:
-    record = message.record
-    return encode_context(message.queue, message.failure, record.table, list(record.key))
+    """The context blob: what the messages of one failed batch share."""
+    queue, record = message.queue, message.record
+    return _pack(
+        [
+            queue.source_id,
+            queue.table,
+            queue.destination_id,
+            *message.failure,
+            record.table,
+            list(record.key),
+        ]
+    )
 
 
 def _encode(message: DLQMessage, context: bytes) -> bytes:
@@ -361,7 +175,7 @@ def _encode_one(message: DLQMessage) -> bytes:
     """
     message_id, queue, record, failure, enqueued_at = message
     table, op, key, after, position, before, commit_ts = record
-    # _context_fields, inlined (a call is a tenth of this function's own time).
+    # _context_of, inlined (a call is a tenth of this function's own time).
     context = [queue.source_id, queue.table, queue.destination_id, *failure, table, list(key)]
     fields = [
         FORMAT_VERSION,
@@ -428,27 +242,16 @@ def _reason(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-_V1_FIELD_COUNT = 22
 _CONTEXT_FIELD_COUNT = 13
-_NUMBER = (int, float)
 
 
-# unpackb with this module's options bound once (a C partial, not a Python wrapper).
-_unpackb = functools.partial(
-    msgpack.unpackb,
-    ext_hook=_ext_hook,
-    raw=False,
-    # Non-str map keys and lone surrogates: whatever encode_message accepts.
-    strict_map_key=False,
-    unicode_errors="surrogatepass",
-)
 _new = tuple.__new__
 _UNSET = object()
 
 
 def _unpack(data: bytes | bytearray | memoryview) -> Any:
     try:
-        return _unpackb(data)
+        return unpackb(data)
     except Exception as error:  # msgpack raises many types for garbage; all mean one thing
         raise MessageDecodeError(f"undecodable message: {type(error).__name__}: {error}") from None
 
@@ -458,69 +261,6 @@ def _check_type(data: Any) -> None:
         raise MessageDecodeError(f"not a message: {type(data).__name__}")
     if len(data) < 2:
         raise MessageDecodeError(f"message too short ({len(data)} bytes)")
-
-
-def _record(
-    table: Any,
-    op: Any,
-    key_columns: Any,
-    key_values: Any,
-    before: Any,
-    after: Any,
-    commit: Any,
-    index: Any,
-    commit_ts: Any,
-) -> ChangeRecord:
-    """A ChangeRecord from decoded fields, checking exactly what would fail later."""
-    if (
-        type(table) is not str
-        or type(key_columns) is not list
-        or type(key_values) is not list
-        or len(key_columns) != len(key_values)
-        or not all(type(c) is str for c in key_columns)
-        or (before is not None and type(before) is not dict)
-        or (after is not None and type(after) is not dict)
-        or type(commit) is not int
-        or type(index) is not int
-        or (commit_ts is not None and type(commit_ts) not in _NUMBER)
-    ):
-        raise ValueError("a field has the wrong type")
-    return ChangeRecord(
-        table,
-        _OPERATIONS[op],
-        dict(zip(key_columns, key_values, strict=False)),
-        after,
-        SourcePosition(commit, index),
-        before,
-        commit_ts,
-    )
-
-
-def _failure(f: list[Any], at: int) -> FailureContext:
-    """The FailureContext in ``f[at:at + 8]``, type-checked."""
-    error_class, message, kind, code, stack, attempts, first, last = f[at : at + 8]
-    if (
-        type(error_class) is not str
-        or type(message) is not str
-        or (code is not None and type(code) is not str)
-        or type(stack) is not str
-        or type(attempts) is not int
-        or type(first) not in _NUMBER
-        or type(last) not in _NUMBER
-    ):
-        raise ValueError("a failure field has the wrong type")
-    return FailureContext(error_class, message, _KINDS[kind], code, stack, attempts, first, last)
-
-
-def _queue_of(source_id: Any, table: Any, destination_id: Any, known: QueueId | None) -> QueueId:
-    if (
-        known is not None
-        and known.source_id == source_id
-        and known.table == table
-        and known.destination_id == destination_id
-    ):
-        return known
-    return QueueId(source_id, table, destination_id)
 
 
 class MessageDecoder:
@@ -565,7 +305,7 @@ class MessageDecoder:
         """
         decoded: list[DLQMessage] = []
         append = decoded.append
-        unpack, new, operations, number = _unpackb, _new, _OPERATIONS, _NUMBER
+        unpack, new, operations, number = unpackb, _new, OPERATIONS, NUMBER
         context_bytes = self._context
         columns, table, queue, failure = self._columns, self._table, self._queue, self._failure
         for data in payloads:
@@ -640,13 +380,13 @@ class MessageDecoder:
         first = data[0]
         if first == V2_FIRST_BYTE:
             return self.decode(bytes(data))
-        if first != _V1:
+        if first != V1:
             raise MessageDecodeError(
                 f"unknown message format (first byte {first:#04x}): this build reads "
-                f"version {_V1} (first byte 0x01) and version {FORMAT_VERSION} "
+                f"version {V1} (first byte 0x01) and version {FORMAT_VERSION} "
                 f"(first byte {V2_FIRST_BYTE:#04x})"
             )
-        return _decode_v1(_unpack(memoryview(data)[1:]), self.queue)
+        return DLQMessage(*decode_v1(_unpack(memoryview(data)[1:]), self.queue))
 
     def _decode_context(self, context: Any) -> None:
         if type(context) is not bytes:
@@ -659,8 +399,8 @@ class MessageDecoder:
             raise ValueError(f"context is not an array of {_CONTEXT_FIELD_COUNT} fields")
         if not all(type(part) is str for part in c[:3]):
             raise ValueError("a queue field has the wrong type")
-        queue = _queue_of(c[0], c[1], c[2], self.queue)
-        failure = _failure(c, 3)
+        queue = queue_of(c[0], c[1], c[2], self.queue)
+        failure = failure_from_fields(c, 3)
         table, columns = c[11], c[12]
         if (
             type(table) is not str
@@ -684,56 +424,3 @@ def decode_message(
     ``MessageDecoder``.
     """
     return MessageDecoder(queue).decode(data)
-
-
-def _decode_v1(f: Any, queue: QueueId | None) -> DLQMessage:
-    """A version-1 message: one flat array of 22 fields (written by earlier builds)."""
-    if type(f) is not list or len(f) != _V1_FIELD_COUNT:
-        raise MessageDecodeError("undecodable message: not a version-1 field array")
-    try:
-        if (
-            type(f[0]) is not str
-            or type(f[21]) not in _NUMBER
-            or not all(type(part) is str for part in f[1:4])
-        ):
-            raise ValueError("a field has the wrong type")
-        record = _record(f[4], f[5], f[6], f[7], f[8], f[9], f[10], f[11], f[12])
-        failure = _failure(f, 13)
-        return DLQMessage(f[0], _queue_of(f[1], f[2], f[3], queue), record, failure, f[21])
-    except (KeyError, TypeError, ValueError) as error:
-        raise MessageDecodeError(f"undecodable message: bad field: {error}") from None
-
-
-def message_to_json(message: DLQMessage) -> dict[str, Any]:
-    """A readable, JSON-safe view of a message (for status, CLI and export)."""
-    record = message.record
-    failure = message.failure
-    return {
-        "message_id": message.message_id,
-        "queue": str(message.queue),
-        "table": record.table,
-        "op": record.op.name.lower(),
-        "key": _jsonable(dict(record.key)),
-        "position": str(record.position),
-        "commit_ts": record.commit_ts,
-        "error_class": failure.error_class,
-        "error_message": failure.message,
-        "error_kind": failure.kind.value,
-        "error_code": failure.code,
-        "attempts": failure.attempts,
-        "first_failure_at": failure.first_failure_at,
-        "last_failure_at": failure.last_failure_at,
-        "enqueued_at": message.enqueued_at,
-    }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Decimal | dt.date | dt.time | uuid.UUID):
-        return str(value)
-    if isinstance(value, bytes):
-        return value.hex()
-    return value

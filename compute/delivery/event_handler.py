@@ -33,7 +33,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import Any
 
-from compute.codec.message import DLQMessage, FailureContext, encode_message
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage, encode_message
 from compute.delivery.failures import classify_or_transient, held_behind_failure
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from compute.codec.message import FailureContext
+from compute.codec.failure_context import FailureContext
 from config.redact import redact
 from destinations.base import Destination
 from destinations.errors import ClassifiedError, FailureKind

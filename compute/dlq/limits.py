@@ -11,7 +11,7 @@ from compute.dlq.queue_info import QueueInfo
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore
-from config.settings import DLQConfig, WhenFull
+from config.dlq_config import DLQConfig, WhenFull
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from compute.errors import (
 from compute.queue_id import QueueId
 from compute.runtime.supervisor import Supervisor
 from compute.storage.base import QueueStore
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from destinations.records import ChangeRecord
 
 logger = logging.getLogger(__name__)

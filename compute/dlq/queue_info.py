@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from compute.codec.message import FailureContext
+from compute.codec.failure_context import FailureContext
 from compute.dlq.lease import DLQLease
 from compute.queue_id import QueueId
 

@@ -19,17 +19,17 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from compute.delivery.lane import DeliveryLane, LaneBatch, lane_batch
-from compute.dlq.manager import DLQManager
-from compute.recovery.worker import DLQRecoveryWorker
-from compute.errors import DLQFullError
 from compute.delivery.event_handler import EventHandler
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
+from compute.delivery.lane import DeliveryLane, LaneBatch, lane_batch
+from compute.dlq.manager import DLQManager
+from compute.errors import DLQFullError
+from compute.recovery.worker import DLQRecoveryWorker
 from compute.runtime.retry_policy import RetryPolicy
-from compute.sources.base import Source, SourceBatch
 from compute.runtime.supervisor import Supervisor
-from config.settings import DLQConfig
+from compute.sources.base import Source, SourceBatch
+from config.dlq_config import DLQConfig
 from destinations.base import Destination
 
 logger = logging.getLogger(__name__)

@@ -36,11 +36,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from compute.dlq.manager import DLQManager
 from compute.delivery.health import HealthSnapshot, HealthState
+from compute.dlq.manager import DLQManager
 from compute.observability.webhook import WebhookNotifier
 from compute.runtime.supervisor import Supervisor
-from config.settings import AlertConfig
+from config.alert_config import AlertConfig
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.delivery.failures import classify_or_transient, held_behind_failure
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
@@ -40,7 +41,7 @@ from compute.recovery.outcome import (
 )
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from destinations.base import Destination, PreparedBatch
 from destinations.errors import ClassifiedError
 

@@ -27,7 +27,7 @@ from compute.queue_id import QueueId
 from compute.recovery.outcome import ReplayResult
 from compute.recovery.replay import LARGE_BATCH_SIZE, QueueReplay
 from compute.runtime.supervisor import Supervisor
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from destinations.base import Destination
 
 logger = logging.getLogger(__name__)

@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 from typing import ClassVar
 
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 
 __all__ = ["RetryPolicy"]
 

@@ -1,29 +1,10 @@
 """A source of Debezium-style change events, one JSON object per line, from a file or stdin.
 
-Each line is ``{"op": "c|u|d|r", "before": {...}|null, "after": {...}|null,
-"source": {"schema": "public", "table": "users", "lsn": 123 or "0/16B3748",
-"lsn_commit": ..., "sequence" or "seq": n, "ts_ms": ..., "pk": [...]},
-"key": {...}}``, optionally wrapped as ``{"payload": {...}}`` (Kafka Connect's
-JSON converter with schemas on).
-
-* Table: ``schema.table`` when ``source.schema`` is given, else ``table``.
-* Position: commit = ``source.lsn_commit`` if present, else ``source.lsn``
-  (an integer, a decimal string or a PostgreSQL ``'X/Y'`` LSN); seq =
-  ``source.sequence``/``source.seq`` when it is an integer, else the event's
-  order among the consecutive events of the same commit. Debezium's own
-  ``sequence`` string (``'["lastCommitLsn","lsn"]'``) is not an in-transaction
-  order and is ignored. Without ``lsn_commit``, ``lsn`` is only a correct commit
-  position when transactions do not interleave; a commit going backwards is
-  logged once as a warning.
-* Key: the ``key`` object if present, else the columns named by ``source.pk``
-  or the ``primary_keys`` option, taken from ``after`` (from ``before`` for a
-  delete). A change whose key cannot be determined is rejected.
-* Numbers with a fraction or exponent become ``Decimal``, so a numeric column
-  keeps its exact value; integers stay ``int`` whatever their size (the DLQ
-  stores them exactly).
-* A line nested deeper than ``MAX_NESTING`` levels of objects and arrays is
-  rejected: deeper values cannot be stored in the DLQ or exported, so an
-  event the destination refused could not be kept.
+The format of a line, and the checks it must pass, are ``jsonl_event``'s. The
+seq of an event that gives none is its order among the consecutive events of
+the same commit. Without ``lsn_commit``, ``lsn`` is only a correct commit
+position when transactions do not interleave; a commit going backwards is
+logged once as a warning.
 
 Malformed lines are set aside, never crashed on: logged with line number and
 reason, kept in ``rejected`` (the last ``max_rejected``) and appended to
@@ -53,13 +34,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 from compute.sources.base import RejectedEvent, Source, SourceBatch, SourceError
+from compute.sources.jsonl_event import (
+    EventRejected,
+    column_list,
+    decode_line,
+    parse_event,
+    parse_json,
+)
 from compute.sources.offset_store import OffsetStore
-from destinations.records import ChangeRecord, Operation, SourcePosition, parse_pg_lsn
+from destinations.records import ChangeRecord, SourcePosition
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +57,6 @@ _LOG_EACH_FIRST = 100  # rejections logged one by one; after that one in _LOG_EV
 _LOG_EVERY = 1000
 _EXTRA_LINES_PER_READ = 1024  # rejected lines a read may skip beyond max_events
 _STREAM_QUEUE_LINES = 10_000
-_OPS = ", ".join(op.value for op in Operation)
-# Objects and arrays nested in one line, envelope included. Deep enough for any
-# real row; far below what the DLQ message (msgpack, about 1,000) and its JSON
-# export (Python's recursion limit, 1,000 frames) can take.
-MAX_NESTING = 200
-
-
-class _Reject(Exception):
-    """A line is not a usable change event; the message says why."""
 
 
 class _Token(NamedTuple):
@@ -142,7 +120,7 @@ class JsonLinesSource(Source):
             raise ValueError("max_line_bytes must be positive")
         self._follow = follow
         self._offsets = offsets
-        self._primary_keys = {t: _column_list(cols) for t, cols in (primary_keys or {}).items()}
+        self._primary_keys = {t: column_list(cols) for t, cols in (primary_keys or {}).items()}
         self._rejected_path = Path(rejected_path) if rejected_path is not None else None
         self._rejected: deque[RejectedEvent] = deque(maxlen=max(0, max_rejected))
         self.rejected_count = 0
@@ -370,28 +348,12 @@ class JsonLinesSource(Source):
             data = data[len(_BOM) :]
         try:
             if line.too_long:
-                raise _Reject(f"line longer than {self._max_line} bytes")
-            try:
-                text = data.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise _Reject(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+                raise EventRejected(f"line longer than {self._max_line} bytes")
+            text = decode_line(data)
             if not text.strip():
                 return None  # blank lines separate nothing and carry nothing
-            try:
-                doc = json.loads(text, parse_float=Decimal)
-            except json.JSONDecodeError as exc:
-                raise _Reject(f"bad JSON: {exc.msg} at column {exc.colno}") from None
-            except RecursionError:
-                raise _Reject(f"bad JSON: nested deeper than {MAX_NESTING} levels") from None
-            except ValueError as exc:  # an integer of over 4,300 digits (Python's limit)
-                raise _Reject(f"bad JSON: {exc}") from None
-            if text.count("{") + text.count("[") > MAX_NESTING and _nested_deeper(doc):
-                raise _Reject(
-                    f"nested deeper than {MAX_NESTING} levels of objects and arrays "
-                    "(the DLQ could not keep it if a destination refused it)"
-                )
-            return self._record(doc, line_no)
-        except _Reject as exc:
+            return self._record(parse_json(text), line_no)
+        except EventRejected as exc:
             self._reject(line_no, start, str(exc), line.data)
         except Exception as exc:  # a bug here must not stop the stream; it is reported loudly
             logger.exception("unexpected error parsing source=%s line=%d", self.source_id, line_no)
@@ -399,40 +361,8 @@ class JsonLinesSource(Source):
         return None
 
     def _record(self, doc: Any, line_no: int) -> ChangeRecord:
-        outer = doc
-        if not isinstance(doc, dict):
-            raise _Reject(f"not a JSON object but {_json_type(doc)}")
-        if "op" not in doc and "payload" in doc:
-            doc = doc["payload"]
-            if not isinstance(doc, dict):
-                raise _Reject(f"'payload' is {_json_type(doc)}, not an object")
-        code = doc.get("op")
-        if code is None:
-            raise _Reject("missing 'op'")
-        try:
-            op = Operation(code)
-        except ValueError:
-            raise _Reject(f"unknown op {code!r} (expected one of {_OPS})") from None
-        source = doc.get("source")
-        if not isinstance(source, dict):
-            what = "missing" if source is None else f"{_json_type(source)}, not an object"
-            raise _Reject(f"'source' is {what} (it gives the table and the position)")
-        table = _table_name(source)
-        before = _row(doc, "before")
-        after = _row(doc, "after")
-        if op is Operation.DELETE:
-            after = None  # a delete leaves no row, whatever the event carries
-        elif after is None:
-            raise _Reject(f"op {op.value!r} without an 'after' row")
-        commit = _position(source, "lsn_commit")
-        if commit is None:
-            commit = _position(source, "lsn")
-        if commit is None:
-            raise _Reject("no position: 'source.lsn_commit' or 'source.lsn' is required")
-        explicit_seq = _sequence(source)
-        commit_ts = _commit_ts(source)
-        key = self._key(doc, outer, source, table, op, before, after)
-
+        event = parse_event(doc, self._primary_keys)
+        commit = event.commit
         state = self._state
         if commit == state.tx_commit:
             count = state.tx_count + 1
@@ -441,61 +371,16 @@ class JsonLinesSource(Source):
                 self._warn_backwards(line_no, commit, state.tx_commit)
             count = 0
         self._state = state._replace(tx_commit=commit, tx_count=count)
-        seq = explicit_seq if explicit_seq is not None else count
+        seq = event.seq if event.seq is not None else count
         return ChangeRecord(
-            table=table,
-            op=op,
-            key=key,
-            after=after,
+            table=event.table,
+            op=event.op,
+            key=event.key,
+            after=event.after,
             position=SourcePosition(commit, seq),
-            before=before,
-            commit_ts=commit_ts,
+            before=event.before,
+            commit_ts=event.commit_ts,
         )
-
-    def _key(
-        self,
-        doc: dict[str, Any],
-        outer: dict[str, Any],
-        source: dict[str, Any],
-        table: str,
-        op: Operation,
-        before: dict[str, Any] | None,
-        after: dict[str, Any] | None,
-    ) -> dict[str, Any]:
-        given = doc.get("key", outer.get("key"))
-        if given is not None:
-            if isinstance(given, dict) and set(given) == {"schema", "payload"}:
-                given = given["payload"]  # a Kafka Connect key with its schema
-            if not isinstance(given, dict) or not given:
-                raise _Reject("'key' must be a non-empty object of primary-key columns")
-            for column, value in given.items():
-                _check_key_value(column, value, "key")
-            return dict(given)
-        columns = source.get("pk")
-        if columns is not None:
-            if not (
-                isinstance(columns, str)
-                or (isinstance(columns, list) and all(isinstance(c, str) for c in columns))
-            ):
-                raise _Reject("'source.pk' must be a list of column names")
-            columns = _column_list(columns)
-        else:
-            bare = table.rpartition(".")[2]
-            columns = self._primary_keys.get(table) or self._primary_keys.get(bare)
-        if not columns:
-            raise _Reject(
-                f"no primary key for table {table}: give a 'key' object or configure primary_keys"
-            )
-        side, row = ("before", before) if op is Operation.DELETE else ("after", after)
-        if row is None:
-            raise _Reject(f"delete from {table} without 'key' or 'before': cannot tell which row")
-        key: dict[str, Any] = {}
-        for column in columns:
-            if column not in row:
-                raise _Reject(f"primary key column {column!r} missing from '{side}'")
-            _check_key_value(column, row[column], side)
-            key[column] = row[column]
-        return key
 
     # --- reporting -------------------------------------------------------------------------------
 
@@ -552,127 +437,3 @@ class JsonLinesSource(Source):
             commit,
             previous,
         )
-
-
-def _column_list(columns: str | Sequence[str]) -> tuple[str, ...]:
-    if isinstance(columns, str):
-        return tuple(c.strip() for c in columns.split(",") if c.strip())
-    return tuple(columns)
-
-
-def _nested_deeper(doc: Any, limit: int = MAX_NESTING) -> bool:
-    """True if ``doc`` nests objects and arrays more than ``limit`` deep (no recursion)."""
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = value.values() if isinstance(value, dict) else value
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float | Decimal):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
-def _table_name(source: dict[str, Any]) -> str:
-    table = source.get("table")
-    if not isinstance(table, str) or not table:
-        raise _Reject("'source.table' must be a non-empty string")
-    _check_name("source.table", table)
-    schema = source.get("schema")
-    if schema is None or schema == "":
-        return table
-    if not isinstance(schema, str):
-        raise _Reject("'source.schema' must be a string")
-    _check_name("source.schema", schema)
-    return f"{schema}.{table}"
-
-
-def _check_name(field: str, name: str) -> None:
-    """Refuse names no destination can hold; any other text (``/``, ``..``, RTL) is kept.
-
-    JSON can carry ``\\u0000`` and lone surrogates (``\\udc80``), which no
-    database identifier or UTF-8 connection takes: without this, every write
-    of the table would fail and keep failing.
-    """
-    if "\x00" in name:
-        raise _Reject(f"'{field}' contains a NUL character: {name!r}")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise _Reject(
-            f"'{field}' is not valid Unicode (lone surrogate {name[exc.start]!r} at "
-            f"character {exc.start}): {name!r}"
-        ) from None
-
-
-def _row(doc: dict[str, Any], side: str) -> dict[str, Any] | None:
-    row = doc.get(side)
-    if row is not None and not isinstance(row, dict):
-        raise _Reject(f"'{side}' is {_json_type(row)}, not an object or null")
-    return row
-
-
-def _position(source: dict[str, Any], field: str) -> int | None:
-    value = source.get(field)
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        if value.isdigit():
-            return int(value)
-        try:
-            return parse_pg_lsn(value)
-        except ValueError:
-            pass
-    raise _Reject(
-        f"'source.{field}' is not a position: {value!r} (expected a non-negative integer or "
-        "a PostgreSQL LSN like '0/16B3748')"
-    )
-
-
-def _sequence(source: dict[str, Any]) -> int | None:
-    for field in ("seq", "sequence"):
-        value = source.get(field)
-        if value is None:
-            continue
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        if isinstance(value, str) and value.isdigit():
-            return int(value)
-        if isinstance(value, str) and value.startswith("["):
-            continue  # Debezium's '["lastCommitLsn","lsn"]': not an order inside the transaction
-        raise _Reject(f"'source.{field}' must be a non-negative integer, not {value!r}")
-    return None
-
-
-def _commit_ts(source: dict[str, Any]) -> float | None:
-    value = source.get("ts_ms")
-    if value is None:
-        return None
-    if isinstance(value, int | Decimal) and not isinstance(value, bool):
-        try:
-            return float(value) / 1000.0
-        except OverflowError:
-            raise _Reject(f"'source.ts_ms' is out of range: {value}") from None
-    raise _Reject(f"'source.ts_ms' must be a number, not {value!r}")
-
-
-def _check_key_value(column: Any, value: Any, side: str) -> None:
-    if value is None:
-        raise _Reject(f"primary key column {column!r} is null in '{side}'")
-    if isinstance(value, dict | list):
-        raise _Reject(f"primary key column {column!r} in '{side}' is not a scalar")

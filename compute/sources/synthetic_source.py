@@ -25,7 +25,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -197,16 +197,10 @@ _SPECS: dict[str, _TableSpec] = {
         row=_accounts_row,
     ),
 }
-_GENERIC = _TableSpec(
-    columns=(
-        ("id", "bigint"),
-        ("name", "text"),
-        ("balance", "numeric(14,2)"),
-        ("updated_at", "timestamptz"),
-        ("version", "bigint"),
-    ),
-    key=("id",),
-    key_of=lambda k: {"id": k + 1},
+# Any other table: the users layout without email and active.
+_GENERIC = replace(
+    _SPECS["users"],
+    columns=tuple(c for c in _SPECS["users"].columns if c[0] not in ("email", "active")),
     row=_generic_row,
 )
 _NULLABLE = frozenset({("orders", "note")})

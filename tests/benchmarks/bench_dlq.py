@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import rocksq  # noqa: E402
 from rocksq.blocking import MpmcQueue, PersistentQueueWithCapacity  # noqa: E402
 
+from compute.codec.failure_context import FailureContext  # noqa: E402
+from compute.codec.message import DLQMessage  # noqa: E402
 from compute.dlq.manager import DLQManager  # noqa: E402
-from compute.codec.message import DLQMessage, FailureContext  # noqa: E402
 from compute.queue_id import QueueId  # noqa: E402
-from config.settings import DLQConfig  # noqa: E402
+from config.dlq_config import DLQConfig  # noqa: E402
 from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402
 
 PAYLOAD_BYTES = 300

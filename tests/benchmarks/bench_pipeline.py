@@ -67,16 +67,17 @@ import psycopg2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from compute.dlq.manager import DLQManager  # noqa: E402
-from compute.codec.message import DLQMessage, FailureContext  # noqa: E402
-from compute.recovery.worker import DLQRecoveryWorker  # noqa: E402
+from compute.codec.failure_context import FailureContext  # noqa: E402
+from compute.codec.message import DLQMessage  # noqa: E402
 from compute.delivery.event_handler import group_by_table  # noqa: E402
 from compute.delivery.health import DestinationHealth  # noqa: E402
+from compute.dlq.manager import DLQManager  # noqa: E402
 from compute.engine.pipeline import Pipeline  # noqa: E402
 from compute.queue_id import QueueId  # noqa: E402
+from compute.recovery.worker import DLQRecoveryWorker  # noqa: E402
 from compute.sources.base import Source, SourceBatch  # noqa: E402
 from compute.sources.synthetic_source import SyntheticSource, create_table_sql  # noqa: E402
-from config.settings import DLQConfig  # noqa: E402
+from config.dlq_config import DLQConfig  # noqa: E402
 from destinations.base import PreparedBatch  # noqa: E402
 from destinations.postgresql.destination import PostgreSQLDestination  # noqa: E402
 from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402

@@ -9,7 +9,7 @@ from typing import Any
 from compute.queue_id import QueueId
 from compute.sources.base import RejectedEvent, Source, SourceBatch
 from compute.storage.rocksq.store import RocksqStore
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
 TABLE = "public.accounts"

@@ -11,14 +11,15 @@ from urllib.parse import quote
 
 import pytest
 
+from compute.codec.failure_context import FailureContext
 from compute.dlq.manager import DLQManager
-from compute.codec.message import FailureContext
 from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
+from config.admin_config import AdminConfig
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
-from config.settings import AdminConfig, Settings
+from config.settings import Settings
 from destinations.errors import ClassifiedError, FailureKind, PermanentDestinationError
 from destinations.records import ChangeRecord
 from tests.compute.helpers import TABLE, ListSource, change, dlq_config

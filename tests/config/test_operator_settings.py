@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from config import ConfigError, load_settings
-from config.settings import AdminConfig, AlertConfig
+from config.admin_config import AdminConfig
+from config.alert_config import AlertConfig
 
 
 def settings(env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]

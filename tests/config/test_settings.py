@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from config import ConfigError, DLQConfig, RosettaError, Settings, WhenFull, load_settings
-from config.settings import _ALERT_VARIABLES, _DLQ_VARIABLES, GIB, KIB, MIB, parse_size
+from config import ConfigError, RosettaError, Settings, load_settings
+from config.alert_config import ALERT_VARIABLES
+from config.dlq_config import DLQ_VARIABLES, DLQConfig, WhenFull
+from config.env_values import GIB, KIB, MIB, parse_size
 
 ALL_VARIABLES = [
     "DLQ_BASE_PATH",
@@ -357,10 +359,10 @@ INVALID_CASES: dict[str, tuple[list[str], str]] = {
 
 def test_invalid_cases_cover_every_variable() -> None:
     assert set(INVALID_CASES) == set(ALL_VARIABLES)
-    assert set(ALL_VARIABLES) == set(_DLQ_VARIABLES)
+    assert set(ALL_VARIABLES) == set(DLQ_VARIABLES)
 
 
-# Alert thresholds are DLQ_* variables too (config.settings._ALERT_VARIABLES).
+# Alert thresholds are DLQ_* variables too (config.alert_config.ALERT_VARIABLES).
 ALERT_INVALID_CASES: dict[str, tuple[list[str], str]] = {
     "DLQ_ALERT_QUEUE_SIZE": (["", "0", "-1", "lots", "1.5", HUGE, HUGER], "from 1 to"),
     "DLQ_ALERT_QUEUE_SIZE_CRITICAL": (["", "0", "-1", "lots", HUGE], "from 1 to"),
@@ -398,8 +400,8 @@ def test_every_variable_is_tried_empty_negative_non_numeric_and_absurd(
     cases: dict[str, tuple[list[str], str]],
 ) -> None:
     """The issue's four kinds of bad value, for every DLQ_* variable there is."""
-    assert set(INVALID_CASES) | set(ALERT_INVALID_CASES) == set(_DLQ_VARIABLES) | set(
-        _ALERT_VARIABLES
+    assert set(INVALID_CASES) | set(ALERT_INVALID_CASES) == set(DLQ_VARIABLES) | set(
+        ALERT_VARIABLES
     )
     for name, (values, _accepted) in cases.items():
         assert "" in values, name

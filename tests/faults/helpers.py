@@ -13,7 +13,7 @@ import psycopg2
 
 from compute.dlq.manager import DLQManager
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.pg_state import differences, fetch_state
 from tests.rosetta_cli import ROOT, cli_env, rosetta_command
 

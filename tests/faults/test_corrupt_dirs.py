@@ -25,13 +25,15 @@ from typing import Any
 
 import pytest
 
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
 from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
+from config.dlq_config import DLQConfig
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
-from config.settings import DLQConfig, Settings
+from config.settings import Settings
 from tests.compute.helpers import ListSource, change
 from tests.fakes import FakeDestination
 

@@ -12,10 +12,11 @@ import random
 from pathlib import Path
 from typing import Any
 
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
 from compute.queue_id import QueueId
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.compute.helpers import change
 from tests.faults.helpers import (
     create_row_tables,

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.compute.helpers import change
 from tests.faults.helpers import create_row_tables, engine_env, rows, write_jsonl_pipeline
 from tests.rosetta_cli import run_rosetta

@@ -238,7 +238,8 @@ def test_row_over_the_message_limit_is_parked_whole_naming_limit_and_size(
 def test_enqueue_refuses_a_batch_with_an_oversized_message_storing_nothing(
     tmp_path: Path,
 ) -> None:
-    from compute.codec.message import DLQMessage, FailureContext
+    from compute.codec.failure_context import FailureContext
+    from compute.codec.message import DLQMessage
     from compute.errors import MessageTooLargeError
     from tests.compute.helpers import change
 

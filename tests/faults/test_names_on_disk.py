@@ -9,11 +9,12 @@ from pathlib import Path
 
 from hypothesis import example, given, settings
 
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
 from compute.queue_id import QueueId
 from compute.storage.rocksq.store import RocksqStore
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.compute.helpers import change
 from tests.compute.test_queue_id import any_name, names
 

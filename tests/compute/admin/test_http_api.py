@@ -14,14 +14,16 @@ from urllib.parse import quote
 
 import pytest
 
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
 from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
+from config.admin_config import AdminConfig
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
-from config.settings import AdminConfig, Settings
+from config.settings import Settings
 from tests.compute.helpers import ListSource, change, dlq_config
 from tests.fakes import FakeDestination
 

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from compute.dlq.manager import DLQManager
-from config.settings import AdminConfig
+from config.admin_config import AdminConfig
 from tests.compute.admin.test_http_api import (
     OTHER,
     QUEUE,

@@ -20,10 +20,11 @@ from typing import Any
 import psycopg2
 import pytest
 
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage, encode_message
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext, encode_message
 from compute.queue_id import QueueId
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
 ROOT = Path(__file__).resolve().parents[3]

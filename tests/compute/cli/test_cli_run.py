@@ -13,7 +13,7 @@ import pytest
 from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from compute.sources.synthetic_source import SyntheticSource
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.rosetta_cli import cli_env, run_rosetta, start_rosetta
 from tests.tmpfs import mounted_tmpfs
 

@@ -12,7 +12,8 @@ import uuid
 from decimal import Decimal
 from pathlib import Path
 
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.queue_id import QueueId
 from destinations.errors import FailureKind
 from destinations.records import ChangeRecord, Operation, SourcePosition

@@ -14,7 +14,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from compute.codec.export_view import message_from_line, message_to_line, tag, untag
-from compute.codec.message import DLQMessage, FailureContext, decode_message, encode_message
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage, decode_message, encode_message
 from compute.queue_id import QueueId
 from destinations.errors import FailureKind
 from destinations.records import ChangeRecord, Operation, SourcePosition

@@ -21,19 +21,17 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from compute.codec.failure_context import MAX_ERROR_MESSAGE_CHARS, MAX_STACK_CHARS, FailureContext
 from compute.codec.message import (
     FORMAT_VERSION,
-    MAX_ERROR_MESSAGE_CHARS,
-    MAX_STACK_CHARS,
     V2_FIRST_BYTE,
     DLQMessage,
-    FailureContext,
     MessageDecoder,
     decode_message,
     encode_message,
     encode_messages,
-    message_to_json,
 )
+from compute.codec.message_view import message_to_json
 from compute.errors import MessageDecodeError, MessageEncodeError
 from compute.queue_id import QueueId
 from destinations.errors import ClassifiedError, FailureKind

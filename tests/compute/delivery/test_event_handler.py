@@ -14,7 +14,7 @@ from compute.dlq.manager import DLQManager
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
-from config.settings import WhenFull
+from config.dlq_config import WhenFull
 from tests.compute.helpers import TABLE, change, dlq_config
 from tests.fakes import FakeDestination
 

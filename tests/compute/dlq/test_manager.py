@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.dlq.quarantine import QUARANTINE_DIR
 from compute.dlq.status_files import STATUS_FILE
 from compute.errors import DLQFullError, MessageTooLargeError
 from compute.queue_id import QueueId
-from config.settings import DLQConfig, WhenFull
+from config.dlq_config import DLQConfig, WhenFull
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
 Q = QueueId("1", "public.accounts", "2")

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.lane_reader import LaneReader
 from compute.dlq.manager import DLQManager
 from compute.dlq.parking import record_key

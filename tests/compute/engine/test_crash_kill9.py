@@ -28,10 +28,11 @@ from typing import Any
 
 import pytest
 
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
-from compute.codec.message import DLQMessage, FailureContext
 from compute.queue_id import QueueId
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
 QUEUES = [

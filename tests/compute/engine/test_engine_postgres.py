@@ -16,7 +16,7 @@ import pytest
 
 from compute.dlq.manager import DLQManager
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.faults.helpers import create_tables, engine_env, start_engine, write_pipelines
 from tests.pg_state import differences, fetch_state
 from tests.servers import PostgresServer

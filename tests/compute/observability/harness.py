@@ -11,16 +11,18 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from compute.dlq.manager import DLQManager
 from compute.codec.message import DLQMessage
-from compute.engine.engine import Engine
 from compute.delivery.event_handler import deferred_failure
+from compute.dlq.manager import DLQManager
+from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from compute.sources.base import RejectedEvent, Source, SourceBatch
+from config.admin_config import AdminConfig
+from config.alert_config import AlertConfig
 from config.pipelines import PipelineSpec, SourceSpec
-from config.settings import AdminConfig, AlertConfig, Settings
+from config.settings import Settings
 from destinations.records import ChangeRecord
 from tests.compute.helpers import TABLE, change, dlq_config
 from tests.fakes import FakeDestination

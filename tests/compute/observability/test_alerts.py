@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 
+from compute.delivery.health import DestinationHealth, HealthSnapshot
 from compute.dlq.manager import DLQManager
 from compute.errors import DLQStorageError
-from compute.delivery.health import DestinationHealth, HealthSnapshot
 from compute.observability.alerts import AlertEvent, AlertMonitor
 from compute.observability.metrics import DLQMetrics
 from compute.queue_id import QueueId
-from config.settings import AlertConfig, DLQConfig
+from config.alert_config import AlertConfig
+from config.dlq_config import DLQConfig
 from tests.compute.helpers import dlq_config
 from tests.compute.observability.harness import QUEUE, T0, Disk, drain, enqueue, parse, sample
 from tests.fakes import FakeDestination

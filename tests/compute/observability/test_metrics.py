@@ -12,7 +12,7 @@ import pytest
 from compute.dlq.manager import DLQManager
 from compute.observability.metrics import DLQMetrics
 from compute.queue_id import QueueId
-from config.settings import WhenFull
+from config.dlq_config import WhenFull
 from destinations.records import Operation
 from tests.compute.helpers import TABLE, apply_model, change, dlq_config
 from tests.compute.observability.harness import (

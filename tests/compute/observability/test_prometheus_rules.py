@@ -12,7 +12,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from compute.observability.alerts import RULES
-from config.settings import AdminConfig, AlertConfig
+from config.admin_config import AdminConfig
+from config.alert_config import AlertConfig
 from tests.compute.helpers import change
 from tests.compute.observability.harness import start_engine, wait_for
 
@@ -42,7 +43,7 @@ def load_rules() -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def exported_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     """Every metric name a running engine renders, with a queue, a destination and a drop."""
-    from config.settings import WhenFull
+    from config.dlq_config import WhenFull
 
     h = start_engine(
         tmp_path_factory.mktemp("rules"), when_full=WhenFull.DROP_NEWEST, max_queue_messages=5

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.delivery.health import DestinationHealth
 from compute.dlq.manager import DLQManager
 from compute.errors import DLQFullError, DLQStorageError

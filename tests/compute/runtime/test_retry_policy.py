@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from compute.runtime.retry_policy import RetryPolicy
-from config import DLQConfig
+from config.dlq_config import DLQConfig
 
 
 def policy(**overrides: float) -> RetryPolicy:

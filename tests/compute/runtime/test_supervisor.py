@@ -15,7 +15,8 @@ import pytest
 
 import compute.runtime.supervisor as supervisor_module
 from compute.admin.operations import DLQOperations
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
@@ -24,7 +25,8 @@ from compute.queue_id import QueueId
 from compute.recovery.replay import QueueBackoff
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
-from config.settings import AdminConfig, Settings
+from config.admin_config import AdminConfig
+from config.settings import Settings
 from tests.compute.helpers import TABLE, ListSource, apply_model, change, dlq_config
 from tests.fakes import FakeDestination
 

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from compute.codec.message import DLQMessage, FailureContext, decode_message, encode_message
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage, decode_message, encode_message
 from compute.queue_id import QueueId
 from compute.sources.base import SourceError
 from compute.sources.jsonl_source import JsonLinesSource

@@ -19,10 +19,11 @@ from typing import Any
 
 import pytest
 
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.compute.helpers import change
 
 BIG = QueueId("1", "public.big", "1")

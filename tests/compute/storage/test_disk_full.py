@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.compute.helpers import change
 
 Q = QueueId("1", "public.accounts", "1")

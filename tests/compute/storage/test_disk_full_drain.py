@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from compute.codec.message import DLQMessage, FailureContext
+from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.delivery.health import DestinationHealth
 from compute.dlq.manager import DLQManager
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
-from config.settings import DLQConfig
+from config.dlq_config import DLQConfig
 from tests.compute.helpers import change
 from tests.fakes import FakeDestination
 from tests.tmpfs import fill_disk

@@ -384,7 +384,8 @@ def test_replay_failing_on_an_expired_session_does_not_charge_the_events(
     expiring_sessions: ExpiringSessions,
     tmp_path: Any,
 ) -> None:
-    from compute.codec.message import DLQMessage, FailureContext
+    from compute.codec.failure_context import FailureContext
+    from compute.codec.message import DLQMessage
     from compute.delivery.health import DestinationHealth
     from compute.dlq.manager import DLQManager
     from compute.queue_id import QueueId

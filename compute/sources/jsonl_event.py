@@ -1,0 +1,292 @@
+"""One Debezium-style change event: a JSON line checked and taken apart into a change's parts.
+
+Each line is ``{"op": "c|u|d|r", "before": {...}|null, "after": {...}|null,
+"source": {"schema": "public", "table": "users", "lsn": 123 or "0/16B3748",
+"lsn_commit": ..., "sequence" or "seq": n, "ts_ms": ..., "pk": [...]},
+"key": {...}}``, optionally wrapped as ``{"payload": {...}}`` (Kafka Connect's
+JSON converter with schemas on).
+
+* Table: ``schema.table`` when ``source.schema`` is given, else ``table``.
+* Position: commit = ``source.lsn_commit`` if present, else ``source.lsn``
+  (an integer, a decimal string or a PostgreSQL ``'X/Y'`` LSN); seq =
+  ``source.sequence``/``source.seq`` when it is an integer, else (decided by
+  the reader) the event's order among the consecutive events of the same
+  commit. Debezium's own ``sequence`` string (``'["lastCommitLsn","lsn"]'``)
+  is not an in-transaction order and is ignored.
+* Key: the ``key`` object if present, else the columns named by ``source.pk``
+  or the ``primary_keys`` option, taken from ``after`` (from ``before`` for a
+  delete). A change whose key cannot be determined is rejected.
+* Numbers with a fraction or exponent become ``Decimal``, so a numeric column
+  keeps its exact value; integers stay ``int`` whatever their size (the DLQ
+  stores them exactly).
+* A line nested deeper than ``MAX_NESTING`` levels of objects and arrays is
+  rejected: deeper values cannot be stored in the DLQ or exported, so an
+  event the destination refused could not be kept.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any, NamedTuple
+
+from compute.queue_id import lone_surrogate_problem
+from destinations.records import Operation, parse_pg_lsn
+
+_OPS = ", ".join(op.value for op in Operation)
+# Objects and arrays nested in one line, envelope included. Deep enough for any
+# real row; far below what the DLQ message (msgpack, about 1,000) and its JSON
+# export (Python's recursion limit, 1,000 frames) can take.
+MAX_NESTING = 200
+
+
+class EventRejected(Exception):
+    """A line is not a usable change event; the message says why."""
+
+
+class ChangeEvent(NamedTuple):
+    """A checked event's parts; ``seq`` is None when the event gives none."""
+
+    table: str
+    op: Operation
+    key: dict[str, Any]
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    commit: int
+    seq: int | None
+    commit_ts: float | None
+
+
+def decode_line(data: bytes) -> str:
+    """The text of one line (its BOM already removed); ``EventRejected`` if it is not UTF-8."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EventRejected(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def parse_json(text: str) -> Any:
+    """The JSON value of a non-blank line, numbers with a fraction as ``Decimal``."""
+    try:
+        doc = json.loads(text, parse_float=Decimal)
+    except json.JSONDecodeError as exc:
+        raise EventRejected(f"bad JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:
+        raise EventRejected(f"bad JSON: nested deeper than {MAX_NESTING} levels") from None
+    except ValueError as exc:  # an integer of over 4,300 digits (Python's limit)
+        raise EventRejected(f"bad JSON: {exc}") from None
+    if text.count("{") + text.count("[") > MAX_NESTING and _nested_deeper(doc):
+        raise EventRejected(
+            f"nested deeper than {MAX_NESTING} levels of objects and arrays "
+            "(the DLQ could not keep it if a destination refused it)"
+        )
+    return doc
+
+
+def parse_event(doc: Any, primary_keys: Mapping[str, tuple[str, ...]]) -> ChangeEvent:
+    """Check a line's JSON value and take it apart; ``EventRejected`` says what is wrong.
+
+    ``primary_keys``: the key columns of tables whose events name none, by
+    ``schema.table`` or bare table name.
+    """
+    outer = doc
+    if not isinstance(doc, dict):
+        raise EventRejected(f"not a JSON object but {_json_type(doc)}")
+    if "op" not in doc and "payload" in doc:
+        doc = doc["payload"]
+        if not isinstance(doc, dict):
+            raise EventRejected(f"'payload' is {_json_type(doc)}, not an object")
+    code = doc.get("op")
+    if code is None:
+        raise EventRejected("missing 'op'")
+    try:
+        op = Operation(code)
+    except ValueError:
+        raise EventRejected(f"unknown op {code!r} (expected one of {_OPS})") from None
+    source = doc.get("source")
+    if not isinstance(source, dict):
+        what = "missing" if source is None else f"{_json_type(source)}, not an object"
+        raise EventRejected(f"'source' is {what} (it gives the table and the position)")
+    table = _table_name(source)
+    before = _row(doc, "before")
+    after = _row(doc, "after")
+    if op is Operation.DELETE:
+        after = None  # a delete leaves no row, whatever the event carries
+    elif after is None:
+        raise EventRejected(f"op {op.value!r} without an 'after' row")
+    commit = _position(source, "lsn_commit")
+    if commit is None:
+        commit = _position(source, "lsn")
+    if commit is None:
+        raise EventRejected("no position: 'source.lsn_commit' or 'source.lsn' is required")
+    explicit_seq = _sequence(source)
+    commit_ts = _commit_ts(source)
+    key = _key(doc, outer, source, table, op, before, after, primary_keys)
+    return ChangeEvent(table, op, key, before, after, commit, explicit_seq, commit_ts)
+
+
+def _key(
+    doc: dict[str, Any],
+    outer: dict[str, Any],
+    source: dict[str, Any],
+    table: str,
+    op: Operation,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    primary_keys: Mapping[str, tuple[str, ...]],
+) -> dict[str, Any]:
+    given = doc.get("key", outer.get("key"))
+    if given is not None:
+        if isinstance(given, dict) and set(given) == {"schema", "payload"}:
+            given = given["payload"]  # a Kafka Connect key with its schema
+        if not isinstance(given, dict) or not given:
+            raise EventRejected("'key' must be a non-empty object of primary-key columns")
+        for column, value in given.items():
+            _check_key_value(column, value, "key")
+        return dict(given)
+    columns = source.get("pk")
+    if columns is not None:
+        if not (
+            isinstance(columns, str)
+            or (isinstance(columns, list) and all(isinstance(c, str) for c in columns))
+        ):
+            raise EventRejected("'source.pk' must be a list of column names")
+        columns = column_list(columns)
+    else:
+        bare = table.rpartition(".")[2]
+        columns = primary_keys.get(table) or primary_keys.get(bare)
+    if not columns:
+        raise EventRejected(
+            f"no primary key for table {table}: give a 'key' object or configure primary_keys"
+        )
+    side, row = ("before", before) if op is Operation.DELETE else ("after", after)
+    if row is None:
+        raise EventRejected(f"delete from {table} without 'key' or 'before': cannot tell which row")
+    key: dict[str, Any] = {}
+    for column in columns:
+        if column not in row:
+            raise EventRejected(f"primary key column {column!r} missing from '{side}'")
+        _check_key_value(column, row[column], side)
+        key[column] = row[column]
+    return key
+
+
+def column_list(columns: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(columns, str):
+        return tuple(c.strip() for c in columns.split(",") if c.strip())
+    return tuple(columns)
+
+
+def _nested_deeper(doc: Any, limit: int = MAX_NESTING) -> bool:
+    """True if ``doc`` nests objects and arrays more than ``limit`` deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float | Decimal):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _table_name(source: dict[str, Any]) -> str:
+    table = source.get("table")
+    if not isinstance(table, str) or not table:
+        raise EventRejected("'source.table' must be a non-empty string")
+    _check_name("source.table", table)
+    schema = source.get("schema")
+    if schema is None or schema == "":
+        return table
+    if not isinstance(schema, str):
+        raise EventRejected("'source.schema' must be a string")
+    _check_name("source.schema", schema)
+    return f"{schema}.{table}"
+
+
+def _check_name(field: str, name: str) -> None:
+    """Refuse names no destination can hold; any other text (``/``, ``..``, RTL) is kept.
+
+    JSON can carry ``\\u0000`` and lone surrogates (``\\udc80``), which no
+    database identifier or UTF-8 connection takes: without this, every write
+    of the table would fail and keep failing.
+    """
+    if "\x00" in name:
+        raise EventRejected(f"'{field}' contains a NUL character: {name!r}")
+    problem = lone_surrogate_problem(field, name)
+    if problem is not None:
+        raise EventRejected(problem)
+
+
+def _row(doc: dict[str, Any], side: str) -> dict[str, Any] | None:
+    row = doc.get(side)
+    if row is not None and not isinstance(row, dict):
+        raise EventRejected(f"'{side}' is {_json_type(row)}, not an object or null")
+    return row
+
+
+def _position(source: dict[str, Any], field: str) -> int | None:
+    value = source.get(field)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        if value.isdigit():
+            return int(value)
+        try:
+            return parse_pg_lsn(value)
+        except ValueError:
+            pass
+    raise EventRejected(
+        f"'source.{field}' is not a position: {value!r} (expected a non-negative integer or "
+        "a PostgreSQL LSN like '0/16B3748')"
+    )
+
+
+def _sequence(source: dict[str, Any]) -> int | None:
+    for field in ("seq", "sequence"):
+        value = source.get(field)
+        if value is None:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+        if isinstance(value, str) and value.startswith("["):
+            continue  # Debezium's '["lastCommitLsn","lsn"]': not an order inside the transaction
+        raise EventRejected(f"'source.{field}' must be a non-negative integer, not {value!r}")
+    return None
+
+
+def _commit_ts(source: dict[str, Any]) -> float | None:
+    value = source.get("ts_ms")
+    if value is None:
+        return None
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        try:
+            return float(value) / 1000.0
+        except OverflowError:
+            raise EventRejected(f"'source.ts_ms' is out of range: {value}") from None
+    raise EventRejected(f"'source.ts_ms' must be a number, not {value!r}")
+
+
+def _check_key_value(column: Any, value: Any, side: str) -> None:
+    if value is None:
+        raise EventRejected(f"primary key column {column!r} is null in '{side}'")
+    if isinstance(value, dict | list):
+        raise EventRejected(f"primary key column {column!r} in '{side}' is not a scalar")
