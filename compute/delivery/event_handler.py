@@ -35,7 +35,11 @@ from typing import Any
 
 from compute.codec.failure_context import FailureContext
 from compute.codec.message import DLQMessage, encode_message
-from compute.delivery.failures import classify_or_transient, held_behind_failure
+from compute.delivery.failures import (
+    capture_failure,
+    classify_or_transient,
+    held_behind_failure,
+)
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
 from compute.dlq.manager import DLQManager, EnqueueResult
@@ -288,7 +292,7 @@ class EventHandler:
                     classified.message,
                 )
                 health.mark_unhealthy(f"{classified.error_class}: {classified.message}")
-                failure = FailureContext.from_exception(error, classified, attempts=attempt)
+                failure = capture_failure(error, classified, attempts=attempt)
                 self._enqueue_to_dlq(queue, records, failure)
                 return
             health.mark_healthy()
@@ -378,7 +382,7 @@ class EventHandler:
                 return
             except Exception as error:
                 classified = classify_or_transient(destination, error)
-                failure = FailureContext.from_exception(error, classified, now=now)
+                failure = capture_failure(error, classified, now=now)
                 if classified.kind is FailureKind.PERMANENT:
                     self._park(queue, [record], failure)
                     continue

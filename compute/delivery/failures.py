@@ -1,19 +1,27 @@
-"""How a failed write is classified, shared by live delivery and replay.
+"""How a failed write is classified and recorded, shared by live delivery and replay.
 
-Both paths decide from the same two things: the kind a destination gives a
-failure (never raising, unclassified meaning transient), and the failure
-context a change gets when it is parked behind an earlier parked change of
-its key.
+Both paths decide from the same things: the kind a destination gives a
+failure (never raising, unclassified meaning transient), the failure context
+a change stores (built here from the raised error: text and stack truncated,
+credentials masked), and the context a change gets when it is parked behind
+an earlier parked change of its key.
 """
 
 from __future__ import annotations
 
+import time
+import traceback
 from dataclasses import replace
 
 from compute.codec.failure_context import FailureContext
 from config.redact import redact
 from destinations.base import Destination
 from destinations.errors import ClassifiedError, FailureKind
+
+# What a stored failure keeps of an error's text and stack: enough to act on,
+# bounded because every queued change carries one.
+MAX_ERROR_MESSAGE_CHARS = 2000
+MAX_STACK_CHARS = 4000
 
 
 def classify_or_transient(destination: Destination, error: BaseException) -> ClassifiedError:
@@ -39,3 +47,52 @@ def held_behind_failure(now: float) -> FailureContext:
         first_failure_at=now,
         last_failure_at=now,
     )
+
+
+def capture_failure(
+    error: BaseException,
+    classified: ClassifiedError | None = None,
+    *,
+    attempts: int = 1,
+    now: float | None = None,
+) -> FailureContext:
+    """Capture ``error`` (with its truncated stack) as a failure context.
+
+    Credentials in the message or the stack are masked: both are stored
+    with every message and shown by the admin API and exports.
+    """
+    when = time.time() if now is None else now
+    stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return FailureContext(
+        error_class=classified.error_class if classified else type(error).__name__,
+        message=_truncate(
+            redact(classified.message if classified else str(error)), MAX_ERROR_MESSAGE_CHARS
+        ),
+        kind=classified.kind if classified else FailureKind.TRANSIENT,
+        code=classified.code if classified else None,
+        stack=_truncate_stack(redact(stack)),
+        attempts=attempts,
+        first_failure_at=when,
+        last_failure_at=when,
+    )
+
+
+def failed_again(context: FailureContext, error: ClassifiedError, now: float) -> FailureContext:
+    """``context`` after one more failed attempt (first failure and stack kept)."""
+    return context._replace(
+        error_class=error.error_class,
+        message=_truncate(redact(error.message), MAX_ERROR_MESSAGE_CHARS),
+        kind=error.kind,
+        code=error.code,
+        attempts=context.attempts + 1,
+        last_failure_at=now,
+    )
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 15] + "... [truncated]"
+
+
+def _truncate_stack(stack: str) -> str:
+    # The innermost frames say most; keep the tail.
+    return stack if len(stack) <= MAX_STACK_CHARS else "[truncated] ..." + stack[-MAX_STACK_CHARS:]

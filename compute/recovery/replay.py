@@ -22,7 +22,11 @@ from typing import Any
 
 from compute.codec.failure_context import FailureContext
 from compute.codec.message import DLQMessage
-from compute.delivery.failures import classify_or_transient, held_behind_failure
+from compute.delivery.failures import (
+    classify_or_transient,
+    failed_again,
+    held_behind_failure,
+)
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
 from compute.dlq.lease import DLQLease
@@ -450,7 +454,7 @@ class QueueReplay:
                 )
                 if decision.outcome is Outcome.POISON:
                     assert decision.classified is not None
-                    failed = message.failure.failed_again(decision.classified, now)
+                    failed = failed_again(message.failure, decision.classified, now)
                     counts.parked += self.dlq.park(
                         queue, [_with_failure(message, failed, attempts())]
                     )

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from compute.codec.failure_context import FailureContext
+from compute.delivery.failures import capture_failure, failed_again
 from compute.dlq.manager import DLQManager
 from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
@@ -44,16 +44,16 @@ def _raised(text: str) -> PermanentDestinationError:
 def test_failure_context_masks_the_message_and_the_stack() -> None:
     error = _raised(LEAKY)
     for context in (
-        FailureContext.from_exception(error, now=1.0),
-        FailureContext.from_exception(
+        capture_failure(error, now=1.0),
+        capture_failure(
             error, ClassifiedError(FailureKind.PERMANENT, "ProgrammingError", LEAKY), now=1.0
         ),
     ):
         assert SECRET not in context.message and SECRET not in context.stack
         assert "postgresql://user:***@[::1/db" in context.message
         assert "password=***" in context.stack
-    again = context.failed_again(
-        ClassifiedError(FailureKind.TRANSIENT, "OperationalError", LEAKY), now=2.0
+    again = failed_again(
+        context, ClassifiedError(FailureKind.TRANSIENT, "OperationalError", LEAKY), now=2.0
     )
     assert SECRET not in again.message and again.attempts == 2
 

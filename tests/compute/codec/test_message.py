@@ -10,7 +10,6 @@ import random
 import subprocess
 import sys
 import threading
-import traceback
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -21,7 +20,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from compute.codec.failure_context import MAX_ERROR_MESSAGE_CHARS, MAX_STACK_CHARS, FailureContext
+from compute.codec.failure_context import FailureContext
 from compute.codec.message import (
     FORMAT_VERSION,
     V2_FIRST_BYTE,
@@ -34,7 +33,7 @@ from compute.codec.message import (
 from compute.codec.message_view import message_to_json
 from compute.errors import MessageDecodeError, MessageEncodeError
 from compute.queue_id import QueueId
-from destinations.errors import ClassifiedError, FailureKind
+from destinations.errors import FailureKind
 from destinations.records import ChangeRecord, Operation, SourcePosition
 from tests.compute.codec.format_samples import V2_SAMPLES, sample_messages
 from tests.compute.value_strategies import any_row, any_value, same
@@ -330,126 +329,6 @@ def test_unsupported_value_in_key_raises_value_error() -> None:
     message = make_message(key={"id": object()})
     with pytest.raises(ValueError, match=message.message_id):
         encode_message(message)
-
-
-# --- failure context --------------------------------------------------------------------------
-
-
-def _raise_deep(depth: int, message: str) -> None:
-    if depth == 0:
-        raise RuntimeError(message)
-    _raise_deep(depth - 1, message)
-
-
-def _caught(depth: int = 3, message: str = "boom") -> BaseException:
-    try:
-        _raise_deep(depth, message)
-    except RuntimeError as error:
-        return error
-    raise AssertionError("unreachable")
-
-
-def test_from_exception_captures_class_message_and_stack() -> None:
-    error = _caught()
-    ctx = FailureContext.from_exception(error, now=T0)
-    assert ctx.error_class == "RuntimeError"
-    assert ctx.message == "boom"
-    assert ctx.kind is FailureKind.TRANSIENT  # unclassified counts as transient
-    assert ctx.code is None
-    assert "_raise_deep" in ctx.stack
-    assert ctx.stack.rstrip().endswith("RuntimeError: boom")
-    assert ctx.attempts == 1
-    assert ctx.first_failure_at == ctx.last_failure_at == T0
-
-
-def test_from_exception_without_traceback() -> None:
-    ctx = FailureContext.from_exception(KeyError("k"), now=T0)
-    assert ctx.error_class == "KeyError"
-    assert ctx.message == "'k'"
-    assert "KeyError" in ctx.stack
-
-
-def test_from_exception_uses_the_classified_error() -> None:
-    classified = ClassifiedError(FailureKind.PERMANENT, "UniqueViolation", "dup key", "23505")
-    ctx = FailureContext.from_exception(_caught(), classified, attempts=4, now=T0)
-    assert (ctx.error_class, ctx.message, ctx.kind, ctx.code) == (
-        "UniqueViolation",
-        "dup key",
-        FailureKind.PERMANENT,
-        "23505",
-    )
-    assert ctx.attempts == 4
-    assert "_raise_deep" in ctx.stack  # the stack is still the exception's
-
-
-def test_from_exception_defaults_now_to_wall_clock() -> None:
-    import time
-
-    before = time.time()
-    ctx = FailureContext.from_exception(_caught())
-    assert before <= ctx.first_failure_at <= time.time()
-
-
-def test_huge_message_and_stack_are_truncated_keeping_the_tail() -> None:
-    error = _caught(depth=300, message="x" * 10_000 + "END")
-    ctx = FailureContext.from_exception(error, now=T0)
-    assert len(ctx.message) == MAX_ERROR_MESSAGE_CHARS
-    assert ctx.message.startswith("xxx") and ctx.message.endswith("[truncated]")
-    assert ctx.stack.startswith("[truncated]")
-    assert len(ctx.stack) <= MAX_STACK_CHARS + len("[truncated] ...")
-    assert ctx.stack.rstrip().endswith("END")  # innermost part kept
-
-
-def _chained(depth: int) -> BaseException:
-    """An exception with ``depth`` chained causes: a long stack of distinct sections."""
-    cause: BaseException | None = None
-    for level in range(depth):
-        try:
-            raise ValueError(f"level {level}")
-        except ValueError as error:
-            error.__cause__ = cause
-            cause = error
-    final = _caught(2, "innermost")
-    final.__cause__ = cause
-    return final
-
-
-def test_deep_stack_keeps_innermost_frames() -> None:
-    error = _chained(60)
-    full = "".join(traceback.format_exception(error))
-    assert len(full) > MAX_STACK_CHARS
-    ctx = FailureContext.from_exception(error, now=T0)
-    assert ctx.stack.startswith("[truncated]")
-    assert ctx.stack.endswith(full[-MAX_STACK_CHARS:])
-    assert "_raise_deep" in ctx.stack
-    assert ctx.stack.rstrip().endswith("RuntimeError: innermost")
-    assert round_trip(make_message(failure=ctx)).failure == ctx
-
-
-def test_classified_message_is_truncated_too() -> None:
-    classified = ClassifiedError(FailureKind.TRANSIENT, "E", "y" * 5000)
-    ctx = FailureContext.from_exception(_caught(), classified, now=T0)
-    assert len(ctx.message) == MAX_ERROR_MESSAGE_CHARS
-
-
-def test_failed_again_increments_attempts_and_keeps_first_failure() -> None:
-    ctx = FailureContext.from_exception(_caught(), now=T0)
-    again = ctx.failed_again(
-        ClassifiedError(FailureKind.PERMANENT, "CheckViolation", "z" * 3000, "23514"), T0 + 60
-    )
-    assert again.attempts == 2
-    assert again.first_failure_at == T0
-    assert again.last_failure_at == T0 + 60
-    assert (again.error_class, again.kind, again.code) == (
-        "CheckViolation",
-        FailureKind.PERMANENT,
-        "23514",
-    )
-    assert len(again.message) == MAX_ERROR_MESSAGE_CHARS
-    assert again.stack == ctx.stack
-    third = again.failed_again(ClassifiedError(FailureKind.TRANSIENT, "E", "m"), T0 + 120)
-    assert third.attempts == 3
-    assert ctx.attempts == 1  # frozen: the original is unchanged
 
 
 # --- message_to_json --------------------------------------------------------------------------
