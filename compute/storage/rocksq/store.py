@@ -76,12 +76,12 @@ class RocksqStore(QueueStore):
         limits: QueueLimits | None = None,
         *,
         max_open_handles: int = 32,
-        segment_max_items: int = 100_000,
+        segment_max_messages: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         lock_base_path: bool = True,
     ) -> None:
         self.base_path = Path(base_path)
-        self.segment_max_items = segment_max_items
+        self.segment_max_messages = segment_max_messages
         self._clock = clock
         self._states: dict[QueueId, QueueState] = {}
         self._states_lock = threading.Lock()
@@ -183,7 +183,7 @@ class RocksqStore(QueueStore):
                     if not entry.is_current():
                         self._salvage.ensure_present(state, "enqueue")
             segments, counts = state.segments, state.counts
-            if not segments or counts[segments[-1]] >= self.segment_max_items:
+            if not segments or counts[segments[-1]] >= self.segment_max_messages:
                 number = self._start_segment(state)
             else:
                 number = segments[-1]

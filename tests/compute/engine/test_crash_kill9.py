@@ -59,7 +59,7 @@ def _send(conn: Connection, line: str) -> None:
 def _writer(base: Path, conn: Connection, epoch: int, seed: int) -> None:
     rng = random.Random(seed)
     manager = DLQManager(_config(base), background=False)
-    manager.store.segment_max_items = 300  # type: ignore[attr-defined]
+    manager.store.segment_max_messages = 300  # type: ignore[attr-defined]
     _send(conn, "READY")
     seq = [0] * len(QUEUES)
     while True:
@@ -90,7 +90,7 @@ def _writer(base: Path, conn: Connection, epoch: int, seed: int) -> None:
 def _reader(base: Path, conn: Connection, epoch: int, seed: int) -> None:
     rng = random.Random(seed)
     manager = DLQManager(_config(base), background=False)
-    manager.store.segment_max_items = 300  # type: ignore[attr-defined]
+    manager.store.segment_max_messages = 300  # type: ignore[attr-defined]
     _send(conn, "READY")
     while True:
         busy = False

@@ -89,12 +89,12 @@ def test_partial_ack_inside_a_frame_then_release(tmp_path: Path) -> None:
 
 
 def test_segments_rotate_by_messages(tmp_path: Path) -> None:
-    store = RocksqStore(tmp_path, segment_max_items=250)
+    store = RocksqStore(tmp_path, segment_max_messages=250)
     for start in range(0, 1000, 100):
         store.enqueue(Q, items(start, start + 100))
     assert store.stats(Q).segments == 4
     store.close()
-    store = RocksqStore(tmp_path, segment_max_items=250)
+    store = RocksqStore(tmp_path, segment_max_messages=250)
     assert store.count(Q) == 1000
     assert drain(store, batch=77) == items(0, 1000)
     assert store.stats(Q).segments == 0
@@ -130,7 +130,7 @@ def test_items_written_before_frames_are_read_one_payload_each(tmp_path: Path) -
 @pytest.mark.slow
 def test_random_enqueue_read_ack_release_matches_a_model(tmp_path: Path) -> None:
     rng = random.Random(7)
-    store = RocksqStore(tmp_path, segment_max_items=120)
+    store = RocksqStore(tmp_path, segment_max_messages=120)
     model: list[bytes] = []
     next_id = 0
     for step in range(400):
@@ -154,7 +154,7 @@ def test_random_enqueue_read_ack_release_matches_a_model(tmp_path: Path) -> None
                 del model[:done]
         else:
             store.close()
-            store = RocksqStore(tmp_path, segment_max_items=120)
+            store = RocksqStore(tmp_path, segment_max_messages=120)
         assert store.count(Q) == len(model), step
     assert drain(store, batch=64) == model
     store.close()

@@ -61,7 +61,7 @@ def test_messages_accepted_after_the_removal_are_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, how: Callable[[Path], None]
 ) -> None:
     clock = Clock()
-    store = RocksqStore(tmp_path / "dlq", segment_max_items=10, clock=clock)
+    store = RocksqStore(tmp_path / "dlq", segment_max_messages=10, clock=clock)
     store.enqueue(Q, items(0, 25))  # three segments
     store.ack(store.read(Q, 4))
     how(store.queue_path(Q))
@@ -72,7 +72,7 @@ def test_messages_accepted_after_the_removal_are_kept(
     assert store.count(Q) == 27
     store.close()
     # On disk in the recreated directory, in order, acknowledged ones excluded.
-    store = RocksqStore(tmp_path / "dlq", segment_max_items=10, clock=clock)
+    store = RocksqStore(tmp_path / "dlq", segment_max_messages=10, clock=clock)
     assert drain(store) == items(4, 31)
     assert (store.queue_path(Q) / QUEUE_FILE).is_file()
     store.close()
@@ -84,7 +84,7 @@ def test_messages_accepted_after_the_removal_are_kept(
 
 def test_a_lease_held_across_the_removal_is_acked_in_place(tmp_path: Path) -> None:
     clock = Clock()
-    store = RocksqStore(tmp_path / "dlq", segment_max_items=100, clock=clock)
+    store = RocksqStore(tmp_path / "dlq", segment_max_messages=100, clock=clock)
     store.enqueue(Q, items(0, 10))
     lease = store.read(Q, 4)
     remove(store.queue_path(Q))
@@ -96,7 +96,7 @@ def test_a_lease_held_across_the_removal_is_acked_in_place(tmp_path: Path) -> No
 
 
 def test_removal_is_noticed_by_the_reader_too(tmp_path: Path) -> None:
-    store = RocksqStore(tmp_path / "dlq", segment_max_items=10)
+    store = RocksqStore(tmp_path / "dlq", segment_max_messages=10)
     store.enqueue(Q, items(0, 15))
     remove(store.queue_path(Q))
     assert drain(store) == items(0, 15)
@@ -106,11 +106,11 @@ def test_removal_is_noticed_by_the_reader_too(tmp_path: Path) -> None:
 
 
 def test_closing_the_store_copies_back_what_only_open_handles_hold(tmp_path: Path) -> None:
-    store = RocksqStore(tmp_path / "dlq", segment_max_items=10)
+    store = RocksqStore(tmp_path / "dlq", segment_max_messages=10)
     store.enqueue(Q, items(0, 15))
     move_away(store.queue_path(Q))
     store.close()
-    store = RocksqStore(tmp_path / "dlq", segment_max_items=10)
+    store = RocksqStore(tmp_path / "dlq", segment_max_messages=10)
     assert drain(store) == items(0, 15)
     store.close()
 
@@ -134,7 +134,7 @@ def test_lost_segments_are_counted_in_the_error(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A segment removed with no open handle is gone: said, counted, and the queue goes on."""
-    store = RocksqStore(tmp_path / "dlq", segment_max_items=10)
+    store = RocksqStore(tmp_path / "dlq", segment_max_messages=10)
     store.enqueue(Q, items(0, 15))
     store.close_idle(-1)  # every handle closed: nothing left to copy from
     remove(store.queue_path(Q))
@@ -149,7 +149,7 @@ def test_lost_segments_are_counted_in_the_error(
 def test_a_removed_cursor_file_is_written_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = RocksqStore(tmp_path / "dlq", segment_max_items=100)
+    store = RocksqStore(tmp_path / "dlq", segment_max_messages=100)
     store.enqueue(Q, items(0, 10))
     store.ack(store.read(Q, 3))
     (store.queue_path(Q) / CURSOR_FILE).unlink()
@@ -157,7 +157,7 @@ def test_a_removed_cursor_file_is_written_again(
         store.ack(store.read(Q, 3))
     assert any("cursor file removed" in r.getMessage() for r in caplog.records)
     store.close()
-    store = RocksqStore(tmp_path / "dlq", segment_max_items=100)
+    store = RocksqStore(tmp_path / "dlq", segment_max_messages=100)
     assert drain(store) == items(6, 10)  # acknowledged ones do not come back
     store.close()
 

@@ -22,7 +22,7 @@ Q = STORE_QUEUE
 
 @pytest.fixture
 def store(tmp_path: Path):
-    s = RocksqStore(tmp_path / "dlq", segment_max_items=10)
+    s = RocksqStore(tmp_path / "dlq", segment_max_messages=10)
     yield s
     s.close()
 
@@ -116,7 +116,7 @@ def test_partial_ack_with_a_read_ahead_returns_both_rests_in_order(store: Rocksq
 
 
 def test_read_ahead_stops_at_a_segment_end(store: RocksqStore) -> None:
-    store.enqueue(Q, items(0, 10))  # one full segment (segment_max_items=10)
+    store.enqueue(Q, items(0, 10))  # one full segment (segment_max_messages=10)
     store.enqueue(Q, items(10, 15))  # the next one
     first = store.read(Q, 10)
     assert store.read(Q, 5, ahead=True).payloads == []  # a lease never spans segments
@@ -126,31 +126,31 @@ def test_read_ahead_stops_at_a_segment_end(store: RocksqStore) -> None:
 
 
 def test_restart_with_a_read_ahead_outstanding_loses_nothing(tmp_path: Path) -> None:
-    s = RocksqStore(tmp_path, segment_max_items=10)
+    s = RocksqStore(tmp_path, segment_max_messages=10)
     s.enqueue(Q, items(0, 8))
     first = s.read(Q, 3)
     s.read(Q, 3, ahead=True)  # read, never acknowledged
     s.ack(first)
     s.close()
-    s = RocksqStore(tmp_path, segment_max_items=10)
+    s = RocksqStore(tmp_path, segment_max_messages=10)
     assert drain(s) == items(3, 8)
     s.close()
 
 
 def test_restart_returns_unacknowledged_in_order(tmp_path: Path) -> None:
-    s = RocksqStore(tmp_path, segment_max_items=10)
+    s = RocksqStore(tmp_path, segment_max_messages=10)
     for start in range(0, 40, 4):
         s.enqueue(Q, items(start, start + 4))
     lease = s.read(Q, 6)
     s.ack(lease)
     s.read(Q, 5)  # leased but never acknowledged: must come back
     s.close()
-    s = RocksqStore(tmp_path, segment_max_items=10)
+    s = RocksqStore(tmp_path, segment_max_messages=10)
     assert s.list_queues() == [Q]
     assert s.stats(Q).messages == 34
     assert drain(s) == items(6, 40)
     s.close()
-    s = RocksqStore(tmp_path, segment_max_items=10)
+    s = RocksqStore(tmp_path, segment_max_messages=10)
     assert s.stats(Q).messages == 0
     s.close()
 
@@ -178,7 +178,7 @@ def test_peek_does_not_consume_or_disturb_the_reader(store: RocksqStore) -> None
 
 
 def test_corrupt_cursor_redelivers_rather_than_skips(tmp_path: Path) -> None:
-    s = RocksqStore(tmp_path, segment_max_items=100)
+    s = RocksqStore(tmp_path, segment_max_messages=100)
     s.enqueue(Q, items(0, 10))
     s.ack(s.read(Q, 4))
     s.close()
@@ -186,7 +186,7 @@ def test_corrupt_cursor_redelivers_rather_than_skips(tmp_path: Path) -> None:
     data = json.loads(cursor.read_text())
     assert data["acked"] == 4
     cursor.write_text(cursor.read_text().replace('"acked": 4', '"acked": 9'))  # crc now wrong
-    s = RocksqStore(tmp_path, segment_max_items=100)
+    s = RocksqStore(tmp_path, segment_max_messages=100)
     assert drain(s) == items(0, 10)
     s.close()
 
@@ -267,7 +267,7 @@ def test_open_handles_stay_capped_with_many_queues(tmp_path: Path) -> None:
 
 
 def test_concurrent_producers_and_one_reader(tmp_path: Path) -> None:
-    s = RocksqStore(tmp_path, segment_max_items=50)
+    s = RocksqStore(tmp_path, segment_max_messages=50)
     producers, per_producer = 4, 300
     done = threading.Event()
     received: list[bytes] = []
