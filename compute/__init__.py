@@ -1,0 +1,1 @@
+"""The engine: reads changes, delivers them, queues what fails and replays it."""

@@ -1,0 +1,1 @@
+"""The destination interface (records, errors, base, factory) and its implementations."""

@@ -1,0 +1,1 @@
+"""The `rosetta` command: `run` and the operator's `dlq` commands."""

@@ -1,0 +1,1 @@
+"""How a DLQ message is written: the binary format (all versions) and its JSON views."""

@@ -1,0 +1,1 @@
+"""Live delivery: a lane per destination, deadline-bound writes, failures queued or parked."""

@@ -1,0 +1,1 @@
+"""The engine and its pipelines: built from the settings, started, supervised, stopped."""

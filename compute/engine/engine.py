@@ -9,11 +9,11 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from compute.dlq.manager import DLQManager
 from compute.delivery.health import HealthSnapshot
+from compute.dlq.manager import DLQManager
+from compute.engine.pipeline import Pipeline, PipelineState
 from compute.observability.alerts import AlertMonitor
 from compute.observability.metrics import DLQMetrics
-from compute.engine.pipeline import Pipeline, PipelineState
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
 from compute.sources.factory import build_source

@@ -32,8 +32,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from compute.dlq.manager import DLQManager
 from compute.delivery.health import HealthSnapshot, HealthState
+from compute.dlq.manager import DLQManager
 from compute.observability.observer import Observer
 from compute.queue_id import QueueId
 

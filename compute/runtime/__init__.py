@@ -1,0 +1,1 @@
+"""Thread plumbing every layer uses: supervisor, retry policy, deadline-bound writer thread."""

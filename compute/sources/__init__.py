@@ -1,1 +1,1 @@
-"""Sources of change events."""
+"""Sources of change events: JSON lines (Debezium-style), synthetic; their offsets."""

@@ -1,0 +1,1 @@
+"""The PostgreSQL destination: COPY or VALUES upserts in one transaction per batch."""

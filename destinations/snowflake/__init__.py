@@ -1,0 +1,1 @@
+"""The Snowflake destination: a temporary stage table and one MERGE per batch."""
