@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from config.errors import ConfigError
 
 if TYPE_CHECKING:
-    from config.settings import Settings
+    pass
 
 SOURCE_TYPES = ("synthetic", "jsonl")
 DESTINATION_TYPES = ("postgresql", "snowflake")
@@ -77,22 +77,6 @@ class PipelineSpec:
     destinations: tuple[DestinationSpec, ...]
     batch_size: int = 500
     retry: str = "aggressive"
-
-
-def load_pipeline_specs(settings: Settings) -> list[PipelineSpec]:
-    """Pipelines from ``ROSETTA_PIPELINES_FILE``, or the config database when configured."""
-    if settings.config_database_url:
-        from config.config_database import read_pipeline_config  # imports psycopg2
-
-        return read_pipeline_config(settings.config_database_url, settings.environment)
-    if settings.pipelines_file is None:
-        raise ConfigError(
-            [
-                "no pipelines defined: set ROSETTA_PIPELINES_FILE to a TOML file "
-                "(see config/pipelines.py) or CONFIG_DATABASE_URL to a config database"
-            ]
-        )
-    return load_pipelines_file(settings.pipelines_file, settings.environment)
 
 
 def load_pipelines_file(path: str | Path, env: Mapping[str, str]) -> list[PipelineSpec]:

@@ -87,7 +87,7 @@ class OperationsBase:
     def _build_offline_worker(self, queue: QueueId) -> DLQRecoveryWorker | None:
         """Offline: the pipeline delivering ``queue``, from the pipelines config."""
         from compute.delivery.health import DestinationHealth
-        from config.pipelines import load_pipeline_specs
+        from config.pipeline_source import load_pipeline_specs
         from destinations.factory import build_destination
 
         for spec in load_pipeline_specs(self.settings):

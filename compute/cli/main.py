@@ -42,7 +42,7 @@ def run(ctx: click.Context, pipelines: str | None) -> None:
     if ctx.obj["log_level"] is None:
         setup_logging("INFO")
     from compute.engine.engine import Engine
-    from config.pipelines import load_pipeline_specs
+    from config.pipeline_source import load_pipeline_specs
     from config.settings import load_settings, prepare_directory
 
     settings = load_settings()

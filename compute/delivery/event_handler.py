@@ -42,10 +42,10 @@ from compute.delivery.failures import (
 )
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
+from compute.delivery.observer import NULL_OBSERVER, Observer
 from compute.dlq.manager import DLQManager, EnqueueResult
 from compute.dlq.parking import record_key
 from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
-from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread

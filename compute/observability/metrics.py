@@ -33,8 +33,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from compute.delivery.health import HealthSnapshot, HealthState
+from compute.delivery.observer import Observer
 from compute.dlq.manager import DLQManager
-from compute.observability.observer import Observer
 from compute.queue_id import QueueId
 
 if TYPE_CHECKING:

@@ -29,11 +29,11 @@ from compute.delivery.failures import (
 )
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
+from compute.delivery.observer import NULL_OBSERVER, Observer
 from compute.dlq.lease import DLQLease
 from compute.dlq.manager import DLQManager
 from compute.dlq.parking import record_key
 from compute.errors import DLQError
-from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.recovery.gc_pause import collector_paused
 from compute.recovery.outcome import (

@@ -20,9 +20,9 @@ from typing import TypeVar
 
 from compute.delivery.health import DestinationHealth, HealthProbe
 from compute.delivery.in_flight import InFlightWrites
+from compute.delivery.observer import Observer
 from compute.dlq.manager import DLQManager
 from compute.errors import DLQError
-from compute.observability.observer import Observer
 from compute.queue_id import QueueId
 from compute.recovery.outcome import ReplayResult
 from compute.recovery.replay import LARGE_BATCH_SIZE, QueueReplay
