@@ -23,7 +23,7 @@ from destinations.errors import ClassifiedError, FailureKind, PermanentDestinati
 from destinations.records import ChangeRecord
 from tests.compute.helpers import TABLE, ListSource, change, dlq_config
 from tests.fakes import FakeDestination
-from tests.faults.helpers import wait_until
+from tests.waiting import wait_until
 
 SECRET = "s3cret"
 # What libpq says about a malformed URI: it quotes the URI, password included.

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +14,6 @@ from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
 from config.settings import DLQConfig
 from tests.pg_state import differences, fetch_state
 from tests.rosetta_cli import ROOT, cli_env, rosetta_command
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def create_tables(dsn: str, source: SyntheticSource) -> None:

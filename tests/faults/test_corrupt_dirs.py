@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
 from config.settings import DLQConfig, Settings
 from tests.compute.helpers import ListSource, change
 from tests.fakes import FakeDestination
+from tests.waiting import wait_until
 
 DEST = "fake"
 GOOD_A = QueueId("1", "public.alpha", DEST)
@@ -149,19 +149,13 @@ def run_engine(base: Path, new_events: int = 5) -> tuple[dict[str, Any], FakeDes
             lambda: (
                 engine.pipelines[0].finished.is_set()
                 and not any(dlq.has_messages(q) for q in QUEUES)
-            )
+            ),
+            60,
+            "the source to be delivered and every queue drained",
         )
         return engine.status(), fake
     finally:
         engine.stop()
-
-
-def wait_until(condition: Callable[[], bool], deadline: float = 60.0) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.02)
 
 
 def applied_ids(fake: FakeDestination, queue: QueueId) -> list[int]:

@@ -34,8 +34,8 @@ from tests.faults.helpers import (
     engine_env,
     queue_leftovers,
     start_engine,
-    wait_until,
 )
+from tests.waiting import wait_until
 from tests.pg_state import differences, fetch_state
 from tests.servers import PostgresServer
 

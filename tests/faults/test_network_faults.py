@@ -33,8 +33,8 @@ from tests.faults.helpers import (
     assert_nothing_left,
     create_tables,
     dlq_counts,
-    wait_until,
 )
+from tests.waiting import wait_until
 from tests.servers import PostgresServer
 
 # Timeouts the destination and the worker are configured with; bounds in the

@@ -25,6 +25,7 @@ from compute.codec.message import DLQMessage, FailureContext, encode_message
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 QUEUE = QueueId("1", "public.items", "1")
@@ -356,16 +357,20 @@ def running_engine(
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 120
-    while True:
+
+    def engine_reports_ten_queued() -> bool:
         assert engine.poll() is None, log.read_text()[-3000:]
-        admin = tmp_path / "dlq" / "admin.json"
-        if admin.exists():
-            result = rosetta(env, "dlq", "stats", "--json")
-            if result.returncode == 0 and json.loads(result.stdout)["total_messages"] == 10:
-                break
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
+        if not (tmp_path / "dlq" / "admin.json").exists():
+            return False
+        result = rosetta(env, "dlq", "stats", "--json")
+        return result.returncode == 0 and json.loads(result.stdout)["total_messages"] == 10
+
+    wait_until(
+        engine_reports_ten_queued,
+        120,
+        "the running engine to report 10 queued messages",
+        interval=0.2,  # each look runs a ``rosetta dlq stats`` process
+    )
     yield env, server, engine
     if engine.poll() is None:
         engine.send_signal(signal.SIGTERM)
