@@ -21,7 +21,8 @@ from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
 from config.settings import AdminConfig, Settings
 from destinations.errors import ClassifiedError, FailureKind, PermanentDestinationError
 from destinations.records import ChangeRecord
-from tests.compute.helpers import TABLE, ListSource, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import ListSource
 from tests.fakes import FakeDestination
 from tests.waiting import wait_until
 

@@ -10,7 +10,7 @@ import pytest
 
 from destinations.errors import FailureKind, PermanentDestinationError, TransientDestinationError
 from destinations.records import Operation
-from tests.destinations.helpers import SOURCE_TABLE, delete, upsert
+from tests.builders import SOURCE_TABLE, delete, upsert
 from tests.fakes import FakeDestination
 
 

@@ -19,7 +19,7 @@ from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from compute.sources.jsonl_source import JsonLinesSource
 from destinations.postgresql.destination import PostgreSQLDestination
-from tests.compute.helpers import dlq_config
+from tests.builders import dlq_config
 from tests.waiting import wait_until
 
 NO_RETRY = RetryPolicy(max_retries=0, base_delay=0.01, max_delay=0.01)
@@ -230,7 +230,7 @@ def test_enqueue_refuses_a_batch_with_an_oversized_message_storing_nothing(
 ) -> None:
     from compute.codec.message import DLQMessage, FailureContext
     from compute.errors import MessageTooLargeError
-    from tests.compute.helpers import change
+    from tests.builders import change
 
     queue = QueueId("1", "public.docs", "1")
     failure = FailureContext("OperationalError", "down")

@@ -14,7 +14,7 @@ from compute.codec.message import DLQMessage, FailureContext
 from compute.queue_id import QueueId
 from compute.storage.rocksq.store import RocksqStore
 from config.settings import DLQConfig
-from tests.compute.helpers import change
+from tests.builders import change
 from tests.compute.test_queue_id import any_name, names
 
 FAILURE = FailureContext("OperationalError", "down")

@@ -26,7 +26,7 @@ from compute.sources.synthetic_source import SyntheticSource
 from destinations.errors import DestinationTimeoutError
 from destinations.postgresql.destination import PostgreSQLDestination
 from destinations.records import ChangeRecord, Operation, SourcePosition
-from tests.compute.helpers import dlq_config
+from tests.builders import dlq_config
 from tests.fault_proxy import FaultProxy, fault_proxy
 from tests.faults.helpers import (
     assert_exact_state,

@@ -22,7 +22,8 @@ from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
 from config.settings import AdminConfig, Settings
-from tests.compute.helpers import ListSource, change, dlq_config
+from tests.builders import change, dlq_config
+from tests.compute.helpers import ListSource
 from tests.fakes import FakeDestination
 from tests.waiting import wait_until
 

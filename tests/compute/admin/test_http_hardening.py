@@ -34,7 +34,7 @@ from tests.compute.admin.test_http_api import (
     message,
     start_engine,
 )
-from tests.compute.helpers import dlq_config
+from tests.builders import dlq_config
 from tests.waiting import wait_until
 
 # Every route that changes the queues (POST).

@@ -25,6 +25,7 @@ from compute.codec.message import DLQMessage, FailureContext, encode_message
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition
+from tests.builders import pipelines_toml, postgresql_destination
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -274,21 +275,12 @@ def rows(dsn: str) -> list[tuple[Any, ...]]:
 
 def write_pipelines(path: Path, source: str) -> None:
     path.write_text(
-        f"""
-[[pipelines]]
-name = "items"
-batch_size = 50
-[pipelines.source]
-id = "1"
-type = "jsonl"
-path = "{source}"
-follow = true
-[[pipelines.destinations]]
-id = "1"
-name = "PG"
-type = "postgresql"
-dsn_env = "TEST_DEST_DSN"
-"""
+        pipelines_toml(
+            {"id": "1", "type": "jsonl", "path": source, "follow": True},
+            [postgresql_destination("TEST_DEST_DSN")],
+            name="items",
+            batch_size=50,
+        )
     )
 
 

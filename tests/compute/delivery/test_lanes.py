@@ -16,7 +16,8 @@ from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from destinations.records import ChangeRecord
-from tests.compute.helpers import TABLE, ListSource, apply_model, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import ListSource, apply_model
 from tests.fakes import FakeDestination
 from tests.waiting import wait_until
 

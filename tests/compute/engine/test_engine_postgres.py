@@ -16,11 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
-from config.settings import DLQConfig
-from tests.faults.helpers import create_tables, engine_env, start_engine, write_pipelines
-from tests.pg_state import differences, fetch_state
+from tests.faults.helpers import (
+    assert_exact_state,
+    assert_nothing_left,
+    create_tables,
+    engine_env,
+    queue_leftovers,
+    start_engine,
+    write_pipelines,
+)
+from tests.pg_state import fetch_state
 from tests.servers import PostgresServer
 from tests.waiting import wait_for_log_line, wait_until
 
@@ -38,14 +44,8 @@ def opened_dlq_or_ended(engine: subprocess.Popen[bytes], log: Path, opened_befor
 
 
 def assert_final_state(tmp_path: Path, dsn: str, source: SyntheticSource) -> None:
-    problems = differences(source.expected_state(), fetch_state(dsn, DEFAULT_TABLES))
-    assert not problems, problems
-    config = DLQConfig(base_path=tmp_path / "dlq", min_free_disk_mb=0)
-    with DLQManager(config, background=False) as dlq:
-        leftovers = {str(q): dlq.store.count(q) for q in dlq.list_queues() if dlq.has_messages(q)}
-        parked = {str(q): dlq.parked_count(q) for q in dlq.list_queues() if dlq.parked_count(q)}
-    assert not leftovers, f"queues still hold messages: {leftovers}"
-    assert not parked, f"an outage parked events as poison: {parked}"
+    assert_exact_state(dsn, source)
+    assert_nothing_left(*queue_leftovers(tmp_path / "dlq"))
 
 
 @pytest.mark.timeout(300)

@@ -9,7 +9,8 @@ from compute.dlq.manager import DLQManager
 from compute.engine.pipeline import Pipeline, PipelineState
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
-from tests.compute.helpers import TABLE, ListSource, apply_model, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import ListSource, apply_model
 from tests.fakes import FakeDestination
 from tests.waiting import wait_until
 

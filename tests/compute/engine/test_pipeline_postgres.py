@@ -16,7 +16,8 @@ from compute.sources.jsonl_source import JsonLinesSource
 from compute.sources.offset_store import OffsetStore
 from destinations.postgresql.destination import PostgreSQLDestination
 from destinations.records import ChangeRecord, Operation, SourcePosition
-from tests.compute.helpers import ListSource, dlq_config
+from tests.builders import dlq_config
+from tests.compute.helpers import ListSource
 from tests.waiting import wait_until
 
 TABLE = "public.accounts"

@@ -22,7 +22,7 @@ from compute.sources.base import RejectedEvent, Source, SourceBatch
 from config.pipelines import PipelineSpec, SourceSpec
 from config.settings import AdminConfig, AlertConfig, Settings
 from destinations.records import ChangeRecord
-from tests.compute.helpers import TABLE, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
 from tests.fakes import FakeDestination
 from tests.waiting import wait_until
 

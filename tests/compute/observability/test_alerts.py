@@ -17,7 +17,7 @@ from compute.observability.alerts import AlertEvent, AlertMonitor
 from compute.observability.metrics import DLQMetrics
 from compute.queue_id import QueueId
 from config.settings import AlertConfig, DLQConfig
-from tests.compute.helpers import dlq_config
+from tests.builders import dlq_config
 from tests.compute.observability.harness import QUEUE, T0, Disk, drain, enqueue, parse, sample
 from tests.fakes import FakeDestination
 

@@ -14,7 +14,8 @@ from compute.observability.metrics import DLQMetrics
 from compute.queue_id import QueueId
 from config.settings import WhenFull
 from destinations.records import Operation
-from tests.compute.helpers import TABLE, apply_model, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import apply_model
 from tests.compute.observability.harness import (
     LABELS,
     QUEUE,

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from compute.observability.alerts import RULES
 from config.settings import AdminConfig, AlertConfig
-from tests.compute.helpers import change
+from tests.builders import change
 from tests.compute.observability.harness import start_engine
 from tests.waiting import wait_until
 

@@ -19,7 +19,7 @@ from compute.observability.alerts import AlertMonitor
 from compute.observability.webhook import WebhookNotifier, redact_url
 from compute.runtime.retry_policy import RetryPolicy
 from config.settings import AlertConfig
-from tests.compute.helpers import change, dlq_config
+from tests.builders import change, dlq_config
 from tests.compute.observability.harness import (
     QUEUE,
     T0,

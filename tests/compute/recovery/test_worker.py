@@ -18,7 +18,8 @@ from compute.delivery.health import DestinationHealth
 from compute.queue_id import QueueId
 from destinations.errors import ClassifiedError, PermanentDestinationError
 from destinations.records import Operation
-from tests.compute.helpers import TABLE, apply_model, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import apply_model
 from tests.fakes import FakeDestination
 from tests.waiting import wait_until
 

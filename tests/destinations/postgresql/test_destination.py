@@ -20,7 +20,7 @@ from psycopg2 import sql
 from destinations.errors import FailureKind, PermanentDestinationError
 from destinations.postgresql.destination import PostgreSQLDestination, tombstone_table_name
 from destinations.records import Operation
-from tests.destinations.helpers import SOURCE_TABLE, delete, upsert
+from tests.builders import SOURCE_TABLE, delete, upsert
 from tests.servers import PostgresServer, free_port, silent_listener
 
 # copy_threshold picks the write path: a huge threshold keeps every test batch

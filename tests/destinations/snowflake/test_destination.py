@@ -31,7 +31,7 @@ from snowflake.connector.cursor import SnowflakeCursor
 from destinations.errors import FailureKind, PermanentDestinationError
 from destinations.records import Operation
 from destinations.snowflake.destination import SnowflakeDestination, quote
-from tests.destinations.helpers import SOURCE_TABLE, delete, upsert
+from tests.builders import SOURCE_TABLE, delete, upsert
 from tests.servers import fakesnow_server, free_port, silent_listener
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
@@ -654,7 +654,7 @@ def test_replay_failing_on_an_expired_session_does_not_charge_the_events(
     from compute.recovery.worker import DLQRecoveryWorker
     from compute.delivery.health import DestinationHealth
     from compute.queue_id import QueueId
-    from tests.compute.helpers import dlq_config
+    from tests.builders import dlq_config
 
     dest = make_destination(items)
     config = dlq_config(tmp_path, max_retries=1)
