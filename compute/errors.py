@@ -66,7 +66,7 @@ class MessageTooLargeError(DLQError):
 
 
 class NotFoundError(DLQError):
-    """An operator named a queue or message that does not exist."""
+    """An operator named a queue, message or file that does not exist."""
 
 
 class QueueNotFoundError(NotFoundError):
@@ -83,6 +83,10 @@ class OperationError(DLQError):
 
 class DLQConflictError(DLQError):
     """The operation contradicts the queue's state (already parked, ids already present, ...)."""
+
+
+class UsageError(RosettaError):
+    """A command names something malformed or leaves out a required confirmation."""
 
 
 class EngineUnreachableError(OperationError):

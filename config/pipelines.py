@@ -30,17 +30,21 @@ secret. Every problem in the file is reported at once, with its location.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from config.errors import ConfigError
+
+if TYPE_CHECKING:
+    from config.settings import Settings
 
 SOURCE_TYPES = ("synthetic", "jsonl")
 DESTINATION_TYPES = ("postgresql", "snowflake")
 RETRY_PRESETS = ("aggressive", "conservative", "default")
-SECRET_OPTIONS = frozenset({"dsn", "password", "private_key", "token"})
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,22 @@ class PipelineSpec:
     retry: str = "aggressive"
 
 
+def load_pipeline_specs(settings: Settings) -> list[PipelineSpec]:
+    """Pipelines from ``ROSETTA_PIPELINES_FILE``, or the config database when configured."""
+    if settings.config_database_url:
+        from config.config_database import read_pipeline_config  # imports psycopg2
+
+        return read_pipeline_config(settings.config_database_url, settings.environment)
+    if settings.pipelines_file is None:
+        raise ConfigError(
+            [
+                "no pipelines defined: set ROSETTA_PIPELINES_FILE to a TOML file "
+                "(see config/pipelines.py) or CONFIG_DATABASE_URL to a config database"
+            ]
+        )
+    return load_pipelines_file(settings.pipelines_file, settings.environment)
+
+
 def load_pipelines_file(path: str | Path, env: Mapping[str, str]) -> list[PipelineSpec]:
     """Parse a pipelines TOML file; ``ConfigError`` lists every problem found."""
     file = Path(path)
@@ -99,11 +119,7 @@ def parse_pipelines(
     specs: list[PipelineSpec] = []
     names: set[str] = set()
     source_owner: dict[str, str] = {}
-    for index, raw in enumerate(raw_pipelines):
-        at = f"{where}: pipelines[{index}]"
-        spec = _parse_pipeline(raw, env, at, problems)
-        if spec is None:
-            continue
+    for at, spec in _each(raw_pipelines, f"{where}: pipelines", _parse_pipeline, env, problems):
         if spec.name in names:
             problems.append(f"{at}: duplicate pipeline name {spec.name!r}")
         names.add(spec.name)
@@ -123,6 +139,28 @@ def parse_pipelines(
     return specs
 
 
+def _each(
+    raw_items: list[Any],
+    at: str,
+    parse: Callable[[Mapping[str, Any], Mapping[str, str], str, list[str]], T | None],
+    env: Mapping[str, str],
+    problems: list[str],
+) -> Iterator[tuple[str, T]]:
+    """Each table of ``raw_items`` that ``parse`` accepts, with where it is (``at[i]``).
+
+    An item that is not a table is a problem. Lazy, so that the caller's own
+    checks of an item are noted in the item's turn.
+    """
+    for index, raw in enumerate(raw_items):
+        item_at = f"{at}[{index}]"
+        if not isinstance(raw, dict):
+            problems.append(f"{item_at}: must be a table")
+            continue
+        item = parse(raw, env, item_at, problems)
+        if item is not None:
+            yield item_at, item
+
+
 def _text(raw: Mapping[str, Any], key: str, at: str, problems: list[str]) -> str | None:
     value = raw.get(key)
     if isinstance(value, int) and not isinstance(value, bool):
@@ -134,11 +172,8 @@ def _text(raw: Mapping[str, Any], key: str, at: str, problems: list[str]) -> str
 
 
 def _parse_pipeline(
-    raw: Any, env: Mapping[str, str], at: str, problems: list[str]
+    raw: Mapping[str, Any], env: Mapping[str, str], at: str, problems: list[str]
 ) -> PipelineSpec | None:
-    if not isinstance(raw, dict):
-        problems.append(f"{at}: must be a table")
-        return None
     name = _text(raw, "name", at, problems)
     batch_size = raw.get("batch_size", 500)
     if (
@@ -160,11 +195,9 @@ def _parse_pipeline(
         problems.append(f"{at}: expected at least one [[pipelines.destinations]] table")
     else:
         seen: set[str] = set()
-        for d_index, raw_destination in enumerate(raw_destinations):
-            d_at = f"{at}.destinations[{d_index}]"
-            destination = _parse_destination(raw_destination, env, d_at, problems)
-            if destination is None:
-                continue
+        for d_at, destination in _each(
+            raw_destinations, f"{at}.destinations", _parse_destination, env, problems
+        ):
             if destination.id in seen:
                 problems.append(f"{d_at}: duplicate destination id {destination.id!r}")
             seen.add(destination.id)
@@ -192,11 +225,8 @@ def _parse_source(raw: Any, at: str, problems: list[str]) -> SourceSpec | None:
 
 
 def _parse_destination(
-    raw: Any, env: Mapping[str, str], at: str, problems: list[str]
+    raw: Mapping[str, Any], env: Mapping[str, str], at: str, problems: list[str]
 ) -> DestinationSpec | None:
-    if not isinstance(raw, dict):
-        problems.append(f"{at}: must be a table")
-        return None
     destination_id = _text(raw, "id", at, problems)
     name = _text(raw, "name", at, problems)
     kind = raw.get("type")

@@ -1,4 +1,4 @@
-"""The abstract destination every writer implements."""
+"""The destination interface: the hooks every writer implements, and the framework's own part."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, final
 
+from config.redact import redact
 from destinations.errors import ClassifiedError
 from destinations.health_probe import HealthProbe
 from destinations.records import ChangeRecord
-from destinations.redact import redact
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,11 @@ class Destination(ABC):
     * ``test_connection`` never raises and returns within its timeout.
     * Error texts it hands out (``classify_error``, ``last_health_error``,
       its log lines) go through ``redact``: they are logged and stored.
+
+    Hooks a destination implements: ``write_batch``, ``test_connection``,
+    ``classify_error`` and ``close``; it may override ``prepare_batch`` with
+    ``write_prepared``, and ``last_health_error``. The rest is the
+    framework's own and final.
     """
 
     # The configured credentials (a password), masked wherever they appear in an error text.
@@ -50,12 +55,7 @@ class Destination(ABC):
         # None: the engine's DLQ_LIVE_WRITE_DEADLINE_MS.
         self.live_write_deadline: float | None = None
 
-    def __str__(self) -> str:
-        return f"Destination {self.name} (ID={self.destination_id})"
-
-    def redact(self, text: str) -> str:
-        """``text`` with this destination's credentials, and what looks like one, masked."""
-        return redact(text, self._secrets)
+    # ------------------------------------------------------------ hooks
 
     @abstractmethod
     def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
@@ -64,6 +64,18 @@ class Destination(ABC):
         Returns how many records were applied. Raises the driver's exception on
         failure; ``classify_error`` says whether it is transient or permanent.
         """
+
+    @abstractmethod
+    def test_connection(self, timeout: float = 5.0) -> bool:
+        """True when the destination accepts a trivial query within ``timeout`` seconds."""
+
+    @abstractmethod
+    def classify_error(self, error: BaseException) -> ClassifiedError:
+        """Say whether ``error`` (raised by a write) is transient or permanent."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the destination may not be used afterwards."""
 
     def prepare_batch(self, table: str, records: Sequence[ChangeRecord]) -> PreparedBatch:
         """Do the CPU-only part of writing ``records`` now, in the caller's thread.
@@ -80,26 +92,26 @@ class Destination(ABC):
         """``write_batch`` for a batch from ``prepare_batch``: the same contract."""
         return self.write_batch(batch.table, batch.records)
 
-    @abstractmethod
-    def test_connection(self, timeout: float = 5.0) -> bool:
-        """True when the destination accepts a trivial query within ``timeout`` seconds."""
-
     @property
     def last_health_error(self) -> str | None:
         """Why the last ``test_connection`` failed, when the destination knows."""
         return None
 
+    # ------------------------------------------------------------ the framework's own
+
+    @final
+    def __str__(self) -> str:
+        return f"Destination {self.name} (ID={self.destination_id})"
+
+    @final
+    def redact(self, text: str) -> str:
+        """``text`` with this destination's credentials, and what looks like one, masked."""
+        return redact(text, self._secrets)
+
+    @final
     async def test_connection_async(self, timeout: float = 5.0) -> bool:
         """``test_connection`` for callers on an event loop; never blocks the loop."""
         return await asyncio.to_thread(self.test_connection, timeout)
-
-    @abstractmethod
-    def classify_error(self, error: BaseException) -> ClassifiedError:
-        """Say whether ``error`` (raised by a write) is transient or permanent."""
-
-    @abstractmethod
-    def close(self) -> None:
-        """Release connections; the destination may not be used afterwards."""
 
 
 class ProbedDestination(Destination):

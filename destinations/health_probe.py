@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from destinations.redact import redact
+from config.redact import redact
 
 logger = logging.getLogger(__name__)
 

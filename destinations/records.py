@@ -36,6 +36,13 @@ class SourcePosition(NamedTuple):
         return f"{format_pg_lsn(self.commit)}#{self.seq}"
 
 
+# The two bigint columns a position-guarded target table stores a change's
+# ``SourcePosition`` in (see the PostgreSQL destination's position guard).
+POSITION_COMMIT_COLUMN = "_rosetta_commit"
+POSITION_SEQ_COLUMN = "_rosetta_seq"
+POSITION_COLUMNS = (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN)
+
+
 def parse_pg_lsn(text: str) -> int:
     """``'0/16B3748'`` -> integer LSN; ValueError if malformed."""
     high, sep, low = text.partition("/")

@@ -105,7 +105,7 @@ def main() -> int:
     if args.events < 1 or args.rate <= 0 or args.outage < 0:
         parser.error("--events and --rate must be positive, --outage not negative")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
-    for noisy in ("compute.dlq.manager", "compute.sources"):
+    for noisy in ("compute.dlq", "compute.sources"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         settings = load_settings()

@@ -30,7 +30,6 @@ _SLOW = (
     "tests/compute/engine/test_engine_postgres.py",
     "tests/compute/cli/test_cli_dlq.py::test_every_command_",
     "tests/compute/cli/test_cli_run.py::test_signal_stops_cleanly_and_keeps_queued_events",
-    "tests/destinations/snowflake/test_destination.py::test_write_during_outage_is_transient_and_recovers",
     "tests/compute/storage/test_disk_full_drain.py",
     "tests/compute/cli/test_cli_run.py::test_failing_source_stops_the_engine_with_exit_1",
     "tests/compute/admin/test_http_hardening.py::test_a_stalled_export_does_not_stop_replay",

@@ -6,6 +6,8 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
+from operator import attrgetter
 from typing import Any
 
 from destinations.base import Destination
@@ -16,10 +18,25 @@ from destinations.errors import (
     PermanentDestinationError,
     TransientDestinationError,
 )
-from destinations.net_effect import net_effect
 from destinations.records import ChangeRecord, Operation
 
 Key = tuple[Any, ...]
+# A declared table: column name -> the Python type(s) its values must have (None: any).
+Columns = Mapping[str, type | tuple[type, ...] | None]
+
+
+class Fault(StrEnum):
+    """A scripted failure, named after how the real destinations classify what it plays."""
+
+    TRANSIENT = "transient"  # a failed statement the server may accept later (deadlock, timeout)
+    PERMANENT = "permanent"  # refused for good (a constraint, a type, a missing column)
+    # The session died under the write (killed backend, reset, expired session):
+    # transient, and ``connection_lost`` so that replay does not charge the events.
+    SESSION_LOST = "session_lost"
+
+
+class SessionLostError(TransientDestinationError):
+    """The fake's session was lost or refused; what a driver's connection error plays here."""
 
 
 @dataclass(frozen=True)
@@ -49,41 +66,95 @@ def _as_key(key: Any) -> Key:
     return (key,)
 
 
-def _error(kind: FailureKind | str, message: str) -> DestinationError:
-    if FailureKind(kind) is FailureKind.PERMANENT:
+def _error(fault: Fault, message: str) -> DestinationError:
+    if fault is Fault.PERMANENT:
         return PermanentDestinationError(message)
+    if fault is Fault.SESSION_LOST:
+        return SessionLostError(message)
     return TransientDestinationError(message)
+
+
+def _net_effect(records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
+    """One change per key, in source-position order (stable): the last one wins.
+
+    A partial upsert after an upsert of the same key keeps the earlier
+    columns it lacks, as the real destinations' collapse does. Written out
+    here on purpose: the fake is a model of the contract, not a second user
+    of the real destinations' code.
+    """
+    latest: dict[Key, ChangeRecord] = {}
+    for record in sorted(records, key=attrgetter("position")):
+        key = record.key_values
+        if not key:
+            raise PermanentDestinationError(
+                f"change without a primary key: table={record.table} position={record.position}"
+            )
+        previous = latest.get(key)
+        if (
+            previous is not None
+            and previous.after is not None
+            and record.after is not None
+            and not previous.op.is_delete
+            and not record.op.is_delete
+        ):
+            record = record._replace(after={**previous.after, **record.after})
+        latest[key] = record
+    return list(latest.values())
 
 
 class FakeDestination(Destination):
     """Applies batches to in-memory tables (one dict per table, by key) and can be told to fail.
 
-    Writes follow the real destinations' contract: the batch's net effect is
-    applied all at once or, on failure, not at all; an update replaces the
-    columns it carries and keeps the others. Scripting (all thread-safe):
+    Writes follow the real destinations' contract (the suite in
+    tests/destinations/contract/ holds all three to it): the batch's net
+    effect is applied all at once or, on failure, not at all; an update
+    replaces the columns it carries and keeps the others. Failures are
+    classified as the real destinations classify what they play: a refused
+    row or a missing table or column is permanent, a lost session transient
+    and ``connection_lost``, anything else transient.
 
-    * ``fail_next(n, kind)``: the next ``n`` writes raise (transient by default);
+    ``tables`` declares the target tables and their columns, as a real
+    database has them: writes to another table, or with another column, or
+    with a value of the wrong type, fail as permanent. Without it any table
+    and column is accepted. Scripting (all thread-safe):
+
+    * ``fail_next(n, kind)``: the next ``n`` writes raise (transient by default,
+      or a ``Fault``: ``"permanent"``, ``"session_lost"``);
     * ``fail_keys(keys, kind)``: writes containing one of ``keys`` raise
       (permanent by default), until ``clear_failures()``;
-    * ``set_down(True)``: writes raise transient errors, health checks say False;
+    * ``lose_session()``: the kept session dies while idle; the next write
+      replaces it and goes through, as the real destinations' do;
+    * ``set_down(True)``: writes fail as lost sessions (refused), health checks
+      say False;
     * ``hang_test_connection(seconds)``: health checks block that long, up to
       their timeout (or beyond it with ``ignore_timeout=True``, to play a
       destination that breaks the contract);
     * ``set_write_delay(seconds)``: each write takes that long;
     * ``hold_writes()``: writes block (as on a server that stopped answering)
-      until ``release_writes(fail=...)``, then commit or raise a transient error.
+      until ``release_writes(fail=...)``, then commit or fail as a lost session.
     """
 
-    def __init__(self, destination_id: str = "fake", name: str = "Fake") -> None:
+    def __init__(
+        self,
+        destination_id: str = "fake",
+        name: str = "Fake",
+        *,
+        tables: Mapping[str, Columns] | None = None,
+    ) -> None:
         super().__init__(destination_id, name)
         self.tables: dict[str, dict[Key, dict[str, Any]]] = {}
+        self.schema = {table: dict(columns) for table, columns in (tables or {}).items()}
+        self.strict = tables is not None
+        self.sessions_replaced = 0  # kept sessions found dead and replaced by a write
         self.calls: list[WriteCall] = []
         self.applied: list[ChangeRecord] = []  # every record of every successful write, in order
         self.health_checks = 0
+        self._health_error: str | None = None
         self.closed = False
         self._lock = threading.RLock()
-        self._fail_next: list[FailureKind] = []
-        self._fail_keys: dict[Key, tuple[FailureKind, str | None]] = {}
+        self._fail_next: list[Fault] = []
+        self._fail_keys: dict[Key, tuple[Fault, str | None]] = {}
+        self._session_lost = False
         self._down = False
         self._hang = 0.0
         self._hang_ignores_timeout = False
@@ -102,25 +173,30 @@ class FakeDestination(Destination):
         self._writes_released.clear()
 
     def release_writes(self, *, fail: bool = False) -> None:
-        """Let blocked writes go on: they commit, or with ``fail`` raise a transient error."""
+        """Let blocked writes go on: they commit, or with ``fail`` lose their session."""
         self._released_writes_fail = fail
         self._writes_released.set()
 
-    def fail_next(self, n: int = 1, kind: FailureKind | str = FailureKind.TRANSIENT) -> None:
+    def fail_next(self, n: int = 1, kind: Fault | FailureKind | str = Fault.TRANSIENT) -> None:
         with self._lock:
-            self._fail_next.extend([FailureKind(kind)] * n)
+            self._fail_next.extend([Fault(kind)] * n)
 
     def fail_keys(
         self,
         keys: Iterable[Any],
-        kind: FailureKind | str = FailureKind.PERMANENT,
+        kind: Fault | FailureKind | str = Fault.PERMANENT,
         *,
         table: str | None = None,
     ) -> None:
         """Writes that contain one of ``keys`` (a value, tuple or key mapping) raise ``kind``."""
         with self._lock:
             for key in keys:
-                self._fail_keys[_as_key(key)] = (FailureKind(kind), table)
+                self._fail_keys[_as_key(key)] = (Fault(kind), table)
+
+    def lose_session(self) -> None:
+        """The kept session dies while idle (killed, expired): the next write replaces it."""
+        with self._lock:
+            self._session_lost = True
 
     def clear_failures(self) -> None:
         with self._lock:
@@ -176,6 +252,8 @@ class FakeDestination(Destination):
     # ------------------------------------------------------------ Destination
 
     def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
+        if not records:
+            return 0  # as the real ones: nothing to send, no connection needed
         started = time.monotonic()
         if self._write_delay:
             time.sleep(self._write_delay)
@@ -187,7 +265,7 @@ class FakeDestination(Destination):
         with self._lock:
             error = self._scripted_failure(table, records)
             if held and self._released_writes_fail:
-                error = TransientDestinationError(f"{self}: connection lost while blocked")
+                error = SessionLostError(f"{self}: connection lost while blocked")
             if error is None:
                 try:
                     self._apply(table, records)
@@ -203,7 +281,12 @@ class FakeDestination(Destination):
         self, table: str, records: Sequence[ChangeRecord]
     ) -> DestinationError | None:
         if self._down:
-            return TransientDestinationError(f"{self} is down")
+            return SessionLostError(f"connection refused: {self} is down")
+        if self._session_lost:
+            # As the real destinations do: a kept session found dead is
+            # replaced once, and the write goes on on the new one.
+            self._session_lost = False
+            self.sessions_replaced += 1
         if self._fail_next:
             kind = self._fail_next.pop(0)
             return _error(kind, f"injected {kind.value} failure in {self}")
@@ -216,19 +299,55 @@ class FakeDestination(Destination):
         return None
 
     def _apply(self, table: str, records: Sequence[ChangeRecord]) -> None:
-        changes = net_effect(records) if records else []
+        if not records:
+            return
+        changes = _net_effect(records)
+        columns = self.schema.get(table)
+        if self.strict and columns is None:
+            raise PermanentDestinationError(f"{self}: target table {table} does not exist")
         rows = self.tables.setdefault(table, {})
         staged = dict(rows)  # all or nothing
+        key_columns = tuple(changes[0].key)
         for change in changes:
             key = change.key_values
+            if tuple(change.key) != key_columns:
+                raise PermanentDestinationError(
+                    f"records of one batch have different key columns: {key_columns}, "
+                    f"{tuple(change.key)}"
+                )
             if change.op is Operation.DELETE:
+                self._check(table, columns, change.key, "key")
                 staged.pop(key, None)
                 continue
             if change.after is None:
-                raise PermanentDestinationError(f"{change.op.name.lower()} without a row image")
+                raise PermanentDestinationError(
+                    f"{change.op.name.lower()} without a row image: table={change.table} "
+                    f"key={dict(change.key)} position={change.position}"
+                )
             row = {**change.key, **change.after}
+            self._check(table, columns, change.key, "key")
+            self._check(table, columns, row, "record")
             staged[key] = {**staged.get(key, {}), **row}
         self.tables[table] = staged
+
+    def _check(
+        self, table: str, columns: Columns | None, row: Mapping[str, Any], what: str
+    ) -> None:
+        """Refuse, as a real table would, a column it lacks or a value its column cannot hold."""
+        if columns is None:
+            return
+        missing = sorted(c for c in row if c not in columns)
+        if missing:
+            raise PermanentDestinationError(
+                f"{self}: {what} columns missing from target table {table}: "
+                f"{', '.join(missing)} (target has: {', '.join(columns)})"
+            )
+        for column, value in row.items():
+            kind = columns[column]
+            if value is not None and kind is not None and not isinstance(value, kind):
+                raise PermanentDestinationError(
+                    f"{self}: column {column} of {table} cannot hold {value!r}"
+                )
 
     def test_connection(self, timeout: float = 5.0) -> bool:
         with self._lock:
@@ -239,15 +358,27 @@ class FakeDestination(Destination):
             wait = hang if ignore else min(hang, timeout)
             released = self._unhang.wait(wait)
             if not released and (ignore or hang >= timeout):
+                self._health_error = f"no answer within {timeout:.1f}s"
                 return False
+        self._health_error = (
+            f"SessionLostError: connection refused: {self} is down" if down else None
+        )
         return not down
 
+    @property
+    def last_health_error(self) -> str | None:
+        return self._health_error
+
     def classify_error(self, error: BaseException) -> ClassifiedError:
+        """Permanent for a refusal, else transient; a lost session is ``connection_lost``."""
         if isinstance(error, PermanentDestinationError):
             kind = FailureKind.PERMANENT
         else:
             kind = FailureKind.TRANSIENT
-        return ClassifiedError(kind, type(error).__name__, str(error), None)
+        text = str(error).strip()
+        message = self.redact(text.splitlines()[0] if text else type(error).__name__)
+        lost = isinstance(error, SessionLostError)
+        return ClassifiedError(kind, type(error).__name__, message, None, lost)
 
     def close(self) -> None:
         self.closed = True

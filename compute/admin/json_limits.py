@@ -32,11 +32,11 @@ def loads(text: str | bytes, max_depth: int) -> Any:
         raise JSONTooDeepError(
             f"JSON nested too deeply (more than {max_depth} levels of arrays/objects)"
         ) from None
-    check_depth(value, max_depth)
+    _check_depth(value, max_depth)
     return value
 
 
-def check_depth(value: Any, max_depth: int) -> None:
+def _check_depth(value: Any, max_depth: int) -> None:
     """Raise ``JSONTooDeepError`` if ``value`` nests deeper than ``max_depth`` (no recursion)."""
     if not isinstance(value, dict | list):
         return

@@ -15,7 +15,6 @@ them in both modes).
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,13 +24,14 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from compute.codec.export_view import parse_header
-from compute.admin.http_api import DISCOVERY_FILE, IMPORT_CONTENT_TYPE
+from compute.admin.discovery import DISCOVERY_FILE, live_engine
 from compute.admin.json_limits import MAX_BODY_DEPTH, MAX_LINE_DEPTH, loads
+from compute.admin.replay_actions import replay_summary
+from compute.admin.request import IMPORT_CONTENT_TYPE
+from compute.codec.export_view import parse_header
+from compute.error_codes import error_from_name
 from compute.errors import (
-    DLQConflictError,
     EngineUnreachableError,
-    MessageNotFoundError,
     OperationError,
     QueueLockedError,
     QueueNotFoundError,
@@ -85,30 +85,13 @@ class DLQClient(ABC):
         return None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def connect(settings: Settings) -> DLQClient:
     """The client for the current situation (see the module docstring)."""
     base = Path(settings.dlq.base_path)
-    discovery = base / DISCOVERY_FILE
-    info: dict[str, Any] | None = None
-    try:
-        info = loads(discovery.read_text(), MAX_BODY_DEPTH)
-    except FileNotFoundError:
-        info = None
-    except (OSError, ValueError):
-        info = None  # unreadable: treated as absent; the lock still protects the queues
-    if isinstance(info, dict) and isinstance(info.get("pid"), int) and _pid_alive(info["pid"]):
-        url = str(info.get("url", ""))
-        client = HttpClient(url, settings.admin.token, int(info["pid"]))
+    engine = live_engine(base)
+    if engine is not None:
+        pid, url = engine
+        client = HttpClient(url, settings.admin.token, pid)
         client.probe()
         return client
     if not base.is_dir():
@@ -230,11 +213,19 @@ class HttpClient(DLQClient):
         try:
             return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as error:
+            name: object = None
             try:
-                message = loads(error.read(), MAX_BODY_DEPTH).get("error", error.reason)
+                answer = loads(error.read(), MAX_BODY_DEPTH)
+                message = answer.get("error", error.reason)
+                name = answer.get("error_type")
             except (ValueError, AttributeError):
                 message = str(error.reason)
-            raise _http_error(error.code, str(message), self) from None
+            if error.code == 401:
+                raise EngineUnreachableError(
+                    f"engine pid {self.pid} at {self.url} refused the token: {message} "
+                    "(set ROSETTA_ADMIN_TOKEN to the engine's)"
+                ) from None
+            raise error_from_name(name, str(message)) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise EngineUnreachableError(
@@ -275,14 +266,7 @@ class HttpClient(DLQClient):
                 result = self._request("POST", "/dlq/reprocess", body=body)
                 results.extend(result["queues"])
                 advance(sum(r["replayed"] + r["parked"] for r in result["queues"]))
-        return {
-            "dry_run": dry_run,
-            "queues": results,
-            "replayed": sum(r["replayed"] for r in results),
-            "failed": sum(r["failed"] for r in results),
-            "parked": sum(r["parked"] for r in results),
-            "mode": "online",
-        }
+        return replay_summary(results, dry_run, "online")
 
     def purge(self, queue: QueueId, parked: bool) -> dict[str, Any]:
         body = {"queue": str(queue), "confirm": True, "parked": parked}
@@ -346,18 +330,3 @@ def _lines(response: Any) -> Iterator[bytes]:
         if not line:
             return
         yield line
-
-
-def _http_error(status: int, message: str, client: HttpClient) -> OperationError | Exception:
-    if status == 401:
-        return EngineUnreachableError(
-            f"engine pid {client.pid} at {client.url} refused the token: {message} "
-            "(set ROSETTA_ADMIN_TOKEN to the engine's)"
-        )
-    if status == 404:
-        return (
-            MessageNotFoundError(message) if "message" in message else QueueNotFoundError(message)
-        )
-    if status == 409:
-        return DLQConflictError(message)
-    return OperationError(message)

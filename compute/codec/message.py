@@ -39,9 +39,9 @@ import msgpack
 
 from compute.errors import MessageDecodeError, MessageEncodeError
 from compute.queue_id import QueueId
+from config.redact import redact
 from destinations.errors import ClassifiedError, FailureKind
 from destinations.records import ChangeRecord, Operation, SourcePosition
-from destinations.redact import redact
 
 FORMAT_VERSION = 2
 _V1 = 1

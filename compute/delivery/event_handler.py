@@ -30,22 +30,23 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-from compute.dlq.manager import DLQManager, EnqueueResult, record_key
 from compute.codec.message import DLQMessage, FailureContext, encode_message
-from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
+from compute.delivery.failures import classify_or_transient, held_behind_failure
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
+from compute.dlq.manager import DLQManager, EnqueueResult
+from compute.dlq.parking import record_key
+from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.observability.observer import NULL_OBSERVER, Observer
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread
 from destinations.base import Destination
-from destinations.errors import ClassifiedError, FailureKind
+from destinations.errors import FailureKind
 from destinations.records import ChangeRecord
-from destinations.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -93,17 +94,6 @@ def deadline_failure(destination: Destination, deadline: float, now: float) -> F
             "in flight is settled against the queue when it ends"
         ),
         kind=FailureKind.TRANSIENT,
-        attempts=0,
-        first_failure_at=now,
-        last_failure_at=now,
-    )
-
-
-def held_behind_failure(now: float) -> FailureContext:
-    return FailureContext(
-        error_class="HeldBehindParkedChange",
-        message="an earlier change to this key is parked; this one waits behind it",
-        kind=FailureKind.PERMANENT,
         attempts=0,
         first_failure_at=now,
         last_failure_at=now,
@@ -494,16 +484,3 @@ def too_large_failure(size: int, limit: int, cause: FailureContext, now: float) 
         first_failure_at=cause.first_failure_at or now,
         last_failure_at=now,
     )
-
-
-def classify_or_transient(destination: Destination, error: BaseException) -> ClassifiedError:
-    """``destination.classify_error`` that never raises: unclassified means transient.
-
-    Its message is logged, stored and shown, so credentials in it are masked
-    here too, whatever the destination did (only on the failure path).
-    """
-    try:
-        classified = destination.classify_error(error)
-    except Exception:
-        classified = ClassifiedError(FailureKind.TRANSIENT, type(error).__name__, str(error))
-    return replace(classified, message=redact(classified.message))

@@ -9,8 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from config.redact import redact
 from destinations.base import Destination
-from destinations.redact import redact
 
 logger = logging.getLogger(__name__)
 

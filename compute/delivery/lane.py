@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from compute.errors import DLQFullError
 from compute.delivery.event_handler import EventHandler, group_by_table
+from compute.errors import DLQFullError
 from compute.runtime.supervisor import Supervisor
 from destinations.base import Destination
 from destinations.records import ChangeRecord

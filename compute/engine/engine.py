@@ -10,37 +10,21 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from compute.dlq.manager import DLQManager
-from compute.engine.factories import build_destination, build_source, check_destinations
 from compute.delivery.health import HealthSnapshot
 from compute.observability.alerts import AlertMonitor
 from compute.observability.metrics import DLQMetrics
 from compute.engine.pipeline import Pipeline, PipelineState
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
-from config.errors import ConfigError
-from config.pipelines import PipelineSpec, load_pipelines_file
+from compute.sources.factory import build_source
+from config.pipelines import PipelineSpec
 from config.settings import Settings
+from destinations.factory import build_destination, check_destinations
 
 if TYPE_CHECKING:
-    from compute.admin.http_api import AdminServer
+    from compute.admin.server import AdminServer
 
 logger = logging.getLogger(__name__)
-
-
-def load_pipeline_specs(settings: Settings) -> list[PipelineSpec]:
-    """Pipelines from ``ROSETTA_PIPELINES_FILE``, or the config database when configured."""
-    if settings.config_database_url:
-        from destinations.postgresql.destination import read_pipeline_config
-
-        return read_pipeline_config(settings.config_database_url, settings.environment)
-    if settings.pipelines_file is None:
-        raise ConfigError(
-            [
-                "no pipelines defined: set ROSETTA_PIPELINES_FILE to a TOML file "
-                "(see config/pipelines.py) or CONFIG_DATABASE_URL to a config database"
-            ]
-        )
-    return load_pipelines_file(settings.pipelines_file, settings.environment)
 
 
 class Engine:
@@ -69,7 +53,7 @@ class Engine:
         self.metrics: DLQMetrics | None = None
         self.alerts: AlertMonitor | None = None
         self._pipeline_factory = pipeline_factory or self._build_pipeline
-        self._stopped = threading.Event()
+        self._stopping = threading.Event()
         self.admin: AdminServer | None = None
 
     def _build_pipeline(self, spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
@@ -110,8 +94,8 @@ class Engine:
 
     def _start_admin(self) -> None:
         """The admin API, and ``<DLQ_BASE_PATH>/admin.json`` so the CLI can find it."""
-        from compute.admin.http_api import AdminServer
         from compute.admin.operations import DLQOperations
+        from compute.admin.server import AdminServer
 
         assert self.dlq is not None
         ops = DLQOperations(
@@ -128,7 +112,7 @@ class Engine:
 
     def _add_observability_routes(self, admin: AdminServer) -> None:
         """``GET /metrics`` (Prometheus text format) and ``GET /alerts`` (the monitor's state)."""
-        from compute.admin.http_api import Response
+        from compute.admin.response import Response
 
         metrics, alerts = self.metrics, self.alerts
         assert metrics is not None and alerts is not None
@@ -137,8 +121,8 @@ class Engine:
             body, content_type = metrics.render()
             return Response(text=body.decode("utf-8"), content_type=content_type)
 
-        admin.add_route("GET", "/metrics", render_metrics)
-        admin.add_route("GET", "/alerts", lambda request: Response(body=alerts.snapshot()))
+        admin.router.add_route("GET", "/metrics", render_metrics)
+        admin.router.add_route("GET", "/alerts", lambda request: Response(body=alerts.snapshot()))
 
     def _start_observability(self, dlq: DLQManager) -> None:
         """Metrics and the alert monitor; the observer is set before any pipeline runs.
@@ -165,7 +149,8 @@ class Engine:
         self.alerts.start()
 
     def supervisors(self) -> list[Supervisor]:
-        """Every supervised engine thread: the pipelines' and the engine's own."""
+        """Every supervised engine thread: the pipelines' and the engine's own (DLQ
+        maintenance, alert monitor and webhook, admin API)."""
         return [s for p in self.pipelines for s in p.supervisors()] + self._engine_supervisors()
 
     def _engine_supervisors(self) -> list[Supervisor]:
@@ -174,6 +159,8 @@ class Engine:
             found.append(self.dlq.maintenance)
         if self.alerts is not None:
             found += self.alerts.supervisors()
+        if self.admin is not None and self.admin.supervisor is not None:
+            found.append(self.admin.supervisor)
         return found
 
     def _health_snapshots(self) -> list[tuple[str, HealthSnapshot]]:
@@ -183,9 +170,9 @@ class Engine:
         return {p.name: p.state is PipelineState.BACKPRESSURE for p in self.pipelines}
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._stopped.is_set():
+        if self._stopping.is_set():
             return
-        self._stopped.set()
+        self._stopping.set()
         if self.admin is not None:
             self.admin.stop()
             self.admin = None
@@ -201,9 +188,6 @@ class Engine:
         if self.dlq is not None:
             self.dlq.close()
         logger.info("engine stopped")
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._stopped.wait(timeout)
 
     def run_forever(self) -> int:
         """Run until SIGTERM or SIGINT (or every finite source is done), then stop cleanly.

@@ -72,8 +72,8 @@ DiskUsage = Callable[[Path], tuple[int, int, int]]
 
 
 @dataclass(frozen=True)
-class Alert:
-    """One firing (or resolved) alert."""
+class Finding:
+    """What one rule found about one subject in one evaluation."""
 
     rule: str
     subject: str
@@ -81,13 +81,19 @@ class Alert:
     summary: str
     value: float
     threshold: float
-    since: float  # when it started firing (a change of severity keeps it)
     labels: dict[str, str] = field(default_factory=dict)
-    resolved_at: float | None = None
 
     @property
     def id(self) -> str:
         return f"{self.rule}:{self.subject}"
+
+
+@dataclass(frozen=True)
+class Alert(Finding):
+    """One firing (or resolved) alert."""
+
+    since: float = field(kw_only=True)  # when it started firing (a change of severity keeps it)
+    resolved_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -104,21 +110,6 @@ class Alert:
         if self.resolved_at is not None:
             data["resolved_at"] = iso(self.resolved_at)
         return data
-
-
-@dataclass(frozen=True)
-class _Finding:
-    rule: str
-    subject: str
-    severity: Severity
-    summary: str
-    value: float
-    threshold: float
-    labels: dict[str, str]
-
-    @property
-    def id(self) -> str:
-        return f"{self.rule}:{self.subject}"
 
 
 @dataclass(frozen=True)
@@ -225,8 +216,8 @@ class AlertMonitor:
                         found.summary,
                         found.value,
                         found.threshold,
-                        now,
                         found.labels,
+                        since=now,
                     )
                     events.append(AlertEvent("firing", alert))
                 else:
@@ -252,12 +243,12 @@ class AlertMonitor:
             self._report(event, now)
         return events
 
-    def _evaluate(self, now: float) -> tuple[dict[str, _Finding], set[str]]:
+    def _evaluate(self, now: float) -> tuple[dict[str, Finding], set[str]]:
         """What fires now, and which rules or alert ids could not be checked."""
-        findings: dict[str, _Finding] = {}
+        findings: dict[str, Finding] = {}
         unknown: set[str] = set()
         errors: list[str] = []
-        checks: list[tuple[tuple[str, ...], Callable[[float], Iterable[_Finding]]]] = [
+        checks: list[tuple[tuple[str, ...], Callable[[float], Iterable[Finding]]]] = [
             ((QUEUE_SIZE, MESSAGE_AGE), lambda t: self._queue_findings(t, unknown, errors)),
             ((DESTINATION_UNHEALTHY,), self._destination_findings),
             ((DISK_USAGE,), self._disk_findings),
@@ -276,9 +267,9 @@ class AlertMonitor:
         self._last_error = text
         return findings, unknown
 
-    def _queue_findings(self, now: float, unknown: set[str], errors: list[str]) -> list[_Finding]:
+    def _queue_findings(self, now: float, unknown: set[str], errors: list[str]) -> list[Finding]:
         c = self.config
-        found: list[_Finding] = []
+        found: list[Finding] = []
         for queue in self.dlq.list_queues():
             subject = str(queue)
             try:
@@ -297,7 +288,7 @@ class AlertMonitor:
             if level is not None:
                 severity, threshold, variable = level
                 found.append(
-                    _Finding(
+                    Finding(
                         QUEUE_SIZE,
                         subject,
                         severity,
@@ -313,7 +304,7 @@ class AlertMonitor:
             if level is not None:
                 severity, threshold, variable = level
                 found.append(
-                    _Finding(
+                    Finding(
                         MESSAGE_AGE,
                         subject,
                         severity,
@@ -326,9 +317,9 @@ class AlertMonitor:
                 )
         return found
 
-    def _destination_findings(self, now: float) -> list[_Finding]:
+    def _destination_findings(self, now: float) -> list[Finding]:
         limit = self.config.unhealthy_seconds
-        found: list[_Finding] = []
+        found: list[Finding] = []
         for pipeline, snap in self._destinations():
             if snap.state is not HealthState.UNHEALTHY:
                 continue
@@ -337,7 +328,7 @@ class AlertMonitor:
                 continue
             reason = f": {snap.last_error}" if snap.last_error else ""
             found.append(
-                _Finding(
+                Finding(
                     DESTINATION_UNHEALTHY,
                     f"{pipeline}/{snap.destination_id}",
                     Severity.CRITICAL,
@@ -351,7 +342,7 @@ class AlertMonitor:
             )
         return found
 
-    def _disk_findings(self, now: float) -> list[_Finding]:
+    def _disk_findings(self, now: float) -> list[Finding]:
         total, used, free = self._disk_usage(self.base_path)
         usable = used + free
         percent = 100.0 * used / usable if usable > 0 else 0.0
@@ -359,7 +350,7 @@ class AlertMonitor:
             return []
         subject = str(self.base_path)
         return [
-            _Finding(
+            Finding(
                 DISK_USAGE,
                 subject,
                 Severity.WARNING,
@@ -372,9 +363,9 @@ class AlertMonitor:
             )
         ]
 
-    def _damaged_findings(self, now: float) -> list[_Finding]:
+    def _damaged_findings(self, now: float) -> list[Finding]:
         return [
-            _Finding(
+            Finding(
                 DAMAGED_QUEUE,
                 item["queue"],
                 Severity.CRITICAL,

@@ -12,7 +12,7 @@ acknowledged, paused collector or not.
 The pause is process-wide (``gc.disable``), counted across threads (two
 pipelines' workers may overlap), and ends with the last pass; a collector
 that was already off stays off. Only passes with large batches pause it
-(``LARGE_BATCH_SIZE`` in ``compute/recovery/worker.py``).
+(``LARGE_BATCH_SIZE`` in ``compute/recovery/replay.py``).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Runs an engine thread's loop and restarts it when an unexpected exception escapes it.
 
-Every long-lived engine thread (a pipeline's loop, its recovery worker, the
-DLQ maintenance thread, the alert monitor, the webhook sender) handles the
-failures it knows about itself. Anything else escaping its loop would end
+Every long-lived engine thread (a pipeline's reader loop, its delivery lanes,
+its recovery worker, the DLQ maintenance thread, the alert monitor, the
+webhook sender, the admin API's serve loop) handles the failures it knows
+about itself. Anything else escaping its loop would end
 the thread silently: events would stop being replayed (or alerts evaluated)
 with nothing in status or ``/health``. The supervisor logs such a crash at
 ERROR with its traceback, counts it, waits a capped exponential backoff
@@ -13,6 +14,10 @@ A thread is *crashing* when it crashed ``CRASH_LIMIT`` times within the last
 ``CRASH_WINDOW`` seconds, or when it ended for good on something that is not
 an ``Exception``: ``/health`` is then ``critical``. Fewer recent crashes make
 it ``warning``.
+
+Not under it: the writer threads (``writer_thread.py``), whose loop hands
+every exception to the waiting caller and which are started again on the
+next write, and the one-shot threads of health probes and admin requests.
 """
 
 from __future__ import annotations

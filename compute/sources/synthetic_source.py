@@ -32,7 +32,7 @@ from typing import Any
 
 from compute.sources.base import Source, SourceBatch, SourceError
 from compute.sources.offset_store import OffsetStore
-from destinations.records import ChangeRecord, Operation, SourcePosition
+from destinations.records import POSITION_COLUMNS, ChangeRecord, Operation, SourcePosition
 
 logger = logging.getLogger(__name__)
 
@@ -251,8 +251,6 @@ def create_table_sql(
         for column, kind in spec.columns
     ]
     if position_columns:
-        from destinations.postgresql.destination import POSITION_COLUMNS  # only when asked: imports psycopg2
-
         lines += [f"    {_quote(column)} bigint" for column in POSITION_COLUMNS]
     lines.append(f"    PRIMARY KEY ({', '.join(_quote(c) for c in spec.key)})")
     return f"CREATE TABLE IF NOT EXISTS {qualified} (\n" + ",\n".join(lines) + "\n)"

@@ -1,0 +1,1 @@
+"""Where DLQ payloads are kept: the ``QueueStore`` interface, its rocksq store, side files."""

@@ -1,7 +1,7 @@
 """PostgreSQL destination: applies CDC batches idempotently with psycopg2.
 
 A batch is collapsed to one change per primary key (its net effect), then
-applied in one transaction:
+applied in one transaction (the statements: ``apply.py``):
 
 * large batches (or any batch with the position guard on) are copied into a
   temporary stage table with ``COPY``, then applied with one
@@ -10,25 +10,17 @@ applied in one transaction:
 * small batches (fewer than ``copy_threshold`` changes) skip the stage and go
   straight to the target with ``execute_values``.
 
-Position guard (``position_guard=True``): the target table must have two
-``bigint`` columns, ``_rosetta_commit`` (the source commit position, e.g. the
-commit LSN as an integer) and ``_rosetta_seq`` (the change's order inside its
-transaction). A change is applied only if it is newer than the row's stored
-position, so an out-of-order replay can never regress a row. Deletes leave a
-tombstone (key + position) in a side table ``<table>__rosetta_tombstones`` that
-the destination creates next to the target; an older insert replayed after a
-delete is refused by it, so it cannot resurrect the row. The target table
-itself keeps plain delete semantics (no soft-delete rows for readers to filter).
-Rows written before the guard was on (NULL position) count as oldest.
+Position guard (``position_guard=True``, ``position_guard.py``): a change is
+applied only if it is newer than the row's stored source position, and
+deletes leave tombstones in a side table, so an out-of-order replay can never
+regress or resurrect a row.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,82 +32,41 @@ from psycopg2.extensions import connection as PgConnection
 from psycopg2.extensions import cursor as PgCursor
 from psycopg2.extensions import parse_dsn
 
+from config.dsn import dsn_problem
 from config.errors import ConfigError
-from config.pipelines import PipelineSpec, parse_pipelines
-from destinations.base import PreparedBatch, ProbedDestination
+from destinations.base import PreparedBatch
 from destinations.connection_watchdog import ConnectionWatchdog, shutdown_socket
-from destinations.postgresql.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
 from destinations.errors import (
     ClassifiedError,
     DestinationError,
     DestinationTimeoutError,
-    FailureKind,
     PermanentDestinationError,
-    TransientDestinationError,
 )
-from destinations.net_effect import BatchLayout, ColumnBatch, layout, net_effect, positions
-from destinations.records import ChangeRecord
-from destinations.redact import redact
+from destinations.net_effect import BatchLayout, layout, net_effect
+from destinations.postgresql.apply import (
+    TableInfo,
+    apply_staged,
+    apply_values,
+    idents,
+    stage_chunks,
+    stages,
+)
+from destinations.postgresql.errors import classify
+from destinations.postgresql.position_guard import (
+    tombstone_table_name,
+    with_positions,
+    without_positions,
+)
+from destinations.records import (
+    POSITION_COMMIT_COLUMN,
+    POSITION_SEQ_COLUMN,
+    ChangeRecord,
+)
+from destinations.session import SessionDestination
 
 logger = logging.getLogger(__name__)
 
-POSITION_COMMIT_COLUMN = "_rosetta_commit"
-POSITION_SEQ_COLUMN = "_rosetta_seq"
-POSITION_COLUMNS = (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN)
-TOMBSTONE_SUFFIX = "__rosetta_tombstones"
-_DELETE_FLAG = "_rosetta_stage_delete"  # stage-only column: True for a delete
-_MAX_IDENTIFIER_BYTES = 63  # PostgreSQL's NAMEDATALEN - 1
-_BIGINT_MAX = 2**63 - 1
-_COPY_CHUNK_ROWS = (
-    5000  # rows formatted per COPY chunk; the server parses one while we format the next
-)
-
-# SQLSTATE classes and codes (https://www.postgresql.org/docs/current/errcodes-appendix.html).
-_TRANSIENT_CLASSES = frozenset({"08", "53", "57", "58"})
-_TRANSIENT_CODES = frozenset({"40001", "40P01", "40003", "55P03", "55006"})
-_PERMANENT_CLASSES = frozenset({"21", "22", "23", "42", "44", "0A", "2F", "P0", "40"})
-# Errors about the session rather than the statement: connection exceptions,
-# a killed backend (pg_terminate_backend, 57P01), a server crash or shutdown,
-# a server still starting, no connection slots left.
-_CONNECTION_CLASSES = frozenset({"08"})
-_CONNECTION_CODES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
-
-# Connection options libpq checks only when it connects (parsing accepts any
-# text): checked up front so a typo is a start-up error, not a failed write.
-_INTEGER_OPTIONS = (
-    "connect_timeout",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
-)
-_CHOICE_OPTIONS = {
-    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
-    "gssencmode": ("disable", "prefer", "require"),
-    "channel_binding": ("disable", "prefer", "require"),
-}
-
 TargetSpec = str | tuple[str, str]
-
-
-@dataclass(frozen=True)
-class _TableInfo:
-    """What the catalog says about a target table."""
-
-    schema: str
-    name: str
-    # column name -> base type, in table order. Without the type modifier on
-    # purpose: an explicit cast to varchar(3) would silently truncate, while
-    # assigning the base-typed value to the column checks the length (22001).
-    columns: dict[str, str]
-
-    @property
-    def ident(self) -> sql.Identifier:
-        return sql.Identifier(self.schema, self.name)
-
-    def __str__(self) -> str:
-        return f"{self.schema}.{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,13 +77,13 @@ class _PreparedWrite:
     changes: list[ChangeRecord]
     # The catalog entry the plan was made against (None: not read yet, so the
     # write plans for itself); the write uses the plan only if it is still current.
-    info: _TableInfo | None = None
+    info: TableInfo | None = None
     plan: BatchLayout | None = None
-    # COPY text of each stage table (see _stages), for the staged path.
+    # COPY text of each stage table (see stages), for the staged path.
     copy_chunks: list[list[str]] | None = None
 
 
-class PostgreSQLDestination(ProbedDestination):
+class PostgreSQLDestination(SessionDestination[PgConnection]):
     """Writes CDC batches to PostgreSQL tables by primary key.
 
     ``table_map`` maps a source table (``ChangeRecord.table``) to its target,
@@ -148,6 +99,8 @@ class PostgreSQLDestination(ProbedDestination):
     waits forever. ``statement_timeout`` is the server-side bound and cannot
     help when the server never sees the statement.
     """
+
+    _close_errors = (psycopg2.Error,)
 
     def __init__(
         self,
@@ -189,10 +142,8 @@ class PostgreSQLDestination(ProbedDestination):
         self.statement_timeout = statement_timeout
         self.write_timeout = write_timeout
         self._watchdog = ConnectionWatchdog(f"{name}:{destination_id}")
-        self._conn: PgConnection | None = None
-        self._tables: dict[tuple[str | None, str], _TableInfo] = {}
+        self._tables: dict[tuple[str | None, str], TableInfo] = {}
         self._tombstones_ready: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -233,7 +184,7 @@ class PostgreSQLDestination(ProbedDestination):
             plan = self._plan(info, changes)
             chunks = None
             if self.position_guard or len(plan) >= self.copy_threshold:
-                chunks = [list(_stage_chunks(*stage)) for stage in _stages(plan)]
+                chunks = [list(stage_chunks(*stage)) for stage in stages(plan)]
         except DestinationError:
             return PreparedBatch(table, records, _PreparedWrite(target, changes))
         return PreparedBatch(table, records, _PreparedWrite(target, changes, info, plan, chunks))
@@ -247,29 +198,7 @@ class PostgreSQLDestination(ProbedDestination):
         return self._write(batch.table, len(batch.records), work)
 
     def _write(self, table: str, count: int, prepared: _PreparedWrite) -> int:
-        with self._lock:
-            reused = self._conn is not None and not self._conn.closed
-            try:
-                self._apply(prepared)
-            except (
-                psycopg2.OperationalError,
-                psycopg2.InterfaceError,
-                DestinationTimeoutError,
-            ) as exc:
-                if not (reused and self._conn is None):
-                    raise
-                # The kept connection died while idle (server restart, network
-                # blip, idle timeout, a dropped NAT entry that leaves it mute).
-                # The batch was not committed, or if the commit raced the
-                # failure, replaying it is harmless (idempotent), so try once
-                # more on a fresh connection.
-                logger.info(
-                    "stale connection replaced destination=%s table=%s error=%s",
-                    self,
-                    table,
-                    self.redact(_first_line(exc)),
-                )
-                self._apply(prepared)
+        self._write_once_more(table, lambda: self._apply(prepared))
         logger.debug(
             "batch applied destination=%s table=%s records=%d net=%d",
             self,
@@ -281,7 +210,7 @@ class PostgreSQLDestination(ProbedDestination):
 
     def _apply(self, prepared: _PreparedWrite) -> None:
         target, changes = prepared.target, prepared.changes
-        conn = self._connection()
+        conn = self._current_session()
         try:
             # The watch ends before _abort() closes the connection, so the
             # watchdog never touches a descriptor the driver has released.
@@ -297,11 +226,11 @@ class PostgreSQLDestination(ProbedDestination):
                             plan = self._plan(info, changes)
                         if self.position_guard:
                             tombstones = self._ensure_tombstones(cur, info, plan.keys)
-                            self._apply_staged(cur, info, plan, tombstones, chunks)
+                            apply_staged(cur, info, plan, tombstones, chunks)
                         elif len(plan) < self.copy_threshold:
-                            self._apply_values(cur, info, plan)
+                            apply_values(cur, info, plan)
                         else:
-                            self._apply_staged(cur, info, plan, None, chunks)
+                            apply_staged(cur, info, plan, None, chunks)
                     conn.commit()
                 except psycopg2.Error as exc:
                     if cut():
@@ -314,7 +243,7 @@ class PostgreSQLDestination(ProbedDestination):
             self._abort()
             raise
 
-    def _plan(self, info: _TableInfo, changes: list[ChangeRecord]) -> BatchLayout:
+    def _plan(self, info: TableInfo, changes: list[ChangeRecord]) -> BatchLayout:
         """Lay the changes out by column, checked against the target table."""
         plan = layout(changes)
         self._check_columns(info, plan.keys, "key")
@@ -324,11 +253,11 @@ class PostgreSQLDestination(ProbedDestination):
             return plan
         return BatchLayout(
             plan.keys,
-            [_with_positions(_without_positions(g)) for g in plan.upserts],
-            _with_positions(plan.deletes),
+            [with_positions(without_positions(g)) for g in plan.upserts],
+            with_positions(plan.deletes),
         )
 
-    def _check_columns(self, info: _TableInfo, columns: Iterable[str], what: str) -> None:
+    def _check_columns(self, info: TableInfo, columns: Iterable[str], what: str) -> None:
         missing = [c for c in columns if c not in info.columns]
         if missing:
             raise PermanentDestinationError(
@@ -345,7 +274,7 @@ class PostgreSQLDestination(ProbedDestination):
         schema, dot, name = spec.partition(".")
         return (schema, name) if dot else (None, spec)
 
-    def _table_info(self, cur: PgCursor, target: tuple[str | None, str]) -> _TableInfo:
+    def _table_info(self, cur: PgCursor, target: tuple[str | None, str]) -> TableInfo:
         info = self._tables.get(target)
         if info is not None:
             return info
@@ -364,14 +293,14 @@ class PostgreSQLDestination(ProbedDestination):
             "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             (oid,),
         )
-        info = _TableInfo(nspname, relname, dict(cur.fetchall()))
+        info = TableInfo(nspname, relname, dict(cur.fetchall()))
         if self.position_guard:
             self._check_columns(info, (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN), "guard")
         self._tables[target] = info
         return info
 
     def _ensure_tombstones(
-        self, cur: PgCursor, info: _TableInfo, keys: tuple[str, ...]
+        self, cur: PgCursor, info: TableInfo, keys: tuple[str, ...]
     ) -> sql.Identifier:
         tomb = sql.Identifier(info.schema, tombstone_table_name(info.name))
         if (info.schema, info.name) in self._tombstones_ready:
@@ -394,92 +323,28 @@ class PostgreSQLDestination(ProbedDestination):
                     sql.SQL(", ").join(key_defs),
                     sql.Identifier(POSITION_COMMIT_COLUMN),
                     sql.Identifier(POSITION_SEQ_COLUMN),
-                    _idents(keys),
+                    idents(keys),
                 )
             )
             logger.info("tombstone table ready destination=%s table=%s", self, info)
         self._tombstones_ready.add((info.schema, info.name))
         return tomb
 
-    # ------------------------------------------------------------ apply paths
-
-    def _apply_values(self, cur: PgCursor, info: _TableInfo, plan: BatchLayout) -> None:
-        """Small batches: upsert and delete straight from typed VALUES lists."""
-        target = info.ident
-        keys = plan.keys
-        for group in plan.upserts:
-            query = sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) {}").format(
-                target,
-                _idents(group.columns),
-                sql.Placeholder(),
-                _idents(keys),
-                _on_conflict_set(group.columns, keys, guard=False),
-            )
-            _execute_values(cur, query, group, _template(info, group.columns))
-        if plan.deletes:
-            query = sql.SQL("DELETE FROM {} AS t USING (VALUES {}) AS d ({}) WHERE {}").format(
-                target, sql.Placeholder(), _idents(keys), _key_match("t", "d", keys)
-            )
-            _execute_values(cur, query, plan.deletes, _template(info, keys))
-
-    def _apply_staged(
-        self,
-        cur: PgCursor,
-        info: _TableInfo,
-        plan: BatchLayout,
-        tombstones: sql.Identifier | None,
-        copy_chunks: list[list[str]] | None = None,
-    ) -> None:
-        """COPY the changes into temporary stage tables, then apply them in one round trip.
-
-        ``copy_chunks`` is the COPY text of each stage, when formatted ahead.
-        """
-        creates: list[sql.Composable] = []
-        statements: list[sql.Composable] = []
-        copies: list[tuple[sql.Composable, CopyReader]] = []
-        for index, (stage_columns, upserts, deletes) in enumerate(_stages(plan)):
-            stage = sql.Identifier(f"_rosetta_stage_{index}")
-            text = (
-                iter(copy_chunks[index])
-                if copy_chunks is not None
-                else _stage_chunks(stage_columns, upserts, deletes)
-            )
-            creates.append(
-                sql.SQL(
-                    "CREATE TEMPORARY TABLE {} ON COMMIT DROP AS "
-                    "SELECT {}, NULL::boolean AS {} FROM {} WITH NO DATA"
-                ).format(stage, _idents(stage_columns), sql.Identifier(_DELETE_FLAG), info.ident)
-            )
-            copies.append(
-                (
-                    sql.SQL("COPY {} ({}) FROM STDIN").format(
-                        stage, _idents(stage_columns + (_DELETE_FLAG,))
-                    ),
-                    CopyReader(text),
-                )
-            )
-            columns = tuple(c for c in stage_columns if c not in POSITION_COLUMNS)
-            statements += _staged_sql(
-                info, stage, columns, plan.keys, tombstones, bool(upserts), bool(deletes)
-            )
-        cur.execute(sql.SQL("; ").join(creates))
-        for copy_sql, buffer in copies:
-            try:
-                cur.copy_expert(copy_sql, buffer, size=1 << 20)
-            except psycopg2.Error as exc:
-                if buffer.error is not None:  # a value we could not format: permanent
-                    raise buffer.error from exc
-                raise
-        cur.execute(sql.SQL("; ").join(statements))
-
     # ------------------------------------------------------------ connections
 
-    def _connection(self) -> PgConnection:
-        if self._conn is None or self._conn.closed:
-            self._conn = self._connect(self.connect_timeout, self.statement_timeout)
-            self._tables.clear()
-            self._tombstones_ready.clear()
-        return self._conn
+    def _open_session(self) -> PgConnection:
+        conn = self._connect(self.connect_timeout, self.statement_timeout)
+        self._tables.clear()
+        self._tombstones_ready.clear()
+        return conn
+
+    def _is_open(self, session: PgConnection) -> bool:
+        return not session.closed
+
+    def _is_stale(self, error: Exception) -> bool:
+        return isinstance(
+            error, psycopg2.OperationalError | psycopg2.InterfaceError | DestinationTimeoutError
+        )
 
     def _connect(self, timeout: float, statement_timeout: float | None) -> PgConnection:
         options: dict[str, Any] = {
@@ -500,7 +365,7 @@ class PostgreSQLDestination(ProbedDestination):
         """Roll back after a failure; drop the connection if it is broken."""
         self._tables.clear()  # the failure may be a schema change: re-read the catalog
         self._tombstones_ready.clear()
-        conn = self._conn
+        conn = self._session
         if conn is None:
             return
         if not conn.closed:
@@ -512,16 +377,10 @@ class PostgreSQLDestination(ProbedDestination):
         try:
             conn.close()
         finally:
-            self._conn = None
+            self._session = None
 
     def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None and not conn.closed:
-                try:
-                    conn.close()
-                except psycopg2.Error:
-                    logger.debug("close failed destination=%s", self, exc_info=True)
+        super().close()
         self._watchdog.close()
 
     # ------------------------------------------------------------ health
@@ -543,12 +402,7 @@ class PostgreSQLDestination(ProbedDestination):
         if not self._lock.acquire(blocking=False):
             return  # a write is using it: its own timeout bounds it
         try:
-            conn, self._conn = self._conn, None
-            if conn is not None and not conn.closed:
-                try:
-                    conn.close()
-                except psycopg2.Error:
-                    logger.debug("close failed destination=%s", self, exc_info=True)
+            self._drop_session()
         finally:
             self._lock.release()
 
@@ -568,419 +422,10 @@ class PostgreSQLDestination(ProbedDestination):
 
     def classify_error(self, error: BaseException) -> ClassifiedError:
         """Transient (retry later) or permanent (park), by SQLSTATE class."""
-        kind = _kind_of(error)
-        code = getattr(error, "pgcode", None)
-        message = self.redact(_first_line(error))
-        return ClassifiedError(kind, type(error).__name__, message, code, _connection_lost(error))
-
-
-# ---------------------------------------------------------------- SQL helpers
-
-
-def tombstone_table_name(table: str) -> str:
-    """Name of the side table holding delete tombstones for ``table`` (guard mode)."""
-    name = f"{table}{TOMBSTONE_SUFFIX}"
-    if len(name.encode()) <= _MAX_IDENTIFIER_BYTES:
-        return name
-    # PostgreSQL would truncate a longer name; keep it unique with a digest.
-    digest = hashlib.sha1(table.encode()).hexdigest()[:8]
-    room = _MAX_IDENTIFIER_BYTES - len(TOMBSTONE_SUFFIX) - len(digest) - 1
-    head = table.encode()[:room].decode(errors="ignore")
-    return f"{head}_{digest}{TOMBSTONE_SUFFIX}"
-
-
-def _idents(names: Iterable[str]) -> sql.Composed:
-    return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-
-
-def _qualified(alias: str, column: str) -> sql.Composed:
-    return sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(column))
-
-
-def _key_match(left: str, right: str, keys: Sequence[str]) -> sql.Composed:
-    return sql.SQL(" AND ").join(
-        sql.SQL("{} = {}").format(_qualified(left, k), _qualified(right, k)) for k in keys
-    )
-
-
-def _position(alias: str) -> sql.Composed:
-    return sql.SQL("({}, {})").format(
-        _qualified(alias, POSITION_COMMIT_COLUMN), _qualified(alias, POSITION_SEQ_COLUMN)
-    )
-
-
-def _on_conflict_set(columns: Sequence[str], keys: Sequence[str], *, guard: bool) -> sql.Composed:
-    updates = [c for c in columns if c not in keys]
-    if guard:
-        updates += [POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN]
-    if not updates:
-        return sql.Composed([sql.SQL("DO NOTHING")])
-    assignments = sql.SQL(", ").join(
-        sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in updates
-    )
-    if not guard:
-        return sql.SQL("DO UPDATE SET {}").format(assignments)
-    # Only a newer change may overwrite; rows from before the guard count as oldest.
-    return sql.SQL("DO UPDATE SET {} WHERE {} IS NULL OR {} < {}").format(
-        assignments,
-        _qualified("t", POSITION_COMMIT_COLUMN),
-        _position("t"),
-        sql.SQL("(EXCLUDED.{}, EXCLUDED.{})").format(
-            sql.Identifier(POSITION_COMMIT_COLUMN), sql.Identifier(POSITION_SEQ_COLUMN)
-        ),
-    )
-
-
-def _staged_sql(
-    info: _TableInfo,
-    stage: sql.Identifier,
-    columns: tuple[str, ...],
-    keys: tuple[str, ...],
-    tombstones: sql.Identifier | None,
-    has_upserts: bool,
-    has_deletes: bool,
-) -> list[sql.Composable]:
-    """The statements that apply one stage table to the target."""
-    flag = _qualified("s", _DELETE_FLAG)
-    target = sql.SQL("{} AS t").format(info.ident)
-    source = sql.SQL("{} AS s").format(stage)
-    match = _key_match("t", "s", keys)
-    insert_columns = columns + ((POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN) if tombstones else ())
-    select_list = sql.SQL(", ").join(_qualified("s", c) for c in insert_columns)
-    statements: list[sql.Composable] = []
-    if tombstones is None:
-        if has_deletes:
-            statements.append(
-                sql.SQL("DELETE FROM {} USING {} WHERE {} AND {}").format(
-                    target, source, flag, match
-                )
-            )
-        if not has_upserts:
-            return statements
-        statements.append(
-            sql.SQL(
-                "INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT {} ON CONFLICT ({}) {}"
-            ).format(
-                target,
-                _idents(insert_columns),
-                select_list,
-                source,
-                flag,
-                _idents(keys),
-                _on_conflict_set(columns, keys, guard=False),
-            )
-        )
-        return statements
-
-    tomb_match = _key_match("b", "s", keys)
-    newer_than_row = sql.SQL("({} IS NULL OR {} < {})").format(
-        _qualified("t", POSITION_COMMIT_COLUMN), _position("t"), _position("s")
-    )
-    tomb = sql.SQL("{} AS b").format(tombstones)
-    if has_deletes:
-        statements += [
-            # 1. A delete removes the row unless the row is newer.
-            sql.SQL("DELETE FROM {} USING {} WHERE {} AND {} AND {}").format(
-                target, source, flag, match, newer_than_row
-            ),
-            # 2. Remember applied deletes (row gone or never there), newest wins.
-            sql.SQL(
-                "INSERT INTO {} AS b ({}, {}, {}) SELECT {}, {}, {} FROM {} WHERE {} "
-                "AND NOT EXISTS (SELECT 1 FROM {} WHERE {}) "
-                "ON CONFLICT ({}) DO UPDATE SET {} = EXCLUDED.{}, {} = EXCLUDED.{} "
-                "WHERE {} < (EXCLUDED.{}, EXCLUDED.{})"
-            ).format(
-                tombstones,
-                _idents(keys),
-                sql.Identifier(POSITION_COMMIT_COLUMN),
-                sql.Identifier(POSITION_SEQ_COLUMN),
-                sql.SQL(", ").join(_qualified("s", k) for k in keys),
-                _qualified("s", POSITION_COMMIT_COLUMN),
-                _qualified("s", POSITION_SEQ_COLUMN),
-                source,
-                flag,
-                target,
-                match,
-                _idents(keys),
-                sql.Identifier(POSITION_COMMIT_COLUMN),
-                sql.Identifier(POSITION_COMMIT_COLUMN),
-                sql.Identifier(POSITION_SEQ_COLUMN),
-                sql.Identifier(POSITION_SEQ_COLUMN),
-                _position("b"),
-                sql.Identifier(POSITION_COMMIT_COLUMN),
-                sql.Identifier(POSITION_SEQ_COLUMN),
-            ),
-        ]
-    if not has_upserts:
-        return statements
-    statements += [
-        # 3. Upserts, unless a tombstone or the row itself is at least as new.
-        sql.SQL(
-            "INSERT INTO {} ({}) SELECT {} FROM {} WHERE NOT {} "
-            "AND NOT EXISTS (SELECT 1 FROM {} WHERE {} AND {} >= {}) ON CONFLICT ({}) {}"
-        ).format(
-            target,
-            _idents(insert_columns),
-            select_list,
-            source,
-            flag,
-            tomb,
-            tomb_match,
-            _position("b"),
-            _position("s"),
-            _idents(keys),
-            _on_conflict_set(columns, keys, guard=True),
-        ),
-        # 4. A newer upsert makes older tombstones of its key useless.
-        sql.SQL("DELETE FROM {} USING {} WHERE NOT {} AND {} AND {} < {}").format(
-            tomb, source, flag, tomb_match, _position("b"), _position("s")
-        ),
-    ]
-    return statements
-
-
-def _template(info: _TableInfo, columns: Sequence[str]) -> str:
-    """An execute_values row template that casts each value to its column's type."""
-    return "(" + ", ".join(f"%s::{info.columns[c]}" for c in columns) + ")"
-
-
-def _execute_values(cur: PgCursor, query: sql.Composed, batch: ColumnBatch, template: str) -> None:
-    if not batch:
-        return
-    # Identifiers may contain '%', which the parameter formatting would read
-    # as a placeholder: escape the composed text, then put the one %s back.
-    marker = "\x00rosetta-values\x00"
-    text = query.as_string(cur).replace("%s", marker).replace("%", "%%").replace(marker, "%s")
-    # Values go as the same text COPY would send, cast by the template, so
-    # both paths store a value identically (an aware datetime in a timestamp
-    # column, a UUID, a NaN...).
-    columns = [list(map(text_value, column)) for column in batch.data]
-    rows = list(zip(*columns, strict=True))
-    psycopg2.extras.execute_values(cur, text, rows, template=template, page_size=len(rows))
-
-
-def _stages(
-    plan: BatchLayout,
-) -> list[tuple[tuple[str, ...], ColumnBatch | None, ColumnBatch | None]]:
-    """The stage tables of a staged write: (columns, upserts, deletes) for each.
-
-    One stage per upsert column set; deletes ride in the first stage with
-    only their key (and position) set.
-    """
-    stages: list[tuple[ColumnBatch | None, ColumnBatch | None]] = [
-        (group, plan.deletes if index == 0 and plan.deletes else None)
-        for index, group in enumerate(plan.upserts)
-    ] or [(None, plan.deletes)]
-    return [
-        ((upserts or deletes or plan.deletes).columns, upserts, deletes)
-        for upserts, deletes in stages
-    ]
-
-
-def _stage_chunks(
-    columns: tuple[str, ...], upserts: ColumnBatch | None, deletes: ColumnBatch | None
-) -> Iterator[str]:
-    """COPY text for one stage table (its columns, then the delete flag), in chunks."""
-    if upserts:
-        for start in range(0, len(upserts), _COPY_CHUNK_ROWS):
-            end = start + _COPY_CHUNK_ROWS
-            fields = [copy_column(values[start:end]) for values in upserts.data]
-            yield copy_lines([*fields, ["f"] * len(fields[0])])
-    if deletes:
-        given = dict(zip(deletes.columns, deletes.data, strict=True))
-        for start in range(0, len(deletes), _COPY_CHUNK_ROWS):
-            end = start + _COPY_CHUNK_ROWS
-            count = len(deletes.records[start:end])
-            nulls = [NULL] * count  # a delete sets only its key (and position)
-            fields = [copy_column(given[c][start:end]) if c in given else nulls for c in columns]
-            yield copy_lines([*fields, ["t"] * count])
-
-
-def _without_positions(group: ColumnBatch) -> ColumnBatch:
-    """Drop position columns a record carries: with the guard on, the destination writes them."""
-    keep = [i for i, c in enumerate(group.columns) if c not in POSITION_COLUMNS]
-    if len(keep) == len(group.columns):
-        return group
-    return ColumnBatch(
-        tuple(group.columns[i] for i in keep), [group.data[i] for i in keep], group.records
-    )
-
-
-def _with_positions(group: ColumnBatch) -> ColumnBatch:
-    """Append the changes' source positions as the guard columns."""
-    commits, seqs = positions(group.records)
-    if commits and not (
-        0 <= min(commits)
-        and max(commits) <= _BIGINT_MAX
-        and 0 <= min(seqs) <= max(seqs) <= _BIGINT_MAX
-    ):
-        raise PermanentDestinationError(
-            "source position does not fit the bigint position columns "
-            f"(commit {min(commits)}..{max(commits)}, seq {min(seqs)}..{max(seqs)})"
-        )
-    return ColumnBatch(
-        group.columns + POSITION_COLUMNS, [*group.data, commits, seqs], group.records
-    )
-
-
-# ---------------------------------------------------------------- classification
-
-
-def _kind_of(error: BaseException) -> FailureKind:
-    if isinstance(error, PermanentDestinationError):
-        return FailureKind.PERMANENT
-    if isinstance(error, TransientDestinationError | DestinationError):
-        return FailureKind.TRANSIENT
-    code = getattr(error, "pgcode", None)
-    if isinstance(error, psycopg2.Error) and code:
-        if code in _TRANSIENT_CODES or code[:2] in _TRANSIENT_CLASSES:
-            return FailureKind.TRANSIENT
-        if code[:2] in _PERMANENT_CLASSES:
-            return FailureKind.PERMANENT
-        return FailureKind.TRANSIENT  # unknown: retry within the budget
-    if isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError):
-        return FailureKind.TRANSIENT  # lost or refused connection (libpq sets no SQLSTATE)
-    if isinstance(error, psycopg2.DataError | psycopg2.IntegrityError | psycopg2.ProgrammingError):
-        return FailureKind.PERMANENT  # client-side, e.g. a value psycopg2 cannot adapt
-    if isinstance(error, ValueError):
-        # psycopg2 refusing to send a value ("A string literal cannot contain NUL",
-        # text that does not encode): the same change fails the same way every time.
-        return FailureKind.PERMANENT
-    return FailureKind.TRANSIENT
-
-
-def _connection_lost(error: BaseException) -> bool:
-    """True when ``error`` is about the session (lost, refused, killed), not the statement."""
-    code = getattr(error, "pgcode", None)
-    if isinstance(error, psycopg2.Error) and code:
-        return code in _CONNECTION_CODES or code[:2] in _CONNECTION_CLASSES
-    # libpq sets no SQLSTATE when the socket itself failed (reset, refused,
-    # closed mid-statement, login timed out). A write cut by write_timeout is
-    # not in this set: a statement that is slow for its data must still be
-    # charged, or it would be retried forever.
-    return isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError)
+        return classify(error, self.redact)
 
 
 def _cut(conn: PgConnection) -> None:
     """Wake a call blocked on ``conn``: it fails with a connection error."""
     if not conn.closed:
         shutdown_socket(conn.fileno())
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-def dsn_problem(dsn: str) -> str | None:
-    """Why libpq would refuse ``dsn``, found without connecting; None when it looks fine.
-
-    The answer never holds the password (libpq quotes a malformed URI whole).
-    """
-    if not isinstance(dsn, str):
-        return f"expected a connection string, got {type(dsn).__name__}"
-    if not dsn.strip():
-        return "empty; expected a libpq connection string or postgresql:// URI"
-    try:
-        options = parse_dsn(dsn)
-    except psycopg2.Error as error:
-        return redact(_first_line(error).removeprefix("invalid dsn: "))
-    for port in options.get("port", "").split(","):
-        if port.strip() and not (port.strip().isdigit() and 1 <= int(port) <= 65535):
-            return f"port {port.strip()!r} is not a port number (1-65535)"
-    for name in _INTEGER_OPTIONS:
-        value = options.get(name, "").strip()
-        if value and not value.lstrip("-").isdigit():
-            return f"{name} {value!r} is not an integer"
-    for name, choices in _CHOICE_OPTIONS.items():
-        value = options.get(name)
-        if value is not None and value not in choices:
-            return f"{name} {value!r} is not one of {', '.join(choices)}"
-    return None
-
-
-# ---------------------------------------------------------------- config database
-
-# The config database schema, as documented in the README (a test keeps the two equal).
-CONFIG_DATABASE_SCHEMA = """\
-CREATE TABLE rosetta_pipelines (
-    name           text PRIMARY KEY,
-    source_id      text NOT NULL UNIQUE,
-    source_type    text NOT NULL,                 -- synthetic | jsonl
-    source_options jsonb NOT NULL DEFAULT '{}',   -- as [pipelines.source], without id/type
-    batch_size     integer NOT NULL DEFAULT 500,
-    retry          text NOT NULL DEFAULT 'aggressive',
-    enabled        boolean NOT NULL DEFAULT true
-);
-CREATE TABLE rosetta_destinations (
-    pipeline text NOT NULL REFERENCES rosetta_pipelines (name),
-    id       text NOT NULL,
-    name     text NOT NULL,
-    type     text NOT NULL,                       -- postgresql | snowflake
-    options  jsonb NOT NULL DEFAULT '{}',  -- as [[pipelines.destinations]]; *_env for secrets
-    PRIMARY KEY (pipeline, id)
-);
-"""
-
-_PIPELINES_QUERY = """
-SELECT name, source_id, source_type, source_options, batch_size, retry
-FROM rosetta_pipelines WHERE enabled ORDER BY name
-"""
-_DESTINATIONS_QUERY = """
-SELECT pipeline, id, name, type, options FROM rosetta_destinations ORDER BY pipeline, id
-"""
-
-
-def read_pipeline_config(url: str, env: Mapping[str, str]) -> list[PipelineSpec]:
-    """Pipelines from the config database (``CONFIG_DATABASE_URL``); schema in the README.
-
-    A malformed URL, connection and schema problems become one ``ConfigError``
-    that never shows the URL or its password.
-    """
-    problem = dsn_problem(url)
-    if problem is not None:
-        raise ConfigError([f"CONFIG_DATABASE_URL: invalid DSN: {problem}"])
-    secrets = (parse_dsn(url).get("password"),)
-    try:
-        conn = psycopg2.connect(url, connect_timeout=10)
-    except psycopg2.Error as error:
-        raise ConfigError(
-            [
-                "CONFIG_DATABASE_URL: cannot connect to the config database: "
-                f"{redact(_first_line(error), secrets)}"
-            ]
-        ) from None
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(_PIPELINES_QUERY)
-            pipelines = cur.fetchall()
-            cur.execute(_DESTINATIONS_QUERY)
-            destinations = cur.fetchall()
-    except psycopg2.Error as error:
-        raise ConfigError(
-            [
-                "CONFIG_DATABASE_URL: the config database lacks the expected tables "
-                "rosetta_pipelines and rosetta_destinations (see README, 'Running the engine'): "
-                f"{redact(_first_line(error), secrets)}"
-            ]
-        ) from None
-    finally:
-        conn.close()
-    by_pipeline: dict[str, list[dict[str, Any]]] = {}
-    for pipeline, dest_id, name, kind, options in destinations:
-        by_pipeline.setdefault(pipeline, []).append(
-            {**(options or {}), "id": dest_id, "name": name, "type": kind}
-        )
-    data = {
-        "pipelines": [
-            {
-                "name": name,
-                "batch_size": batch_size,
-                "retry": retry,
-                "source": {**(options or {}), "id": source_id, "type": source_type},
-                "destinations": by_pipeline.get(name, []),
-            }
-            for name, source_id, source_type, options, batch_size, retry in pipelines
-        ]
-    }
-    return parse_pipelines(data, env, where="config database")

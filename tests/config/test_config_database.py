@@ -9,8 +9,8 @@ import psycopg2
 import pytest
 
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
+from config.config_database import CONFIG_DATABASE_SCHEMA, read_pipeline_config
 from config.errors import ConfigError
-from destinations.postgresql.destination import CONFIG_DATABASE_SCHEMA, read_pipeline_config
 from tests.pg_state import differences, fetch_state
 from tests.rosetta_cli import ROOT, cli_env, run_rosetta
 

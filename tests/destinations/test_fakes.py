@@ -8,10 +8,15 @@ import time
 
 import pytest
 
-from destinations.errors import FailureKind, PermanentDestinationError, TransientDestinationError
+from destinations.errors import (
+    DestinationError,
+    FailureKind,
+    PermanentDestinationError,
+    TransientDestinationError,
+)
 from destinations.records import Operation
 from tests.builders import SOURCE_TABLE, delete, upsert
-from tests.fakes import FakeDestination
+from tests.fakes import FakeDestination, Fault, SessionLostError
 
 
 def test_applies_net_effect_by_key() -> None:
@@ -42,6 +47,47 @@ def test_fail_next_transient_then_recovers() -> None:
     assert fake.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)]) == 1
     assert [c.ok for c in fake.calls] == [False, False, True]
     assert fake.rows(SOURCE_TABLE) == {(1,): {"id": 1, "name": "a"}}
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "lost"),
+    [
+        (Fault.TRANSIENT, FailureKind.TRANSIENT, False),
+        (Fault.PERMANENT, FailureKind.PERMANENT, False),
+        (Fault.SESSION_LOST, FailureKind.TRANSIENT, True),
+    ],
+)
+def test_scripted_faults_are_classified_as_the_real_destinations_classify_them(
+    fault: Fault, kind: FailureKind, lost: bool
+) -> None:
+    fake = FakeDestination()
+    fake.fail_keys([1], kind=fault)
+    with pytest.raises(DestinationError) as caught:
+        fake.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)])
+    verdict = fake.classify_error(caught.value)
+    assert (verdict.kind, verdict.connection_lost, verdict.code) == (kind, lost, None)
+
+
+def test_a_session_lost_while_idle_is_replaced_by_the_next_write() -> None:
+    fake = FakeDestination()
+    fake.lose_session()
+    assert fake.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)]) == 1
+    assert fake.sessions_replaced == 1 and fake.row(SOURCE_TABLE, 1) == {"id": 1, "name": "a"}
+
+
+def test_declared_tables_refuse_what_a_real_table_would() -> None:
+    fake = FakeDestination(tables={SOURCE_TABLE: {"id": int, "name": str, "note": None}})
+    fake.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "note": object()}, 1)])
+    refused = {
+        "public.other": "does not exist",
+        SOURCE_TABLE: "columns missing from target table public.items: colour",
+    }
+    for table, text in refused.items():
+        with pytest.raises(PermanentDestinationError, match=text):
+            fake.write_batch(table, [upsert(2, {"colour": "red"}, 2, table=table)])
+    with pytest.raises(PermanentDestinationError, match="column name .* cannot hold 5"):
+        fake.write_batch(SOURCE_TABLE, [upsert(3, {"name": 5}, 3)])
+    assert list(fake.rows(SOURCE_TABLE)) == [(1,)]
 
 
 def test_fail_next_permanent() -> None:
@@ -75,13 +121,16 @@ def test_fail_keys_can_be_limited_to_a_table_and_be_transient() -> None:
         fake.write_batch("public.other", [upsert(1, {"name": "a"}, 1, table="public.other")])
 
 
-def test_set_down_fails_writes_and_health_checks() -> None:
+def test_set_down_fails_writes_as_lost_sessions_and_health_checks() -> None:
     fake = FakeDestination()
     assert fake.test_connection(0.1) is True
     fake.set_down(True)
     assert fake.test_connection(0.1) is False
-    with pytest.raises(TransientDestinationError):
+    assert fake.last_health_error and "is down" in fake.last_health_error
+    with pytest.raises(SessionLostError) as caught:
         fake.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)])
+    verdict = fake.classify_error(caught.value)
+    assert verdict.kind is FailureKind.TRANSIENT and verdict.connection_lost
     fake.set_down(False)
     assert fake.test_connection(0.1) is True
     assert fake.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)]) == 1
@@ -113,22 +162,6 @@ def test_hang_can_ignore_the_timeout_and_be_released() -> None:
     fake.hang_test_connection(0)  # release
     checker.join(5)
     assert results == [True]
-
-
-def test_thread_safe_concurrent_writes() -> None:
-    fake = FakeDestination()
-    fake.set_write_delay(0.001)
-
-    def writer(base: int) -> None:
-        for i in range(50):
-            fake.write_batch(SOURCE_TABLE, [upsert(base + i, {"n": i}, base + i)])
-
-    threads = [threading.Thread(target=writer, args=(n * 1000,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(fake.rows(SOURCE_TABLE)) == 200 and fake.write_count == 200
 
 
 def test_close_and_str() -> None:

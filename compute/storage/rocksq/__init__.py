@@ -1,0 +1,1 @@
+"""The rocksq-backed queue store: ``RocksqStore`` (store.py) and the parts it wires together."""

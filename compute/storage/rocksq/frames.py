@@ -115,3 +115,22 @@ def decode_frame(item: bytes) -> list[bytes]:
         return payloads
     except Exception:  # zlib, msgpack and our check: all mean a damaged frame
         return [DAMAGED_PREFIX + bytes(item)] + [b""] * (count - 1)
+
+
+def decode_after(items: list[bytes], skip: int, into: list[bytes]) -> int:
+    """Append the payloads of ``items`` to ``into``, leaving out their first ``skip``.
+
+    Whole frames within ``skip`` are passed over by their headers, undecoded.
+    Returns what is left of ``skip`` for the items that follow.
+    """
+    for item in items:
+        if skip <= 0:
+            into.extend(decode_frame(item))
+            continue
+        count = frame_count(item)
+        if count <= skip:
+            skip -= count
+        else:
+            into.extend(decode_frame(item)[skip:])
+            skip = 0
+    return skip

@@ -167,14 +167,17 @@ def test_queues_stats_and_messages(api: Harness) -> None:
 def test_errors_are_json_with_the_right_status(api: Harness) -> None:
     status, body = call(api.url + f"/dlq/queues/{api.q(QueueId('9', 'x', '9'))}/messages")
     assert status == 404 and "no queue source_9/table_x/dest_9" in body["error"]
+    assert body["error_type"] == "queue_not_found"
     status, body = call(api.url + f"/dlq/queues/{api.q(QUEUE)}/messages?limit=zero")
     assert status == 400 and "'limit'" in body["error"]
     status, body = call(api.url + "/dlq/nothing")
     assert status == 404 and "GET /dlq/stats" in body["routes"]
+    assert body["error_type"] == "no_route"
     status, body = call(api.url + "/dlq/stats", "POST", {})
     assert status == 405
     status, body = call(api.url + "/dlq/purge", "POST", b"{not json")
     assert status == 400 and "not JSON" in body["error"]
+    assert body["error_type"] == "bad_request"
     status, body = call(api.url + "/dlq/purge", "POST", {"queue": str(QUEUE)})
     assert status == 400 and "'confirm'" in body["error"]
     status, body = call(api.url + "/dlq/purge", "POST", {"queue": 5, "confirm": True})
@@ -183,6 +186,7 @@ def test_errors_are_json_with_the_right_status(api: Harness) -> None:
     assert status == 400 and "'parked'" in body["error"]
     status, body = call(api.url + "/dlq/messages/nope/park", "POST", {})
     assert status == 404 and "nope" in body["error"]
+    assert body["error_type"] == "message_not_found"
     status, body = call(api.url + "/dlq/messages/m001/discard", "POST", {})
     assert status == 400 and "'confirm'" in body["error"]
     # Nothing above changed the queue.
@@ -196,7 +200,7 @@ def test_internal_errors_never_leak_a_traceback(api: Harness) -> None:
     assert api.engine.admin is not None
     api.engine.admin.ops.stats = broken  # type: ignore[method-assign]
     status, body = call(api.url + "/dlq/stats")
-    assert status == 500
+    assert status == 500 and body["error_type"] == "internal"
     assert "secret" not in json.dumps(body) and "Traceback" not in json.dumps(body)
 
 
@@ -258,6 +262,7 @@ def test_export_and_import_over_http(api: Harness, tmp_path: Path) -> None:
     assert status == 200 and body["imported"] == 6
     status, body = call(api.url + "/dlq/import", "POST", data=data)
     assert status == 409 and "--skip-existing" in body["error"]
+    assert body["error_type"] == "conflict"
     status, body = call(api.url + "/dlq/import?skip_existing=true", "POST", data=data)
     assert status == 200 and body["imported"] == 0 and body["skipped_existing"] == 6
     broken = ("\n".join(lines[:3] + ['{"message_id": 1}'] + lines[4:]) + "\n").encode()

@@ -408,7 +408,7 @@ def test_a_500_logs_the_traceback_and_sends_none(
 
     assert api.engine.admin is not None
     api.engine.admin.ops.stats = broken  # type: ignore[method-assign]
-    with caplog.at_level(logging.ERROR, logger="compute.admin.http_api"):
+    with caplog.at_level(logging.ERROR, logger="compute.admin.routing"):
         status, body = call(api.url + "/dlq/stats")
     assert status == 500 and "secret" not in json.dumps(body)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]

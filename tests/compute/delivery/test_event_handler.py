@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager
-from compute.errors import DLQFullError
 from compute.delivery.event_handler import EventHandler
 from compute.delivery.health import DestinationHealth
+from compute.dlq.manager import DLQManager
+from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from config.settings import WhenFull
@@ -58,7 +58,7 @@ def test_transient_failure_retries_then_queues_with_context(setup) -> None:
     queue = QueueId("1", TABLE, "2")
     queued = dlq.peek(queue, 10)
     assert [m.record.key["id"] for m in queued] == [1, 2]
-    assert queued[0].failure.error_class == "TransientDestinationError"
+    assert queued[0].failure.error_class == "SessionLostError"  # refused, as a real outage is
     assert queued[0].failure.attempts == 3
     assert "is down" in queued[0].failure.message
     assert set(other.rows(TABLE)) == {(1,), (2,)}  # one destination down never blocks another

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from compute.dlq.manager import DLQManager
 from compute.delivery.event_handler import EventHandler
 from compute.delivery.health import DestinationHealth, HealthState
+from compute.dlq.manager import DLQManager
 from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy

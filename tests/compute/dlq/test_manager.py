@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import QUARANTINE_DIR, STATUS_FILE, DLQManager
 from compute.codec.message import DLQMessage, FailureContext
+from compute.dlq.manager import DLQManager
+from compute.dlq.quarantine import QUARANTINE_DIR
+from compute.dlq.status_files import STATUS_FILE
 from compute.errors import DLQFullError, MessageTooLargeError
 from compute.queue_id import QueueId
 from config.settings import DLQConfig, WhenFull
@@ -196,7 +198,7 @@ def test_a_read_that_fails_after_leasing_gives_the_payloads_back(
             raise MemoryError("no room to decode")
 
         with monkeypatch.context() as patch:
-            patch.setattr("compute.dlq.manager.MessageDecoder.decode_many", broken)
+            patch.setattr("compute.dlq.lease.MessageDecoder.decode_many", broken)
             with pytest.raises(MemoryError):
                 manager.read_batch(Q, 3)
         # No lease was left behind: the next read gets the same head, in order.

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager, record_key
 from compute.codec.message import DLQMessage, FailureContext
+from compute.dlq.lane_reader import LaneReader
+from compute.dlq.manager import DLQManager
+from compute.dlq.parking import record_key
 from compute.errors import DLQConflictError, MessageNotFoundError
 from compute.queue_id import QueueId
 from destinations.records import Operation
@@ -101,17 +103,17 @@ def test_unpark_keeps_key_order_while_live_changes_are_appended(
             appended.set()
 
         appender = threading.Thread(target=append_live)
-        real_iter = dlq.iter_messages
+        real_iter = LaneReader.iter_messages
 
-        def iter_messages(lane: QueueId, chunk: int = 1000):  # type: ignore[no-untyped-def]
-            yield from real_iter(lane, chunk)
+        def iter_messages(self: LaneReader, lane: QueueId, chunk: int = 1000):  # type: ignore[no-untyped-def]
+            yield from real_iter(self, lane, chunk)
             if lane == QUEUE and not appender.is_alive() and not appended.is_set():
                 # unpark has its snapshot of the main lane: append now, from
                 # another thread, and give it time to land before the copies.
                 appender.start()
                 appended.wait(1.0)
 
-        monkeypatch.setattr(dlq, "iter_messages", iter_messages)
+        monkeypatch.setattr(LaneReader, "iter_messages", iter_messages)
         moved = dlq.unpark_message(QUEUE, "m000")
         appender.join(10)
         assert appended.is_set()
@@ -129,14 +131,16 @@ CRASH_SCRIPT = textwrap.dedent(
     import os, sys
     from pathlib import Path
     from compute.dlq.manager import DLQManager
+    from compute.dlq.parking import Parking
+    from compute.dlq.tombstones import Tombstones
     from compute.queue_id import QueueId
     from tests.builders import dlq_config
 
     tmp, action, crash_at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     calls = {"n": 0}
-    original_save = DLQManager._save_tombstones
+    original_save = Tombstones.save
     original_enqueue = DLQManager.enqueue
-    original_park = DLQManager.park
+    original_park = Parking.park
 
     def step():
         calls["n"] += 1
@@ -157,9 +161,9 @@ CRASH_SCRIPT = textwrap.dedent(
         step()
         return result
 
-    DLQManager._save_tombstones = save
+    Tombstones.save = save
     DLQManager.enqueue = enqueue
-    DLQManager.park = park
+    Parking.park = park
     queue = QueueId("1", "public.accounts", "2")
     dlq = DLQManager(dlq_config(tmp), background=False)
     if action == "park":

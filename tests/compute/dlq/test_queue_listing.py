@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import compute.storage.rocksq.store as rocksq_store
+import compute.storage.rocksq.discovery as discovery
 from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from compute.storage.rocksq.store import RocksqStore
@@ -33,7 +33,7 @@ def test_listing_touches_no_disk_and_moves_nothing(
         scans.append(path)
         return real_scandir(path)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(rocksq_store.os, "scandir", counting_scandir)
+    monkeypatch.setattr(discovery.os, "scandir", counting_scandir)
     for _ in range(50):
         assert store.list_queues() == [Q]  # created by enqueue: known at once
     assert scans == []

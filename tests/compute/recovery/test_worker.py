@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
@@ -10,17 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager
 from compute.codec.message import DLQMessage, FailureContext
-from compute.recovery.worker import DLQRecoveryWorker
-from compute.errors import DLQFullError, DLQStorageError
 from compute.delivery.health import DestinationHealth
+from compute.dlq.manager import DLQManager
+from compute.errors import DLQFullError, DLQStorageError
 from compute.queue_id import QueueId
-from destinations.errors import ClassifiedError, PermanentDestinationError
+from compute.recovery.worker import DLQRecoveryWorker
+from destinations.errors import PermanentDestinationError
 from destinations.records import Operation
 from tests.builders import TABLE, change, dlq_config
 from tests.compute.helpers import apply_model
-from tests.fakes import FakeDestination
+from tests.fakes import FakeDestination, Fault
 from tests.waiting import wait_until
 
 FAILURE = FailureContext("OperationalError", "connection refused", code="08006")
@@ -246,21 +245,13 @@ def test_a_storage_error_in_one_queue_does_not_stop_the_others(
     dlq.close()
 
 
-class SessionLostDestination(FakeDestination):
-    """Calls every transient failure a lost session, as PostgreSQL does for a killed backend."""
-
-    def classify_error(self, error: BaseException) -> ClassifiedError:
-        classified = super().classify_error(error)
-        return dataclasses.replace(classified, connection_lost=classified.is_transient)
-
-
 def test_lost_sessions_while_healthy_are_never_charged(tmp_path: Path) -> None:
     """Sessions killed under every replay (health checks pass): retried, never parked."""
-    dest = SessionLostDestination("2", "PG")
+    dest = FakeDestination("2", "PG")
     worker, dlq = make_worker(tmp_path, [dest], max_retries=1, batch_size=10)
     queue = QueueId("1", TABLE, "2")
     enqueue(dlq, queue, [change(1, 1), change(2, 2)])
-    dest.fail_keys([1], kind="transient")
+    dest.fail_keys([1], kind=Fault.SESSION_LOST)  # as a backend killed under every write
     charged_before = dlq.attempts_of(queue, dlq.peek(queue, 1)[0])
     now = time.time()
     for i in range(8):

@@ -1,4 +1,4 @@
-"""Tests of ``compute.runtime.retry_policy.RetryPolicy``: growth, cap, jitter, presets, validation."""
+"""RetryPolicy (compute/runtime/retry_policy.py): growth, cap, jitter, presets, validation."""
 
 from __future__ import annotations
 

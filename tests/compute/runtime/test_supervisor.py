@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 import compute.runtime.supervisor as supervisor_module
 from compute.admin.operations import DLQOperations
-from compute.dlq.manager import DLQManager
 from compute.codec.message import DLQMessage, FailureContext
-from compute.recovery.worker import _QueueReplayState
-from compute.observability.metrics import DLQMetrics
+from compute.dlq.manager import DLQManager
+from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
+from compute.observability.metrics import DLQMetrics
 from compute.queue_id import QueueId
+from compute.recovery.replay import QueueBackoff
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
-from config.settings import Settings
+from config.settings import AdminConfig, Settings
 from tests.builders import TABLE, change, dlq_config
 from tests.compute.helpers import ListSource, apply_model
 from tests.fakes import FakeDestination
@@ -178,7 +182,7 @@ def test_replay_now_changing_the_queue_map_while_the_loop_schedules_its_next_pas
         replayed.extend(r.replayed for r in worker.replay_now(other))
         done.set()
 
-    class Scheduled(_QueueReplayState):
+    class Scheduled(QueueBackoff):
         @property  # type: ignore[override]
         def retry_at(self) -> float:
             # The loop is reading this entry: the operator replays now.
@@ -192,7 +196,7 @@ def test_replay_now_changing_the_queue_map_while_the_loop_schedules_its_next_pas
             pass
 
     thread = threading.Thread(target=operator)
-    worker._queues[QUEUE] = Scheduled()
+    worker.replay.backoff[QUEUE] = Scheduled()
     try:
         delay = worker._seconds_to_next_due()
         thread.join(10)
@@ -202,3 +206,56 @@ def test_replay_now_changing_the_queue_map_while_the_loop_schedules_its_next_pas
     finally:
         worker.stop()
         dlq.close()
+
+
+def test_a_crash_of_the_admin_api_serve_loop_is_restarted_and_shown_like_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(dlq=dlq_config(tmp_path), admin=AdminConfig(port=0))
+    engine = Engine(settings, [])
+    engine.start()
+    try:
+        assert engine.admin is not None
+        url = engine.admin.url
+        server = engine.admin._server
+        crashed = threading.Event()
+        real = server.service_actions
+
+        def crash_once() -> None:  # called by the serve loop every poll interval
+            if not crashed.is_set():
+                crashed.set()
+                raise RuntimeError(CRASH)
+            real()
+
+        caplog.set_level(logging.ERROR)
+        monkeypatch.setattr(server, "service_actions", crash_once)
+        assert crashed.wait(20)
+
+        def admin_thread() -> dict:  # type: ignore[type-arg]
+            [thread] = [t for t in engine.status()["threads"] if t["thread"] == "admin-api"]
+            return thread
+
+        wait_until(
+            lambda: admin_thread()["state"] == "running", 20, 'admin_thread()["state"] == "running"'
+        )
+        assert admin_thread()["restarts"] == 1
+        [record] = [r for r in caplog.records if r.name == "compute.runtime.supervisor"]
+        assert "thread crashed, restarting: thread=admin-api" in record.getMessage()
+        assert record.exc_info is not None and CRASH in caplog.text
+        assert engine.metrics is not None
+        assert 'rosetta_thread_restarts_total{thread="admin-api"} 1.0' in (
+            engine.metrics.render()[0].decode()
+        )
+        # The restarted loop serves again, and its own /health names the crash.
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=10) as response:
+                status, body = response.status, json.load(response)
+        except urllib.error.HTTPError as error:
+            status, body = error.code, json.load(error)
+        assert status == 200 and body["status"] == "warning"
+        assert any(
+            r.startswith("thread admin-api crashed and was restarted") for r in body["reasons"]
+        )
+    finally:
+        engine.stop()
+    assert engine.admin is None

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager
 from compute.codec.message import DLQMessage, FailureContext
+from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from tests.builders import change, messages

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from compute.dlq.manager import DLQManager
 from compute.codec.message import FailureContext
+from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from config.settings import DLQConfig
 from tests.builders import messages

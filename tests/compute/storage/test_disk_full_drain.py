@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager
-from compute.recovery.worker import DLQRecoveryWorker
-from compute.errors import DLQFullError
 from compute.delivery.health import DestinationHealth
+from compute.dlq.manager import DLQManager
+from compute.errors import DLQFullError
 from compute.queue_id import QueueId
+from compute.recovery.worker import DLQRecoveryWorker
 from config.settings import DLQConfig
 from tests.builders import messages
 from tests.fakes import FakeDestination

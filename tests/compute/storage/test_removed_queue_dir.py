@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import TOMBSTONES_FILE, DLQManager
+from compute.dlq.manager import DLQManager
+from compute.dlq.tombstones import TOMBSTONES_FILE
 from compute.queue_id import QueueId
-from compute.storage.rocksq.store import CURSOR_FILE, QUEUE_FILE, RocksqStore
-from tests.compute.helpers import STORE_QUEUE, drain, items
+from compute.storage.rocksq.cursor import CURSOR_FILE
+from compute.storage.rocksq.discovery import QUEUE_FILE
+from compute.storage.rocksq.store import RocksqStore
 from tests.compute.dlq.test_manager import config, message
+from tests.compute.helpers import STORE_QUEUE, drain, items
 
 Q = STORE_QUEUE
 OTHER = QueueId("1", "public.orders", "2")

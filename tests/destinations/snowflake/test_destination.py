@@ -1,5 +1,11 @@
 """SnowflakeDestination: the real connector against a local fakesnow server.
 
+What every destination must do (writes, net effect, replay, failure
+classification, health, close) is in tests/destinations/contract/; this
+module keeps what only Snowflake has: its types, identifiers and case
+folding, the statement count of a MERGE, connector error codes, expired
+sessions under the recovery worker, the password.
+
 fakesnow quirks these tests work around, not hide: it reads a NULL
 TIMESTAMP back as 1970-01-01 (so NULL timestamps are checked with IS NULL),
 and it answers a NOT NULL or primary-key violation with HTTP 500 instead of
@@ -9,7 +15,6 @@ constructed connector error (see test_constraint_errors_are_permanent).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import http.server
 import itertools
@@ -28,11 +33,15 @@ import snowflake.connector
 from snowflake.connector import errors as sf_errors
 from snowflake.connector.cursor import SnowflakeCursor
 
-from destinations.errors import FailureKind, PermanentDestinationError
-from destinations.records import Operation
-from destinations.snowflake.destination import SnowflakeDestination, quote
+from destinations.errors import FailureKind
+from destinations.snowflake.destination import SnowflakeDestination
+from destinations.snowflake.stage import quote
 from tests.builders import SOURCE_TABLE, delete, upsert
-from tests.servers import fakesnow_server, free_port, silent_listener
+from tests.destinations.snowflake.expiring_sessions import ExpiringSessions
+from tests.destinations.snowflake.expiring_sessions import (
+    expiring_sessions as patch_expiring_sessions,
+)
+from tests.servers import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
@@ -107,67 +116,6 @@ def counted_statements() -> Iterator[list[str]]:
 
 
 # ---------------------------------------------------------------- apply semantics
-
-
-def test_insert_update_delete_round_trip(
-    items: str, sf_admin: Any, make_destination: Callable[..., SnowflakeDestination]
-) -> None:
-    dest = make_destination(items)
-    batch = [
-        upsert(1, {"name": "one", "qty": 1}, 10, op=Operation.INSERT),
-        upsert(2, {"name": "two", "qty": 2}, 11, op=Operation.INSERT),
-        upsert(3, {"name": "three", "qty": 3}, 12, op=Operation.SNAPSHOT_READ),
-    ]
-    assert dest.write_batch(SOURCE_TABLE, batch) == 3  # default target: ITEMS
-    assert table_rows(sf_admin, items) == [(1, "one", 1), (2, "two", 2), (3, "three", 3)]
-    dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "TWO", "qty": 20}, 13), delete(3, 14)])
-    assert table_rows(sf_admin, items) == [(1, "one", 1), (2, "TWO", 20)]
-
-
-def test_same_batch_twice_gives_same_table(
-    items: str, sf_admin: Any, make_destination: Callable[..., SnowflakeDestination]
-) -> None:
-    run(sf_admin, f"INSERT INTO {DATABASE}.{items}.ITEMS VALUES (1, 'old', 0), (2, 'gone', 0)")
-    dest = make_destination(items)
-    batch = [
-        upsert(1, {"name": "new", "qty": 1}, 20),
-        delete(2, 21),
-        upsert(3, {"name": "three", "qty": 3}, 22),
-        upsert(3, {"name": "three again", "qty": 33}, 23),
-    ]
-    dest.write_batch(SOURCE_TABLE, batch)
-    once = table_rows(sf_admin, items)
-    dest.write_batch(SOURCE_TABLE, batch)
-    assert table_rows(sf_admin, items) == once == [(1, "new", 1), (3, "three again", 33)]
-
-
-def test_net_effect_of_several_changes_to_one_key(
-    items: str, sf_admin: Any, make_destination: Callable[..., SnowflakeDestination]
-) -> None:
-    dest = make_destination(items)
-    batch = [
-        upsert(1, {"name": "v3", "qty": 3}, 30),
-        upsert(1, {"name": "v1", "qty": 1}, 10),
-        upsert(1, {"name": "v2", "qty": 2}, 20),
-        upsert(2, {"name": "a", "qty": 1}, 10, op=Operation.INSERT),
-        delete(2, 12),
-        delete(3, 10),
-        upsert(3, {"name": "back", "qty": 3}, 11, op=Operation.INSERT),
-    ]
-    assert dest.write_batch(SOURCE_TABLE, batch) == len(batch)
-    assert table_rows(sf_admin, items) == [(1, "v3", 3), (3, "back", 3)]
-
-
-def test_partial_rows_leave_missing_columns_alone(
-    items: str, sf_admin: Any, make_destination: Callable[..., SnowflakeDestination]
-) -> None:
-    dest = make_destination(items)
-    dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "one", "qty": 1}, 1)])
-    dest.write_batch(
-        SOURCE_TABLE,
-        [upsert(1, {"qty": 10}, 2), upsert(2, {"name": "two"}, 3), upsert(3, {"qty": 3}, 4)],
-    )
-    assert table_rows(sf_admin, items) == [(1, "one", 10), (2, "two", None), (3, None, 3)]
 
 
 def test_value_types_round_trip(
@@ -260,23 +208,6 @@ def test_columns_match_case_insensitively_and_table_map_forms(
     ]
 
 
-def test_composite_key(
-    sf_admin: Any, sf_schema: str, make_destination: Callable[..., SnowflakeDestination]
-) -> None:
-    run(sf_admin, f"CREATE TABLE {DATABASE}.{sf_schema}.LINES (O INT, N INT, V VARCHAR)")
-    dest = make_destination(sf_schema, table_map={SOURCE_TABLE: "LINES"})
-    dest.write_batch(
-        SOURCE_TABLE,
-        [
-            upsert({"o": 1, "n": 1}, {"v": "a"}, 1),
-            upsert({"o": 1, "n": 2}, {"v": "b"}, 2),
-            upsert({"o": 2, "n": 1}, {"v": "c"}, 3),
-            delete({"o": 1, "n": 2}, 4),
-        ],
-    )
-    assert table_rows(sf_admin, sf_schema, "LINES") == [(1, 1, "a"), (2, 1, "c")]
-
-
 def test_bulk_statements_not_per_row(
     items: str, sf_admin: Any, make_destination: Callable[..., SnowflakeDestination]
 ) -> None:
@@ -297,55 +228,7 @@ def test_bulk_statements_not_per_row(
     assert len(table_rows(sf_admin, items)) == 300
 
 
-def test_missing_column_is_permanent_and_writes_nothing(
-    items: str, sf_admin: Any, make_destination: Callable[..., SnowflakeDestination]
-) -> None:
-    dest = make_destination(items)
-    batch = [upsert(1, {"name": "a", "qty": 1}, 1), upsert(2, {"name": "b", "colour": "red"}, 2)]
-    with pytest.raises(PermanentDestinationError, match="colour") as caught:
-        dest.write_batch(SOURCE_TABLE, batch)
-    assert dest.classify_error(caught.value).kind is FailureKind.PERMANENT
-    assert table_rows(sf_admin, items) == []
-
-
-# ---------------------------------------------------------------- health checks
-
-
-def test_health_check_true_when_up(
-    items: str, make_destination: Callable[..., SnowflakeDestination]
-) -> None:
-    dest = make_destination(items)
-    assert dest.test_connection(timeout=10.0) is True
-    assert asyncio.run(dest.test_connection_async(timeout=10.0)) is True
-
-
-@pytest.mark.timeout(60)
-def test_health_check_false_within_timeout_when_server_is_down() -> None:
-    dest = SnowflakeDestination(
-        "3", "Snowflake-Down", account="a", user="u", password="p", database="D", schema="S",
-        host="127.0.0.1", port=free_port(), protocol="http",
-    )  # fmt: skip
-    start = time.monotonic()
-    assert dest.test_connection(timeout=1.0) is False
-    assert time.monotonic() - start < 1.5
-
-
-@pytest.mark.timeout(120)
-def test_health_check_false_within_timeout_on_silent_listener() -> None:
-    with silent_listener() as port:
-        dest = SnowflakeDestination(
-            "3", "Snowflake-Silent", account="a", user="u", password="p", database="D",
-            schema="S", host="127.0.0.1", port=port, protocol="http",
-        )  # fmt: skip
-        start = time.monotonic()
-        assert dest.test_connection(timeout=1.0) is False
-        assert time.monotonic() - start < 1.5
-        for _ in range(5):  # the first probe still hangs: later checks join it
-            t0 = time.monotonic()
-            assert dest.test_connection(timeout=0.2) is False
-            assert time.monotonic() - t0 < 0.6
-        probes = [t for t in threading.enumerate() if t.name.startswith("health-probe:")]
-        assert len(probes) <= 1
+# ---------------------------------------------------------------- secrets
 
 
 def test_repr_and_logs_hide_the_password(
@@ -361,42 +244,6 @@ def test_repr_and_logs_hide_the_password(
     assert "s3cret-pw" not in caplog.text
 
 
-# ---------------------------------------------------------------- outages
-
-
-@pytest.mark.timeout(120)
-# The connector's statement-timeout thread tries to cancel the failed query
-# on the stopped server and dies with the same connection error.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-def test_write_during_outage_is_transient_and_recovers() -> None:
-    port = free_port()
-    with fakesnow_server(port) as options:
-        admin = snowflake.connector.connect(**options)
-        run(admin, "CREATE DATABASE IF NOT EXISTS OUTAGE")
-        run(admin, "CREATE SCHEMA IF NOT EXISTS OUTAGE.S")
-        run(admin, "CREATE OR REPLACE TABLE OUTAGE.S.ITEMS (ID INT, NAME VARCHAR)")
-        admin.close()
-        dest = SnowflakeDestination(
-            "5", "Snowflake-Outage", database="OUTAGE", schema="S", **options
-        )
-        dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "before"}, 1)])
-    # server gone
-    with pytest.raises(sf_errors.Error) as caught:
-        dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "during"}, 2)])
-    assert dest.classify_error(caught.value).kind is FailureKind.TRANSIENT
-    assert dest.test_connection(timeout=1.0) is False
-    with fakesnow_server(port) as options:  # back on the same port
-        assert dest.test_connection(timeout=10.0) is True
-        dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "after"}, 2)])
-        admin = snowflake.connector.connect(**options)
-        assert run(admin, "SELECT * FROM OUTAGE.S.ITEMS ORDER BY 1") == [
-            (1, "before"),
-            (2, "after"),
-        ]
-        admin.close()
-        dest.close()
-
-
 # ---------------------------------------------------------------- classification
 
 
@@ -409,23 +256,6 @@ def classified(dest: SnowflakeDestination, error: BaseException) -> tuple[Failur
     verdict = dest.classify_error(error)
     assert verdict.error_class == type(error).__name__ and verdict.message
     return verdict.kind, verdict.code
-
-
-def test_missing_table_002003_is_permanent(any_dest: SnowflakeDestination) -> None:
-    with pytest.raises(sf_errors.ProgrammingError) as caught:
-        any_dest.write_batch("public.no_such_table", [upsert(1, {"name": "a"}, 1)])
-    assert classified(any_dest, caught.value) == (FailureKind.PERMANENT, "002003")
-
-
-def test_type_conversion_error_is_permanent(
-    items: str, make_destination: Callable[..., SnowflakeDestination]
-) -> None:
-    dest = make_destination(items)
-    with pytest.raises(sf_errors.ProgrammingError) as caught:
-        dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "qty": "lots"}, 1)])
-    kind, code = classified(dest, caught.value)
-    assert kind is FailureKind.PERMANENT and code is not None and code.startswith("100")
-    assert caught.value.sqlstate.startswith("22")
 
 
 @pytest.mark.parametrize(
@@ -448,17 +278,6 @@ def test_constraint_errors_are_permanent(any_dest: SnowflakeDestination) -> None
     assert classified(any_dest, error) == (FailureKind.PERMANENT, "100072")
     integrity = sf_errors.IntegrityError(msg="duplicate key", errno=100090, sqlstate="23505")
     assert classified(any_dest, integrity)[0] is FailureKind.PERMANENT
-
-
-def test_network_error_is_transient() -> None:
-    dest = SnowflakeDestination(
-        "6", "Snowflake-Refused", account="a", user="u", password="p", database="D",
-        schema="S", host="127.0.0.1", port=free_port(), protocol="http", login_timeout=2,
-        network_timeout=2,
-    )  # fmt: skip
-    with pytest.raises(sf_errors.OperationalError) as caught:
-        dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)])
-    assert classified(dest, caught.value) == (FailureKind.TRANSIENT, "250001")
 
 
 class _Unavailable(http.server.BaseHTTPRequestHandler):
@@ -494,11 +313,6 @@ def test_service_unavailable_is_transient() -> None:
         sf_errors.ProgrammingError(msg="statement timeout", errno=630, sqlstate="57014"),
     ):
         assert classified(dest, http_error)[0] is FailureKind.TRANSIENT
-
-
-def test_unknown_errors_are_transient(any_dest: SnowflakeDestination) -> None:
-    assert classified(any_dest, RuntimeError("odd")) == (FailureKind.TRANSIENT, None)
-    assert classified(any_dest, ConnectionResetError("reset"))[0] is FailureKind.TRANSIENT
 
 
 # ---------------------------------------------------------------- lost and expired sessions
@@ -556,89 +370,10 @@ def test_statement_failures_are_charged_to_the_events(error: BaseException) -> N
     assert not offline_dest().classify_error(error).connection_lost
 
 
-class ExpiringSessions:
-    """Makes fakesnow expire sessions the way Snowflake does.
-
-    An expired session's query is answered with 390112 (session expired); the
-    connector then asks to renew it, and the renewal is refused with 390114
-    (authentication token expired): the connector raises that ProgrammingError.
-    A fresh login always works, so the health check passes meanwhile.
-    """
-
-    def __init__(self) -> None:
-        self.expired: set[str] = set()
-        self.queries: dict[str, int] = {}
-        # None: sessions live until expired; N: a new session expires after N queries.
-        self.queries_per_session: int | None = None
-        self.spared: set[str] = set()  # sessions opened before the limit was set
-
-    def limit_queries(self, limit: int | None) -> None:
-        self.queries_per_session = limit
-        self.spared = self.current()
-
-    @staticmethod
-    def current() -> set[str]:
-        import fakesnow.server
-
-        return set(fakesnow.server.sessions)
-
-    def expire_since(self, before: set[str]) -> None:
-        """Expire the sessions opened since ``before`` was taken."""
-        self.expired.update(self.current() - before)
-
-
 @pytest.fixture
 def expiring_sessions(monkeypatch: pytest.MonkeyPatch) -> Iterator[ExpiringSessions]:
-    import fakesnow.server
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    control = ExpiringSessions()
-    original = fakesnow.server.to_conn
-
-    def to_conn(token: str) -> Any:
-        control.queries[token] = control.queries.get(token, 0) + 1
-        limit = control.queries_per_session
-        over = limit is not None and token not in control.spared and control.queries[token] > limit
-        if token in control.expired or over:
-            control.expired.add(token)
-            raise fakesnow.server.ServerError(
-                status_code=200, code="390112", message="Your session has expired."
-            )
-        return original(token)
-
-    async def token_request(request: Any) -> JSONResponse:
-        return JSONResponse(
-            {
-                "data": None,
-                "code": "390114",
-                "message": "Authentication token has expired.  The user must authenticate again.",
-                "success": False,
-            }
-        )
-
-    route = Route("/session/token-request", token_request, methods=["POST"])
-    monkeypatch.setattr(fakesnow.server, "to_conn", to_conn)
-    fakesnow.server.app.router.routes.append(route)
-    try:
+    with patch_expiring_sessions(monkeypatch) as control:
         yield control
-    finally:
-        fakesnow.server.app.router.routes.remove(route)
-
-
-def test_session_expired_while_idle_is_replaced_and_the_batch_goes_in(
-    items: str,
-    sf_admin: Any,
-    make_destination: Callable[..., SnowflakeDestination],
-    expiring_sessions: ExpiringSessions,
-) -> None:
-    dest = make_destination(items)
-    before = expiring_sessions.current()
-    dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "before", "qty": 1}, 1)])
-    # The kept session expires while the destination is idle.
-    expiring_sessions.expire_since(before)
-    dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "after", "qty": 2}, 2)])
-    assert table_rows(sf_admin, items) == [(1, "before", 1), (2, "after", 2)]
 
 
 @pytest.mark.timeout(120)
@@ -649,11 +384,11 @@ def test_replay_failing_on_an_expired_session_does_not_charge_the_events(
     expiring_sessions: ExpiringSessions,
     tmp_path: Any,
 ) -> None:
-    from compute.dlq.manager import DLQManager
     from compute.codec.message import DLQMessage, FailureContext
-    from compute.recovery.worker import DLQRecoveryWorker
     from compute.delivery.health import DestinationHealth
+    from compute.dlq.manager import DLQManager
     from compute.queue_id import QueueId
+    from compute.recovery.worker import DLQRecoveryWorker
     from tests.builders import dlq_config
 
     dest = make_destination(items)

@@ -1,37 +1,13 @@
-"""Build sources and destinations from their specs (imports drivers only when used)."""
+"""Builds destinations from their specs and checks their settings; drivers load only when used."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
-from compute.sources.base import Source
-from compute.sources.offset_store import OffsetStore
 from config.errors import ConfigError
-from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
+from config.pipelines import DestinationSpec, PipelineSpec
 from destinations.base import Destination
-
-
-def build_source(spec: SourceSpec, state_path: Path) -> Source:
-    """The source ``spec`` describes, resuming from its offsets under ``state_path``."""
-    offsets = OffsetStore(Path(state_path) / "offsets" / f"source_{spec.id}.json")
-    options = dict(spec.options)
-    try:
-        if spec.type == "synthetic":
-            from compute.sources.synthetic_source import SyntheticSource
-
-            if "tables" in options:
-                options["tables"] = tuple(options["tables"])
-            return SyntheticSource(spec.id, offsets, **options)
-        if spec.type == "jsonl":
-            from compute.sources.jsonl_source import JsonLinesSource
-
-            path = options.pop("path")
-            return JsonLinesSource(spec.id, path, offsets, **options)
-    except TypeError as error:
-        raise ConfigError([f"source {spec.id} ({spec.type}): bad option: {error}"]) from None
-    raise ConfigError([f"source {spec.id}: unknown type {spec.type!r}"])
 
 
 def check_destinations(specs: Iterable[PipelineSpec]) -> None:
@@ -40,27 +16,27 @@ def check_destinations(specs: Iterable[PipelineSpec]) -> None:
     Run before anything starts: a malformed DSN would otherwise fail every
     write and park every event as a permanent failure.
     """
-    problems = [p for spec in specs for d in spec.destinations for p in destination_problems(d)]
+    problems = [p for spec in specs for d in spec.destinations for p in _destination_problems(d)]
     if problems:
         raise ConfigError(problems)
 
 
 # The engine's own per-destination option (not passed to the destination's driver).
-DEADLINE_OPTION = "live_write_deadline_ms"
+_DEADLINE_OPTION = "live_write_deadline_ms"
 
 
-def destination_problems(spec: DestinationSpec) -> list[str]:
+def _destination_problems(spec: DestinationSpec) -> list[str]:
     """What is wrong with ``spec``'s settings, each naming the setting (secrets masked)."""
     problems = []
-    deadline = spec.options.get(DEADLINE_OPTION)
+    deadline = spec.options.get(_DEADLINE_OPTION)
     whole = isinstance(deadline, int) and not isinstance(deadline, bool)
     if deadline is not None and not (whole and 10 <= deadline <= 3_600_000):
         problems.append(
-            f"destination {spec.name} (ID={spec.id}): {spec.setting(DEADLINE_OPTION)} must be an "
+            f"destination {spec.name} (ID={spec.id}): {spec.setting(_DEADLINE_OPTION)} must be an "
             f"integer number of milliseconds from 10 to 3600000, got {deadline!r}"
         )
     if spec.type == "postgresql" and "dsn" in spec.options:
-        from destinations.postgresql.destination import dsn_problem
+        from config.dsn import dsn_problem  # imports psycopg2
 
         problem = dsn_problem(spec.options["dsn"])
         if problem is not None:
@@ -72,11 +48,11 @@ def destination_problems(spec: DestinationSpec) -> list[str]:
 
 
 def build_destination(spec: DestinationSpec) -> Destination:
-    problems = destination_problems(spec)
+    problems = _destination_problems(spec)
     if problems:
         raise ConfigError(problems)
     options: dict[str, Any] = dict(spec.options)
-    deadline = options.pop(DEADLINE_OPTION, None)
+    deadline = options.pop(_DEADLINE_OPTION, None)
     destination = _build_driver(spec, options)
     if deadline is not None:
         destination.live_write_deadline = deadline / 1000

@@ -52,3 +52,9 @@ def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
     text = _PEM_KEY.sub(MASK, text)
     text = _URI_USERINFO.sub(rf"\1:{MASK}@", text)
     return _KEY_VALUE.sub(rf"\1{MASK}", text)
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s text (its type name when empty), as log lines show it."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

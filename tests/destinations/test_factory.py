@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from compute.engine.factories import build_destination
 from config.errors import ConfigError
 from config.pipelines import DestinationSpec
+from destinations.factory import build_destination
 
 DSN = "host=127.0.0.1 port=5432 dbname=x user=u password=s3cret"
 

@@ -73,11 +73,18 @@ class DiskReserve:
         """Take the released room back, if the disk has it again."""
         return self.grow(self.wanted)
 
-    def release(self) -> int:
-        """Give the reserved room to the filesystem; returns how many bytes that freed."""
+    def release(self, needed_at: Path) -> bool:
+        """Give the reserved room up so that replay can go on at ``needed_at``; False if none."""
         freed = self.size
-        if freed:
-            with open(self.path, "r+b") as file:
-                file.truncate(0)
-            self.size = 0
-        return freed
+        if not freed:
+            return False
+        with open(self.path, "r+b") as file:
+            file.truncate(0)
+        self.size = 0
+        logger.warning(
+            "DLQ disk full, room kept for replay released: path=%s freed=%d; "
+            "enqueues are refused until it can be taken back",
+            needed_at,
+            freed,
+        )
+        return True

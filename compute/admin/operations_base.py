@@ -1,0 +1,135 @@
+"""What every operator action needs: the DLQ, the settings, the recovery workers, a queue held."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from compute.dlq.manager import DLQManager
+from compute.errors import QueueNotFoundError
+from compute.queue_id import QueueId
+from compute.recovery.worker import DLQRecoveryWorker
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int], None]
+
+
+def no_progress(done: int) -> None:
+    return None
+
+
+class PipelineView(Protocol):
+    """What operations need of a running pipeline (``compute.engine.pipeline.Pipeline``)."""
+
+    name: str
+    worker: DLQRecoveryWorker
+
+    def status(self) -> dict[str, Any]: ...
+
+
+class OperationsBase:
+    """The state the operator's actions share (see ``operations.py``)."""
+
+    def __init__(
+        self,
+        dlq: DLQManager,
+        settings: Settings,
+        *,
+        pipelines: Callable[[], Sequence[PipelineView]] | None = None,
+        threads: Callable[[], Sequence[dict[str, Any]]] | None = None,
+        mode: str = "offline",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.dlq = dlq
+        self.settings = settings
+        self.mode = mode
+        self._pipelines = pipelines
+        # Status of the engine's own threads (DLQ maintenance, alert monitor,
+        # webhook sender); the pipelines' threads come with their status.
+        self._threads = threads
+        self._clock = clock
+        self._offline_workers: dict[str, DLQRecoveryWorker] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._pipelines is not None
+
+    def known(self, queue: QueueId) -> QueueId:
+        queue = queue.main
+        if queue not in self.dlq.list_queues() and queue not in self.dlq.list_queues(refresh=True):
+            raise QueueNotFoundError(
+                f"no queue {queue} under {self.settings.dlq.base_path} "
+                "(`rosetta dlq queues` lists them)"
+            )
+        return queue
+
+    def workers(self) -> list[DLQRecoveryWorker]:
+        if self._pipelines is not None:
+            return [p.worker for p in self._pipelines()]
+        if self._offline_workers is None:
+            self._offline_workers = {}
+        return list(self._offline_workers.values())
+
+    def worker_for(self, queue: QueueId, *, build: bool) -> DLQRecoveryWorker | None:
+        for worker in self.workers():
+            if worker.source_id == queue.source_id and queue.destination_id in worker.destinations:
+                return worker
+        if self._pipelines is not None or not build:
+            return None
+        return self._build_offline_worker(queue)
+
+    def _build_offline_worker(self, queue: QueueId) -> DLQRecoveryWorker | None:
+        """Offline: the pipeline delivering ``queue``, from the pipelines config."""
+        from compute.delivery.health import DestinationHealth
+        from config.pipelines import load_pipeline_specs
+        from destinations.factory import build_destination
+
+        for spec in load_pipeline_specs(self.settings):
+            if str(spec.source.id) != queue.source_id:
+                continue
+            if not any(str(d.id) == queue.destination_id for d in spec.destinations):
+                continue
+            destinations = [build_destination(d) for d in spec.destinations]
+            health = {d.destination_id: DestinationHealth(d) for d in destinations}
+            worker = DLQRecoveryWorker(
+                spec.name, spec.source.id, destinations, health, self.dlq, self.settings.dlq
+            )
+            assert self._offline_workers is not None
+            self._offline_workers[spec.name] = worker
+            return worker
+        return None
+
+    def exclusive(self, queue: QueueId) -> AbstractContextManager[Any]:
+        """Keep the queue's recovery worker (if running) off while its queue is edited."""
+        worker = self.worker_for(queue, build=False) if self.running else None
+        return worker.exclusive() if worker is not None else contextlib.nullcontext()
+
+    def close(self) -> None:
+        """Close destinations built for offline replay."""
+        for worker in (self._offline_workers or {}).values():
+            for destination in worker.destinations.values():
+                try:
+                    destination.close()
+                except Exception:
+                    logger.exception("closing destination failed: destination=%s", destination)
+
+    def destination_health(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """(source id, destination id) -> health snapshot, from running pipelines."""
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for pipeline in self._pipelines() if self._pipelines is not None else []:
+            status = pipeline.status()
+            for d in status["destinations"]:
+                found[(str(status["source_id"]), str(d["id"]))] = {
+                    "pipeline": status["pipeline"],
+                    "name": d["name"],
+                    "health": d["health"],
+                    "since": d["since"],
+                    "last_error": d["last_error"],
+                }
+        return found

@@ -1,0 +1,245 @@
+"""The operator's view of the DLQ: the queue list, peeking at messages, totals and health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compute.admin.operations_base import OperationsBase
+from compute.codec.message import message_to_json
+from compute.dlq.timestamps import iso
+from compute.queue_id import QueueId
+from compute.runtime.supervisor import CRASH_WINDOW
+
+# The DLQ warning rule of the reference stats (seed 000): queued messages
+# older than 24 hours make a destination, and the engine, "warning".
+DLQ_WARNING_AGE = 24 * 3600.0
+
+
+class QueueReading(OperationsBase):
+    """Reads only: ``queues``, ``show``, ``stats`` and ``health``."""
+
+    def queues(self) -> list[dict[str, Any]]:
+        """One row per queue: counts, bytes, oldest age and destination health."""
+        now = self._clock()
+        health = self.destination_health()
+        rows = []
+        # An operator asking sees queues made since the last scan too.
+        for queue in self.dlq.list_queues(refresh=True):
+            row = self.dlq.status(queue).to_json(now)
+            dest = health.get((queue.source_id, queue.destination_id))
+            row["destination_health"] = (
+                dest["health"] if dest else ("unknown" if self.running else "engine stopped")
+            )
+            row["damaged"] = False
+            rows.append(row)
+        # Damaged queue directories set aside (this run or earlier): their
+        # messages are not replayed until an operator deals with the files.
+        for entry in self.dlq.set_aside_directories():
+            try:
+                queue = QueueId.parse(entry["queue"])
+                names = {
+                    "source_id": queue.source_id,
+                    "table": queue.table,
+                    "destination_id": queue.destination_id,
+                }
+            except ValueError:
+                names = {"source_id": "?", "table": entry["queue"], "destination_id": "?"}
+            rows.append(
+                {
+                    "queue": entry["queue"],
+                    **names,
+                    "messages": None,
+                    "parked": None,
+                    "bytes_on_disk": None,
+                    "oldest_age_seconds": None,
+                    "destination_health": "-",
+                    "damaged": True,
+                    "moved_to": entry["moved_to"],
+                    "reason": entry["reason"],
+                }
+            )
+        return rows
+
+    def show(self, queue: QueueId, *, limit: int = 20, parked: bool = False) -> dict[str, Any]:
+        """Peek at up to ``limit`` messages from the head of a lane, removing nothing."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        queue = self.known(queue)
+        lane = queue.parked if parked else queue
+        now = self._clock()
+        messages = []
+        for m in self.dlq.peek(lane, limit):
+            row = message_to_json(m)
+            row["attempts"] = self.dlq.attempts_of(lane, m)
+            row["age_seconds"] = round(max(0.0, now - m.enqueued_at), 3)
+            row["first_failure_at"] = iso(m.failure.first_failure_at)
+            row["last_failure_at"] = iso(m.failure.last_failure_at)
+            row["enqueued_at"] = iso(m.enqueued_at)
+            messages.append(row)
+        return {
+            "queue": str(queue),
+            "lane": "parked" if parked else "main",
+            "total": self.dlq.count(lane),
+            "messages": messages,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Totals per destination and overall, as the reference ``get_dlq_stats``."""
+        now = self._clock()
+        workers = self.workers() if self.running else []
+        last_runs = [w.stats.last_run_at for w in workers if w.stats.last_run_at is not None]
+        per_dest: dict[str, dict[str, Any]] = {}
+        total = parked = 0
+        oldest: float | None = None
+        queues = self.dlq.list_queues(refresh=True)
+        for queue in queues:
+            status = self.dlq.status(queue)
+            entry = per_dest.setdefault(
+                queue.destination_id,
+                {"total_messages": 0, "parked_messages": 0, "queues": 0, "_oldest": None},
+            )
+            entry["total_messages"] += status.messages
+            entry["parked_messages"] += status.parked
+            entry["queues"] += 1
+            if status.oldest_enqueued_at is not None:
+                if entry["_oldest"] is None or status.oldest_enqueued_at < entry["_oldest"]:
+                    entry["_oldest"] = status.oldest_enqueued_at
+                if oldest is None or status.oldest_enqueued_at < oldest:
+                    oldest = status.oldest_enqueued_at
+            total += status.messages
+            parked += status.parked
+        last = iso(max(last_runs)) if last_runs else None
+        for destination_id, entry in per_dest.items():
+            first = entry.pop("_oldest")
+            entry["oldest_message_age_seconds"] = _age(now, first)
+            entry["recovery_enabled"] = self.running and any(
+                destination_id in w.destinations for w in workers
+            )
+            entry["last_recovery_attempt"] = iso(
+                max(
+                    (
+                        w.stats.last_run_at
+                        for w in workers
+                        if destination_id in w.destinations and w.stats.last_run_at
+                    ),
+                    default=None,
+                )
+            )
+        return {
+            "total_messages": total,
+            "parked_messages": parked,
+            "oldest_message_age_seconds": _age(now, oldest),
+            "recovery_enabled": self.running and bool(workers),
+            "last_recovery_attempt": last,
+            "queues": len(queues),
+            "destinations": dict(sorted(per_dest.items())),
+            "mode": self.mode,
+        }
+
+    def health(self) -> tuple[dict[str, Any], int]:
+        """Overall and per-destination health, and the HTTP status to answer with.
+
+        ``critical`` (503): a pipeline FAILED, or is in backpressure because the
+        DLQ is full: events are not flowing and nothing absorbs them; or an
+        engine thread keeps crashing (``compute/runtime/supervisor.py``: 3 crashes
+        within 5 minutes, or it ended for good).
+        ``warning`` (200): a destination is unhealthy (the DLQ absorbs the
+        outage; a 503 would make an orchestrator restart a healthy engine),
+        queued messages are older than 24 h, messages are parked, a
+        damaged queue was set aside, or a thread crashed and was restarted
+        within the last 5 minutes. ``healthy`` (200) otherwise.
+        """
+        now = self._clock()
+        reasons: list[str] = []
+        pipelines = []
+        threads: list[dict[str, Any]] = list(self._threads()) if self._threads else []
+        critical = False
+        for pipeline in self._pipelines() if self._pipelines is not None else []:
+            status = pipeline.status()
+            threads.extend(status.get("threads", []))
+            pipelines.append(
+                {
+                    "pipeline": status["pipeline"],
+                    "state": status["state"],
+                    "backpressure_reason": status["backpressure_reason"],
+                    "last_error": status["last_error"],
+                }
+            )
+            if status["state"] in ("failed", "backpressure"):
+                critical = True
+                detail = status["last_error"] or status["backpressure_reason"] or ""
+                reasons.append(f"pipeline {status['pipeline']} is {status['state']}: {detail}")
+        queues = {q: self.dlq.status(q) for q in self.dlq.list_queues()}
+        destinations = []
+        warning = False
+        for (source_id, destination_id), dest in sorted(self.destination_health().items()):
+            mine = [
+                s
+                for q, s in queues.items()
+                if (q.source_id, q.destination_id) == (source_id, destination_id)
+            ]
+            messages = sum(s.messages for s in mine)
+            parked = sum(s.parked for s in mine)
+            oldest = min(
+                (s.oldest_enqueued_at for s in mine if s.oldest_enqueued_at is not None),
+                default=None,
+            )
+            age = _age(now, oldest)
+            why = []
+            if dest["health"] == "unhealthy":
+                why.append(f"destination unhealthy: {dest['last_error']}")
+            if age is not None and age > DLQ_WARNING_AGE:
+                why.append(f"DLQ messages older than 24h (oldest {age:.0f}s)")
+            if parked:
+                why.append(f"{parked} parked message(s) wait for an operator")
+            warning = warning or bool(why)
+            reasons.extend(f"destination {dest['name']} ({destination_id}): {w}" for w in why)
+            destinations.append(
+                {
+                    "id": destination_id,
+                    "name": dest["name"],
+                    "pipeline": dest["pipeline"],
+                    "source_id": source_id,
+                    "status": "warning" if why else "healthy",
+                    "health": dest["health"],
+                    "last_error": dest["last_error"],
+                    "messages": messages,
+                    "parked": parked,
+                    "oldest_message_age_seconds": age,
+                    "reasons": why,
+                }
+            )
+        damaged = self.dlq.damaged_queues()
+        if damaged:
+            warning = True
+            reasons.append(f"{len(damaged)} damaged queue directory(ies) set aside")
+        for thread in threads:
+            if thread["crashing"]:
+                critical = True
+                reasons.append(
+                    f"thread {thread['thread']} keeps crashing ({thread['state']}, "
+                    f"{thread['recent_crashes']} crash(es) in {CRASH_WINDOW:.0f}s): "
+                    f"{thread['last_error']}"
+                )
+            elif thread["recent_crashes"]:
+                warning = True
+                reasons.append(
+                    f"thread {thread['thread']} crashed and was restarted "
+                    f"({thread['restarts']} restart(s)): {thread['last_error']}"
+                )
+        overall = "critical" if critical else "warning" if warning else "healthy"
+        body = {
+            "status": overall,
+            "checked_at": iso(now),
+            "reasons": reasons,
+            "pipelines": pipelines,
+            "destinations": destinations,
+            "threads": threads,
+            "dlq": self.stats(),
+            "damaged_queues": damaged,
+        }
+        return body, 503 if critical else 200
+
+
+def _age(now: float, when: float | None) -> float | None:
+    return None if when is None else round(max(0.0, now - when), 3)

@@ -1,0 +1,115 @@
+"""Replay on an operator's demand: a queue (or all) now and in order; the parked lane when asked."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from compute.admin.operations_base import OperationsBase, Progress, no_progress
+from compute.delivery.failures import classify_or_transient
+from compute.queue_id import QueueId
+from compute.recovery.worker import DLQRecoveryWorker
+
+logger = logging.getLogger(__name__)
+
+
+class ReplayActions(OperationsBase):
+    """``replay``: the main lane through the queue's recovery worker, the parked lane here."""
+
+    def replay(
+        self,
+        queue: QueueId | None = None,
+        *,
+        parked: bool = False,
+        dry_run: bool = False,
+        progress: Progress = no_progress,
+    ) -> dict[str, Any]:
+        """Replay one queue, or all, now and in order; parked lanes only with ``parked``."""
+        targets = [self.known(queue)] if queue is not None else self.dlq.list_queues()
+        results = []
+        for target in targets:
+            lane = target.parked if parked else target
+            waiting = self.dlq.count(lane)
+            if not waiting and queue is None:
+                continue
+            worker = self.worker_for(target, build=not dry_run)
+            entry: dict[str, Any] = {
+                "queue": str(target),
+                "lane": "parked" if parked else "main",
+                "messages": waiting,
+                "replayed": 0,
+                "failed": 0,
+                "parked": 0,
+                "expired": 0,
+                "error": None,
+            }
+            if worker is None and not dry_run:
+                entry["error"] = (
+                    f"no pipeline delivers {target} (source {target.source_id}, "
+                    f"destination {target.destination_id}); check the pipelines config"
+                )
+                entry["failed"] = waiting
+            elif not dry_run and waiting:
+                assert worker is not None
+                if parked:
+                    entry.update(self._replay_parked(worker, target, progress))
+                else:
+                    for result in worker.replay_now(target):
+                        entry["replayed"] += result.replayed
+                        entry["failed"] += result.failed
+                        entry["parked"] += result.parked
+                        entry["expired"] += result.expired
+                        progress(result.replayed + result.parked + result.expired)
+                    if self.dlq.count(lane) and not entry["failed"]:
+                        snapshot = worker.health[target.destination_id].snapshot()
+                        if snapshot.state.value != "healthy":
+                            entry["error"] = f"destination unhealthy: {snapshot.last_error}"
+                            entry["failed"] = self.dlq.count(lane)
+            results.append(entry)
+        return replay_summary(results, dry_run, self.mode)
+
+    def _replay_parked(
+        self, worker: DLQRecoveryWorker, queue: QueueId, progress: Progress
+    ) -> dict[str, Any]:
+        """Write the parked lane to the destination in order: acked (and keys
+        released) on success; on failure it stays parked with the error recorded."""
+        destination = worker.destinations[queue.destination_id]
+        done: dict[str, Any] = {"replayed": 0, "failed": 0, "error": None}
+        with worker.exclusive():
+            while True:
+                lease = self.dlq.read_batch(queue.parked, self.settings.dlq.batch_size)
+                with lease:  # given back unless acknowledged, whatever fails
+                    if lease.is_empty:
+                        break
+                    if not lease.messages:
+                        self.dlq.ack(lease)
+                        continue
+                    try:
+                        destination.write_batch(queue.table, [m.record for m in lease.messages])
+                    except Exception as error:
+                        classified = classify_or_transient(destination, error)
+                        text = f"{classified.error_class}: {classified.message}"
+                        self.dlq.record_error(queue, f"parked replay failed: {text}")
+                        self.dlq.record_failed_attempt(queue.parked, lease.messages)
+                        done["failed"] = self.dlq.count(queue.parked)
+                        done["error"] = text
+                        logger.warning("parked replay failed: queue=%s error=%s", queue, text)
+                        break
+                    self.dlq.ack(lease)
+                done["replayed"] += len(lease.messages)
+                progress(len(lease.messages))
+        if done["replayed"]:
+            logger.info("parked messages replayed: queue=%s count=%d", queue, done["replayed"])
+        return done
+
+
+def replay_summary(results: list[dict[str, Any]], dry_run: bool, mode: str) -> dict[str, Any]:
+    """A replay's answer: the rows of its queues and their totals."""
+    return {
+        "dry_run": dry_run,
+        "queues": results,
+        "replayed": sum(r["replayed"] for r in results),
+        "failed": sum(r["failed"] for r in results),
+        "parked": sum(r["parked"] for r in results),
+        "mode": mode,
+    }

@@ -1,0 +1,328 @@
+"""``rosetta dlq ...``: inspect and repair the DLQ, with the engine running or stopped.
+
+The commands go through the engine's admin API when it runs (found via
+``<DLQ_BASE_PATH>/admin.json``) or open the queue directories when it does
+not, and say which on stderr. Every command takes ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from compute.cli.output import (
+    emit,
+    emit_line,
+    format_age,
+    format_size,
+    progress_bar,
+    setup_logging,
+    stdout_console,
+)
+from compute.errors import NotFoundError, OperationError, UsageError
+
+if TYPE_CHECKING:
+    from compute.cli.client import DLQClient
+    from config.settings import Settings
+
+
+@click.group()
+@click.pass_context
+def dlq(ctx: click.Context) -> None:
+    """Inspect and repair the DLQ (engine running or stopped)."""
+    if ctx.obj["log_level"] is None:
+        setup_logging("WARNING")
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON for scripts")
+
+
+def _settings() -> Settings:
+    from config.settings import load_settings
+
+    return load_settings()
+
+
+@contextmanager
+def _client() -> Iterator[DLQClient]:
+    from compute.cli.client import connect
+
+    client = connect(_settings())
+    click.echo(f"rosetta: {client.describe()}", err=True)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _queue(text: str) -> Any:
+    from compute.queue_id import QueueId
+
+    try:
+        return QueueId.parse(text)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+
+
+def _message_action(
+    message_id: str, action: str, as_json: bool, line: Callable[[dict[str, Any]], str]
+) -> None:
+    """``discard``, ``park`` or ``unpark`` one message, and say what was done."""
+    with _client() as client:
+        result = client.message_action(message_id, action)
+    emit_line(result, as_json, line)
+
+
+@dlq.command()
+@json_option
+def queues(as_json: bool) -> None:
+    """One row per queue: messages, parked, bytes, oldest age, destination health."""
+    with _client() as client:
+        rows = client.queues()
+
+    def human(rows: list[dict[str, Any]]) -> None:
+        from rich.table import Table
+
+        damaged = [r for r in rows if r.get("damaged")]
+        table = Table(title=f"DLQ queues ({len(rows) - len(damaged)})")
+        for name in ("source", "table", "destination", "messages", "parked", "bytes", "oldest"):
+            table.add_column(name, justify="right" if name in ("messages", "parked") else "left")
+        table.add_column("destination health")
+        for r in rows:
+            if r.get("damaged"):
+                continue
+            table.add_row(
+                r["source_id"],
+                r["table"],
+                r["destination_id"],
+                str(r["messages"]),
+                str(r["parked"]),
+                format_size(r["bytes_on_disk"]),
+                format_age(r["oldest_age_seconds"]),
+                r["destination_health"],
+            )
+        stdout_console().print(table)
+        if damaged:
+            aside = Table(title=f"DAMAGED queue directories set aside ({len(damaged)})")
+            for name in ("queue", "moved to", "reason"):
+                aside.add_column(name)
+            for r in damaged:
+                aside.add_row(r["queue"], r["moved_to"], r["reason"])
+            stdout_console().print(aside)
+
+    emit(rows, as_json, human)
+
+
+@dlq.command()
+@click.argument("queue")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--parked", is_flag=True, help="show the parked lane")
+@json_option
+def show(queue: str, limit: int, parked: bool, as_json: bool) -> None:
+    """Peek at messages of QUEUE (source_<id>/table_<name>/dest_<id>) without removing them."""
+    queue_id = _queue(queue)
+    with _client() as client:
+        result = client.show(queue_id, limit, parked)
+
+    def human(result: dict[str, Any]) -> None:
+        from rich.table import Table
+
+        shown = len(result["messages"])
+        table = Table(
+            title=f"{result['queue']} ({result['lane']} lane): {result['total']} message(s), "
+            f"showing {shown}"
+        )
+        for name in ("id", "op", "key", "error", "attempts", "first failure", "last failure"):
+            table.add_column(name)
+        table.add_column("age", justify="right")
+        for m in result["messages"]:
+            table.add_row(
+                m["message_id"],
+                m["op"],
+                json.dumps(m["key"], default=str),
+                f"{m['error_class']}: {m['error_message']}",
+                str(m["attempts"]),
+                m["first_failure_at"] or "-",
+                m["last_failure_at"] or "-",
+                format_age(m["age_seconds"]),
+            )
+        stdout_console().print(table)
+
+    emit(result, as_json, human)
+
+
+@dlq.command()
+@json_option
+def stats(as_json: bool) -> None:
+    """Totals per destination and overall."""
+    with _client() as client:
+        result = client.stats()
+
+    def human(result: dict[str, Any]) -> None:
+        from rich.table import Table
+
+        table = Table(title="DLQ stats")
+        for name in ("destination", "messages", "parked", "oldest", "recovery", "last recovery"):
+            table.add_column(name)
+        rows = [("all", result)] + list(result["destinations"].items())
+        for name, entry in rows:
+            table.add_row(
+                name,
+                str(entry["total_messages"]),
+                str(entry["parked_messages"]),
+                format_age(entry["oldest_message_age_seconds"]),
+                "on" if entry["recovery_enabled"] else "off",
+                entry["last_recovery_attempt"] or "-",
+            )
+        stdout_console().print(table)
+
+    emit(result, as_json, human)
+
+
+@dlq.command()
+@click.argument("queue", required=False)
+@click.option("--all", "all_queues", is_flag=True, help="every queue")
+@click.option("--parked", is_flag=True, help="replay the parked lane (never done automatically)")
+@click.option("--dry-run", is_flag=True, help="only say what would be replayed")
+@json_option
+def replay(queue: str | None, all_queues: bool, parked: bool, dry_run: bool, as_json: bool) -> None:
+    """Replay QUEUE (or --all) now, in order."""
+    if bool(queue) == all_queues:
+        raise UsageError("name a QUEUE or give --all (not both)")
+    queue_id = _queue(queue) if queue else None
+    with _client() as client:
+        result = client.replay(queue_id, parked, dry_run, progress_bar)
+
+    def human(result: dict[str, Any]) -> None:
+        from rich.table import Table
+
+        verb = "would replay" if result["dry_run"] else "replayed"
+        table = Table(title=f"DLQ replay ({'dry run' if result['dry_run'] else 'done'})")
+        for name in ("queue", "lane", "messages", "replayed", "failed", "parked", "error"):
+            table.add_column(name)
+        for r in result["queues"]:
+            table.add_row(
+                r["queue"],
+                r["lane"],
+                str(r["messages"]),
+                str(r["replayed"]),
+                str(r["failed"]),
+                str(r["parked"]),
+                r["error"] or "",
+            )
+        stdout_console().print(table)
+        total = sum(r["messages"] for r in result["queues"])
+        click.echo(
+            f"{verb} {total if result['dry_run'] else result['replayed']} message(s); "
+            f"failed {result['failed']}; parked {result['parked']}"
+        )
+
+    emit(result, as_json, human)
+    if result["failed"]:
+        raise OperationError(f"replay failed for {result['failed']} message(s)")
+
+
+@dlq.command()
+@click.argument("queue")
+@click.option("--parked", is_flag=True, help="purge the parked lane instead")
+@click.option("--confirm", is_flag=True, help="required: purge deletes messages for good")
+@json_option
+def purge(queue: str, parked: bool, confirm: bool, as_json: bool) -> None:
+    """Delete every message of QUEUE (requires --confirm)."""
+    queue_id = _queue(queue)
+    if not confirm:
+        raise UsageError(f"purge deletes every message of {queue_id} for good: add --confirm")
+    with _client() as client:
+        result = client.purge(queue_id, parked)
+    emit_line(
+        result,
+        as_json,
+        lambda r: f"purged {r['removed']} message(s) from {r['queue']} ({r['lane']} lane)",
+    )
+
+
+@dlq.command()
+@click.argument("message_id")
+@click.option("--confirm", is_flag=True, help="required: discard deletes the message for good")
+@json_option
+def discard(message_id: str, confirm: bool, as_json: bool) -> None:
+    """Delete one message (by id) for good (requires --confirm)."""
+    if not confirm:
+        raise UsageError(f"discard deletes message {message_id} for good: add --confirm")
+    _message_action(
+        message_id,
+        "discard",
+        as_json,
+        lambda r: (
+            f"discarded {r['message_id']} from {r['queue']} ({', '.join(r['discarded_from'])})"
+        ),
+    )
+
+
+@dlq.command()
+@click.argument("message_id")
+@json_option
+def park(message_id: str, as_json: bool) -> None:
+    """Set one message aside (its key is held behind it)."""
+    _message_action(
+        message_id, "park", as_json, lambda r: f"parked {r['message_id']} in {r['queue']}"
+    )
+
+
+@dlq.command()
+@click.argument("message_id")
+@json_option
+def unpark(message_id: str, as_json: bool) -> None:
+    """Send a parked message (and later parked changes to its key) back for replay."""
+    _message_action(
+        message_id,
+        "unpark",
+        as_json,
+        lambda r: (
+            f"unparked {r['message_id']} in {r['queue']}: moved {len(r['moved'])} "
+            f"message(s) to the tail of the queue ({', '.join(r['moved'])})"
+        ),
+    )
+
+
+@dlq.command("export")
+@click.argument("queue")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="FILE.jsonl")
+@click.option("--parked", is_flag=True, help="export the parked lane")
+@json_option
+def export_cmd(queue: str, out: str, parked: bool, as_json: bool) -> None:
+    """Write QUEUE's messages to a JSONL file (lossless; see `import`)."""
+    queue_id = _queue(queue)
+    with _client() as client:
+        result = client.export(queue_id, Path(out), parked, progress_bar)
+    emit_line(
+        result,
+        as_json,
+        lambda r: f"exported {r['exported']} message(s) of {r['queue']} to {r['file']}",
+    )
+
+
+@dlq.command("import")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--skip-existing", is_flag=True, help="skip ids already in the queue")
+@json_option
+def import_cmd(file: str, skip_existing: bool, as_json: bool) -> None:
+    """Enqueue the messages of an export FILE.jsonl, in order, into its queue."""
+    path = Path(file)
+    if not path.is_file():
+        raise NotFoundError(f"no such file: {file}")
+    with _client() as client:
+        result = client.import_file(path, skip_existing, progress_bar)
+    emit_line(
+        result,
+        as_json,
+        lambda r: (
+            f"imported {r['imported']} message(s) into {r['queue']} ({r['lane']} lane); "
+            f"skipped {r['skipped_existing']} already present"
+        ),
+    )

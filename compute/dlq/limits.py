@@ -1,0 +1,63 @@
+"""The DLQ's capacity limits: the store holding them, and what a full queue does."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from compute.codec.message import DLQMessage
+from compute.dlq.queue_info import QueueInfo
+from compute.errors import DLQFullError
+from compute.queue_id import QueueId
+from compute.storage.base import QueueLimits, QueueStore
+from config.settings import DLQConfig, WhenFull
+
+logger = logging.getLogger(__name__)
+
+
+def default_store(config: DLQConfig) -> QueueStore:
+    """The embedded rocksq store under ``DLQ_BASE_PATH``, holding the configured limits."""
+    from compute.storage.rocksq.store import RocksqStore
+
+    return RocksqStore(
+        Path(config.base_path),
+        QueueLimits(
+            max_messages=config.max_queue_messages,
+            max_bytes=config.max_queue_bytes,
+            min_free_disk_bytes=config.min_free_disk_bytes,
+        ),
+        max_open_handles=config.max_open_queues,
+    )
+
+
+def when_full(
+    config: DLQConfig,
+    queue: QueueId,
+    info: QueueInfo,
+    messages: Sequence[DLQMessage],
+    error: DLQFullError,
+) -> None:
+    """``queue`` refused ``messages``: re-raise ``error`` (``block``), or count and log the drop.
+
+    Either way the error is ``queue``'s last error. Returns only when the
+    batch is dropped (``drop_newest``).
+    """
+    count = len(messages)
+    error.queue = queue
+    with info.lock:
+        info.last_error = str(error)
+        info.dirty = True
+    if config.when_full is not WhenFull.DROP_NEWEST:
+        raise error
+    with info.lock:
+        info.dropped += count
+    logger.error(
+        "DLQ full, dropped newest messages (DLQ_WHEN_FULL=drop_newest): "
+        "queue=%s dropped=%d total_dropped=%d limit=%s ids=%s",
+        queue,
+        count,
+        info.dropped,
+        error.limit,
+        ",".join(m.message_id for m in messages[:20]),
+    )

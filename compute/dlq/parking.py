@@ -1,0 +1,101 @@
+"""Parking: setting messages aside in a queue's parked lane, and holding their keys.
+
+Parked messages stay on disk, visible and replayable by hand; they are never
+replayed automatically. Their keys count as parked, so later changes to the
+same keys are parked behind them (a row's changes stay in order).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from compute.codec.message import DLQMessage, encode_messages
+from compute.dlq.lane_reader import LaneReader
+from compute.dlq.quarantine import Quarantine
+from compute.dlq.queue_info import QueueInfos
+from compute.errors import MessageEncodeError
+from compute.queue_id import QueueId
+from compute.storage.base import QueueStore
+from destinations.records import ChangeRecord
+
+logger = logging.getLogger(__name__)
+
+
+class Parking:
+    """Each queue's parked lane and the keys it holds (computed once, kept in memory)."""
+
+    def __init__(
+        self, store: QueueStore, infos: QueueInfos, lanes: LaneReader, quarantine: Quarantine
+    ) -> None:
+        self._store = store
+        self._infos = infos
+        self._lanes = lanes
+        self._quarantine = quarantine
+
+    def park(self, queue: QueueId, messages: Sequence[DLQMessage]) -> int:
+        """Append ``messages`` to ``queue``'s parked lane and hold their keys; returns how many."""
+        if not messages:
+            return 0
+        try:
+            payloads = encode_messages(messages)
+        except MessageEncodeError:  # rare: set the unstorable ones aside, park the rest
+            messages, payloads = self._quarantine.encode_storable(queue.parked, messages)
+            if not messages:
+                return 0
+        with self._infos.edit_lock(queue):
+            self._store.enqueue(queue.parked, payloads)
+        keys = self._keys(queue)
+        info = self._infos.of(queue)
+        with info.lock:
+            keys.update(record_key(m.record) for m in messages)
+            info.dirty = True
+        for m in messages:
+            logger.error(
+                "DLQ message parked: queue=%s message_id=%s op=%s key=%s attempts=%d error=%s: %s",
+                queue,
+                m.message_id,
+                m.record.op.name.lower(),
+                dict(m.record.key),
+                m.failure.attempts,
+                m.failure.error_class,
+                m.failure.message,
+            )
+        return len(messages)
+
+    def is_parked(self, queue: QueueId, record: ChangeRecord) -> bool:
+        """True when an earlier change to ``record``'s key is parked in ``queue``."""
+        keys = self._keys(queue)
+        return bool(keys) and record_key(record) in keys
+
+    def parked_keys(self, queue: QueueId) -> frozenset[tuple[Any, ...]]:
+        """Keys (``record_key``) with a parked change in ``queue``; usually empty."""
+        return frozenset(self._keys(queue))
+
+    def forget_keys(self, queue: QueueId) -> None:
+        """Messages left ``queue``'s parked lane: its keys are computed again when next asked."""
+        self._infos.of(queue.main).parked_keys = None
+
+    def _keys(self, queue: QueueId) -> set[tuple[Any, ...]]:
+        info = self._infos.of(queue)
+        if info.parked_keys is None:
+            keys: set[tuple[Any, ...]] = set()
+            if self._store.count(queue.parked):
+                for message in self._lanes.iter_messages(queue.parked):
+                    keys.add(record_key(message.record))
+            with info.lock:
+                if info.parked_keys is None:
+                    info.parked_keys = keys
+        assert info.parked_keys is not None
+        return info.parked_keys
+
+
+def record_key(record: ChangeRecord) -> tuple[Any, ...]:
+    """A hashable identity of the row a change applies to."""
+    try:
+        key = (record.table, *record.key.items())
+        hash(key)
+        return key
+    except TypeError:  # unhashable key values: fall back to their repr
+        return (record.table, repr(sorted(record.key.items())))

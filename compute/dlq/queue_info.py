@@ -1,0 +1,64 @@
+"""What the DLQ manager keeps in memory about each queue (the store does not keep it)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from compute.codec.message import FailureContext
+from compute.dlq.lease import DLQLease
+from compute.queue_id import QueueId
+
+
+@dataclass
+class QueueInfo:
+    """In-memory facts about a queue that the store does not keep."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    oldest: float | None = None
+    oldest_known: bool = False
+    newest: float | None = None
+    newest_known: bool = False
+    last_error: str | None = None
+    parked_keys: set[tuple[Any, ...]] | None = None
+    attempts: dict[str, int] | None = None
+    # The failure of the newest enqueued message; formatted only when shown.
+    last_failure: FailureContext | None = None
+    dropped: int = 0
+    quarantined: int = 0
+    dirty: bool = True
+    # Discarded messages of this lane: id -> how many of its first occurrences to skip.
+    tombstones: dict[str, int] | None = None
+    # Outstanding leases, oldest first (the reader's, plus a read-ahead one):
+    # settling one also settles the later ones, as in the store.
+    leases: list[DLQLease] = field(default_factory=list)
+    # Held by every append to the queue (either lane) and by operator edits
+    # of it (main lane's info only): see ``DLQManager.editing``.
+    edit_lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+class QueueInfos:
+    """Every queue's ``QueueInfo`` (each lane has its own), made on first use."""
+
+    def __init__(self) -> None:
+        self._infos: dict[QueueId, QueueInfo] = {}
+        self._lock = threading.Lock()
+
+    def of(self, queue: QueueId) -> QueueInfo:
+        info = self._infos.get(queue)
+        if info is None:
+            with self._lock:
+                info = self._infos.setdefault(queue, QueueInfo())
+        return info
+
+    def known(self, queue: QueueId) -> QueueInfo | None:
+        """``queue``'s info if it has one already (never makes one)."""
+        return self._infos.get(queue)
+
+    def items(self) -> list[tuple[QueueId, QueueInfo]]:
+        return list(self._infos.items())
+
+    def edit_lock(self, queue: QueueId) -> threading.RLock:
+        """The lock of ``queue``'s edits and appends (both lanes): see ``DLQManager.editing``."""
+        return self.of(queue.main).edit_lock

@@ -1,0 +1,167 @@
+"""Each queue's status, and the ``status.json`` in its directory that operators read."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from compute.codec.message import decode_message
+from compute.dlq.lane_reader import LaneReader
+from compute.dlq.queue_info import QueueInfo, QueueInfos
+from compute.dlq.timestamps import iso
+from compute.errors import DLQError, MessageDecodeError
+from compute.queue_id import QueueId
+from compute.storage.atomic_file import json_bytes, write_atomic
+from compute.storage.base import QueueStore
+
+logger = logging.getLogger(__name__)
+
+STATUS_FILE = "status.json"
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStatus:
+    """What an operator wants to know about one queue."""
+
+    queue: QueueId
+    messages: int
+    bytes_on_disk: int
+    oldest_enqueued_at: float | None
+    newest_enqueued_at: float | None
+    last_error: str | None
+    dropped: int
+    quarantined: int
+    parked: int = 0
+
+    def oldest_age(self, now: float) -> float | None:
+        return None if self.oldest_enqueued_at is None else max(0.0, now - self.oldest_enqueued_at)
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        q = self.queue
+        return {
+            "queue": str(q),
+            **q.json_fields(),
+            "messages": self.messages,
+            "bytes_on_disk": self.bytes_on_disk,
+            "oldest_enqueued_at": iso(self.oldest_enqueued_at),
+            "oldest_age_seconds": _round(self.oldest_age(now)),
+            "newest_enqueued_at": iso(self.newest_enqueued_at),
+            "last_error": self.last_error,
+            "parked": self.parked,
+            "dropped": self.dropped,
+            "quarantined": self.quarantined,
+            "updated_at": iso(now),
+        }
+
+
+class StatusFiles:
+    """Builds ``QueueStatus`` values and refreshes the ``status.json`` of changed queues."""
+
+    def __init__(
+        self,
+        store: QueueStore,
+        infos: QueueInfos,
+        lanes: LaneReader,
+        restore_side_files: Callable[[QueueId], None],
+        clock: Callable[[], float],
+    ) -> None:
+        self._store = store
+        self._infos = infos
+        self._lanes = lanes
+        # Writes a queue's tombstones and attempt counts again if their files went missing.
+        self._restore_side_files = restore_side_files
+        self._clock = clock
+
+    def status(self, queue: QueueId) -> QueueStatus:
+        stats = self._store.stats(queue)
+        parked = self._lanes.count(queue.parked)
+        info = self._infos.of(queue)
+        messages = self._lanes.count(queue) if stats.messages else 0
+        if messages == 0:
+            oldest = newest = None
+        else:
+            oldest = self._oldest(queue, info)
+            newest = self._newest(queue, info)
+        with info.lock:
+            return QueueStatus(
+                queue=queue,
+                messages=messages,
+                bytes_on_disk=stats.bytes_on_disk,
+                oldest_enqueued_at=oldest,
+                newest_enqueued_at=newest,
+                last_error=_last_error(info),
+                dropped=info.dropped,
+                quarantined=info.quarantined,
+                parked=parked,
+            )
+
+    def _oldest(self, queue: QueueId, info: QueueInfo) -> float | None:
+        with info.lock:
+            if info.oldest_known:
+                return info.oldest
+        head = self._lanes.peek(queue, 1)
+        oldest = head[0].enqueued_at if head else None
+        with info.lock:
+            info.oldest, info.oldest_known = oldest, True
+        return oldest
+
+    def _newest(self, queue: QueueId, info: QueueInfo) -> float | None:
+        with info.lock:
+            if info.newest_known:
+                return info.newest
+        tail = self._store.peek(queue, 1, newest=True)
+        newest: float | None = None
+        if tail:
+            try:
+                newest = decode_message(tail[0]).enqueued_at
+            except MessageDecodeError:
+                newest = None
+        with info.lock:
+            info.newest, info.newest_known = newest, True
+        return newest
+
+    def mark_all(self) -> int:
+        """Mark every known queue for a refresh; returns how many there are."""
+        queues = self._store.list_queues()
+        for queue in queues:
+            info = self._infos.of(queue)
+            info.dirty = True
+        return len(queues)
+
+    def write(self, *, force: bool = False) -> int:
+        """Refresh ``status.json`` of every changed queue (all of them with ``force``)."""
+        written = 0
+        for queue, info in self._infos.items():
+            if not (info.dirty or force):
+                continue
+            info.dirty = False
+            path = self._store.queue_path(queue)
+            if not path.is_dir():
+                continue
+            try:
+                if info.tombstones or info.attempts:
+                    self._restore_side_files(queue)
+                status = self.status(queue)
+                write_atomic(
+                    path / STATUS_FILE, json_bytes(status.to_json(self._clock()), indent=2) + b"\n"
+                )
+            except (DLQError, OSError) as error:
+                # A full disk or a damaged queue must not stop the refresh of
+                # the others, nor a clean shutdown; try again next time.
+                info.dirty = True
+                logger.warning("status file not refreshed: queue=%s error=%s", queue, error)
+                continue
+            written += 1
+        return written
+
+
+def _last_error(info: QueueInfo) -> str | None:
+    if info.last_error is None and info.last_failure is not None:
+        info.last_error = f"{info.last_failure.error_class}: {info.last_failure.message}"
+    return info.last_error
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)

@@ -1,0 +1,92 @@
+"""Discarded messages of a lane, kept durably as tombstones in its ``discarded.json``.
+
+The store is append-only: a message is removed from a lane by a tombstone
+(id -> how many of its first occurrences to skip) that reads skip and the
+next ack of the lease holding it deletes for good.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+
+from compute.dlq.queue_info import QueueInfos
+from compute.queue_id import QueueId
+from compute.storage.atomic_file import json_bytes, write_atomic
+from compute.storage.base import QueueStore
+
+logger = logging.getLogger(__name__)
+
+TOMBSTONES_FILE = "discarded.json"
+
+
+class Tombstones:
+    """Each lane's tombstones: read once from disk, then kept in its ``QueueInfo``."""
+
+    def __init__(self, store: QueueStore, infos: QueueInfos) -> None:
+        self._store = store
+        self._infos = infos
+
+    def of(self, lane: QueueId) -> dict[str, int]:
+        """``lane``'s tombstones (id -> occurrences to skip); do not change the dict."""
+        info = self._infos.of(lane)
+        if info.tombstones is None:
+            path = self._store.queue_path(lane) / TOMBSTONES_FILE
+            try:
+                loaded = json.loads(path.read_text())["skip"]
+                info.tombstones = {str(k): int(v) for k, v in loaded.items() if int(v) > 0}
+            except FileNotFoundError:
+                info.tombstones = {}
+            except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
+                # Forgetting tombstones re-delivers discarded messages (duplicates),
+                # it never skips a message that was not discarded.
+                logger.error(
+                    "unreadable tombstone file, discarded messages come back: file=%s error=%s",
+                    path,
+                    error,
+                )
+                info.tombstones = {}
+        return info.tombstones
+
+    def add(self, lane: QueueId, ids: Sequence[str]) -> None:
+        """One more tombstone per id in ``ids``, on disk before this returns."""
+        info = self._infos.of(lane)
+        with info.lock:
+            updated = dict(self.of(lane))
+            for message_id in ids:
+                updated[message_id] = updated.get(message_id, 0) + 1
+            self.save(lane, updated)
+            info.tombstones = updated
+            info.oldest_known = False
+            info.dirty = True
+
+    def forget(self, lane: QueueId, ids: Sequence[str] | None) -> None:
+        """Drop one tombstone per id in ``ids`` (all of them with None)."""
+        info = self._infos.of(lane)
+        with info.lock:
+            current = self.of(lane)
+            if not current:
+                return
+            updated: dict[str, int] = {}
+            if ids is not None:
+                updated = dict(current)
+                for message_id in ids:
+                    left = updated.get(message_id, 0) - 1
+                    if left > 0:
+                        updated[message_id] = left
+                    else:
+                        updated.pop(message_id, None)
+            self.save(lane, updated)
+            info.tombstones = updated
+
+    def save(self, lane: QueueId, tombstones: dict[str, int]) -> None:
+        """Write ``lane``'s tombstones durably (none: remove the file)."""
+        path = self._store.queue_path(lane) / TOMBSTONES_FILE
+        if not tombstones:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            path, json_bytes({"version": 1, "skip": tombstones}, indent=2) + b"\n", durable=True
+        )

@@ -1,0 +1,31 @@
+"""Builds a source from its spec (imports a source's module only when used)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from compute.sources.base import Source
+from compute.sources.offset_store import OffsetStore
+from config.errors import ConfigError
+from config.pipelines import SourceSpec
+
+
+def build_source(spec: SourceSpec, state_path: Path) -> Source:
+    """The source ``spec`` describes, resuming from its offsets under ``state_path``."""
+    offsets = OffsetStore(Path(state_path) / "offsets" / f"source_{spec.id}.json")
+    options = dict(spec.options)
+    try:
+        if spec.type == "synthetic":
+            from compute.sources.synthetic_source import SyntheticSource
+
+            if "tables" in options:
+                options["tables"] = tuple(options["tables"])
+            return SyntheticSource(spec.id, offsets, **options)
+        if spec.type == "jsonl":
+            from compute.sources.jsonl_source import JsonLinesSource
+
+            path = options.pop("path")
+            return JsonLinesSource(spec.id, path, offsets, **options)
+    except TypeError as error:
+        raise ConfigError([f"source {spec.id} ({spec.type}): bad option: {error}"]) from None
+    raise ConfigError([f"source {spec.id}: unknown type {spec.type!r}"])

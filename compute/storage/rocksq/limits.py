@@ -1,0 +1,110 @@
+"""Whether an enqueue fits: the queue limits, the free-disk floor, and the room to reopen queues."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from compute.errors import DLQFullError
+from compute.storage.base import QueueLimits
+from compute.storage.rocksq.disk_reserve import DiskReserve
+from compute.storage.rocksq.state import QueueState
+
+# Preallocated room given up to reopen queues on a full disk (see DiskReserve).
+RESERVE_FILE = ".rosetta.reserve"
+# How long measured sizes may be reused before measuring again.
+_DISK_BYTES_TTL = 1.0
+_FREE_DISK_TTL = 0.5
+
+
+class LimitGuard:
+    """Refuses a batch, with ``DLQFullError``, that a limit or the disk has no room for."""
+
+    def __init__(self, base_path: Path, limits: QueueLimits, reserve: DiskReserve) -> None:
+        self.base_path = base_path
+        self.limits = limits
+        self._reserve = reserve
+        self._free_lock = threading.Lock()
+        self._free_bytes = 0
+        self._free_measured_at = float("-inf")
+        # Bytes enqueued since the free room was measured; the store adds to it
+        # without a lock: a lost update only makes the estimate slightly
+        # optimistic until the next measurement (<= 0.5 s).
+        self.written_since_free = 0
+
+    def check(self, state: QueueState, count: int, size: int, now: float) -> None:
+        limits = self.limits
+        if limits.max_messages and state.total + count > limits.max_messages:
+            raise DLQFullError(
+                "max_queue_messages",
+                f"{state.total} messages queued, limit {limits.max_messages} "
+                f"(DLQ_MAX_QUEUE_MESSAGES); batch of {count} refused",
+                state.queue,
+            )
+        if limits.max_bytes:
+            used = self.queue_bytes(state, now)
+            if used + size > limits.max_bytes:
+                raise DLQFullError(
+                    "max_queue_bytes",
+                    f"{used} bytes queued, limit {limits.max_bytes} (DLQ_MAX_QUEUE_BYTES); "
+                    f"batch of {size} bytes refused",
+                    state.queue,
+                )
+        if limits.min_free_disk_bytes:
+            free = self._free_disk_bytes(now)
+            if free - size < limits.min_free_disk_bytes:
+                raise DLQFullError(
+                    "min_free_disk",
+                    f"{free} bytes free under {self.base_path}, floor "
+                    f"{limits.min_free_disk_bytes} (DLQ_MIN_FREE_DISK_MB); batch refused",
+                    state.queue,
+                )
+
+    def queue_bytes(self, state: QueueState, now: float) -> int:
+        if now - state.disk_measured_at >= _DISK_BYTES_TTL:
+            state.disk_bytes = _tree_size(state.path)
+            state.disk_measured_at = now
+            state.bytes_since_measure = 0
+        return state.disk_bytes + state.bytes_since_measure
+
+    def _free_disk_bytes(self, now: float) -> int:
+        with self._free_lock:
+            if now - self._free_measured_at >= _FREE_DISK_TTL:
+                self._free_bytes = shutil.disk_usage(self.base_path).free
+                self._free_measured_at = now
+                self.written_since_free = 0
+            return self._free_bytes - self.written_since_free
+
+    def keep_reopen_room(self, state: QueueState, size: int) -> None:
+        """Grow (or take back) the reserve to ``size`` bytes, or refuse the enqueue.
+
+        Data the store could not reopen on a full disk could not be replayed
+        either: a batch is accepted only while its log's flush is covered.
+        """
+        if not self._reserve.grow(max(size, self._reserve.wanted)):
+            free = shutil.disk_usage(self.base_path).free
+            raise DLQFullError(
+                "disk_full",
+                f"No space left on device for the DLQ under {self.base_path}: {free} bytes free, "
+                f"and {self._reserve.wanted} bytes ({RESERVE_FILE}) must stay available to reopen "
+                "the queues; batch refused until replay or the operator frees room",
+                state.queue,
+            )
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    try:
+        for entry in os.scandir(path):
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    total += _tree_size(Path(entry.path))
+                else:
+                    total += entry.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue  # removed while we looked (compaction, retirement)
+    except FileNotFoundError:
+        return 0
+    return total

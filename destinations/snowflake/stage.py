@@ -1,0 +1,186 @@
+"""The stage table of one Snowflake batch: its rows, the INSERTs that fill it, the MERGE."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from destinations.errors import PermanentDestinationError
+from destinations.net_effect import BatchLayout, ColumnBatch
+
+_STAGE_TABLE = "_ROSETTA_STAGE"
+_DELETE_FLAG = "_ROSETTA_DELETED"
+_HAS_PREFIX = "_ROSETTA_HAS_"  # stage flag: the row carries this partial column
+MAX_ROWS_PER_INSERT = 16_384  # Snowflake's limit on rows in one VALUES clause
+MAX_INSERT_BYTES = 512 * 1024  # well under Snowflake's limit on statement text
+
+
+def quote(name: str) -> str:
+    """A Snowflake quoted identifier: exact, case-sensitive, any characters."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What ``DESCRIBE TABLE`` says about a target table."""
+
+    name: str  # qualified, quoted
+    columns: dict[str, str]  # exact column name -> type, in table order
+
+    def resolve(self, column: str) -> str | None:
+        """The target column for ``column``: exact match, else a unique case-insensitive one."""
+        if column in self.columns:
+            return column
+        folded = [c for c in self.columns if c.upper() == column.upper()]
+        return folded[0] if len(folded) == 1 else None
+
+
+@dataclass
+class Stage:
+    """The stage table for one batch and the statements that fill and merge it."""
+
+    info: TableInfo
+    keys: tuple[str, ...]  # target column names
+    columns: tuple[str, ...]  # target column names written, in table order
+    partial: tuple[str, ...]  # columns some rows lack
+    rows: list[tuple[Any, ...]]  # stage rows: columns, delete flag, partial flags
+
+    @classmethod
+    def build(cls, info: TableInfo, plan: BatchLayout, owner: object) -> Stage:
+        keys = _resolve(info, plan.keys, "key", owner)
+        groups = [(_resolve(info, g.columns, "record", owner), g) for g in plan.upserts]
+        used = set(keys).union(*(set(cols) for cols, _ in groups))
+        columns = tuple(c for c in info.columns if c in used)
+        partial = tuple(c for c in columns if any(c not in cols for cols, _ in groups))
+        rows: list[tuple[Any, ...]] = []
+        for cols, group in groups:
+            rows += _stage_rows(columns, partial, cols, group, deleted=False)
+        if plan.deletes:
+            rows += _stage_rows(columns, partial, keys, plan.deletes, deleted=True)
+        return cls(info, keys, columns, partial, rows)
+
+    def statements(self, max_rows: int, max_bytes: int) -> Iterator[tuple[str, Any]]:
+        stage = quote(_STAGE_TABLE)
+        flags = [quote(_HAS_PREFIX + str(i)) for i in range(len(self.partial))]
+        definitions = [f"{quote(c)} {_stage_type(self.info.columns[c])}" for c in self.columns]
+        definitions += [f"{quote(_DELETE_FLAG)} BOOLEAN"] + [f"{f} BOOLEAN" for f in flags]
+        yield f"CREATE OR REPLACE TEMPORARY TABLE {stage} ({', '.join(definitions)})", None
+        names = ", ".join([quote(c) for c in self.columns] + [quote(_DELETE_FLAG), *flags])
+        names = names.replace("%", "%%")  # the INSERT is %-formatted with its parameters
+        row_sql = "(" + ", ".join(["%s"] * (len(self.columns) + 1 + len(flags))) + ")"
+        for chunk in _chunks(self.rows, max_rows, max_bytes):
+            values = ", ".join([row_sql] * len(chunk))
+            yield (
+                f"INSERT INTO {stage} ({names}) VALUES {values}",
+                [v for row in chunk for v in row],
+            )
+        match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in self.keys)
+        for column, flag in zip(self.partial, flags, strict=True):
+            # Rows without this column keep the target's value (a plain MERGE would null it).
+            yield (
+                f"UPDATE {stage} AS s SET {quote(column)} = t.{quote(column)} "
+                f"FROM {self.info.name} AS t WHERE {match} AND NOT s.{flag}",
+                None,
+            )
+        yield self._merge(stage, match), None
+
+    def _merge(self, stage: str, match: str) -> str:
+        deleted = f"s.{quote(_DELETE_FLAG)}"
+        updates = [c for c in self.columns if c not in self.keys]
+        clauses = [f"WHEN MATCHED AND {deleted} THEN DELETE"]
+        if updates:
+            assignments = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in updates)
+            clauses.append(f"WHEN MATCHED THEN UPDATE SET {assignments}")
+        insert_columns = ", ".join(quote(c) for c in self.columns)
+        insert_values = ", ".join(f"s.{quote(c)}" for c in self.columns)
+        clauses.append(
+            f"WHEN NOT MATCHED AND NOT {deleted} THEN INSERT ({insert_columns}) "
+            f"VALUES ({insert_values})"
+        )
+        return f"MERGE INTO {self.info.name} AS t USING {stage} AS s ON {match} " + " ".join(
+            clauses
+        )
+
+
+def _stage_type(target_type: str) -> str:
+    """The stage column type for a target column type.
+
+    Strings and binaries lose their length: the stage only carries values,
+    and the MERGE into the target still enforces the target's lengths.
+    """
+    base = target_type.split("(", 1)[0].strip().upper()
+    if base in {"VARCHAR", "TEXT", "STRING", "CHAR", "CHARACTER", "NCHAR", "NVARCHAR"}:
+        return "VARCHAR"
+    if base in {"BINARY", "VARBINARY"}:
+        return "BINARY"
+    return target_type
+
+
+def _resolve(info: TableInfo, columns: Sequence[str], what: str, owner: object) -> tuple[str, ...]:
+    resolved = [info.resolve(c) for c in columns]
+    missing = [c for c, r in zip(columns, resolved, strict=True) if r is None]
+    if missing:
+        raise PermanentDestinationError(
+            f"{owner}: {what} columns missing from target table {info.name}: "
+            f"{', '.join(sorted(missing))} (target has: {', '.join(info.columns)})"
+        )
+    return tuple(r for r in resolved if r is not None)
+
+
+def _stage_rows(
+    columns: tuple[str, ...],
+    partial: tuple[str, ...],
+    present: tuple[str, ...],
+    group: ColumnBatch,
+    *,
+    deleted: bool,
+) -> list[tuple[Any, ...]]:
+    """Stage rows of ``group`` (``present``: its columns): values, delete flag, partial flags."""
+    by_column = dict(zip(present, group.data, strict=True))
+    missing = [None] * len(group)
+    data = [list(map(_param, by_column[c])) if c in by_column else missing for c in columns]
+    data.append([deleted] * len(group))
+    # A delete has nothing to fill in: its partial flags say "present".
+    data += [[deleted or c in by_column] * len(group) for c in partial]
+    return list(zip(*data, strict=True))
+
+
+def _chunks(
+    rows: list[tuple[Any, ...]], max_rows: int, max_bytes: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """Consecutive runs of rows whose estimated statement text stays under ``max_bytes``."""
+    chunk: list[tuple[Any, ...]] = []
+    size = 0
+    for row in rows:
+        row_size = len(repr(row)) + 8  # ~ the row's literal text in the statement
+        if chunk and (len(chunk) >= max_rows or size + row_size > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += row_size
+    if chunk:
+        yield chunk
+
+
+def _param(value: Any) -> Any:
+    """A value the connector can bind; the rest as text Snowflake casts on insert."""
+    if value is None or isinstance(value, str | int | bool | bytes):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value  # Decimal, datetime, date, time: the connector converts them
