@@ -1,41 +1,17 @@
-"""Small builders shared by the engine-side tests."""
+"""Engine-side test doubles and checks: a list source, the applied-changes model, store drains."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from compute.queue_id import QueueId
 from compute.sources.base import RejectedEvent, Source, SourceBatch
 from compute.storage.rocksq.store import RocksqStore
-from config.dlq_config import DLQConfig
-from destinations.records import ChangeRecord, Operation, SourcePosition
+from destinations.records import ChangeRecord, Operation
 
-TABLE = "public.accounts"
 # The queue the store-level tests write to.
 STORE_QUEUE = QueueId("1", "public.users", "2")
-
-
-def change(
-    i: int, key: int, op: Operation = Operation.UPDATE, table: str = TABLE, **row: Any
-) -> ChangeRecord:
-    """Change number ``i`` (its position) to row ``key``."""
-    after = None if op is Operation.DELETE else {"id": key, "v": i, **row}
-    return ChangeRecord(table, op, {"id": key}, after, SourcePosition(i, 0))
-
-
-def dlq_config(tmp_path: Path, **overrides: Any) -> DLQConfig:
-    values: dict[str, Any] = {
-        "base_path": tmp_path / "dlq",
-        "min_free_disk_mb": 0,
-        "check_interval": 0.2,
-        "backoff_base_ms": 10,
-        "backoff_max_ms": 50,
-        "batch_size": 10,
-    }
-    values.update(overrides)
-    return DLQConfig(**values)
 
 
 def apply_model(

@@ -22,9 +22,10 @@ from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
 from config.settings import Settings
 from destinations.errors import ClassifiedError, FailureKind, PermanentDestinationError
 from destinations.records import ChangeRecord
-from tests.compute.helpers import TABLE, ListSource, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import ListSource
 from tests.fakes import FakeDestination
-from tests.faults.helpers import wait_until
+from tests.waiting import wait_until
 
 SECRET = "s3cret"
 # What libpq says about a malformed URI: it quotes the URI, password included.

@@ -58,7 +58,6 @@ def load_error(env: dict[str, str], dotenv_path: Path) -> ConfigError:
 
 def test_defaults_when_nothing_is_set(no_dotenv: Path) -> None:
     settings = load_settings(env={}, dotenv_path=no_dotenv)
-    assert isinstance(settings, Settings)
     assert settings == Settings()
     dlq = settings.dlq
     assert dlq == DLQConfig()

@@ -15,7 +15,7 @@ from destinations.errors import (
     TransientDestinationError,
 )
 from destinations.records import Operation
-from tests.destinations.helpers import SOURCE_TABLE, delete, upsert
+from tests.builders import SOURCE_TABLE, delete, upsert
 from tests.fakes import FakeDestination, Fault, SessionLostError
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from destinations.errors import PermanentDestinationError
 from destinations.net_effect import layout, net_effect
 from destinations.records import ChangeRecord, Operation, SourcePosition
-from tests.destinations.helpers import delete, upsert
+from tests.builders import delete, upsert
 
 Table = dict[tuple[Any, ...], dict[str, Any]]
 

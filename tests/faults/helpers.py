@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +12,9 @@ import psycopg2
 from compute.dlq.manager import DLQManager
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
 from config.dlq_config import DLQConfig
+from tests.builders import pipelines_toml, postgresql_destination
 from tests.pg_state import differences, fetch_state
 from tests.rosetta_cli import ROOT, cli_env, rosetta_command
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def create_tables(dsn: str, source: SyntheticSource) -> None:
@@ -46,29 +36,20 @@ def write_pipelines(
     batch_size: int = 50,
     destination_options: str = "",
 ) -> None:
-    path.write_text(
-        f"""
-[[pipelines]]
-name = "faults"
-batch_size = {batch_size}
-retry = "aggressive"
-
-[pipelines.source]
-id = "1"
-type = "synthetic"
-total_events = {events}
-seed = {seed}
-keys_per_table = {keys}
-events_per_second = {rate}
-
-[[pipelines.destinations]]
-id = "1"
-name = "Postgres-Faults"
-type = "postgresql"
-dsn_env = "TEST_DEST_DSN"
-{destination_options}
-"""
+    source = {
+        "id": "1",
+        "type": "synthetic",
+        "total_events": events,
+        "seed": seed,
+        "keys_per_table": keys,
+        "events_per_second": rate,
+    }
+    destination = postgresql_destination("TEST_DEST_DSN", "Postgres-Faults")
+    text = pipelines_toml(
+        source, [destination], name="faults", batch_size=batch_size, retry="aggressive"
     )
+    # ``destination_options``: raw TOML lines, in the destination's table (the last one).
+    path.write_text(text + destination_options + "\n")
 
 
 def engine_env(tmp_path: Path, dsn: str, **extra: str) -> dict[str, str]:
@@ -121,20 +102,11 @@ def write_jsonl_pipeline(
         )
     )
     (tmp_path / "pipelines.toml").write_text(
-        f"""
-[[pipelines]]
-name = "p"
-batch_size = {batch_size}
-[pipelines.source]
-id = "1"
-type = "jsonl"
-path = "{events}"
-[[pipelines.destinations]]
-id = "1"
-name = "Postgres-Test"
-type = "postgresql"
-dsn_env = "TEST_DEST_DSN"
-"""
+        pipelines_toml(
+            {"id": "1", "type": "jsonl", "path": events},
+            [postgresql_destination("TEST_DEST_DSN", "Postgres-Test")],
+            batch_size=batch_size,
+        )
     )
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,16 +25,16 @@ from typing import Any
 import pytest
 
 from compute.codec.failure_context import FailureContext
-from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from config.dlq_config import DLQConfig
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
-from config.settings import Settings
-from tests.compute.helpers import ListSource, change
+from tests.builders import change, engine_settings, messages
+from tests.compute.helpers import ListSource
 from tests.fakes import FakeDestination
+from tests.waiting import wait_until
 
 DEST = "fake"
 GOOD_A = QueueId("1", "public.alpha", DEST)
@@ -59,22 +58,18 @@ def config(base: Path) -> DLQConfig:
     )
 
 
-def messages(queue: QueueId, ids: range) -> list[DLQMessage]:
-    return [DLQMessage.create(queue, change(i, i, table=queue.table), FAILURE) for i in ids]
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three queues written in two sessions (SST files and a WAL with data), some acked."""
     base = tmp_path_factory.mktemp("pristine") / "dlq"
     with DLQManager(config(base), background=False) as dlq:
         for queue in QUEUES:
-            dlq.enqueue(queue, messages(queue, range(FIRST)))
+            dlq.enqueue(queue, messages(queue, range(FIRST), FAILURE))
         dlq.ack(dlq.read_batch(BAD, 30))
     with DLQManager(config(base), background=False) as dlq:
         for queue in QUEUES:  # opening flushed the first session's WAL into SST files
             assert dlq.store.count(queue) == FIRST - (30 if queue == BAD else 0)
-            dlq.enqueue(queue, messages(queue, range(FIRST, FIRST + SECOND)))
+            dlq.enqueue(queue, messages(queue, range(FIRST, FIRST + SECOND), FAILURE))
         dlq.ack(dlq.read_batch(BAD, ACKED - 30))
     segment = segment_of(base)
     names = os.listdir(segment)
@@ -133,7 +128,7 @@ REDELIVERED = {"cursor"}  # without a readable cursor the queue replays from its
 def run_engine(base: Path, new_events: int = 5) -> tuple[dict[str, Any], FakeDestination]:
     """Start an engine on ``base`` (a few new events too), wait until it drained, stop it."""
     fake = FakeDestination(DEST, "Fake")
-    settings = Settings(dlq=config(base))
+    settings = engine_settings(config(base))
     new = [change(10_000 + i, 10_000 + i, table=GOOD_C.table) for i in range(new_events)]
 
     def factory(spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
@@ -151,19 +146,13 @@ def run_engine(base: Path, new_events: int = 5) -> tuple[dict[str, Any], FakeDes
             lambda: (
                 engine.pipelines[0].finished.is_set()
                 and not any(dlq.has_messages(q) for q in QUEUES)
-            )
+            ),
+            60,
+            "the source to be delivered and every queue drained",
         )
         return engine.status(), fake
     finally:
         engine.stop()
-
-
-def wait_until(condition: Callable[[], bool], deadline: float = 60.0) -> None:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached before the deadline")
-        time.sleep(0.02)
 
 
 def applied_ids(fake: FakeDestination, queue: QueueId) -> list[int]:

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from compute.codec.failure_context import FailureContext
-from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from config.dlq_config import DLQConfig
-from tests.compute.helpers import change
+from tests.builders import messages
 from tests.faults.helpers import (
     create_row_tables,
     engine_env,
@@ -36,13 +35,7 @@ def fill(base: Path, queues: list[QueueId], bad: QueueId) -> None:
         with DLQManager(config, background=False) as dlq:
             for queue in queues:
                 dlq.store.count(queue)
-                dlq.enqueue(
-                    queue,
-                    [
-                        DLQMessage.create(queue, change(i, i, table=queue.table), FAILURE)
-                        for i in ids
-                    ],
-                )
+                dlq.enqueue(queue, messages(queue, ids, FAILURE))
             if ids.start == 0:
                 dlq.ack(dlq.read_batch(bad, 10))
 

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from compute.codec.failure_context import FailureContext
-from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from config.dlq_config import DLQConfig
-from tests.compute.helpers import change
+from tests.builders import messages
 from tests.faults.helpers import (
     create_row_tables,
     engine_env,
@@ -35,24 +34,16 @@ def fill(base: Path, good: list[QueueId], bad: QueueId) -> None:
     config = DLQConfig(base_path=base, min_free_disk_mb=0)
     with DLQManager(config, background=False) as dlq:
         for queue in good:
-            dlq.enqueue(
-                queue,
-                [
-                    DLQMessage.create(queue, change(i, i, table=queue.table), FAILURE)
-                    for i in range(200)
-                ],
-            )
+            dlq.enqueue(queue, messages(queue, range(200), FAILURE))
         for start in range(0, BIG_COUNT, 500):
             dlq.enqueue(
                 bad,
-                [
-                    DLQMessage.create(
-                        bad,
-                        change(i, i, table=bad.table, note=random.randbytes(100).hex()),
-                        FAILURE,
-                    )
-                    for i in range(start, start + 500)
-                ],
+                messages(
+                    bad,
+                    range(start, start + 500),
+                    FAILURE,
+                    note=lambda: random.randbytes(100).hex(),
+                ),
             )
     with DLQManager(config, background=False) as dlq:  # reopening flushes the WAL to an SST
         assert dlq.store.count(bad) == BIG_COUNT

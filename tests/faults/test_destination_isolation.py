@@ -24,7 +24,7 @@ from compute.dlq.manager import DLQManager
 from compute.engine.pipeline import Pipeline
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
 from destinations.postgresql.destination import PostgreSQLDestination
-from tests.compute.helpers import dlq_config
+from tests.builders import dlq_config, pipelines_toml, postgresql_destination
 from tests.fault_proxy import FaultProxy, fault_proxy
 from tests.faults.helpers import (
     assert_exact_state,
@@ -34,10 +34,10 @@ from tests.faults.helpers import (
     engine_env,
     queue_leftovers,
     start_engine,
-    wait_until,
 )
 from tests.pg_state import differences, fetch_state
 from tests.servers import PostgresServer
+from tests.waiting import wait_until
 
 RATE = 800  # events per second, each source
 BATCH = 40
@@ -249,34 +249,22 @@ def test_a_slowed_by_latency(tmp_path: Path, servers, proxy: FaultProxy) -> None
     run_with_fault(tmp_path, servers, proxy, lambda: proxy.set_latency(400), proxy.pass_through)
 
 
-TWO_DESTINATIONS = """
-[[pipelines]]
-name = "isolation"
-batch_size = 40
-retry = "aggressive"
-
-[pipelines.source]
-id = "1"
-type = "synthetic"
-total_events = {events}
-seed = 9
-keys_per_table = 50
-events_per_second = {rate}
-
-[[pipelines.destinations]]
-id = "A"
-name = "PG-A"
-type = "postgresql"
-dsn_env = "TEST_A_DSN"
-connect_timeout = 2
-write_timeout = 30
-
-[[pipelines.destinations]]
-id = "B"
-name = "PG-B"
-type = "postgresql"
-dsn_env = "TEST_B_DSN"
-"""
+def two_destinations(events: int, rate: int) -> str:
+    """``pipelines.toml``: one synthetic source to PostgreSQL A and B."""
+    source = {
+        "id": "1",
+        "type": "synthetic",
+        "total_events": events,
+        "seed": 9,
+        "keys_per_table": 50,
+        "events_per_second": rate,
+    }
+    a = postgresql_destination("TEST_A_DSN", "PG-A", "A") | {
+        "connect_timeout": 2,
+        "write_timeout": 30,
+    }
+    b = postgresql_destination("TEST_B_DSN", "PG-B", "B")
+    return pipelines_toml(source, [a, b], name="isolation", batch_size=40, retry="aggressive")
 
 
 @pytest.mark.timeout(300)
@@ -290,7 +278,7 @@ def test_kill_9_while_a_write_is_in_flight_past_the_deadline(
     create_tables(a_server.dsn, source)
     create_tables(b_server.dsn, source)
     add_order_trigger(a_server.dsn, DEFAULT_TABLES)
-    (tmp_path / "pipelines.toml").write_text(TWO_DESTINATIONS.format(events=events, rate=rate))
+    (tmp_path / "pipelines.toml").write_text(two_destinations(events, rate))
     env = engine_env(
         tmp_path,
         b_server.dsn,

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from compute.codec.failure_context import FailureContext
-from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from config.dlq_config import DLQConfig
-from tests.compute.helpers import change
+from tests.builders import messages
 from tests.faults.helpers import create_row_tables, engine_env, rows, write_jsonl_pipeline
 from tests.rosetta_cli import run_rosetta
 from tests.tmpfs import fill_disk
@@ -29,12 +28,9 @@ def test_engine_restarted_on_a_full_disk_drains(
     accepted: list[int] = []
     with DLQManager(DLQConfig(base_path=base, min_free_disk_mb=0), background=False) as dlq:
         for start in range(0, 1_000_000, 200):
-            batch = [
-                DLQMessage.create(
-                    queue, change(i, i, table=alpha, note=os.urandom(60).hex()), FAILURE
-                )
-                for i in range(start, start + 200)
-            ]
+            batch = messages(
+                queue, range(start, start + 200), FAILURE, note=lambda: os.urandom(60).hex()
+            )
             try:
                 dlq.enqueue(queue, batch)
             except DLQFullError:

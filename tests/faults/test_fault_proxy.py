@@ -6,11 +6,12 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from tests.fault_proxy import COMMIT_QUERY, FaultProxy, fault_proxy
+from tests.waiting import wait_until
 
 
 class EchoServer:
@@ -72,13 +73,6 @@ def connect(proxy: FaultProxy, timeout: float = 2.0) -> socket.socket:
     return socket.create_connection((proxy.host, proxy.port), timeout=timeout)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 def recv_exactly(sock: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -96,11 +90,11 @@ def test_pass_through_forwards_both_ways_and_forgets_closed_connections(
     for i, client in enumerate(clients):
         client.sendall(b"hello %d" % i)
         assert recv_exactly(client, 7) == b"hello %d" % i
-    wait_for(lambda: proxy.live_connections == 3)
+    wait_until(lambda: proxy.live_connections == 3, 5, "proxy.live_connections == 3")
     for client in clients:
         client.close()
-    wait_for(lambda: proxy.live_connections == 0)
-    wait_for(lambda: proxy.live_threads == 0)
+    wait_until(lambda: proxy.live_connections == 0, 5, "proxy.live_connections == 0")
+    wait_until(lambda: proxy.live_threads == 0, 5, "proxy.live_threads == 0")
 
 
 def test_latency_delays_each_direction(proxy: FaultProxy) -> None:
@@ -130,7 +124,7 @@ def test_reset_closes_open_connections_with_rst_and_refuses_new_ones(proxy: Faul
             fresh.recv(10)
         finally:
             fresh.close()
-    wait_for(lambda: proxy.live_connections == 0)
+    wait_until(lambda: proxy.live_connections == 0, 5, "proxy.live_connections == 0")
     proxy.pass_through()
     with connect(proxy) as again:
         again.sendall(b"z")
@@ -147,9 +141,11 @@ def test_reset_after_bytes_cuts_a_stream_mid_way(proxy: FaultProxy, echo: EchoSe
         while client.recv(100):
             pass
     client.close()
-    wait_for(lambda: proxy.resets_mid_stream == 1)
+    wait_until(lambda: proxy.resets_mid_stream == 1, 5, "proxy.resets_mid_stream == 1")
     # The server saw the two bytes before the fault and exactly five after it.
-    wait_for(lambda: bytes(echo.received[0]) == b"ab01234")
+    wait_until(
+        lambda: bytes(echo.received[0]) == b"ab01234", 5, 'bytes(echo.received[0]) == b"ab01234"'
+    )
 
 
 def test_blackhole_accepts_and_never_answers_then_dead_connections_stay_dead(
@@ -175,7 +171,7 @@ def test_blackhole_accepts_and_never_answers_then_dead_connections_stay_dead(
         assert recv_exactly(healthy, 1) == b"e"
     established.close()
     fresh.close()
-    wait_for(lambda: proxy.live_connections == 0)
+    wait_until(lambda: proxy.live_connections == 0, 5, "proxy.live_connections == 0")
 
 
 def test_drop_after_commit_forwards_the_commit_and_swallows_the_reply(
@@ -186,7 +182,11 @@ def test_drop_after_commit_forwards_the_commit_and_swallows_the_reply(
         client.sendall(COMMIT_QUERY)
         with pytest.raises(ConnectionResetError):
             client.recv(100)
-    wait_for(lambda: bytes(echo.received[0]) == COMMIT_QUERY)  # the server got it
+    wait_until(
+        lambda: bytes(echo.received[0]) == COMMIT_QUERY,
+        5,
+        "bytes(echo.received[0]) == COMMIT_QUERY",
+    )  # the server got it
     assert proxy.commits_dropped == 1
     with connect(proxy) as client:  # one-shot: the next COMMIT goes through
         client.sendall(COMMIT_QUERY)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +19,8 @@ from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from compute.sources.jsonl_source import JsonLinesSource
 from destinations.postgresql.destination import PostgreSQLDestination
-from tests.compute.helpers import dlq_config
+from tests.builders import dlq_config
+from tests.waiting import wait_until
 
 NO_RETRY = RetryPolicy(max_retries=0, base_delay=0.01, max_delay=0.01)
 
@@ -44,15 +43,6 @@ def rows(conn: Any, schema: str, table: str) -> dict[int, Any]:
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT id, v FROM {}").format(sql.Identifier(schema, table)))
         return dict(cur.fetchall())
-
-
-def wait_for(condition: Callable[[], bool], deadline: float = 60.0) -> bool:
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 EMOJI_RTL = "עברית_\u202e😀"  # Hebrew, a right-to-left override and an emoji: a valid PG name
@@ -223,7 +213,7 @@ def test_row_over_the_message_limit_is_parked_whole_naming_limit_and_size(
 
         server.start()
         pipeline.worker.start()
-        assert wait_for(lambda: not dlq.has_messages(queue))
+        wait_until(lambda: not dlq.has_messages(queue), 60, "not dlq.has_messages(queue)")
         conn = psycopg2.connect(server.dsn)
         with conn.cursor() as cur:
             cur.execute("SELECT id, v FROM public.docs ORDER BY id")
@@ -241,7 +231,7 @@ def test_enqueue_refuses_a_batch_with_an_oversized_message_storing_nothing(
     from compute.codec.failure_context import FailureContext
     from compute.codec.message import DLQMessage
     from compute.errors import MessageTooLargeError
-    from tests.compute.helpers import change
+    from tests.builders import change
 
     queue = QueueId("1", "public.docs", "1")
     failure = FailureContext("OperationalError", "down")

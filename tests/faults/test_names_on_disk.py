@@ -15,7 +15,7 @@ from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from compute.storage.rocksq.store import RocksqStore
 from config.dlq_config import DLQConfig
-from tests.compute.helpers import change
+from tests.builders import change
 from tests.compute.test_queue_id import any_name, names
 
 FAILURE = FailureContext("OperationalError", "down")

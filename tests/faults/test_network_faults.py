@@ -26,16 +26,16 @@ from compute.sources.synthetic_source import SyntheticSource
 from destinations.errors import DestinationTimeoutError
 from destinations.postgresql.destination import PostgreSQLDestination
 from destinations.records import ChangeRecord, Operation, SourcePosition
-from tests.compute.helpers import dlq_config
+from tests.builders import dlq_config
 from tests.fault_proxy import FaultProxy, fault_proxy
 from tests.faults.helpers import (
     assert_exact_state,
     assert_nothing_left,
     create_tables,
     dlq_counts,
-    wait_until,
 )
 from tests.servers import PostgresServer
+from tests.waiting import wait_until
 
 # Timeouts the destination and the worker are configured with; bounds in the
 # assertions are built from these, never from how fast the machine is.

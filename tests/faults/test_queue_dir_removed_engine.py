@@ -22,10 +22,10 @@ from tests.faults.helpers import (
     engine_env,
     queue_leftovers,
     start_engine,
-    wait_until,
     write_pipelines,
 )
 from tests.servers import PostgresServer
+from tests.waiting import wait_for_log_line, wait_until
 
 # Enough keys that nearly every event inserts its own row: a lost event is a missing row.
 KEYS = 50_000
@@ -64,7 +64,8 @@ def test_queue_directory_deleted_mid_run_loses_no_event(
         wait_until(lambda: any(queue_dir.glob("seg_*")), 60, "events queued for public.users")
         time.sleep(1.0)  # more of them
         shutil.rmtree(queue_dir)
-        time.sleep(1.5)  # events for public.users keep coming, into the removed queue
+        # Events for public.users keep coming: the next batch finds its queue removed.
+        wait_for_log_line(log, "DLQ queue directory removed or moved away", 60)
         assert engine.poll() is None, log.read_text()[-3000:]
         server.start()
         assert engine.wait(timeout=180) == 0, log.read_text()[-3000:]

@@ -24,8 +24,10 @@ from compute.runtime.retry_policy import RetryPolicy
 from config.admin_config import AdminConfig
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
 from config.settings import Settings
-from tests.compute.helpers import ListSource, change, dlq_config
+from tests.builders import change, dlq_config
+from tests.compute.helpers import ListSource
 from tests.fakes import FakeDestination
+from tests.waiting import wait_until
 
 QUEUE = QueueId("1", "public.accounts", "7")
 OTHER = QueueId("1", "public.accounts", "8")
@@ -272,6 +274,14 @@ def test_export_and_import_over_http(api: Harness, tmp_path: Path) -> None:
     assert [m["message_id"] for m in shown["messages"]] == [f"m{i:03d}" for i in range(6)]
 
 
+def destination_health(harness: Harness, destination_id: str) -> str | None:
+    body = call(harness.url + "/health")[1]
+    health: str | None = {d["id"]: d for d in body["destinations"]}.get(destination_id, {}).get(
+        "health"
+    )
+    return health
+
+
 def test_health_warning_on_outage_and_critical_on_failed_pipeline(tmp_path: Path) -> None:
     class Exploding(ListSource):
         def read(self, max_events: int) -> Any:
@@ -279,13 +289,14 @@ def test_health_warning_on_outage_and_critical_on_failed_pipeline(tmp_path: Path
 
     harness = start_engine(tmp_path / "a", AdminConfig(port=0))
     try:
-        deadline = time.monotonic() + 30
-        while True:  # the first recovery pass probes the (down) destination
-            status, body = call(harness.url + "/health")
-            dests = {d["id"]: d for d in body["destinations"]}
-            if dests.get("7", {}).get("health") == "unhealthy" or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        # The first recovery pass probes the (down) destination.
+        wait_until(
+            lambda: destination_health(harness, "7") == "unhealthy",
+            30,
+            "destination 7 to show unhealthy",
+        )
+        status, body = call(harness.url + "/health")
+        dests = {d["id"]: d for d in body["destinations"]}
         assert status == 200 and body["status"] == "warning"
         assert dests["7"]["status"] == "warning" and dests["7"]["messages"] == 6
         assert any("unhealthy" in r for r in body["reasons"])
@@ -293,12 +304,8 @@ def test_health_warning_on_outage_and_critical_on_failed_pipeline(tmp_path: Path
         harness.engine.stop()
     harness = start_engine(tmp_path / "b", AdminConfig(port=0), source=Exploding([]))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            status, body = call(harness.url + "/health")
-            if status == 503 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        wait_until(lambda: call(harness.url + "/health")[0] == 503, 30, "/health to answer 503")
+        status, body = call(harness.url + "/health")
         assert status == 503 and body["status"] == "critical"
         assert "pipeline p is failed" in " ".join(body["reasons"])
     finally:

@@ -6,12 +6,14 @@ A real ``Engine`` serves the API on loopback; clients are raw sockets or
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
 import logging
 import os
 import socket
 import struct
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +26,7 @@ import pytest
 
 from compute.dlq.manager import DLQManager
 from config.admin_config import AdminConfig
+from tests.builders import dlq_config
 from tests.compute.admin.test_http_api import (
     OTHER,
     QUEUE,
@@ -32,7 +35,7 @@ from tests.compute.admin.test_http_api import (
     message,
     start_engine,
 )
-from tests.compute.helpers import dlq_config
+from tests.waiting import wait_until
 
 # Every route that changes the queues (POST).
 WRITE_ROUTES = (
@@ -172,6 +175,11 @@ def test_allowed_host_names_and_every_json_post_needs_its_content_type(tmp_path:
 # ------------------------------------------------------------- 2. connection floods
 
 
+def unread_bytes(sock: socket.socket) -> int:
+    """Bytes received on ``sock`` that the test has not read yet."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+
+
 def fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
@@ -192,18 +200,15 @@ def test_idle_connection_flood_is_bounded_and_cut(tmp_path: Path) -> None:
         # A slow-loris client (a header byte now and then) is cut too.
         loris = socket.create_connection((host, port), timeout=5)
         loris.sendall(b"GET /dlq/stats HTTP/1.1\r\n")
+
         # A real request gets through once the idle ones were cut (timeout 1 s).
-        deadline = time.monotonic() + 10
-        status: Any = None
-        while time.monotonic() < deadline:
+        def stats_answer() -> bool:
             try:
-                status = call(harness.url + "/dlq/stats")[0]
+                return call(harness.url + "/dlq/stats")[0] == 200
             except OSError:
-                status = None
-            if status == 200:
-                break
-            time.sleep(0.2)
-        assert status == 200
+                return False
+
+        wait_until(stats_answer, 10, "a real request to get through", interval=0.2)
         started = time.monotonic()
         cut = False
         while time.monotonic() - started < 5:
@@ -263,14 +268,11 @@ def test_import_body_limits_and_temporary_files(tmp_path: Path) -> None:
                 f"Content-Type: application/x-ndjson\r\nContent-Length: {900_000}\r\n\r\n".encode()
                 + good
             )
-            time.sleep(0.3)
+            wait_until(lambda: leftovers(tmp_path), 10, "the upload to reach its part file")
             if reset:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 s.close()
-            deadline = time.monotonic() + 5
-            while leftovers(tmp_path) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert leftovers(tmp_path) == [], f"reset={reset}"
+            wait_until(lambda: not leftovers(tmp_path), 5, f"the part file removed (reset={reset})")
             s.close()
         # A bad file (400), an internal error (500), the disk floor (507): no file left.
         status, body = raw(harness, "POST", "/dlq/import", b"{nope\n", ndjson)
@@ -379,7 +381,8 @@ def test_a_stalled_export_does_not_stop_replay(tmp_path: Path) -> None:
             f"GET /dlq/queues/{harness.q(QUEUE)}/export HTTP/1.1\r\n"
             f"Host: {host}:{port}\r\n\r\n".encode()
         )
-        time.sleep(1.0)  # the export is under way; this client reads nothing more
+        # The export is under way (its first KiB waits unread); this client reads nothing more.
+        wait_until(lambda: unread_bytes(stalled) >= 1024, 30, "the export to start sending")
         harness.destinations["7"].set_down(False)
         worker = harness.engine.pipelines[0].worker
         done: list[Any] = []

@@ -26,6 +26,8 @@ from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from config.dlq_config import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition
+from tests.builders import pipelines_toml, postgresql_destination
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 QUEUE = QueueId("1", "public.items", "1")
@@ -274,21 +276,12 @@ def rows(dsn: str) -> list[tuple[Any, ...]]:
 
 def write_pipelines(path: Path, source: str) -> None:
     path.write_text(
-        f"""
-[[pipelines]]
-name = "items"
-batch_size = 50
-[pipelines.source]
-id = "1"
-type = "jsonl"
-path = "{source}"
-follow = true
-[[pipelines.destinations]]
-id = "1"
-name = "PG"
-type = "postgresql"
-dsn_env = "TEST_DEST_DSN"
-"""
+        pipelines_toml(
+            {"id": "1", "type": "jsonl", "path": source, "follow": True},
+            [postgresql_destination("TEST_DEST_DSN")],
+            name="items",
+            batch_size=50,
+        )
     )
 
 
@@ -357,16 +350,20 @@ def running_engine(
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 120
-    while True:
+
+    def engine_reports_ten_queued() -> bool:
         assert engine.poll() is None, log.read_text()[-3000:]
-        admin = tmp_path / "dlq" / "admin.json"
-        if admin.exists():
-            result = rosetta(env, "dlq", "stats", "--json")
-            if result.returncode == 0 and json.loads(result.stdout)["total_messages"] == 10:
-                break
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.2)
+        if not (tmp_path / "dlq" / "admin.json").exists():
+            return False
+        result = rosetta(env, "dlq", "stats", "--json")
+        return result.returncode == 0 and json.loads(result.stdout)["total_messages"] == 10
+
+    wait_until(
+        engine_reports_ten_queued,
+        120,
+        "the running engine to report 10 queued messages",
+        interval=0.2,  # each look runs a ``rosetta dlq stats`` process
+    )
     yield env, server, engine
     if engine.poll() is None:
         engine.send_signal(signal.SIGTERM)

@@ -12,10 +12,13 @@ import pytest
 
 from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
-from compute.sources.synthetic_source import SyntheticSource
+from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
 from config.dlq_config import DLQConfig
+from tests.builders import pipelines_toml, postgresql_destination
+from tests.pg_state import fetch_state
 from tests.rosetta_cli import cli_env, run_rosetta, start_rosetta
 from tests.tmpfs import mounted_tmpfs
+from tests.waiting import OutputLines, wait_until
 
 
 def base_env(tmp_path: Path) -> dict[str, str]:
@@ -42,10 +45,9 @@ def test_bad_env_var_names_it(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-PIPELINES = (
-    '[[pipelines]]\nname="p"\n[pipelines.source]\nid="1"\ntype="synthetic"\ntotal_events=1\n'
-    '[[pipelines.destinations]]\nid="1"\nname="d"\ntype="postgresql"\n'
-    'dsn="host=127.0.0.1 port=1"\n'
+PIPELINES = pipelines_toml(
+    {"id": "1", "type": "synthetic", "total_events": 1},
+    [{"id": "1", "name": "d", "type": "postgresql", "dsn": "host=127.0.0.1 port=1"}],
 )
 
 
@@ -106,10 +108,11 @@ def test_signal_stops_cleanly_and_keeps_queued_events(
         for statement in source.create_tables_sql():
             cur.execute(statement)
     conn.close()
+    source_options = {"total_events": 100000, "seed": 3, "events_per_second": 500}
     (tmp_path / "p.toml").write_text(
-        '[[pipelines]]\nname="p"\n[pipelines.source]\nid="1"\ntype="synthetic"\n'
-        "total_events=100000\nseed=3\nevents_per_second=500\n"
-        '[[pipelines.destinations]]\nid="1"\nname="PG"\ntype="postgresql"\ndsn_env="DSN"\n'
+        pipelines_toml(
+            {"id": "1", "type": "synthetic", **source_options}, [postgresql_destination("DSN")]
+        )
     )
     env = base_env(tmp_path) | {
         "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
@@ -117,12 +120,21 @@ def test_signal_stops_cleanly_and_keeps_queued_events(
         "DLQ_MIN_FREE_DISK_MB": "0",
     }
     engine = start_rosetta(env, "run")
-    time.sleep(2.5)
+    assert engine.stdout is not None
+    lines = OutputLines(engine.stdout)
+    wait_until(
+        lambda: sum(len(rows) for rows in fetch_state(server.dsn, DEFAULT_TABLES).values()),
+        60,
+        "the engine to write to PostgreSQL",
+        interval=0.1,
+    )
     server.stop("immediate")  # events now go to the DLQ
-    time.sleep(1.5)
+    users_queue = tmp_path / "dlq" / "source_1" / "table_public.users" / "dest_1"
+    wait_until(lambda: any(users_queue.glob("seg_*")), 60, "events queued for public.users")
     started = time.monotonic()
     engine.send_signal(signum)
-    output, _ = engine.communicate(timeout=30)
+    engine.wait(timeout=30)
+    output = lines.finish(timeout=30)
     assert engine.returncode == 0, output[-2000:]
     assert time.monotonic() - started < 15
     assert "signal received, stopping" in output
@@ -142,20 +154,25 @@ def test_failing_source_stops_the_engine_with_exit_1(tmp_path: Path) -> None:
     events.write_text(
         '{"op": "c", "key": {"id": 1}, "after": {"id": 1}, "source": {"table": "t", "lsn": 10}}\n'
     )
+    unreachable = {"dsn": "host=127.0.0.1 port=1 connect_timeout=1"}
     (tmp_path / "p.toml").write_text(
-        f'[[pipelines]]\nname="p"\n[pipelines.source]\nid="1"\ntype="jsonl"\npath="{events}"\n'
-        "follow=true\n"
-        '[[pipelines.destinations]]\nid="1"\nname="d"\ntype="postgresql"\n'
-        'dsn="host=127.0.0.1 port=1 connect_timeout=1"\n'
+        pipelines_toml(
+            {"id": "1", "type": "jsonl", "path": events, "follow": True},
+            [{"id": "1", "name": "d", "type": "postgresql", **unreachable}],
+        )
     )
     env = base_env(tmp_path) | {
         "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
         "DLQ_MIN_FREE_DISK_MB": "0",
     }
     engine = start_rosetta(env, "run")
-    time.sleep(3)
+    assert engine.stdout is not None
+    lines = OutputLines(engine.stdout)
+    # The event was read, failed against the unreachable destination and was queued.
+    lines.wait_for("Enqueued to DLQ", 60)
     events.write_text("")  # the followed file shrinks: the source cannot go on safely
-    output, _ = engine.communicate(timeout=60)
+    engine.wait(timeout=60)
+    output = lines.finish(timeout=30)
     assert engine.returncode == 1, output[-2000:]
     assert "pipeline failed" in output
     # the event read before the failure was queued (destination unreachable), not lost

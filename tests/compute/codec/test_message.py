@@ -78,7 +78,6 @@ def make_message(
 
 def round_trip(message: DLQMessage) -> DLQMessage:
     data = encode_message(message)
-    assert isinstance(data, bytes)
     assert data[0] == V2_FIRST_BYTE
     assert msgpack.unpackb(data, unicode_errors="surrogatepass", strict_map_key=False)[0] == 2
     return decode_message(data)
@@ -504,9 +503,9 @@ def test_every_field_with_a_wrong_type_is_refused_or_accepted_cleanly(
             decoded = decode_message(pack(fields))
         except MessageDecodeError:
             continue
-        # Accepted: it must be a coherent message that encodes again.
-        assert isinstance(decoded, DLQMessage)
-        assert decode_message(encode_message(decoded)) is not None
+        # Accepted: it must be a coherent message that encodes again, stably.
+        again = encode_message(decoded)
+        assert encode_message(decode_message(again)) == again
 
 
 @pytest.mark.parametrize(
@@ -561,7 +560,6 @@ def _decodes_or_refuses(data: bytes) -> None:
         decoded = decode_message(data)
     except MessageDecodeError:
         return
-    assert isinstance(decoded, DLQMessage)
     # Whatever is accepted is a coherent message that re-encodes stably.
     again = encode_message(decoded)
     assert encode_message(decode_message(again)) == again

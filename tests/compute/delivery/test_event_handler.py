@@ -15,7 +15,7 @@ from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from config.dlq_config import WhenFull
-from tests.compute.helpers import TABLE, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
 from tests.fakes import FakeDestination
 
 FAST_RETRY = RetryPolicy(max_retries=2, base_delay=0.001, max_delay=0.002)

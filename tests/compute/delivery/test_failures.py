@@ -14,7 +14,7 @@ from compute.delivery.failures import (
 )
 from compute.queue_id import QueueId
 from destinations.errors import ClassifiedError, FailureKind
-from tests.compute.helpers import change
+from tests.builders import change
 
 T0 = 1_700_000_000.0
 
@@ -42,7 +42,7 @@ def _caught(depth: int = 3, message: str = "boom") -> BaseException:
     raise AssertionError("unreachable")
 
 
-def test_from_exception_captures_class_message_and_stack() -> None:
+def test_capture_failure_captures_class_message_and_stack() -> None:
     error = _caught()
     ctx = capture_failure(error, now=T0)
     assert ctx.error_class == "RuntimeError"
@@ -55,14 +55,14 @@ def test_from_exception_captures_class_message_and_stack() -> None:
     assert ctx.first_failure_at == ctx.last_failure_at == T0
 
 
-def test_from_exception_without_traceback() -> None:
+def test_capture_failure_without_traceback() -> None:
     ctx = capture_failure(KeyError("k"), now=T0)
     assert ctx.error_class == "KeyError"
     assert ctx.message == "'k'"
     assert "KeyError" in ctx.stack
 
 
-def test_from_exception_uses_the_classified_error() -> None:
+def test_capture_failure_uses_the_classified_error() -> None:
     classified = ClassifiedError(FailureKind.PERMANENT, "UniqueViolation", "dup key", "23505")
     ctx = capture_failure(_caught(), classified, attempts=4, now=T0)
     assert (ctx.error_class, ctx.message, ctx.kind, ctx.code) == (
@@ -75,7 +75,7 @@ def test_from_exception_uses_the_classified_error() -> None:
     assert "_raise_deep" in ctx.stack  # the stack is still the exception's
 
 
-def test_from_exception_defaults_now_to_wall_clock() -> None:
+def test_capture_failure_defaults_now_to_wall_clock() -> None:
     import time
 
     before = time.time()

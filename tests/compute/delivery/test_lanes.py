@@ -16,20 +16,13 @@ from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from destinations.records import ChangeRecord
-from tests.compute.helpers import TABLE, ListSource, apply_model, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import ListSource, apply_model
 from tests.fakes import FakeDestination
+from tests.waiting import wait_until
 
 NO_RETRY = RetryPolicy(max_retries=0, base_delay=0.001, max_delay=0.001)
 TABLES = ("public.a", "public.b")
-
-
-def wait_for(condition: Any, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return bool(condition())
 
 
 def history(n: int, keys: int = 7) -> list[ChangeRecord]:
@@ -94,8 +87,16 @@ def test_a_hung_destination_does_not_hold_the_other_and_settles_in_order(tmp_pat
     events = history(300)
     with running(tmp_path, events, FakeDestination.hold_writes) as run:
         # B gets everything and the source is acknowledged to the end while A hangs.
-        assert wait_for(lambda: all_rows(run.b) == apply_model(events), timeout=30)
-        assert wait_for(lambda: run.source.acknowledged == len(events), timeout=30)
+        wait_until(
+            lambda: all_rows(run.b) == apply_model(events),
+            30,
+            "all_rows(run.b) == apply_model(events)",
+        )
+        wait_until(
+            lambda: run.source.acknowledged == len(events),
+            30,
+            "run.source.acknowledged == len(events)",
+        )
         assert run.a.held_writes == 1  # one stuck write; the rest went straight to A's queues
         assert run.pipeline.health["A"].snapshot().state is HealthState.UNHEALTHY
         assert queued(run.dlq, "A") == len(events)
@@ -103,7 +104,7 @@ def test_a_hung_destination_does_not_hold_the_other_and_settles_in_order(tmp_pat
         # A comes back: the stuck write commits, its queued copies are acknowledged,
         # the rest replays after it.
         run.a.release_writes()
-        assert wait_for(lambda: queued(run.dlq, "A") == 0, timeout=30)
+        wait_until(lambda: queued(run.dlq, "A") == 0, 30, 'queued(run.dlq, "A") == 0')
         assert all_rows(run.a) == apply_model(events)
         assert not run.pipeline.in_flight.is_held("A")
         assert_applied_in_order(run.a)
@@ -116,9 +117,13 @@ def test_a_hung_destination_does_not_hold_the_other_and_settles_in_order(tmp_pat
 def test_a_stuck_write_that_fails_is_replayed_in_order(tmp_path: Path) -> None:
     events = history(120)
     with running(tmp_path, events, FakeDestination.hold_writes) as run:
-        assert wait_for(lambda: run.source.acknowledged == len(events), timeout=30)
+        wait_until(
+            lambda: run.source.acknowledged == len(events),
+            30,
+            "run.source.acknowledged == len(events)",
+        )
         run.a.release_writes(fail=True)  # the connection died under the stuck write
-        assert wait_for(lambda: queued(run.dlq, "A") == 0, timeout=30)
+        wait_until(lambda: queued(run.dlq, "A") == 0, 30, 'queued(run.dlq, "A") == 0')
         assert all_rows(run.a) == apply_model(events)
         assert_applied_in_order(run.a)
         assert len(run.a.failed_calls()) == 1
@@ -128,8 +133,16 @@ def test_a_stuck_write_that_fails_is_replayed_in_order(tmp_path: Path) -> None:
 def test_a_slow_destination_keeps_the_source_moving_up_to_the_read_ahead(tmp_path: Path) -> None:
     events = history(200)
     with running(tmp_path, events, lambda a: a.set_write_delay(0.05), read_ahead_events=60) as run:
-        assert wait_for(lambda: all_rows(run.a) == apply_model(events), timeout=60)
-        assert wait_for(lambda: run.source.acknowledged == len(events))
+        wait_until(
+            lambda: all_rows(run.a) == apply_model(events),
+            60,
+            "all_rows(run.a) == apply_model(events)",
+        )
+        wait_until(
+            lambda: run.source.acknowledged == len(events),
+            20,
+            "run.source.acknowledged == len(events)",
+        )
         assert queued(run.dlq, "A") == 0  # never past the deadline: nothing queued
         assert_applied_in_order(run.a)
         assert all_rows(run.b) == apply_model(events)
@@ -139,7 +152,7 @@ def test_source_waits_when_the_read_ahead_is_full(tmp_path: Path) -> None:
     events = history(200)
     slow = lambda a: a.set_write_delay(0.15)  # noqa: E731  under the 5 s deadline: slow, not stuck
     with running(tmp_path, events, slow, read_ahead_events=30, live_write_deadline_ms=5000) as run:
-        assert wait_for(lambda: len(run.b.applied) >= 30)
+        wait_until(lambda: len(run.b.applied) >= 30, 20, "len(run.b.applied) >= 30")
         for _ in range(20):  # while A's lane is behind, sampled as it moves
             # The reader stays at most the read-ahead (plus the batch it holds) ahead of
             # what every lane delivered, so B is never far ahead of A either.
@@ -206,7 +219,11 @@ def test_stuck_write_holds_the_destination_against_replay(tmp_path: Path) -> Non
         assert queued(dlq, "A") == len(events)
         assert a.held_writes == 1
         a.release_writes()
-        assert wait_for(lambda: not pipeline.in_flight.take_ended() == [], timeout=5)
+        wait_until(
+            lambda: not pipeline.in_flight.take_ended() == [],
+            5,
+            "not pipeline.in_flight.take_ended() == []",
+        )
         pipeline.worker.run_once(time.time() + 200)
         pipeline.worker.run_once(time.time() + 300)
         assert queued(dlq, "A") == 0
@@ -244,7 +261,11 @@ def test_a_replay_write_past_its_deadline_does_not_hold_the_other_destinations(
         pipeline.worker.run_once(time.time() + 200)
         assert a.held_writes == 1  # nothing more was written to A while it was held
         a.release_writes()
-        assert wait_for(lambda: pipeline.in_flight.take_ended() != [], timeout=5)
+        wait_until(
+            lambda: pipeline.in_flight.take_ended() != [],
+            5,
+            "pipeline.in_flight.take_ended() != []",
+        )
         for step in range(3):
             pipeline.worker.run_once(time.time() + 300 + step * 100)
         assert queued(dlq, "A") == 0
@@ -271,7 +292,9 @@ def test_a_lane_that_fell_behind_catches_up_in_larger_writes(tmp_path: Path) -> 
     pipeline, dlq = make_pipeline(tmp_path, source, [a, b])
     pipeline.start()
     try:
-        assert wait_for(lambda: source.acknowledged == len(events), timeout=30)
+        wait_until(
+            lambda: source.acknowledged == len(events), 30, "source.acknowledged == len(events)"
+        )
         assert a.rows(TABLE) == b.rows(TABLE) == apply_model(events)[TABLE]
         # 60 reads of two events; A took what waited in its inbox together (up to
         # the pipeline's batch size of 10), in source order.

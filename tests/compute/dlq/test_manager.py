@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from compute.errors import DLQFullError, MessageTooLargeError
 from compute.queue_id import QueueId
 from config.dlq_config import DLQConfig, WhenFull
 from destinations.records import ChangeRecord, Operation, SourcePosition
+from tests.waiting import wait_until
 
 Q = QueueId("1", "public.accounts", "2")
 
@@ -125,17 +125,17 @@ def test_status_file_refreshes_while_running(tmp_path: Path) -> None:
     try:
         manager.enqueue(Q, [message(0)])
         path = manager.store.queue_path(Q) / STATUS_FILE
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if path.exists() and json.loads(path.read_text())["messages"] == 1:
-                break
-            time.sleep(0.1)
-        assert json.loads(path.read_text())["messages"] == 1
+        wait_until(
+            lambda: path.exists() and json.loads(path.read_text())["messages"] == 1,
+            5,
+            "the status file to show 1 message",
+        )
         manager.enqueue(Q, [message(1)])
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and json.loads(path.read_text())["messages"] != 2:
-            time.sleep(0.1)
-        assert json.loads(path.read_text())["messages"] == 2
+        wait_until(
+            lambda: json.loads(path.read_text())["messages"] == 2,
+            5,
+            "the status file to show 2 messages",
+        )
     finally:
         manager.close()
 

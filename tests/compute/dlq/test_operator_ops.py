@@ -19,7 +19,7 @@ from compute.dlq.parking import record_key
 from compute.errors import DLQConflictError, MessageNotFoundError
 from compute.queue_id import QueueId
 from destinations.records import Operation
-from tests.compute.helpers import change, dlq_config
+from tests.builders import change, dlq_config
 
 QUEUE = QueueId("1", "public.accounts", "2")
 ROOT = Path(__file__).resolve().parents[3]
@@ -135,7 +135,7 @@ CRASH_SCRIPT = textwrap.dedent(
     from compute.dlq.parking import Parking
     from compute.dlq.tombstones import Tombstones
     from compute.queue_id import QueueId
-    from tests.compute.helpers import dlq_config
+    from tests.builders import dlq_config
 
     tmp, action, crash_at = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     calls = {"n": 0}

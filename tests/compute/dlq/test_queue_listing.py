@@ -12,7 +12,7 @@ from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from compute.storage.rocksq.store import RocksqStore
 from tests.compute.dlq.test_manager import config
-from tests.faults.helpers import wait_until
+from tests.waiting import wait_until
 
 Q = QueueId("1", "public.users", "2")
 NEW = QueueId("1", "public.orders", "2")

@@ -7,30 +7,45 @@ with the synthetic source's final state.
 
 from __future__ import annotations
 
+import functools
 import random
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from compute.dlq.manager import DLQManager
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
-from config.dlq_config import DLQConfig
-from tests.faults.helpers import create_tables, engine_env, start_engine, write_pipelines
-from tests.pg_state import differences, fetch_state
+from tests.faults.helpers import (
+    assert_exact_state,
+    assert_nothing_left,
+    create_tables,
+    engine_env,
+    queue_leftovers,
+    start_engine,
+    write_pipelines,
+)
+from tests.pg_state import fetch_state
 from tests.servers import PostgresServer
+from tests.waiting import wait_for_log_line, wait_until
+
+
+def written_rows(dsn: str) -> int:
+    return sum(len(rows) for rows in fetch_state(dsn, DEFAULT_TABLES).values())
+
+
+def opened_dlq_or_ended(engine: subprocess.Popen[bytes], log: Path, opened_before: int) -> bool:
+    """The engine opened its DLQ (one more "initialized" line in ``log``) or ended."""
+    return (
+        engine.poll() is not None
+        or log.read_text().count("DLQ Manager initialized") > opened_before
+    )
 
 
 def assert_final_state(tmp_path: Path, dsn: str, source: SyntheticSource) -> None:
-    problems = differences(source.expected_state(), fetch_state(dsn, DEFAULT_TABLES))
-    assert not problems, problems
-    config = DLQConfig(base_path=tmp_path / "dlq", min_free_disk_mb=0)
-    with DLQManager(config, background=False) as dlq:
-        leftovers = {str(q): dlq.store.count(q) for q in dlq.list_queues() if dlq.has_messages(q)}
-        parked = {str(q): dlq.parked_count(q) for q in dlq.list_queues() if dlq.parked_count(q)}
-    assert not leftovers, f"queues still hold messages: {leftovers}"
-    assert not parked, f"an outage parked events as poison: {parked}"
+    assert_exact_state(dsn, source)
+    assert_nothing_left(*queue_leftovers(tmp_path / "dlq"))
 
 
 @pytest.mark.timeout(300)
@@ -52,18 +67,24 @@ def test_outage_and_recovery_with_many_updates_to_few_keys(
     env = engine_env(tmp_path, server.dsn, DLQ_BATCH_SIZE="3")
     engine = start_engine(env, log)
     try:
-        time.sleep(2.0)
+        wait_until(
+            lambda: written_rows(server.dsn) > 0,
+            60,
+            "the engine to write to PostgreSQL",
+            interval=0.1,
+        )
         server.stop("immediate")
-        time.sleep(3.0)
+        outage_began = time.monotonic()
+        wait_for_log_line(log, "Enqueued to DLQ", 60)
+        # The outage lasts 3 s in all: the same keys keep changing in the queue.
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - outage_began)))
         server.start()
         assert engine.wait(timeout=120) == 0, log.read_text()[-3000:]
     finally:
         if engine.poll() is None:
             engine.kill()
             engine.wait()
-    text = log.read_text()
-    assert "Enqueued to DLQ" in text, "the outage never reached the DLQ"
-    assert "is now HEALTHY" in text
+    assert "is now HEALTHY" in log.read_text()
     assert_final_state(tmp_path, server.dsn, source)
 
 
@@ -90,11 +111,11 @@ def test_kill9_engine_during_traffic_and_replay(tmp_path: Path, postgres_server_
         engine = start_engine(env, log)
         # Kill somewhere after the imports (their time varies with the load on
         # the machine): from the moment this engine opened its DLQ.
-        deadline = time.monotonic() + 60
-        while engine.poll() is None and time.monotonic() < deadline:
-            if log.read_text().count("DLQ Manager initialized") > started:
-                break
-            time.sleep(0.02)
+        wait_until(
+            functools.partial(opened_dlq_or_ended, engine, log, started),
+            60,
+            f"engine {round_number + 1} to open its DLQ",
+        )
         # Up to 2.5 s: long enough, in outage rounds, for the in-place retries
         # (~1.3 s) to give up and queue, so that a later engine replays.
         time.sleep(rng.uniform(0.2, 2.5))

@@ -9,19 +9,12 @@ from compute.dlq.manager import DLQManager
 from compute.engine.pipeline import Pipeline, PipelineState
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
-from tests.compute.helpers import TABLE, ListSource, apply_model, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import ListSource, apply_model
 from tests.fakes import FakeDestination
+from tests.waiting import wait_until
 
 NO_RETRY = RetryPolicy(max_retries=0, base_delay=0.001, max_delay=0.001)
-
-
-def wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_source_acknowledged_only_after_delivery(tmp_path: Path) -> None:
@@ -56,7 +49,11 @@ def test_backpressure_stops_reading_and_resumes_after_recovery(tmp_path: Path) -
     )
     pipeline.start()
     try:
-        assert wait_for(lambda: pipeline.state is PipelineState.BACKPRESSURE)
+        wait_until(
+            lambda: pipeline.state is PipelineState.BACKPRESSURE,
+            20,
+            "pipeline.state is PipelineState.BACKPRESSURE",
+        )
         reads = source.reads
         time.sleep(0.5)
         # at most the refused batch is pending: the source is not read further
@@ -65,8 +62,10 @@ def test_backpressure_stops_reading_and_resumes_after_recovery(tmp_path: Path) -
         assert "max_queue_messages" in (pipeline.status()["backpressure_reason"] or "")
         assert dlq.status(QueueId("1", TABLE, "2")).dropped == 0
         dest.set_down(False)
-        assert wait_for(
-            lambda: pipeline.finished.is_set() and not dlq.has_messages(QueueId("1", TABLE, "2"))
+        wait_until(
+            lambda: pipeline.finished.is_set() and not dlq.has_messages(QueueId("1", TABLE, "2")),
+            20,
+            'pipeline.finished.is_set() and not dlq.has_messages(QueueId("1", TABLE, "2"))',
         )
         assert source.acknowledged == 200
         assert dest.rows(TABLE) == apply_model(history)[TABLE]

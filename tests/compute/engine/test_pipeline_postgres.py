@@ -16,7 +16,9 @@ from compute.sources.jsonl_source import JsonLinesSource
 from compute.sources.offset_store import OffsetStore
 from destinations.postgresql.destination import PostgreSQLDestination
 from destinations.records import ChangeRecord, Operation, SourcePosition
-from tests.compute.helpers import ListSource, dlq_config
+from tests.builders import dlq_config
+from tests.compute.helpers import ListSource
+from tests.waiting import wait_until
 
 TABLE = "public.accounts"
 NO_RETRY = RetryPolicy(max_retries=0, base_delay=0.001, max_delay=0.001)
@@ -45,15 +47,6 @@ def rows(dsn: str) -> dict[int, tuple[int, int]]:
         found = {r[0]: (r[1], r[2]) for r in cur.fetchall()}
     conn.close()
     return found
-
-
-def wait_for(condition, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_poison_row_is_parked_and_its_key_held_while_the_table_flows(
@@ -115,16 +108,21 @@ def test_backpressure_in_an_outage_drops_nothing_and_resumes(
     server.stop("immediate")
     pipeline.start()
     try:
-        assert wait_for(lambda: pipeline.state is PipelineState.BACKPRESSURE)
+        wait_until(
+            lambda: pipeline.state is PipelineState.BACKPRESSURE,
+            30,
+            "pipeline.state is PipelineState.BACKPRESSURE",
+        )
         reads = source.reads
         time.sleep(1.0)
         assert source.reads == reads, "the source must not be read while the DLQ is full"
         assert source.acknowledged <= 60
         assert dlq.status(QueueId("1", TABLE, "1")).dropped == 0
         server.start()
-        assert wait_for(
+        wait_until(
             lambda: pipeline.finished.is_set() and not dlq.has_messages(QueueId("1", TABLE, "1")),
             60,
+            'pipeline.finished.is_set() and not dlq.has_messages(QueueId("1", TABLE, "1"))',
         )
         assert source.acknowledged == 400
         assert rows(server.dsn) == expected

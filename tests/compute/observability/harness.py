@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,9 @@ from config.alert_config import AlertConfig
 from config.pipelines import PipelineSpec, SourceSpec
 from config.settings import Settings
 from destinations.records import ChangeRecord
-from tests.compute.helpers import TABLE, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
 from tests.fakes import FakeDestination
+from tests.waiting import wait_until
 
 # One in-place retry of a live write, so retry counts are exact.
 ONE_RETRY = RetryPolicy(max_retries=1, base_delay=0.001, max_delay=0.001)
@@ -170,17 +171,11 @@ def drain(dlq: DLQManager, count: int, queue: QueueId = QUEUE) -> None:
     dlq.ack(lease)
 
 
-def wait_sample(h: Harness, metric: str, expected: float, **labels: str) -> bool:
+def wait_sample(h: Harness, metric: str, expected: float, **labels: str) -> None:
     """Wait until a scrape shows ``expected``: counters move just after the queue does
     (the worker counts a batch once it is acknowledged)."""
-    return wait_for(lambda: sample(h.scrape(), metric, **labels) == expected)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes (a deadline, not a timing)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
+    wait_until(
+        lambda: sample(h.scrape(), metric, **labels) == expected,
+        30,
+        f"{metric}{labels} to reach {expected:g}",
+    )

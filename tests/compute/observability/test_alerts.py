@@ -18,7 +18,7 @@ from compute.observability.metrics import DLQMetrics
 from compute.queue_id import QueueId
 from config.alert_config import AlertConfig
 from config.dlq_config import DLQConfig
-from tests.compute.helpers import dlq_config
+from tests.builders import dlq_config
 from tests.compute.observability.harness import QUEUE, T0, Disk, drain, enqueue, parse, sample
 from tests.fakes import FakeDestination
 

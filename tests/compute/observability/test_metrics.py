@@ -14,7 +14,8 @@ from compute.observability.metrics import DLQMetrics
 from compute.queue_id import QueueId
 from config.dlq_config import WhenFull
 from destinations.records import Operation
-from tests.compute.helpers import TABLE, apply_model, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import apply_model
 from tests.compute.observability.harness import (
     LABELS,
     QUEUE,
@@ -22,9 +23,9 @@ from tests.compute.observability.harness import (
     parse,
     sample,
     start_engine,
-    wait_for,
     wait_sample,
 )
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def test_enqueue_and_replay_move_the_counters_and_gauges(harness: Harness) -> No
     h.dest.set_down(True)
     history = [change(i, i % 7) for i in range(1, 31)]
     h.source.feed(history)
-    assert wait_for(lambda: queued(h) == 30)
+    wait_until(lambda: queued(h) == 30, 30, "queued(h) == 30")
 
     assert h.engine.dlq is not None
     status = h.engine.dlq.status(QUEUE)
@@ -72,9 +73,9 @@ def test_enqueue_and_replay_move_the_counters_and_gauges(harness: Harness) -> No
     assert sample(down, "rosetta_pipeline_backpressure", pipeline="p") == 0
 
     h.dest.set_down(False)
-    assert wait_for(lambda: queued(h) == 0)
+    wait_until(lambda: queued(h) == 0, 30, "queued(h) == 0")
     assert h.dest.rows(TABLE) == apply_model(history)[TABLE]
-    assert wait_sample(h, "rosetta_dlq_messages_replayed_total", 30, **LABELS)
+    wait_sample(h, "rosetta_dlq_messages_replayed_total", 30, **LABELS)
     up = h.scrape()
     assert sample(up, "rosetta_dlq_messages_replayed_total", **LABELS) == 30
     assert sample(up, "rosetta_dlq_messages_enqueued_total", **LABELS) == 30
@@ -93,12 +94,12 @@ def test_failed_replay_counts_failed_messages_and_a_retry_attempt(harness: Harne
     h = harness
     h.dest.set_down(True)
     h.source.feed([change(i, i) for i in range(1, 11)])
-    assert wait_for(lambda: queued(h) == 10)
+    wait_until(lambda: queued(h) == 10, 30, "queued(h) == 10")
     # Health checks pass, but the first replay write fails (transiently).
     h.dest.fail_next(1)
     h.dest.set_down(False)
-    assert wait_for(lambda: queued(h) == 0)
-    assert wait_sample(h, "rosetta_dlq_messages_replayed_total", 10, **LABELS)
+    wait_until(lambda: queued(h) == 0, 30, "queued(h) == 0")
+    wait_sample(h, "rosetta_dlq_messages_replayed_total", 10, **LABELS)
     samples = h.scrape()
     assert sample(samples, "rosetta_dlq_messages_failed_total", **LABELS) == 10
     assert sample(samples, "rosetta_dlq_messages_replayed_total", **LABELS) == 10
@@ -113,7 +114,7 @@ def test_parked_messages_move_the_parked_counter_and_gauge(harness: Harness) -> 
     # Live path: the handler parks the poison event and the later change to its key.
     h.dest.fail_keys([3])
     h.source.feed([change(i, i) for i in range(1, 6)] + [change(6, 3)])
-    assert wait_for(lambda: h.source.acknowledged == 6)
+    wait_until(lambda: h.source.acknowledged == 6, 30, "h.source.acknowledged == 6")
     samples = h.scrape()
     assert sample(samples, "rosetta_dlq_messages_parked_total", **LABELS) == 2
     assert h.engine.dlq is not None
@@ -124,11 +125,11 @@ def test_parked_messages_move_the_parked_counter_and_gauge(harness: Harness) -> 
     # Replay path: a queued poison event is parked by the recovery worker.
     h.dest.set_down(True)
     h.source.feed([change(7, 8), change(8, 9)])
-    assert wait_for(lambda: queued(h) == 2)
+    wait_until(lambda: queued(h) == 2, 30, "queued(h) == 2")
     h.dest.fail_keys([9])
     h.dest.set_down(False)
-    assert wait_for(lambda: queued(h) == 0)
-    assert wait_sample(h, "rosetta_dlq_messages_parked_total", 3, **LABELS)
+    wait_until(lambda: queued(h) == 0, 30, "queued(h) == 0")
+    wait_sample(h, "rosetta_dlq_messages_parked_total", 3, **LABELS)
     samples = h.scrape()
     assert sample(samples, "rosetta_dlq_messages_parked_total", **LABELS) == 3
     assert sample(samples, "rosetta_dlq_parked_messages", **LABELS) == 3
@@ -141,7 +142,7 @@ def test_dropped_messages_are_counted(tmp_path: Path) -> None:
     try:
         h.dest.set_down(True)
         h.source.feed([change(i, i) for i in range(1, 31)])
-        assert wait_for(lambda: h.source.acknowledged == 30)
+        wait_until(lambda: h.source.acknowledged == 30, 30, "h.source.acknowledged == 30")
         samples = h.scrape()
         assert h.engine.dlq is not None
         status = h.engine.dlq.status(QUEUE)
@@ -158,11 +159,11 @@ def test_expired_messages_are_counted(tmp_path: Path) -> None:
     try:
         h.dest.set_down(True)
         h.source.feed([change(i, i) for i in range(1, 13)])
-        assert wait_for(lambda: queued(h) == 12)
+        wait_until(lambda: queued(h) == 12, 30, "queued(h) == 12")
         h.skew[0] = 3600.0  # the pipeline's clock moves an hour on: every message is stale
         h.dest.set_down(False)
-        assert wait_for(lambda: queued(h) == 0)
-        assert wait_sample(h, "rosetta_dlq_messages_expired_total", 12, **LABELS)
+        wait_until(lambda: queued(h) == 0, 30, "queued(h) == 0")
+        wait_sample(h, "rosetta_dlq_messages_expired_total", 12, **LABELS)
         samples = h.scrape()
         assert sample(samples, "rosetta_dlq_messages_replayed_total", **LABELS) is None
         assert h.dest.rows(TABLE) == {}
@@ -180,7 +181,11 @@ def test_queue_gauges_match_dlq_status_for_every_queue(harness: Harness) -> None
         + [change(12, 1, op=Operation.DELETE)]
     )
     orders = QueueId("1", other, "2")
-    assert wait_for(lambda: queued(h) == 8 and queued(h, orders) == 4)
+    wait_until(
+        lambda: queued(h) == 8 and queued(h, orders) == 4,
+        30,
+        "queued(h) == 8 and queued(h, orders) == 4",
+    )
     samples = h.scrape()
     assert h.engine.dlq is not None
     for queue in h.engine.dlq.list_queues():
@@ -226,7 +231,7 @@ def test_scrape_after_stop_leaves_queues_out_and_does_not_fail(tmp_path: Path) -
     h = start_engine(tmp_path)
     h.dest.set_down(True)
     h.source.feed([change(1, 1)])
-    assert wait_for(lambda: queued(h) == 1)
+    wait_until(lambda: queued(h) == 1, 30, "queued(h) == 1")
     h.engine.stop()
     samples = h.scrape()
     assert sample(samples, "rosetta_dlq_messages_enqueued_total", **LABELS) == 1

@@ -14,8 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from compute.observability.alerts import RULES
 from config.admin_config import AdminConfig
 from config.alert_config import AlertConfig
-from tests.compute.helpers import change
-from tests.compute.observability.harness import start_engine, wait_for
+from tests.builders import change
+from tests.compute.observability.harness import start_engine
+from tests.waiting import wait_until
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "prometheus"
 RULES_FILE = EXAMPLES / "rosetta_dlq_rules.yml"
@@ -51,7 +52,7 @@ def exported_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     try:
         h.dest.set_down(True)
         h.source.feed([change(i, i) for i in range(1, 21)])
-        assert wait_for(lambda: h.source.acknowledged == 20)
+        wait_until(lambda: h.source.acknowledged == 20, 30, "h.source.acknowledged == 20")
         assert h.engine.metrics is not None
         text = h.engine.metrics.render()[0].decode()
     finally:

@@ -19,7 +19,7 @@ from compute.observability.alerts import AlertMonitor
 from compute.observability.webhook import WebhookNotifier, redact_url
 from compute.runtime.retry_policy import RetryPolicy
 from config.alert_config import AlertConfig
-from tests.compute.helpers import change, dlq_config
+from tests.builders import change, dlq_config
 from tests.compute.observability.harness import (
     QUEUE,
     T0,
@@ -28,8 +28,8 @@ from tests.compute.observability.harness import (
     enqueue,
     sample,
     start_engine,
-    wait_for,
 )
+from tests.waiting import wait_until
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.05)
 WEBHOOK_LOGGER = "compute.observability.webhook"
@@ -118,7 +118,7 @@ def test_firing_and_resolution_are_posted_as_json(
         monitor.run_once(T0 + 1)
         drain(dlq, 3)
         monitor.run_once(T0 + 2)
-        assert wait_for(lambda: len(receiver.received) == 2)
+        wait_until(lambda: len(receiver.received) == 2, 30, "len(receiver.received) == 2")
     finally:
         assert monitor.stop(timeout=30)
     firing, resolved = receiver.received
@@ -151,7 +151,7 @@ def test_a_500_is_retried_until_delivered(
     notifier.start()
     try:
         assert notifier.send({"id": "a:1", "status": "firing"})
-        assert wait_for(lambda: notifier.stats.sent == 1)
+        wait_until(lambda: notifier.stats.sent == 1, 30, "notifier.stats.sent == 1")
     finally:
         notifier.stop(timeout=30)
     assert receiver.requests == 3
@@ -173,7 +173,7 @@ def test_a_receiver_that_is_down_is_retried_then_given_up(
     try:
         notifier.send({"id": "a:1", "status": "firing"})
         notifier.send({"id": "a:1", "status": "resolved"})
-        assert wait_for(lambda: notifier.stats.failed == 2)
+        wait_until(lambda: notifier.stats.failed == 2, 30, "notifier.stats.failed == 2")
     finally:
         notifier.stop(timeout=30)
     gave_up = [r for r in caplog.records if "gave up" in r.getMessage()]
@@ -190,10 +190,12 @@ def test_a_receiver_that_comes_back_gets_the_notification(tmp_path: Path) -> Non
     notifier.start()
     try:
         notifier.send({"id": "a:1", "status": "firing"})
-        assert wait_for(lambda: notifier.stats.retries >= 2)  # refused while down
+        wait_until(
+            lambda: notifier.stats.retries >= 2, 30, "notifier.stats.retries >= 2"
+        )  # refused while down
         late = Receiver(port)
         try:
-            assert wait_for(lambda: notifier.stats.sent == 1)
+            wait_until(lambda: notifier.stats.sent == 1, 30, "notifier.stats.sent == 1")
             assert late.received == [{"id": "a:1", "status": "firing"}]
         finally:
             late.close()
@@ -209,7 +211,7 @@ def test_a_client_error_is_not_retried(
     notifier.start()
     try:
         notifier.send({"id": "a:1", "status": "firing"})
-        assert wait_for(lambda: notifier.stats.failed == 1)
+        wait_until(lambda: notifier.stats.failed == 1, 30, "notifier.stats.failed == 1")
     finally:
         notifier.stop(timeout=30)
     assert receiver.requests == 1
@@ -268,7 +270,7 @@ def test_engine_alert_reaches_snapshot_metric_and_webhook(
     try:
         h.dest.set_down(True)
         h.source.feed([change(i, i) for i in range(1, 21)])
-        assert wait_for(lambda: len(receiver.received) == 1)
+        wait_until(lambda: len(receiver.received) == 1, 30, "len(receiver.received) == 1")
         [firing] = receiver.received
         assert firing["status"] == "firing" and firing["id"] == f"dlq_queue_size:{QUEUE}"
         assert h.engine.alerts is not None
@@ -277,7 +279,7 @@ def test_engine_alert_reaches_snapshot_metric_and_webhook(
         samples = h.scrape()
         assert sample(samples, "rosetta_alerts_firing", alert="dlq_queue_size", severity="warning")
         h.dest.set_down(False)
-        assert wait_for(lambda: len(receiver.received) == 2)
+        wait_until(lambda: len(receiver.received) == 2, 30, "len(receiver.received) == 2")
         assert receiver.received[1]["status"] == "resolved"
         assert h.engine.alerts.snapshot()["active"] == []
     finally:

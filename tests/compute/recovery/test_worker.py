@@ -18,8 +18,10 @@ from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
 from destinations.errors import PermanentDestinationError
 from destinations.records import Operation
-from tests.compute.helpers import TABLE, apply_model, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import apply_model
 from tests.fakes import FakeDestination, Fault
+from tests.waiting import wait_until
 
 FAILURE = FailureContext("OperationalError", "connection refused", code="08006")
 
@@ -172,8 +174,10 @@ def test_hung_health_check_delays_neither_others_nor_stop(tmp_path: Path) -> Non
     assert time.monotonic() - started < 3  # probe timeout 0.5 s, not 30 s
     assert set(fine.rows(TABLE)) == {(1,)}
     assert worker.health["2"].circuit_open
+    enqueue(dlq, QueueId("1", TABLE, "3"), [change(2, 2)])
     worker.start()
-    time.sleep(0.3)
+    # The worker's own thread replays it: its loop runs (with Hung's probe still hanging).
+    wait_until(lambda: set(fine.rows(TABLE)) == {(1,), (2,)}, 20, "the running worker's pass")
     started = time.monotonic()
     assert worker.stop(timeout=1.0)
     assert time.monotonic() - started < 1.0
@@ -204,11 +208,8 @@ def test_fresh_events_flow_through_a_running_replay(tmp_path: Path) -> None:
     thread = threading.Thread(target=producer)
     thread.start()
     thread.join()
-    deadline = time.monotonic() + 20
-    while dlq.has_messages(queue) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not dlq.has_messages(queue), 20, "the running replay to drain the queue")
     worker.stop()
-    assert not dlq.has_messages(queue)
     assert dest.rows(TABLE) == apply_model(history)[TABLE]
     applied = [r.position.commit for r in dest.applied]
     assert applied == sorted(applied)

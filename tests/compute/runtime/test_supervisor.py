@@ -8,7 +8,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -27,21 +26,14 @@ from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
 from config.admin_config import AdminConfig
 from config.settings import Settings
-from tests.compute.helpers import TABLE, ListSource, apply_model, change, dlq_config
+from tests.builders import TABLE, change, dlq_config
+from tests.compute.helpers import ListSource, apply_model
 from tests.fakes import FakeDestination
+from tests.waiting import wait_until
 
 QUEUE = QueueId("1", TABLE, "2")
 FAILURE = FailureContext("OperationalError", "connection refused", code="08006")
 CRASH = "dictionary changed size during iteration"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        threading.Event().wait(0.02)
-    return condition()
 
 
 @pytest.fixture(autouse=True)
@@ -99,8 +91,12 @@ def test_a_crash_outside_the_recovery_pass_restarts_the_worker_and_replay_goes_o
         enqueue(dlq, second)
         pipeline.worker.wake()
         # The restarted thread replays what was queued after the crash.
-        assert wait_until(lambda: dest.rows(TABLE) == apply_model(first + second)[TABLE])
-        assert wait_until(lambda: not dlq.has_messages(QUEUE))
+        wait_until(
+            lambda: dest.rows(TABLE) == apply_model(first + second)[TABLE],
+            20,
+            "dest.rows(TABLE) == apply_model(first + second)[TABLE]",
+        )
+        wait_until(lambda: not dlq.has_messages(QUEUE), 20, "not dlq.has_messages(QUEUE)")
         [record] = [r for r in caplog.records if r.name == "compute.runtime.supervisor"]
         assert record.levelno == logging.ERROR and record.exc_info is not None
         assert "thread crashed, restarting: thread=dlq-recovery-p" in record.getMessage()
@@ -132,7 +128,9 @@ def test_a_thread_that_keeps_crashing_makes_health_critical_and_stops_at_once(
     monkeypatch.setattr(pipeline.worker, "_seconds_to_next_due", always)
     pipeline.start()
     try:
-        assert wait_until(lambda: pipeline.worker.supervisor.crashing)
+        wait_until(
+            lambda: pipeline.worker.supervisor.crashing, 20, "pipeline.worker.supervisor.crashing"
+        )
         body, code = health(pipeline, dlq)
         assert code == 503 and body["status"] == "critical"
         assert any(
@@ -159,7 +157,11 @@ def test_stop_is_immediate_during_a_restart_backoff() -> None:
     supervisor = Supervisor("t", loop, stop, policy=RetryPolicy(0, base_delay=60, max_delay=60))
     supervisor.start()
     assert crashed.wait(10)
-    assert wait_until(lambda: supervisor.status()["state"] == "restarting", 5)
+    wait_until(
+        lambda: supervisor.status()["state"] == "restarting",
+        5,
+        'supervisor.status()["state"] == "restarting"',
+    )
     stop.set()
     assert supervisor.join(2)
     assert supervisor.restarts == 1
@@ -235,7 +237,9 @@ def test_a_crash_of_the_admin_api_serve_loop_is_restarted_and_shown_like_the_oth
             [thread] = [t for t in engine.status()["threads"] if t["thread"] == "admin-api"]
             return thread
 
-        assert wait_until(lambda: admin_thread()["state"] == "running")
+        wait_until(
+            lambda: admin_thread()["state"] == "running", 20, 'admin_thread()["state"] == "running"'
+        )
         assert admin_thread()["restarts"] == 1
         [record] = [r for r in caplog.records if r.name == "compute.runtime.supervisor"]
         assert "thread crashed, restarting: thread=admin-api" in record.getMessage()

@@ -13,7 +13,7 @@ from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from config.dlq_config import DLQConfig
-from tests.compute.helpers import change
+from tests.builders import change, messages
 
 GOOD = QueueId("1", "public.good", "1")
 BAD = QueueId("1", "public.bad", "1")
@@ -23,13 +23,7 @@ FAILURE = FailureContext("OperationalError", "down", code="08006")
 def fill(base: Path) -> None:
     with DLQManager(DLQConfig(base_path=base, min_free_disk_mb=0), background=False) as dlq:
         for queue in (GOOD, BAD):
-            dlq.enqueue(
-                queue,
-                [
-                    DLQMessage.create(queue, change(i, i, table=queue.table), FAILURE)
-                    for i in range(5)
-                ],
-            )
+            dlq.enqueue(queue, messages(queue, range(5), FAILURE))
 
 
 def damage_missing_manifest(segment: Path) -> None:

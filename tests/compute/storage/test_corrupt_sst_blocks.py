@@ -20,11 +20,10 @@ from typing import Any
 import pytest
 
 from compute.codec.failure_context import FailureContext
-from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.queue_id import QueueId
 from config.dlq_config import DLQConfig
-from tests.compute.helpers import change
+from tests.builders import messages
 
 BIG = QueueId("1", "public.big", "1")
 GOOD = QueueId("1", "public.good", "1")
@@ -36,13 +35,8 @@ def config(base: Path) -> DLQConfig:
     return DLQConfig(base_path=base, min_free_disk_mb=0)
 
 
-def messages(queue: QueueId, ids: range) -> list[DLQMessage]:
-    return [
-        DLQMessage.create(
-            queue, change(i, i, table=queue.table, note=random.randbytes(100).hex()), FAILURE
-        )
-        for i in ids
-    ]
+def random_note() -> str:
+    return random.randbytes(100).hex()
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +44,8 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("big") / "dlq"
     with DLQManager(config(base), background=False) as dlq:
         for start in range(0, BIG_COUNT, 500):
-            dlq.enqueue(BIG, messages(BIG, range(start, start + 500)))
-        dlq.enqueue(GOOD, messages(GOOD, range(5)))
+            dlq.enqueue(BIG, messages(BIG, range(start, start + 500), FAILURE, note=random_note))
+        dlq.enqueue(GOOD, messages(GOOD, range(5), FAILURE, note=random_note))
     # Reopening flushes the write-ahead log into an SST file.
     with DLQManager(config(base), background=False) as dlq:
         assert dlq.store.count(BIG) == BIG_COUNT
@@ -120,8 +114,8 @@ def assert_set_aside_and_others_work(base: Path, dlq: DLQManager) -> None:
     assert dlq.store.count(BIG) == 0  # starts empty
     assert [d["queue"] for d in dlq.damaged_queues()] == [str(BIG)]
     # Every other queue accepts and replays, in order; the damaged one takes new events.
-    dlq.enqueue(GOOD, messages(GOOD, range(5, 8)))
-    dlq.enqueue(BIG, messages(BIG, range(10**6, 10**6 + 2)))
+    dlq.enqueue(GOOD, messages(GOOD, range(5, 8), FAILURE, note=random_note))
+    dlq.enqueue(BIG, messages(BIG, range(10**6, 10**6 + 2), FAILURE, note=random_note))
     for queue, expected in ((GOOD, list(range(8))), (BIG, [10**6, 10**6 + 1])):
         lease = dlq.read_batch(queue, 100)
         assert [m.record.key["id"] for m in lease.messages] == expected

@@ -7,29 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from compute.codec.failure_context import FailureContext
-from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from config.dlq_config import DLQConfig
-from tests.compute.helpers import change
+from tests.builders import messages
 
 Q = QueueId("1", "public.accounts", "1")
-FAILURE = FailureContext("OperationalError", "destination down", code="08006")
+NOTE = "x" * 200
 
 
 @pytest.fixture
 def small_disk_size() -> str:
     """8 MiB: the 5 MiB filler leaves the queue little room, so it fills quickly."""
     return "8m"
-
-
-def messages(start: int, count: int) -> list[DLQMessage]:
-    return [
-        DLQMessage.create(Q, change(i, i, table=Q.table, note="x" * 200), FAILURE)
-        for i in range(start, start + count)
-    ]
 
 
 def test_enospc_refuses_typed_then_recovers_everything_once_space_is_back(small_disk: Path) -> None:
@@ -41,7 +32,7 @@ def test_enospc_refuses_typed_then_recovers_everything_once_space_is_back(small_
         refused = None
         for start in range(0, 100_000, 100):
             try:
-                dlq.enqueue(Q, messages(start, 100))
+                dlq.enqueue(Q, messages(Q, range(start, start + 100), note=NOTE))
             except DLQFullError as error:
                 refused = error
                 break
@@ -50,9 +41,11 @@ def test_enospc_refuses_typed_then_recovers_everything_once_space_is_back(small_
         assert "No space left" in str(refused)
         assert len(accepted) > 500
         with pytest.raises(DLQFullError):  # still full: refused again, typed, no crash
-            dlq.enqueue(Q, messages(10**6, 100))
+            dlq.enqueue(Q, messages(Q, range(10**6, 10**6 + 100), note=NOTE))
         filler.unlink()  # space is back
-        dlq.enqueue(Q, messages(10**6, 1))  # the dead handle was closed and reopened
+        dlq.enqueue(
+            Q, messages(Q, range(10**6, 10**6 + 1), note=NOTE)
+        )  # the dead handle was closed and reopened
         assert dlq.store.count(Q) == len(accepted) + 1
         got: list[int] = []
         while not (lease := dlq.read_batch(Q, 500)).is_empty:
@@ -67,7 +60,7 @@ def test_free_disk_floor_refuses_before_the_disk_is_full(small_disk: Path) -> No
         accepted = 0
         with pytest.raises(DLQFullError) as caught:
             for start in range(0, 100_000, 100):
-                dlq.enqueue(Q, messages(start, 100))
+                dlq.enqueue(Q, messages(Q, range(start, start + 100), note=NOTE))
                 accepted += 100
         assert caught.value.limit == "min_free_disk"
         assert dlq.store.count(Q) == accepted

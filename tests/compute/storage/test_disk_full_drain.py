@@ -14,21 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from compute.codec.failure_context import FailureContext
-from compute.codec.message import DLQMessage
 from compute.delivery.health import DestinationHealth
 from compute.dlq.manager import DLQManager
 from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
 from config.dlq_config import DLQConfig
-from tests.compute.helpers import change
+from tests.builders import messages
 from tests.fakes import FakeDestination
 from tests.tmpfs import fill_disk
 
 DEST = "2"
 Q = QueueId("1", "public.accounts", DEST)
-FAILURE = FailureContext("OperationalError", "destination down", code="08006")
 
 
 def config(disk: Path) -> DLQConfig:
@@ -42,20 +39,15 @@ def config(disk: Path) -> DLQConfig:
     )
 
 
-def messages(start: int, count: int) -> list[DLQMessage]:
-    # Random notes: zlib cannot shrink them, so the log grows as the queue does.
-    return [
-        DLQMessage.create(Q, change(i, i, table=Q.table, note=os.urandom(60).hex()), FAILURE)
-        for i in range(start, start + count)
-    ]
-
-
 def fill_queue(dlq: DLQManager) -> list[int]:
     """Enqueue until the disk refuses; the ids accepted, in order."""
     accepted: list[int] = []
     for start in range(0, 1_000_000, 200):
         try:
-            dlq.enqueue(Q, messages(start, 200))
+            # Random notes: zlib cannot shrink them, so the log grows as the queue does.
+            dlq.enqueue(
+                Q, messages(Q, range(start, start + 200), note=lambda: os.urandom(60).hex())
+            )
         except DLQFullError as error:
             assert error.limit == "disk_full" and "No space left" in str(error)
             break

@@ -29,10 +29,11 @@ from destinations.errors import FailureKind
 from destinations.postgresql.destination import PostgreSQLDestination
 from destinations.records import ChangeRecord
 from destinations.snowflake.destination import SnowflakeDestination
-from tests.destinations.helpers import SOURCE_TABLE
+from tests.builders import SOURCE_TABLE
 from tests.destinations.snowflake.expiring_sessions import ExpiringSessions
 from tests.fakes import FakeDestination, Fault
 from tests.fault_proxy import FaultProxy
+from tests.waiting import wait_until
 
 # Column name -> logical type; each backend maps the type to its own DDL.
 Columns = Mapping[str, str]
@@ -71,17 +72,6 @@ class Expected:
 
 def code_matches(code: str | None, expected: str | None) -> bool:
     return code is None if expected is None else code is not None and code.startswith(expected)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes; its last answer."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        pause.wait(0.02)
-    return True
 
 
 class Backend(ABC):
@@ -324,7 +314,11 @@ class PostgreSQLBackend(Backend):
         pids = self._rosetta_backends()
         assert pids, "the destination keeps no session to lose"
         self._terminate(pids)
-        assert wait_until(lambda: not set(pids) & set(self._rosetta_backends()))
+        wait_until(
+            lambda: not set(pids) & set(self._rosetta_backends()),
+            20,
+            "the killed backends to be gone",
+        )
 
     def write_losing_sessions(
         self, destination: Destination, records: Sequence[ChangeRecord]

@@ -9,8 +9,9 @@ import pytest
 
 from destinations.errors import FailureKind
 from destinations.records import Operation
-from tests.destinations.contract.backends import Backend, code_matches, raised_by, wait_until
-from tests.destinations.helpers import SOURCE_TABLE, delete, upsert
+from tests.builders import SOURCE_TABLE, delete, upsert
+from tests.destinations.contract.backends import Backend, code_matches, raised_by
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 
@@ -110,7 +111,7 @@ def test_a_write_during_an_outage_is_transient_and_a_lost_connection(backend: Ba
         assert dest.test_connection(timeout=1.0) is False
         assert time.monotonic() - start < 1.5
         assert dest.last_health_error
-    assert wait_until(lambda: dest.test_connection(timeout=5.0))
+    wait_until(lambda: dest.test_connection(timeout=5.0), 20, "the destination to answer again")
     assert dest.last_health_error is None
     dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "after", "qty": 2}, 3)])
     assert names(backend) == ["before", "after"]
@@ -164,7 +165,7 @@ def test_health_check_false_within_its_timeout_when_the_server_never_answers(
             assert time.monotonic() - t0 < 0.6
         probes = [t for t in threading.enumerate() if t.name.startswith("health-probe:")]
         assert len(probes) <= 1
-    assert wait_until(lambda: dest.test_connection(timeout=5.0))
+    wait_until(lambda: dest.test_connection(timeout=5.0), 20, "the destination to answer again")
 
 
 def test_close_releases_the_connections_and_may_be_repeated(backend: Backend) -> None:
@@ -173,5 +174,5 @@ def test_close_releases_the_connections_and_may_be_repeated(backend: Backend) ->
     assert dest.test_connection(timeout=10.0) is True
     dest.close()
     dest.close()
-    assert wait_until(backend.connections_closed, timeout=10)
+    wait_until(backend.connections_closed, 10, "the destination's connections to close")
     assert names(backend) == ["a"]

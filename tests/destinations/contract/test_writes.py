@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from destinations.records import Operation
+from tests.builders import SOURCE_TABLE, delete, upsert
 from tests.destinations.contract.backends import TYPED, Backend
-from tests.destinations.helpers import SOURCE_TABLE, delete, upsert
 
 pytestmark = pytest.mark.filterwarnings("ignore:Arrow output on a DB-API result:UserWarning")
 

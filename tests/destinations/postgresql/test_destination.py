@@ -26,7 +26,7 @@ from destinations.errors import FailureKind, PermanentDestinationError
 from destinations.postgresql.destination import PostgreSQLDestination
 from destinations.postgresql.position_guard import tombstone_table_name
 from destinations.records import Operation
-from tests.destinations.helpers import SOURCE_TABLE, delete, upsert
+from tests.builders import SOURCE_TABLE, delete, upsert
 from tests.servers import free_port
 
 # copy_threshold picks the write path: a huge threshold keeps every test batch

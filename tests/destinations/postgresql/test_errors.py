@@ -22,7 +22,7 @@ from psycopg2 import sql
 
 from destinations.errors import FailureKind, PermanentDestinationError
 from destinations.postgresql.destination import PostgreSQLDestination
-from tests.destinations.helpers import SOURCE_TABLE, upsert
+from tests.builders import SOURCE_TABLE, upsert
 from tests.servers import PostgresServer, free_port
 
 TRANSIENT = FailureKind.TRANSIENT

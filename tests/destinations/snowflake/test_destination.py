@@ -36,7 +36,7 @@ from snowflake.connector.cursor import SnowflakeCursor
 from destinations.errors import FailureKind
 from destinations.snowflake.destination import SnowflakeDestination
 from destinations.snowflake.stage import quote
-from tests.destinations.helpers import SOURCE_TABLE, delete, upsert
+from tests.builders import SOURCE_TABLE, delete, upsert
 from tests.destinations.snowflake.expiring_sessions import ExpiringSessions
 from tests.destinations.snowflake.expiring_sessions import (
     expiring_sessions as patch_expiring_sessions,
@@ -390,7 +390,7 @@ def test_replay_failing_on_an_expired_session_does_not_charge_the_events(
     from compute.dlq.manager import DLQManager
     from compute.queue_id import QueueId
     from compute.recovery.worker import DLQRecoveryWorker
-    from tests.compute.helpers import dlq_config
+    from tests.builders import dlq_config
 
     dest = make_destination(items)
     config = dlq_config(tmp_path, max_retries=1)
