@@ -156,7 +156,12 @@ class EventHandler:
             except DLQFullError as error:
                 refused = refused or error
         if refused is not None:
-            raise refused
+            try:
+                raise refused
+            finally:
+                # A raised exception held by a local of its own frame is a
+                # cycle: the frames (and the batch) would wait for the collector.
+                del refused
 
     def deliver_groups(
         self,
@@ -177,7 +182,10 @@ class EventHandler:
                 continue
             done.add(key)
         if refused is not None:
-            raise refused
+            try:
+                raise refused
+            finally:
+                del refused  # no cycle: see handle()
 
     def deadline_of(self, destination: Destination) -> float | None:
         """Seconds a live write to ``destination`` may take: its own option, else the engine's."""

@@ -37,11 +37,14 @@ def when_full(
     info: QueueInfo,
     messages: Sequence[DLQMessage],
     error: DLQFullError,
-) -> None:
-    """``queue`` refused ``messages``: re-raise ``error`` (``block``), or count and log the drop.
+) -> bool:
+    """``queue`` refused ``messages``: True if the batch is dropped (counted and logged).
 
-    Either way the error is ``queue``'s last error. Returns only when the
-    batch is dropped (``drop_newest``).
+    Either way the error is ``queue``'s last error. False (``block``): the
+    caller re-raises ``error`` with a bare ``raise`` in its ``except`` block.
+    Raising it here would put this frame, which holds ``error``, in its own
+    traceback: a cycle that keeps every frame below alive until the garbage
+    collector runs, and with them the store's RocksDB handle, locked.
     """
     count = len(messages)
     error.queue = queue
@@ -49,7 +52,7 @@ def when_full(
         info.last_error = str(error)
         info.dirty = True
     if config.when_full is not WhenFull.DROP_NEWEST:
-        raise error
+        return False
     with info.lock:
         info.dropped += count
     logger.error(
@@ -61,3 +64,4 @@ def when_full(
         error.limit,
         ",".join(m.message_id for m in messages[:20]),
     )
+    return True

@@ -144,7 +144,8 @@ class DLQManager:
             with (self._infos.of(queue.main) if queue.lane else info).edit_lock:
                 self.store.enqueue(queue, payloads)
         except DLQFullError as error:
-            when_full(self.config, queue, info, messages, error)
+            if not when_full(self.config, queue, info, messages, error):
+                raise
             return EnqueueResult(0, dropped=count)
         last = messages[-1]
         # A generator over one message costs more than the rest of this block.
