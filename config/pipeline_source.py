@@ -18,7 +18,7 @@ def load_pipeline_specs(settings: Settings) -> list[PipelineSpec]:
         raise ConfigError(
             [
                 "no pipelines defined: set ROSETTA_PIPELINES_FILE to a TOML file "
-                "(see config/pipelines.py) or CONFIG_DATABASE_URL to a config database"
+                '(README, "Running the engine") or CONFIG_DATABASE_URL to a config database'
             ]
         )
     return load_pipelines_file(settings.pipelines_file, settings.environment)

@@ -1,4 +1,4 @@
-"""Pipeline definitions: a local TOML file (the embedded default) or the config database.
+"""Pipeline definitions (``PipelineSpec``) and their TOML schema, parsed with every problem named.
 
 TOML schema (``ROSETTA_PIPELINES_FILE``)::
 

@@ -1,1 +1,1 @@
-"""The operator surface: DLQ operations, their JSONL export format and the admin HTTP API."""
+"""The operator surface: every DLQ operation, and the admin HTTP API that serves them."""

@@ -1,4 +1,4 @@
-"""A daemon thread that runs one destination write at a time, for the recovery worker.
+"""A daemon thread that runs one destination write at a time, for live delivery and replay.
 
 Why: a replay batch spends most of its time in two places, decoding the DLQ
 messages (Python, holds the GIL) and waiting for the destination to commit
