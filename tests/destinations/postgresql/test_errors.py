@@ -11,7 +11,6 @@ destination classes that as a lost connection, transient.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,6 +23,7 @@ from destinations.errors import FailureKind, PermanentDestinationError
 from destinations.postgresql.destination import PostgreSQLDestination
 from tests.builders import SOURCE_TABLE, upsert
 from tests.servers import PostgresServer, free_port
+from tests.waiting import wait_until
 
 TRANSIENT = FailureKind.TRANSIENT
 PERMANENT = FailureKind.PERMANENT
@@ -176,12 +176,14 @@ def test_deadlock_40P01_is_transient(
     left, right = psycopg2.connect(postgres_dsn), psycopg2.connect(postgres_dsn)
     errors: list[BaseException] = []
 
-    def lock_then_wait(conn: Any, first: int, second: int, pause: float) -> None:
+    both_hold_their_first_row = threading.Barrier(2, timeout=30)
+
+    def lock_then_wait(conn: Any, first: int, second: int) -> None:
         try:
             with conn.cursor() as cur:
                 cur.execute("SET deadlock_timeout = '100ms'")
                 cur.execute(sql.SQL("UPDATE {} SET qty = 1 WHERE id = %s").format(table), (first,))
-                time.sleep(pause)
+                both_hold_their_first_row.wait()
                 cur.execute(sql.SQL("UPDATE {} SET qty = 2 WHERE id = %s").format(table), (second,))
         except psycopg2.Error as exc:
             errors.append(exc)
@@ -189,8 +191,8 @@ def test_deadlock_40P01_is_transient(
             conn.rollback()
 
     threads = [
-        threading.Thread(target=lock_then_wait, args=(left, 1, 2, 0.3)),
-        threading.Thread(target=lock_then_wait, args=(right, 2, 1, 0.3)),
+        threading.Thread(target=lock_then_wait, args=(left, 1, 2)),
+        threading.Thread(target=lock_then_wait, args=(right, 2, 1)),
     ]
     for thread in threads:
         thread.start()
@@ -202,6 +204,21 @@ def test_deadlock_40P01_is_transient(
     assert verdict(dest, errors[0]) == (TRANSIENT, "40P01")
 
 
+def wait_until_sleeping(conn: Any, pid: int) -> None:
+    """Wait until backend ``pid`` is running its ``pg_sleep`` (so a cancel hits the statement)."""
+
+    def sleeping() -> bool:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active' "
+                "AND query LIKE 'SELECT pg_sleep%%'",
+                (pid,),
+            )
+            return cur.fetchone() is not None
+
+    wait_until(sleeping, 20, f"backend {pid} to run its pg_sleep")
+
+
 @pytest.mark.timeout(60)
 def test_query_canceled_57014_is_transient(
     dest: PostgreSQLDestination, postgres_dsn: str, pg_conn: Any
@@ -210,7 +227,7 @@ def test_query_canceled_57014_is_transient(
     pid = victim.get_backend_pid()
 
     def cancel_soon() -> None:
-        time.sleep(0.3)
+        wait_until_sleeping(pg_conn, pid)
         with pg_conn.cursor() as cur:
             cur.execute("SELECT pg_cancel_backend(%s)", (pid,))
 
@@ -232,7 +249,7 @@ def test_terminated_backend_57P01_is_transient(
     pid = victim.get_backend_pid()
 
     def terminate_soon() -> None:
-        time.sleep(0.3)
+        wait_until_sleeping(pg_conn, pid)
         with pg_conn.cursor() as cur:
             cur.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
