@@ -428,7 +428,7 @@ class EventHandler:
                 park.append(message._replace(failure=failure))
                 keys.add(key)
             elif key in keys:
-                park.append(message._replace(failure=held_behind_failure(now)))
+                park.append(message._replace(failure=held_behind_failure(now, message.failure)))
             else:
                 keep.append(message)
         parked = self.dlq.park(queue, park)

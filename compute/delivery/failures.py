@@ -37,15 +37,31 @@ def classify_or_transient(destination: Destination, error: BaseException) -> Cla
     return replace(classified, message=redact(classified.message))
 
 
-def held_behind_failure(now: float) -> FailureContext:
-    """Context for a change parked because an earlier change to its key is parked."""
-    return FailureContext(
+def held_behind_failure(now: float, own: FailureContext | None = None) -> FailureContext:
+    """Context for a change parked because an earlier change to its key is parked.
+
+    A change that had failed on its own (``own``, from its queued message)
+    keeps that history: its attempts, first failure, stack, and its last
+    error named in the text, so an operator sees both reasons.
+    """
+    held = FailureContext(
         error_class="HeldBehindParkedChange",
         message="an earlier change to this key is parked; this one waits behind it",
         kind=FailureKind.PERMANENT,
         attempts=0,
         first_failure_at=now,
         last_failure_at=now,
+    )
+    if own is None or not own.attempts:
+        return held
+    return held._replace(
+        message=_truncate(
+            f"{held.message} (its own last failure: {own.error_class}: {own.message})",
+            MAX_ERROR_MESSAGE_CHARS,
+        ),
+        stack=own.stack,
+        attempts=own.attempts,
+        first_failure_at=own.first_failure_at or now,
     )
 
 

@@ -420,8 +420,9 @@ class QueueReplay:
     def _park_held(self, queue: QueueId, held: list[DLQMessage], now: float) -> int:
         """Park ``held`` behind their keys' parked changes; returns how many were parked
         (a change no message can store is quarantined instead, and counted there)."""
-        context = held_behind_failure(now)
-        return self.dlq.park(queue, [_with_failure(m, context) for m in held])
+        return self.dlq.park(
+            queue, [_with_failure(m, held_behind_failure(now, m.failure)) for m in held]
+        )
 
     def _isolate(
         self, destination: Destination, queue: QueueId, lease: DLQLease, counts: ReplayCounts

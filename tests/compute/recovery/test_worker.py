@@ -121,7 +121,14 @@ def test_poison_is_parked_and_its_key_held_while_others_flow(tmp_path: Path) -> 
     parked = dlq.peek(queue.parked, 10)
     assert [(m.record.key["id"], m.record.position.commit) for m in parked] == [(2, 2), (2, 4)]
     assert parked[0].failure.kind.value == "permanent"
-    assert parked[1].failure.error_class == "HeldBehindParkedChange"
+    held = parked[1].failure
+    assert held.error_class == "HeldBehindParkedChange"
+    # Its own history stays: it was queued after "connection refused".
+    assert held.message == (
+        "an earlier change to this key is parked; this one waits behind it "
+        "(its own last failure: OperationalError: connection refused)"
+    )
+    assert held.attempts == FAILURE.attempts
     assert not dlq.has_messages(queue)
     # parked messages are never replayed automatically
     dest.clear_failures()
