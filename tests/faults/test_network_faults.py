@@ -114,7 +114,7 @@ def test_a_write_on_a_mute_connection_is_cut_and_nothing_is_lost(
     server: PostgresServer, proxy: FaultProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A blackhole under a kept connection: the write ends, transient, within its bounds."""
-    caplog.set_level(logging.INFO, logger="destinations.postgresql.destination")
+    caplog.set_level(logging.INFO, logger="destinations")
     setup = make_t(server.dsn)
     destination = destination_via(proxy, server)
     destination.write_batch("public.t", [_row(1, 1)])  # the connection is now kept
