@@ -1,4 +1,4 @@
-"""The packages import one way, down the layers the README's "Layout" section lists.
+"""The packages import one way, down the layers of the README's "Layout"; modules stay small.
 
 Every import (lazy ones inside functions too) of every module under compute/,
 config/ and destinations/ is read from the source; an import of a package
@@ -83,3 +83,19 @@ def test_imports_point_down(path: Path) -> None:
         if LAYERS[there] >= LAYERS[here]:
             wrong.append(f"{path.relative_to(ROOT)}:{line} ({here}) imports {module} ({there})")
     assert wrong == [], "imports against the layers:\n" + "\n".join(wrong)
+
+
+MAX_MODULE_LINES = 500
+
+
+def test_every_module_says_its_one_job_and_stays_small() -> None:
+    """Each module opens with a docstring (its job) and stays under 500 lines."""
+    problems = []
+    for path in modules():
+        text = path.read_text()
+        if not ast.get_docstring(ast.parse(text)):
+            problems.append(f"{path.relative_to(ROOT)}: no docstring saying its job")
+        lines = text.count("\n")
+        if lines > MAX_MODULE_LINES:
+            problems.append(f"{path.relative_to(ROOT)}: {lines} lines (split it by job)")
+    assert problems == []
