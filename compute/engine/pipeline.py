@@ -176,6 +176,11 @@ class Pipeline:
             self.state = PipelineState.STOPPED
         logger.info("pipeline stopped: pipeline=%s events=%d", self.name, self.stats.events)
 
+    def wake(self) -> None:
+        """Let the reader loop read the source now (a caller-fed source just got a batch)."""
+        with self._progress:
+            self._progress.notify_all()
+
     def supervisors(self) -> list[Supervisor]:
         """This pipeline's threads: its reader loop, its delivery lanes and its recovery worker."""
         lanes = [lane.supervisor for lane in self.lanes.values()]
