@@ -57,6 +57,8 @@ class DLQConfig:
     # Events a pipeline may have read but not yet delivered to every destination: how
     # far the other destinations may run ahead of a slow one (memory: ~1-2 KiB each).
     read_ahead_events: int = 20_000
+    # Seconds between a pipeline's progress lines (and deferred-event summaries); 0: none.
+    progress_interval: float = 10.0
 
     @property
     def min_free_disk_bytes(self) -> int:
@@ -65,6 +67,12 @@ class DLQConfig:
 
 def _when_full(text: str) -> WhenFull:
     return WhenFull(text.strip().lower())
+
+
+def _progress_interval(text: str) -> float:
+    """0 (no progress lines), or seconds from 0.1 to 86400."""
+    value = float(text.strip())
+    return value if value == 0 else seconds_in(0.1, 86400)(text)
 
 
 DLQ_VARIABLES: Variables = {
@@ -137,6 +145,11 @@ DLQ_VARIABLES: Variables = {
         "read_ahead_events",
         int_in(1, 10_000_000),
         "events read but not yet delivered to every destination, an integer from 1 to 10000000",
+    ),
+    "DLQ_PROGRESS_INTERVAL": (
+        "progress_interval",
+        _progress_interval,
+        "seconds between a pipeline's progress lines, 0 (off) or a number from 0.1 to 86400",
     ),
 }
 

@@ -14,11 +14,10 @@ For each (destination, table) group of a batch:
 A live write and its in-place retries share one deadline (the destination's
 ``live_write_deadline_ms`` option, else ``DLQ_LIVE_WRITE_DEADLINE_MS``). The
 write runs on the destination's own writer thread; if it has not ended by the
-deadline, its events are queued
-at once and the destination turns to store-and-forward, while the write,
-left to finish, is settled against the queue later (``compute/delivery/in_flight.py``).
-A destination that hangs thus costs its pipeline one deadline, not its
-driver's timeouts.
+deadline, its events are queued at once and the destination turns to
+store-and-forward, while the write, left to finish, is settled against the
+queue later (``compute/delivery/in_flight.py``). A destination that hangs
+thus costs its pipeline one deadline, not its driver's timeouts.
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class HandlerCounters:
-    """What the handler did, for status and metrics."""
+    """What the handler did (running totals), for status, metrics and the progress line."""
 
     written: Counter[str] = field(default_factory=Counter)  # by destination id
     queued: Counter[str] = field(default_factory=Counter)
@@ -67,6 +66,7 @@ class HandlerCounters:
     # Changes holding a value no DLQ message can store: in the queue's quarantine/.
     quarantined: Counter[str] = field(default_factory=Counter)
     retries: Counter[str] = field(default_factory=Counter)
+    queued_by_queue: Counter[QueueId] = field(default_factory=Counter)  # deferred summaries
 
 
 def group_by_table(records: Sequence[ChangeRecord]) -> dict[str, list[ChangeRecord]]:
@@ -456,6 +456,7 @@ class EventHandler:
         except MessageTooLargeError:
             result = self._park_oversized(queue, messages)
         self.counters.queued[queue.destination_id] += result.accepted
+        self.counters.queued_by_queue[queue] += result.accepted
         self.counters.dropped[queue.destination_id] += result.dropped
         self.counters.quarantined[queue.destination_id] += result.quarantined
         self.observer.enqueued(queue, result.accepted, result.dropped)

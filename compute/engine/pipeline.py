@@ -24,6 +24,7 @@ from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
 from compute.delivery.lane import DeliveryLane, LaneBatch, lane_batch
 from compute.dlq.manager import DLQManager
+from compute.engine.progress import ProgressReporter
 from compute.errors import DLQFullError
 from compute.recovery.worker import DLQRecoveryWorker
 from compute.runtime.retry_policy import RetryPolicy
@@ -143,11 +144,13 @@ class Pipeline:
         # supervisor restarts it only if something unexpected escapes it.
         self.supervisor = Supervisor(f"pipeline-{name}", self._loop, self._stop)
         self.finished = threading.Event()
+        self.progress = self._progress_reporter()
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         self.state = PipelineState.RUNNING
+        self.progress.start()  # first: its first line counts from here
         self.worker.start()
         for lane in self.lanes.values():
             lane.start()
@@ -170,6 +173,7 @@ class Pipeline:
         self.supervisor.join(timeout)
         for lane in self.lanes.values():
             lane.join(max(1.0, timeout / 2))
+        self.progress.join(1.0)
         self.handler.close()
         self.worker.stop(timeout=max(1.0, timeout / 2))
         if self.state is not PipelineState.FINISHED:
@@ -184,7 +188,8 @@ class Pipeline:
     def supervisors(self) -> list[Supervisor]:
         """This pipeline's threads: its reader loop, its delivery lanes and its recovery worker."""
         lanes = [lane.supervisor for lane in self.lanes.values()]
-        return [self.supervisor, *lanes, self.worker.supervisor]
+        progress = [self.progress.supervisor] if self.progress.enabled else []
+        return [self.supervisor, *lanes, self.worker.supervisor, *progress]
 
     def close(self) -> None:
         self.source.close()
@@ -230,7 +235,7 @@ class Pipeline:
     def _read_into_lanes(self) -> bool:
         """Read one source batch and hand it to every lane; False if the source had none."""
         batch = self.source.read(self.batch_size)
-        self.stats.rejected_events = len(self.source.rejected)
+        self.stats.rejected_events = self.source.rejected_count  # all, not the last kept
         if not batch.records:
             if batch.resume_token:
                 with self._progress:
@@ -242,6 +247,7 @@ class Pipeline:
                 self.source.acknowledge(batch.resume_token)
             return False
         entry = lane_batch(self._next_seq, batch.records)
+        self.progress.read(entry.seq, batch.records)
         self._next_seq += 1
         entry.pending = set(self.lanes)
         with self._progress:
@@ -268,8 +274,9 @@ class Pipeline:
             with self._progress:
                 if not self._in_lanes or self._in_lanes[0][0].pending:
                     return
-                _, token, events = self._in_lanes.popleft()
+                entry, token, events = self._in_lanes.popleft()
                 self._in_lanes_events -= events
+            self.progress.acknowledged(entry.seq)
             if token:
                 self.source.acknowledge(token)
             if events:
@@ -307,7 +314,7 @@ class Pipeline:
         """
         if self._pending is None:
             batch = self.source.read(self.batch_size)
-            self.stats.rejected_events = len(self.source.rejected)
+            self.stats.rejected_events = self.source.rejected_count  # all, not the last kept
             if not batch.records:
                 if batch.resume_token:
                     self.source.acknowledge(batch.resume_token)
@@ -321,11 +328,27 @@ class Pipeline:
             return False
         self._leave_backpressure()
         self.source.acknowledge(batch.resume_token)
+        self.progress.read(-1, batch.records)
+        self.progress.acknowledged()
         self._pending = None
         self.stats.batches += 1
         self.stats.events += len(batch.records)
         self.worker.wake()
         return True
+
+    def _progress_reporter(self) -> ProgressReporter:
+        """The progress line's reporter (a thread of its own unless DLQ_PROGRESS_INTERVAL=0)."""
+        return ProgressReporter(
+            self.name,
+            self.source,
+            self.handler.counters,
+            self.worker,
+            self.health,
+            self.dlq,
+            self.config.progress_interval,
+            stop=self._stop,
+            clock=self._clock,
+        )
 
     def _enter_backpressure(self, error: DLQFullError) -> None:
         if self.state is not PipelineState.BACKPRESSURE:

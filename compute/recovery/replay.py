@@ -43,6 +43,7 @@ from compute.recovery.outcome import (
     StuckWrite,
     decide,
 )
+from compute.recovery.pass_log import log_pass
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread
 from config.dlq_config import DLQConfig
@@ -145,11 +146,13 @@ class QueueReplay:
         state = self.backoff.setdefault(queue, QueueBackoff())
         if now < state.retry_at:
             return ReplayResult(queue)
+        started = time.monotonic()
         if self.pipelined:
             with collector_paused():  # why: compute/recovery/gc_pause.py
                 counts = self._replay_batches(queue, state)
         else:
             counts = self._replay_batches(queue, state)
+        log_pass(self.pipeline_name, queue, counts, time.monotonic() - started, self.dlq)
         return ReplayResult.of(queue, counts)
 
     def _replay_batches(self, queue: QueueId, state: QueueBackoff) -> ReplayCounts:
@@ -238,7 +241,7 @@ class QueueReplay:
         if not messages:  # only quarantined payloads
             self.dlq.ack(lease)
             return Outcome.ACKNOWLEDGED, counts, None
-        logger.info("Processing %d DLQ messages for %s", len(messages), queue)
+        logger.debug("Processing %d DLQ messages for %s", len(messages), queue)
         if batch.expired:
             counts.expired = len(batch.expired)
             logger.warning(
@@ -278,8 +281,8 @@ class QueueReplay:
                 counts.parked += self._park_held(queue, batch.held, self._clock())
             self.dlq.ack(lease)
             counts.replayed = len(batch.live)
-            logger.info(
-                "✓ Successfully replayed %d/%d DLQ messages", len(batch.live), len(messages)
+            logger.debug(
+                "DLQ batch replayed: queue=%s replayed=%d/%d", queue, len(batch.live), len(messages)
             )
             return decision.outcome, counts, ahead
         if isinstance(error, StuckWrite):

@@ -66,5 +66,10 @@ class Source(ABC):
         """Events set aside as malformed so far (reported, never crashed on)."""
         return ()
 
+    @property
+    def rejected_count(self) -> int:
+        """Events set aside as malformed so far, every one (``rejected`` may keep only the last)."""
+        return len(self.rejected)
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release files and handles."""

@@ -123,7 +123,7 @@ class JsonLinesSource(Source):
         self._primary_keys = {t: column_list(cols) for t, cols in (primary_keys or {}).items()}
         self._rejected_path = Path(rejected_path) if rejected_path is not None else None
         self._rejected: deque[RejectedEvent] = deque(maxlen=max(0, max_rejected))
-        self.rejected_count = 0
+        self._rejected_total = 0  # all of them; _rejected keeps the last max_rejected
         self._max_line = max_line_bytes
         self._warned_backwards = False
         self._closed = False
@@ -201,6 +201,10 @@ class JsonLinesSource(Source):
     @property
     def rejected(self) -> Sequence[RejectedEvent]:
         return tuple(self._rejected)
+
+    @property
+    def rejected_count(self) -> int:
+        return self._rejected_total
 
     def close(self) -> None:
         self._closed = True
@@ -385,11 +389,11 @@ class JsonLinesSource(Source):
     # --- reporting -------------------------------------------------------------------------------
 
     def _reject(self, line_no: int, offset: int, reason: str, data: bytes) -> None:
-        self.rejected_count += 1
+        self._rejected_total += 1
         text = data.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
         kept = text if len(text) <= _RAW_KEPT_CHARS else text[:_RAW_KEPT_CHARS] + "...[truncated]"
         self._rejected.append(RejectedEvent(f"{self.name} line {line_no}", reason, kept))
-        count = self.rejected_count
+        count = self._rejected_total
         if count <= _LOG_EACH_FIRST or count % _LOG_EVERY == 0:
             logger.warning(
                 "rejected change event source=%s file=%s line=%d reason=%s rejected_total=%d%s",

@@ -34,6 +34,7 @@ ALL_VARIABLES = [
     "DLQ_RESCAN_INTERVAL",
     "DLQ_LIVE_WRITE_DEADLINE_MS",
     "DLQ_READ_AHEAD_EVENTS",
+    "DLQ_PROGRESS_INTERVAL",
 ]
 
 
@@ -155,6 +156,10 @@ VALID_CASES: list[tuple[str, str, str, object]] = [
     ("DLQ_LIVE_WRITE_DEADLINE_MS", "3600000", "live_write_deadline_ms", 3_600_000),
     ("DLQ_READ_AHEAD_EVENTS", "1", "read_ahead_events", 1),
     ("DLQ_READ_AHEAD_EVENTS", "10000000", "read_ahead_events", 10_000_000),
+    ("DLQ_PROGRESS_INTERVAL", "0", "progress_interval", 0.0),
+    ("DLQ_PROGRESS_INTERVAL", "0.1", "progress_interval", 0.1),
+    ("DLQ_PROGRESS_INTERVAL", "30", "progress_interval", 30.0),
+    ("DLQ_PROGRESS_INTERVAL", "86400", "progress_interval", 86400.0),
 ]
 
 
@@ -203,6 +208,7 @@ FULL_ENV = {
     "DLQ_RESCAN_INTERVAL": "300",
     "DLQ_LIVE_WRITE_DEADLINE_MS": "500",
     "DLQ_READ_AHEAD_EVENTS": "5000",
+    "DLQ_PROGRESS_INTERVAL": "60",
 }
 
 
@@ -226,6 +232,7 @@ def test_every_variable_at_once(no_dotenv: Path) -> None:
         rescan_interval=300.0,
         live_write_deadline_ms=500,
         read_ahead_events=5000,
+        progress_interval=60.0,
     )
 
 
@@ -352,6 +359,10 @@ INVALID_CASES: dict[str, tuple[list[str], str]] = {
     "DLQ_READ_AHEAD_EVENTS": (
         ["", "0", "-1", "1.5", "10000001", "lots", "1e400", HUGE],
         "an integer from 1 to 10000000",
+    ),
+    "DLQ_PROGRESS_INTERVAL": (
+        ["", "-1", "0.05", "86401", "nan", "inf", "10s", "often", HUGE],
+        "0 (off) or a number from 0.1 to 86400",
     ),
 }
 

@@ -135,5 +135,5 @@ def test_kill9_engine_during_traffic_and_replay(tmp_path: Path, postgres_server_
             engine.kill()
             engine.wait()
     text = log.read_text()
-    assert "Processing" in text and "Successfully replayed" in text, "no replay ever ran"
+    assert "Successfully replayed" in text, "no replay ever ran"
     assert_final_state(tmp_path, server.dsn, source)
