@@ -104,14 +104,16 @@ def start_engine(
     tmp_path: Path,
     *,
     alerts: AlertConfig | None = None,
+    admin: AdminConfig | None = None,
     batch_size: int = 10,
     **dlq_overrides: Any,
 ) -> Harness:
-    """A started Engine with one pipeline: FeedSource "1" -> FakeDestination "2"."""
+    """A started Engine with one pipeline: FeedSource "1" -> FakeDestination "2" (the admin
+    API off unless ``admin`` says otherwise)."""
     cfg = dlq_config(tmp_path, **dlq_overrides)
     settings = Settings(
         dlq=cfg,
-        admin=AdminConfig(enabled=False),
+        admin=admin or AdminConfig(enabled=False),
         alerts=alerts or AlertConfig(),
         state_path=tmp_path / "state",
     )
