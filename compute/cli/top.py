@@ -26,6 +26,7 @@ import click
 
 from compute.cli.output import setup_logging
 from compute.errors import EngineUnreachableError, UsageError
+from config.errors import RosettaError
 
 if TYPE_CHECKING:
     from compute.cli.top_sample import Sampler
@@ -117,6 +118,8 @@ def run_live(sampler: Sampler, interval: float, console: Any) -> None:
             except EngineUnreachableError as error:
                 problem = f"{error} (retrying every {interval:g}s)"
                 sampler = _reconnect(sampler)
+            except RosettaError as error:  # an answer it could not read: say so, go on
+                problem = f"{error} (retrying every {interval:g}s)"
             rows = queue_rows(snapshot, console.height, problem is not None)
             frame = render(
                 snapshot, width=console.width, max_queues=rows, problem=problem, interval=interval
