@@ -161,6 +161,8 @@ class QueueReading(OperationsBase):
                 {
                     "pipeline": status["pipeline"],
                     "state": status["state"],
+                    "events": status["events"],
+                    "rejected_events": status["rejected_events"],
                     "backpressure_reason": status["backpressure_reason"],
                     "last_error": status["last_error"],
                 }
@@ -202,6 +204,7 @@ class QueueReading(OperationsBase):
                     "source_id": source_id,
                     "status": "warning" if why else "healthy",
                     "health": dest["health"],
+                    "since": iso(dest["since"]),
                     "last_error": dest["last_error"],
                     "messages": messages,
                     "parked": parked,

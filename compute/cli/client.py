@@ -111,6 +111,28 @@ def connect(settings: Settings) -> DLQClient:
     return LocalClient(DLQOperations(manager, settings, mode="offline"), base)
 
 
+def connect_online(settings: Settings) -> HttpClient:
+    """The running engine's admin API; ``EngineUnreachableError`` saying why there is none."""
+    base = Path(settings.dlq.base_path)
+    engine = live_engine(base)
+    if engine is None:
+        if not base.is_dir():
+            where = "is not a directory" if base.exists() else "does not exist"
+            raise EngineUnreachableError(
+                f"no running engine: DLQ directory {str(base)!r} {where} "
+                "(set DLQ_BASE_PATH to the engine's)"
+            )
+        raise EngineUnreachableError(
+            f"no running engine: {base / DISCOVERY_FILE} is missing or names a process that "
+            "has ended; start it with `rosetta run` (admin API on: ROSETTA_ADMIN_ADDR not off) "
+            "or set DLQ_BASE_PATH to its directory"
+        )
+    pid, url = engine
+    client = HttpClient(url, settings.admin.token, pid)
+    client.probe()
+    return client
+
+
 class LocalClient(DLQClient):
     """Engine stopped: the queue directories, opened directly."""
 
@@ -200,6 +222,7 @@ class HttpClient(DLQClient):
         data: Any = None,
         headers: dict[str, str] | None = None,
         timeout: float = REQUEST_TIMEOUT,
+        accept: tuple[int, ...] = (),
     ) -> Any:
         all_headers = dict(headers or {})
         if self.token:
@@ -213,6 +236,8 @@ class HttpClient(DLQClient):
         try:
             return urllib.request.urlopen(request, timeout=timeout)
         except urllib.error.HTTPError as error:
+            if error.code in accept:
+                return error  # an answer the caller reads (GET /health is 503 when critical)
             name: object = None
             try:
                 answer = loads(error.read(), MAX_BODY_DEPTH)
@@ -242,6 +267,19 @@ class HttpClient(DLQClient):
 
     def queues(self) -> list[dict[str, Any]]:
         return list(self._request("GET", "/dlq/queues")["queues"])
+
+    def health(self, timeout: float = PROBE_TIMEOUT) -> dict[str, Any]:
+        """``GET /health``'s body, whatever the engine's status (``critical`` is a 503)."""
+        return dict(self._request("GET", "/health", timeout=timeout, accept=(503,)))
+
+    def read_json(self, path: str, timeout: float = PROBE_TIMEOUT) -> Any:
+        """A read-only route's JSON answer (``/dlq/queues``, ``/alerts``) within ``timeout``."""
+        return self._request("GET", path, timeout=timeout)
+
+    def read_text(self, path: str, timeout: float = PROBE_TIMEOUT) -> str:
+        """A read-only route's text answer (``/metrics``) within ``timeout``."""
+        with self._open("GET", path, timeout=timeout) as response:
+            return str(response.read().decode("utf-8"))
 
     def show(self, queue: QueueId, limit: int, parked: bool) -> dict[str, Any]:
         query = urllib.parse.urlencode({"limit": limit, "parked": str(parked).lower()})

@@ -14,6 +14,7 @@ import click
 
 from compute.cli.dlq_commands import dlq
 from compute.cli.output import setup_logging
+from compute.cli.top import top
 from compute.error_codes import EXIT_CONFIG, EXIT_FAILED, EXIT_OK, error_code
 from config.errors import RosettaError
 
@@ -59,6 +60,7 @@ def run(ctx: click.Context, pipelines: str | None) -> None:
 
 
 cli.add_command(dlq)
+cli.add_command(top)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,14 +104,16 @@ def start_engine(
     tmp_path: Path,
     *,
     alerts: AlertConfig | None = None,
+    admin: AdminConfig | None = None,
     batch_size: int = 10,
     **dlq_overrides: Any,
 ) -> Harness:
-    """A started Engine with one pipeline: FeedSource "1" -> FakeDestination "2"."""
+    """A started Engine with one pipeline: FeedSource "1" -> FakeDestination "2" (the admin
+    API off unless ``admin`` says otherwise)."""
     cfg = dlq_config(tmp_path, **dlq_overrides)
     settings = Settings(
         dlq=cfg,
-        admin=AdminConfig(enabled=False),
+        admin=admin or AdminConfig(enabled=False),
         alerts=alerts or AlertConfig(),
         state_path=tmp_path / "state",
     )
@@ -179,3 +181,29 @@ def wait_sample(h: Harness, metric: str, expected: float, **labels: str) -> None
         30,
         f"{metric}{labels} to reach {expected:g}",
     )
+
+
+def exported_metric_names(tmp_path: Path) -> set[str]:
+    """Every metric name a running engine exports, as a PromQL query may name it: with a
+    queue, a down destination and a drop, so every labelled family has series; a
+    counter also as ``<name>_total``, a histogram as ``_bucket``, ``_sum``, ``_count``."""
+    from config.dlq_config import WhenFull
+
+    h = start_engine(tmp_path, when_full=WhenFull.DROP_NEWEST, max_queue_messages=5)
+    try:
+        h.dest.set_down(True)
+        h.source.feed([change(i, i) for i in range(1, 21)])
+        wait_until(lambda: h.source.acknowledged == 20, 30, "h.source.acknowledged == 20")
+        assert h.engine.metrics is not None
+        text = h.engine.metrics.render()[0].decode()
+    finally:
+        h.engine.stop()
+    names: set[str] = set()
+    for family in text_string_to_metric_families(text):
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names.update(f"{family.name}{suffix}" for suffix in ("_bucket", "_sum", "_count"))
+        names.update(s.name for s in family.samples)
+    return names

@@ -9,14 +9,11 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from compute.observability.alerts import RULES
 from config.admin_config import AdminConfig
 from config.alert_config import AlertConfig
-from tests.builders import change
-from tests.compute.observability.harness import start_engine
-from tests.waiting import wait_until
+from tests.compute.observability.harness import exported_metric_names
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "prometheus"
 RULES_FILE = EXAMPLES / "rosetta_dlq_rules.yml"
@@ -43,27 +40,7 @@ def load_rules() -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def exported_names(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
-    """Every metric name a running engine renders, with a queue, a destination and a drop."""
-    from config.dlq_config import WhenFull
-
-    h = start_engine(
-        tmp_path_factory.mktemp("rules"), when_full=WhenFull.DROP_NEWEST, max_queue_messages=5
-    )
-    try:
-        h.dest.set_down(True)
-        h.source.feed([change(i, i) for i in range(1, 21)])
-        wait_until(lambda: h.source.acknowledged == 20, 30, "h.source.acknowledged == 20")
-        assert h.engine.metrics is not None
-        text = h.engine.metrics.render()[0].decode()
-    finally:
-        h.engine.stop()
-    names: set[str] = set()
-    for family in text_string_to_metric_families(text):
-        names.add(family.name)
-        if family.type == "counter":
-            names.add(f"{family.name}_total")
-        names.update(s.name for s in family.samples)
-    return names
+    return exported_metric_names(tmp_path_factory.mktemp("rules"))
 
 
 def test_every_metric_in_an_expr_is_exported(exported_names: set[str]) -> None:
