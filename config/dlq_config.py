@@ -35,6 +35,9 @@ class DLQConfig:
 
     base_path: Path = Path("./tmp/dlq")
     check_interval: float = 30.0
+    # The first wait between probes of a destination that just failed; the wait
+    # then grows with the outage (a fifth of it) up to ``check_interval``.
+    check_interval_min: float = 1.0
     batch_size: int = 100
     max_retries: int = 5
     backoff_base_ms: int = 1000
@@ -85,6 +88,12 @@ DLQ_VARIABLES: Variables = {
         "check_interval",
         seconds_in(0.05, 86400),
         "seconds between health checks, a number from 0.05 to 86400",
+    ),
+    "DLQ_CHECK_INTERVAL_MIN": (
+        "check_interval_min",
+        seconds_in(0.05, 86400),
+        "seconds before the first health check of a destination that just failed, "
+        "a number from 0.05 to 86400, not above DLQ_CHECK_INTERVAL",
     ),
     "DLQ_BATCH_SIZE": ("batch_size", int_in(1, 100_000), "an integer from 1 to 100000"),
     "DLQ_MAX_RETRIES": ("max_retries", int_in(0, 1_000_000), "an integer from 0 to 1000000"),
@@ -174,6 +183,31 @@ def _check_message_limit(
         )
 
 
+def _check_probe_spacing(
+    source: Mapping[str, str], values: dict[str, object], problems: list[str]
+) -> None:
+    """A first wait between probes set above the longest is refused.
+
+    Unset, it is 1 s or ``DLQ_CHECK_INTERVAL`` if that is shorter (the worker
+    never waits longer than ``DLQ_CHECK_INTERVAL``).
+    """
+    if "DLQ_CHECK_INTERVAL_MIN" not in source:
+        return
+    if "DLQ_CHECK_INTERVAL" in source and "check_interval" not in values:
+        return  # reported as invalid already
+    longest = values.get("check_interval", DLQConfig.check_interval)
+    assert isinstance(longest, float)
+    first = values.get("check_interval_min")
+    if isinstance(first, float) and first > longest:
+        given = source.get("DLQ_CHECK_INTERVAL")
+        longest_text = repr(given) if given is not None else f"{longest:g} (the default)"
+        problems.append(
+            f"DLQ_CHECK_INTERVAL_MIN={source['DLQ_CHECK_INTERVAL_MIN']!r} is above "
+            f"DLQ_CHECK_INTERVAL={longest_text}: the first wait between health checks "
+            "cannot be longer than the longest"
+        )
+
+
 def dlq_values(source: Mapping[str, str], problems: list[str]) -> dict[str, object]:
     """The ``DLQConfig`` fields set in ``source``, checked; each problem goes to ``problems``."""
     values = parse_group(source, DLQ_VARIABLES, problems)
@@ -194,4 +228,5 @@ def dlq_values(source: Mapping[str, str], problems: list[str]) -> dict[str, obje
             "the cap must be at least the base delay"
         )
     _check_message_limit(source, values, problems)
+    _check_probe_spacing(source, values, problems)
     return values

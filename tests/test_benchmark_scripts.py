@@ -38,12 +38,14 @@ def test_bench_pipeline_prints_its_figures() -> None:
         *("--replay-events", "3000", "--replay-batch", "500", "--replay-rounds", "1"),
         *("--overhead-events", "2000", "--overhead-rounds", "1", "--batch-size", "200"),
         *("--recovery-rounds", "1", "--keys", "500"),
+        *("--recovery-default-rounds", "1", "--default-outage", "3"),
         *("--isolation-rounds", "1", "--isolation-seconds", "3", "--isolation-rate", "500"),
     )
     assert {
         "replay_vs_copy_upsert",
         "dlq_overhead_ratio",
         "recovery_start_seconds",
+        "recovery_start_default_seconds",
         "isolation_other_destination_ratio",
         "isolation_max_gap_seconds",
     } <= set(figures)

@@ -1,8 +1,10 @@
 """The recovery worker: one thread per pipeline that replays DLQ queues once destinations heal.
 
-Every ``DLQ_CHECK_INTERVAL`` seconds it probes each destination that has
-queued events (bounded by the probe's timeout, so a hung destination stalls
-neither the others nor ``stop()``). When a destination is healthy it replays
+It probes each destination that has queued events (all due probes side by
+side, each bounded by the probe's timeout, so a hung destination stalls
+neither the others nor ``stop()``). A destination that just failed is probed
+soon, then less and less often (``probe_delay``): each destination keeps its
+own schedule, reset when it recovers. When a destination is healthy it replays
 each of its queues in FIFO order (``compute/recovery/replay.py``), batch by
 batch, acknowledging a batch only after the destination committed it; how a
 failed batch ends (retried later, backed off, parked as poison, held) is
@@ -33,6 +35,24 @@ from destinations.base import Destination
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# The wait between probes of a failed destination is this share of how long it
+# has been down: replay starts within a fifth of the outage after its end.
+PROBE_DELAY_SHARE = 0.2
+
+
+def probe_delay(config: DLQConfig, down_for: float) -> float:
+    """Seconds until the next probe of a destination down for ``down_for`` seconds.
+
+    A fifth of the outage so far, at least ``DLQ_CHECK_INTERVAL_MIN`` and at
+    most ``DLQ_CHECK_INTERVAL``: with the defaults (1 s, 30 s) probes come
+    every second for the first 5 s, then 1.2x further apart each time, every
+    30 s after 150 s down. A destination back after an outage of T seconds is
+    found within max(1, T/5) seconds, at most 30.
+    """
+    longest = config.check_interval
+    first = min(config.check_interval_min, longest)
+    return min(longest, max(first, PROBE_DELAY_SHARE * max(0.0, down_for)))
 
 
 @dataclass
@@ -184,18 +204,24 @@ class DLQRecoveryWorker:
                     by_destination[
                         destination_id
                     ] = []  # nothing queued, but the circuit must close
+            due = {
+                destination_id: queues
+                for destination_id, queues in by_destination.items()
+                if now >= self._next_check.get(destination_id, 0.0)
+                # a live write past its deadline may still commit: not yet
+                and not self.in_flight.is_held(destination_id)
+            }
+            up = self._check_all(due, now)
             results: list[ReplayResult] = []
-            for destination_id, queues in by_destination.items():
+            for destination_id, queues in due.items():
                 if self._stop.is_set():
                     break
-                if now < self._next_check.get(destination_id, 0.0):
+                if not up[destination_id]:
+                    since = self.health[destination_id].snapshot().since
+                    delay = probe_delay(self.config, now - since)
+                    self._next_check[destination_id] = now + delay
                     continue
-                if self.in_flight.is_held(destination_id):
-                    continue  # a live write past its deadline may still commit
-                if not self._check(destination_id, now):
-                    self._next_check[destination_id] = now + self.config.check_interval
-                    continue
-                self._next_check.pop(destination_id, None)
+                self._next_check.pop(destination_id, None)  # recovered: the schedule resets
                 for queue in queues:
                     if self._stop.is_set() or self.in_flight.is_held(destination_id):
                         break  # a replay write passed its deadline: the next destination
@@ -325,11 +351,26 @@ class DLQRecoveryWorker:
             self.dlq.release(lease)
         return done
 
+    def _check_all(self, due: Mapping[str, Sequence[QueueId]], now: float) -> dict[str, bool]:
+        """Probe the ``due`` destinations side by side; record each result at ``now``."""
+        pending = {destination_id: self.probes[destination_id].start() for destination_id in due}
+        up = {}
+        for destination_id, check in pending.items():
+            ok, reason = check.result(self._stop)
+            self.health[destination_id].record_check(
+                ok, now, reason, pipeline=self.pipeline_name, queues=len(due[destination_id])
+            )
+            up[destination_id] = ok
+        return up
+
     def _check(self, destination_id: str, now: float | None = None) -> bool:
         """Probe the destination; its health records the result at ``now`` (else when
         the probe ended)."""
         ok, reason = self.probes[destination_id].check(self._stop)
-        self.health[destination_id].record_check(ok, self._clock() if now is None else now, reason)
+        when = self._clock() if now is None else now
+        self.health[destination_id].record_check(ok, when, reason, pipeline=self.pipeline_name)
+        if ok:
+            self._next_check.pop(destination_id, None)  # recovered: the schedule resets
         return ok
 
     # ----------------------------------------------------------------- replay

@@ -2,10 +2,13 @@
 
     python tests/benchmarks/bench_pipeline.py [--replay-events 100000] [--replay-batch 5000]
         [--replay-rounds 3] [--overhead-events 30000] [--overhead-rounds 15] [--chunk 5]
-        [--batch-size 500] [--recovery-rounds 5] [--isolation-rounds 3]
-        [--isolation-rate 3000] [--skip replay|overhead|recovery|isolation] [--profile]
+        [--batch-size 500] [--recovery-rounds 5] [--recovery-default-rounds 3]
+        [--default-outage 10] [--isolation-rounds 3] [--isolation-rate 3000]
+        [--skip replay|overhead|recovery|recovery_default|isolation] [--profile]
 
-Four groups of figures (medians over rounds), printed last as ``RESULT name=value``:
+Five groups of figures (medians over rounds), printed last as ``RESULT name=value``;
+``--skip`` (repeatable) leaves a group out, e.g. only the default-settings recovery:
+``--skip replay --skip overhead --skip recovery --skip isolation``.
 
 * ``replay_vs_copy_upsert``: 100,000 changes to one table (45% inserts, 45%
   updates, 10% deletes, every change to a distinct key, so both sides apply
@@ -34,6 +37,11 @@ Four groups of figures (medians over rounds), printed last as ``RESULT name=valu
   again; the figure is the time from the first successful ``psycopg2.connect``
   to the first replayed batch committed (``write_batch`` returning in the
   recovery worker's thread). Each round then drains and checks the tables.
+* ``recovery_start_default_seconds``: the same on DEFAULT settings
+  (``DLQConfig()``: ``DLQ_CHECK_INTERVAL=30``, ``DLQ_CHECK_INTERVAL_MIN=1``;
+  the pipeline's default batch size and probe timeout, the destination's
+  default connect timeout) with a ``--default-outage`` (10 s) outage. The
+  issue's target: <= 3 s (before the probe backoff: up to 30 s).
 * ``isolation_other_destination_ratio`` and ``isolation_max_gap_seconds``:
   one pipeline writes a synthetic source (``--isolation-rate`` events/s,
   batches of 500) to destinations A (through the fault proxy, listed first)
@@ -572,20 +580,39 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
 
 
 def recovery_round(
-    server: PostgresServer, workdir: Path, rate: float, outage: float, keys: int, seed: int
+    server: PostgresServer,
+    workdir: Path,
+    rate: float,
+    outage: float,
+    keys: int,
+    seed: int,
+    *,
+    defaults: bool = False,
 ) -> dict[str, float]:
+    """One outage; ``defaults``: every setting at its default (else a 1 s check interval)."""
     dsn = server.dsn
     total = int(rate * (1.0 + outage + 4.0))
     source = SyntheticSource(
         SOURCE_ID, None, total_events=total, seed=seed, keys_per_table=keys, events_per_second=rate
     )
     reset_tables(dsn, source)
-    config = DLQConfig(base_path=workdir, min_free_disk_mb=0, check_interval=1.0)
-    dlq = DLQManager(config)
-    destination = TimedDestination(DEST_ID, "PG-Bench", dsn, connect_timeout=2.0)
-    pipeline = Pipeline(
-        "bench", source, [destination], dlq, config, batch_size=100, probe_timeout=2.0
-    )
+    if defaults:
+        config = DLQConfig(base_path=workdir, min_free_disk_mb=0)
+        destination = TimedDestination(DEST_ID, "PG-Bench", dsn)
+        pipeline = Pipeline("bench", source, [destination], DLQManager(config), config)
+    else:
+        config = DLQConfig(base_path=workdir, min_free_disk_mb=0, check_interval=1.0)
+        destination = TimedDestination(DEST_ID, "PG-Bench", dsn, connect_timeout=2.0)
+        pipeline = Pipeline(
+            "bench",
+            source,
+            [destination],
+            DLQManager(config),
+            config,
+            batch_size=100,
+            probe_timeout=2.0,
+        )
+    dlq = pipeline.dlq
     queues = [QueueId(SOURCE_ID, t, DEST_ID) for t in source.tables]
     pipeline.start()
     try:
@@ -639,14 +666,30 @@ def recovery_round(
 
 
 def bench_recovery(
-    server: PostgresServer, workdir: Path, rounds: int, rate: float, outage: float, keys: int
+    server: PostgresServer,
+    workdir: Path,
+    rounds: int,
+    rate: float,
+    outage: float,
+    keys: int,
+    *,
+    defaults: bool = False,
 ) -> float:
     figures = []
+    name = "recovery (default settings)" if defaults else "recovery"
     for r in range(rounds):
-        result = recovery_round(server, workdir / f"rec{r}", rate, outage, keys, seed=100 + r)
+        result = recovery_round(
+            server,
+            workdir / f"rec{'d' if defaults else ''}{r}",
+            rate,
+            outage,
+            keys,
+            seed=100 + r,
+            defaults=defaults,
+        )
         figures.append(result["recovery"])
         print(
-            f"recovery round {r + 1}: {result['recovery']:.3f}s from accepting connections to "
+            f"{name} round {r + 1}: {result['recovery']:.3f}s from accepting connections to "
             f"first replayed commit (down {result['outage']:.1f}s, "
             f"{result['queued']:.0f} events queued, {result['replayed']:.0f} replayed)",
             flush=True,
@@ -788,6 +831,13 @@ def main() -> None:
     parser.add_argument("--recovery-rounds", type=int, default=5)
     parser.add_argument("--recovery-rate", type=float, default=500.0, help="events/s")
     parser.add_argument("--outage", type=float, default=2.0, help="seconds PostgreSQL is down")
+    parser.add_argument("--recovery-default-rounds", type=int, default=3)
+    parser.add_argument(
+        "--default-outage",
+        type=float,
+        default=10.0,
+        help="seconds PostgreSQL is down for recovery_start_default_seconds",
+    )
     parser.add_argument("--isolation-rounds", type=int, default=3)
     parser.add_argument("--isolation-rate", type=float, default=3000.0, help="events/s")
     parser.add_argument(
@@ -797,7 +847,8 @@ def main() -> None:
         "--skip",
         action="append",
         default=[],
-        choices=["replay", "overhead", "recovery", "isolation"],
+        choices=["replay", "overhead", "recovery", "recovery_default", "isolation"],
+        help="leave a group of figures out (repeatable)",
     )
     parser.add_argument("--verbose", action="store_true", help="show warnings from the engine")
     parser.add_argument(
@@ -813,7 +864,7 @@ def main() -> None:
     server.start()
     try:
         replay = overhead = isolation = None
-        recovery = float("nan")
+        recovery = recovery_default = float("nan")
         if "replay" not in args.skip:
             replay = bench_replay(
                 server.dsn,
@@ -837,6 +888,16 @@ def main() -> None:
             recovery = bench_recovery(
                 server, base, args.recovery_rounds, args.recovery_rate, args.outage, args.keys
             )
+        if "recovery_default" not in args.skip:
+            recovery_default = bench_recovery(
+                server,
+                base,
+                args.recovery_default_rounds,
+                args.recovery_rate,
+                args.default_outage,
+                args.keys,
+                defaults=True,
+            )
         if "isolation" not in args.skip:
             isolation = bench_isolation(
                 server.dsn,
@@ -854,7 +915,9 @@ def main() -> None:
         f"replay_events={args.replay_events} replay_batch={args.replay_batch} "
         f"replay_rounds={args.replay_rounds} overhead_events={args.overhead_events} "
         f"batch_size={args.batch_size} overhead_rounds={args.overhead_rounds} "
-        f"recovery_rounds={args.recovery_rounds} total_seconds={time.perf_counter() - began:.0f}"
+        f"recovery_rounds={args.recovery_rounds} "
+        f"recovery_default_rounds={args.recovery_default_rounds} "
+        f"total_seconds={time.perf_counter() - began:.0f}"
     )
     if replay is not None:
         print(f"RESULT replay_rows_per_s={replay['replay']:.0f}")
@@ -874,6 +937,8 @@ def main() -> None:
         print(f"RESULT dlq_overhead_ratio={overhead['ratio']:.3f}")
     if "recovery" not in args.skip:
         print(f"RESULT recovery_start_seconds={recovery:.2f}")
+    if "recovery_default" not in args.skip:
+        print(f"RESULT recovery_start_default_seconds={recovery_default:.2f}")
     if isolation is not None:
         print(f"RESULT isolation_max_gap_seconds_worst_round={isolation['max_gap']:.2f}")
         print(f"RESULT isolation_other_destination_ratio={isolation['ratio']:.3f}")

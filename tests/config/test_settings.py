@@ -20,6 +20,7 @@ from config.env_values import GIB, KIB, MIB, parse_size
 ALL_VARIABLES = [
     "DLQ_BASE_PATH",
     "DLQ_CHECK_INTERVAL",
+    "DLQ_CHECK_INTERVAL_MIN",
     "DLQ_BATCH_SIZE",
     "DLQ_MAX_RETRIES",
     "DLQ_BACKOFF_BASE_MS",
@@ -94,6 +95,9 @@ VALID_CASES: list[tuple[str, str, str, object]] = [
     ("DLQ_CHECK_INTERVAL", "0.05", "check_interval", 0.05),
     ("DLQ_CHECK_INTERVAL", "86400", "check_interval", 86400.0),
     ("DLQ_CHECK_INTERVAL", " 12 ", "check_interval", 12.0),
+    ("DLQ_CHECK_INTERVAL_MIN", "0.05", "check_interval_min", 0.05),
+    ("DLQ_CHECK_INTERVAL_MIN", "2.5", "check_interval_min", 2.5),
+    ("DLQ_CHECK_INTERVAL_MIN", "30", "check_interval_min", 30.0),
     ("DLQ_BATCH_SIZE", "1", "batch_size", 1),
     ("DLQ_BATCH_SIZE", "500", "batch_size", 500),
     ("DLQ_BATCH_SIZE", "100000", "batch_size", 100_000),
@@ -194,6 +198,7 @@ def test_large_backoff_base_with_matching_cap(no_dotenv: Path) -> None:
 FULL_ENV = {
     "DLQ_BASE_PATH": "/srv/dlq",
     "DLQ_CHECK_INTERVAL": "2.5",
+    "DLQ_CHECK_INTERVAL_MIN": "0.5",
     "DLQ_BATCH_SIZE": "50",
     "DLQ_MAX_RETRIES": "3",
     "DLQ_BACKOFF_BASE_MS": "200",
@@ -218,6 +223,7 @@ def test_every_variable_at_once(no_dotenv: Path) -> None:
     assert load(env, no_dotenv) == DLQConfig(
         base_path=Path("/srv/dlq"),
         check_interval=2.5,
+        check_interval_min=0.5,
         batch_size=50,
         max_retries=3,
         backoff_base_ms=200,
@@ -287,6 +293,10 @@ INVALID_CASES: dict[str, tuple[list[str], str]] = {
     "DLQ_CHECK_INTERVAL": (
         ["", " ", "-1", "0", "0.01", "abc", "30s", "1e400", "-1e400", "inf", "nan", "86401", HUGE],
         "a number from 0.05 to 86400",
+    ),
+    "DLQ_CHECK_INTERVAL_MIN": (
+        ["", " ", "-1", "0", "0.01", "abc", "1s", "1e400", "inf", "nan", "86401", HUGE],
+        "a number from 0.05 to 86400, not above DLQ_CHECK_INTERVAL",
     ),
     "DLQ_BATCH_SIZE": (
         ["", "0", "-5", "abc", "1.5", "1e3", "1e400", "100001", HUGE, HUGER, "0x10"],
@@ -444,6 +454,22 @@ def test_message_limit_above_the_queue_limit_is_rejected(no_dotenv: Path) -> Non
     env = {"DLQ_MAX_QUEUE_BYTES": "8MiB", "DLQ_MAX_MESSAGE_BYTES": "9MiB"}
     [problem] = load_error(env, no_dotenv).problems
     assert "DLQ_MAX_MESSAGE_BYTES='9MiB' is above DLQ_MAX_QUEUE_BYTES='8MiB'" in problem
+
+
+def test_first_probe_wait_above_the_check_interval_is_rejected(no_dotenv: Path) -> None:
+    env = {"DLQ_CHECK_INTERVAL": "5", "DLQ_CHECK_INTERVAL_MIN": "6"}
+    [problem] = load_error(env, no_dotenv).problems
+    assert problem == (
+        "DLQ_CHECK_INTERVAL_MIN='6' is above DLQ_CHECK_INTERVAL='5': the first wait between "
+        "health checks cannot be longer than the longest"
+    )
+    [problem] = load_error({"DLQ_CHECK_INTERVAL_MIN": "60"}, no_dotenv).problems
+    assert "DLQ_CHECK_INTERVAL_MIN='60' is above DLQ_CHECK_INTERVAL=30 (the default)" in problem
+    # equal is fine (a fixed interval, the behaviour before the backoff), and a bad
+    # interval is reported once, not compared
+    assert load({"DLQ_CHECK_INTERVAL_MIN": "30"}, no_dotenv).check_interval_min == 30.0
+    error = load_error({"DLQ_CHECK_INTERVAL": "x", "DLQ_CHECK_INTERVAL_MIN": "6"}, no_dotenv)
+    assert len(error.problems) == 1 and error.problems[0].startswith("DLQ_CHECK_INTERVAL='x'")
 
 
 def test_message_limit_follows_a_small_queue_limit(no_dotenv: Path) -> None:

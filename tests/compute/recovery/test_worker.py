@@ -548,3 +548,130 @@ def test_a_failure_while_handling_a_failed_batch_gives_the_lease_back(
     assert dest.rows(TABLE) == apply_model(history)[TABLE]
     assert not dlq.has_messages(queue)
     dlq.close()
+
+
+# ------------------------------------------------------------- probe schedule
+
+T0 = 1_000_000.0  # an injected clock: every pass gets its time from run_once(now=...)
+
+
+def probe_times(worker: DLQRecoveryWorker, dest: FakeDestination, start: float, end: float):
+    """Run a pass every 10 ms from ``start`` to ``end``; the times a probe was made."""
+    times = []
+    for i in range(round((end - start) * 100)):
+        now = start + i / 100
+        checks = dest.health_checks
+        worker.run_once(now)
+        if dest.health_checks != checks:
+            times.append(now)
+    return times
+
+
+def test_a_failed_destination_is_probed_soon_then_less_often_up_to_the_interval(
+    tmp_path: Path,
+) -> None:
+    dest = FakeDestination("2", "PG")
+    # the defaults: DLQ_CHECK_INTERVAL=30, DLQ_CHECK_INTERVAL_MIN=1
+    worker, dlq = make_worker(tmp_path, [dest], check_interval=30.0, check_interval_min=1.0)
+    enqueue(dlq, QueueId("1", TABLE, "2"), [change(1, 1)])
+    dest.set_down(True)
+    times = probe_times(worker, dest, T0, T0 + 400)
+    ages = [round(t - T0, 2) for t in times]
+    # every second for the first 5 s, then a fifth of the outage so far (1.2x apart)
+    assert ages[:10] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.2, 8.64, 10.37]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    for age, gap in zip(ages, gaps, strict=False):
+        assert gap == pytest.approx(min(30.0, max(1.0, age / 5)), abs=0.011)
+    assert max(gaps) <= 30.0 + 0.011  # never more than DLQ_CHECK_INTERVAL apart
+    assert gaps[-3:] == pytest.approx([30.0] * 3, abs=0.011)
+    dlq.close()
+
+
+def test_a_first_probe_wait_at_the_interval_gives_a_fixed_schedule(tmp_path: Path) -> None:
+    dest = FakeDestination("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], check_interval=2.0, check_interval_min=2.0)
+    enqueue(dlq, QueueId("1", TABLE, "2"), [change(1, 1)])
+    dest.set_down(True)
+    ages = [round(t - T0, 2) for t in probe_times(worker, dest, T0, T0 + 20)]
+    assert ages == [float(a) for a in range(0, 20, 2)]
+    dlq.close()
+
+
+def test_recovery_resets_the_schedule(tmp_path: Path) -> None:
+    dest = FakeDestination("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], check_interval=30.0, check_interval_min=1.0)
+    queue = QueueId("1", TABLE, "2")
+    enqueue(dlq, queue, [change(1, 1)])
+    dest.set_down(True)
+    last = probe_times(worker, dest, T0, T0 + 300)[-1]
+    dest.set_down(False)
+    back = probe_times(worker, dest, T0 + 300, T0 + 330)
+    assert back[0] == pytest.approx(last + 30, abs=0.011)  # the 30 s spacing reached
+    assert set(dest.rows(TABLE)) == {(1,)}
+    # A new outage starts its own schedule from the first wait again, not from 30 s.
+    t1 = T0 + 400
+    dest.set_down(True)
+    worker.health["2"].mark_unhealthy("OperationalError: connection refused", t1)
+    enqueue(dlq, queue, [change(2, 2)])
+    ages = [round(t - t1, 2) for t in probe_times(worker, dest, t1, t1 + 4.5)]
+    assert ages == [0.0, 1.0, 2.0, 3.0, 4.0]
+    dlq.close()
+
+
+def test_each_destination_keeps_its_own_schedule(tmp_path: Path) -> None:
+    long_down, fresh = FakeDestination("2", "Old"), FakeDestination("3", "New")
+    worker, dlq = make_worker(
+        tmp_path, [long_down, fresh], check_interval=30.0, check_interval_min=1.0
+    )
+    enqueue(dlq, QueueId("1", TABLE, "2"), [change(1, 1)])
+    long_down.set_down(True)
+    probe_times(worker, long_down, T0, T0 + 300)  # its probes are 30 s apart by now
+    enqueue(dlq, QueueId("1", TABLE, "3"), [change(1, 1)])
+    fresh.set_down(True)
+    checks = long_down.health_checks
+    ages = [round(t - T0 - 300, 2) for t in probe_times(worker, fresh, T0 + 300, T0 + 305.5)]
+    assert ages == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    assert long_down.health_checks - checks <= 1  # still on its 30 s spacing
+    dlq.close()
+
+
+def test_the_recovery_line_gives_the_measured_outage_and_its_precision(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    dest = FakeDestination("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], check_interval=30.0, check_interval_min=1.0)
+    for table in ("public.a", "public.b", "public.c"):
+        enqueue(dlq, QueueId("1", table, "2"), [change(1, 1, table=table)])
+    health = worker.health["2"]
+    dest.set_down(True)
+    # The first write failed at T0 and was retried in place; the circuit opened at T0 + 2.
+    health.note_failure("OperationalError: connection refused", T0)
+    health.mark_unhealthy("OperationalError: connection refused", T0 + 2)
+    probe_times(worker, dest, T0 + 2, T0 + 10)  # probes at ages 2..7, 7.2, 8.64
+    dest.set_down(False)  # back at T0 + 10; the next probe, at age 10.37, finds it
+    with caplog.at_level(logging.INFO, logger="compute.delivery.health"):
+        assert probe_times(worker, dest, T0 + 10, T0 + 11) == [pytest.approx(T0 + 10.37)]
+    [line] = [r.getMessage() for r in caplog.records if "now HEALTHY" in r.getMessage()]
+    assert line == (
+        "✓ Destination PG (ID=2) is now HEALTHY: down for 10.4s (+-1.7s), replaying 3 queue(s): "
+        "pipeline=p destination=2 down_seconds=10.4 precision_seconds=1.7"
+    )
+    dlq.close()
+
+
+def test_probes_of_several_hung_destinations_run_side_by_side(tmp_path: Path) -> None:
+    hung = [FakeDestination(str(i), f"Hung{i}") for i in (2, 3, 4)]
+    fine = FakeDestination("5", "Fine")
+    for dest in hung:
+        dest.hang_test_connection(30, ignore_timeout=True)
+    worker, dlq = make_worker(tmp_path, [*hung, fine])  # probe timeout 0.5 s (+0.5 s grace)
+    for dest in [*hung, fine]:
+        enqueue(dlq, QueueId("1", TABLE, dest.destination_id), [change(1, 1)])
+    started = time.monotonic()
+    worker.run_once()
+    # one after the other they would take 3 s before Fine is replayed
+    assert time.monotonic() - started < 2.5
+    assert set(fine.rows(TABLE)) == {(1,)}
+    for dest in hung:
+        dest.hang_test_connection(0)
+    dlq.close()
