@@ -8,6 +8,10 @@ Each method starts from the same table state; the best of ``--repeat`` runs
 counts. Methods:
 
 * destination: ``PostgreSQLDestination.write_batch`` of all the records;
+* destination_guarded: the same with ``position_guard=True`` (the table has the
+  two position columns; deletes leave tombstones);
+* destination_b500, destination_guarded_b500: the same two, in batches of 500
+  changes (a live pipeline's size);
 * copy_upsert: bare COPY into a temp table + ``INSERT ... ON CONFLICT`` (and
   ``DELETE ... USING`` a temp table of deleted keys), rows pre-formatted;
 * execute_values: psycopg2 ``execute_values`` upsert and delete, page 1000.
@@ -16,7 +20,9 @@ Snowflake: one 10,000-row batch written through the real connector to a local
 fakesnow server; statements are counted at ``SnowflakeCursor.execute``.
 
 Prints, last, ``RESULT pg_apply_vs_copy_upsert=``, ``RESULT
-pg_apply_vs_execute_values=`` and ``RESULT snowflake_rows_per_statement=``.
+pg_apply_vs_execute_values=``, ``RESULT pg_guarded_vs_unguarded=`` (guarded
+rows/s over unguarded, one batch), ``RESULT pg_guarded_vs_unguarded_b500=``
+(the same in batches of 500) and ``RESULT snowflake_rows_per_statement=``.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +48,13 @@ import psycopg2.extras
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from destinations.postgresql.destination import PostgreSQLDestination  # noqa: E402
-from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402
+from destinations.postgresql.position_guard import tombstone_table_name  # noqa: E402
+from destinations.records import (  # noqa: E402
+    POSITION_COLUMNS,
+    ChangeRecord,
+    Operation,
+    SourcePosition,
+)
 from tests.servers import PostgresCluster  # noqa: E402
 
 TABLE = "bench_upsert"
@@ -115,25 +128,39 @@ def bare_copy_text(rows: list[Row]) -> io.StringIO:
     )
 
 
-def reset_table(dsn: str, initial: list[Row]) -> None:
+def reset_table(dsn: str, initial: list[Row], guarded: bool = False) -> None:
     conn = psycopg2.connect(dsn)
     with conn, conn.cursor() as cur:
-        cur.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        cur.execute(f"DROP TABLE IF EXISTS {TABLE}, {tombstone_table_name(TABLE)}")
         cur.execute(DDL)
-        cur.copy_expert(f"COPY {TABLE} FROM STDIN", bare_copy_text(initial))
+        if guarded:
+            cur.execute(
+                f"ALTER TABLE {TABLE} "
+                + ", ".join(f"ADD COLUMN {column} bigint" for column in POSITION_COLUMNS)
+            )
+        cur.copy_expert(f"COPY {TABLE} ({', '.join(COLUMNS)}) FROM STDIN", bare_copy_text(initial))
     with conn.cursor() as cur:
         conn.autocommit = True
         cur.execute(f"VACUUM ANALYZE {TABLE}")
     conn.close()
 
 
-def run_destination(dsn: str, changed: list[Row], deleted: list[int]) -> float:
+def run_destination(
+    dsn: str,
+    changed: list[Row],
+    deleted: list[int],
+    *,
+    guard: bool = False,
+    batch: int | None = None,
+) -> float:
     records = to_records(changed, deleted)
-    destination = PostgreSQLDestination("bench", "PG-Bench", dsn)
+    destination = PostgreSQLDestination("bench", "PG-Bench", dsn, position_guard=guard)
     destination.test_connection(5.0)
     destination.write_batch(TABLE, records[:1])  # connect and read the catalog first
+    size = batch or len(records)
     start = time.perf_counter()
-    destination.write_batch(TABLE, records)
+    for begin in range(0, len(records), size):
+        destination.write_batch(TABLE, records[begin : begin + size])
     elapsed = time.perf_counter() - start
     destination.close()
     return elapsed
@@ -186,7 +213,7 @@ def run_execute_values(dsn: str, changed: list[Row], deleted: list[int]) -> floa
 def expected_state(dsn: str) -> list[tuple[Any, ...]]:
     conn = psycopg2.connect(dsn)
     with conn.cursor() as cur:
-        cur.execute(f"SELECT * FROM {TABLE} ORDER BY id")
+        cur.execute(f"SELECT {', '.join(COLUMNS)} FROM {TABLE} ORDER BY id")
         rows = cur.fetchall()
     conn.close()
     return rows
@@ -196,6 +223,9 @@ def bench_postgres(dsn: str, rows: int, repeat: int) -> dict[str, float]:
     initial, changed, deleted = make_workload(rows)
     methods: dict[str, Callable[[str, list[Row], list[int]], float]] = {
         "destination": run_destination,
+        "destination_guarded": partial(run_destination, guard=True),
+        "destination_b500": partial(run_destination, batch=500),
+        "destination_guarded_b500": partial(run_destination, guard=True, batch=500),
         "copy_upsert": run_copy_upsert,
         "execute_values": run_execute_values,
     }
@@ -203,7 +233,7 @@ def bench_postgres(dsn: str, rows: int, repeat: int) -> dict[str, float]:
     states: dict[str, int] = {}
     for _ in range(repeat):
         for name, method in methods.items():
-            reset_table(dsn, initial)
+            reset_table(dsn, initial, guarded="guarded" in name)
             elapsed = method(dsn, changed, deleted)
             best[name] = min(best.get(name, float("inf")), elapsed)
             states[name] = hash(tuple(expected_state(dsn)))
@@ -211,7 +241,7 @@ def bench_postgres(dsn: str, rows: int, repeat: int) -> dict[str, float]:
         raise SystemExit(f"methods disagree on the final table: {states}")
     applied = len(changed) + len(deleted)
     for name, seconds in best.items():
-        print(f"postgres {name:15s} {applied / seconds:10.0f} rows/s  ({seconds:.3f} s)")
+        print(f"postgres {name:24s} {applied / seconds:10.0f} rows/s  ({seconds:.3f} s)")
     return {name: applied / seconds for name, seconds in best.items()}
 
 
@@ -294,6 +324,10 @@ def main() -> None:
 
     print(f"RESULT pg_apply_vs_copy_upsert={pg['destination'] / pg['copy_upsert']:.2f}")
     print(f"RESULT pg_apply_vs_execute_values={pg['destination'] / pg['execute_values']:.2f}")
+    guarded = pg["destination_guarded"] / pg["destination"]
+    print(f"RESULT pg_guarded_vs_unguarded={guarded:.2f}")
+    guarded_b500 = pg["destination_guarded_b500"] / pg["destination_b500"]
+    print(f"RESULT pg_guarded_vs_unguarded_b500={guarded_b500:.2f}")
     print(f"RESULT snowflake_rows_per_statement={sf:.0f}")
 
 
