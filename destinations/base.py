@@ -54,6 +54,9 @@ class Destination(ABC):
         # engine stops waiting for it (its ``live_write_deadline_ms`` option);
         # None: the engine's DLQ_LIVE_WRITE_DEADLINE_MS.
         self.live_write_deadline: float | None = None
+        # Events per live write and messages per replay batch to this destination
+        # (its ``batch_size`` option); None: the pipeline's batch_size, DLQ_BATCH_SIZE.
+        self.max_batch_size: int | None = None
 
     # ------------------------------------------------------------ hooks
 

@@ -21,19 +21,30 @@ def check_destinations(specs: Iterable[PipelineSpec]) -> None:
         raise ConfigError(problems)
 
 
-# The engine's own per-destination option (not passed to the destination's driver).
+# The engine's own per-destination options (not passed to the destination's driver).
 _DEADLINE_OPTION = "live_write_deadline_ms"
+_BATCH_SIZE_OPTION = "batch_size"
+MAX_BATCH_SIZE = 100_000
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _destination_problems(spec: DestinationSpec) -> list[str]:
     """What is wrong with ``spec``'s settings, each naming the setting (secrets masked)."""
     problems = []
     deadline = spec.options.get(_DEADLINE_OPTION)
-    whole = isinstance(deadline, int) and not isinstance(deadline, bool)
-    if deadline is not None and not (whole and 10 <= deadline <= 3_600_000):
+    if deadline is not None and not (_whole(deadline) and 10 <= deadline <= 3_600_000):
         problems.append(
             f"destination {spec.name} (ID={spec.id}): {spec.setting(_DEADLINE_OPTION)} must be an "
             f"integer number of milliseconds from 10 to 3600000, got {deadline!r}"
+        )
+    size = spec.options.get(_BATCH_SIZE_OPTION)
+    if size is not None and not (_whole(size) and 1 <= size <= MAX_BATCH_SIZE):
+        problems.append(
+            f"destination {spec.name} (ID={spec.id}): {spec.setting(_BATCH_SIZE_OPTION)} must be "
+            f"an integer number of events from 1 to {MAX_BATCH_SIZE}, got {size!r}"
         )
     if spec.type == "postgresql" and "dsn" in spec.options:
         from config.dsn import dsn_problem  # imports psycopg2
@@ -53,9 +64,11 @@ def build_destination(spec: DestinationSpec) -> Destination:
         raise ConfigError(problems)
     options: dict[str, Any] = dict(spec.options)
     deadline = options.pop(_DEADLINE_OPTION, None)
+    size = options.pop(_BATCH_SIZE_OPTION, None)
     destination = _build_driver(spec, options)
     if deadline is not None:
         destination.live_write_deadline = deadline / 1000
+    destination.max_batch_size = size
     return destination
 
 

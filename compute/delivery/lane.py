@@ -47,7 +47,9 @@ class DeliveryLane:
     A lane that fell behind (its destination was slow, or the source came in
     small reads) takes the batches waiting in its inbox together, up to
     ``max_events``, as one write per table: it catches up in fewer, larger
-    transactions instead of paying a round trip per small batch.
+    transactions instead of paying a round trip per small batch. No write
+    carries more than ``max_events`` events (the destination's ``batch_size``
+    option): a larger batch goes in slices, each table's in source order.
     """
 
     def __init__(
@@ -140,6 +142,10 @@ class DeliveryLane:
             self._handler.close_writer(self.destination_id)
 
     def _deliver(self, groups: dict[str, list[ChangeRecord]]) -> bool:
+        """Deliver every (table) group, ``max_events`` at most per write. False if stopped first."""
+        return all(self._deliver_slice(part) for part in _slices(groups, self.max_events))
+
+    def _deliver_slice(self, groups: dict[str, list[ChangeRecord]]) -> bool:
         """Deliver every (table) group; waits out a full DLQ. False if stopped first."""
         done: set[tuple[str, str]] = set()
         while not self._stop.is_set():
@@ -157,6 +163,23 @@ class DeliveryLane:
 
 def lane_batch(seq: int, records: Sequence[ChangeRecord]) -> LaneBatch:
     return LaneBatch(seq, group_by_table(records), len(records))
+
+
+def _slices(
+    groups: dict[str, list[ChangeRecord]], most: int
+) -> list[dict[str, list[ChangeRecord]]]:
+    """``groups`` as parts of at most ``most`` events per table, to deliver one after another.
+
+    Part k holds each table's k-th slice, so a table's slices go in source
+    order; one part (``groups`` itself) when no table has more.
+    """
+    longest = max((len(records) for records in groups.values()), default=0)
+    if longest <= most:
+        return [groups]
+    return [
+        {table: rows[start : start + most] for table, rows in groups.items() if len(rows) > start}
+        for start in range(0, longest, most)
+    ]
 
 
 def _merged(batches: list[LaneBatch]) -> dict[str, list[ChangeRecord]]:

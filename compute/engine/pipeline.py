@@ -126,7 +126,7 @@ class Pipeline:
                 self._stop,
                 self._lane_delivered,
                 self._lane_failed,
-                max_events=max(batch_size, 1),
+                max_events=d.max_batch_size or max(batch_size, 1),
             )
             for d in self.destinations
         }

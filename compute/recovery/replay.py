@@ -52,14 +52,15 @@ from destinations.errors import ClassifiedError
 
 logger = logging.getLogger(__name__)
 
-# Replay batches at least this large (DLQ_BATCH_SIZE) are pipelined: batch
-# N+1 is read, decoded and prepared while batch N is written on the writer
-# thread, and the cyclic garbage collector is paused for the pass
-# (compute/recovery/gc_pause.py). Both pay off when decoding a batch takes about as
-# long as writing it. Smaller batches are written inline, as before: their
-# round trips dominate, and the extra thread's memory is not worth it (the
-# 10-minute soak, batches of 100, ended 8.5-10.3% above its warm-up RSS
-# pipelined, against 2.2% inline, on the same machine).
+# Replay batches at least this large (DLQ_BATCH_SIZE, or the destination's
+# batch_size) are pipelined: batch N+1 is read, decoded and prepared while
+# batch N is written on the writer thread, and the cyclic garbage collector
+# is paused for the pass (compute/recovery/gc_pause.py). Both pay off when
+# decoding a batch takes about as long as writing it. Smaller batches are
+# written inline, as before: their round trips dominate, and the extra
+# thread's memory is not worth it (the 10-minute soak, batches of 100, ended
+# 8.5-10.3% above its warm-up RSS pipelined, against 2.2% inline, on the
+# same machine).
 LARGE_BATCH_SIZE = 1000
 # Batches one pass replays from one queue before the other queues get their turn.
 MAX_BATCHES_PER_PASS = 50
@@ -119,8 +120,13 @@ class QueueReplay:
         self._rng = random.Random()
         # Per queue, after a failed batch; read by the worker's scheduler.
         self.backoff: dict[QueueId, QueueBackoff] = {}
-        # Pipelined replay and the collector pause from this batch size on.
-        self.pipelined = config.batch_size >= large_batch_size
+        # Messages per lease, by destination: its own batch_size, else DLQ_BATCH_SIZE;
+        # pipelined replay and the collector pause from large_batch_size on.
+        self.lease_size = {
+            destination_id: destination.max_batch_size or config.batch_size
+            for destination_id, destination in destinations.items()
+        }
+        self.pipelined = {d: size >= large_batch_size for d, size in self.lease_size.items()}
         # Replay writes run on a writer thread per destination: batch N is
         # written while this thread reads and decodes batch N+1, and a write
         # still running at the deadline is left there (held, settled when it
@@ -147,7 +153,7 @@ class QueueReplay:
         if now < state.retry_at:
             return ReplayResult(queue)
         started = time.monotonic()
-        if self.pipelined:
+        if self.pipelined[queue.destination_id]:
             with collector_paused():  # why: compute/recovery/gc_pause.py
                 counts = self._replay_batches(queue, state)
         else:
@@ -158,6 +164,7 @@ class QueueReplay:
     def _replay_batches(self, queue: QueueId, state: QueueBackoff) -> ReplayCounts:
         """The batches of one pass over ``queue``; returns the counts."""
         destination = self.destinations[queue.destination_id]
+        pipelined = self.pipelined[queue.destination_id]
         totals = ReplayCounts()
         # The next batch, read and prepared while the previous one was written.
         ahead: _ReadyBatch | None = None
@@ -171,7 +178,7 @@ class QueueReplay:
                 lease = (
                     ahead.lease
                     if ahead is not None
-                    else self.dlq.read_batch(queue, self.config.batch_size)
+                    else self.dlq.read_batch(queue, self.lease_size[queue.destination_id])
                 )
                 with lease:  # releasing it also gives back a read-ahead lease
                     if lease.is_empty:
@@ -179,7 +186,7 @@ class QueueReplay:
                     batch = ahead or self._ready(destination, queue, lease, self._clock())
                     totals.quarantined += lease.quarantined
                     started = time.monotonic()
-                    read_ahead = self.pipelined and number + 1 < MAX_BATCHES_PER_PASS
+                    read_ahead = pipelined and number + 1 < MAX_BATCHES_PER_PASS
                     outcome, counts, ahead = self._replay_batch(
                         destination, queue, batch, read_ahead
                     )
@@ -335,7 +342,7 @@ class QueueReplay:
         started = time.monotonic()
         ahead: _ReadyBatch | None = None
         try:
-            lease = self.dlq.read_batch(queue, self.config.batch_size, ahead=True)
+            lease = self.dlq.read_batch(queue, self.lease_size[queue.destination_id], ahead=True)
             if not lease.is_empty:
                 with contextlib.ExitStack() as unless_ready:
                     unless_ready.enter_context(lease)  # given back if preparing it fails

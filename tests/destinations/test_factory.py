@@ -29,3 +29,21 @@ def test_a_bad_live_write_deadline_is_refused_naming_the_option(bad: object) -> 
     assert "destination PG (ID=1): live_write_deadline_ms must be an integer number of " in text
     assert "from 10 to 3600000" in text
     assert "s3cret" not in text
+
+
+def test_a_destination_keeps_its_own_batch_size() -> None:
+    destination = build_destination(spec(batch_size=50))
+    assert destination.max_batch_size == 50
+    assert build_destination(spec()).max_batch_size is None  # the pipeline's, DLQ_BATCH_SIZE
+
+
+@pytest.mark.parametrize("bad", [0, -1, 100_001, 10**9, "x", "50", 1.5, True])
+def test_a_bad_batch_size_is_refused_naming_the_option(bad: object) -> None:
+    with pytest.raises(ConfigError) as refused:
+        build_destination(spec(batch_size=bad))
+    text = str(refused.value)
+    assert (
+        f"destination PG (ID=1): batch_size must be an integer number of events from 1 "
+        f"to 100000, got {bad!r}" in text
+    )
+    assert "s3cret" not in text
