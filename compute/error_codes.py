@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compute.errors import (
+    DestinationUnavailableError,
     DLQConflictError,
     DLQFullError,
     EngineUnreachableError,
@@ -28,6 +29,7 @@ EXIT_CONFIG = 2  # configuration or usage error
 EXIT_NOT_FOUND = 3  # no such queue, message or DLQ directory
 EXIT_UNREACHABLE = 4  # the engine holds the queues but its admin API does not answer
 EXIT_CONFLICT = 5  # the operation contradicts the queue's state (e.g. ids already present)
+EXIT_DESTINATION_DOWN = 6  # a replay found its destination unreachable: nothing lost, retry later
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,7 @@ class ErrorCode:
 # First match wins: a subclass stands before its bases.
 ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode(EngineUnreachableError, "engine_unreachable", EXIT_UNREACHABLE, 400),
+    ErrorCode(DestinationUnavailableError, "destination_unavailable", EXIT_DESTINATION_DOWN, 503),
     ErrorCode(QueueNotFoundError, "queue_not_found", EXIT_NOT_FOUND, 404),
     ErrorCode(MessageNotFoundError, "message_not_found", EXIT_NOT_FOUND, 404),
     ErrorCode(NotFoundError, "not_found", EXIT_NOT_FOUND, 404),

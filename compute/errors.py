@@ -93,5 +93,9 @@ class EngineUnreachableError(OperationError):
     """The engine holds the queues but its admin API cannot be used (off, down, token)."""
 
 
+class DestinationUnavailableError(OperationError):
+    """A replay stopped because its destination is unreachable: the messages stay queued."""
+
+
 class WriterThreadError(RosettaError):
     """The recovery worker's writer thread failed outside the write it ran."""

@@ -219,21 +219,26 @@ def _parse_destination(
         return None
     options: dict[str, Any] = {}
     origins: dict[str, str] = {}
+    unset: set[str] = set()
     for key, value in raw.items():
         if key in ("id", "name", "type"):
             continue
         if key.endswith("_env"):
             variable = str(value)
             if variable not in env:
+                # One problem: the option it stands for is reported missing through this line.
+                unset.add(key[: -len("_env")])
                 problems.append(
-                    f"{at}: '{key}' names environment variable {variable} which is not set"
+                    f"{at}: '{key}' names environment variable {variable} which is not set: "
+                    f"set {variable} in the environment or in .env, or point '{key}' at a "
+                    "variable that is set"
                 )
                 continue
             options[key[: -len("_env")]] = env[variable]
             origins[key[: -len("_env")]] = f"{key} {variable}"
         else:
             options[key] = value
-    if kind == "postgresql" and "dsn" not in options:
+    if kind == "postgresql" and "dsn" not in options and "dsn" not in unset:
         problems.append(f"{at}: a postgresql destination needs 'dsn' or 'dsn_env'")
     if destination_id is None or name is None:
         return None

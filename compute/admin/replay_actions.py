@@ -65,6 +65,14 @@ class ReplayActions(OperationsBase):
                         if snapshot.state.value != "healthy":
                             entry["error"] = f"destination unhealthy: {snapshot.last_error}"
                             entry["failed"] = self.dlq.count(lane)
+            # What a failed replay left, and why: the CLI says whether the
+            # destination is down (the messages wait for it) or something else failed.
+            entry["remaining"] = self.dlq.count(lane)
+            entry["destination_health"] = (
+                worker.health[target.destination_id].snapshot().state.value
+                if worker is not None and target.destination_id in worker.health
+                else "unknown"
+            )
             results.append(entry)
         return replay_summary(results, dry_run, self.mode)
 

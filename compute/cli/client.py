@@ -35,6 +35,7 @@ from compute.errors import (
     OperationError,
     QueueLockedError,
     QueueNotFoundError,
+    UsageError,
 )
 from compute.queue_id import QueueId
 from config.settings import Settings
@@ -94,6 +95,11 @@ def connect(settings: Settings) -> DLQClient:
         client = HttpClient(url, settings.admin.token, pid)
         client.probe()
         return client
+    if base.exists() and not base.is_dir():
+        raise UsageError(
+            f"DLQ_BASE_PATH={str(base)!r} is a file, not a directory: set DLQ_BASE_PATH to "
+            "the engine's DLQ directory (the one `rosetta run` uses; default ./tmp/dlq)"
+        )
     if not base.is_dir():
         raise QueueNotFoundError(
             f"DLQ directory {str(base)!r} does not exist (set DLQ_BASE_PATH to the engine's)"

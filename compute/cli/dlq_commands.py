@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from compute.cli.output import (
+    clip_words,
     emit,
     emit_line,
     format_age,
@@ -23,8 +24,10 @@ from compute.cli.output import (
     progress_bar,
     setup_logging,
     stdout_console,
+    table,
 )
-from compute.errors import NotFoundError, OperationError, UsageError
+from compute.errors import DestinationUnavailableError, NotFoundError, OperationError, UsageError
+from compute.queue_id import QueueId
 
 if TYPE_CHECKING:
     from compute.cli.client import DLQClient
@@ -86,17 +89,25 @@ def queues(as_json: bool) -> None:
         rows = client.queues()
 
     def human(rows: list[dict[str, Any]]) -> None:
-        from rich.table import Table
-
         damaged = [r for r in rows if r.get("damaged")]
-        table = Table(title=f"DLQ queues ({len(rows) - len(damaged)})")
-        for name in ("source", "table", "destination", "messages", "parked", "bytes", "oldest"):
-            table.add_column(name, justify="right" if name in ("messages", "parked") else "left")
-        table.add_column("destination health")
+        queues = table(
+            f"DLQ queues ({len(rows) - len(damaged)})",
+            (
+                "source",
+                "table",
+                "destination",
+                "messages",
+                "parked",
+                "bytes",
+                "oldest",
+                "destination health",
+            ),
+            right=("messages", "parked"),
+        )
         for r in rows:
             if r.get("damaged"):
                 continue
-            table.add_row(
+            queues.add_row(
                 r["source_id"],
                 r["table"],
                 r["destination_id"],
@@ -106,13 +117,15 @@ def queues(as_json: bool) -> None:
                 format_age(r["oldest_age_seconds"]),
                 r["destination_health"],
             )
-        stdout_console().print(table)
+        stdout_console().print(queues)
         if damaged:
-            aside = Table(title=f"DAMAGED queue directories set aside ({len(damaged)})")
-            for name in ("queue", "moved to", "reason"):
-                aside.add_column(name)
+            aside = table(
+                f"DAMAGED queue directories set aside ({len(damaged)})",
+                ("queue", "moved to", "reason"),
+                text=("reason",),
+            )
             for r in damaged:
-                aside.add_row(r["queue"], r["moved_to"], r["reason"])
+                aside.add_row(r["queue"], r["moved_to"], clip_words(r["reason"]))
             stdout_console().print(aside)
 
     emit(rows, as_json, human)
@@ -130,28 +143,26 @@ def show(queue: str, limit: int, parked: bool, as_json: bool) -> None:
         result = client.show(queue_id, limit, parked)
 
     def human(result: dict[str, Any]) -> None:
-        from rich.table import Table
-
         shown = len(result["messages"])
-        table = Table(
-            title=f"{result['queue']} ({result['lane']} lane): {result['total']} message(s), "
-            f"showing {shown}"
+        messages = table(
+            f"{result['queue']} ({result['lane']} lane): {result['total']} message(s), "
+            f"showing {shown}",
+            ("id", "op", "key", "error", "attempts", "first failure", "last failure", "age"),
+            text=("error",),
+            right=("age",),
         )
-        for name in ("id", "op", "key", "error", "attempts", "first failure", "last failure"):
-            table.add_column(name)
-        table.add_column("age", justify="right")
         for m in result["messages"]:
-            table.add_row(
+            messages.add_row(
                 m["message_id"],
                 m["op"],
                 json.dumps(m["key"], default=str),
-                f"{m['error_class']}: {m['error_message']}",
+                clip_words(f"{m['error_class']}: {m['error_message']}"),
                 str(m["attempts"]),
                 m["first_failure_at"] or "-",
                 m["last_failure_at"] or "-",
                 format_age(m["age_seconds"]),
             )
-        stdout_console().print(table)
+        stdout_console().print(messages)
 
     emit(result, as_json, human)
 
@@ -164,14 +175,13 @@ def stats(as_json: bool) -> None:
         result = client.stats()
 
     def human(result: dict[str, Any]) -> None:
-        from rich.table import Table
-
-        table = Table(title="DLQ stats")
-        for name in ("destination", "messages", "parked", "oldest", "recovery", "last recovery"):
-            table.add_column(name)
+        totals = table(
+            "DLQ stats",
+            ("destination", "messages", "parked", "oldest", "recovery", "last recovery"),
+        )
         rows = [("all", result)] + list(result["destinations"].items())
         for name, entry in rows:
-            table.add_row(
+            totals.add_row(
                 name,
                 str(entry["total_messages"]),
                 str(entry["parked_messages"]),
@@ -179,7 +189,7 @@ def stats(as_json: bool) -> None:
                 "on" if entry["recovery_enabled"] else "off",
                 entry["last_recovery_attempt"] or "-",
             )
-        stdout_console().print(table)
+        stdout_console().print(totals)
 
     emit(result, as_json, human)
 
@@ -199,32 +209,72 @@ def replay(queue: str | None, all_queues: bool, parked: bool, dry_run: bool, as_
         result = client.replay(queue_id, parked, dry_run, progress_bar)
 
     def human(result: dict[str, Any]) -> None:
-        from rich.table import Table
-
         verb = "would replay" if result["dry_run"] else "replayed"
-        table = Table(title=f"DLQ replay ({'dry run' if result['dry_run'] else 'done'})")
-        for name in ("queue", "lane", "messages", "replayed", "failed", "parked", "error"):
-            table.add_column(name)
+        done = table(
+            f"DLQ replay ({'dry run' if result['dry_run'] else 'done'})",
+            ("queue", "lane", "messages", "replayed", "failed", "parked", "error"),
+            text=("error",),
+        )
         for r in result["queues"]:
-            table.add_row(
+            done.add_row(
                 r["queue"],
                 r["lane"],
                 str(r["messages"]),
                 str(r["replayed"]),
                 str(r["failed"]),
                 str(r["parked"]),
-                r["error"] or "",
+                clip_words(r["error"] or ""),
             )
-        stdout_console().print(table)
+        stdout_console().print(done)
         total = sum(r["messages"] for r in result["queues"])
         click.echo(
             f"{verb} {total if result['dry_run'] else result['replayed']} message(s); "
-            f"failed {result['failed']}; parked {result['parked']}"
+            f"not replayed {result['failed']} (still queued); parked {result['parked']}"
         )
 
     emit(result, as_json, human)
     if result["failed"]:
-        raise OperationError(f"replay failed for {result['failed']} message(s)")
+        raise replay_failure(result)
+
+
+def replay_failure(result: dict[str, Any]) -> OperationError:
+    """The one line a replay that left messages ends with, and its kind (its exit code).
+
+    When every queue that failed waits for an unreachable destination, it is
+    an outage: nothing is lost and the engine replays the messages once the
+    destination is back (``DestinationUnavailableError``, its own exit code).
+    """
+    failed = [r for r in result["queues"] if r["failed"]]
+    down = [r for r in failed if r.get("destination_health") == "unhealthy"]
+    queued = sum(r.get("remaining", r["failed"]) for r in failed)
+    if not down or len(down) < len(failed):
+        return OperationError(
+            f"replay failed for {result['failed']} message(s); {queued} stay queued "
+            "(the table's error column says why)"
+        )
+    destinations = sorted({QueueId.parse(r["queue"]).destination_id for r in down})
+    errors = sorted({_why(r["error"]) for r in down if r["error"]})
+    who = (
+        f"destination {destinations[0]} is"
+        if len(destinations) == 1
+        else f"destinations {', '.join(destinations)} are"
+    )
+    where = f"in {down[0]['queue']}" if len(down) == 1 else f"in {len(down)} queues"
+    then = (
+        "the engine's recovery worker replays them as soon as the destination is back"
+        if result.get("mode") == "online"
+        else "`rosetta run` replays them once the destination is back (or run this replay again)"
+    )
+    health = f" (unhealthy: {'; '.join(errors)})" if errors else " (unhealthy)"
+    return DestinationUnavailableError(
+        f"{who} unreachable{health}: {queued} message(s) stay queued {where}, nothing was "
+        f"lost; {then}"
+    )
+
+
+def _why(error: str) -> str:
+    prefix = "destination unhealthy: "
+    return error[len(prefix) :] if error.startswith(prefix) else error
 
 
 @dlq.command()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -42,8 +43,47 @@ def stdout_console() -> Any:
     from rich.console import Console
 
     console = Console()
-    # Piped or captured: wide enough that ids and queue names are not cut.
-    return console if console.is_terminal else Console(width=200)
+    if console.is_terminal:
+        return console
+    # Piped or captured: wide enough that ids and queue names fit on one line
+    # (or as wide as COLUMNS says).
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) >= 40 else 200)
+
+
+# Longer error texts are shortened in tables (at a word boundary); --json has them whole.
+TABLE_TEXT_LIMIT = 300
+
+
+def table(
+    title: str, columns: Sequence[str], *, text: Collection[str] = (), right: Collection[str] = ()
+) -> Any:
+    """A rich table whose cells are never cut mid-word.
+
+    Cells wrap between words; a word wider than its column goes on over the
+    next lines whole (never ellipsized), so ids and queue names can be
+    copied. ``text`` columns (errors, reasons) take the width left over.
+    """
+    from rich.table import Table
+
+    result = Table(title=title)
+    for name in columns:
+        result.add_column(
+            name,
+            justify="right" if name in right else "left",
+            overflow="fold",
+            ratio=1 if name in text else None,
+        )
+    return result
+
+
+def clip_words(text: str, limit: int = TABLE_TEXT_LIMIT) -> str:
+    """``text``, or its words up to ``limit`` characters and `` …`` (cut between words;
+    only a single word longer than ``limit`` is cut inside)."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit + 1)
+    return (text[:cut] if cut > 0 else text[:limit]).rstrip() + " …"
 
 
 @contextmanager

@@ -37,6 +37,7 @@ def when_full(
     info: QueueInfo,
     messages: Sequence[DLQMessage],
     error: DLQFullError,
+    now: float,
 ) -> bool:
     """``queue`` refused ``messages``: True if the batch is dropped (counted and logged).
 
@@ -50,6 +51,7 @@ def when_full(
     error.queue = queue
     with info.lock:
         info.last_error = str(error)
+        info.last_error_at = now
         info.dirty = True
     if config.when_full is not WhenFull.DROP_NEWEST:
         return False

@@ -71,6 +71,7 @@ class DLQManager:
         background: bool = True,
     ) -> None:
         self.config = config
+        self._clock = clock
         if store is None:
             store = default_store(config)
         self.store = store
@@ -144,7 +145,7 @@ class DLQManager:
             with (self._infos.of(queue.main) if queue.lane else info).edit_lock:
                 self.store.enqueue(queue, payloads)
         except DLQFullError as error:
-            if not when_full(self.config, queue, info, messages, error):
+            if not when_full(self.config, queue, info, messages, error, self._clock()):
                 raise
             return EnqueueResult(0, dropped=count)
         last = messages[-1]
@@ -161,6 +162,7 @@ class DLQManager:
             if failure.attempts or info.last_failure is None:
                 info.last_failure = failure
                 info.last_error = None
+                info.last_error_at = failure.last_failure_at or newest
             info.dirty = True
         # Frozen, so one shared result serves every single-message enqueue.
         return _ONE_ACCEPTED if count == 1 else EnqueueResult(count)
@@ -181,6 +183,7 @@ class DLQManager:
         info = self._infos.of(queue)
         with info.lock:
             info.last_error = text
+            info.last_error_at = self._clock()
             info.dirty = True
 
     # ---------------------------------------------------------------- reading

@@ -134,9 +134,14 @@ class OperatorEdits:
             if target_key is None:
                 if message.message_id == message_id:
                     if key in earlier:
+                        first = earlier[key]
                         raise DLQConflictError(
-                            f"an earlier change to the same key is parked in {queue} "
-                            f"(message {earlier[key]}): unpark that one first"
+                            f"cannot unpark {message_id}: an earlier change to the same key, "
+                            f"message {first}, is still parked in {queue} (the key's changes "
+                            f"go in order); deal with {first} first: `rosetta dlq discard "
+                            f"{first} --confirm` to drop it, `rosetta dlq unpark {first}` to "
+                            f"send it back with this one after it, or `rosetta dlq replay "
+                            f"{queue} --parked` to replay the parked lane in order"
                         )
                     target_key = key
                     chain.append(message)

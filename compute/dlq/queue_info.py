@@ -21,6 +21,8 @@ class QueueInfo:
     newest: float | None = None
     newest_known: bool = False
     last_error: str | None = None
+    # When the last error happened; kept after the queue drains and the error is cleared.
+    last_error_at: float | None = None
     parked_keys: set[tuple[Any, ...]] | None = None
     attempts: dict[str, int] | None = None
     # The failure of the newest enqueued message; formatted only when shown.
@@ -28,6 +30,8 @@ class QueueInfo:
     dropped: int = 0
     quarantined: int = 0
     dirty: bool = True
+    # The last status written held messages: its age grows, so it is rewritten every pass.
+    aging: bool = False
     # Discarded messages of this lane: id -> how many of its first occurrences to skip.
     tombstones: dict[str, int] | None = None
     # Outstanding leases, oldest first (the reader's, plus a read-ahead one):

@@ -1,4 +1,12 @@
-"""Each queue's status, and the ``status.json`` in its directory that operators read."""
+"""Each queue's status, and the ``status.json`` in its directory that operators read.
+
+Freshness (the README's "status.json" section): the maintenance thread
+rewrites, every ``STATUS_INTERVAL`` (1 s), the file of every queue that
+changed and of every queue holding messages (their oldest age grows), so
+``updated_at`` and ``oldest_age_seconds`` are at most about a second old.
+``bytes_on_disk`` is the store's one measure (``RocksqStore.stats``), shared
+by ``rosetta dlq queues``, the admin API and the metrics.
+"""
 
 from __future__ import annotations
 
@@ -34,6 +42,8 @@ class QueueStatus:
     dropped: int
     quarantined: int
     parked: int = 0
+    # When the last error happened; kept when ``last_error`` is cleared by a drain.
+    last_error_at: float | None = None
 
     def oldest_age(self, now: float) -> float | None:
         return None if self.oldest_enqueued_at is None else max(0.0, now - self.oldest_enqueued_at)
@@ -49,6 +59,7 @@ class QueueStatus:
             "oldest_age_seconds": _round(self.oldest_age(now)),
             "newest_enqueued_at": iso(self.newest_enqueued_at),
             "last_error": self.last_error,
+            "last_error_at": iso(self.last_error_at),
             "parked": self.parked,
             "dropped": self.dropped,
             "quarantined": self.quarantined,
@@ -75,9 +86,11 @@ class StatusFiles:
         self._clock = clock
 
     def status(self, queue: QueueId) -> QueueStatus:
+        info = self._infos.of(queue)
+        with info.lock:
+            error_at = info.last_error_at  # an error recorded while we count is kept
         stats = self._store.stats(queue)
         parked = self._lanes.count(queue.parked)
-        info = self._infos.of(queue)
         messages = self._lanes.count(queue) if stats.messages else 0
         if messages == 0:
             oldest = newest = None
@@ -85,6 +98,10 @@ class StatusFiles:
             oldest = self._oldest(queue, info)
             newest = self._newest(queue, info)
         with info.lock:
+            if messages == 0 and parked == 0 and info.last_error_at == error_at:
+                # Drained: the outage's error no longer describes anything queued.
+                info.last_error = None
+                info.last_failure = None
             return QueueStatus(
                 queue=queue,
                 messages=messages,
@@ -92,6 +109,7 @@ class StatusFiles:
                 oldest_enqueued_at=oldest,
                 newest_enqueued_at=newest,
                 last_error=_last_error(info),
+                last_error_at=info.last_error_at,
                 dropped=info.dropped,
                 quarantined=info.quarantined,
                 parked=parked,
@@ -131,10 +149,10 @@ class StatusFiles:
         return len(queues)
 
     def write(self, *, force: bool = False) -> int:
-        """Refresh ``status.json`` of every changed queue (all of them with ``force``)."""
+        """Refresh ``status.json`` of every changed or non-empty queue (all with ``force``)."""
         written = 0
         for queue, info in self._infos.items():
-            if not (info.dirty or force):
+            if not (info.dirty or info.aging or force):
                 continue
             info.dirty = False
             path = self._store.queue_path(queue)
@@ -147,6 +165,7 @@ class StatusFiles:
                 write_atomic(
                     path / STATUS_FILE, json_bytes(status.to_json(self._clock()), indent=2) + b"\n"
                 )
+                info.aging = status.messages > 0
             except (DLQError, OSError) as error:
                 # A full disk or a damaged queue must not stop the refresh of
                 # the others, nor a clean shutdown; try again next time.

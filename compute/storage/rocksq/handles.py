@@ -62,6 +62,8 @@ class HandleCache:
         st = os.stat(path)
         entry.dev, entry.ino, entry.checked_at = st.st_dev, st.st_ino, now
         state.handles[number] = entry
+        # Opening rewrites RocksDB files (the log is flushed): measure the size again.
+        state.disk_measured_at = float("-inf")
         with self._lock:
             self._open[(state.queue, number)] = entry
             self._evict_over_cap(keep=state.queue)

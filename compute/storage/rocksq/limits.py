@@ -64,7 +64,7 @@ class LimitGuard:
 
     def queue_bytes(self, state: QueueState, now: float) -> int:
         if now - state.disk_measured_at >= _DISK_BYTES_TTL:
-            state.disk_bytes = _tree_size(state.path)
+            state.disk_bytes = queue_disk_bytes(state.path)
             state.disk_measured_at = now
             state.bytes_since_measure = 0
         return state.disk_bytes + state.bytes_since_measure
@@ -94,17 +94,37 @@ class LimitGuard:
             )
 
 
-def _tree_size(path: Path) -> int:
+# Files a queue directory holds that are not its data: RocksDB's own info
+# log (rotated on every open) and options file (rewritten on every open), and
+# the status file the DLQ writes about the queue. A reader that opens a queue
+# (the offline CLI) must not change its size, so they are not counted.
+_NOT_DATA_PREFIXES = ("LOG", "OPTIONS-")
+_NOT_DATA_NAMES = frozenset({"status.json"})
+
+
+def queue_disk_bytes(path: Path) -> int:
+    """The bytes a queue's directory holds, its lanes and side files included.
+
+    The one measure of a queue's size (``bytes_on_disk`` in ``status.json``,
+    ``rosetta dlq queues``, the admin API and ``rosetta_dlq_queue_bytes``, and
+    the ``DLQ_MAX_QUEUE_BYTES`` limit): every file under the queue's directory
+    but RocksDB's info logs (``LOG``, ``LOG.old.*``), its ``OPTIONS-*`` files
+    and ``status.json``.
+    """
     total = 0
     try:
         for entry in os.scandir(path):
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    total += _tree_size(Path(entry.path))
-                else:
+                    total += queue_disk_bytes(Path(entry.path))
+                elif not _not_data(entry.name):
                     total += entry.stat(follow_symlinks=False).st_size
             except FileNotFoundError:
                 continue  # removed while we looked (compaction, retirement)
     except FileNotFoundError:
         return 0
     return total
+
+
+def _not_data(name: str) -> bool:
+    return name in _NOT_DATA_NAMES or name.startswith(_NOT_DATA_PREFIXES)

@@ -205,3 +205,4 @@ def remove_segment_dir(state: QueueState, number: int) -> None:
     except RuntimeError:
         pass  # rmtree below removes whatever is left
     shutil.rmtree(path, ignore_errors=True)
+    state.disk_measured_at = float("-inf")  # its size is measured again when next shown

@@ -402,9 +402,10 @@ def test_every_command_against_a_running_engine(
     assert "--skip-existing" in fails(env, 5, "import", str(out))
     dry = ok_json(env, "replay", Q, "--dry-run")
     assert dry["queues"][0]["messages"] == 8 and dry["replayed"] == 0
-    # still down: the replay fails, exit 1, nothing lost
+    # still down: the replay stops, exit 6 (destination unreachable), nothing lost
     failed = rosetta(env, "dlq", "replay", Q, "--json")
-    assert failed.returncode == 1 and json.loads(failed.stdout)["replayed"] == 0
+    assert failed.returncode == 6 and json.loads(failed.stdout)["replayed"] == 0
+    assert "8 message(s) stay queued" in failed.stderr
     server.start()
     result = ok_json(env, "replay", Q)
     # key 1's later changes (5, 9) are held behind the parked one

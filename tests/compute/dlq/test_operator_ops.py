@@ -72,7 +72,7 @@ def test_park_then_unpark_keeps_key_order(tmp_path: Path) -> None:
             dlq.park_message(QUEUE, "m000")
         # A later change to key 7 got parked behind it (as the worker does).
         dlq.park(QUEUE, [message(3, 7)])
-        with pytest.raises(DLQConflictError, match="unpark that one first"):
+        with pytest.raises(DLQConflictError, match="message m000, is still parked"):
             dlq.unpark_message(QUEUE, "m003")
         moved = dlq.unpark_message(QUEUE, "m000")
         # The parked chain (m000, m003), then key 7's change still waiting in
