@@ -63,3 +63,10 @@ def test_bench_destinations_prints_its_figures() -> None:
         "snowflake_rows_per_statement",
     } <= set(figures)
     assert all(float(v) > 0 for v in figures.values()), figures
+
+
+@pytest.mark.timeout(360)
+def test_bench_parked_prints_its_figures() -> None:
+    figures = run_script("bench_parked.py", "--messages", "300", "--batch", "100")
+    assert {"parked_bytes_per_message", "queued_bytes_per_message", "stack_chars"} <= set(figures)
+    assert figures["parked_messages"] == figures["queued_messages"] == "300", figures

@@ -31,6 +31,9 @@ def message_to_json(message: DLQMessage) -> dict[str, Any]:
         "error_message": failure.message,
         "error_kind": failure.kind.value,
         "error_code": failure.code,
+        # Its innermost frames (compute/delivery/short_stack.py); older messages
+        # keep the longer stack they were stored with.
+        "error_stack": failure.stack,
         "attempts": failure.attempts,
         "first_failure_at": failure.first_failure_at,
         "last_failure_at": failure.last_failure_at,

@@ -38,6 +38,7 @@ from compute.delivery.failures import (
     capture_failure,
     classify_or_transient,
     held_behind_failure,
+    too_large_failure,
 )
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
@@ -241,7 +242,8 @@ class EventHandler:
             held = [r for r in records if record_key(r) in parked]
             if held:
                 to_write = [r for r in records if record_key(r) not in parked]
-                self._park(queue, held, held_behind_failure(now))
+                failure = held_behind_failure(now)
+                self._park(queue, [DLQMessage.create(queue, r, failure, now=now) for r in held])
         if to_write:
             self._write_with_retries(destination, queue, to_write)
 
@@ -369,13 +371,14 @@ class EventHandler:
 
         Permanent failures are rare, so the slow path is fine; it keeps every
         good event flowing and parks exactly the bad ones (and, behind them,
-        later changes to their keys).
+        later changes to their keys), in one write before the rest is queued.
         """
         health = self.health[destination.destination_id]
+        parking = self.dlq.parking_batch(queue)
         for index, record in enumerate(records):
             now = self._clock()
-            if self.dlq.is_parked(queue, record):
-                self._park(queue, [record], held_behind_failure(now))
+            if parking.holds(record):
+                parking.add(DLQMessage.create(queue, record, held_behind_failure(now), now=now))
                 continue
             deadline = self.deadline_of(destination)
             try:
@@ -386,26 +389,28 @@ class EventHandler:
                     None if deadline is None else time.monotonic() + deadline,
                 )
             except _PastDeadline as stuck:
+                self._park(queue, parking.messages)
                 self._store_and_forward(destination, queue, records[index:], 1, stuck.future)
                 return
             except Exception as error:
                 classified = classify_or_transient(destination, error)
                 failure = capture_failure(error, classified, now=now)
                 if classified.kind is FailureKind.PERMANENT:
-                    self._park(queue, [record], failure)
+                    parking.add(DLQMessage.create(queue, record, failure, now=now))
                     continue
                 health.mark_unhealthy(f"{classified.error_class}: {classified.message}")
+                self._park(queue, parking.messages)
                 self._enqueue_to_dlq(queue, records[index:], failure)
                 return
             self.counters.written[destination.destination_id] += 1
+        self._park(queue, parking.messages)
 
-    def _park(self, queue: QueueId, records: list[ChangeRecord], failure: FailureContext) -> None:
-        now = self._clock()
-        parked = self.dlq.park(
-            queue, [DLQMessage.create(queue, r, failure, now=now) for r in records]
-        )
+    def _park(self, queue: QueueId, messages: list[DLQMessage]) -> None:
+        if not messages:
+            return
+        parked = self.dlq.park(queue, messages)
         self.counters.parked[queue.destination_id] += parked
-        self.counters.quarantined[queue.destination_id] += len(records) - parked
+        self.counters.quarantined[queue.destination_id] += len(messages) - parked
         self.observer.parked(queue, parked)
 
     def _park_oversized(self, queue: QueueId, messages: list[DLQMessage]) -> EnqueueResult:
@@ -481,20 +486,3 @@ class _PastDeadline(Exception):
     def __init__(self, future: Future[Any]) -> None:
         super().__init__("live write past its deadline")
         self.future = future
-
-
-def too_large_failure(size: int, limit: int, cause: FailureContext, now: float) -> FailureContext:
-    """Context of a change parked because its DLQ message is over ``DLQ_MAX_MESSAGE_BYTES``."""
-    return FailureContext(
-        error_class="MessageTooLarge",
-        message=(
-            f"change of {size} bytes (encoded) is over DLQ_MAX_MESSAGE_BYTES ({limit} bytes): "
-            f"parked instead of queued; it was being queued after {cause.error_class}: "
-            f"{cause.message}"
-        ),
-        kind=FailureKind.PERMANENT,
-        code=cause.code,
-        attempts=cause.attempts,
-        first_failure_at=cause.first_failure_at or now,
-        last_failure_at=now,
-    )

@@ -2,26 +2,26 @@
 
 Both paths decide from the same things: the kind a destination gives a
 failure (never raising, unclassified meaning transient), the failure context
-a change stores (built here from the raised error: text and stack truncated,
-credentials masked), and the context a change gets when it is parked behind
-an earlier parked change of its key.
+a change stores (built here from the raised error: text truncated, stack cut
+to its innermost frames by ``short_stack.py``, credentials masked), and the
+context a change gets when it is parked behind an earlier parked change of
+its key or for being too large to queue.
 """
 
 from __future__ import annotations
 
 import time
-import traceback
 from dataclasses import replace
 
 from compute.codec.failure_context import FailureContext
+from compute.delivery.short_stack import short_stack
 from config.redact import redact
 from destinations.base import Destination
 from destinations.errors import ClassifiedError, FailureKind
 
-# What a stored failure keeps of an error's text and stack: enough to act on,
-# bounded because every queued change carries one.
+# What a stored failure keeps of an error's text: enough to act on, bounded
+# because every queued change carries one (its stack: ``short_stack``).
 MAX_ERROR_MESSAGE_CHARS = 2000
-MAX_STACK_CHARS = 4000
 
 
 def classify_or_transient(destination: Destination, error: BaseException) -> ClassifiedError:
@@ -65,6 +65,23 @@ def held_behind_failure(now: float, own: FailureContext | None = None) -> Failur
     )
 
 
+def too_large_failure(size: int, limit: int, cause: FailureContext, now: float) -> FailureContext:
+    """Context of a change parked because its DLQ message is over ``DLQ_MAX_MESSAGE_BYTES``."""
+    return FailureContext(
+        error_class="MessageTooLarge",
+        message=(
+            f"change of {size} bytes (encoded) is over DLQ_MAX_MESSAGE_BYTES ({limit} bytes): "
+            f"parked instead of queued; it was being queued after {cause.error_class}: "
+            f"{cause.message}"
+        ),
+        kind=FailureKind.PERMANENT,
+        code=cause.code,
+        attempts=cause.attempts,
+        first_failure_at=cause.first_failure_at or now,
+        last_failure_at=now,
+    )
+
+
 def capture_failure(
     error: BaseException,
     classified: ClassifiedError | None = None,
@@ -72,13 +89,12 @@ def capture_failure(
     attempts: int = 1,
     now: float | None = None,
 ) -> FailureContext:
-    """Capture ``error`` (with its truncated stack) as a failure context.
+    """Capture ``error`` (with its innermost frames) as a failure context.
 
     Credentials in the message or the stack are masked: both are stored
     with every message and shown by the admin API and exports.
     """
     when = time.time() if now is None else now
-    stack = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return FailureContext(
         error_class=classified.error_class if classified else type(error).__name__,
         message=_truncate(
@@ -86,7 +102,7 @@ def capture_failure(
         ),
         kind=classified.kind if classified else FailureKind.TRANSIENT,
         code=classified.code if classified else None,
-        stack=_truncate_stack(redact(stack)),
+        stack=redact(short_stack(error)),
         attempts=attempts,
         first_failure_at=when,
         last_failure_at=when,
@@ -107,8 +123,3 @@ def failed_again(context: FailureContext, error: ClassifiedError, now: float) ->
 
 def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 15] + "... [truncated]"
-
-
-def _truncate_stack(stack: str) -> str:
-    # The innermost frames say most; keep the tail.
-    return stack if len(stack) <= MAX_STACK_CHARS else "[truncated] ..." + stack[-MAX_STACK_CHARS:]

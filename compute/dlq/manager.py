@@ -17,7 +17,7 @@ from compute.dlq.lease import DLQLease, decode_lease
 from compute.dlq.limits import default_store, when_full
 from compute.dlq.maintenance import Maintenance
 from compute.dlq.operator_edits import OperatorEdits
-from compute.dlq.parking import Parking
+from compute.dlq.parking import Parking, ParkingBatch
 from compute.dlq.quarantine import Quarantine, set_aside_directories
 from compute.dlq.queue_info import QueueInfos
 from compute.dlq.status_files import QueueStatus, StatusFiles
@@ -323,6 +323,10 @@ class DLQManager:
     def is_parked(self, queue: QueueId, record: ChangeRecord) -> bool:
         """True when an earlier change to ``record``'s key is parked in ``queue``."""
         return self._parking.is_parked(queue, record)
+
+    def parking_batch(self, queue: QueueId) -> ParkingBatch:
+        """Gathers the poison of one failed batch (and what it holds) for one ``park`` call."""
+        return ParkingBatch(self._parking, queue)
 
     def parked_keys(self, queue: QueueId) -> frozenset[tuple[Any, ...]]:
         """Keys (``record_key``) with a parked change in ``queue``; usually empty.

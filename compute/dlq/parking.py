@@ -91,6 +91,31 @@ class Parking:
         return info.parked_keys
 
 
+class ParkingBatch:
+    """Changes to park, gathered while a failed batch is narrowed down to its poison.
+
+    The caller parks them in one ``park`` call (``messages``) before anything
+    else of the batch is queued: one write is one compressed frame, so what
+    their failures share (class, stack, queue, columns) is stored about once
+    instead of once per change. A change to a key gathered here counts as
+    held, like one to a key already parked.
+    """
+
+    def __init__(self, parking: Parking, queue: QueueId) -> None:
+        self._parking = parking
+        self._queue = queue
+        self._keys: set[tuple[Any, ...]] = set()
+        self.messages: list[DLQMessage] = []
+
+    def holds(self, record: ChangeRecord) -> bool:
+        """True when an earlier change to ``record``'s key is parked, or gathered here."""
+        return record_key(record) in self._keys or self._parking.is_parked(self._queue, record)
+
+    def add(self, message: DLQMessage) -> None:
+        self.messages.append(message)
+        self._keys.add(record_key(message.record))
+
+
 def record_key(record: ChangeRecord) -> tuple[Any, ...]:
     """A hashable identity of the row a change applies to."""
     try:

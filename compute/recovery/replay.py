@@ -444,12 +444,13 @@ class QueueReplay:
         """
         done = 0
         outcome = Outcome.POISON
+        parking = self.dlq.parking_batch(queue)  # parked in one write, before the ack
         for message in lease.messages:
             if self._stop.is_set():
                 break
             now = self._clock()
-            if self.dlq.is_parked(queue, message.record):
-                counts.parked += self._park_held(queue, [message], now)
+            if parking.holds(message.record):
+                parking.add(_with_failure(message, held_behind_failure(now, message.failure)))
                 done += 1
                 continue
             try:
@@ -466,9 +467,7 @@ class QueueReplay:
                 if decision.outcome is Outcome.POISON:
                     assert decision.classified is not None
                     failed = failed_again(message.failure, decision.classified, now)
-                    counts.parked += self.dlq.park(
-                        queue, [_with_failure(message, failed, attempts())]
-                    )
+                    parking.add(_with_failure(message, failed, attempts()))
                     done += 1
                     continue
                 counts.failed += len(lease.messages) - done
@@ -476,6 +475,7 @@ class QueueReplay:
                 break
             counts.replayed += 1
             done += 1
+        counts.parked += self.dlq.park(queue, parking.messages)
         if done:  # the rest goes back when the caller's ``with lease`` ends
             self.dlq.ack(lease, done)
         return outcome

@@ -4,8 +4,8 @@ Why: rocksq copies each item into Rust byte by byte (about 20 ns a byte on
 our test machine), so the cost of an enqueue is mostly the bytes written.
 One enqueue call becomes one frame, compressed when that is worth it: DLQ
 batches repeat the same failure, columns and table in every message, so a
-frame of 100 messages shrinks several times. Reading gets cheaper too: one
-item read brings a whole batch.
+frame of 100 messages shrinks several times (so does a large lone message).
+Reading gets cheaper too: one item read brings a whole batch.
 
 Layout of an item::
 
@@ -47,10 +47,15 @@ def encode_frames(payloads: list[bytes]) -> list[bytes]:
 
     A lone payload that cannot be mistaken for a frame is stored as is: a
     frame would only add bytes and time to the most expensive enqueue there
-    is (one rocksq write per message).
+    is (one rocksq write per message). One of ``COMPRESS_MIN_BYTES`` or more
+    (a change parked alone, its failure's stack with it) becomes a
+    compressed frame of one when that is smaller.
     """
     if len(payloads) == 1 and (not payloads[0] or payloads[0][0] not in (PLAIN, COMPRESSED)):
-        return payloads
+        if len(payloads[0]) < COMPRESS_MIN_BYTES:
+            return payloads
+        frame = _encode_frame(payloads)
+        return [frame] if frame[0] == COMPRESSED else payloads
     items = []
     start = 0
     total = len(payloads)

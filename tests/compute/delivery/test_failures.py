@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import traceback
+from pathlib import Path
 
 from compute.codec.failure_context import FailureContext
 from compute.codec.message import DLQMessage, decode_message, encode_message
 from compute.delivery.failures import (
     MAX_ERROR_MESSAGE_CHARS,
-    MAX_STACK_CHARS,
     capture_failure,
     failed_again,
 )
+from compute.delivery.short_stack import MAX_STACK_CHARS, MAX_STACK_FRAMES
 from compute.queue_id import QueueId
 from destinations.errors import ClassifiedError, FailureKind
 from tests.builders import change
@@ -83,14 +84,20 @@ def test_capture_failure_defaults_now_to_wall_clock() -> None:
     assert before <= ctx.first_failure_at <= time.time()
 
 
-def test_huge_message_and_stack_are_truncated_keeping_the_tail() -> None:
+def test_huge_message_and_deep_stack_are_cut_to_the_innermost_frames() -> None:
     error = _caught(depth=300, message="x" * 10_000 + "END")
     ctx = capture_failure(error, now=T0)
     assert len(ctx.message) == MAX_ERROR_MESSAGE_CHARS
     assert ctx.message.startswith("xxx") and ctx.message.endswith("[truncated]")
-    assert ctx.stack.startswith("[truncated]")
-    assert len(ctx.stack) <= MAX_STACK_CHARS + len("[truncated] ...")
-    assert ctx.stack.rstrip().endswith("END")  # innermost part kept
+    assert len(ctx.stack) <= MAX_STACK_CHARS
+    lines = ctx.stack.splitlines()
+    assert lines[0] == (
+        f"Traceback (most recent call last; innermost {MAX_STACK_FRAMES} of 302 frames):"
+    )
+    assert lines[-1].startswith("RuntimeError: xxx") and lines[-1].endswith("[truncated]")
+    # The innermost frames, where it was raised: _raise_deep at depth 0 and above.
+    assert ctx.stack.count("in _raise_deep") == MAX_STACK_FRAMES
+    assert lines[-2] == "    raise RuntimeError(message)"
 
 
 def _chained(depth: int) -> BaseException:
@@ -107,16 +114,33 @@ def _chained(depth: int) -> BaseException:
     return final
 
 
-def test_deep_stack_keeps_innermost_frames() -> None:
+def test_chained_causes_get_one_line_each_after_the_error() -> None:
     error = _chained(60)
     full = "".join(traceback.format_exception(error))
-    assert len(full) > MAX_STACK_CHARS
+    assert len(full) > 4 * MAX_STACK_CHARS
     ctx = capture_failure(error, now=T0)
-    assert ctx.stack.startswith("[truncated]")
-    assert ctx.stack.endswith(full[-MAX_STACK_CHARS:])
+    assert len(ctx.stack) <= MAX_STACK_CHARS
+    assert ctx.stack.splitlines()[-4:] == [
+        "RuntimeError: innermost",
+        f"caused by: ValueError: level 59 ({_THIS_FILE}, line {_LEVEL_LINE})",
+        f"caused by: ValueError: level 58 ({_THIS_FILE}, line {_LEVEL_LINE})",
+        f"caused by: ValueError: level 57 ({_THIS_FILE}, line {_LEVEL_LINE})",
+    ]
     assert "_raise_deep" in ctx.stack
-    assert ctx.stack.rstrip().endswith("RuntimeError: innermost")
     assert stored(ctx) == ctx
+
+
+_THIS_FILE = "tests/compute/delivery/test_failures.py"
+_LEVEL_LINE = _chained.__code__.co_firstlineno + 5
+
+
+def test_stack_paths_are_short_and_carry_no_caret_lines() -> None:
+    """Paths relative to the import root, source lines kept, Python 3.11's ^^^ lines not."""
+    ctx = capture_failure(_caught(), now=T0)
+    assert f'File "{_THIS_FILE}", line ' in ctx.stack
+    assert "    _raise_deep(depth - 1, message)" in ctx.stack
+    assert str(Path(__file__).parents[3]) not in ctx.stack and "^^^" not in ctx.stack
+    assert len(ctx.stack) < 600
 
 
 def test_classified_message_is_truncated_too() -> None:

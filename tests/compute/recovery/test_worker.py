@@ -141,6 +141,28 @@ def test_poison_is_parked_and_its_key_held_while_others_flow(tmp_path: Path) -> 
     dlq.close()
 
 
+def test_a_replayed_batchs_poison_is_parked_in_one_write(tmp_path: Path) -> None:
+    """One write is one compressed frame: the stack they share is stored about once."""
+    dest = FakeDestination("2", "PG")
+    worker, dlq = make_worker(tmp_path, [dest], batch_size=10)
+    queue = QueueId("1", TABLE, "2")
+    enqueue(dlq, queue, [change(k, k) for k in range(1, 9)] + [change(9, 2), change(10, 10)])
+    dest.fail_keys([2, 3, 5, 8])
+    writes: list[list[int]] = []
+    park = dlq.park
+
+    def spy(lane: QueueId, messages):  # type: ignore[no-untyped-def]
+        writes.append([m.record.position.commit for m in messages])
+        return park(lane, messages)
+
+    dlq.park = spy  # type: ignore[method-assign]
+    result = worker.run_once()[0]
+    assert (result.parked, result.replayed) == (5, 5)
+    assert writes == [[2, 3, 5, 8, 9]]  # 9: key 2 again, held behind its parked change
+    assert [m.record.position.commit for m in dlq.peek(queue.parked, 10)] == [2, 3, 5, 8, 9]
+    dlq.close()
+
+
 def test_message_over_retry_budget_is_parked(tmp_path: Path) -> None:
     dest = FakeDestination("2", "PG")
     worker, dlq = make_worker(tmp_path, [dest], max_retries=2, batch_size=10)

@@ -40,6 +40,18 @@ def test_repetitive_batches_are_compressed() -> None:
     assert len(frame) < sum(map(len, payloads)) / 3
 
 
+def test_a_large_lone_payload_is_compressed_a_small_one_stored_as_is() -> None:
+    # A message parked alone, with its failure's stack: compressed, a frame of one.
+    small, large = b"\x9b" + b"s" * 500, b"\x9b" + b"stack " * 300
+    assert encode_frames([small]) == [small]
+    (frame,) = encode_frames([large])
+    assert len(frame) < len(large) / 10 and decode_frame(frame) == [large]
+    assert frame_count(frame) == 1
+    # Nothing to gain: stored as is, no frame around it.
+    noise = b"\x9b" + os.urandom(3000)
+    assert encode_frames([noise]) == [noise]
+
+
 @given(st.binary(max_size=2000))
 def test_any_bytes_decode_to_their_counted_payloads(item: bytes) -> None:
     # Counting and reading must agree whatever the bytes, or positions drift.
