@@ -9,6 +9,7 @@ from compute.error_codes import (
     ERROR_CODES,
     EXIT_CONFIG,
     EXIT_CONFLICT,
+    EXIT_DESTINATION_DOWN,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_UNREACHABLE,
@@ -17,6 +18,7 @@ from compute.error_codes import (
     error_from_name,
 )
 from compute.errors import (
+    DestinationUnavailableError,
     DLQConflictError,
     DLQFullError,
     DLQStorageError,
@@ -43,6 +45,7 @@ def test_names_are_unique_and_no_row_hides_a_later_one() -> None:
     ("error", "exit_code", "status"),
     [
         (EngineUnreachableError("x"), EXIT_UNREACHABLE, 400),
+        (DestinationUnavailableError("x"), EXIT_DESTINATION_DOWN, 503),
         (QueueNotFoundError("x"), EXIT_NOT_FOUND, 404),
         (MessageNotFoundError("x"), EXIT_NOT_FOUND, 404),
         (DLQConflictError("x"), EXIT_CONFLICT, 409),
