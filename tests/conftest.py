@@ -22,16 +22,19 @@ _schema_numbers = itertools.count(1)
 # loops, the soak, servers stopped and black-holed), the benchmark smoke runs and
 # the crash loops. `python -m pytest -m "not slow"` is the fast suite (under two
 # minutes on 2 cores); `python -m pytest` (CI) runs everything.
-# Also the few tests elsewhere that run a whole engine for several seconds.
+# Also the few tests elsewhere that run a whole engine for several seconds, and
+# the Snowflake destination through fakesnow (seconds a test; the contract
+# suite marks its Snowflake runs itself).
 _SLOW = (
     "tests/faults/",
+    "tests/destinations/snowflake/",
+    "tests/examples/",
+    "tests/compute/cli/test_cli_run.py",  # `rosetta run` child processes
     "tests/test_benchmark_scripts.py",
     "tests/compute/engine/test_crash_kill9.py",
     "tests/compute/engine/test_engine_postgres.py",
     "tests/compute/cli/test_cli_dlq.py::test_every_command_",
-    "tests/compute/cli/test_cli_run.py::test_signal_stops_cleanly_and_keeps_queued_events",
     "tests/compute/storage/test_disk_full_drain.py",
-    "tests/compute/cli/test_cli_run.py::test_failing_source_stops_the_engine_with_exit_1",
     "tests/compute/admin/test_http_hardening.py::test_a_stalled_export_does_not_stop_replay",
     "tests/compute/cli/test_cli_dlq.py::test_offline_errors_are_one_line_with_documented_exit_codes",
     "tests/compute/storage/test_rocksq_store.py::test_open_handles_stay_capped_with_many_queues",

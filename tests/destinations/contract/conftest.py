@@ -20,7 +20,12 @@ from tests.destinations.contract.backends import (
 )
 from tests.destinations.snowflake.expiring_sessions import expiring_sessions
 
-BACKENDS = ["fake", *(f"postgresql-{v}" for v in PG_VARIANTS), "snowflake"]
+# Snowflake (fakesnow) takes seconds a test: it runs in the full suite, not the fast one.
+BACKENDS = [
+    "fake",
+    *(f"postgresql-{v}" for v in PG_VARIANTS),
+    pytest.param("snowflake", marks=pytest.mark.slow),
+]
 _numbers = itertools.count(1)
 
 
