@@ -71,7 +71,10 @@ def parse_json(text: str) -> Any:
     try:
         doc = json.loads(text, parse_float=Decimal)
     except json.JSONDecodeError as exc:
-        raise EventRejected(f"bad JSON: {exc.msg} at column {exc.colno}") from None
+        # The error at the end of a line is after its newline: count the column
+        # on the line as the user sees it.
+        column = exc.colno if exc.lineno == 1 else len(text.rstrip("\r\n")) + 1
+        raise EventRejected(f"bad JSON: {exc.msg} at column {column}") from None
     except RecursionError:
         raise EventRejected(f"bad JSON: nested deeper than {MAX_NESTING} levels") from None
     except ValueError as exc:  # an integer of over 4,300 digits (Python's limit)
@@ -103,7 +106,7 @@ def parse_event(doc: Any, primary_keys: Mapping[str, tuple[str, ...]]) -> Change
     try:
         op = Operation(code)
     except ValueError:
-        raise EventRejected(f"unknown op {code!r} (expected one of {_OPS})") from None
+        raise EventRejected(f"unknown op {_json(code)} (expected one of {_OPS})") from None
     source = doc.get("source")
     if not isinstance(source, dict):
         what = "missing" if source is None else f"{_json_type(source)}, not an object"
@@ -253,7 +256,7 @@ def _position(source: dict[str, Any], field: str) -> int | None:
         except ValueError:
             pass
     raise EventRejected(
-        f"'source.{field}' is not a position: {value!r} (expected a non-negative integer or "
+        f"'source.{field}' is not a position: {_json(value)} (expected a non-negative integer or "
         "a PostgreSQL LSN like '0/16B3748')"
     )
 
@@ -269,7 +272,7 @@ def _sequence(source: dict[str, Any]) -> int | None:
             return int(value)
         if isinstance(value, str) and value.startswith("["):
             continue  # Debezium's '["lastCommitLsn","lsn"]': not an order inside the transaction
-        raise EventRejected(f"'source.{field}' must be a non-negative integer, not {value!r}")
+        raise EventRejected(f"'source.{field}' must be a non-negative integer, not {_json(value)}")
     return None
 
 
@@ -282,7 +285,7 @@ def _commit_ts(source: dict[str, Any]) -> float | None:
             return float(value) / 1000.0
         except OverflowError:
             raise EventRejected(f"'source.ts_ms' is out of range: {value}") from None
-    raise EventRejected(f"'source.ts_ms' must be a number, not {value!r}")
+    raise EventRejected(f"'source.ts_ms' must be a number, not {_json(value)}")
 
 
 def _check_key_value(column: Any, value: Any, side: str) -> None:
@@ -290,3 +293,9 @@ def _check_key_value(column: Any, value: Any, side: str) -> None:
         raise EventRejected(f"primary key column {column!r} is null in '{side}'")
     if isinstance(value, dict | list):
         raise EventRejected(f"primary key column {column!r} in '{side}' is not a scalar")
+
+
+def _json(value: Any) -> str:
+    """A value from the line as the user wrote it (JSON, not Python's spelling), bounded."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 200 else text[:200] + "..."

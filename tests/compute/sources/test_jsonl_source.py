@@ -239,6 +239,8 @@ def test_final_line_without_newline_is_read_when_not_following(tmp_path: Path) -
 
 BAD_LINES: list[Any] = [  # (line, reason) or pytest.param(line, reason)
     ("{not json", "bad JSON"),
+    # cut off: the column on the line as written, not after its newline
+    ('{"op": "c", "x": 1', "bad JSON: Expecting ',' delimiter at column 19"),
     (b'{"op": "c", "after": {"id": "\xff\xfe"}}', "not UTF-8"),
     ("[1, 2, 3]", "not a JSON object but an array"),
     ("42", "not a JSON object but a number"),
@@ -247,8 +249,8 @@ BAD_LINES: list[Any] = [  # (line, reason) or pytest.param(line, reason)
         json.dumps({"before": None, "after": {"id": 1}, "source": {"table": "t", "lsn": 1}}),
         "missing 'op'",
     ),
-    (keyed("x"), "unknown op 'x'"),
-    (keyed("t"), "unknown op 't'"),
+    (keyed("x"), 'unknown op "x"'),
+    (keyed("t"), 'unknown op "t"'),
     (json.dumps({"op": "c", "after": {"id": 1}, "key": {"id": 1}}), "'source' is missing"),
     (json.dumps({"op": "c", "after": {"id": 1}, "source": "pg"}), "'source' is a string"),
     ({**keyed("c"), "after": None}, "op 'c' without an 'after' row"),
@@ -257,7 +259,7 @@ BAD_LINES: list[Any] = [  # (line, reason) or pytest.param(line, reason)
     ({**keyed("d"), "before": "row"}, "'before' is a string"),
     (keyed(table=""), "'source.table' must be a non-empty string"),
     (keyed(schema=5), "'source.schema' must be a string"),
-    (keyed(lsn=True), "'source.lsn' is not a position"),
+    (keyed(lsn=True), "'source.lsn' is not a position: true ("),  # JSON's spelling
     (keyed(lsn="zz/1x"), "'source.lsn' is not a position"),
     (keyed(lsn=-1), "'source.lsn' is not a position"),
     (keyed(lsn=None), "no position"),
