@@ -339,7 +339,9 @@ def running_engine(
         ROSETTA_PIPELINES_FILE=str(tmp_path / "p.toml"),
         TEST_DEST_DSN=server.dsn + " connect_timeout=2",
         ROSETTA_ADMIN_ADDR="127.0.0.1:0",
-        DLQ_CHECK_INTERVAL="3600",  # no automatic replay: the operator drives it
+        # no automatic replay: the operator drives it (nor the quick probes after a failure)
+        DLQ_CHECK_INTERVAL="3600",
+        DLQ_CHECK_INTERVAL_MIN="3600",
         PYTHONUNBUFFERED="1",
     )
     log = tmp_path / "engine.log"
