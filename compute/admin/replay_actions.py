@@ -82,10 +82,12 @@ class ReplayActions(OperationsBase):
         """Write the parked lane to the destination in order: acked (and keys
         released) on success; on failure it stays parked with the error recorded."""
         destination = worker.destinations[queue.destination_id]
+        # The destination's own batch size (its ``batch_size`` option), as replay uses.
+        size = destination.max_batch_size or self.settings.dlq.batch_size
         done: dict[str, Any] = {"replayed": 0, "failed": 0, "error": None}
         with worker.exclusive():
             while True:
-                lease = self.dlq.read_batch(queue.parked, self.settings.dlq.batch_size)
+                lease = self.dlq.read_batch(queue.parked, size)
                 with lease:  # given back unless acknowledged, whatever fails
                     if lease.is_empty:
                         break

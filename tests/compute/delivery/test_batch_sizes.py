@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from compute.admin.operations import DLQOperations
 from compute.delivery.health import DestinationHealth
 from compute.dlq.manager import DLQManager
 from compute.engine.engine import Engine
@@ -110,6 +111,35 @@ def test_replay_leases_of_a_destination_follow_its_batch_size(tmp_path: Path) ->
     assert write_sizes(small) == [50] * 10
     assert write_sizes(large) == [250] * 2
     assert write_sizes(default) == [100] * 5
+
+
+class _Running:
+    """A running pipeline as the operator's actions see it: a name and its worker."""
+
+    def __init__(self, worker: DLQRecoveryWorker) -> None:
+        self.name, self.worker = "p", worker
+
+    def status(self) -> dict[str, object]:
+        return {"pipeline": "p", "source_id": "1", "destinations": []}
+
+
+def test_an_operators_parked_replay_follows_the_destinations_batch_size(
+    tmp_path: Path,
+) -> None:
+    small = FakeDestination("S", "S")
+    small.max_batch_size = 50
+    cfg = dlq_config(tmp_path, batch_size=100)
+    queue = QueueId("1", TABLES[0], "S")
+    with DLQManager(cfg, background=False) as dlq:
+        dlq.park(queue, messages(queue, range(1, 121)))
+        health = {"S": DestinationHealth(small)}
+        worker = DLQRecoveryWorker("p", "1", [small], health, dlq, cfg, probe_timeout=0.5)
+        ops = DLQOperations(dlq, engine_settings(cfg), pipelines=lambda: [_Running(worker)])
+        try:
+            assert ops.replay(queue, parked=True)["replayed"] == 120
+        finally:
+            worker.stop()
+    assert write_sizes(small) == [50, 50, 20]
 
 
 def pipelines(tmp_path: Path, **options: object) -> list[PipelineSpec]:
