@@ -219,7 +219,30 @@ PG_VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-class PostgreSQLBackend(Backend):
+class ProxiedBackend(Backend):
+    """A real server behind a fault proxy: outages and silence are played at the proxy."""
+
+    proxy: FaultProxy
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        self.proxy.reset()  # open connections reset, new ones reset as soon as accepted
+        try:
+            yield
+        finally:
+            self.proxy.pass_through()
+
+    @contextlib.contextmanager
+    def unresponsive(self) -> Iterator[None]:
+        self.proxy.blackhole()
+        try:
+            yield
+        finally:
+            self.proxy.pass_through()
+            self.proxy.reset_all()  # a blackholed connection stays dead: end it
+
+
+class PostgreSQLBackend(ProxiedBackend):
     """The suite's PostgreSQL, reached through a fault proxy that plays outages."""
 
     expected = Expected(
@@ -279,23 +302,6 @@ class PostgreSQLBackend(Backend):
                 )
             )
             return [dict(zip(self.columns, row, strict=True)) for row in cur.fetchall()]
-
-    @contextlib.contextmanager
-    def outage(self) -> Iterator[None]:
-        self.proxy.reset()  # open connections reset, new ones reset as soon as accepted
-        try:
-            yield
-        finally:
-            self.proxy.pass_through()
-
-    @contextlib.contextmanager
-    def unresponsive(self) -> Iterator[None]:
-        self.proxy.blackhole()
-        try:
-            yield
-        finally:
-            self.proxy.pass_through()
-            self.proxy.reset_all()  # a blackholed connection stays dead: end it
 
     def _rosetta_backends(self, where: str = "") -> list[int]:
         with self.admin.cursor() as cur:
@@ -374,7 +380,7 @@ _SF_TYPES = {
 }
 
 
-class SnowflakeBackend(Backend):
+class SnowflakeBackend(ProxiedBackend):
     """The real connector against the suite's fakesnow server, through a fault proxy."""
 
     name = "snowflake"
@@ -425,23 +431,6 @@ class SnowflakeBackend(Backend):
             {c: None if row[width + i] else row[i] for i, c in enumerate(self.columns)}
             for row in found
         ]
-
-    @contextlib.contextmanager
-    def outage(self) -> Iterator[None]:
-        self.proxy.reset()
-        try:
-            yield
-        finally:
-            self.proxy.pass_through()
-
-    @contextlib.contextmanager
-    def unresponsive(self) -> Iterator[None]:
-        self.proxy.blackhole()
-        try:
-            yield
-        finally:
-            self.proxy.pass_through()
-            self.proxy.reset_all()
 
     def lose_idle_session(self) -> None:
         assert self.sessions.current() - self.before, "the destination keeps no session to lose"
