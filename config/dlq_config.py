@@ -47,7 +47,9 @@ class DLQConfig:
     min_free_disk_mb: int = 512
     when_full: WhenFull = WhenFull.BLOCK
     message_ttl: int = 0
-    max_open_queues: int = 32
+    # Queue segments kept open at once; None ("auto"): as many as the open-file
+    # limit (raised to its hard limit at start) allows, up to 2048.
+    max_open_queues: int | None = None
     # A change whose encoded DLQ message is larger is parked (kept, never replayed
     # automatically) instead of queued: one huge row must not stall its table.
     max_message_bytes: int = 16 * MIB
@@ -70,6 +72,13 @@ class DLQConfig:
 
 def _when_full(text: str) -> WhenFull:
     return WhenFull(text.strip().lower())
+
+
+def _max_open_queues(text: str) -> int | None:
+    """``auto`` (a budget from the open-file limit), or a count from 1 to 100000."""
+    if text.strip().lower() == "auto":
+        return None
+    return int_in(1, 100_000)(text)
 
 
 def _progress_interval(text: str) -> float:
@@ -130,8 +139,9 @@ DLQ_VARIABLES: Variables = {
     ),
     "DLQ_MAX_OPEN_QUEUES": (
         "max_open_queues",
-        int_in(1, 10_000),
-        "an integer from 1 to 10000 (each open queue holds about 6 file descriptors)",
+        _max_open_queues,
+        "auto (as many as the open-file limit allows, up to 2048), or an integer from 1 "
+        "to 100000 (each open queue segment holds about 9 file descriptors and 0.5 MB)",
     ),
     "DLQ_MAX_MESSAGE_BYTES": (
         "max_message_bytes",

@@ -75,7 +75,7 @@ def test_defaults_when_nothing_is_set(no_dotenv: Path) -> None:
     assert dlq.min_free_disk_bytes == 512 * MIB
     assert dlq.when_full is WhenFull.BLOCK
     assert dlq.message_ttl == 0
-    assert dlq.max_open_queues == 32
+    assert dlq.max_open_queues is None  # auto: from the open-file limit
     assert dlq.max_message_bytes == 16 * MIB
 
 
@@ -147,7 +147,8 @@ VALID_CASES: list[tuple[str, str, str, object]] = [
     ("DLQ_MESSAGE_TTL", "315360000", "message_ttl", 315_360_000),
     ("DLQ_MAX_OPEN_QUEUES", "1", "max_open_queues", 1),
     ("DLQ_MAX_OPEN_QUEUES", "64", "max_open_queues", 64),
-    ("DLQ_MAX_OPEN_QUEUES", "10000", "max_open_queues", 10_000),
+    ("DLQ_MAX_OPEN_QUEUES", "100000", "max_open_queues", 100_000),
+    ("DLQ_MAX_OPEN_QUEUES", " Auto ", "max_open_queues", None),
     ("DLQ_MAX_MESSAGE_BYTES", "1KiB", "max_message_bytes", KIB),
     ("DLQ_MAX_MESSAGE_BYTES", "1048576", "max_message_bytes", MIB),
     ("DLQ_MAX_MESSAGE_BYTES", "64MiB", "max_message_bytes", 64 * MIB),
@@ -351,8 +352,8 @@ INVALID_CASES: dict[str, tuple[list[str], str]] = {
         "from 0 (never expire) to 315360000",
     ),
     "DLQ_MAX_OPEN_QUEUES": (
-        ["", "0", "-1", "10001", "1e400", "many", HUGE],
-        "an integer from 1 to 10000",
+        ["", "0", "-1", "100001", "1e400", "many", "automatic", HUGE],
+        "auto (as many as the open-file limit allows, up to 2048), or an integer from 1 to 100000",
     ),
     "DLQ_MAX_MESSAGE_BYTES": (
         ["", "0", "-1", "-1MiB", "big", "1e400", "1023", "1.5GiB", "2TiB", HUGE, HUGER],

@@ -47,6 +47,12 @@ from compute.storage.rocksq.disk_reserve import DiskReserve
 from compute.storage.rocksq.frames import encode_frames
 from compute.storage.rocksq.handles import HandleCache
 from compute.storage.rocksq.limits import RESERVE_FILE, LimitGuard
+from compute.storage.rocksq.open_budget import (
+    FDS_PER_SEGMENT,
+    open_segment_budget,
+    raise_open_file_limit,
+    segments_within,
+)
 from compute.storage.rocksq.opener import SegmentOpener
 from compute.storage.rocksq.quarantine import Quarantine
 from compute.storage.rocksq.reader import SegmentReader, give_back
@@ -67,6 +73,27 @@ _ITEM_OVERHEAD = 64
 _PRESENCE_TTL = 0.001
 
 
+def _open_cap(requested: int | None) -> int:
+    """The cap on open segments: ``requested``, or the budget the open-file limit allows."""
+    file_limit = raise_open_file_limit()
+    if requested is None:
+        budget = open_segment_budget(file_limit)
+        logger.info(
+            "DLQ keeps up to %d queue segments open: open_file_limit=%d", budget, file_limit
+        )
+        return budget
+    if requested > (room := segments_within(file_limit)):
+        logger.warning(
+            "DLQ_MAX_OPEN_QUEUES=%d may run out of file descriptors: open_file_limit=%d "
+            "holds about %d open segments (%d descriptors each) beside the engine's other files",
+            requested,
+            file_limit,
+            room,
+            FDS_PER_SEGMENT,
+        )
+    return requested
+
+
 class RocksqStore(QueueStore):
     """Queues of payloads under ``base_path``, one directory per ``QueueId``."""
 
@@ -75,7 +102,7 @@ class RocksqStore(QueueStore):
         base_path: Path,
         limits: QueueLimits | None = None,
         *,
-        max_open_handles: int = 32,
+        max_open_handles: int | None = None,
         segment_max_messages: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         lock_base_path: bool = True,
@@ -106,7 +133,7 @@ class RocksqStore(QueueStore):
         self._limits = LimitGuard(self.base_path, limits or QueueLimits(), self._reserve)
         opener = SegmentOpener(self.base_path, self._reserve)
         # Every open segment handle, for the cap on open handles (file descriptors).
-        self._handles = HandleCache(opener, self._states, max_open_handles, clock)
+        self._handles = HandleCache(opener, self._states, _open_cap(max_open_handles), clock)
         self._segments = Segments(opener, self._handles)
         self._quarantine = Quarantine(opener, self._handles, self._segments)
         self._salvage = Salvage(opener, self._handles, self._recreated)
@@ -220,7 +247,13 @@ class RocksqStore(QueueStore):
             with self._states_lock:
                 self._known.add(state.queue.main)
         else:
+            full = state.segments[-1]
             record_written_counts(state)  # the current write segment is now complete
+            if full != state.read_segment:
+                # Nothing writes to it again, and the reader reaches it only after
+                # every segment before it: an open handle would hold its memtable
+                # (memory growing with the queue) for nothing until then.
+                self._handles.close(state, full)
         number = state.next_segment
         state.next_segment += 1
         state.segments.append(number)
