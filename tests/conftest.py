@@ -35,6 +35,7 @@ _SLOW = (
     "tests/compute/engine/test_engine_postgres.py",
     "tests/compute/cli/test_cli_dlq.py::test_every_command_",
     "tests/compute/storage/test_disk_full_drain.py",
+    "tests/compute/storage/test_kill_during_ack.py",
     "tests/compute/admin/test_http_hardening.py::test_a_stalled_export_does_not_stop_replay",
     "tests/compute/cli/test_cli_dlq.py::test_offline_errors_are_one_line_with_documented_exit_codes",
     "tests/compute/storage/test_rocksq_store.py::test_open_handles_stay_capped_with_many_queues",
