@@ -61,7 +61,7 @@ def main() -> None:
         real_remove(state, number)  # type: ignore[arg-type]
 
     os.pwrite = pwrite  # type: ignore[assignment]
-    rocksq.remove_mpmc_queue = remove_queue
+    rocksq.remove_mpmc_queue = remove_queue  # type: ignore[assignment]
     segments.remove_segment_dir = remove_segment_dir  # type: ignore[assignment]
     store = RocksqStore(Path(base))
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
