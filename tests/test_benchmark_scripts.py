@@ -27,6 +27,7 @@ def test_bench_dlq_prints_its_figures() -> None:
         "drain_ratio",
         "vs_persist_queue_drain",
         "fds_1000_queues",
+        "fds_1000_queues_max_open_32",
     } <= set(figures)
     assert all(float(v) > 0 for v in figures.values()), figures
 
@@ -70,3 +71,25 @@ def test_bench_parked_prints_its_figures() -> None:
     figures = run_script("bench_parked.py", "--messages", "300", "--batch", "100")
     assert {"parked_bytes_per_message", "queued_bytes_per_message", "stack_chars"} <= set(figures)
     assert figures["parked_messages"] == figures["queued_messages"] == "300", figures
+
+
+@pytest.mark.timeout(360)
+def test_bench_scale_prints_its_figures() -> None:
+    figures = run_script(
+        "bench_scale.py",
+        *("--queues", "30", "--long", "20000", "--rounds", "1"),
+        *("--restarts", "2", "--bytes-messages", "2000"),
+    )
+    assert {
+        "many_queues_enqueue_ratio",
+        "status_1000_queues_seconds",
+        "writer_rss_mb_3m",
+        "restart_first_replay_seconds_3m",
+        "restart_first_replay_seconds_3m_after_kill",
+        "bytes_per_message_random",
+        "bytes_per_message_repetitive",
+        "drained_disk_bytes",
+        "empty_base_disk_bytes",
+        "files_after_restarts",
+    } <= set(figures)
+    assert all(float(v) > 0 for v in figures.values()), figures

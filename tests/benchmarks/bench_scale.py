@@ -1,7 +1,7 @@
 """Scale benchmark: many active queues, one long queue, restarts, disk left behind.
 
     python tests/benchmarks/bench_scale.py [--queues 1000] [--long 3000000] [--rounds 3]
-        [--max-open N] [--skip many|long|bytes]
+        [--max-open N] [--restarts 30] [--bytes-messages 100000] [--skip many|long|bytes]
 
 Each figure stands beside its baseline, measured in the same run:
 
@@ -21,7 +21,7 @@ Each figure stands beside its baseline, measured in the same run:
   ``bench_dlq.py``, after the store flushed them.
 * ``drained_disk_bytes`` beside ``empty_base_disk_bytes``: what the base path
   holds once every queue is drained and idle, against a fresh store's.
-* ``files_after_restarts``: files of a queue directory after 30 restarts that
+* ``files_after_restarts``: files of a queue directory after ``--restarts`` restarts that
   each replay and acknowledge a batch (beside ``files_after_1_restart``).
 """
 
@@ -229,11 +229,11 @@ def run_child(script: Path, *args: str) -> tuple[float, str]:
     return elapsed, line.strip()
 
 
-def bench_long_queue(workdir: Path, long: int) -> dict[str, float]:
+def bench_long_queue(workdir: Path, long: int, restarts: int) -> dict[str, float]:
     script = workdir / "child.py"
     script.write_text(CHILD.format(root=str(ROOT), here=str(Path(__file__).resolve().parent)))
     results: dict[str, float] = {}
-    for label, count in (("100k", 100_000), ("3m", long)):
+    for label, count in (("100k", min(100_000, long)), ("3m", long)):
         for ending in ("close", "kill"):
             base = workdir / f"long_{label}_{ending}"
             seconds, line = run_child(script, "write", str(base), str(count), ending)
@@ -253,7 +253,7 @@ def bench_long_queue(workdir: Path, long: int) -> dict[str, float]:
     base = workdir / "long_100k_close"
     queue_dir = next(base.glob("source_*/table_*/dest_*"))
     results["files_after_1_restart"] = sum(len(f) for _, _, f in os.walk(queue_dir))
-    for _ in range(30):
+    for _ in range(restarts):
         run_child(script, "replay", str(base), "0", "-")
     results["files_after_restarts"] = sum(len(f) for _, _, f in os.walk(queue_dir))
     return results
@@ -290,6 +290,8 @@ def main() -> None:
     parser.add_argument("--queues", type=int, default=1000)
     parser.add_argument("--long", type=int, default=3_000_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--restarts", type=int, default=30)
+    parser.add_argument("--bytes-messages", type=int, default=100_000)
     parser.add_argument(
         "--max-open",
         type=int,
@@ -306,9 +308,9 @@ def main() -> None:
         if "many" not in args.skip:
             results.update(bench_many_queues(workdir, args.queues, args.rounds, args.max_open))
         if "bytes" not in args.skip:
-            results.update(bench_bytes(workdir))
+            results.update(bench_bytes(workdir, args.bytes_messages))
         if "long" not in args.skip:
-            results.update(bench_long_queue(workdir, args.long))
+            results.update(bench_long_queue(workdir, args.long, args.restarts))
     for name, value in results.items():
         text = f"{value:.3f}" if isinstance(value, float) else str(value)
         print(f"RESULT {name}={text}")
