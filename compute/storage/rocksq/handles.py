@@ -37,6 +37,9 @@ class HandleCache:
         self._clock = clock
         self._open: dict[tuple[QueueId, int], SegmentHandle] = {}
         self._lock = threading.Lock()
+        # Called with a segment of ``state.unverified`` just opened (its count was
+        # taken from segments.json): checks it, raising QueueCorruptError on loss.
+        self.on_first_open: Callable[[QueueState, int, MpmcQueue], None] | None = None
 
     def get(self, state: QueueState, number: int, now: float | None = None) -> MpmcQueue:
         """An open handle on segment ``number``; the caller holds ``state.lock``.
@@ -67,6 +70,8 @@ class HandleCache:
         with self._lock:
             self._open[(state.queue, number)] = entry
             self._evict_over_cap(keep=state.queue)
+        if number in state.unverified and self.on_first_open is not None:
+            self.on_first_open(state, number, entry.queue)
         return entry.queue
 
     def _evict_over_cap(self, keep: QueueId) -> None:

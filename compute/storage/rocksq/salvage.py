@@ -211,5 +211,6 @@ class Salvage:
         state.buffer = []
         state.read_items = 0
         state.rewind = set(state.segments)
+        state.unverified = set()  # every copy was counted as it was made
         state.total = sum(counts.values()) - acked
         state.disk_measured_at = float("-inf")

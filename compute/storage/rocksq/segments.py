@@ -8,8 +8,9 @@ import os
 import shutil
 
 import rocksq
+from rocksq.blocking import MpmcQueue
 
-from compute.errors import DLQFullError, QueueCorruptError
+from compute.errors import DLQFullError, DLQStorageError, QueueCorruptError
 from compute.storage.atomic_file import json_bytes, write_atomic
 from compute.storage.rocksq.cursor import read_cursor, write_cursor
 from compute.storage.rocksq.diagnosis import disk_low, is_corruption, is_no_space
@@ -23,9 +24,13 @@ logger = logging.getLogger(__name__)
 # Items fetched per rocksq call when counting, skipping or copying whole frames.
 SCAN_CHUNK = 1000
 COUNT_LABEL = "rosetta-count"
-# Messages written to each segment, recorded at rollover and at a clean close, so
-# that a segment found shorter at the next open (a truncated or deleted
-# write-ahead log) is reported instead of losing its tail silently.
+# Each segment's counts, recorded at rollover and at a clean close:
+# ``written`` (messages, a lower bound for the tail) lets a segment found
+# shorter at the next open (a truncated or deleted write-ahead log) be
+# reported instead of losing its tail silently; ``exact`` (items, messages)
+# of segments nothing was written to since, so that a restart trusts them
+# instead of reading every frame. The write segment's ``exact`` entry is
+# dropped before anything more is written to it.
 WRITTEN_FILE = "segments.json"
 
 
@@ -35,6 +40,8 @@ class Segments:
     def __init__(self, opener: SegmentOpener, handles: HandleCache) -> None:
         self._opener = opener
         self._handles = handles
+        # A segment counted from segments.json is checked when first opened.
+        handles.on_first_open = self.verify
 
     def load(self, state: QueueState) -> None:
         """Rebuild the queue's state from its directory (start-up, or after an error)."""
@@ -46,6 +53,8 @@ class Segments:
         state.buffer = []
         state.read_items = 0
         state.renumbered = {}
+        state.unverified = set()
+        state.recorded_tail = None
         if state.path.is_dir():
             state.segments = sorted(
                 int(m.group(1))
@@ -61,9 +70,17 @@ class Segments:
         for number in [n for n in state.segments if n < state.cursor_segment]:
             remove_segment_dir(state, number)
         state.segments = [n for n in state.segments if n >= state.cursor_segment]
+        written, exact = _read_records(state)
         for number in state.segments:
-            state.items[number], state.counts[number] = self.count(state, number)
-        _check_written_counts(state)
+            if number in exact:
+                # Final when recorded, checked against the segment when first opened.
+                state.items[number], state.counts[number] = exact[number]
+                state.unverified.add(number)
+            else:
+                state.items[number], state.counts[number] = self.count(state, number)
+        if state.segments and state.segments[-1] in exact:
+            state.recorded_tail = state.segments[-1]
+        _check_written_counts(state, written)
         state.next_segment = max([*state.segments, state.cursor_segment]) + 1
         if state.cursor_segment not in state.counts:
             state.cursor_acked = 0
@@ -73,17 +90,49 @@ class Segments:
         state.read_offset = acked if state.read_segment == state.cursor_segment else 0
         state.rewind = set(state.segments)
         state.disk_measured_at = float("-inf")
-        state.loaded = True
-        # A fully acknowledged head segment left by a crash is retired now.
-        while (
-            state.read_segment is not None and state.read_offset >= state.counts[state.read_segment]
-        ):
+        # The head is opened now (checking a recorded count), as the first read
+        # needs it; a fully acknowledged head segment left by a crash is retired.
+        while state.read_segment is not None:
+            if state.read_segment in state.unverified:
+                self._handles.get(state, state.read_segment)
+            if state.read_offset < state.counts[state.read_segment]:
+                break
             if not self.retire_head(state):
                 break
+        state.loaded = True  # not before: a head that cannot be opened yet is tried again
 
-    def count(self, state: QueueState, number: int) -> tuple[int, int]:
+    def verify(self, state: QueueState, number: int, handle: MpmcQueue) -> None:
+        """Check a recorded count against the segment just opened; recount it if they differ.
+
+        ``len`` is cheap (no frame is read); a segment holding fewer
+        messages than recorded lost unacknowledged ones (``QueueCorruptError``).
+        """
+        state.unverified.discard(number)
+        if int(handle.len) == state.items[number]:
+            return
+        items, messages = self.count(state, number, handle)
+        logger.warning(
+            "segment count differs from the recorded one, recounted: queue=%s segment=%d "
+            "recorded_items=%d items=%d recorded_messages=%d messages=%d",
+            state.queue,
+            number,
+            state.items[number],
+            items,
+            state.counts[number],
+            messages,
+        )
+        loss = _loss(state, number, state.counts[number], messages)
+        if loss:
+            raise _damaged(state, [loss])
+        state.total += messages - state.counts[number]
+        state.items[number], state.counts[number] = items, messages
+
+    def count(
+        self, state: QueueState, number: int, handle: MpmcQueue | None = None
+    ) -> tuple[int, int]:
         """``(items, messages)`` of a segment; reads every item's frame header once."""
-        handle = self._opener.open(segment_dir(state.path, number), state.queue)
+        if handle is None:
+            handle = self._opener.open(segment_dir(state.path, number), state.queue)
         try:
             items = int(handle.len)
             if not items:
@@ -138,6 +187,7 @@ class Segments:
         state.counts.pop(number, None)
         state.items.pop(number, None)
         state.rewind.discard(number)
+        state.unverified.discard(number)
         self._handles.close(state, number)
         remove_segment_dir(state, number)
         state.disk_measured_at = float("-inf")
@@ -145,21 +195,68 @@ class Segments:
 
 
 def record_written_counts(state: QueueState) -> None:
-    """Record how many messages each segment holds (at rollover and clean close).
+    """Record every segment's counts as final (at rollover and clean close).
 
     Messages leave a segment only with the whole directory, so a segment
-    holding fewer at the next open lost them; see
-    ``_check_written_counts``. Not on every enqueue: the hot path stays as
-    it is, so loss is detected only up to the last rollover or clean close.
+    holding fewer at the next open lost them; see ``_check_written_counts``.
+    Not on every enqueue: the hot path stays as it is, so loss is detected
+    only up to the last rollover or clean close.
     """
-    data = {"written": {str(n): state.counts[n] for n in state.segments}}
     try:
-        write_atomic(state.path / WRITTEN_FILE, json_bytes(data))
-    except OSError as error:  # a full disk at close: detection degrades, nothing else
+        _write_records(state, tail_final=True)
+    except OSError as error:  # a full disk at close: the next start counts instead
         logger.warning("segment counts not recorded: queue=%s error=%s", state.queue, error)
 
 
-def _check_written_counts(state: QueueState) -> None:
+def forget_tail_count(state: QueueState) -> None:
+    """Before the first write to a write segment recorded as final: drop that record.
+
+    Once per queue and load, never per enqueue: a crash after the write
+    then finds the segment unrecorded and counts it.
+    """
+    try:
+        _write_records(state, tail_final=False)
+    except OSError as error:
+        try:
+            (state.path / WRITTEN_FILE).unlink(missing_ok=True)  # needs no room
+        except OSError:
+            raise DLQStorageError(
+                f"cannot update {state.path / WRITTEN_FILE} of queue {state.queue}: {error}"
+            ) from None
+        logger.warning("segment counts removed: queue=%s error=%s", state.queue, error)
+    state.recorded_tail = None
+
+
+def _write_records(state: QueueState, *, tail_final: bool) -> None:
+    final = state.segments if tail_final else state.segments[:-1]
+    data = {
+        "written": {str(n): state.counts[n] for n in state.segments},
+        "exact": {str(n): [state.items[n], state.counts[n]] for n in final},
+    }
+    write_atomic(state.path / WRITTEN_FILE, json_bytes(data))
+    state.recorded_tail = state.segments[-1] if tail_final and state.segments else None
+
+
+def _read_records(state: QueueState) -> tuple[dict[int, int], dict[int, tuple[int, int]]]:
+    """``(written, exact)`` from segments.json: see ``WRITTEN_FILE``; older files lack ``exact``."""
+    path = state.path / WRITTEN_FILE
+    try:
+        data = json.loads(path.read_text())
+        written = {int(n): int(c) for n, c in data["written"].items()}
+        exact = {int(n): (int(i), int(c)) for n, (i, c) in data.get("exact", {}).items()}
+    except FileNotFoundError:
+        return {}, {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        logger.warning(
+            "unreadable segment counts, truncation cannot be checked: queue=%s error=%s",
+            state.queue,
+            error,
+        )
+        return {}, {}
+    return written, exact
+
+
+def _check_written_counts(state: QueueState, written: dict[int, int]) -> None:
     """Raise ``QueueCorruptError`` when a segment lost unacknowledged messages since recorded.
 
     RocksDB replays a truncated or damaged write-ahead log up to the
@@ -167,35 +264,32 @@ def _check_written_counts(state: QueueState) -> None:
     becomes loud. Segments below the cursor are fully acknowledged, so
     their absence is no loss.
     """
-    path = state.path / WRITTEN_FILE
-    try:
-        written = {int(n): int(c) for n, c in json.loads(path.read_text())["written"].items()}
-    except FileNotFoundError:
-        return
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-        logger.warning(
-            "unreadable segment counts, truncation cannot be checked: queue=%s error=%s",
-            state.queue,
-            error,
-        )
-        return
     losses = []
     for number, count in sorted(written.items()):
         if number < state.cursor_segment:
             continue
-        acked = state.cursor_acked if number == state.cursor_segment else 0
-        found = state.counts.get(number)
-        lost = count - max(found or 0, acked)
-        if lost > 0:
-            where = "is missing" if found is None else f"holds {found}"
-            losses.append(
-                f"segment {number} {where} of {count} items written ({lost} unacknowledged lost)"
-            )
+        loss = _loss(state, number, count, state.counts.get(number))
+        if loss:
+            losses.append(loss)
     if losses:
-        raise QueueCorruptError(
-            f"queue {state.queue} is damaged: {'; '.join(losses)}; its write-ahead log "
-            "was probably truncated or deleted"
-        )
+        raise _damaged(state, losses)
+
+
+def _loss(state: QueueState, number: int, count: int, found: int | None) -> str | None:
+    """What segment ``number`` lost of ``count`` messages written, if it holds ``found``."""
+    acked = state.cursor_acked if number == state.cursor_segment else 0
+    lost = count - max(found or 0, acked)
+    if lost <= 0:
+        return None
+    where = "is missing" if found is None else f"holds {found}"
+    return f"segment {number} {where} of {count} items written ({lost} unacknowledged lost)"
+
+
+def _damaged(state: QueueState, losses: list[str]) -> QueueCorruptError:
+    return QueueCorruptError(
+        f"queue {state.queue} is damaged: {'; '.join(losses)}; its write-ahead log "
+        "was probably truncated or deleted"
+    )
 
 
 def remove_segment_dir(state: QueueState, number: int) -> None:

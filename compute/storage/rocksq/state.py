@@ -67,6 +67,12 @@ class QueueState:
     total: int = 0
     # Segments whose reader label must be reset before the next read (after load).
     rewind: set[int] = field(default_factory=set)
+    # Segments counted from ``segments.json`` and not opened since: their counts are
+    # checked against the segment itself when it is first opened.
+    unverified: set[int] = field(default_factory=set)
+    # The write segment whose count ``segments.json`` records as final, if any: the
+    # record must go before anything more is written to it.
+    recorded_tail: int | None = None
     # Outstanding leases, oldest first: the reader's lease and, at most, one
     # read-ahead lease that follows it.
     leases: list[StoreLease] = field(default_factory=list)

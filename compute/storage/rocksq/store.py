@@ -57,7 +57,12 @@ from compute.storage.rocksq.opener import SegmentOpener
 from compute.storage.rocksq.quarantine import Quarantine
 from compute.storage.rocksq.reader import SegmentReader, give_back
 from compute.storage.rocksq.salvage import Salvage
-from compute.storage.rocksq.segments import Segments, record_written_counts, remove_segment_dir
+from compute.storage.rocksq.segments import (
+    Segments,
+    forget_tail_count,
+    record_written_counts,
+    remove_segment_dir,
+)
 from compute.storage.rocksq.state import QueueState
 
 logger = logging.getLogger(__name__)
@@ -205,6 +210,8 @@ class RocksqStore(QueueStore):
                 entry = state.handles.get(state.segments[-1])
                 if entry is None:
                     self._salvage.ensure_present(state, "enqueue")
+                    if state.segments and state.segments[-1] in state.unverified:
+                        self._verify_tail(state)
                 elif now - entry.checked_at >= _PRESENCE_TTL:
                     entry.checked_at = now
                     if not entry.is_current():
@@ -215,6 +222,8 @@ class RocksqStore(QueueStore):
             else:
                 number = segments[-1]
             handle = self._handles.get(state, number, now)
+            if state.recorded_tail == number:
+                forget_tail_count(state)  # once per load: see forget_tail_count
             frames = encode_frames(payloads)
             entry = state.handles[number]
             logged = entry.log_bytes + _ITEM_OVERHEAD * len(frames)
@@ -237,6 +246,13 @@ class RocksqStore(QueueStore):
             state.bytes_since_measure += size
             # Unlocked add: see LimitGuard.written_since_free.
             self._limits.written_since_free += size
+
+    def _verify_tail(self, state: QueueState) -> None:
+        """Open the write segment, checking its recorded count; a loss sets the queue aside."""
+        try:
+            self._handles.get(state, state.segments[-1])
+        except QueueCorruptError as error:
+            self._quarantine.reset(state, str(error))
 
     def _start_segment(self, state: QueueState) -> int:
         if not state.segments:
