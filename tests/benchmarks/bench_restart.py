@@ -37,9 +37,8 @@ queue = QueueId("1", "public.users", "1")
 start = time.perf_counter()
 for first in range(0, total, 100):
     noise = os.urandom(7500).hex().encode()
-    store.enqueue(
-        queue, [noise[i * 150 : i * 150 + 150] + b":%09d:" % (first + i) + b"x" * 139 for i in range(100)]
-    )
+    batch = [noise[i * 150 : i * 150 + 150] + b":%09d:" % (first + i) for i in range(100)]
+    store.enqueue(queue, [payload + b"x" * 139 for payload in batch])
 print(f"enqueue_seconds={time.perf_counter() - start:.1f}", flush=True)
 if kill:
     print("ready", flush=True)
