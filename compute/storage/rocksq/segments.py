@@ -90,27 +90,31 @@ class Segments:
         state.read_offset = acked if state.read_segment == state.cursor_segment else 0
         state.rewind = set(state.segments)
         state.disk_measured_at = float("-inf")
-        # The head is opened now (checking a recorded count), as the first read
-        # needs it; a fully acknowledged head segment left by a crash is retired.
+        # The head is counted now, checking its recorded count, as before; a fully
+        # acknowledged head segment left by a crash is retired.
         while state.read_segment is not None:
             if state.read_segment in state.unverified:
-                self._handles.get(state, state.read_segment)
+                self.verify(state, state.read_segment)  # through a handle closed again
             if state.read_offset < state.counts[state.read_segment]:
                 break
             if not self.retire_head(state):
                 break
         state.loaded = True  # not before: a head that cannot be opened yet is tried again
 
-    def verify(self, state: QueueState, number: int, handle: MpmcQueue) -> None:
-        """Check a recorded count against the segment just opened; recount it if they differ.
+    def verify(self, state: QueueState, number: int, handle: MpmcQueue | None = None) -> None:
+        """Count the segment just opened and check its recorded count; a loss raises.
 
-        ``len`` is cheap (no frame is read); a segment holding fewer
-        messages than recorded lost unacknowledged ones (``QueueCorruptError``).
+        Counted, not compared with ``len``: rocksq's ``len`` comes from its
+        own index keys, which survive the loss of table files (a truncated
+        MANIFEST drops the oldest items and ``len`` is unchanged). Deferred
+        to the first open, the count costs the replay about as much as one
+        read of the frame headers; a segment holding fewer messages than
+        recorded lost unacknowledged ones (``QueueCorruptError``).
         """
         state.unverified.discard(number)
-        if int(handle.len) == state.items[number]:
-            return
         items, messages = self.count(state, number, handle)
+        if (items, messages) == (state.items[number], state.counts[number]):
+            return
         logger.warning(
             "segment count differs from the recorded one, recounted: queue=%s segment=%d "
             "recorded_items=%d items=%d recorded_messages=%d messages=%d",
