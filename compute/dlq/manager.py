@@ -92,7 +92,7 @@ class DLQManager:
         self._stop = threading.Event()
         self.maintenance: Supervisor | None = None
         self._maintenance = Maintenance(
-            store, self._status_files, self._infos, config.rescan_interval, self._stop
+            self, store, self._status_files, self._infos, config.rescan_interval, self._stop
         )
         if background:
             self.maintenance = Supervisor("dlq-maintenance", self._maintenance.run, self._stop)
