@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 from compute.dlq.maintenance import REMOVE_DRAINED_SECONDS
 from compute.dlq.manager import DLQManager
 from compute.dlq.status_files import STATUS_FILE
-from compute.queue_id import QueueId
 from tests.compute.dlq.test_manager import config, drain_ids, message
+from tests.compute.helpers import held_elsewhere
+from tests.compute.helpers import tree_listing as listing
+from tests.compute.storage.test_drained_removal import QUEUES
 
 IDLE = REMOVE_DRAINED_SECONDS
-QUEUES = [
-    QueueId("1", "public.accounts", "2"),
-    QueueId("1", "public.users", "2"),
-    QueueId("2", "t", "9"),
-]
-
-
-def listing(base: Path) -> list[str]:
-    return sorted(str(p.relative_to(base)) for p in base.rglob("*"))
 
 
 def empty_base_listing(tmp_path: Path) -> list[str]:
@@ -56,11 +48,11 @@ def test_drained_queues_are_removed_after_the_idle_time(tmp_path: Path) -> None:
 def test_a_removed_queue_works_again_on_the_next_enqueue(tmp_path: Path) -> None:
     q = QUEUES[0]
     with DLQManager(config(tmp_path), background=False) as dlq:
-        dlq.enqueue(q, [message(i) for i in range(3)])
+        dlq.enqueue(q, [message(i, q) for i in range(3)])
         drain_ids(dlq, q)
         dlq.maintain(now=0.0)
         assert dlq.maintain(now=IDLE) == 1
-        dlq.enqueue(q, [message(i) for i in range(10, 14)])
+        dlq.enqueue(q, [message(i, q) for i in range(10, 14)])
         assert dlq.list_queues() == [q]
         dlq.maintain(now=IDLE + 1)
         status = json.loads((dlq.store.queue_path(q) / STATUS_FILE).read_text())
@@ -77,8 +69,8 @@ def test_a_removed_queue_works_again_on_the_next_enqueue(tmp_path: Path) -> None
 def test_parked_messages_keep_the_queue_until_unparked_and_replayed(tmp_path: Path) -> None:
     q = QUEUES[0]
     with DLQManager(config(tmp_path), background=False) as dlq:
-        dlq.enqueue(q, [message(i) for i in range(3)])
-        dlq.park(q, [message(7)])
+        dlq.enqueue(q, [message(i, q) for i in range(3)])
+        dlq.park(q, [message(7, q)])
         drain_ids(dlq, q)
         for now in (0.0, IDLE, 5 * IDLE):
             assert dlq.maintain(now=now) == 0
@@ -98,23 +90,10 @@ def test_parked_messages_keep_the_queue_until_unparked_and_replayed(tmp_path: Pa
 def test_a_queue_under_an_operator_edit_is_skipped(tmp_path: Path) -> None:
     q = QUEUES[0]
     with DLQManager(config(tmp_path), background=False) as dlq:
-        dlq.enqueue(q, [message(1)])
+        dlq.enqueue(q, [message(1, q)])
         drain_ids(dlq, q)
         dlq.maintain(now=0.0)
-        held, done = threading.Event(), threading.Event()
-
-        def edit() -> None:
-            with dlq.editing(q):
-                held.set()
-                done.wait(5)
-
-        editor = threading.Thread(target=edit)
-        editor.start()
-        held.wait(5)
-        try:
+        with held_elsewhere(dlq.editing(q)):
             assert dlq.maintain(now=IDLE) == 0
             assert dlq.store.queue_path(q).is_dir()
-        finally:
-            done.set()
-            editor.join()
         assert dlq.maintain(now=IDLE) == 1

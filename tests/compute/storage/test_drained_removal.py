@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from compute.queue_id import QueueId
 from compute.storage.rocksq.store import RocksqStore
-from tests.compute.helpers import drain, items
+from tests.compute.helpers import drain, held_elsewhere, items
+from tests.compute.helpers import tree_listing as listing
 
 IDLE = 60.0
 QUEUES = [
@@ -18,10 +21,6 @@ QUEUES = [
     QueueId("1", "public.orders", "2"),
     QueueId("7", "x", "3"),
 ]
-
-
-def listing(base: Path) -> list[str]:
-    return sorted(str(p.relative_to(base)) for p in base.rglob("*"))
 
 
 def empty_base_listing(tmp_path: Path) -> list[str]:
@@ -36,10 +35,9 @@ def remove_all(store: RocksqStore, now: float) -> list[bool]:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = RocksqStore(tmp_path / "dlq", segment_max_messages=10)
-    yield s
-    s.close()
+def store(tmp_path: Path) -> Iterator[RocksqStore]:
+    with contextlib.closing(RocksqStore(tmp_path / "dlq", segment_max_messages=10)) as s:
+        yield s
 
 
 def fill_and_drain(store: RocksqStore) -> None:
@@ -160,23 +158,8 @@ def test_a_busy_queue_is_skipped_without_waiting(store: RocksqStore) -> None:
     store.enqueue(q, items(0, 3))
     drain(store, q)
     store.remove_drained(q, IDLE, 0.0)
-    held = threading.Event()
-    done = threading.Event()
-    state = store._state(q)
-
-    def hold() -> None:
-        with state.lock:
-            held.set()
-            done.wait(5)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    held.wait(5)
-    try:
+    with held_elsewhere(store._state(q).lock):
         assert store.remove_drained(q, IDLE, IDLE) is False
-    finally:
-        done.set()
-        holder.join()
     assert store.remove_drained(q, IDLE, IDLE) is True
 
 
