@@ -91,9 +91,11 @@ class DLQManager:
             store.on_recreated = self._queue_recreated
         self._stop = threading.Event()
         self.maintenance: Supervisor | None = None
+        self._maintenance = Maintenance(
+            self, store, self._status_files, self._infos, config.rescan_interval, self._stop
+        )
         if background:
-            loop = Maintenance(store, self._status_files, config.rescan_interval, self._stop)
-            self.maintenance = Supervisor("dlq-maintenance", loop.run, self._stop)
+            self.maintenance = Supervisor("dlq-maintenance", self._maintenance.run, self._stop)
             self.maintenance.start()
         logger.info("DLQ Manager initialized with base path: %s", config.base_path)
 
@@ -400,6 +402,11 @@ class DLQManager:
     def write_status_files(self, *, force: bool = False) -> int:
         """Refresh ``status.json`` of every changed queue (all of them with ``force``)."""
         return self._status_files.write(force=force)
+
+    def maintain(self, now: float | None = None) -> int:
+        """One pass of the background thread's work (status files, idle handles, drained
+        queues' directories); ``now`` on the store's clock. Returns queues removed."""
+        return self._maintenance.run_once(now)
 
     def damaged_queues(self) -> list[dict[str, str]]:
         """Queues whose directories were damaged and set aside (files kept) in this run."""

@@ -9,7 +9,7 @@ replicated backend (NATS JetStream) can implement the same interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +135,18 @@ class QueueStore(ABC):
     @abstractmethod
     def close_idle(self, idle_seconds: float) -> int:
         """Close handles unused for ``idle_seconds``; return how many were closed."""
+
+    def remove_drained(
+        self, queue: QueueId, idle: float, now: float | None = None, files: Collection[str] = ()
+    ) -> bool:
+        """Remove what ``queue`` keeps on disk once it (both lanes) stayed empty and unused
+        for ``idle`` seconds; True if removed. Its next enqueue makes it again.
+
+        ``files``: names of the caller's files in the queue's directory,
+        removed with it. Stores that keep nothing per drained queue need not
+        override this.
+        """
+        return False
 
     @abstractmethod
     def close(self) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from compute.queue_id import QueueId
@@ -71,3 +74,29 @@ def drain(store: RocksqStore, queue: QueueId = STORE_QUEUE, batch: int = 7) -> l
             return out
         out.extend(lease.payloads)
         store.ack(lease)
+
+
+def tree_listing(base: Path) -> list[str]:
+    """Every path under ``base``, relative to it, sorted: what a directory tree holds."""
+    return sorted(str(p.relative_to(base)) for p in base.rglob("*"))
+
+
+@contextlib.contextmanager
+def held_elsewhere(lock: contextlib.AbstractContextManager[object]) -> Iterator[None]:
+    """Hold ``lock`` in another thread for the ``with`` block (a reentrant lock would let
+    this thread in)."""
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    try:
+        yield
+    finally:
+        done.set()
+        holder.join()

@@ -33,7 +33,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from compute.errors import DLQError, DLQStorageError, LeaseError, QueueCorruptError
@@ -44,6 +44,7 @@ from compute.storage.rocksq.cursor import close_cursor, cursor_current, write_cu
 from compute.storage.rocksq.diagnosis import WRITE_ROOM
 from compute.storage.rocksq.discovery import QUEUE_FILE, find_queues, write_queue_file
 from compute.storage.rocksq.disk_reserve import DiskReserve
+from compute.storage.rocksq.drained import DrainedQueues
 from compute.storage.rocksq.frames import encode_frames
 from compute.storage.rocksq.handles import HandleCache
 from compute.storage.rocksq.limits import RESERVE_FILE, LimitGuard
@@ -143,6 +144,7 @@ class RocksqStore(QueueStore):
         self._quarantine = Quarantine(opener, self._handles, self._segments)
         self._salvage = Salvage(opener, self._handles, self._recreated)
         self._reader = SegmentReader(self._handles, self._segments, self._quarantine)
+        self._drained = DrainedQueues(self.base_path, self._handles)
         self.rescan()
 
     @property
@@ -258,7 +260,7 @@ class RocksqStore(QueueStore):
         if not state.segments:
             if state.cursor_fd is not None and not cursor_current(state):
                 close_cursor(state)  # an empty queue's directory was removed
-            state.path.mkdir(parents=True, exist_ok=True)
+            self._drained.make_dir(state)  # never while an empty parent is removed
             write_queue_file(state)
             with self._states_lock:
                 self._known.add(state.queue.main)
@@ -428,6 +430,31 @@ class RocksqStore(QueueStore):
 
     def close_idle(self, idle_seconds: float) -> int:
         return self._handles.close_idle(idle_seconds)
+
+    def remove_drained(
+        self, queue: QueueId, idle: float, now: float | None = None, files: Collection[str] = ()
+    ) -> bool:
+        """Remove ``queue``'s directory if it stayed drained (both lanes) for ``idle`` seconds.
+
+        Never waits: a queue in use is skipped. ``now`` is on the store's clock.
+        """
+        main, parked = self._state(queue.main), self._state(queue.parked)
+        now = self._clock() if now is None else now
+        if not main.lock.acquire(blocking=False):
+            return False
+        try:
+            if not parked.lock.acquire(blocking=False):
+                return False
+            try:
+                return self._drained.remove_if_idle(main, parked, idle, now, files, self._forget)
+            finally:
+                parked.lock.release()
+        finally:
+            main.lock.release()
+
+    def _forget(self, queue: QueueId) -> None:
+        with self._states_lock:
+            self._known.discard(queue.main)
 
     def close(self) -> None:
         if self._closed:
