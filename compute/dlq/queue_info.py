@@ -32,6 +32,9 @@ class QueueInfo:
     dirty: bool = True
     # The last status written held messages: its age grows, so it is rewritten every pass.
     aging: bool = False
+    # When its status.json was last written (monotonic): the least recently
+    # written go first when a pass runs out of time.
+    status_written_at: float = float("-inf")
     # Discarded messages of this lane: id -> how many of its first occurrences to skip.
     tombstones: dict[str, int] | None = None
     # Outstanding leases, oldest first (the reader's, plus a read-ahead one):

@@ -11,6 +11,7 @@ by ``rosetta dlq queues``, the admin API and the metrics.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from compute.storage.base import QueueStore
 logger = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
+# The longest one refresh pass of the status files may run (the pass runs every second).
+STATUS_PASS_SECONDS = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +152,24 @@ class StatusFiles:
         return len(queues)
 
     def write(self, *, force: bool = False) -> int:
-        """Refresh ``status.json`` of every changed or non-empty queue (all with ``force``)."""
+        """Refresh ``status.json`` of every changed or non-empty queue (all with ``force``).
+
+        A pass (once a second) stops after ``STATUS_PASS_SECONDS`` unless
+        ``force``d: with a thousand queues holding messages, rewriting every
+        file every second took over half a core from the pipelines. The
+        queues left out stay due and go first in the next pass.
+        """
+        due = [
+            (queue, info)
+            for queue, info in self._infos.items()
+            if info.dirty or info.aging or force
+        ]
+        due.sort(key=lambda item: item[1].status_written_at)
+        started = time.monotonic()
         written = 0
-        for queue, info in self._infos.items():
-            if not (info.dirty or info.aging or force):
-                continue
+        for queue, info in due:
+            if not force and written and time.monotonic() - started >= STATUS_PASS_SECONDS:
+                break
             info.dirty = False
             path = self._store.queue_path(queue)
             if not path.is_dir():
@@ -166,6 +182,7 @@ class StatusFiles:
                     path / STATUS_FILE, json_bytes(status.to_json(self._clock()), indent=2) + b"\n"
                 )
                 info.aging = status.messages > 0
+                info.status_written_at = time.monotonic()
             except (DLQError, OSError) as error:
                 # A full disk or a damaged queue must not stop the refresh of
                 # the others, nor a clean shutdown; try again next time.

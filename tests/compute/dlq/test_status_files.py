@@ -6,8 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from compute.dlq import status_files
 from compute.dlq.manager import DLQManager
 from compute.dlq.status_files import STATUS_FILE
+from compute.queue_id import QueueId
 from compute.storage.rocksq.limits import queue_disk_bytes
 from tests.compute.dlq.test_manager import Q, config, drain_ids, message
 from tests.waiting import wait_until
@@ -89,3 +93,25 @@ def test_files_rewritten_by_opening_a_queue_are_not_counted_in_its_bytes(tmp_pat
         (segment / "OPTIONS-000099").write_bytes(b"x" * 20_000)
         (path / STATUS_FILE).write_bytes(b"x" * 10_000)
         assert queue_disk_bytes(path) == data_bytes
+
+
+def test_a_pass_out_of_time_leaves_the_rest_for_the_next_least_recently_written_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thousand queues holding messages must not cost a core in status files every second."""
+    monkeypatch.setattr(status_files, "STATUS_PASS_SECONDS", 0.0)  # one file per pass
+    queues = [QueueId("1", f"public.t{i}", "2") for i in range(3)]
+    with DLQManager(config(tmp_path), background=False) as manager:
+        for queue in queues:
+            manager.enqueue(queue, [message(0, queue=queue)])
+        files = [manager.store.queue_path(q) / STATUS_FILE for q in queues]
+        written = []
+        for _ in range(3):
+            assert manager.write_status_files() == 1
+            written.append([f.exists() for f in files].count(True))
+        assert written == [1, 2, 3]  # each queue got its turn, none twice
+        first = files[0].stat().st_mtime_ns
+        assert manager.write_status_files() == 1
+        assert files[0].stat().st_mtime_ns != first  # the least recently written went first
+        # A clean stop writes them all, whatever the time.
+        assert manager.write_status_files(force=True) == 3
