@@ -73,6 +73,19 @@ class DiskReserve:
         """Take the released room back, if the disk has it again."""
         return self.grow(self.wanted)
 
+    def shrink(self, size: int) -> None:
+        """Give back room beyond ``size`` bytes: no queue holds a log it would be needed for."""
+        if self.size <= size and self.wanted <= size:
+            return
+        try:
+            with open(self.path, "r+b") as file:
+                file.truncate(min(self.size, size))
+        except OSError as error:
+            logger.warning("DLQ disk reserve not shrunk: path=%s error=%s", self.path, error)
+            return
+        self.size = min(self.size, size)
+        self.wanted = size
+
     def release(self, needed_at: Path) -> bool:
         """Give the reserved room up so that replay can go on at ``needed_at``; False if none."""
         freed = self.size

@@ -145,7 +145,8 @@ class RocksqStore(QueueStore):
         self._salvage = Salvage(opener, self._handles, self._recreated)
         self._reader = SegmentReader(self._handles, self._segments, self._quarantine)
         self._drained = DrainedQueues(self.base_path, self._handles)
-        self.rescan()
+        if not self.rescan():
+            self._reserve.shrink(_REOPEN_ROOM)  # grown by queues since drained and removed
 
     @property
     def quarantined(self) -> list[tuple[QueueId | str, Path, str]]:
@@ -455,6 +456,11 @@ class RocksqStore(QueueStore):
     def _forget(self, queue: QueueId) -> None:
         with self._states_lock:
             self._known.discard(queue.main)
+            if not self._known:
+                # No queue is left to reopen: the room kept for the largest log
+                # goes back (an enqueue lists its queue, under this lock, before
+                # it writes, and grows the reserve again as it needs).
+                self._reserve.shrink(_REOPEN_ROOM)
 
     def close(self) -> None:
         if self._closed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -224,3 +225,50 @@ def test_concurrent_enqueues_lose_nothing_while_removal_runs(store: RocksqStore)
             [i for i in mine if not i % 5],
         ):
             assert queue_part == sorted(queue_part)  # FIFO per queue and writer
+
+
+def disk_bytes(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_blocks * 512
+    return sum(
+        os.lstat(os.path.join(root, name)).st_blocks * 512
+        for root, dirs, files in os.walk(path)
+        for name in dirs + files
+    )
+
+
+# Incompressible (frames are compressed): 8 MB of log.
+BIG = [os.urandom(4000) for _ in range(2000)]
+
+
+def test_the_room_kept_to_reopen_queues_shrinks_back_once_none_is_left(tmp_path: Path) -> None:
+    """The reserve grows with the largest log written; with every queue gone it is not needed."""
+    store = RocksqStore(tmp_path / "dlq")
+    store.enqueue(QUEUES[0], BIG)  # an 8 MB log: the reserve grows
+    assert disk_bytes(tmp_path / "dlq" / ".rosetta.reserve") > 8_000_000
+    store.enqueue(QUEUES[1], items(0, 1))
+    assert drain(store, QUEUES[0], batch=500) == BIG
+    assert drain(store, QUEUES[1]) == items(0, 1)
+    assert remove_all(store, 0.0) == [False] * 3
+    assert remove_all(store, IDLE)[:2] == [True, True]
+    fresh = RocksqStore(tmp_path / "fresh")
+    fresh.close()
+    assert disk_bytes(tmp_path / "dlq") == disk_bytes(tmp_path / "fresh")
+    store.close()
+
+
+def test_a_restart_on_an_empty_base_path_gives_the_room_back(tmp_path: Path) -> None:
+    store = RocksqStore(tmp_path / "dlq")
+    store.enqueue(QUEUES[0], BIG)
+    assert drain(store, QUEUES[0], batch=500) == BIG
+    store.close()
+    # No removal pass ran: the drained queue's directory is still there...
+    store = RocksqStore(tmp_path / "dlq")
+    assert store.list_queues() == [QUEUES[0]]
+    assert disk_bytes(tmp_path / "dlq" / ".rosetta.reserve") > 8_000_000
+    store.close()
+    # ...and once it is gone, a restart shrinks the reserve.
+    shutil.rmtree(tmp_path / "dlq" / "source_1")
+    store = RocksqStore(tmp_path / "dlq")
+    assert disk_bytes(tmp_path / "dlq" / ".rosetta.reserve") <= 1 << 20
+    store.close()
