@@ -18,6 +18,8 @@ Each figure stands beside its baseline, measured in the same run:
   replayed batch of that queue, after a clean close and after ``kill -9`` of
   the writer (beside the same for 100k messages, and a process that only
   imports and opens an empty store).
+* ``drain_3m_vs_100k``: the drain rate (read, decode, ack) of that queue
+  against one of 100k messages (one segment).
 * ``bytes_per_message_random`` beside ``bytes_per_message_repetitive``: disk
   per message of 300-byte messages, random text or the repetitive ones of
   ``bench_dlq.py``, after the store flushed them.
@@ -221,6 +223,13 @@ elif mode == "replay":
     print("replayed", len(lease.messages), flush=True)
     manager.ack(lease)
     manager.close()
+elif mode == "drain":
+    start, drained = time.perf_counter(), 0
+    while not (lease := manager.read_batch(queue, 1000)).is_empty:
+        drained += len(lease.messages)
+        manager.ack(lease)
+    print("drained", drained / (time.perf_counter() - start), flush=True)
+    manager.close()
 """
 
 
@@ -257,6 +266,12 @@ def bench_long_queue(workdir: Path, long: int, restarts: int) -> dict[str, float
             suffix = "" if ending == "close" else "_after_kill"
             results[f"restart_first_replay_seconds_{label}{suffix}"] = seconds
             print(f"first replay of {count:,} after {ending}: {seconds:.2f} s", flush=True)
+    # Draining: a long queue's full segments were closed once written, so each
+    # is reopened (its log flushed) and counted when the reader reaches it.
+    for label in ("100k", "3m"):
+        _, line = run_child(script, "drain", str(workdir / f"long_{label}_kill"), "0", "-")
+        results[f"drain_msg_per_s_{label}"] = float(line.split()[1])
+    results["drain_3m_vs_100k"] = results["drain_msg_per_s_3m"] / results["drain_msg_per_s_100k"]
     empty = workdir / "long_empty"
     results["restart_first_replay_seconds_empty"], _ = run_child(
         script, "replay", str(empty), "0", "-"
