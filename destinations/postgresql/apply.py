@@ -10,7 +10,7 @@ UPDATE`` statements sent together in one round trip.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import psycopg2
 import psycopg2.extras
@@ -37,6 +37,9 @@ class TableInfo:
     # purpose: an explicit cast to varchar(3) would silently truncate, while
     # assigning the base-typed value to the column checks the length (22001).
     columns: dict[str, str]
+    # column name -> type with its modifier (numeric(12,2), timestamp(3) ...):
+    # what the value checks compare a value's scale and precision against.
+    full_types: dict[str, str] = field(default_factory=dict)
 
     @property
     def ident(self) -> sql.Identifier:
@@ -258,7 +261,13 @@ def _staged_sql(
 
 def _template(info: TableInfo, columns: Sequence[str]) -> str:
     """An execute_values row template that casts each value to its column's type."""
-    return "(" + ", ".join(f"%s::{info.columns[c]}" for c in columns) + ")"
+    return "(" + ", ".join(f"%s::{_cast_type(info.columns[c])}" for c in columns) + ")"
+
+
+def _cast_type(base: str) -> str:
+    # A bare ``bit`` cast means bit(1) and would cut '0101' to '0'; the
+    # assignment to the column then checks the length.
+    return "bit varying" if base == "bit" else base
 
 
 def _execute_values(cur: PgCursor, query: sql.Composed, batch: ColumnBatch, template: str) -> None:

@@ -57,6 +57,7 @@ from destinations.postgresql.position_guard import (
     with_positions,
     without_positions,
 )
+from destinations.postgresql.value_check import checked_group
 from destinations.records import (
     POSITION_COMMIT_COLUMN,
     POSITION_SEQ_COLUMN,
@@ -249,6 +250,11 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         self._check_columns(info, plan.keys, "key")
         for group in plan.upserts:
             self._check_columns(info, group.columns, "record")
+        plan = BatchLayout(
+            plan.keys,
+            [checked_group(info.columns, info.full_types, g) for g in plan.upserts],
+            plan.deletes and checked_group(info.columns, info.full_types, plan.deletes),
+        )
         if not self.position_guard:
             return plan
         return BatchLayout(
@@ -289,11 +295,13 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         )
         oid, nspname, relname = cur.fetchone()  # type: ignore[misc]
         cur.execute(
-            "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+            "SELECT attname, format_type(atttypid, NULL), format_type(atttypid, atttypmod) "
+            "FROM pg_attribute "
             "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
             (oid,),
         )
-        info = TableInfo(nspname, relname, dict(cur.fetchall()))
+        rows = cur.fetchall()
+        info = TableInfo(nspname, relname, {r[0]: r[1] for r in rows}, {r[0]: r[2] for r in rows})
         if self.position_guard:
             self._check_columns(info, (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN), "guard")
         self._tables[target] = info
@@ -357,8 +365,12 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
             "keepalives_interval": 10,
             "keepalives_count": 3,
         }
+        # A datetime or time without an offset written to a column with a time
+        # zone means UTC, whatever the server's default zone is.
+        settings = ["-c TimeZone=UTC"]
         if statement_timeout is not None:
-            options["options"] = f"-c statement_timeout={max(1, int(statement_timeout * 1000))}"
+            settings.append(f"-c statement_timeout={max(1, int(statement_timeout * 1000))}")
+        options["options"] = " ".join(settings)
         return psycopg2.connect(self._dsn, **options)
 
     def _abort(self) -> None:

@@ -1,0 +1,255 @@
+"""Checks a batch's values against their PostgreSQL column types, refusing what would change.
+
+PostgreSQL reads every value from its text and casts it to the column's type,
+and some of those casts change the value without an error: a ``numeric(12,2)``
+rounds ``1.234``, a ``timestamp`` drops an offset, a ``date`` drops a time of
+day, a ``bytea`` stores the ASCII bytes of a base64 text, an integer becomes
+seconds of an ``interval``. Those values are refused here, as a permanent
+error naming the column and what would fix it, so the batch is split and only
+the offending rows are parked. Lists bound for array columns are turned into
+array literals.
+
+The checks run per column of a batch: one ``set(map(type, values))``, then a
+closer look only for the columns whose type and value kinds call for one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from destinations.errors import PermanentDestinationError
+from destinations.net_effect import ColumnBatch
+from destinations.postgresql.copy_text import text_value
+
+_NONE = type(None)
+_ZERO = timedelta(0)
+_BYTES = (bytes, bytearray, memoryview)
+_NUMBERS = (int, float)
+_TIMESTAMP = "timestamp without time zone"
+_TIMESTAMPTZ = "timestamp with time zone"
+_TIME = "time without time zone"
+_TIMETZ = "time with time zone"
+_TEMPORAL = frozenset({_TIMESTAMP, _TIMESTAMPTZ, "date", _TIME, _TIMETZ})
+_BYTEA_HEX = re.compile(r"\\x(?:[0-9a-fA-F]{2})*")
+_DECIMAL_LITERAL = re.compile(
+    r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|nan|infinity|inf)\s*", re.IGNORECASE
+)
+_SCALE = re.compile(r"numeric\(\d+,(\d+)\)")
+_FRACTION_DIGITS = re.compile(r"\((\d)\)")
+
+# What a Debezium user sets to get each kind of value exactly (the source
+# decodes it exactly only when it knows the field's schema).
+SCHEMAS_HINT = "enable schemas in the converter (value.converter.schemas.enable=true)"
+BYTES_HINT = (
+    "Debezium without schemas sends bytes as base64 text, which cannot be told from text; "
+    f"{SCHEMAS_HINT} so the bytes are decoded, or send PostgreSQL hex text ('\\x0102...')"
+)
+DECIMAL_HINT = (
+    "Debezium without schemas sends decimals as base64 bytes; "
+    "set decimal.handling.mode=string (or precise, with schemas: "
+    "value.converter.schemas.enable=true)"
+)
+TEMPORAL_HINT = (
+    "Debezium without schemas sends times as epoch integers whose unit depends on the "
+    f"column; {SCHEMAS_HINT}, or set time.precision.mode=connect with schemas"
+)
+INTERVAL_HINT = (
+    "Debezium sends intervals as microseconds by default; set interval.handling.mode=string "
+    "(ISO 8601 text)"
+)
+
+
+def refuse(column: str, column_type: str, carried: str, fix: str) -> PermanentDestinationError:
+    """The permanent error for a value its column cannot hold exactly."""
+    return PermanentDestinationError(
+        f"column {column} is {column_type} but the change carries {carried}: {fix}"
+    )
+
+
+def checked_group(
+    columns: dict[str, str], full_types: dict[str, str], group: ColumnBatch
+) -> ColumnBatch:
+    """``group`` with its values checked against the column types (array columns formatted).
+
+    ``columns`` maps a column to its base type, ``full_types`` to its type
+    with modifiers (``numeric(12,2)``). Raises PermanentDestinationError for a
+    value the column would not hold exactly.
+    """
+    data = list(group.data)
+    changed = False
+    for index, (column, values) in enumerate(zip(group.columns, group.data, strict=True)):
+        base = columns[column]
+        kinds = set(map(type, values))
+        kinds.discard(_NONE)
+        if not kinds:
+            continue
+        if base.endswith("[]"):
+            if list in kinds:
+                data[index] = [array_literal(v) if type(v) is list else v for v in values]
+                changed = True
+            continue
+        if base in ("json", "jsonb") and bool in kinds:
+            data[index] = [("true" if v else "false") if type(v) is bool else v for v in values]
+            changed = True
+            continue
+        _check(column, base, full_types.get(column, base), kinds, values)
+    return ColumnBatch(group.columns, data, group.records) if changed else group
+
+
+def _check(column: str, base: str, full: str, kinds: set[type], values: Sequence[Any]) -> None:
+    if base != "bytea" and any(issubclass(k, _BYTES) for k in kinds):
+        raise refuse(column, base, "bytes", "write bytes to a bytea column")
+    if base == "bytea":
+        if str in kinds:
+            _each(
+                values,
+                str,
+                lambda v: _BYTEA_HEX.fullmatch(v) is None,
+                column,
+                base,
+                "text",
+                BYTES_HINT,
+            )
+    elif base == "numeric":
+        _check_numeric(column, full, kinds, values)
+    elif base in _TEMPORAL:
+        _check_temporal(column, base, full, kinds, values)
+    elif base == "interval":
+        if kinds & {int, float}:
+            raise refuse(column, base, "a number", INTERVAL_HINT)
+
+
+def _each(
+    values: Iterable[Any],
+    kind: type | tuple[type, ...],
+    bad: Callable[[Any], bool],
+    column: str,
+    column_type: str,
+    carried: str,
+    fix: str,
+) -> None:
+    """Refuse the first value of ``kind`` for which ``bad`` holds."""
+    for value in values:
+        if isinstance(value, kind) and bad(value):
+            raise refuse(column, column_type, f"{carried} {value!r:.60}", fix)
+
+
+def _check_numeric(column: str, full: str, kinds: set[type], values: Sequence[Any]) -> None:
+    if str in kinds:
+        _each(
+            values,
+            str,
+            lambda v: _DECIMAL_LITERAL.fullmatch(v) is None,
+            column,
+            full,
+            "text that is not a decimal number:",
+            DECIMAL_HINT,
+        )
+    if bool in kinds:
+        raise refuse(column, full, "a boolean", "send a number")
+    match = _SCALE.fullmatch(full)
+    if match is None or not kinds & {Decimal, float, str}:
+        return
+    scale = int(match.group(1))
+    decimals = [v for v in values if type(v) is Decimal]
+    try:
+        # Fast path: no value has more fraction digits than the column keeps.
+        if not decimals or min(d.as_tuple().exponent for d in decimals) >= -scale:  # type: ignore[operator]
+            if not kinds & {float, str}:
+                return
+    except TypeError:  # NaN or Infinity in the batch: check each value
+        pass
+    _each(
+        values,
+        (Decimal, float, str),
+        lambda v: _too_fine(v, scale),
+        column,
+        full,
+        f"a value with more than {scale} decimal places:",
+        "widen the column's scale (numeric(p,s) with s >= the value's places); "
+        "PostgreSQL would round it",
+    )
+
+
+def _too_fine(value: Any, scale: int) -> bool:
+    number = value if type(value) is Decimal else Decimal(str(value).strip())
+    if not number.is_finite():
+        return False
+    exponent = number.normalize().as_tuple().exponent
+    return isinstance(exponent, int) and exponent < -scale
+
+
+def _check_temporal(
+    column: str, base: str, full: str, kinds: set[type], values: Sequence[Any]
+) -> None:
+    if kinds & {int, float, Decimal}:
+        raise refuse(column, base, "a number", TEMPORAL_HINT)
+    if base == "date":
+        if datetime in kinds:
+            _each(
+                values,
+                datetime,
+                lambda v: v.timetz() != time(),
+                column,
+                base,
+                "a timestamp with a time of day:",
+                "make the column a timestamp, or send a date",
+            )
+        return
+    if base in (_TIME, _TIMETZ) and datetime in kinds:
+        raise refuse(
+            column, base, "a timestamp", "send a time of day, or make the column a timestamp"
+        )
+    if base == _TIMESTAMP and datetime in kinds:
+        _each(
+            values,
+            datetime,
+            lambda v: v.utcoffset() not in (None, _ZERO),
+            column,
+            base,
+            "a time zone offset:",
+            "make the column timestamp with time zone (timestamptz)",
+        )
+    if base == _TIME and time in kinds:
+        _each(
+            values,
+            time,
+            lambda v: v.tzinfo is not None,
+            column,
+            base,
+            "a time zone offset:",
+            "make the column time with time zone (timetz)",
+        )
+    digits = _FRACTION_DIGITS.search(full)
+    if digits is not None and int(digits.group(1)) < 6:
+        unit = 10 ** (6 - int(digits.group(1)))
+        _each(
+            values,
+            (datetime, time),
+            lambda v: v.microsecond % unit != 0,
+            column,
+            full,
+            "more fraction digits than the column keeps:",
+            "widen the column's precision; PostgreSQL would round it",
+        )
+
+
+def array_literal(items: list[Any]) -> str:
+    """A PostgreSQL array literal (``{1,NULL,"a b"}``) for a list, nested lists as dimensions."""
+    return "{" + ",".join(_element(item) for item in items) + "}"
+
+
+def _element(item: Any) -> str:
+    if item is None:
+        return "NULL"
+    if type(item) is list:
+        return array_literal(item)
+    if type(item) is bool:
+        return "t" if item else "f"
+    text = text_value(item)
+    assert text is not None
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
