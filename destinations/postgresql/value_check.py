@@ -16,14 +16,23 @@ closer look only for the columns whose type and value kinds call for one.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
-from destinations.errors import PermanentDestinationError
 from destinations.net_effect import ColumnBatch
 from destinations.postgresql.copy_text import text_value
+from destinations.value_hints import (
+    BYTES_HINT,
+    DECIMAL_HINT,
+    DECIMAL_LITERAL,
+    INTERVAL_HINT,
+    TEMPORAL_HINT,
+    each,
+    refuse,
+    too_fine,
+)
 
 _NONE = type(None)
 _ZERO = timedelta(0)
@@ -35,39 +44,8 @@ _TIME = "time without time zone"
 _TIMETZ = "time with time zone"
 _TEMPORAL = frozenset({_TIMESTAMP, _TIMESTAMPTZ, "date", _TIME, _TIMETZ})
 _BYTEA_HEX = re.compile(r"\\x(?:[0-9a-fA-F]{2})*")
-_DECIMAL_LITERAL = re.compile(
-    r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|nan|infinity|inf)\s*", re.IGNORECASE
-)
 _SCALE = re.compile(r"numeric\(\d+,(\d+)\)")
 _FRACTION_DIGITS = re.compile(r"\((\d)\)")
-
-# What a Debezium user sets to get each kind of value exactly (the source
-# decodes it exactly only when it knows the field's schema).
-SCHEMAS_HINT = "enable schemas in the converter (value.converter.schemas.enable=true)"
-BYTES_HINT = (
-    "Debezium without schemas sends bytes as base64 text, which cannot be told from text; "
-    f"{SCHEMAS_HINT} so the bytes are decoded, or send PostgreSQL hex text ('\\x0102...')"
-)
-DECIMAL_HINT = (
-    "Debezium without schemas sends decimals as base64 bytes; "
-    "set decimal.handling.mode=string (or precise, with schemas: "
-    "value.converter.schemas.enable=true)"
-)
-TEMPORAL_HINT = (
-    "Debezium without schemas sends times as epoch integers whose unit depends on the "
-    f"column; {SCHEMAS_HINT}, or set time.precision.mode=connect with schemas"
-)
-INTERVAL_HINT = (
-    "Debezium sends intervals as microseconds by default; set interval.handling.mode=string "
-    "(ISO 8601 text)"
-)
-
-
-def refuse(column: str, column_type: str, carried: str, fix: str) -> PermanentDestinationError:
-    """The permanent error for a value its column cannot hold exactly."""
-    return PermanentDestinationError(
-        f"column {column} is {column_type} but the change carries {carried}: {fix}"
-    )
 
 
 def checked_group(
@@ -105,7 +83,7 @@ def _check(column: str, base: str, full: str, kinds: set[type], values: Sequence
         raise refuse(column, base, "bytes", "write bytes to a bytea column")
     if base == "bytea":
         if str in kinds:
-            _each(
+            each(
                 values,
                 str,
                 lambda v: _BYTEA_HEX.fullmatch(v) is None,
@@ -123,27 +101,12 @@ def _check(column: str, base: str, full: str, kinds: set[type], values: Sequence
             raise refuse(column, base, "a number", INTERVAL_HINT)
 
 
-def _each(
-    values: Iterable[Any],
-    kind: type | tuple[type, ...],
-    bad: Callable[[Any], bool],
-    column: str,
-    column_type: str,
-    carried: str,
-    fix: str,
-) -> None:
-    """Refuse the first value of ``kind`` for which ``bad`` holds."""
-    for value in values:
-        if isinstance(value, kind) and bad(value):
-            raise refuse(column, column_type, f"{carried} {value!r:.60}", fix)
-
-
 def _check_numeric(column: str, full: str, kinds: set[type], values: Sequence[Any]) -> None:
     if str in kinds:
-        _each(
+        each(
             values,
             str,
-            lambda v: _DECIMAL_LITERAL.fullmatch(v) is None,
+            lambda v: DECIMAL_LITERAL.fullmatch(v) is None,
             column,
             full,
             "text that is not a decimal number:",
@@ -163,24 +126,16 @@ def _check_numeric(column: str, full: str, kinds: set[type], values: Sequence[An
                 return
     except TypeError:  # NaN or Infinity in the batch: check each value
         pass
-    _each(
+    each(
         values,
         (Decimal, float, str),
-        lambda v: _too_fine(v, scale),
+        lambda v: too_fine(v, scale),
         column,
         full,
         f"a value with more than {scale} decimal places:",
         "widen the column's scale (numeric(p,s) with s >= the value's places); "
         "PostgreSQL would round it",
     )
-
-
-def _too_fine(value: Any, scale: int) -> bool:
-    number = value if type(value) is Decimal else Decimal(str(value).strip())
-    if not number.is_finite():
-        return False
-    exponent = number.normalize().as_tuple().exponent
-    return isinstance(exponent, int) and exponent < -scale
 
 
 def _check_temporal(
@@ -190,7 +145,7 @@ def _check_temporal(
         raise refuse(column, base, "a number", TEMPORAL_HINT)
     if base == "date":
         if datetime in kinds:
-            _each(
+            each(
                 values,
                 datetime,
                 lambda v: v.timetz() != time(),
@@ -205,7 +160,7 @@ def _check_temporal(
             column, base, "a timestamp", "send a time of day, or make the column a timestamp"
         )
     if base == _TIMESTAMP and datetime in kinds:
-        _each(
+        each(
             values,
             datetime,
             lambda v: v.utcoffset() not in (None, _ZERO),
@@ -215,7 +170,7 @@ def _check_temporal(
             "make the column timestamp with time zone (timestamptz)",
         )
     if base == _TIME and time in kinds:
-        _each(
+        each(
             values,
             time,
             lambda v: v.tzinfo is not None,
@@ -227,7 +182,7 @@ def _check_temporal(
     digits = _FRACTION_DIGITS.search(full)
     if digits is not None and int(digits.group(1)) < 6:
         unit = 10 ** (6 - int(digits.group(1)))
-        _each(
+        each(
             values,
             (datetime, time),
             lambda v: v.microsecond % unit != 0,

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from destinations.errors import PermanentDestinationError
 from destinations.net_effect import BatchLayout, ColumnBatch
+from destinations.snowflake.value_check import SEMI_STRUCTURED, base_type, check_column
 
 _STAGE_TABLE = "_ROSETTA_STAGE"
 _DELETE_FLAG = "_ROSETTA_DELETED"
@@ -54,14 +56,17 @@ class Stage:
     def build(cls, info: TableInfo, plan: BatchLayout, owner: object) -> Stage:
         keys = _resolve(info, plan.keys, "key", owner)
         groups = [(_resolve(info, g.columns, "record", owner), g) for g in plan.upserts]
+        for cols, group in [*groups, (keys, plan.deletes)]:
+            for column, values in zip(cols, group.data, strict=True):
+                check_column(column, info.columns[column], values)
         used = set(keys).union(*(set(cols) for cols, _ in groups))
         columns = tuple(c for c in info.columns if c in used)
         partial = tuple(c for c in columns if any(c not in cols for cols, _ in groups))
         rows: list[tuple[Any, ...]] = []
         for cols, group in groups:
-            rows += _stage_rows(columns, partial, cols, group, deleted=False)
+            rows += _stage_rows(info, columns, partial, cols, group, deleted=False)
         if plan.deletes:
-            rows += _stage_rows(columns, partial, keys, plan.deletes, deleted=True)
+            rows += _stage_rows(info, columns, partial, keys, plan.deletes, deleted=True)
         return cls(info, keys, columns, partial, rows)
 
     def statements(self, max_rows: int, max_bytes: int) -> Iterator[tuple[str, Any]]:
@@ -133,6 +138,7 @@ def _resolve(info: TableInfo, columns: Sequence[str], what: str, owner: object) 
 
 
 def _stage_rows(
+    info: TableInfo,
     columns: tuple[str, ...],
     partial: tuple[str, ...],
     present: tuple[str, ...],
@@ -143,7 +149,10 @@ def _stage_rows(
     """Stage rows of ``group`` (``present``: its columns): values, delete flag, partial flags."""
     by_column = dict(zip(present, group.data, strict=True))
     missing = [None] * len(group)
-    data = [list(map(_param, by_column[c])) if c in by_column else missing for c in columns]
+    data = [
+        list(map(_param_for(info.columns[c]), by_column[c])) if c in by_column else missing
+        for c in columns
+    ]
     data.append([deleted] * len(group))
     # A delete has nothing to fill in: its partial flags say "present".
     data += [[deleted or c in by_column] * len(group) for c in partial]
@@ -167,6 +176,19 @@ def _chunks(
         yield chunk
 
 
+def _param_for(target_type: str) -> Callable[[Any], Any]:
+    return _json_param if base_type(target_type) in SEMI_STRUCTURED else _param
+
+
+def _json_param(value: Any) -> Any:
+    """A value for a VARIANT column as JSON text; text is taken as JSON text already."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Decimal):
+        return str(value)  # a JSON number with every digit
+    return json.dumps(value, default=str)
+
+
 def _param(value: Any) -> Any:
     """A value the connector can bind; the rest as text Snowflake casts on insert."""
     if value is None or isinstance(value, str | int | bool | bytes):
@@ -181,6 +203,6 @@ def _param(value: Any) -> Any:
         return json.dumps(value, default=str)
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
-    if isinstance(value, timedelta):
-        return value.total_seconds()
+    if isinstance(value, timedelta):  # exact seconds; a float would round long spans
+        return Decimal(value.days * 86_400 + value.seconds) + Decimal(value.microseconds).scaleb(-6)
     return value  # Decimal, datetime, date, time: the connector converts them

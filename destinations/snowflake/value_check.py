@@ -1,0 +1,145 @@
+"""Checks a batch's values against their Snowflake column types, refusing what would change.
+
+Snowflake casts a bound value to its column's type, and some casts change it
+without an error: ``NUMBER(10,2)`` rounds ``1.234``, an integer becomes epoch
+seconds in a timestamp column, ``TIMESTAMP_NTZ`` drops an offset, a ``DATE``
+drops a time of day, a base64 text is read as hex by ``BINARY``. Those values
+are refused as a permanent error naming the column and the fix, so only the
+offending rows are parked. One ``set(map(type, values))`` per column decides
+whether a column needs a closer look.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from destinations.value_hints import (
+    BINARY_HINT,
+    DECIMAL_HINT,
+    DECIMAL_LITERAL,
+    TEMPORAL_HINT,
+    TIMETZ_HINT,
+    each,
+    refuse,
+    too_fine,
+)
+
+_NONE = type(None)
+_ZERO = timedelta(0)
+_BYTES = (bytes, bytearray, memoryview)
+_NUMBER = frozenset({"NUMBER", "DECIMAL", "NUMERIC", "INT", "INTEGER", "BIGINT", "SMALLINT"})
+_NUMBER_SCALE = re.compile(r"\(\s*\d+\s*,\s*(\d+)\s*\)")
+_PRECISION = re.compile(r"\(\s*(\d)\s*\)")
+_NAIVE_TIMESTAMPS = frozenset({"TIMESTAMP_NTZ", "DATETIME", "TIMESTAMP"})
+_AWARE_TIMESTAMPS = frozenset({"TIMESTAMP_TZ", "TIMESTAMP_LTZ"})
+SEMI_STRUCTURED = frozenset({"VARIANT", "OBJECT", "ARRAY"})
+
+
+def base_type(target_type: str) -> str:
+    """``NUMBER(10,2)`` -> ``NUMBER``."""
+    return target_type.split("(", 1)[0].strip().upper()
+
+
+def check_column(column: str, target_type: str, values: Sequence[Any]) -> None:
+    """Raise PermanentDestinationError for a value ``column`` would not hold exactly."""
+    kinds = set(map(type, values))
+    kinds.discard(_NONE)
+    if not kinds:
+        return
+    base = base_type(target_type)
+    if base in ("BINARY", "VARBINARY"):
+        if str in kinds:
+            each(values, str, bool, column, target_type, "text", BINARY_HINT)
+    elif any(issubclass(k, _BYTES) for k in kinds):
+        raise refuse(column, target_type, "bytes", "write bytes to a BINARY column")
+    elif base in _NUMBER:
+        _check_number(column, target_type, kinds, values)
+    elif base in _NAIVE_TIMESTAMPS | _AWARE_TIMESTAMPS or base in ("DATE", "TIME"):
+        _check_temporal(column, base, target_type, kinds, values)
+
+
+def _check_number(column: str, target_type: str, kinds: set[type], values: Sequence[Any]) -> None:
+    if str in kinds:
+        each(
+            values,
+            str,
+            lambda v: DECIMAL_LITERAL.fullmatch(v) is None,
+            column,
+            target_type,
+            "text that is not a decimal number:",
+            DECIMAL_HINT,
+        )
+    if bool in kinds:
+        raise refuse(column, target_type, "a boolean", "send a number")
+    if not kinds & {Decimal, float, str}:
+        return
+    match = _NUMBER_SCALE.search(target_type)
+    scale = int(match.group(1)) if match else 0
+    each(
+        values,
+        (Decimal, float, str),
+        lambda v: too_fine(v, scale),
+        column,
+        target_type,
+        f"a value with more than {scale} decimal places:",
+        "widen the column's scale (NUMBER(p,s) with s >= the value's places); "
+        "Snowflake would round it",
+    )
+
+
+def _check_temporal(
+    column: str, base: str, target_type: str, kinds: set[type], values: Sequence[Any]
+) -> None:
+    if kinds & {int, float, Decimal, bool}:
+        raise refuse(column, target_type, "a number", TEMPORAL_HINT)
+    if base == "DATE":
+        if datetime in kinds:
+            each(
+                values,
+                datetime,
+                lambda v: v.timetz() != time(),
+                column,
+                target_type,
+                "a timestamp with a time of day:",
+                "make the column a TIMESTAMP, or send a date",
+            )
+        return
+    if base == "TIME":
+        if datetime in kinds:
+            raise refuse(column, target_type, "a timestamp", "send a time of day")
+        if time in kinds:
+            each(
+                values,
+                time,
+                lambda v: v.tzinfo is not None,
+                column,
+                target_type,
+                "a time with a time zone offset:",
+                TIMETZ_HINT,
+            )
+    elif base in _NAIVE_TIMESTAMPS and datetime in kinds:
+        each(
+            values,
+            datetime,
+            lambda v: v.utcoffset() not in (None, _ZERO),
+            column,
+            target_type,
+            "a time zone offset:",
+            "make the column TIMESTAMP_TZ",
+        )
+    digits = _PRECISION.search(target_type)
+    if digits is not None and int(digits.group(1)) < 6:
+        unit = 10 ** (6 - int(digits.group(1)))
+        each(
+            values,
+            (datetime, time),
+            lambda v: v.microsecond % unit != 0,
+            column,
+            target_type,
+            "more fraction digits than the column keeps:",
+            "widen the column's precision; Snowflake would round it",
+        )
