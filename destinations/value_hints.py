@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from datetime import datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
 from destinations.errors import PermanentDestinationError
 
+_ZERO = timedelta(0)
 DECIMAL_LITERAL = re.compile(
     r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|nan|infinity|inf)\s*", re.IGNORECASE
 )
@@ -77,3 +79,72 @@ def too_fine(value: Any, scale: int) -> bool:
         return False
     exponent = number.normalize().as_tuple().exponent
     return isinstance(exponent, int) and exponent < -scale
+
+
+def check_decimal_text(column: str, column_type: str, kinds: set[type], values: Any) -> None:
+    """Refuse text that is not a decimal number (base64 without a schema) and booleans."""
+    if str in kinds:
+        each(
+            values,
+            str,
+            lambda v: DECIMAL_LITERAL.fullmatch(v) is None,
+            column,
+            column_type,
+            "text that is not a decimal number:",
+            DECIMAL_HINT,
+        )
+    if bool in kinds:
+        raise refuse(column, column_type, "a boolean", "send a number")
+
+
+def check_scale(column: str, column_type: str, values: Any, scale: int, database: str) -> None:
+    """Refuse a number with more decimal places than ``scale``: the database would round it."""
+    each(
+        values,
+        (Decimal, float, str),
+        lambda v: too_fine(v, scale),
+        column,
+        column_type,
+        f"a value with more than {scale} decimal places:",
+        f"widen the column's scale; {database} would round it",
+    )
+
+
+def check_time_of_day(column: str, column_type: str, values: Any) -> None:
+    """Refuse a datetime with a time of day for a date column: it would be cut off."""
+    each(
+        values,
+        datetime,
+        lambda v: v.timetz() != time(),
+        column,
+        column_type,
+        "a timestamp with a time of day:",
+        "make the column a timestamp, or send a date",
+    )
+
+
+def check_offset(column: str, column_type: str, values: Any, fix: str) -> None:
+    """Refuse a datetime with a non-UTC offset for a column without a zone: it would be dropped."""
+    each(
+        values,
+        datetime,
+        lambda v: v.utcoffset() not in (None, _ZERO),
+        column,
+        column_type,
+        "a time zone offset:",
+        fix,
+    )
+
+
+def check_fraction(column: str, column_type: str, values: Any, digits: int, database: str) -> None:
+    """Refuse a datetime or time with more fraction digits than ``digits`` (< 6)."""
+    unit = 10 ** (6 - digits)
+    each(
+        values,
+        (datetime, time),
+        lambda v: v.microsecond % unit != 0,
+        column,
+        column_type,
+        "more fraction digits than the column keeps:",
+        f"widen the column's precision; {database} would round it",
+    )

@@ -25,13 +25,15 @@ from destinations.net_effect import ColumnBatch
 from destinations.postgresql.copy_text import text_value
 from destinations.value_hints import (
     BYTES_HINT,
-    DECIMAL_HINT,
-    DECIMAL_LITERAL,
     INTERVAL_HINT,
     TEMPORAL_HINT,
+    check_decimal_text,
+    check_fraction,
+    check_offset,
+    check_scale,
+    check_time_of_day,
     each,
     refuse,
-    too_fine,
 )
 
 _NONE = type(None)
@@ -102,18 +104,7 @@ def _check(column: str, base: str, full: str, kinds: set[type], values: Sequence
 
 
 def _check_numeric(column: str, full: str, kinds: set[type], values: Sequence[Any]) -> None:
-    if str in kinds:
-        each(
-            values,
-            str,
-            lambda v: DECIMAL_LITERAL.fullmatch(v) is None,
-            column,
-            full,
-            "text that is not a decimal number:",
-            DECIMAL_HINT,
-        )
-    if bool in kinds:
-        raise refuse(column, full, "a boolean", "send a number")
+    check_decimal_text(column, full, kinds, values)
     match = _SCALE.fullmatch(full)
     if match is None or not kinds & {Decimal, float, str}:
         return
@@ -126,16 +117,7 @@ def _check_numeric(column: str, full: str, kinds: set[type], values: Sequence[An
                 return
     except TypeError:  # NaN or Infinity in the batch: check each value
         pass
-    each(
-        values,
-        (Decimal, float, str),
-        lambda v: too_fine(v, scale),
-        column,
-        full,
-        f"a value with more than {scale} decimal places:",
-        "widen the column's scale (numeric(p,s) with s >= the value's places); "
-        "PostgreSQL would round it",
-    )
+    check_scale(column, full, values, scale, "PostgreSQL")
 
 
 def _check_temporal(
@@ -145,30 +127,14 @@ def _check_temporal(
         raise refuse(column, base, "a number", TEMPORAL_HINT)
     if base == "date":
         if datetime in kinds:
-            each(
-                values,
-                datetime,
-                lambda v: v.timetz() != time(),
-                column,
-                base,
-                "a timestamp with a time of day:",
-                "make the column a timestamp, or send a date",
-            )
+            check_time_of_day(column, base, values)
         return
     if base in (_TIME, _TIMETZ) and datetime in kinds:
         raise refuse(
             column, base, "a timestamp", "send a time of day, or make the column a timestamp"
         )
     if base == _TIMESTAMP and datetime in kinds:
-        each(
-            values,
-            datetime,
-            lambda v: v.utcoffset() not in (None, _ZERO),
-            column,
-            base,
-            "a time zone offset:",
-            "make the column timestamp with time zone (timestamptz)",
-        )
+        check_offset(column, base, values, "make the column timestamp with time zone (timestamptz)")
     if base == _TIME and time in kinds:
         each(
             values,
@@ -181,16 +147,7 @@ def _check_temporal(
         )
     digits = _FRACTION_DIGITS.search(full)
     if digits is not None and int(digits.group(1)) < 6:
-        unit = 10 ** (6 - int(digits.group(1)))
-        each(
-            values,
-            (datetime, time),
-            lambda v: v.microsecond % unit != 0,
-            column,
-            full,
-            "more fraction digits than the column keeps:",
-            "widen the column's precision; PostgreSQL would round it",
-        )
+        check_fraction(column, full, values, int(digits.group(1)), "PostgreSQL")
 
 
 def array_literal(items: list[Any]) -> str:

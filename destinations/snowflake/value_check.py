@@ -19,13 +19,15 @@ from typing import Any
 
 from destinations.value_hints import (
     BINARY_HINT,
-    DECIMAL_HINT,
-    DECIMAL_LITERAL,
     TEMPORAL_HINT,
     TIMETZ_HINT,
+    check_decimal_text,
+    check_fraction,
+    check_offset,
+    check_scale,
+    check_time_of_day,
     each,
     refuse,
-    too_fine,
 )
 
 _NONE = type(None)
@@ -63,32 +65,12 @@ def check_column(column: str, target_type: str, values: Sequence[Any]) -> None:
 
 
 def _check_number(column: str, target_type: str, kinds: set[type], values: Sequence[Any]) -> None:
-    if str in kinds:
-        each(
-            values,
-            str,
-            lambda v: DECIMAL_LITERAL.fullmatch(v) is None,
-            column,
-            target_type,
-            "text that is not a decimal number:",
-            DECIMAL_HINT,
-        )
-    if bool in kinds:
-        raise refuse(column, target_type, "a boolean", "send a number")
+    check_decimal_text(column, target_type, kinds, values)
     if not kinds & {Decimal, float, str}:
         return
     match = _NUMBER_SCALE.search(target_type)
     scale = int(match.group(1)) if match else 0
-    each(
-        values,
-        (Decimal, float, str),
-        lambda v: too_fine(v, scale),
-        column,
-        target_type,
-        f"a value with more than {scale} decimal places:",
-        "widen the column's scale (NUMBER(p,s) with s >= the value's places); "
-        "Snowflake would round it",
-    )
+    check_scale(column, target_type, values, scale, "Snowflake")
 
 
 def _check_temporal(
@@ -98,15 +80,7 @@ def _check_temporal(
         raise refuse(column, target_type, "a number", TEMPORAL_HINT)
     if base == "DATE":
         if datetime in kinds:
-            each(
-                values,
-                datetime,
-                lambda v: v.timetz() != time(),
-                column,
-                target_type,
-                "a timestamp with a time of day:",
-                "make the column a TIMESTAMP, or send a date",
-            )
+            check_time_of_day(column, target_type, values)
         return
     if base == "TIME":
         if datetime in kinds:
@@ -122,24 +96,7 @@ def _check_temporal(
                 TIMETZ_HINT,
             )
     elif base in _NAIVE_TIMESTAMPS and datetime in kinds:
-        each(
-            values,
-            datetime,
-            lambda v: v.utcoffset() not in (None, _ZERO),
-            column,
-            target_type,
-            "a time zone offset:",
-            "make the column TIMESTAMP_TZ",
-        )
+        check_offset(column, target_type, values, "make the column TIMESTAMP_TZ")
     digits = _PRECISION.search(target_type)
     if digits is not None and int(digits.group(1)) < 6:
-        unit = 10 ** (6 - int(digits.group(1)))
-        each(
-            values,
-            (datetime, time),
-            lambda v: v.microsecond % unit != 0,
-            column,
-            target_type,
-            "more fraction digits than the column keeps:",
-            "widen the column's precision; Snowflake would round it",
-        )
+        check_fraction(column, target_type, values, int(digits.group(1)), "Snowflake")

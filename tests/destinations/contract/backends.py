@@ -385,7 +385,7 @@ class SnowflakeBackend(ProxiedBackend):
 
     name = "snowflake"
     expected = Expected(
-        rejected_code="100",  # data errors (fakesnow answers 100035, a conversion error)
+        rejected_code=None,  # text that is no number is refused before it reaches the server
         missing_table_code="002003",
         outage_code="250001",  # could not connect
         lost_session_code="390114",  # session expired, and its renewal refused
