@@ -22,6 +22,13 @@ from typing import Any
 from compute.sources.debezium.checks import Refused, base64_bytes, expect_int, expect_str, kind_of
 
 _EWKB_SRID = 0x20000000
+# PostgreSQL's longest bit string; Debezium gives an unbounded BIT VARYING
+# the length 2**31 - 1.
+_MAX_BITS = 83_886_080
+_VARBIT_REASON = (
+    "a BIT VARYING value as Bits: Debezium drops its leading zeros and its length, "
+    "so the bit string cannot be known; make the source column BIT(n) or text"
+)
 # Set when the connector propagates source column types.
 _SOURCE_TYPE = "__debezium.source.column.type"
 
@@ -79,14 +86,13 @@ def _bits(value: Any, schema: Mapping[str, Any]) -> str:
     parameters = schema.get("parameters")
     parameters = parameters if isinstance(parameters, Mapping) else {}
     if str(parameters.get(_SOURCE_TYPE, "")).upper() in ("VARBIT", "BIT VARYING"):
-        raise Refused(
-            "a BIT VARYING value as Bits: Debezium drops its leading zeros and its length, "
-            "so the bit string cannot be known; make the column BIT(n) or a text type"
-        )
+        raise Refused(_VARBIT_REASON)
     try:
         length = int(parameters["length"])
     except (KeyError, TypeError, ValueError):
         raise Refused("a Bits schema without an integer 'length' parameter") from None
+    if length > _MAX_BITS:
+        raise Refused(_VARBIT_REASON)
     number = int.from_bytes(base64_bytes(value), "little")
     if number.bit_length() > length:
         raise Refused(f"Bits value has {number.bit_length()} bits, more than its length {length}")

@@ -21,7 +21,7 @@ class Placeholders(NamedTuple):
     """Every JSON form of the configured placeholders, for a quick membership test."""
 
     texts: frozenset[str]
-    binary_texts: frozenset[str]  # base64 and hex (lower-cased) of the UTF-8 bytes
+    binary_texts: frozenset[str]  # base64, base64-url-safe and hex (lower) of the UTF-8 bytes
     byte_lists: tuple[tuple[int, ...], ...]
     uuids: frozenset[str]
 
@@ -59,7 +59,9 @@ def _cached(texts: tuple[str, ...]) -> Placeholders:
         found = Placeholders(
             texts=frozenset(texts),
             binary_texts=frozenset(
-                [base64.b64encode(b).decode("ascii") for b in raw] + [b.hex() for b in raw]
+                [base64.b64encode(b).decode("ascii") for b in raw]
+                + [base64.urlsafe_b64encode(b).decode("ascii") for b in raw]
+                + [b.hex() for b in raw]
             ),
             # Java's bytes are signed: (int) b of a UTF-8 byte over 127 is negative.
             byte_lists=tuple(tuple(x - 256 if x > 127 else x for x in b) for b in raw),
