@@ -22,7 +22,8 @@ SCHEMALESS_HINTS: dict[str, str] = {
     ),
     "bit": (
         "without a schema a BIT(n) value is base64 bytes: enable schemas "
-        "(value.converter.schemas.enable=true)"
+        "(value.converter.schemas.enable=true); a BIT VARYING value loses its leading "
+        "zeros in Debezium either way"
     ),
     "date": (
         "without a schema a DATE is a number of days: set time.precision.mode=connect and "
