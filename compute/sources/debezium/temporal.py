@@ -107,6 +107,7 @@ def _zoned_timestamp(value: Any, schema: Mapping[str, Any]) -> datetime:
 
 
 def _zoned_time(value: Any, schema: Mapping[str, Any]) -> time:
+    # Debezium sends a timetz in UTC: the instant is the source's, its offset is not in the event.
     text = expect_str(value, "ZonedTime (ISO 8601)")
     head, micros, zone = _split_fraction(text, "ZonedTime")
     try:
