@@ -14,6 +14,7 @@ gives them; only placeholders are recognised.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
@@ -73,7 +74,7 @@ def decode_row(
     cannot be known exactly.
     """
     marks = Placeholders.of(placeholders)
-    by_name = {f.get("field"): f for f in fields} if fields is not None else {}
+    by_name = {f.get("field"): f for f in fields or () if isinstance(f, Mapping)}
     decoded: dict[str, Any] = {}
     for column, value in row.items():
         schema = by_name.get(column)
@@ -138,7 +139,10 @@ def _float(value: Any, kind: str) -> float:
         return _NON_FINITE[value]
     if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
         raise Refused(f"{kind_of(value)} where the schema says {kind}")
-    return float(value)
+    number = float(value)
+    if math.isinf(number):  # Java never writes a finite double this large
+        raise Refused(f"{value} is beyond the range of {kind}")
+    return number
 
 
 def _array(value: Any, schema: Mapping[str, Any]) -> list[Any]:

@@ -271,6 +271,7 @@ def test_plain_types() -> None:
     assert "boolean" in refusal(1, _field("boolean"))
     assert "int64" in refusal(True, _field("int64"))
     assert "int32" in refusal(Decimal("1.5"), _field("int32"))
+    assert "range of float64" in refusal(Decimal("1E+400"), _field("float64"))
 
 
 def test_arrays_maps_and_structs() -> None:
