@@ -7,7 +7,6 @@ small ones), so a value lands the same way whichever path a batch takes.
 from __future__ import annotations
 
 import io
-import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime, time, timedelta
@@ -15,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from destinations.errors import PermanentDestinationError
+from destinations.json_text import json_text
 
 NULL = "\\N"  # COPY text format's NULL marker; an empty string stays an empty string
 
@@ -47,7 +47,7 @@ def _interval_text(value: timedelta) -> str:
 
 
 def _json_text(value: Any) -> str:
-    return json.dumps(value, default=str)
+    return json_text(value)
 
 
 _TEXT: dict[type, Callable[[Any], str]] = {

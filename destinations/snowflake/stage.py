@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -12,6 +11,7 @@ from decimal import Decimal
 from typing import Any
 
 from destinations.errors import PermanentDestinationError
+from destinations.json_text import json_text
 from destinations.net_effect import BatchLayout, ColumnBatch
 from destinations.snowflake.value_check import SEMI_STRUCTURED, base_type, check_column
 
@@ -186,7 +186,7 @@ def _json_param(value: Any) -> Any:
         return value
     if isinstance(value, Decimal):
         return str(value)  # a JSON number with every digit
-    return json.dumps(value, default=str)
+    return json_text(value)
 
 
 def _param(value: Any) -> Any:
@@ -200,7 +200,7 @@ def _param(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, dict | list):
-        return json.dumps(value, default=str)
+        return json_text(value)
     if isinstance(value, bytearray | memoryview):
         return bytes(value)
     if isinstance(value, timedelta):  # exact seconds; a float would round long spans

@@ -47,6 +47,13 @@ EXACT: list[tuple[str, str, Any, Any]] = [
     ("TM", "TIME", time(23, 59, 59, 999999), None),
     ("B", "BINARY", bytes(range(256)), bytearray(range(256))),
     ("V", "VARIANT", {"a": [1, 2.5, None, "x"], "b": True}, None),
+    # Numbers, not quoted strings (read back through json.loads: floats).
+    (
+        "VD",
+        "VARIANT",
+        {"price": Decimal("1.50"), "n": [Decimal("-2.25")]},
+        {"price": 1.5, "n": [-2.25]},
+    ),
     ("A", "ARRAY", [1, "two", None], None),
     ("O", "OBJECT", {"k": {"n": 1}}, None),
     ("BO", "BOOLEAN", False, None),
