@@ -26,6 +26,6 @@ def build_source(spec: SourceSpec, state_path: Path) -> Source:
 
             path = options.pop("path")
             return JsonLinesSource(spec.id, path, offsets, **options)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ConfigError([f"source {spec.id} ({spec.type}): bad option: {error}"]) from None
     raise ConfigError([f"source {spec.id}: unknown type {spec.type!r}"])

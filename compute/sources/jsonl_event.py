@@ -30,11 +30,17 @@ JSON converter with schemas on).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
 from compute.queue_id import lone_surrogate_problem
+from compute.sources.debezium import (
+    DEFAULT_PLACEHOLDERS,
+    ValueUndecodable,
+    decode_row,
+    schema_fields,
+)
 from compute.sources.jsonl_positions import (
     MAX_POSITION,
     PositionError,
@@ -97,18 +103,29 @@ def parse_json(text: str) -> Any:
 
 
 def parse_event(
-    doc: Any, primary_keys: Mapping[str, tuple[str, ...]], message_key: Any = None
+    doc: Any,
+    primary_keys: Mapping[str, tuple[str, ...]],
+    message_key: Any = None,
+    *,
+    key_fields: Sequence[Mapping[str, Any]] | None = None,
+    placeholders: Collection[str] = DEFAULT_PLACEHOLDERS,
 ) -> ChangeEvent:
     """Check a line's JSON value and take it apart; ``EventRejected`` says what is wrong.
 
     ``primary_keys``: the key columns of tables whose events name none, by
     ``schema.table`` or bare table name. ``message_key``: the Kafka message's
-    key carried beside the value (schema envelope removed), or None.
+    key carried beside the value (schema envelope removed), or None, and
+    ``key_fields`` the field schemas of its envelope. Values are decoded by
+    their field schemas when the line has one (``compute.sources.debezium``);
+    a column holding one of ``placeholders`` (an unchanged TOASTed value) is
+    left out of its row, so the destination keeps it.
     """
     outer = doc
     if not isinstance(doc, dict):
         raise EventRejected(f"not a JSON object but {_json_type(doc)}")
+    value_schema: Any = None
     if "op" not in doc and "payload" in doc:
+        value_schema = doc.get("schema")
         doc = doc["payload"]
         if not isinstance(doc, dict):
             raise EventRejected(f"'payload' is {_json_type(doc)}, not an object")
@@ -130,6 +147,18 @@ def parse_event(
         after = None  # a delete leaves no row, whatever the event carries
     elif after is None:
         raise EventRejected(f"op {op.value!r} without an 'after' row")
+    schema = value_schema if isinstance(value_schema, Mapping) else None
+    try:
+        if before is not None:
+            fields = schema_fields(schema, "before") if schema else None
+            before = decode_row(before, fields, placeholders=placeholders)
+        if after is not None:
+            fields = schema_fields(schema, "after") if schema else None
+            after = decode_row(after, fields, placeholders=placeholders)
+        if isinstance(message_key, dict):
+            message_key = decode_row(message_key, key_fields, placeholders=())
+    except ValueUndecodable as exc:
+        raise EventRejected(str(exc)) from None
     try:
         given = connector_position(source, op.value)
     except PositionError as exc:
@@ -166,7 +195,17 @@ def _key(
         return dict(message_key)
     if given is not None:
         if isinstance(given, dict) and set(given) == {"schema", "payload"}:
-            given = given["payload"]  # a Kafka Connect key with its schema
+            # A Kafka Connect key with its schema: decoded by its field schemas.
+            envelope = given["schema"]
+            fields = envelope.get("fields") if isinstance(envelope, dict) else None
+            given = given["payload"]
+            if isinstance(given, dict):
+                try:
+                    given = decode_row(
+                        given, fields if isinstance(fields, list) else None, placeholders=()
+                    )
+                except ValueUndecodable as exc:
+                    raise EventRejected(f"key {exc}") from None
         if not isinstance(given, dict) or not given:
             raise EventRejected("'key' must be a non-empty object of primary-key columns")
         for column, value in given.items():

@@ -37,16 +37,17 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, NamedTuple
 
 from compute.sources.base import RejectedEvent, Source, SourceBatch, SourceError
+from compute.sources.debezium import DEFAULT_PLACEHOLDERS
 from compute.sources.jsonl_event import (
     EventRejected,
     column_list,
     decode_line,
     parse_event,
 )
-from compute.sources.jsonl_message import is_tombstone, split_message
+from compute.sources.jsonl_message import Message, is_tombstone, split_message
 from compute.sources.offset_store import OffsetStore
 from destinations.records import ChangeRecord, SourcePosition
 
@@ -116,6 +117,7 @@ class JsonLinesSource(Source):
         rejected_path: str | os.PathLike[str] | None = None,
         max_rejected: int = 1000,
         max_line_bytes: int = 16 * 1024 * 1024,
+        unavailable_value_placeholder: str | Sequence[str] = DEFAULT_PLACEHOLDERS,
     ) -> None:
         super().__init__(source_id)
         if max_line_bytes < 1:
@@ -123,6 +125,12 @@ class JsonLinesSource(Source):
         self._follow = follow
         self._offsets = offsets
         self._primary_keys = {t: column_list(cols) for t, cols in (primary_keys or {}).items()}
+        # Debezium's ``unavailable.value.placeholder``: a column holding it is left
+        # out of the change (an unchanged TOASTed value), so the destination keeps it.
+        placeholder = unavailable_value_placeholder
+        self._placeholders = (placeholder,) if isinstance(placeholder, str) else tuple(placeholder)
+        if not self._placeholders or not all(isinstance(p, str) and p for p in self._placeholders):
+            raise ValueError("unavailable_value_placeholder must be a non-empty string")
         self._rejected_path = Path(rejected_path) if rejected_path is not None else None
         self._rejected: deque[RejectedEvent] = deque(maxlen=max(0, max_rejected))
         self._rejected_total = 0  # all of them; _rejected keeps the last max_rejected
@@ -367,7 +375,7 @@ class JsonLinesSource(Source):
             if is_tombstone(message.value):
                 self._skip_tombstone(line_no)
                 return None
-            return self._record(message.value, message.key, line_no)
+            return self._record(message, line_no)
         except EventRejected as exc:
             self._reject(line_no, start, str(exc), line.data)
         except Exception as exc:  # a bug here must not stop the stream; it is reported loudly
@@ -375,8 +383,14 @@ class JsonLinesSource(Source):
             self._reject(line_no, start, f"unexpected {type(exc).__name__}: {exc}", line.data)
         return None
 
-    def _record(self, doc: Any, message_key: Any, line_no: int) -> ChangeRecord:
-        event = parse_event(doc, self._primary_keys, message_key)
+    def _record(self, message: Message, line_no: int) -> ChangeRecord:
+        event = parse_event(
+            message.value,
+            self._primary_keys,
+            message.key,
+            key_fields=message.key_fields,
+            placeholders=self._placeholders,
+        )
         commit = event.commit
         state = self._state
         if commit == state.tx_commit:
