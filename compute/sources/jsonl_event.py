@@ -109,6 +109,7 @@ def parse_event(
     *,
     key_fields: Sequence[Mapping[str, Any]] | None = None,
     placeholders: Collection[str] = DEFAULT_PLACEHOLDERS,
+    topic: str | None = None,
 ) -> ChangeEvent:
     """Check a line's JSON value and take it apart; ``EventRejected`` says what is wrong.
 
@@ -118,7 +119,8 @@ def parse_event(
     ``key_fields`` the field schemas of its envelope. Values are decoded by
     their field schemas when the line has one (``compute.sources.debezium``);
     a column holding one of ``placeholders`` (an unchanged TOASTed value) is
-    left out of its row, so the destination keeps it.
+    left out of its row, so the destination keeps it. ``topic``: the Kafka
+    topic the line came from, which names the table when ``source`` does not.
     """
     outer = doc
     if not isinstance(doc, dict):
@@ -140,7 +142,7 @@ def parse_event(
     if not isinstance(source, dict):
         what = "missing" if source is None else f"{_json_type(source)}, not an object"
         raise EventRejected(f"'source' is {what} (it gives the table and the position)")
-    table = _table_name(source)
+    table = _table_name(source, topic)
     before = _row(doc, "before")
     after = _row(doc, "after")
     if op is Operation.DELETE:
@@ -270,9 +272,16 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
-def _table_name(source: dict[str, Any]) -> str:
+def _table_name(source: dict[str, Any], topic: str | None) -> str:
     table = source.get("table")
+    if table is None and topic is not None:
+        return _table_of_topic(topic)
     if not isinstance(table, str) or not table:
+        if table is None:
+            raise EventRejected(
+                "'source.table' is missing (Debezium before 0.8 names the table only in the "
+                "Kafka topic: feed kcat -J lines, whose topic <prefix>.<schema>.<table> gives it)"
+            )
         raise EventRejected("'source.table' must be a non-empty string")
     _check_name("source.table", table)
     schema = source.get("schema")
@@ -282,6 +291,19 @@ def _table_name(source: dict[str, Any]) -> str:
         raise EventRejected("'source.schema' must be a string")
     _check_name("source.schema", schema)
     return f"{schema}.{table}"
+
+
+def _table_of_topic(topic: str) -> str:
+    """``schema.table`` from Debezium's topic name ``<prefix>.<schema or database>.<table>``."""
+    parts = topic.split(".")
+    if len(parts) < 3 or not all(parts[-2:]):
+        raise EventRejected(
+            f"'source.table' is missing and the topic {_json(topic)} is not "
+            "<prefix>.<schema>.<table>: cannot tell the table"
+        )
+    for part in parts[-2:]:
+        _check_name("topic", part)
+    return f"{parts[-2]}.{parts[-1]}"
 
 
 def _check_name(field: str, name: str) -> None:

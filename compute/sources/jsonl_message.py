@@ -29,6 +29,8 @@ class Message(NamedTuple):
     key: Any
     key_fields: Sequence[Mapping[str, Any]] | None
     value: Any
+    # The Kafka topic (kcat -J): names the table when the event does not.
+    topic: str | None = None
 
 
 def split_message(text: str) -> Message:
@@ -44,7 +46,10 @@ def split_message(text: str) -> Message:
             if error in doc:
                 raise EventRejected(f"kcat could not deserialize the message: {doc[error]}")
         key, fields = unwrap_key(_embedded(doc, "key"))
-        return Message(key, fields, _embedded(doc, "payload"))
+        topic = doc.get("topic")
+        return Message(
+            key, fields, _embedded(doc, "payload"), topic if isinstance(topic, str) else None
+        )
     if text.rstrip("\r\n").endswith("\t") and not (isinstance(doc, dict) and "op" in doc):
         # ``key TAB`` and nothing: JSON allows the TAB as trailing whitespace, but
         # kcat printed a key and a null value (a tombstone).

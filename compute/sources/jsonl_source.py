@@ -390,6 +390,7 @@ class JsonLinesSource(Source):
             message.key,
             key_fields=message.key_fields,
             placeholders=self._placeholders,
+            topic=message.topic,
         )
         commit = event.commit
         state = self._state

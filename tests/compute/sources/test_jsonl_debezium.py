@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -404,3 +405,90 @@ def test_mongodb_positions_keep_oplog_order(stamps: list[tuple[int, int]]) -> No
     ]
     commits = [p.commit for p in positions if p is not None]
     assert commits == sorted(set(commits)) and all(c <= MAX_POSITION for c in commits)
+
+
+# --- the table from the topic, values by their schema, placeholders ------------------------------
+
+
+def test_an_event_naming_no_table_takes_it_from_the_kcat_topic(tmp_path: Path) -> None:
+    """Debezium before 0.8 named the table only in the topic <prefix>.<schema>.<table>."""
+    value = {
+        **MYSQL_UPDATE,
+        "source": {k: v for k, v in MYSQL_UPDATE["source"].items() if k != "table"},
+    }
+    records, source = read(tmp_path, [kcat_json({"id": 1004}, value), json.dumps(value)])
+    assert [r.table for r in records] == ["inventory.customers"]
+    (rejected,) = source.rejected
+    assert "'source.table' is missing" in rejected.reason and "kcat -J" in rejected.reason
+
+
+def test_values_are_decoded_by_their_schema_and_placeholders_leave_columns_out(
+    tmp_path: Path,
+) -> None:
+    schema = {
+        "type": "struct",
+        "fields": [
+            {"field": "before", "type": "struct", "optional": True, "fields": []},
+            {
+                "field": "after",
+                "type": "struct",
+                "optional": True,
+                "fields": [
+                    {"field": "id", "type": "int32"},
+                    {
+                        "field": "price",
+                        "type": "bytes",
+                        "name": "org.apache.kafka.connect.data.Decimal",
+                        "parameters": {"scale": "2"},
+                    },
+                    {"field": "bio", "type": "string"},
+                    {"field": "note", "type": "string"},
+                ],
+            },
+        ],
+    }
+    after = {"id": 1, "price": "AeI=", "bio": "__debezium_unavailable_value", "note": "<kept>"}
+    line = {"schema": schema, "payload": {**MYSQL_UPDATE, "before": None, "after": after}}
+    records, _ = read(tmp_path, [json.dumps(line)], primary_keys={"customers": ["id"]})
+    (record,) = records
+    assert record.after == {"id": 1, "price": Decimal("4.82"), "note": "<kept>"}
+    assert str(record.after["price"]) == "4.82"
+    # A connector configured with another placeholder: the engine is told the same text.
+    after = {**after, "bio": "__debezium_unavailable_value", "note": "<kept>"}
+    line = {"schema": schema, "payload": {**MYSQL_UPDATE, "before": None, "after": after}}
+    (tmp_path / "other").mkdir()
+    records, _ = read(
+        tmp_path / "other",
+        [json.dumps(line)],
+        primary_keys={"customers": ["id"]},
+        unavailable_value_placeholder="<kept>",
+    )
+    assert records[0].after == {
+        "id": 1,
+        "price": Decimal("4.82"),
+        "bio": "__debezium_unavailable_value",
+    }
+
+
+def test_a_value_that_cannot_be_decoded_exactly_rejects_the_line_naming_the_column(
+    tmp_path: Path,
+) -> None:
+    schema = {
+        "type": "struct",
+        "fields": [
+            {
+                "field": "after",
+                "type": "struct",
+                "fields": [
+                    {"field": "id", "type": "int32"},
+                    {"field": "at", "type": "int64", "name": "io.debezium.time.NanoTimestamp"},
+                ],
+            }
+        ],
+    }
+    after = {"id": 1, "at": 1_529_507_596_945_104_001}  # a nanosecond PostgreSQL cannot keep
+    line = {"schema": schema, "payload": {**MYSQL_UPDATE, "before": None, "after": after}}
+    records, source = read(tmp_path, [json.dumps(line)], primary_keys={"customers": ["id"]})
+    assert records == []
+    (rejected,) = source.rejected
+    assert "column 'at'" in rejected.reason
