@@ -1,1 +1,1 @@
-"""Sources of change events: JSON lines (Debezium-style), synthetic; their offsets."""
+"""Sources of change events: JSON lines (Debezium change events), synthetic; their offsets."""

@@ -1,4 +1,4 @@
-"""One Debezium-style change event: a JSON line checked and taken apart into a change's parts.
+"""One Debezium change event: a JSON line checked and taken apart into a change's parts.
 
 Each line is ``{"op": "c|u|d|r", "before": {...}|null, "after": {...}|null,
 "source": {"schema": "public", "table": "users", "lsn": 123 or "0/16B3748",

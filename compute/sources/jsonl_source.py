@@ -1,4 +1,4 @@
-"""A source of Debezium-style change events, one JSON object per line, from a file or stdin.
+"""A source of Debezium change events, one per line, from a file or stdin.
 
 The format of a line, and the checks it must pass, are ``jsonl_event``'s. The
 seq of an event that gives none is its order among the consecutive events of
@@ -104,7 +104,7 @@ class _Line(NamedTuple):
 
 
 class JsonLinesSource(Source):
-    """Debezium-style change events from a JSON-lines file (resumable) or stdin (not)."""
+    """Debezium change events from a JSON-lines file (resumable) or stdin (not)."""
 
     def __init__(
         self,
