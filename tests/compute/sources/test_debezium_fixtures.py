@@ -1,0 +1,160 @@
+"""Real Debezium fixtures through the JSON-lines source into a real PostgreSQL: exact or parked."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from psycopg2 import sql
+
+from compute.dlq.manager import DLQManager
+from compute.engine.pipeline import Pipeline
+from compute.queue_id import QueueId
+from compute.sources.jsonl_event import parse_event
+from compute.sources.jsonl_source import JsonLinesSource
+from compute.sources.offset_store import OffsetStore
+from destinations.postgresql.destination import PostgreSQLDestination
+from tests.builders import dlq_config
+from tests.compute.sources.debezium_truth import TRUTHS, Truth
+
+FIXTURES = Path(__file__).parents[2] / "fixtures" / "debezium"
+PLACEHOLDER = "__debezium_unavailable_value"
+
+
+def one_line(fixture: str) -> str:
+    """The fixture as one JSON line; newlines between JSON tokens are only whitespace."""
+    return (FIXTURES / fixture).read_text().strip().replace("\n", " ")
+
+
+def table_of(line: str, truth: Truth) -> str:
+    """The table the source names for this event (as the source parses it)."""
+    doc = json.loads(line)
+    bare = doc.get("payload", doc)["source"].get("table", "")
+    return parse_event(doc, {bare: truth.key}).table
+
+
+def qualified(table: str) -> sql.Composable:
+    schema, _, name = table.rpartition(".")
+    return sql.SQL(".").join(map(sql.Identifier, [schema or "public", name]))
+
+
+def make_table(conn: Any, table: str, truth: Truth) -> None:
+    schema = table.rpartition(".")[0] or "public"
+    key = sql.SQL(", ").join(map(sql.Identifier, truth.key))
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(qualified(table)))
+        cur.execute(
+            sql.SQL("CREATE TABLE {} ({}, PRIMARY KEY ({}))").format(
+                qualified(table), sql.SQL(truth.ddl), key
+            )
+        )
+        if truth.before is not None:
+            cols = list(truth.before)
+            cur.execute(
+                sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+                    qualified(table),
+                    sql.SQL(", ").join(map(sql.Identifier, cols)),
+                    sql.SQL(", ").join(sql.Placeholder() * len(cols)),
+                ),
+                [truth.before[c] for c in cols],
+            )
+
+
+def read_rows(conn: Any, table: str) -> list[dict[str, Any]]:
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("SELECT * FROM {}").format(qualified(table)))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, (landed(v) for v in r), strict=True)) for r in cur.fetchall()]
+
+
+def landed(value: Any) -> Any:
+    """psycopg2's value as the truth spells it: bytea as its digest, uuid as UUID."""
+    if isinstance(value, memoryview):
+        return ("sha256", hashlib.sha256(bytes(value)).hexdigest())
+    return value
+
+
+def assert_same(found: dict[str, Any], expected: dict[str, Any]) -> None:
+    """Equal value AND equal type, column by column (Decimal('2.99') is not 2.99)."""
+    assert set(found) == set(expected)
+    for column, want in expected.items():
+        got = found[column]
+        assert got == want, f"{column}: {got!r} != {want!r}"
+        assert type(got) is type(want), f"{column}: {type(got)} is not {type(want)}"
+
+
+def run_fixture(tmp_path: Path, dsn: str, line: str, table: str, truth: Truth) -> list[str]:
+    """Feeds the line through the JSON-lines source into PostgreSQL; returns the reasons of
+    whatever was set aside (rejected by the source or parked by the destination)."""
+    events = tmp_path / "events.jsonl"
+    events.write_text(line + "\n")
+    config = dlq_config(tmp_path)
+    source = JsonLinesSource(
+        "src", events, OffsetStore(tmp_path / "offsets.json"), primary_keys={table: truth.key}
+    )
+    with DLQManager(config, background=False) as dlq:
+        pipeline = Pipeline(
+            "p", source, [PostgreSQLDestination("1", "PG", dsn)], dlq, config, batch_size=10
+        )
+        while pipeline.step():
+            pass
+        assert source.exhausted
+        pipeline.close()
+        parked = dlq.peek(QueueId("src", table, "1").parked, 10)
+    return [r.reason for r in source.rejected] + [m.failure.message for m in parked]
+
+
+@pytest.mark.parametrize("truth", TRUTHS, ids=[t.fixture for t in TRUTHS])
+def test_fixture_lands_exactly_in_postgresql_or_is_set_aside(
+    truth: Truth, tmp_path: Path, postgres_dsn: str, pg_conn: Any
+) -> None:
+    line = one_line(truth.fixture)
+    table = table_of(line, truth)
+    make_table(pg_conn, table, truth)
+    reasons = run_fixture(tmp_path, postgres_dsn, line, table, truth)
+    rows = read_rows(pg_conn, table)
+    assert all(PLACEHOLDER not in str(v) for r in rows for v in r.values())
+    if truth.parked is not None:
+        assert len(reasons) == 1 and truth.parked in reasons[0], reasons
+        # Nothing written: the table holds what it held.
+        assert rows == ([truth.before] if truth.before else [])
+        return
+    assert reasons == []
+    if truth.row is None:
+        assert rows == []
+    else:
+        assert len(rows) == 1
+        assert_same(rows[0], truth.row)
+
+
+def test_bytea_without_schema_is_never_written_as_its_base64_text(
+    tmp_path: Path, postgres_dsn: str, pg_conn: Any
+) -> None:
+    """The base64 of a schemaless bytea is parked naming binary.handling.mode; the ASCII
+    bytes of "ASNFZ4mrze8=" never reach the column."""
+    (truth,) = [t for t in TRUTHS if t.fixture.endswith("orders_other_types_noschema.json")]
+    line = one_line(truth.fixture)
+    table = table_of(line, truth)
+    make_table(pg_conn, table, truth)
+    reasons = run_fixture(tmp_path, postgres_dsn, line, table, truth)
+    assert any("binary.handling.mode" in r for r in reasons), reasons
+    assert read_rows(pg_conn, table) == []
+
+
+def test_decimal_without_schema_as_base64_is_parked_naming_decimal_handling_mode(
+    tmp_path: Path, postgres_dsn: str, pg_conn: Any
+) -> None:
+    """The payment fixture with its schema dropped (what schemas.enable=false sends: the
+    same payload): amount "ASs=" cannot be read as 2.99 without the scale; parked."""
+    (truth,) = [t for t in TRUTHS if t.fixture.endswith("payment_snapshot_decimal_schema.json")]
+    payload = json.loads(one_line(truth.fixture))["payload"]
+    line = json.dumps(payload)
+    table = table_of(line, truth)
+    make_table(pg_conn, table, truth)
+    reasons = run_fixture(tmp_path, postgres_dsn, line, table, truth)
+    assert any("decimal.handling.mode" in r for r in reasons), reasons
+    assert read_rows(pg_conn, table) == []
