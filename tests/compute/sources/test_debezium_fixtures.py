@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from psycopg2 import sql
 
-from compute.dlq.manager import DLQManager
-from compute.engine.pipeline import Pipeline
-from compute.queue_id import QueueId
-from compute.sources.jsonl_event import parse_event
-from compute.sources.jsonl_source import JsonLinesSource
-from compute.sources.offset_store import OffsetStore
 from destinations.postgresql.destination import PostgreSQLDestination
-from tests.builders import dlq_config
+from tests.compute.sources.debezium_run import (
+    PLACEHOLDER,
+    assert_same,
+    one_line,
+    run_fixture,
+    schemaless,
+    table_of,
+)
 from tests.compute.sources.debezium_truth import TRUTHS, Truth
-
-FIXTURES = Path(__file__).parents[2] / "fixtures" / "debezium"
-PLACEHOLDER = "__debezium_unavailable_value"
-
-
-def one_line(fixture: str) -> str:
-    """The fixture as one JSON line; newlines between JSON tokens are only whitespace."""
-    return (FIXTURES / fixture).read_text().strip().replace("\n", " ")
-
-
-def table_of(line: str, truth: Truth) -> str:
-    """The table the source names for this event (as the source parses it)."""
-    doc = json.loads(line)
-    bare = doc.get("payload", doc)["source"].get("table", "")
-    return parse_event(doc, {bare: truth.key}).table
 
 
 def qualified(table: str) -> sql.Composable:
@@ -78,34 +63,8 @@ def landed(value: Any) -> Any:
     return value
 
 
-def assert_same(found: dict[str, Any], expected: dict[str, Any]) -> None:
-    """Equal value AND equal type, column by column (Decimal('2.99') is not 2.99)."""
-    assert set(found) == set(expected)
-    for column, want in expected.items():
-        got = found[column]
-        assert got == want, f"{column}: {got!r} != {want!r}"
-        assert type(got) is type(want), f"{column}: {type(got)} is not {type(want)}"
-
-
-def run_fixture(tmp_path: Path, dsn: str, line: str, table: str, truth: Truth) -> list[str]:
-    """Feeds the line through the JSON-lines source into PostgreSQL; returns the reasons of
-    whatever was set aside (rejected by the source or parked by the destination)."""
-    events = tmp_path / "events.jsonl"
-    events.write_text(line + "\n")
-    config = dlq_config(tmp_path)
-    source = JsonLinesSource(
-        "src", events, OffsetStore(tmp_path / "offsets.json"), primary_keys={table: truth.key}
-    )
-    with DLQManager(config, background=False) as dlq:
-        pipeline = Pipeline(
-            "p", source, [PostgreSQLDestination("1", "PG", dsn)], dlq, config, batch_size=10
-        )
-        while pipeline.step():
-            pass
-        assert source.exhausted
-        pipeline.close()
-        parked = dlq.peek(QueueId("src", table, "1").parked, 10)
-    return [r.reason for r in source.rejected] + [m.failure.message for m in parked]
+def into_postgresql(tmp_path: Path, dsn: str, line: str, table: str, truth: Truth) -> list[str]:
+    return run_fixture(tmp_path, PostgreSQLDestination("1", "PG", dsn), line, table, truth)
 
 
 @pytest.mark.parametrize("truth", TRUTHS, ids=[t.fixture for t in TRUTHS])
@@ -115,7 +74,7 @@ def test_fixture_lands_exactly_in_postgresql_or_is_set_aside(
     line = one_line(truth.fixture)
     table = table_of(line, truth)
     make_table(pg_conn, table, truth)
-    reasons = run_fixture(tmp_path, postgres_dsn, line, table, truth)
+    reasons = into_postgresql(tmp_path, postgres_dsn, line, table, truth)
     rows = read_rows(pg_conn, table)
     assert all(PLACEHOLDER not in str(v) for r in rows for v in r.values())
     if truth.parked is not None:
@@ -140,7 +99,7 @@ def test_bytea_without_schema_is_never_written_as_its_base64_text(
     line = one_line(truth.fixture)
     table = table_of(line, truth)
     make_table(pg_conn, table, truth)
-    reasons = run_fixture(tmp_path, postgres_dsn, line, table, truth)
+    reasons = into_postgresql(tmp_path, postgres_dsn, line, table, truth)
     assert any("binary.handling.mode" in r for r in reasons), reasons
     assert read_rows(pg_conn, table) == []
 
@@ -151,10 +110,9 @@ def test_decimal_without_schema_as_base64_is_parked_naming_decimal_handling_mode
     """The payment fixture with its schema dropped (what schemas.enable=false sends: the
     same payload): amount "ASs=" cannot be read as 2.99 without the scale; parked."""
     (truth,) = [t for t in TRUTHS if t.fixture.endswith("payment_snapshot_decimal_schema.json")]
-    payload = json.loads(one_line(truth.fixture))["payload"]
-    line = json.dumps(payload)
+    line = schemaless(truth)
     table = table_of(line, truth)
     make_table(pg_conn, table, truth)
-    reasons = run_fixture(tmp_path, postgres_dsn, line, table, truth)
+    reasons = into_postgresql(tmp_path, postgres_dsn, line, table, truth)
     assert any("decimal.handling.mode" in r for r in reasons), reasons
     assert read_rows(pg_conn, table) == []
