@@ -4,6 +4,7 @@ PostgreSQL and Snowflake fixture tests alike."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,9 +62,33 @@ def run_fixture(
     )
     with DLQManager(config, background=False) as dlq:
         pipeline = Pipeline("p", source, [destination], dlq, config, batch_size=10)
-        while pipeline.step():
-            pass
-        assert source.exhausted
-        pipeline.close()
+        try:
+            while pipeline.step():
+                pass
+            assert source.exhausted
+        finally:
+            pipeline.close()
         parked = dlq.peek(QueueId("src", table, destination.destination_id).parked, 10)
     return [r.reason for r in source.rejected] + [m.failure.message for m in parked]
+
+
+def assert_outcome(
+    rows: list[dict[str, Any]],
+    reasons: list[str],
+    truth: Truth,
+    spelled: Callable[[dict[str, Any]], dict[str, Any]] = dict,
+) -> None:
+    """The table holds the true row (or nothing after a delete), or, for a change that cannot
+    be written exactly, exactly what it held, with the one reason set aside naming the fix.
+    ``spelled`` turns a true row into the destination's spelling of it."""
+    assert all(PLACEHOLDER not in str(v) for r in rows for v in r.values())
+    if truth.parked is not None:
+        assert len(reasons) == 1 and truth.parked in reasons[0], reasons
+        assert rows == ([spelled(truth.before)] if truth.before else [])
+        return
+    assert reasons == []
+    if truth.row is None:
+        assert rows == []
+    else:
+        assert len(rows) == 1
+        assert_same(rows[0], spelled(truth.row))

@@ -25,14 +25,7 @@ from uuid import UUID
 import pytest
 
 from destinations.snowflake.destination import SnowflakeDestination
-from tests.compute.sources.debezium_run import (
-    PLACEHOLDER,
-    assert_same,
-    one_line,
-    run_fixture,
-    schemaless,
-    table_of,
-)
+from tests.compute.sources import debezium_run as fixtures
 from tests.compute.sources.debezium_truth import TRUTHS, Truth
 from tests.destinations.snowflake import test_destination as shared
 
@@ -186,23 +179,11 @@ def test_fixture_lands_exactly_in_snowflake_or_is_set_aside(
     sf_schema: str,
     make_destination: Callable[..., SnowflakeDestination],
 ) -> None:
-    line = one_line(truth.fixture)
-    table = table_of(line, truth)
+    line = fixtures.one_line(truth.fixture)
+    table = fixtures.table_of(line, truth)
     name = make_table(sf_admin, sf_schema, table, truth)
-    reasons = run_fixture(tmp_path, make_destination(sf_schema), line, table, truth)
-    rows = read_rows(sf_admin, name, truth)
-    assert all(PLACEHOLDER not in str(v) for r in rows for v in r.values())
-    if truth.parked is not None:
-        assert len(reasons) == 1 and truth.parked in reasons[0], reasons
-        # Nothing written: the table holds what it held.
-        assert rows == ([in_snowflake(truth.before)] if truth.before else [])
-        return
-    assert reasons == []
-    if truth.row is None:
-        assert rows == []
-    else:
-        assert len(rows) == 1
-        assert_same(rows[0], in_snowflake(truth.row))
+    reasons = fixtures.run_fixture(tmp_path, make_destination(sf_schema), line, table, truth)
+    fixtures.assert_outcome(read_rows(sf_admin, name, truth), reasons, truth, in_snowflake)
 
 
 def test_bytea_without_schema_never_lands_in_binary_as_its_base64_text(
@@ -214,10 +195,10 @@ def test_bytea_without_schema_never_lands_in_binary_as_its_base64_text(
     """ "ASNFZ4mrze8=" is 01 23 45 67 89 AB CD EF only if it is base64: parked naming
     binary.handling.mode, the BINARY column never gets the text's bytes."""
     (truth,) = [t for t in TRUTHS if t.fixture.endswith("orders_other_types_noschema.json")]
-    line = one_line(truth.fixture)
-    table = table_of(line, truth)
+    line = fixtures.one_line(truth.fixture)
+    table = fixtures.table_of(line, truth)
     name = make_table(sf_admin, sf_schema, table, truth)
-    reasons = run_fixture(tmp_path, make_destination(sf_schema), line, table, truth)
+    reasons = fixtures.run_fixture(tmp_path, make_destination(sf_schema), line, table, truth)
     assert any("binary.handling.mode" in r for r in reasons), reasons
     assert read_rows(sf_admin, name, truth) == []
 
@@ -231,9 +212,9 @@ def test_decimal_without_schema_as_base64_is_parked_naming_decimal_handling_mode
     """The payment fixture's payload without its schema: amount "ASs=" is 2.99 only with the
     schema's scale; parked, never written into NUMBER(5,2)."""
     (truth,) = [t for t in TRUTHS if t.fixture.endswith("payment_snapshot_decimal_schema.json")]
-    line = schemaless(truth)
-    table = table_of(line, truth)
+    line = fixtures.schemaless(truth)
+    table = fixtures.table_of(line, truth)
     name = make_table(sf_admin, sf_schema, table, truth)
-    reasons = run_fixture(tmp_path, make_destination(sf_schema), line, table, truth)
+    reasons = fixtures.run_fixture(tmp_path, make_destination(sf_schema), line, table, truth)
     assert any("decimal.handling.mode" in r for r in reasons), reasons
     assert read_rows(sf_admin, name, truth) == []
