@@ -58,6 +58,7 @@ class PipelineStats:
     backpressure_reason: str | None = None
     last_error: str | None = None
     rejected_events: int = 0
+    skipped_events: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -236,6 +237,7 @@ class Pipeline:
         """Read one source batch and hand it to every lane; False if the source had none."""
         batch = self.source.read(self.batch_size)
         self.stats.rejected_events = self.source.rejected_count  # all, not the last kept
+        self.stats.skipped_events = self.source.skipped_count
         if not batch.records:
             if batch.resume_token:
                 with self._progress:
@@ -315,6 +317,7 @@ class Pipeline:
         if self._pending is None:
             batch = self.source.read(self.batch_size)
             self.stats.rejected_events = self.source.rejected_count  # all, not the last kept
+            self.stats.skipped_events = self.source.skipped_count
             if not batch.records:
                 if batch.resume_token:
                     self.source.acknowledge(batch.resume_token)
@@ -385,6 +388,7 @@ class Pipeline:
             "events": self.stats.events,
             "batches": self.stats.batches,
             "rejected_events": self.stats.rejected_events,
+            "skipped_events": self.stats.skipped_events,
             "backpressure_reason": self.stats.backpressure_reason,
             "last_error": self.stats.last_error,
             "destinations": [

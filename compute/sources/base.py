@@ -71,5 +71,10 @@ class Source(ABC):
         """Events set aside as malformed so far, every one (``rejected`` may keep only the last)."""
         return len(self.rejected)
 
+    @property
+    def skipped_count(self) -> int:
+        """Input skipped on purpose as carrying no change (Kafka tombstones), every one."""
+        return 0
+
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release files and handles."""

@@ -7,13 +7,16 @@ Each line is ``{"op": "c|u|d|r", "before": {...}|null, "after": {...}|null,
 JSON converter with schemas on).
 
 * Table: ``schema.table`` when ``source.schema`` is given, else ``table``.
-* Position: commit = ``source.lsn_commit`` if present, else ``source.lsn``
-  (an integer, a decimal string or a PostgreSQL ``'X/Y'`` LSN); seq =
+* Position: a connector's own coordinates when ``source`` has them
+  (``jsonl_positions``: PostgreSQL's ``sequence``, MySQL's ``file``/``pos``/
+  ``row``, SQL Server's ``commit_lsn``/``change_lsn``, MongoDB's ``ord``);
+  else commit = ``source.lsn_commit`` if present, else ``source.lsn`` (an
+  integer, a decimal string or a PostgreSQL ``'X/Y'`` LSN); seq =
   ``source.sequence``/``source.seq`` when it is an integer, else (decided by
   the reader) the event's order among the consecutive events of the same
-  commit. Debezium's own ``sequence`` string (``'["lastCommitLsn","lsn"]'``)
-  is not an in-transaction order and is ignored.
-* Key: the ``key`` object if present, else the columns named by ``source.pk``
+  commit. Both must fit 63 bits.
+* Key: the ``key`` object if present, else the Kafka message key carried
+  beside the value (``jsonl_message``), else the columns named by ``source.pk``
   or the ``primary_keys`` option, taken from ``after`` (from ``before`` for a
   delete). A change whose key cannot be determined is rejected.
 * Numbers with a fraction or exponent become ``Decimal``, so a numeric column
@@ -32,7 +35,13 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from compute.queue_id import lone_surrogate_problem
-from destinations.records import Operation, parse_pg_lsn
+from compute.sources.jsonl_positions import (
+    MAX_POSITION,
+    PositionError,
+    connector_position,
+    lsn_number,
+)
+from destinations.records import Operation
 
 _OPS = ", ".join(op.value for op in Operation)
 # Objects and arrays nested in one line, envelope included. Deep enough for any
@@ -87,11 +96,14 @@ def parse_json(text: str) -> Any:
     return doc
 
 
-def parse_event(doc: Any, primary_keys: Mapping[str, tuple[str, ...]]) -> ChangeEvent:
+def parse_event(
+    doc: Any, primary_keys: Mapping[str, tuple[str, ...]], message_key: Any = None
+) -> ChangeEvent:
     """Check a line's JSON value and take it apart; ``EventRejected`` says what is wrong.
 
     ``primary_keys``: the key columns of tables whose events name none, by
-    ``schema.table`` or bare table name.
+    ``schema.table`` or bare table name. ``message_key``: the Kafka message's
+    key carried beside the value (schema envelope removed), or None.
     """
     outer = doc
     if not isinstance(doc, dict):
@@ -118,14 +130,16 @@ def parse_event(doc: Any, primary_keys: Mapping[str, tuple[str, ...]]) -> Change
         after = None  # a delete leaves no row, whatever the event carries
     elif after is None:
         raise EventRejected(f"op {op.value!r} without an 'after' row")
-    commit = _position(source, "lsn_commit")
-    if commit is None:
-        commit = _position(source, "lsn")
-    if commit is None:
-        raise EventRejected("no position: 'source.lsn_commit' or 'source.lsn' is required")
-    explicit_seq = _sequence(source)
+    try:
+        given = connector_position(source, op.value)
+    except PositionError as exc:
+        raise EventRejected(str(exc)) from None
+    if given is not None:
+        commit, explicit_seq = given
+    else:
+        commit, explicit_seq = _plain_position(source)
     commit_ts = _commit_ts(source)
-    key = _key(doc, outer, source, table, op, before, after, primary_keys)
+    key = _key(doc, outer, source, table, op, before, after, primary_keys, message_key)
     return ChangeEvent(table, op, key, before, after, commit, explicit_seq, commit_ts)
 
 
@@ -138,8 +152,18 @@ def _key(
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
     primary_keys: Mapping[str, tuple[str, ...]],
+    message_key: Any,
 ) -> dict[str, Any]:
     given = doc.get("key", outer.get("key"))
+    if given is None and message_key is not None:
+        if not isinstance(message_key, dict) or not message_key:
+            raise EventRejected(
+                f"the message key is {_json_type(message_key)}: expected an object of "
+                "primary-key columns (Debezium's key)"
+            )
+        for column, value in message_key.items():
+            _check_key_value(column, value, "the message key")
+        return dict(message_key)
     if given is not None:
         if isinstance(given, dict) and set(given) == {"schema", "payload"}:
             given = given["payload"]  # a Kafka Connect key with its schema
@@ -242,19 +266,28 @@ def _row(doc: dict[str, Any], side: str) -> dict[str, Any] | None:
     return row
 
 
+def _plain_position(source: dict[str, Any]) -> tuple[int, int | None]:
+    commit = _position(source, "lsn_commit")
+    if commit is None:
+        commit = _position(source, "lsn")
+    if commit is None:
+        raise EventRejected(
+            "no position: 'source.lsn_commit' or 'source.lsn' is required (or a connector's "
+            "own: MySQL 'file'/'pos', SQL Server 'commit_lsn', MongoDB 'ord'/'ts_ms')"
+        )
+    return commit, _sequence(source)
+
+
 def _position(source: dict[str, Any], field: str) -> int | None:
     value = source.get(field)
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str):
-        if value.isdigit():
-            return int(value)
-        try:
-            return parse_pg_lsn(value)
-        except ValueError:
-            pass
+    try:
+        number = lsn_number(value, field)
+    except PositionError as exc:
+        raise EventRejected(str(exc)) from None
+    if number is not None:
+        return number
     raise EventRejected(
         f"'source.{field}' is not a position: {_json(value)} (expected a non-negative integer or "
         "a PostgreSQL LSN like '0/16B3748')"
@@ -266,10 +299,15 @@ def _sequence(source: dict[str, Any]) -> int | None:
         value = source.get(field)
         if value is None:
             continue
+        number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return value
-        if isinstance(value, str) and value.isdigit():
-            return int(value)
+            number = value
+        elif isinstance(value, str) and value.isdigit():
+            number = int(value)
+        if number is not None:
+            if number > MAX_POSITION:
+                raise EventRejected(f"'source.{field}' {number} does not fit a 63-bit position")
+            return number
         if isinstance(value, str) and value.startswith("["):
             continue  # Debezium's '["lastCommitLsn","lsn"]': not an order inside the transaction
         raise EventRejected(f"'source.{field}' must be a non-negative integer, not {_json(value)}")

@@ -6,7 +6,9 @@ the same commit. Without ``lsn_commit``, ``lsn`` is only a correct commit
 position when transactions do not interleave; a commit going backwards is
 logged once as a warning.
 
-Malformed lines are set aside, never crashed on: logged with line number and
+Tombstones (a ``null`` value: Kafka's marker after a delete, for compaction)
+carry no change: they are skipped, logged at DEBUG and counted
+(``skipped_count``). Malformed lines are set aside, never crashed on: logged with line number and
 reason, kept in ``rejected`` (the last ``max_rejected``) and appended to
 ``rejected_path`` when given. Their bytes count as read, so a restart does not
 report them again unless they are past the acknowledged token.
@@ -43,8 +45,8 @@ from compute.sources.jsonl_event import (
     column_list,
     decode_line,
     parse_event,
-    parse_json,
 )
+from compute.sources.jsonl_message import is_tombstone, split_message
 from compute.sources.offset_store import OffsetStore
 from destinations.records import ChangeRecord, SourcePosition
 
@@ -124,6 +126,7 @@ class JsonLinesSource(Source):
         self._rejected_path = Path(rejected_path) if rejected_path is not None else None
         self._rejected: deque[RejectedEvent] = deque(maxlen=max(0, max_rejected))
         self._rejected_total = 0  # all of them; _rejected keeps the last max_rejected
+        self._tombstones = 0
         self._max_line = max_line_bytes
         self._warned_backwards = False
         self._closed = False
@@ -205,6 +208,10 @@ class JsonLinesSource(Source):
     @property
     def rejected_count(self) -> int:
         return self._rejected_total
+
+    @property
+    def skipped_count(self) -> int:
+        return self._tombstones
 
     def close(self) -> None:
         self._closed = True
@@ -356,7 +363,11 @@ class JsonLinesSource(Source):
             text = decode_line(data)
             if not text.strip():
                 return None  # blank lines separate nothing and carry nothing
-            return self._record(parse_json(text), line_no)
+            message = split_message(text)
+            if is_tombstone(message.value):
+                self._skip_tombstone(line_no)
+                return None
+            return self._record(message.value, message.key, line_no)
         except EventRejected as exc:
             self._reject(line_no, start, str(exc), line.data)
         except Exception as exc:  # a bug here must not stop the stream; it is reported loudly
@@ -364,8 +375,8 @@ class JsonLinesSource(Source):
             self._reject(line_no, start, f"unexpected {type(exc).__name__}: {exc}", line.data)
         return None
 
-    def _record(self, doc: Any, line_no: int) -> ChangeRecord:
-        event = parse_event(doc, self._primary_keys)
+    def _record(self, doc: Any, message_key: Any, line_no: int) -> ChangeRecord:
+        event = parse_event(doc, self._primary_keys, message_key)
         commit = event.commit
         state = self._state
         if commit == state.tx_commit:
@@ -387,6 +398,16 @@ class JsonLinesSource(Source):
         )
 
     # --- reporting -------------------------------------------------------------------------------
+
+    def _skip_tombstone(self, line_no: int) -> None:
+        self._tombstones += 1
+        logger.debug(
+            "skipped tombstone source=%s file=%s line=%d skipped_total=%d",
+            self.source_id,
+            self.name,
+            line_no,
+            self._tombstones,
+        )
 
     def _reject(self, line_no: int, offset: int, reason: str, data: bytes) -> None:
         self._rejected_total += 1

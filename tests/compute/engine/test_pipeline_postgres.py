@@ -144,7 +144,8 @@ def test_a_value_over_64_bits_is_parked_exactly_and_the_events_behind_it_flow(
     tmp_path: Path, postgres_server_factory
 ) -> None:
     """10**25 for a bigint column: PostgreSQL refuses it, the DLQ keeps it exactly (its
-    position is 2**64), the good events behind it are written, a restart parks nothing again."""
+    position is 2**63 - 3, near the largest the source takes), the good events behind it are
+    written, a restart parks nothing again."""
     server = postgres_server_factory()
     make_table(server.dsn)
     events = tmp_path / "events.jsonl"
@@ -152,9 +153,9 @@ def test_a_value_over_64_bits_is_parked_exactly_and_the_events_behind_it_flow(
         "\n".join(
             [
                 _jsonl_event(1, 100, 1, 1000),
-                _jsonl_event(2, 10**25, 1, 2**64),  # numeric out of range (22003): parked
-                _jsonl_event(3, 300, 1, 2**64 + 1),
-                _jsonl_event(1, 110, 2, 2**64 + 2),
+                _jsonl_event(2, 10**25, 1, 2**63 - 3),  # numeric out of range (22003): parked
+                _jsonl_event(3, 300, 1, 2**63 - 2),
+                _jsonl_event(1, 110, 2, 2**63 - 1),
             ]
         )
         + "\n"
@@ -182,6 +183,6 @@ def test_a_value_over_64_bits_is_parked_exactly_and_the_events_behind_it_flow(
         (message,) = parked
         assert message.record.after == {"id": 2, "balance": 10**25, "v": 1}
         assert type(message.record.after["balance"]) is int
-        assert message.record.position == SourcePosition(2**64, 0)
+        assert message.record.position == SourcePosition(2**63 - 3, 0)
         assert message.failure.code == "22003"
         assert not dlq.has_messages(queue)

@@ -192,7 +192,8 @@ def test_positions_from_lsn_forms_and_sequences(tmp_path: Path) -> None:
             keyed(lsn="1/9", lsn_commit="1/10", sequence=7),  # explicit sequence
             keyed(lsn="2000", seq=3),  # decimal string, "seq" spelling
             keyed(lsn=2000),  # same commit: count 1
-            keyed(lsn=2001, sequence='["2000","2001"]'),  # Debezium's string: ignored
+            # Debezium's string: commit = the last commit before it, seq = its own lsn
+            keyed(lsn=2001, sequence='["2000","2001"]'),
         ],
     )
     records = drain(JsonLinesSource("src", path, None))
@@ -203,7 +204,7 @@ def test_positions_from_lsn_forms_and_sequences(tmp_path: Path) -> None:
         SourcePosition((1 << 32) | 0x10, 7),
         SourcePosition(2000, 3),
         SourcePosition(2000, 1),
-        SourcePosition(2001, 0),
+        SourcePosition(2000, 2001),
     ]
 
 
@@ -535,8 +536,8 @@ def test_values_of_any_size_and_nesting_up_to_the_limit_are_kept_exactly(tmp_pat
     line = keyed(
         key={"id": 10**25},
         after={"id": 10**25, "neg": -(2**64), "doc": doc, "s": "\udc80", "f": 1e400},
-        lsn=2**64,
-        seq=2**70,
+        lsn=2**63 - 1,  # the largest a bigint position column holds
+        seq=2**63 - 1,
     )
     records, source = one(tmp_path, line)
     assert not source.rejected
@@ -545,7 +546,11 @@ def test_values_of_any_size_and_nesting_up_to_the_limit_are_kept_exactly(tmp_pat
     assert record.after is not None
     assert record.after["neg"] == -(2**64) and record.after["doc"] == doc
     assert record.after["s"] == "\udc80"  # stored exactly by the DLQ (never re-encoded here)
-    assert record.position == SourcePosition(2**64, 2**70)
+    assert record.position == SourcePosition(2**63 - 1, 2**63 - 1)
+    for field, value in (("lsn", 2**63), ("lsn_commit", 2**64), ("seq", 2**70)):
+        _, refused = one(tmp_path, keyed(**{"lsn": 1, field: value}))
+        (rejected,) = refused.rejected
+        assert rejected.reason == f"'source.{field}' {value} does not fit a 63-bit position"
 
 
 _json_values = st.recursive(
@@ -568,7 +573,7 @@ _json_values = st.recursive(
 @given(
     key=st.one_of(st.integers(), st.text(min_size=1, max_size=5)),
     after=st.dictionaries(st.text(min_size=1, max_size=5), _json_values, max_size=4),
-    lsn=st.integers(min_value=0),
+    lsn=st.integers(min_value=0, max_value=2**63 - 1),
 )
 def test_every_event_the_source_accepts_is_stored_exactly_by_the_dlq(
     key: Any, after: dict[str, Any], lsn: int

@@ -38,6 +38,7 @@ BROKEN: list[dict[str, Any]] = [
     {"op": "c", "after": ROW, "source": {"table": "u", "lsn_commit": -1}, "key": ROW},
     {"op": "c", "after": ROW, "source": {"table": "u"}, "key": ROW},
     {"op": "c", "after": ROW, "source": {"table": "u", "lsn": "16B3748"}, "key": ROW},
+    {"op": "c", "after": ROW, "source": {"table": "u", "lsn": 2**63}, "key": ROW},
     {"op": "c", "after": ROW, "source": {**U, "seq": "first"}, "key": ROW},
     {"op": "c", "after": ROW, "source": {**U, "ts_ms": "2024-12-01"}, "key": ROW},
     {"op": "c", "after": ROW, "source": U, "key": {}},
