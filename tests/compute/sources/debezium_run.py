@@ -86,7 +86,7 @@ def assert_outcome(
         assert len(reasons) == 1 and truth.parked in reasons[0], reasons
         assert rows == ([spelled(truth.before)] if truth.before else [])
         return
-    assert reasons == []
+    assert reasons == [], reasons
     if truth.row is None:
         assert rows == []
     else:

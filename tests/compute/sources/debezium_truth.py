@@ -198,8 +198,9 @@ TRUTHS: tuple[Truth, ...] = (
         ("o_key",),
         None,
         # o_bytea "ASNFZ4mrze8=" is 01 23 45 67 89 AB CD EF, but without a schema it is just
-        # text: never written as its ASCII bytes; parked naming binary.handling.mode.
-        parked="binary.handling.mode",
+        # text: never written as its ASCII bytes; parked naming the setting that fixes it,
+        # schemas in the converter (binary.handling.mode=hex text is no more telling).
+        parked="value.converter.schemas.enable=true",
     ),
     Truth(
         "mysql/customers_create_schema.json",

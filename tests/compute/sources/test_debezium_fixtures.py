@@ -80,14 +80,14 @@ def test_fixture_lands_exactly_in_postgresql_or_is_set_aside(
 def test_bytea_without_schema_is_never_written_as_its_base64_text(
     tmp_path: Path, postgres_dsn: str, pg_conn: Any
 ) -> None:
-    """The base64 of a schemaless bytea is parked naming binary.handling.mode; the ASCII
+    """The base64 of a schemaless bytea is parked naming the converter's schemas; the ASCII
     bytes of "ASNFZ4mrze8=" never reach the column."""
     (truth,) = [t for t in TRUTHS if t.fixture.endswith("orders_other_types_noschema.json")]
     line = one_line(truth.fixture)
     table = table_of(line, truth)
     make_table(pg_conn, table, truth)
     reasons = into_postgresql(tmp_path, postgres_dsn, line, table, truth)
-    assert any("binary.handling.mode" in r for r in reasons), reasons
+    assert any("value.converter.schemas.enable=true" in r for r in reasons), reasons
     assert read_rows(pg_conn, table) == []
 
 
