@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from psycopg2 import sql
@@ -18,6 +19,8 @@ from tests.compute.sources.debezium_run import (
     table_of,
 )
 from tests.compute.sources.debezium_truth import TRUTHS, Truth
+
+UUID_OID = 2950  # pg_type.oid of uuid
 
 
 def qualified(table: str) -> sql.Composable:
@@ -52,13 +55,20 @@ def read_rows(conn: Any, table: str) -> list[dict[str, Any]]:
     with conn.cursor() as cur:
         cur.execute(sql.SQL("SELECT * FROM {}").format(qualified(table)))
         names = [d[0] for d in cur.description]
-        return [dict(zip(names, (landed(v) for v in r), strict=True)) for r in cur.fetchall()]
+        oids = [d[1] for d in cur.description]
+        return [
+            {n: landed(v, oid) for n, v, oid in zip(names, r, oids, strict=True)}
+            for r in cur.fetchall()
+        ]
 
 
-def landed(value: Any) -> Any:
-    """psycopg2's value as the truth spells it: bytea as its digest, uuid as UUID."""
+def landed(value: Any, type_oid: int) -> Any:
+    """psycopg2's value as the truth spells it: bytea as its digest, uuid as UUID (psycopg2
+    reads a uuid column as str unless told otherwise)."""
     if isinstance(value, memoryview):
         return ("sha256", hashlib.sha256(bytes(value)).hexdigest())
+    if type_oid == UUID_OID and value is not None:
+        return UUID(value)
     return value
 
 
