@@ -370,10 +370,13 @@ class JsonLinesSource(Source):
                 raise EventRejected(f"line longer than {self._max_line} bytes")
             text = decode_line(data)
             if not text.strip():
-                return None  # blank lines separate nothing and carry nothing
+                # Carries nothing; but ``kcat -f '%s\n'`` prints a tombstone (a null
+                # value) as an empty line: counted, so it does not pass without a trace.
+                self._skip(line_no, "empty line")
+                return None
             message = split_message(text)
             if is_tombstone(message.value):
-                self._skip_tombstone(line_no)
+                self._skip(line_no, "tombstone")
                 return None
             return self._record(message, line_no)
         except EventRejected as exc:
@@ -414,10 +417,11 @@ class JsonLinesSource(Source):
 
     # --- reporting -------------------------------------------------------------------------------
 
-    def _skip_tombstone(self, line_no: int) -> None:
+    def _skip(self, line_no: int, what: str) -> None:
         self._tombstones += 1
         logger.debug(
-            "skipped tombstone source=%s file=%s line=%d skipped_total=%d",
+            "skipped %s source=%s file=%s line=%d skipped_total=%d",
+            what,
             self.source_id,
             self.name,
             line_no,

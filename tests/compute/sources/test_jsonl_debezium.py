@@ -162,16 +162,17 @@ def test_tombstones_are_skipped_and_counted_not_rejected(
         "null",
         json.dumps({"schema": None, "payload": None}),
         '{"id": 1004}\t',  # key TAB nothing
-        "",  # a blank line: skipped, not counted
+        "",  # kcat -f '%s\n' prints a tombstone as an empty line: skipped, counted
         json.dumps(MYSQL_UPDATE),
     ]
     with caplog.at_level(logging.DEBUG, logger="compute.sources.jsonl_source"):
         records, source = read(tmp_path, lines, primary_keys={"customers": ["id"]})
     assert [r.op for r in records] == [Operation.DELETE, Operation.UPDATE]
     assert source.rejected == () and source.rejected_count == 0
-    assert source.skipped_count == 4
-    logged = [r.getMessage() for r in caplog.records if "tombstone" in r.getMessage()]
-    assert len(logged) == 4 and "line=3" in logged[1] and "skipped_total=2" in logged[1]
+    assert source.skipped_count == 5
+    logged = [r.getMessage() for r in caplog.records if "skipped " in r.getMessage()]
+    assert len(logged) == 5 and "line=3" in logged[1] and "skipped_total=2" in logged[1]
+    assert logged[4].startswith("skipped empty line") and "line=6" in logged[4]
 
 
 # --- snapshots -----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ BROKEN: list[dict[str, Any]] = [
     {"op": "c", "after": ROW, "key": ROW},
     {"op": "c", "after": ROW, "source": "users", "key": ROW},
     {"op": "c", "after": ROW, "source": {"lsn": 1}, "key": ROW},
+    {"op": "c", "after": ROW, "source": {"table": "", "lsn": 1}, "key": ROW},
     {"op": "c", "after": ROW, "source": {"table": "a\x00b", "lsn": 1}, "key": ROW},
     {"op": "c", "after": ROW, "source": {**U, "schema": 5}, "key": ROW},
     {"op": "c", "after": ROW, "source": {"table": "u", "lsn_commit": -1}, "key": ROW},
