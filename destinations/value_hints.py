@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
+from functools import partial
+from operator import attrgetter, is_not
 from typing import Any
 
 from destinations.errors import PermanentDestinationError
 
 _ZERO = timedelta(0)
+_TZINFO = attrgetter("tzinfo")
+_NOT_NONE = partial(is_not, None)
 DECIMAL_LITERAL = re.compile(
     r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|nan|infinity|inf)\s*", re.IGNORECASE
 )
@@ -125,6 +129,14 @@ def check_time_of_day(column: str, column_type: str, values: Any) -> None:
 
 def check_offset(column: str, column_type: str, values: Any, fix: str) -> None:
     """Refuse a datetime with a non-UTC offset for a column without a zone: it would be dropped."""
+    # The usual batch (naive datetimes, or UTC) is answered at C speed: the set of
+    # tzinfos. A zone whose offset depends on the date is checked value by value.
+    try:
+        zones = set(map(_TZINFO, filter(_NOT_NONE, values)))
+    except AttributeError:  # other kinds of values beside the datetimes
+        zones = {...}
+    if all(zone is None or zone is UTC for zone in zones):
+        return
     each(
         values,
         datetime,
