@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -57,6 +57,9 @@ class Destination(ABC):
         # Events per live write and messages per replay batch to this destination
         # (its ``batch_size`` option); None: the pipeline's batch_size, DLQ_BATCH_SIZE.
         self.max_batch_size: int | None = None
+        # Source tables whose changes are inserts only (the pipeline's
+        # ``append_only``), applied once each by their source position.
+        self.append_only: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------ hooks
 
@@ -99,6 +102,23 @@ class Destination(ABC):
     def last_health_error(self) -> str | None:
         """Why the last ``test_connection`` failed, when the destination knows."""
         return None
+
+    def check_tables(self, keys: Mapping[str, tuple[str, ...] | None]) -> list[str]:
+        """What this destination lacks to apply the changes of each table in ``keys``.
+
+        ``keys`` maps a source table to its key columns (None: not known
+        before its events arrive); a table in ``append_only`` takes inserts
+        only. One line per table that cannot be written, naming the table,
+        what is missing and the fix. Called once at start-up; a destination
+        it cannot reach answers no problem (its writes queue until it is
+        back). By default nothing is checked.
+        """
+        return []
+
+    @final
+    def appends_only(self, table: str) -> bool:
+        """True when ``table`` (``public.t``, or its bare name) is declared append-only."""
+        return table in self.append_only or table.rpartition(".")[2] in self.append_only
 
     # ------------------------------------------------------------ the framework's own
 
