@@ -11,7 +11,7 @@ from typing import Any, final
 from config.redact import redact
 from destinations.errors import ClassifiedError
 from destinations.health_probe import HealthProbe
-from destinations.records import ChangeRecord
+from destinations.records import ChangeRecord, Operation
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +119,14 @@ class Destination(ABC):
     def appends_only(self, table: str) -> bool:
         """True when ``table`` (``public.t``, or its bare name) is declared append-only."""
         return table in self.append_only or table.rpartition(".")[2] in self.append_only
+
+    @final
+    def refused_as_append_only(self, records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
+        """The updates and deletes among ``records`` (one table's) when that table is
+        append-only (declared, or its changes carry no key): no row to apply them to."""
+        if not records or not (self.appends_only(records[0].table) or not records[0].key):
+            return []
+        return [r for r in records if r.op in (Operation.UPDATE, Operation.DELETE)]
 
     # ------------------------------------------------------------ the framework's own
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from destinations.errors import PermanentDestinationError
+from destinations.errors import PermanentDestinationError, append_only_refusal
 from destinations.net_effect import ColumnBatch
 from destinations.postgresql.apply import TableInfo
 from destinations.postgresql.position_guard import with_positions, without_positions
@@ -48,11 +48,7 @@ def append_groups(info: TableInfo, records: Sequence[ChangeRecord]) -> list[Colu
     seen: set[tuple[int, int]] = set()
     for record in records:
         if record.op not in _ROW_OPS or record.after is None:
-            raise PermanentDestinationError(
-                f"{record.op.name.lower()} of append-only table {record.table} at "
-                f"{record.position}: an append-only table takes inserts only (its rows have "
-                "no key to update or delete by); parked, the table is left as it was"
-            )
+            raise PermanentDestinationError(append_only_refusal(record))
         if record.position in seen:  # the same change twice in one batch: once is enough
             continue
         seen.add(record.position)
