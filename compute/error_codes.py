@@ -30,6 +30,9 @@ EXIT_NOT_FOUND = 3  # no such queue, message or DLQ directory
 EXIT_UNREACHABLE = 4  # the engine holds the queues but its admin API does not answer
 EXIT_CONFLICT = 5  # the operation contradicts the queue's state (e.g. ids already present)
 EXIT_DESTINATION_DOWN = 6  # a replay found its destination unreachable: nothing lost, retry later
+# ``rosetta run`` ended with changes waiting for an operator: parked ones, or events its
+# sources rejected; nothing is lost, everything is on disk.
+EXIT_NEEDS_OPERATOR = 7
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,8 @@ CREATE TABLE rosetta_pipelines (
     source_options jsonb NOT NULL DEFAULT '{}',   -- as [pipelines.source], without id/type
     batch_size     integer NOT NULL DEFAULT 500,
     retry          text NOT NULL DEFAULT 'aggressive',
+    tables         text[] NOT NULL DEFAULT '{}',  -- tables checked at start-up
+    append_only    text[] NOT NULL DEFAULT '{}',  -- inserts only, e.g. {public.audit_log}
     enabled        boolean NOT NULL DEFAULT true
 );
 CREATE TABLE rosetta_destinations (
@@ -34,10 +36,12 @@ CREATE TABLE rosetta_destinations (
 );
 """
 
+# Each row whole, as JSON: a database made before the tables and append_only
+# columns existed reads as if they were empty.
 _PIPELINES_QUERY = """
-SELECT name, source_id, source_type, source_options, batch_size, retry
-FROM rosetta_pipelines WHERE enabled ORDER BY name
+SELECT to_jsonb(p) FROM rosetta_pipelines p WHERE enabled ORDER BY name
 """
+_PIPELINE_FIELDS = ("name", "batch_size", "retry", "tables", "append_only")
 _DESTINATIONS_QUERY = """
 SELECT pipeline, id, name, type, options FROM rosetta_destinations ORDER BY pipeline, id
 """
@@ -86,13 +90,15 @@ def read_pipeline_config(url: str, env: Mapping[str, str]) -> list[PipelineSpec]
     data = {
         "pipelines": [
             {
-                "name": name,
-                "batch_size": batch_size,
-                "retry": retry,
-                "source": {**(options or {}), "id": source_id, "type": source_type},
-                "destinations": by_pipeline.get(name, []),
+                **{k: row[k] for k in _PIPELINE_FIELDS if row.get(k) is not None},
+                "source": {
+                    **(row.get("source_options") or {}),
+                    "id": row.get("source_id"),
+                    "type": row.get("source_type"),
+                },
+                "destinations": by_pipeline.get(row.get("name"), []),
             }
-            for name, source_id, source_type, options, batch_size, retry in pipelines
+            for (row,) in pipelines
         ]
     }
     return parse_pipelines(data, env, where="config database")

@@ -6,6 +6,8 @@ TOML schema (``ROSETTA_PIPELINES_FILE``)::
     name = "orders"                 # unique
     batch_size = 500                # events per source read (default 500)
     retry = "aggressive"            # in-place retry preset for live writes
+    tables = ["public.orders"]      # tables checked at start-up (besides table_map, primary_keys)
+    append_only = ["public.audit_log"]  # inserts only, made idempotent by their position
 
     [pipelines.source]
     id = "1"
@@ -77,6 +79,12 @@ class PipelineSpec:
     destinations: tuple[DestinationSpec, ...]
     batch_size: int = 500
     retry: str = "aggressive"
+    # Source tables checked at start-up besides those ``table_map`` and
+    # ``primary_keys`` name.
+    tables: tuple[str, ...] = ()
+    # Source tables whose changes are inserts only, applied once each by
+    # their source position rather than upserted by a key.
+    append_only: tuple[str, ...] = ()
 
 
 def load_pipelines_file(path: str | Path, env: Mapping[str, str]) -> list[PipelineSpec]:
@@ -172,6 +180,8 @@ def _parse_pipeline(
     retry = raw.get("retry", "aggressive")
     if retry not in RETRY_PRESETS:
         problems.append(f"{at}: 'retry' must be one of {', '.join(RETRY_PRESETS)}, got {retry!r}")
+    tables = _table_list(raw, "tables", at, problems)
+    append_only = _table_list(raw, "append_only", at, problems)
     source = _parse_source(raw.get("source"), f"{at}.source", problems)
     raw_destinations = raw.get("destinations")
     destinations: list[DestinationSpec] = []
@@ -188,7 +198,23 @@ def _parse_pipeline(
             destinations.append(destination)
     if name is None or source is None:
         return None
-    return PipelineSpec(name, source, tuple(destinations), batch_size, str(retry))
+    return PipelineSpec(
+        name, source, tuple(destinations), batch_size, str(retry), tables, append_only
+    )
+
+
+def _table_list(raw: Mapping[str, Any], key: str, at: str, problems: list[str]) -> tuple[str, ...]:
+    """A list of qualified table names (``public.audit_log``); empty when absent."""
+    value = raw.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        problems.append(
+            f"{at}: '{key}' must be a list of table names like [\"public.audit_log\"], "
+            f"got {value!r}"
+        )
+        return ()
+    return tuple(dict.fromkeys(v.strip() for v in value))
 
 
 def _parse_source(raw: Any, at: str, problems: list[str]) -> SourceSpec | None:

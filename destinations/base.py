@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
 from config.redact import redact
 from destinations.errors import ClassifiedError
 from destinations.health_probe import HealthProbe
-from destinations.records import ChangeRecord
+from destinations.records import ChangeRecord, Operation
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,9 @@ class Destination(ABC):
         # Events per live write and messages per replay batch to this destination
         # (its ``batch_size`` option); None: the pipeline's batch_size, DLQ_BATCH_SIZE.
         self.max_batch_size: int | None = None
+        # Source tables whose changes are inserts only (the pipeline's
+        # ``append_only``), applied once each by their source position.
+        self.append_only: frozenset[str] = frozenset()
 
     # ------------------------------------------------------------ hooks
 
@@ -99,6 +102,31 @@ class Destination(ABC):
     def last_health_error(self) -> str | None:
         """Why the last ``test_connection`` failed, when the destination knows."""
         return None
+
+    def check_tables(self, keys: Mapping[str, tuple[str, ...] | None]) -> list[str]:
+        """What this destination lacks to apply the changes of each table in ``keys``.
+
+        ``keys`` maps a source table to its key columns (None: not known
+        before its events arrive); a table in ``append_only`` takes inserts
+        only. One line per table that cannot be written, naming the table,
+        what is missing and the fix. Called once at start-up; a destination
+        it cannot reach answers no problem (its writes queue until it is
+        back). By default nothing is checked.
+        """
+        return []
+
+    @final
+    def appends_only(self, table: str) -> bool:
+        """True when ``table`` (``public.t``, or its bare name) is declared append-only."""
+        return table in self.append_only or table.rpartition(".")[2] in self.append_only
+
+    @final
+    def refused_as_append_only(self, records: Sequence[ChangeRecord]) -> list[ChangeRecord]:
+        """The updates and deletes among ``records`` (one table's) when that table is
+        append-only (declared, or its changes carry no key): no row to apply them to."""
+        if not records or not (self.appends_only(records[0].table) or not records[0].key):
+            return []
+        return [r for r in records if r.op in (Operation.UPDATE, Operation.DELETE)]
 
     # ------------------------------------------------------------ the framework's own
 

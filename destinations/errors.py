@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from config.errors import RosettaError
+from destinations.records import ChangeRecord
 
 
 class FailureKind(StrEnum):
@@ -29,6 +30,15 @@ class ClassifiedError:
     @property
     def is_transient(self) -> bool:
         return self.kind is FailureKind.TRANSIENT
+
+
+def append_only_refusal(record: ChangeRecord) -> str:
+    """Why ``record``, an update or delete of an append-only table, is parked."""
+    return (
+        f"{record.op.name.lower()} of append-only table {record.table} at "
+        f"{record.position}: an append-only table takes inserts only (its rows have "
+        "no key to update or delete by); parked, the table is left as it was"
+    )
 
 
 class DestinationError(RosettaError):

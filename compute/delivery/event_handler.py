@@ -35,6 +35,7 @@ from typing import Any
 from compute.codec.failure_context import FailureContext
 from compute.codec.message import DLQMessage, encode_message
 from compute.delivery.failures import (
+    append_only_failure,
     capture_failure,
     classify_or_transient,
     held_behind_failure,
@@ -51,7 +52,7 @@ from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread
 from destinations.base import Destination
 from destinations.errors import FailureKind
-from destinations.records import ChangeRecord
+from destinations.records import ChangeRecord, Operation
 
 logger = logging.getLogger(__name__)
 
@@ -236,6 +237,12 @@ class EventHandler:
                 queue, records, deferred_failure(f"destination unhealthy: {reason}", now)
             )
             return
+        refused = destination.refused_as_append_only(records)
+        if refused:  # rare: parked at once rather than narrowed down by failed writes
+            self._park(
+                queue, [DLQMessage.create(queue, r, append_only_failure(r, now)) for r in refused]
+            )
+            records = [r for r in records if r.op not in (Operation.UPDATE, Operation.DELETE)]
         to_write = records
         parked = self.dlq.parked_keys(queue)
         if parked:  # rare: only after a poison event in this queue

@@ -17,7 +17,8 @@ from compute.codec.failure_context import FailureContext
 from compute.delivery.short_stack import short_stack
 from config.redact import redact
 from destinations.base import Destination
-from destinations.errors import ClassifiedError, FailureKind
+from destinations.errors import ClassifiedError, FailureKind, append_only_refusal
+from destinations.records import ChangeRecord
 
 # What a stored failure keeps of an error's text: enough to act on, bounded
 # because every queued change carries one (its stack: ``short_stack``).
@@ -62,6 +63,18 @@ def held_behind_failure(now: float, own: FailureContext | None = None) -> Failur
         stack=own.stack,
         attempts=own.attempts,
         first_failure_at=own.first_failure_at or now,
+    )
+
+
+def append_only_failure(record: ChangeRecord, now: float) -> FailureContext:
+    """Context of an update or delete parked because its table is append-only."""
+    return FailureContext(
+        error_class="AppendOnlyTable",
+        message=append_only_refusal(record),
+        kind=FailureKind.PERMANENT,
+        attempts=0,
+        first_failure_at=now,
+        last_failure_at=now,
     )
 
 

@@ -117,7 +117,13 @@ class ParkingBatch:
 
 
 def record_key(record: ChangeRecord) -> tuple[Any, ...]:
-    """A hashable identity of the row a change applies to."""
+    """A hashable identity of the row a change applies to.
+
+    A change without a key (an append-only table's) is a row of its own: its
+    position names it, so one parked change holds no other back.
+    """
+    if not record.key:
+        return (record.table, ("", tuple(record.position)))
     try:
         key = (record.table, *record.key.items())
         hash(key)

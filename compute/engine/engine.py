@@ -12,11 +12,15 @@ from typing import TYPE_CHECKING, Any
 from compute.delivery.health import HealthSnapshot
 from compute.dlq.manager import DLQManager
 from compute.engine.pipeline import Pipeline, PipelineState
+from compute.engine.run_summary import RunSummary, summarize
+from compute.engine.table_check import table_problems
+from compute.error_codes import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK
 from compute.observability.alerts import AlertMonitor
 from compute.observability.metrics import DLQMetrics
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
 from compute.sources.factory import build_source
+from config.errors import ConfigError
 from config.pipelines import PipelineSpec
 from config.settings import Settings
 from destinations.factory import build_destination, check_destinations
@@ -55,9 +59,10 @@ class Engine:
         self._pipeline_factory = pipeline_factory or self._build_pipeline
         self._stopping = threading.Event()
         self.admin: AdminServer | None = None
+        self.summary: RunSummary | None = None  # set by stop()
 
     def _build_pipeline(self, spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
-        source = build_source(spec.source, self.settings.state_path)
+        source = build_source(spec.source, self.settings.state_path, append_only=spec.append_only)
         destinations = [build_destination(d) for d in spec.destinations]
         return Pipeline(
             spec.name,
@@ -74,7 +79,11 @@ class Engine:
         try:
             for spec in self.specs:
                 self.pipelines.append(self._pipeline_factory(spec, self.dlq))
+            self._check_tables()
         except Exception:
+            for pipeline in self.pipelines:
+                pipeline.close()
+            self.pipelines = []
             self.dlq.close()
             raise
         existing = self.dlq.refresh_all_status()
@@ -91,6 +100,16 @@ class Engine:
             except Exception:
                 self.stop()
                 raise
+
+    def _check_tables(self) -> None:
+        """Refuse to start, one line per table, when a known table cannot be written."""
+        problems = []
+        for spec, pipeline in zip(self.specs, self.pipelines, strict=True):
+            for destination in pipeline.destinations:
+                destination.append_only |= frozenset(spec.append_only)
+            problems += table_problems(spec, pipeline.source, pipeline.destinations)
+        if problems:
+            raise ConfigError(problems)
 
     def _start_admin(self) -> None:
         """The admin API, and ``<DLQ_BASE_PATH>/admin.json`` so the CLI can find it."""
@@ -181,6 +200,8 @@ class Engine:
             self.alerts.stop(timeout)
         for pipeline in self.pipelines:
             pipeline.stop(timeout)
+        # Before the queues close: it counts what is still parked in them.
+        self.summary = summarize(self.pipelines, self.dlq)
         for pipeline in self.pipelines:
             pipeline.close()
         if self.metrics is not None:
@@ -192,9 +213,11 @@ class Engine:
     def run_forever(self) -> int:
         """Run until SIGTERM or SIGINT (or every finite source is done), then stop cleanly.
 
-        Returns 0, or 1 when a pipeline failed: the process should exit
-        non-zero so that its supervisor notices and restarts it; whatever
-        was queued stays on disk for the next run.
+        Logs the run's summary line last. Returns 0; 1 when a pipeline
+        failed (the process should exit non-zero so that its supervisor
+        notices and restarts it; whatever was queued stays on disk for the
+        next run); 7 when the run ended with changes waiting for an operator
+        (parked changes still parked, or events the source rejected).
         """
         requested = threading.Event()
 
@@ -221,7 +244,20 @@ class Engine:
             self.stop()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-        return 1 if failed else 0
+        summary = self.summary or RunSummary()
+        if failed:
+            logger.info("%s", summary.line())
+            return EXIT_FAILED
+        if summary.needs_operator:
+            logger.warning(
+                "%s: changes wait for an operator (rosetta dlq list; the source's "
+                "rejected events), exiting with %d",
+                summary.line(),
+                EXIT_NEEDS_OPERATOR,
+            )
+            return EXIT_NEEDS_OPERATOR
+        logger.info("%s", summary.line())
+        return EXIT_OK
 
     def _queued(self, pipeline: Pipeline) -> bool:
         assert self.dlq is not None

@@ -56,6 +56,15 @@ class Source(ABC):
     def acknowledge(self, resume_token: str) -> None:
         """Persist that everything up to ``resume_token`` is safe."""
 
+    def declared_tables(self) -> Sequence[str]:
+        """Tables the source's configuration names, known before any event (checked at start)."""
+        return ()
+
+    def key_columns(self, table: str) -> tuple[str, ...] | None:
+        """The key columns ``table``'s changes carry: () when it has none (append-only at
+        best), None when not known before its events arrive (each event names its key)."""
+        return None
+
     @property
     def exhausted(self) -> bool:
         """True when a finite source has nothing more to give (a file read to its end)."""

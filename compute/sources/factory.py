@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from compute.sources.base import Source
@@ -10,8 +11,11 @@ from config.errors import ConfigError
 from config.pipelines import SourceSpec
 
 
-def build_source(spec: SourceSpec, state_path: Path) -> Source:
-    """The source ``spec`` describes, resuming from its offsets under ``state_path``."""
+def build_source(spec: SourceSpec, state_path: Path, *, append_only: Sequence[str] = ()) -> Source:
+    """The source ``spec`` describes, resuming from its offsets under ``state_path``.
+
+    ``append_only``: the pipeline's tables whose changes carry no key.
+    """
     offsets = OffsetStore(Path(state_path) / "offsets" / f"source_{spec.id}.json")
     options = dict(spec.options)
     try:
@@ -25,7 +29,7 @@ def build_source(spec: SourceSpec, state_path: Path) -> Source:
             from compute.sources.jsonl_source import JsonLinesSource
 
             path = options.pop("path")
-            return JsonLinesSource(spec.id, path, offsets, **options)
+            return JsonLinesSource(spec.id, path, offsets, append_only=append_only, **options)
     except (TypeError, ValueError) as error:
         raise ConfigError([f"source {spec.id} ({spec.type}): bad option: {error}"]) from None
     raise ConfigError([f"source {spec.id}: unknown type {spec.type!r}"])

@@ -223,7 +223,9 @@ def _key(
         columns = column_list(columns)
     else:
         bare = table.rpartition(".")[2]
-        columns = primary_keys.get(table) or primary_keys.get(bare)
+        columns = primary_keys.get(table, primary_keys.get(bare))
+        if columns == ():  # an append-only table: its changes carry no key
+            return {}
     if not columns:
         raise EventRejected(
             f"no primary key for table {table}: give a 'key' object or configure primary_keys"

@@ -118,6 +118,7 @@ class JsonLinesSource(Source):
         max_rejected: int = 1000,
         max_line_bytes: int = 16 * 1024 * 1024,
         unavailable_value_placeholder: str | Sequence[str] = DEFAULT_PLACEHOLDERS,
+        append_only: Sequence[str] = (),
     ) -> None:
         super().__init__(source_id)
         if max_line_bytes < 1:
@@ -125,6 +126,8 @@ class JsonLinesSource(Source):
         self._follow = follow
         self._offsets = offsets
         self._primary_keys = {t: column_list(cols) for t, cols in (primary_keys or {}).items()}
+        for table in append_only:  # no key: its changes are applied as new rows
+            self._primary_keys.setdefault(table, ())
         # Debezium's ``unavailable.value.placeholder``: a column holding it is left
         # out of the change (an unchanged TOASTed value), so the destination keeps it.
         placeholder = unavailable_value_placeholder
@@ -161,6 +164,13 @@ class JsonLinesSource(Source):
             self._start_stream(stream)  # type: ignore[arg-type]
 
     # --- Source ----------------------------------------------------------------------------------
+
+    def declared_tables(self) -> Sequence[str]:
+        return tuple(self._primary_keys)
+
+    def key_columns(self, table: str) -> tuple[str, ...] | None:
+        bare = table.rpartition(".")[2]
+        return self._primary_keys.get(table, self._primary_keys.get(bare))
 
     def read(self, max_events: int) -> SourceBatch:
         if max_events < 1:

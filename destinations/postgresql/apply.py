@@ -320,3 +320,17 @@ def stage_chunks(
             nulls = [NULL] * count  # a delete sets only its key (and position)
             fields = [copy_column(given[c][start:end]) if c in given else nulls for c in columns]
             yield copy_lines([*fields, ["t"] * count])
+
+
+def apply_append(cur: PgCursor, info: TableInfo, groups: Sequence[ColumnBatch]) -> None:
+    """Append-only tables: insert each change as a new row, once.
+
+    ``groups`` carry the position columns last (``with_positions``); the
+    target's unique constraint on them turns a replayed insert into nothing.
+    """
+    conflict = idents(POSITION_COLUMNS)
+    for group in groups:
+        query = sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO NOTHING").format(
+            info.ident, idents(group.columns), sql.Placeholder(), conflict
+        )
+        _execute_values(cur, query, group, _template(info, group.columns))

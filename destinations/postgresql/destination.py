@@ -43,8 +43,10 @@ from destinations.errors import (
     PermanentDestinationError,
 )
 from destinations.net_effect import BatchLayout, layout, net_effect
+from destinations.postgresql.append_only import append_groups
 from destinations.postgresql.apply import (
     TableInfo,
+    apply_append,
     apply_staged,
     apply_values,
     idents,
@@ -57,6 +59,7 @@ from destinations.postgresql.position_guard import (
     with_positions,
     without_positions,
 )
+from destinations.postgresql.table_check import target_problem
 from destinations.postgresql.value_check import checked_group
 from destinations.records import (
     POSITION_COMMIT_COLUMN,
@@ -82,6 +85,8 @@ class _PreparedWrite:
     plan: BatchLayout | None = None
     # COPY text of each stage table (see stages), for the staged path.
     copy_chunks: list[list[str]] | None = None
+    # An append-only table: ``changes`` are the batch's records, each a new row.
+    append: bool = False
 
 
 class PostgreSQLDestination(SessionDestination[PgConnection]):
@@ -163,9 +168,16 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         """
         if not records:
             return 0
+        if self._appends(table, records):
+            prepared = _PreparedWrite(self._target_of(table), list(records), append=True)
+            return self._write(table, len(records), prepared)
         return self._write(
             table, len(records), _PreparedWrite(self._target_of(table), net_effect(records))
         )
+
+    def _appends(self, table: str, records: Sequence[ChangeRecord]) -> bool:
+        """Append-only: declared so, or its changes carry no key (a table without one)."""
+        return self.appends_only(table) or not records[0].key
 
     def prepare_batch(self, table: str, records: Sequence[ChangeRecord]) -> PreparedBatch:
         """Collapse, lay out and (for the staged path) format the COPY text now.
@@ -176,6 +188,8 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         format): the write then fails the same way and, failing, re-reads the
         catalog, which picks up a column added since.
         """
+        if records and self._appends(table, records):
+            return PreparedBatch(table, records)  # the write lays it out
         changes = net_effect(records)
         target = self._target_of(table)
         info = self._tables.get(target)
@@ -219,19 +233,10 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
                 try:
                     with conn.cursor() as cur:
                         info = self._table_info(cur, target)
-                        chunks = None
-                        if prepared.info is info and prepared.plan is not None:
-                            # Planned against the current catalog entry: still valid.
-                            plan, chunks = prepared.plan, prepared.copy_chunks
+                        if prepared.append:
+                            apply_append(cur, info, append_groups(info, changes))
                         else:
-                            plan = self._plan(info, changes)
-                        if self.position_guard:
-                            tombstones = self._ensure_tombstones(cur, info, plan.keys)
-                            apply_staged(cur, info, plan, tombstones, chunks)
-                        elif len(plan) < self.copy_threshold:
-                            apply_values(cur, info, plan)
-                        else:
-                            apply_staged(cur, info, plan, None, chunks)
+                            self._apply_by_key(cur, info, prepared)
                     conn.commit()
                 except psycopg2.Error as exc:
                     if cut():
@@ -243,6 +248,21 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         except BaseException:
             self._abort()
             raise
+
+    def _apply_by_key(self, cur: PgCursor, info: TableInfo, prepared: _PreparedWrite) -> None:
+        chunks = None
+        if prepared.info is info and prepared.plan is not None:
+            # Planned against the current catalog entry: still valid.
+            plan, chunks = prepared.plan, prepared.copy_chunks
+        else:
+            plan = self._plan(info, prepared.changes)
+        if self.position_guard:
+            tombstones = self._ensure_tombstones(cur, info, plan.keys)
+            apply_staged(cur, info, plan, tombstones, chunks)
+        elif len(plan) < self.copy_threshold:
+            apply_values(cur, info, plan)
+        else:
+            apply_staged(cur, info, plan, None, chunks)
 
     def _plan(self, info: TableInfo, changes: list[ChangeRecord]) -> BatchLayout:
         """Lay the changes out by column, checked against the target table."""
@@ -272,6 +292,31 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
             )
 
     # ------------------------------------------------------------ catalog
+
+    def check_tables(self, keys: Mapping[str, tuple[str, ...] | None]) -> list[str]:
+        """Each target's unique key against what its writes need (``table_check``)."""
+        try:
+            conn = self._connect(self.connect_timeout, statement_timeout=30.0)
+        except psycopg2.Error as error:
+            logger.warning(
+                "cannot check the target tables at start-up, their writes will tell: "
+                "destination=%s error=%s",
+                self,
+                self.redact(str(error).strip()),
+            )
+            return []
+        try:
+            with conn.cursor() as cur:
+                problems = []
+                for table, columns in keys.items():
+                    schema, name = self._target_of(table)
+                    appends = self.appends_only(table)
+                    problem = target_problem(cur, table, schema, name, columns, appends)
+                    if problem is not None:
+                        problems.append(f"{self}: {problem}")
+                return problems
+        finally:
+            conn.close()
 
     def _target_of(self, table: str) -> tuple[str | None, str]:
         spec = self._table_map.get(table, table)

@@ -113,6 +113,17 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
             f"schema={self.schema!r})"
         )
 
+    def check_tables(self, keys: Mapping[str, tuple[str, ...] | None]) -> list[str]:
+        """Append-only tables are refused: the MERGE matches rows by key, and they have none."""
+        return [
+            f"{self}: table {table}: append-only tables are not supported by a Snowflake "
+            "destination (its MERGE matches rows by key); fix: give the table a key at the "
+            "source (or primary_keys) and remove it from append_only, or replicate it to a "
+            "PostgreSQL destination"
+            for table in keys
+            if self.appends_only(table)
+        ]
+
     # ------------------------------------------------------------------ writes
 
     def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:

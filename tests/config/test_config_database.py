@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -96,3 +97,34 @@ def test_unreachable_or_empty_config_database_is_a_clear_error(config_db) -> Non
         cur.execute("DROP TABLE rosetta_pipelines")
     with pytest.raises(ConfigError, match="lacks the expected tables"):
         read_pipeline_config(config_dsn, {})
+
+
+def _pipeline_row(conn: Any, **columns: Any) -> None:
+    names = ["name", "source_id", "source_type", *columns]
+    values = ["p", "1", "synthetic", *columns.values()]
+    with conn.cursor() as cur:
+        cur.execute(
+            f"INSERT INTO rosetta_pipelines ({', '.join(names)}) "
+            f"VALUES ({', '.join(['%s'] * len(names))})",
+            values,
+        )
+        cur.execute(
+            "INSERT INTO rosetta_destinations (pipeline, id, name, type, options) "
+            "VALUES ('p', '1', 'd', 'postgresql', '{\"dsn\": \"host=x\"}')"
+        )
+
+
+def test_tables_and_append_only_columns(config_db: Any) -> None:
+    server, config_dsn, conn = config_db
+    _pipeline_row(conn, tables=["public.orders"], append_only=["public.audit_log"])
+    [spec] = read_pipeline_config(config_dsn, {})
+    assert (spec.tables, spec.append_only) == (("public.orders",), ("public.audit_log",))
+
+
+def test_a_database_made_before_those_columns_still_reads(config_db: Any) -> None:
+    server, config_dsn, conn = config_db
+    with conn.cursor() as cur:
+        cur.execute("ALTER TABLE rosetta_pipelines DROP COLUMN tables, DROP COLUMN append_only")
+    _pipeline_row(conn, batch_size=7)
+    [spec] = read_pipeline_config(config_dsn, {})
+    assert (spec.name, spec.batch_size, spec.tables, spec.append_only) == ("p", 7, (), ())

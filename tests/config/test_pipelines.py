@@ -119,3 +119,29 @@ def test_example_pipelines_file_is_valid() -> None:
     specs = load_pipelines_file(path, {"DEST_DSN": "host=127.0.0.1"})
     assert [s.name for s in specs] == ["demo", "from-debezium"]
     assert specs[1].destinations[0].options["position_guard"] is True
+
+
+def test_tables_and_append_only_lists(tmp_path: Path) -> None:
+    text = GOOD.replace(
+        'retry = "conservative"\n',
+        'retry = "conservative"\ntables = ["public.orders"]\n'
+        'append_only = ["public.audit_log", "public.audit_log", "history"]\n',
+    )
+    env = {"DEST_DSN": "host=db", "SF_PASSWORD": "x"}
+    [spec] = load_pipelines_file(write(tmp_path, text), env)
+    assert spec.tables == ("public.orders",)
+    assert spec.append_only == ("public.audit_log", "history")
+    [plain] = load_pipelines_file(write(tmp_path, GOOD), env)
+    assert (plain.tables, plain.append_only) == ((), ())
+
+
+@pytest.mark.parametrize("value", ['"public.audit_log"', "[1]", '[""]'])
+def test_append_only_must_be_a_list_of_table_names(tmp_path: Path, value: str) -> None:
+    retry = 'retry = "conservative"\n'
+    text = GOOD.replace(retry, f"{retry}append_only = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_pipelines_file(write(tmp_path, text), {"DEST_DSN": "host=db", "SF_PASSWORD": "x"})
+    assert str(caught.value).startswith(
+        f"{tmp_path / 'pipelines.toml'}: pipelines[0]: 'append_only' must be a list of table "
+        'names like ["public.audit_log"], got '
+    )

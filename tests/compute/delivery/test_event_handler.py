@@ -15,6 +15,7 @@ from compute.errors import DLQFullError
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from config.dlq_config import WhenFull
+from destinations.records import Operation
 from tests.builders import TABLE, change, dlq_config
 from tests.fakes import FakeDestination
 
@@ -162,3 +163,37 @@ def test_a_change_no_message_can_store_is_quarantined_and_the_rest_go_on(setup) 
     assert queued_ids(dlq, queue) == [4, 6]
     assert handler.counters.quarantined["2"] == 2
     assert dlq.status(queue).quarantined == 2
+
+
+def test_updates_and_deletes_of_an_append_only_table_are_parked_before_any_write(setup) -> None:
+    """The inserts go on in one write; the rest is parked at once with the reason, and holds
+    nothing back (a parked keyless change is a row of its own)."""
+    handler, destination, _other, dlq = setup
+    destination.append_only = frozenset({TABLE})
+    batch = [change(1, 1, Operation.INSERT), change(2, 2), change(3, 3, Operation.DELETE)]
+    batch.append(change(4, 4, Operation.INSERT))
+    handler.handle(batch, set())
+    queue = QueueId("1", TABLE, "2")
+    assert [[r.position.commit for r in c.records] for c in destination.calls] == [[1, 4]]
+    parked = dlq.peek(queue.parked, 10)
+    assert [(m.record.op, m.failure.error_class) for m in parked] == [
+        (Operation.UPDATE, "AppendOnlyTable"),
+        (Operation.DELETE, "AppendOnlyTable"),
+    ]
+    assert parked[0].failure.message.startswith(
+        f"update of append-only table {TABLE} at 0/2#0: an append-only table takes inserts only"
+    )
+    assert handler.counters.parked["2"] == 2 and handler.counters.written["2"] == 2
+    # Keyless changes (a table without a key) are append-only without being declared.
+    keyless = [c._replace(key={}, table="public.log") for c in batch]
+    handler.handle(keyless, set())
+    log = QueueId("1", "public.log", "2")
+    parked = dlq.peek(log.parked, 10)[:2]
+    assert [(m.record.op, m.failure.error_class) for m in parked] == [
+        (Operation.UPDATE, "AppendOnlyTable"),
+        (Operation.DELETE, "AppendOnlyTable"),
+    ]
+    # Not held behind the parked ones: written (this fake refuses keyless rows, that is all).
+    later = change(5, 5, Operation.INSERT)._replace(key={}, table="public.log")
+    handler.handle([later], set())
+    assert destination.calls[-1].records == (later,)

@@ -417,3 +417,16 @@ def test_replay_failing_on_an_expired_session_does_not_charge_the_events(
         assert not dlq.has_messages(queue)
     finally:
         dlq.close()
+
+
+def test_append_only_tables_are_refused_at_start_up_naming_the_table(
+    make_destination: Callable[..., SnowflakeDestination], sf_schema: str
+) -> None:
+    destination = make_destination(sf_schema)
+    assert destination.check_tables({"public.items": ("id",)}) == []
+    destination.append_only = frozenset({"public.audit_log"})
+    [line] = destination.check_tables({"public.items": ("id",), "public.audit_log": None})
+    assert line.startswith(
+        "Destination Snowflake-Test (ID=2): table public.audit_log: append-only tables are not "
+        "supported by a Snowflake destination (its MERGE matches rows by key); fix: "
+    )

@@ -1,0 +1,54 @@
+"""The summary ``rosetta run`` logs when it ends, and whether the run needs an operator."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from compute.dlq.manager import DLQManager
+from compute.errors import DLQError
+
+if TYPE_CHECKING:
+    from compute.engine.pipeline import Pipeline
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did, summed over its pipelines (written: per destination)."""
+
+    events: int = 0  # read from the sources
+    written: int = 0  # committed by a destination, live or replayed from the DLQ
+    queued: int = 0  # sent to the DLQ for later delivery
+    parked: int = 0  # parked during this run
+    rejected: int = 0  # refused by a source as malformed during this run
+    still_parked: int = 0  # parked changes in the pipelines' queues at the end
+
+    @property
+    def needs_operator(self) -> bool:
+        """True when changes wait for a decision: parked ones still parked, or rejected ones."""
+        return self.still_parked > 0 or self.rejected > 0
+
+    def line(self) -> str:
+        return (
+            f"run summary: events={self.events} written={self.written} queued={self.queued} "
+            f"parked={self.parked} rejected={self.rejected} still_parked={self.still_parked}"
+        )
+
+
+def summarize(pipelines: Sequence[Pipeline], dlq: DLQManager | None) -> RunSummary:
+    """The summary of ``pipelines``' run so far; the DLQ must still be open."""
+    events = written = queued = parked = rejected = still = 0
+    for pipeline in pipelines:
+        sample = pipeline.progress.sample()
+        events += sample.read
+        written += sample.written + sample.replayed
+        queued += sample.queued
+        parked += sample.parked
+        rejected += sample.rejected
+        if dlq is not None:
+            try:
+                still += sum(dlq.parked_count(q) for q in pipeline.worker.queues())
+            except DLQError:
+                still += sample.parked  # cannot count: what this run parked is still there
+    return RunSummary(events, written, queued, parked, rejected, still)
