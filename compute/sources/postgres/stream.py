@@ -106,7 +106,8 @@ class ReplicationStream:
     def take(self, max_events: int) -> tuple[list[ChangeRecord], int | None]:
         """Up to ``max_events`` records in order, and the end LSN of the last whole transaction
         among them (None when they end inside a transaction or there are none)."""
-        if self.error is not None:
+        if self.error is not None and not self._buffer:
+            # Every whole transaction before the failure was handed out first.
             raise StreamError(str(self.error)) from self.error
         out: list[ChangeRecord] = []
         token: int | None = None
@@ -153,6 +154,7 @@ class ReplicationStream:
                 self._stream(conn, cursor)
             except (TransactionError, PgOutputError) as error:
                 self.error = error
+                self.connected.clear()
                 logger.error("replication stream stopped: slot=%s error=%s", self.slot, error)
                 return
             except (psycopg2.Error, StandbyStatusError, OSError) as error:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from compute.dlq.manager import DLQManager
+from compute.sources.base import SourceError
 from compute.sources.postgres_source import PostgresSource
+from destinations.records import ChangeRecord
 from tests.builders import dlq_config
 from tests.compute.sources.postgres.pg_source_helpers import (
     execute,
@@ -87,5 +91,75 @@ def test_a_source_not_read_for_longer_than_wal_sender_timeout_keeps_its_connecti
             source.acknowledge(batch.resume_token)
         assert seen == set(range(4000))
         assert source.stream.reconnects == 0
+    finally:
+        source.close()
+
+
+def read_all(source: PostgresSource, count: int, timeout: float = 30) -> list[ChangeRecord]:
+    """Read and acknowledge until ``count`` records came (or the time is up)."""
+    records: list[ChangeRecord] = []
+    deadline = time.monotonic() + timeout
+    while len(records) < count and time.monotonic() < deadline:
+        batch = source.read(500)
+        records.extend(batch.records)
+        source.acknowledge(batch.resume_token)
+        if not batch.records:
+            time.sleep(0.05)
+    return records
+
+
+def test_without_create_a_missing_publication_or_slot_stops_start_up_named(
+    postgres_server_factory,
+) -> None:
+    server = logical_server(postgres_server_factory)
+    execute(server.dsn, ITEMS)
+    with pytest.raises(SourceError, match="publication 'rosetta_9' does not exist"):
+        PostgresSource("9", server.dsn, create=False, snapshot="never")
+    execute(server.dsn, "CREATE PUBLICATION rosetta_9 FOR ALL TABLES")
+    with pytest.raises(SourceError, match="replication slot 'rosetta_9' does not exist"):
+        PostgresSource("9", server.dsn, create=False, snapshot="never")
+    assert query(server.dsn, "SELECT count(*) FROM pg_replication_slots") == [(0,)]
+
+
+def test_a_truncate_stops_the_source_with_an_error_naming_the_table(
+    postgres_server_factory,
+) -> None:
+    server = logical_server(postgres_server_factory)
+    execute(server.dsn, ITEMS)
+    source = PostgresSource("1", server.dsn, snapshot="never", status_interval=0.5)
+    try:
+        execute(server.dsn, "INSERT INTO items VALUES (1, 'a')", "TRUNCATE items")
+        assert [r.key for r in read_all(source, 1)] == [{"id": 1}]
+        wait_until(lambda: source.stream.error is not None, 10, "the stream stopped")
+        with pytest.raises(SourceError, match=r"TRUNCATE of public\.items"):
+            source.read(10)
+    finally:
+        source.close()
+    # Nothing after the insert was confirmed: the truncate is still in the slot.
+    assert (
+        query(
+            server.dsn,
+            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes("
+            "'rosetta_1', NULL, NULL, 'proto_version', '1', 'publication_names', "
+            "'rosetta_1')",
+        )[0][0]
+        > 0
+    )
+
+
+def test_a_source_server_restart_is_retried_and_loses_nothing(postgres_server_factory) -> None:
+    server = logical_server(postgres_server_factory)
+    execute(server.dsn, ITEMS)
+    source = PostgresSource("1", server.dsn, snapshot="never", status_interval=0.5)
+    try:
+        execute(server.dsn, "INSERT INTO items SELECT g, 'a' FROM generate_series(1, 100) g")
+        first = read_all(source, 50)  # some read and acknowledged, maybe not all
+        server.restart("immediate")
+        execute(server.dsn, "INSERT INTO items SELECT g, 'b' FROM generate_series(101, 200) g")
+        rest = read_all(source, 200 - len(first))
+        wait_until(lambda: source.stream.connected.is_set(), 30, "reconnected")
+        keys = {r.key["id"] for r in first + rest}
+        assert keys == set(range(1, 201))
+        assert source.stream.reconnects >= 1
     finally:
         source.close()
