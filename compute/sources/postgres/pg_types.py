@@ -229,8 +229,14 @@ def parse_array(text: str, convert: Converter = _keep) -> list[Any]:
     return items
 
 
+# The only characters the array format treats as space around elements
+# (array_isspace); str.isspace() would also take '\x1f' or '\xa0', which
+# PostgreSQL prints unquoted as element text.
+_SPACE = " \t\n\r\v\f"
+
+
 def _skip_space(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos].isspace():
+    while pos < len(text) and text[pos] in _SPACE:
         pos += 1
     return pos
 
@@ -262,7 +268,7 @@ def _parse_level(text: str, pos: int, convert: Converter) -> tuple[list[Any], in
             end = pos
             while end < len(text) and text[end] not in ",}":
                 end += 2 if text[end] == "\\" else 1
-            raw = text[pos:end].rstrip()
+            raw = text[pos:end].rstrip(_SPACE)
             if not raw or raw[0] in "{\"'":
                 raise ArrayTextError(f"bad element at character {pos} of {text[:60]!r}")
             unquoted = _UNESCAPE.sub(r"\1", raw)

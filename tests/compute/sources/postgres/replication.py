@@ -39,14 +39,21 @@ def read_slot(
     publication: str,
     commits: int,
     *,
-    time_zone: str = "UTC",
+    time_zone: str | None = "UTC",
+    session: bool = True,
     timeout: float = 30.0,
 ) -> list[bytes]:
-    """The raw pgoutput messages of the slot's first ``commits`` transactions (not confirmed)."""
+    """The raw pgoutput messages of the slot's first ``commits`` transactions (not confirmed).
+
+    ``time_zone`` None keeps the server's own TimeZone.
+    """
     conn = psycopg2.connect(
         dsn,
         connection_factory=psycopg2.extras.LogicalReplicationConnection,
-        options=f"{session_options()} -c TimeZone={time_zone}",
+        options=" ".join(
+            ([session_options()] if session else [])
+            + ([f"-c TimeZone={time_zone}"] if time_zone else [])
+        ),
     )
     payloads: list[bytes] = []
     try:

@@ -294,3 +294,48 @@ def test_every_mapped_type_decodes_exactly_and_round_trips(
         for got_row, source_row in zip(got_text, source_text, strict=True):
             differ = [(c, v, source_row[c]) for c, v in got_row.items() if v != source_row[c]]
             assert differ == [], f"row {source_row['id']}, copy_threshold={copy_threshold}"
+
+
+HOSTILE = {
+    **LOGICAL_SETTINGS,
+    "DateStyle": "'SQL, DMY'",
+    "IntervalStyle": "sql_standard",
+    "bytea_output": "escape",
+    "extra_float_digits": "0",
+    "TimeZone": "'America/St_Johns'",
+}
+
+
+def test_the_session_options_override_the_servers_output_styles(
+    postgres_server_factory: Callable[..., PostgresServer],
+) -> None:
+    server = postgres_server_factory(HOSTILE)
+    conn = psycopg2.connect(server.dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id int PRIMARY KEY, ts timestamptz, f float8, b bytea)")
+        create_slot(conn, "s1", "p1")
+        cur.execute(
+            "INSERT INTO t VALUES "
+            "(1, '2024-03-04 05:06:07.5+00', 0.1::float8 + 0.2::float8, '\\x00ff')"
+        )
+    conn.close()
+    newfoundland = timezone(-timedelta(hours=3, minutes=30))
+
+    (record,) = change_records(
+        parse_all(read_slot(server.dsn, "s1", "p1", commits=1, time_zone=None))
+    )
+    assert record.after == {
+        "id": 1,
+        "ts": datetime(2024, 3, 4, 1, 36, 7, 500000, tzinfo=newfoundland),
+        "f": 0.30000000000000004,  # all the digits, though extra_float_digits is 0
+        "b": b"\x00\xff",
+    }
+    assert record.after["ts"].utcoffset() == newfoundland.utcoffset(None)
+    # Without them the server's own DateStyle is refused, never misread.
+    refused: list[Exception] = []
+    change_records(
+        parse_all(read_slot(server.dsn, "s1", "p1", commits=1, session=False, time_zone=None)),
+        on_error=refused.append,
+    )
+    assert len(refused) == 1 and "DateStyle=ISO" in str(refused[0])
