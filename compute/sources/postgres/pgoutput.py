@@ -17,7 +17,10 @@ import enum
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from compute.sources.postgres.row_decoder import RowDecoder
 
 PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _PG_EPOCH_UNIX = PG_EPOCH.timestamp()
@@ -341,10 +344,15 @@ class UnknownRelation(PgOutputError):
 
 
 class RelationCache:
-    """The latest Relation message per relation id; a new one replaces the shape."""
+    """The latest Relation message per relation id; a new one replaces the shape.
+
+    ``decoder(relation_id)`` gives the RowDecoder of the current shape.
+    """
 
     def __init__(self) -> None:
         self._relations: dict[int, Relation] = {}
+        self._decoders: dict[int, RowDecoder] = {}
+        self._warned: set[tuple[str, str]] = set()
 
     def __len__(self) -> int:
         return len(self._relations)
@@ -356,7 +364,10 @@ class RelationCache:
         """Store ``relation``; True when its shape differs from the one stored before."""
         previous = self._relations.get(relation.relation_id)
         self._relations[relation.relation_id] = relation
-        return previous != relation
+        if previous == relation:
+            return False
+        self._decoders.pop(relation.relation_id, None)
+        return True
 
     def get(self, relation_id: int) -> Relation:
         try:
@@ -366,3 +377,14 @@ class RelationCache:
                 f"a change for relation id {relation_id}, which no Relation message described "
                 "(the server sends one before a table's first change on each connection)"
             ) from None
+
+    def decoder(self, relation_id: int) -> RowDecoder:
+        """The decoder for the relation's current shape (built once per shape)."""
+        decoder = self._decoders.get(relation_id)
+        if decoder is None:
+            # Imported here: the row decoder module imports this one's message types.
+            from compute.sources.postgres.row_decoder import RowDecoder
+
+            decoder = RowDecoder(self.get(relation_id), self._warned)
+            self._decoders[relation_id] = decoder
+        return decoder
