@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from compute.sources.base import Source, SourceBatch, SourceError
+from compute.sources.base import RejectedEvent, Source, SourceBatch, SourceError
 from compute.sources.postgres.slot import Slot, SlotError
 from compute.sources.postgres.stream import ReplicationStream, StreamError
 from destinations.records import format_pg_lsn, parse_pg_lsn
@@ -105,6 +105,15 @@ class PostgresSource(Source):
         except ValueError as error:
             raise SourceError(f"source {self.source_id}: bad resume token: {error}") from None
         self.stream.confirm(lsn)
+
+    @property
+    def rejected(self) -> Sequence[RejectedEvent]:
+        """Changes left out because a value could not be decoded exactly (the last 100)."""
+        return [RejectedEvent(r.where, r.reason, r.raw) for r in self.stream.assembler.rejected]
+
+    @property
+    def rejected_count(self) -> int:
+        return self.stream.assembler.rejected_count
 
     def close(self) -> None:
         self.stream.stop()

@@ -26,14 +26,13 @@ import psycopg2
 import psycopg2.extras
 
 from compute.runtime.retry_policy import RetryPolicy
+from compute.sources.postgres.pg_types import session_options
 from compute.sources.postgres.pgoutput import PgOutputError, parse_message
 from compute.sources.postgres.standby_status import StandbyStatus, StandbyStatusError
 from compute.sources.postgres.transactions import (
     Transaction,
     TransactionAssembler,
     TransactionError,
-    ValueConverter,
-    basic_value,
 )
 from destinations.records import ChangeRecord, format_pg_lsn
 
@@ -63,7 +62,6 @@ class ReplicationStream:
         tables: Collection[str] = (),
         status_interval: float = 10.0,
         max_buffered: int = 20_000,
-        convert: ValueConverter = basic_value,
         name: str = "",
     ) -> None:
         self.dsn = dsn
@@ -72,7 +70,7 @@ class ReplicationStream:
         self.status_interval = status_interval
         self.max_buffered = max_buffered
         self.name = name or slot
-        self._assembler = TransactionAssembler(tables=tables, convert=convert)
+        self.assembler = TransactionAssembler(tables=tables)
         self._lock = threading.Condition()
         self._buffer: deque[Transaction] = deque()
         self._buffered = 0  # records in _buffer
@@ -180,13 +178,16 @@ class ReplicationStream:
         self.connected.clear()
 
     def _connect(self) -> tuple[Any, Any]:
+        # The session settings the value converters read exactly (DateStyle ISO, ...).
         conn = psycopg2.connect(
-            self.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection
+            self.dsn,
+            connection_factory=psycopg2.extras.LogicalReplicationConnection,
+            options=session_options(),
         )
         try:
             cursor = conn.cursor()
             # A transaction cut off by the lost connection is sent again from its start.
-            self._assembler.reset()
+            self.assembler.reset()
             start = self._received_lsn
             cursor.start_replication(
                 slot_name=self.slot,
@@ -222,11 +223,11 @@ class ReplicationStream:
                 continue
             message = cursor.read_message()
             if message is None:
-                if not self._assembler.in_transaction:
+                if not self.assembler.in_transaction:
                     self._idle(cursor.wal_end)
                 select.select([conn], [], [], _POLL)
                 continue
-            transaction = self._assembler.feed(parse_message(message.payload))
+            transaction = self.assembler.feed(parse_message(message.payload))
             if transaction is not None:
                 self._received(transaction)
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
-from decimal import Decimal
+from collections import deque
+from collections.abc import Collection
 from typing import Any, NamedTuple
 
 from compute.sources.postgres.pgoutput import (
-    UNCHANGED,
     Begin,
-    Column,
     Commit,
     Delete,
     Insert,
@@ -18,15 +16,14 @@ from compute.sources.postgres.pgoutput import (
     Relation,
     RelationCache,
     Truncate,
-    TupleData,
     Update,
 )
+from compute.sources.postgres.row_decoder import ColumnValueError, RowDecoder
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
 logger = logging.getLogger(__name__)
 
-# One column's text value -> the value the destinations write.
-ValueConverter = Callable[[Relation, Column, str], Any]
+REJECTED_KEPT = 100
 
 
 class TransactionError(ValueError):
@@ -41,16 +38,12 @@ class Transaction(NamedTuple):
     end_lsn: int
 
 
-def basic_value(relation: Relation, column: Column, text: str) -> Any:
-    """Integers, bool and numeric by type OID; every other type stays PostgreSQL's text."""
-    oid = column.type_oid
-    if oid in (20, 21, 23):  # int8, int2, int4
-        return int(text)
-    if oid == 16:  # bool
-        return text == "t"
-    if oid == 1700:  # numeric
-        return Decimal(text)
-    return text
+class RejectedChange(NamedTuple):
+    """A change left out because a value of it cannot be decoded exactly, and why."""
+
+    where: str  # "public.t at 0/16B3748#2"
+    reason: str
+    raw: str
 
 
 class TransactionAssembler:
@@ -61,20 +54,21 @@ class TransactionAssembler:
     ``after``, so the destination keeps its value. An update that changes the
     key is a delete of the old key then an upsert of the new one, at
     consecutive sequence numbers of the same commit. ``tables`` (qualified
-    names), when given, keeps only those tables' changes.
+    names), when given, keeps only those tables' changes. A change with a
+    value no Python value holds exactly is rejected (kept in ``rejected``,
+    counted) rather than written as something else.
     """
 
-    def __init__(
-        self,
-        *,
-        tables: Collection[str] = (),
-        convert: ValueConverter = basic_value,
-    ) -> None:
+    def __init__(self, *, tables: Collection[str] = ()) -> None:
         self.relations = RelationCache()
         self.tables = frozenset(tables)
-        self._convert = convert
+        self.rejected: deque[RejectedChange] = deque(maxlen=REJECTED_KEPT)
+        self.rejected_count = 0
+        self._decoders: dict[int, RowDecoder] = {}
+        self._warned: set[tuple[str, str]] = set()
         self._begin: Begin | None = None
         self._records: list[ChangeRecord] = []
+        self._seq = 0
 
     @property
     def in_transaction(self) -> bool:
@@ -84,15 +78,18 @@ class TransactionAssembler:
         """Forget a transaction cut off by a lost connection (the server sends it again)."""
         self._begin = None
         self._records = []
+        self._seq = 0
 
     def feed(self, message: Message) -> Transaction | None:
         """Take one message; the finished transaction when ``message`` is its Commit."""
         if isinstance(message, Begin):
             self._begin = message
             self._records = []
+            self._seq = 0
             return None
         if isinstance(message, Relation):
             if self.relations.update(message):
+                self._decoders[message.relation_id] = RowDecoder(message, self._warned)
                 logger.info(
                     "relation shape: table=%s columns=%s key=%s",
                     message.qualified_name,
@@ -130,58 +127,90 @@ class TransactionAssembler:
         table = relation.qualified_name
         if self.tables and table not in self.tables:
             return
-        keys = relation.key_columns
-        commit_ts = begin.commit_ts
-        records = self._records
-
-        def position() -> SourcePosition:
-            return SourcePosition(begin.final_lsn, len(records))
-
-        if isinstance(message, Insert):
-            after = self._row(relation, message.new)
-            records.append(
-                ChangeRecord(
-                    table, Operation.INSERT, _key(after, keys), after, position(), None, commit_ts
-                )
-            )
+        decoder = self._decoders[message.relation_id]
+        # Sequence numbers are taken even by a rejected change, so that the
+        # positions of the others do not depend on it.
+        first = self._seq
+        self._seq += 2 if isinstance(message, Update) else 1
+        try:
+            made = _records(decoder, message, begin, first)
+        except ColumnValueError as error:
+            self._reject(table, SourcePosition(begin.final_lsn, first), error, message)
             return
-        if isinstance(message, Delete):
-            old = self._row(relation, message.old)
-            before = old if message.old_kind == "O" else None
-            records.append(
-                ChangeRecord(
-                    table, Operation.DELETE, _key(old, keys), None, position(), before, commit_ts
-                )
-            )
-            return
-        after = self._row(relation, message.new)
-        old_row = self._row(relation, message.old) if message.old is not None else None
-        key = {k: after[k] if k in after else (old_row or {}).get(k) for k in keys}
-        if old_row is not None:
-            old_key = _key(old_row, keys)
-            if old_key != key:
-                records.append(
-                    ChangeRecord(
-                        table, Operation.DELETE, old_key, None, position(), None, commit_ts
-                    )
-                )
-        before = old_row if message.old_kind == "O" else None
-        records.append(
-            ChangeRecord(table, Operation.UPDATE, key, after, position(), before, commit_ts)
+        self._records.extend(made)
+
+    def _reject(
+        self, table: str, position: SourcePosition, error: ColumnValueError, message: Any
+    ) -> None:
+        self.rejected_count += 1
+        self.rejected.append(RejectedChange(f"{table} at {position}", str(error), repr(message)))
+        logger.error(
+            "change rejected, a value cannot be decoded exactly: table=%s position=%s error=%s",
+            table,
+            position,
+            error,
         )
 
-    def _row(self, relation: Relation, values: TupleData | None) -> dict[str, Any]:
-        """Column -> value; unchanged TOASTed columns are left out, never set to NULL."""
-        row: dict[str, Any] = {}
-        if values is None:
-            return row
-        convert = self._convert
-        for column, value in zip(relation.columns, values, strict=False):
-            if value is UNCHANGED:
-                continue
-            row[column.name] = None if value is None else convert(relation, column, value)
-        return row
 
-
-def _key(row: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
-    return {k: row.get(k) for k in keys}
+def _records(
+    decoder: RowDecoder, message: Insert | Update | Delete, begin: Begin, seq: int
+) -> list[ChangeRecord]:
+    """The change's records at ``seq`` (and ``seq + 1`` for a key-changing update)."""
+    table = decoder.table
+    commit_ts = begin.commit_ts
+    commit = begin.final_lsn
+    if isinstance(message, Insert):
+        after = decoder.decode(message.new).values
+        key = {k: after.get(k) for k in decoder.key_columns}
+        return [
+            ChangeRecord(
+                table, Operation.INSERT, key, after, SourcePosition(commit, seq), None, commit_ts
+            )
+        ]
+    if isinstance(message, Delete):
+        old_key = decoder.key(message.old)
+        before = decoder.decode(message.old).values if message.old_kind == "O" else None
+        return [
+            ChangeRecord(
+                table,
+                Operation.DELETE,
+                old_key,
+                None,
+                SourcePosition(commit, seq),
+                before,
+                commit_ts,
+            )
+        ]
+    after = decoder.decode(message.new).values
+    previous_key = decoder.key(message.old) if message.old is not None else None
+    key = {k: after[k] if k in after else (previous_key or {}).get(k) for k in decoder.key_columns}
+    before = (
+        decoder.decode(message.old).values
+        if message.old is not None and message.old_kind == "O"
+        else None
+    )
+    out = []
+    if previous_key is not None and previous_key != key:
+        out.append(
+            ChangeRecord(
+                table,
+                Operation.DELETE,
+                previous_key,
+                None,
+                SourcePosition(commit, seq),
+                None,
+                commit_ts,
+            )
+        )
+    out.append(
+        ChangeRecord(
+            table,
+            Operation.UPDATE,
+            key,
+            after,
+            SourcePosition(commit, seq + 1),
+            before,
+            commit_ts,
+        )
+    )
+    return out
