@@ -9,7 +9,10 @@ import pytest
 
 from compute.dlq.manager import DLQManager
 from compute.sources.base import SourceError
+from compute.sources.factory import build_source
 from compute.sources.postgres_source import PostgresSource
+from config.errors import ConfigError
+from config.pipelines import SourceSpec
 from destinations.records import ChangeRecord
 from tests.builders import dlq_config
 from tests.compute.sources.postgres.pg_source_helpers import (
@@ -163,3 +166,24 @@ def test_a_source_server_restart_is_retried_and_loses_nothing(postgres_server_fa
         assert source.stream.reconnects >= 1
     finally:
         source.close()
+
+
+def test_the_factory_builds_the_source_and_names_a_bad_option(
+    tmp_path: Path, postgres_server_factory
+) -> None:
+    server = logical_server(postgres_server_factory)
+    execute(server.dsn, ITEMS, "CREATE TABLE public.skipped (id int PRIMARY KEY)")
+    options = {"dsn": server.dsn, "tables": ["public.items"], "snapshot": "never"}
+    source = build_source(SourceSpec("3", "postgresql", options), tmp_path)
+    try:
+        assert isinstance(source, PostgresSource)
+        assert source.slot.name == "rosetta_3" and source.slot.publication == "rosetta_3"
+        assert source.slot.published_tables() == ["public.items"]
+        execute(server.dsn, "INSERT INTO skipped VALUES (1)", "INSERT INTO items VALUES (7)")
+        assert [(r.table, r.key) for r in read_all(source, 1)] == [("public.items", {"id": 7})]
+    finally:
+        source.close()
+    with pytest.raises(ConfigError, match="snapshot must be one of initial, never"):
+        build_source(SourceSpec("3", "postgresql", {**options, "snapshot": "later"}), tmp_path)
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'slots'"):
+        build_source(SourceSpec("3", "postgresql", {**options, "slots": "x"}), tmp_path)
