@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from compute.dlq.manager import DLQManager
+from compute.engine.pipeline import PipelineState
 from compute.sources.base import SourceError
 from compute.sources.factory import build_source
 from compute.sources.postgres_source import PostgresSource
@@ -187,3 +188,43 @@ def test_the_factory_builds_the_source_and_names_a_bad_option(
         build_source(SourceSpec("3", "postgresql", {**options, "snapshot": "later"}), tmp_path)
     with pytest.raises(ConfigError, match="unexpected keyword argument 'slots'"):
         build_source(SourceSpec("3", "postgresql", {**options, "slots": "x"}), tmp_path)
+
+
+def test_pipeline_backpressure_longer_than_wal_sender_timeout_keeps_the_stream(
+    tmp_path: Path, postgres_server_factory
+) -> None:
+    """The destination is down and the DLQ full: the pipeline stops reading the source for
+    three wal_sender_timeouts; the walsender stays the same and, once the destination is
+    back, the destination holds exactly the source's rows."""
+    source_server = logical_server(postgres_server_factory, wal_sender_timeout="2s")
+    target = postgres_server_factory()
+    execute(source_server.dsn, ITEMS)
+    execute(target.dsn, ITEMS)
+    source = PostgresSource(
+        "1", source_server.dsn, snapshot="never", status_interval=0.5, max_buffered=200
+    )
+    config = dlq_config(tmp_path, max_queue_messages=50, check_interval=0.2)
+    target.stop("immediate")
+    with DLQManager(config) as dlq, running_pipeline(source, target.dsn, dlq, config) as pipeline:
+        wait_until(source.stream.connected.is_set, 10, "the stream is connected")
+        walsender = query(source_server.dsn, "SELECT pid FROM pg_stat_replication")
+        for start in range(0, 3000, 100):
+            execute(
+                source_server.dsn,
+                f"INSERT INTO items SELECT g, 'n' FROM generate_series({start}, {start + 99}) g",
+            )
+        wait_until(
+            lambda: pipeline.state is PipelineState.BACKPRESSURE, 30, "the pipeline backs off"
+        )
+        time.sleep(6)
+        assert pipeline.state is PipelineState.BACKPRESSURE
+        assert query(source_server.dsn, "SELECT pid FROM pg_stat_replication") == walsender
+        assert source.stream.reconnects == 0
+        target.start()
+        expected = query(source_server.dsn, "SELECT * FROM items ORDER BY id")
+        wait_until(
+            lambda: query(target.dsn, "SELECT * FROM items ORDER BY id") == expected,
+            60,
+            "the destination holds exactly the source's rows",
+        )
+    assert "replication timeout" not in source_server.log_text()
