@@ -52,6 +52,7 @@ def conn(postgres_dsn: str) -> Iterator[Any]:
 @given(arrays())
 @example(("text", [["NULL", None], ['"', "\\"]]))
 @example(("int", [None]))
+@example(("text", ["'", "a'b"]))
 @example(("text", ["\x1f", "\xa0x\xa0", "\u2003"]))  # printed unquoted: not array spaces
 def test_postgres_array_text_parses_back_and_writes_back(
     conn: Any, array: tuple[str, list[Any]]
