@@ -25,9 +25,11 @@ Converter = Callable[[str], Any]
 
 # Settings for the replication connection (``options='-c DateStyle=ISO ...'``)
 # under which every converter below reads the server's text exactly, whatever
-# the server's own defaults. TimeZone is left alone: each timestamptz carries
-# its offset.
+# the server's own defaults; client_encoding makes the server convert text
+# from the database's encoding to the UTF-8 the parser decodes. TimeZone is
+# left alone: each timestamptz carries its offset.
 SESSION_SETTINGS: dict[str, str] = {
+    "client_encoding": "UTF8",
     "DateStyle": "ISO",
     "IntervalStyle": "postgres",
     "extra_float_digits": "3",
@@ -269,7 +271,7 @@ def _parse_level(text: str, pos: int, convert: Converter) -> tuple[list[Any], in
             while end < len(text) and text[end] not in ",}":
                 end += 2 if text[end] == "\\" else 1
             raw = text[pos:end].rstrip(_SPACE)
-            if not raw or raw[0] in "{\"'":
+            if not raw:
                 raise ArrayTextError(f"bad element at character {pos} of {text[:60]!r}")
             unquoted = _UNESCAPE.sub(r"\1", raw)
             items.append(None if raw.upper() == "NULL" else convert(unquoted))

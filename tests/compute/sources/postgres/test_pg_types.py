@@ -146,7 +146,8 @@ def test_text_like_and_unknown_types_keep_their_text() -> None:
 
 def test_session_options_fix_the_output_styles_the_converters_read() -> None:
     assert session_options() == (
-        "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c bytea_output=hex"
+        "-c client_encoding=UTF8 -c DateStyle=ISO -c IntervalStyle=postgres "
+        "-c extra_float_digits=3 -c bytea_output=hex"
     )
 
 

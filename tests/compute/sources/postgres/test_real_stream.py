@@ -339,3 +339,26 @@ def test_the_session_options_override_the_servers_output_styles(
         on_error=refused.append,
     )
     assert len(refused) == 1 and "DateStyle=ISO" in str(refused[0])
+
+
+def test_text_of_a_latin1_database_arrives_as_utf8(
+    postgres_server_factory: Callable[..., PostgresServer],
+) -> None:
+    server = postgres_server_factory(LOGICAL_SETTINGS)
+    conn = psycopg2.connect(server.dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(
+            "CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+        )
+    conn.close()
+    dsn = server.dsn.replace("dbname=postgres", "dbname=latin")
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id int PRIMARY KEY, name text)")
+        create_slot(conn, "s1", "p1")
+        cur.execute("INSERT INTO t VALUES (1, 'Crème brûlée ÿ')")
+    conn.close()
+    (record,) = change_records(parse_all(read_slot(dsn, "s1", "p1", commits=1)))
+    assert record.after == {"id": 1, "name": "Crème brûlée ÿ"}
