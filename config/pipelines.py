@@ -11,9 +11,11 @@ TOML schema (``ROSETTA_PIPELINES_FILE``)::
 
     [pipelines.source]
     id = "1"
-    type = "synthetic"              # or "jsonl"
+    type = "synthetic"              # or "jsonl", "postgresql"
     # synthetic: tables, total_events, seed, keys_per_table, events_per_second
     # jsonl: path ("-" = stdin), follow, primary_keys = { "public.t" = ["id"] }
+    # postgresql: dsn_env (or dsn), slot, publication (both default rosetta_<id>),
+    #   tables, create = true, snapshot = "initial" | "never", status_interval
 
     [[pipelines.destinations]]
     id = "1"
@@ -42,7 +44,7 @@ from config.errors import ConfigError
 if TYPE_CHECKING:
     pass
 
-SOURCE_TYPES = ("synthetic", "jsonl")
+SOURCE_TYPES = ("synthetic", "jsonl", "postgresql")
 DESTINATION_TYPES = ("postgresql", "snowflake")
 RETRY_PRESETS = ("aggressive", "conservative", "default")
 
@@ -53,7 +55,8 @@ T = TypeVar("T")
 class SourceSpec:
     id: str
     type: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    # May hold a secret (a postgresql source's dsn): never shown by repr.
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -182,7 +185,7 @@ def _parse_pipeline(
         problems.append(f"{at}: 'retry' must be one of {', '.join(RETRY_PRESETS)}, got {retry!r}")
     tables = _table_list(raw, "tables", at, problems)
     append_only = _table_list(raw, "append_only", at, problems)
-    source = _parse_source(raw.get("source"), f"{at}.source", problems)
+    source = _parse_source(raw.get("source"), env, f"{at}.source", problems)
     raw_destinations = raw.get("destinations")
     destinations: list[DestinationSpec] = []
     if not isinstance(raw_destinations, list) or not raw_destinations:
@@ -217,7 +220,9 @@ def _table_list(raw: Mapping[str, Any], key: str, at: str, problems: list[str]) 
     return tuple(dict.fromkeys(v.strip() for v in value))
 
 
-def _parse_source(raw: Any, at: str, problems: list[str]) -> SourceSpec | None:
+def _parse_source(
+    raw: Any, env: Mapping[str, str], at: str, problems: list[str]
+) -> SourceSpec | None:
     if not isinstance(raw, dict):
         problems.append(f"{at}: expected a [pipelines.source] table")
         return None
@@ -228,9 +233,22 @@ def _parse_source(raw: Any, at: str, problems: list[str]) -> SourceSpec | None:
         return None
     if kind == "jsonl" and not isinstance(raw.get("path"), str):
         problems.append(f"{at}: a jsonl source needs 'path' (a file, or \"-\" for stdin)")
+    options = {k: v for k, v in raw.items() if k not in ("id", "type")}
+    if kind == "postgresql":
+        variable = options.pop("dsn_env", None)
+        if variable is not None:
+            if str(variable) not in env:
+                problems.append(
+                    f"{at}: 'dsn_env' names environment variable {variable} which is not set: "
+                    f"set {variable} in the environment or in .env, or point 'dsn_env' at a "
+                    "variable that is set"
+                )
+            else:
+                options["dsn"] = env[str(variable)]
+        elif not isinstance(options.get("dsn"), str):
+            problems.append(f"{at}: a postgresql source needs 'dsn' or 'dsn_env'")
     if source_id is None:
         return None
-    options = {k: v for k, v in raw.items() if k not in ("id", "type")}
     return SourceSpec(source_id, str(kind), options)
 
 

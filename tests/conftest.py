@@ -39,6 +39,9 @@ _SLOW = (
     "tests/compute/admin/test_http_hardening.py::test_a_stalled_export_does_not_stop_replay",
     "tests/compute/cli/test_cli_dlq.py::test_offline_errors_are_one_line_with_documented_exit_codes",
     "tests/compute/storage/test_rocksq_store.py::test_open_handles_stay_capped_with_many_queues",
+    # Backpressure held past the replication server's wal_sender_timeout on purpose.
+    "tests/compute/sources/postgres/test_postgres_source.py::test_a_source_not_read_for_",
+    "tests/compute/sources/postgres/test_postgres_source.py::test_pipeline_backpressure_",
 )
 _ROOT = Path(__file__).resolve().parents[1]
 

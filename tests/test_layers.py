@@ -27,6 +27,7 @@ LAYERS: dict[str, int] = {
     "compute.dlq": 6,
     "compute.sources": 6,
     "compute.sources.debezium": 5,
+    "compute.sources.postgres": 5,
     "compute.codec": 5,
     "compute.storage": 5,
     "compute.runtime": 4,

@@ -265,9 +265,13 @@ def _template(info: TableInfo, columns: Sequence[str]) -> str:
 
 
 def _cast_type(base: str) -> str:
-    # A bare ``bit`` cast means bit(1) and would cut '0101' to '0'; the
-    # assignment to the column then checks the length.
-    return "bit varying" if base == "bit" else base
+    # A bare ``bit`` or ``character`` cast means bit(1) or char(1) and would
+    # cut '0101' to '0' and 'ab' to 'a'; the assignment to the column then
+    # checks the length.
+    return _UNBOUNDED.get(base, base)
+
+
+_UNBOUNDED = {"bit": "bit varying", "character": "bpchar"}
 
 
 def _execute_values(cur: PgCursor, query: sql.Composed, batch: ColumnBatch, template: str) -> None:

@@ -80,7 +80,7 @@ type = "mysql"
     text_of = str(caught.value)
     assert "'batch_size' must be an integer from 1 to 100000, got 0" in text_of
     assert "'retry' must be one of aggressive, conservative, default, got 'sometimes'" in text_of
-    assert "'type' must be one of synthetic, jsonl, got 'kafka'" in text_of
+    assert "'type' must be one of synthetic, jsonl, postgresql, got 'kafka'" in text_of
     assert "MISSING_DSN which is not set" in text_of
     assert "'type' must be one of postgresql, snowflake, got 'mysql'" in text_of
     assert len(caught.value.problems) >= 5
@@ -145,3 +145,45 @@ def test_append_only_must_be_a_list_of_table_names(tmp_path: Path, value: str) -
         f"{tmp_path / 'pipelines.toml'}: pipelines[0]: 'append_only' must be a list of table "
         'names like ["public.audit_log"], got '
     )
+
+
+PG_SOURCE = """
+[[pipelines]]
+name = "cdc"
+
+[pipelines.source]
+id = "7"
+type = "postgresql"
+{source}
+tables = ["public.orders"]
+
+[[pipelines.destinations]]
+id = "1"
+name = "PG"
+type = "postgresql"
+dsn = "host=dest"
+"""
+
+
+def test_a_postgresql_source_reads_its_dsn_from_the_environment(tmp_path: Path) -> None:
+    text = PG_SOURCE.format(source='dsn_env = "SRC_DSN"')
+    [spec] = load_pipelines_file(write(tmp_path, text), {"SRC_DSN": "host=src password=pw1"})
+    assert spec.source.type == "postgresql"
+    assert spec.source.options == {"dsn": "host=src password=pw1", "tables": ["public.orders"]}
+    assert "pw1" not in repr(spec)
+
+
+@pytest.mark.parametrize(
+    ("source", "problem"),
+    [
+        ('dsn_env = "SRC_DSN"', "'dsn_env' names environment variable SRC_DSN which is not set"),
+        ("", "a postgresql source needs 'dsn' or 'dsn_env'"),
+    ],
+)
+def test_a_postgresql_source_without_a_dsn_is_named(
+    tmp_path: Path, source: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_pipelines_file(write(tmp_path, PG_SOURCE.format(source=source)), {})
+    assert problem in str(caught.value)
+    assert "pipelines[0].source" in str(caught.value)

@@ -89,6 +89,7 @@ EXACT: list[tuple[str, str, Any, Any]] = [
     ("empty", "text[]", [], None),
     ("bits", "bit(4)", "0101", None),
     ("varbits", "varbit", "10110", None),
+    ("padded", "char(5)", "ab   ", None),  # a bare ::character cast would keep 'a'
     ("f", "float8", 0.1, None),
     ("f_inf", "float8", float("-inf"), None),
     ("flag", "boolean", False, None),

@@ -1,0 +1,3 @@
+"""PostgreSQL logical replication: ``pgoutput`` messages and their column values decoded."""
+
+from __future__ import annotations

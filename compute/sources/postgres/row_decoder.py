@@ -1,0 +1,118 @@
+"""A table's pgoutput tuples as rows of exact Python values, by the columns' type OIDs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+from compute.sources.postgres.pg_types import (
+    Converter,
+    UnmappableValue,
+    converter,
+    is_known,
+    type_name,
+)
+from compute.sources.postgres.pgoutput import UNCHANGED, PgOutputError, Relation, TupleData
+
+logger = logging.getLogger(__name__)
+
+
+class DecodedRow(NamedTuple):
+    """``values`` holds every column sent; ``unchanged`` names the unchanged TOASTed ones.
+
+    An unchanged column is left out of ``values`` (never None): the
+    destination keeps what it holds.
+    """
+
+    values: dict[str, Any]
+    unchanged: tuple[str, ...]
+
+
+class ColumnValueError(UnmappableValue):
+    """A column's value that cannot be decoded exactly; names the table and column."""
+
+    def __init__(self, table: str, column: str, error: UnmappableValue) -> None:
+        ValueError.__init__(self, f"{table}.{column}: {error}")
+        self.type_name = error.type_name
+        self.text = error.text
+        self.reason = error.reason
+        self.table = table
+        self.column = column
+
+
+class RowDecoder:
+    """Decodes the tuples of one relation shape; built again when the shape changes.
+
+    ``warned`` is shared between the decoders of one stream so that a column
+    of an unknown type is logged once, not once per shape.
+    """
+
+    def __init__(self, relation: Relation, warned: set[tuple[str, str]] | None = None) -> None:
+        self.relation = relation
+        self.table = relation.qualified_name
+        self.names = tuple(column.name for column in relation.columns)
+        self.key_columns = relation.key_columns
+        self._key_indexes = tuple(i for i, column in enumerate(relation.columns) if column.key)
+        self._converters: tuple[Converter | None, ...] = tuple(
+            converter(column.type_oid) for column in relation.columns
+        )
+        warned = set() if warned is None else warned
+        for column in relation.columns:
+            if not is_known(column.type_oid) and (self.table, column.name) not in warned:
+                warned.add((self.table, column.name))
+                logger.warning(
+                    "column of a type without a mapping, its values stay text "
+                    "table=%s column=%s type_oid=%d",
+                    self.table,
+                    column.name,
+                    column.type_oid,
+                )
+
+    def decode(self, data: TupleData) -> DecodedRow:
+        """Every sent column's value; ColumnValueError for one that cannot be exact."""
+        if len(data) != len(self.names):
+            raise PgOutputError(
+                f"a tuple of {len(data)} columns for {self.table}, whose last Relation "
+                f"message has {len(self.names)}"
+            )
+        values: dict[str, Any] = {}
+        unchanged: list[str] = []
+        for index, (name, text, convert) in enumerate(
+            zip(self.names, data, self._converters, strict=True)
+        ):
+            if text is UNCHANGED:
+                unchanged.append(name)
+            elif text is None or convert is None:
+                values[name] = text
+            else:
+                values[name] = self._convert(index, convert, text)
+        return DecodedRow(values, tuple(unchanged))
+
+    def key(self, data: TupleData) -> dict[str, Any]:
+        """The replica identity columns of ``data`` (an old key 'K' or a whole row)."""
+        key: dict[str, Any] = {}
+        for index in self._key_indexes:
+            text = data[index]
+            if text is UNCHANGED:
+                raise PgOutputError(
+                    f"{self.table}.{self.names[index]}: a key column sent as unchanged"
+                )
+            convert = self._converters[index]
+            key[self.names[index]] = (
+                text if text is None or convert is None else self._convert(index, convert, text)
+            )
+        return key
+
+    def _convert(self, index: int, convert: Converter, text: str) -> Any:
+        try:
+            return convert(text)
+        except UnmappableValue as error:
+            raise ColumnValueError(self.table, self.names[index], error) from None
+        except (ValueError, ArithmeticError) as error:
+            oid = self.relation.columns[index].type_oid
+            name = type_name(oid) or str(oid)
+            raise ColumnValueError(
+                self.table,
+                self.names[index],
+                UnmappableValue(name, text, f"not valid {name} text ({error})"),
+            ) from None

@@ -1,0 +1,282 @@
+"""Streams a replication slot in a thread of its own: whole transactions in, safe positions out.
+
+One thread owns the replication connection (psycopg2 connections are not to
+be used by two threads at once): it reads pgoutput messages, assembles them
+into committed transactions in a bounded buffer, and sends the standby status
+updates. ``take`` (the source's reader) and ``confirm`` (acknowledgements)
+only touch the buffer and a number under a lock. When the buffer is full the
+thread stops reading but keeps sending status updates every
+``status_interval``, so a pipeline in backpressure for longer than the
+server's ``wal_sender_timeout`` keeps its connection. A lost connection or a
+restarting server is retried with backoff, from the end of the last
+transaction received; the slot is never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Collection
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+
+from compute.runtime.retry_policy import RetryPolicy
+from compute.sources.postgres.pg_types import session_options
+from compute.sources.postgres.pgoutput import PgOutputError, parse_message
+from compute.sources.postgres.standby_status import StandbyStatus, StandbyStatusError
+from compute.sources.postgres.transactions import (
+    Transaction,
+    TransactionAssembler,
+    TransactionError,
+)
+from destinations.records import ChangeRecord, format_pg_lsn
+
+logger = logging.getLogger(__name__)
+
+RECONNECT = RetryPolicy(max_retries=1_000_000, base_delay=0.5, max_delay=30.0)
+# psycopg2's own periodic feedback is switched off (see standby_status.py):
+# this thread sends every status update itself.
+_PSYCOPG_STATUS_INTERVAL = 1e9
+_POLL = 0.2
+
+
+class StreamError(RuntimeError):
+    """The stream cannot go on safely (a change it cannot represent, an undecodable message)."""
+
+
+class ReplicationStream:
+    """Committed transactions of slot ``slot`` (publication ``publication``), read by a thread."""
+
+    def __init__(
+        self,
+        dsn: str,
+        slot: str,
+        publication: str,
+        *,
+        start_lsn: int = 0,
+        tables: Collection[str] = (),
+        status_interval: float = 10.0,
+        max_buffered: int = 20_000,
+        name: str = "",
+    ) -> None:
+        self.dsn = dsn
+        self.slot = slot
+        self.publication = publication
+        self.status_interval = status_interval
+        self.max_buffered = max_buffered
+        self.name = name or slot
+        self.assembler = TransactionAssembler(tables=tables)
+        self._lock = threading.Condition()
+        self._buffer: deque[Transaction] = deque()
+        self._buffered = 0  # records in _buffer
+        self._head_taken = 0  # records of _buffer[0] already handed out
+        self._received_lsn = start_lsn  # end of the last whole transaction received
+        self._confirmed = start_lsn  # safe to confirm: acknowledged by the pipeline
+        self._taken_lsn = start_lsn  # end of the last transaction handed out whole
+        self._sent_flush = 0
+        self._last_status = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.connected = threading.Event()
+        self.reconnects = 0
+
+    # ------------------------------------------------------------ caller side
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"pg-stream-{self.name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        with self._lock:
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def take(self, max_events: int) -> tuple[list[ChangeRecord], int | None]:
+        """Up to ``max_events`` records in order, and the end LSN of the last whole transaction
+        among them (None when they end inside a transaction or there are none)."""
+        if self.error is not None and not self._buffer:
+            # Every whole transaction before the failure was handed out first.
+            raise StreamError(str(self.error)) from self.error
+        out: list[ChangeRecord] = []
+        token: int | None = None
+        with self._lock:
+            while self._buffer and len(out) < max_events:
+                head = self._buffer[0]
+                room = max_events - len(out)
+                part = head.records[self._head_taken : self._head_taken + room]
+                out.extend(part)
+                self._head_taken += len(part)
+                self._buffered -= len(part)
+                if self._head_taken >= len(head.records):
+                    self._buffer.popleft()
+                    self._head_taken = 0
+                    token = head.end_lsn
+                    self._taken_lsn = head.end_lsn
+            self._lock.notify_all()
+        return out, token
+
+    def confirm(self, lsn: int) -> None:
+        """Everything up to ``lsn`` (a transaction's end LSN) is safe: the slot may move there."""
+        with self._lock:
+            if lsn > self._confirmed:
+                self._confirmed = lsn
+                self._lock.notify_all()
+
+    @property
+    def confirmed(self) -> int:
+        return self._confirmed
+
+    @property
+    def buffered(self) -> int:
+        return self._buffered
+
+    # ------------------------------------------------------------ thread side
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            conn = None
+            try:
+                conn, cursor = self._connect()
+                attempt = 0
+                self._stream(conn, cursor)
+            except (TransactionError, PgOutputError) as error:
+                self.error = error
+                self.connected.clear()
+                logger.error("replication stream stopped: slot=%s error=%s", self.slot, error)
+                return
+            except (psycopg2.Error, StandbyStatusError, OSError) as error:
+                attempt += 1
+                delay = RECONNECT.next_delay(attempt)
+                self.connected.clear()
+                self.reconnects += 1
+                logger.warning(
+                    "replication connection lost, reconnecting: slot=%s attempt=%d delay=%.1fs "
+                    "error=%s",
+                    self.slot,
+                    attempt,
+                    delay,
+                    str(error).strip().splitlines()[0] if str(error).strip() else type(error),
+                )
+                self._stop.wait(delay)
+            finally:
+                if conn is not None:
+                    try:
+                        conn.close()
+                    except psycopg2.Error:
+                        pass
+        self.connected.clear()
+
+    def _connect(self) -> tuple[Any, Any]:
+        # The session settings the value converters read exactly (DateStyle ISO, ...).
+        conn = psycopg2.connect(
+            self.dsn,
+            connection_factory=psycopg2.extras.LogicalReplicationConnection,
+            options=session_options(),
+        )
+        try:
+            cursor = conn.cursor()
+            # A transaction cut off by the lost connection is sent again from its start.
+            self.assembler.reset()
+            start = self._received_lsn
+            cursor.start_replication(
+                slot_name=self.slot,
+                decode=False,
+                start_lsn=start,
+                options={"proto_version": "1", "publication_names": self.publication},
+                status_interval=_PSYCOPG_STATUS_INTERVAL,
+            )
+        except BaseException:
+            conn.close()
+            raise
+        self._sent_flush = 0
+        logger.info(
+            "replication started: slot=%s publication=%s start_lsn=%s",
+            self.slot,
+            self.publication,
+            format_pg_lsn(start),
+        )
+        self.connected.set()
+        return conn, cursor
+
+    def _stream(self, conn: Any, cursor: Any) -> None:
+        status = StandbyStatus(conn)
+        self._send_status(status, force=True)
+        while not self._stop.is_set():
+            with self._lock:
+                full = self._buffered >= self.max_buffered
+                if full:
+                    # Backpressure: read nothing more, but keep the connection alive.
+                    self._lock.wait(min(_POLL, self.status_interval))
+            self._send_status(status)
+            if full:
+                continue
+            message = cursor.read_message()
+            if message is None:
+                if not self.assembler.in_transaction:
+                    self._idle(cursor.wal_end)
+                select.select([conn], [], [], _POLL)
+                continue
+            transaction = self.assembler.feed(parse_message(message.payload))
+            if transaction is not None:
+                self._received(transaction)
+
+    def _received(self, transaction: Transaction) -> None:
+        with self._lock:
+            if transaction.records:
+                self._buffer.append(transaction)
+                self._buffered += len(transaction.records)
+            elif not self._buffer and self._confirmed >= self._taken_lsn:
+                # Nothing of this transaction is published and nothing before it
+                # is pending: it is as safe as what was confirmed last.
+                self._confirmed = max(self._confirmed, transaction.end_lsn)
+                self._taken_lsn = max(self._taken_lsn, transaction.end_lsn)
+            else:
+                # An empty transaction behind pending ones is confirmed with them.
+                self._buffer.append(transaction)
+            self._received_lsn = transaction.end_lsn
+
+    def _idle(self, wal_end: int) -> None:
+        """Nothing is pending: confirm the server's ``wal_end`` so the slot keeps no old WAL.
+
+        Safe only here: the stream is between transactions, every transaction
+        received was handed out and acknowledged, and the server sends a
+        keepalive's ``wal_end`` only after every transaction committed before
+        it. Busy tables outside the publication would otherwise hold WAL on
+        the source for as long as the published ones stay quiet.
+        """
+        with self._lock:
+            if (
+                not self._buffer
+                and self._confirmed >= self._taken_lsn >= self._received_lsn
+                and wal_end > self._confirmed
+            ):
+                self._confirmed = wal_end
+                self._taken_lsn = wal_end
+                self._received_lsn = wal_end
+
+    def _send_status(self, status: StandbyStatus, force: bool = False) -> None:
+        """A status update when the safe position moved, or every ``status_interval``."""
+        with self._lock:
+            flush = self._confirmed
+            write = max(self._received_lsn, flush)
+        now = time.monotonic()
+        if (
+            not force
+            and flush <= self._sent_flush
+            and now - self._last_status < self.status_interval
+        ):
+            return
+        status.send(write, flush)
+        self._sent_flush = flush
+        self._last_status = now

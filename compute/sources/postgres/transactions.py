@@ -1,0 +1,216 @@
+"""Turns decoded pgoutput messages into whole transactions of ChangeRecords with their positions."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Collection
+from typing import Any, NamedTuple
+
+from compute.sources.postgres.pgoutput import (
+    Begin,
+    Commit,
+    Delete,
+    Insert,
+    Message,
+    Relation,
+    RelationCache,
+    Truncate,
+    Update,
+)
+from compute.sources.postgres.row_decoder import ColumnValueError, RowDecoder
+from destinations.records import ChangeRecord, Operation, SourcePosition
+
+logger = logging.getLogger(__name__)
+
+REJECTED_KEPT = 100
+
+
+class TransactionError(ValueError):
+    """A change the source cannot turn into records (a truncate, a change outside a transaction)."""
+
+
+class Transaction(NamedTuple):
+    """A committed transaction's changes; ``end_lsn`` is the position to confirm after them."""
+
+    records: list[ChangeRecord]
+    commit_lsn: int
+    end_lsn: int
+
+
+class RejectedChange(NamedTuple):
+    """A change left out because a value of it cannot be decoded exactly, and why."""
+
+    where: str  # "public.t at 0/16B3748#2"
+    reason: str
+    raw: str
+
+
+class TransactionAssembler:
+    """Feeds on messages in stream order; returns a ``Transaction`` at each Commit.
+
+    Records carry ``SourcePosition(commit LSN, sequence in the transaction)``.
+    A TOASTed value the server did not send (unchanged) is left out of
+    ``after``, so the destination keeps its value. An update that changes the
+    key is a delete of the old key then an upsert of the new one, at
+    consecutive sequence numbers of the same commit. ``tables`` (qualified
+    names), when given, keeps only those tables' changes. A change with a
+    value no Python value holds exactly is rejected (kept in ``rejected``,
+    counted) rather than written as something else.
+    """
+
+    def __init__(self, *, tables: Collection[str] = ()) -> None:
+        self.relations = RelationCache()
+        self.tables = frozenset(tables)
+        self.rejected: deque[RejectedChange] = deque(maxlen=REJECTED_KEPT)
+        self.rejected_count = 0
+        self._decoders: dict[int, RowDecoder] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._begin: Begin | None = None
+        self._records: list[ChangeRecord] = []
+        self._seq = 0
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._begin is not None
+
+    def reset(self) -> None:
+        """Forget a transaction cut off by a lost connection (the server sends it again)."""
+        self._begin = None
+        self._records = []
+        self._seq = 0
+
+    def feed(self, message: Message) -> Transaction | None:
+        """Take one message; the finished transaction when ``message`` is its Commit."""
+        if isinstance(message, Begin):
+            self._begin = message
+            self._records = []
+            self._seq = 0
+            return None
+        if isinstance(message, Relation):
+            if self.relations.update(message):
+                self._decoders[message.relation_id] = RowDecoder(message, self._warned)
+                logger.info(
+                    "relation shape: table=%s columns=%s key=%s",
+                    message.qualified_name,
+                    ",".join(c.name for c in message.columns),
+                    ",".join(message.key_columns),
+                )
+            return None
+        if isinstance(message, Commit):
+            return self._commit(message)
+        if isinstance(message, Insert | Update | Delete):
+            self._change(message)
+        elif isinstance(message, Truncate):
+            names = ", ".join(self.relations.get(i).qualified_name for i in message.relation_ids)
+            raise TransactionError(
+                f"TRUNCATE of {names}: this version cannot apply a truncate to the "
+                "destinations, and dropping it would leave them holding rows the source no "
+                "longer has; remove the table from the publication before truncating it, "
+                "or copy it again after"
+            )
+        # Origin, Type and logical messages carry no row change.
+        return None
+
+    def _commit(self, commit: Commit) -> Transaction:
+        if self._begin is None:
+            raise TransactionError(f"a Commit at {commit.commit_lsn} without its Begin")
+        records = self._records
+        self.reset()
+        return Transaction(records, commit.commit_lsn, commit.end_lsn)
+
+    def _change(self, message: Insert | Update | Delete) -> None:
+        begin = self._begin
+        if begin is None:
+            raise TransactionError("a row change outside a transaction (no Begin before it)")
+        relation = self.relations.get(message.relation_id)
+        table = relation.qualified_name
+        if self.tables and table not in self.tables:
+            return
+        decoder = self._decoders[message.relation_id]
+        # Sequence numbers are taken even by a rejected change, so that the
+        # positions of the others do not depend on it.
+        first = self._seq
+        self._seq += 2 if isinstance(message, Update) else 1
+        try:
+            made = _records(decoder, message, begin, first)
+        except ColumnValueError as error:
+            self._reject(table, SourcePosition(begin.final_lsn, first), error, message)
+            return
+        self._records.extend(made)
+
+    def _reject(
+        self, table: str, position: SourcePosition, error: ColumnValueError, message: Any
+    ) -> None:
+        self.rejected_count += 1
+        self.rejected.append(RejectedChange(f"{table} at {position}", str(error), repr(message)))
+        logger.error(
+            "change rejected, a value cannot be decoded exactly: table=%s position=%s error=%s",
+            table,
+            position,
+            error,
+        )
+
+
+def _records(
+    decoder: RowDecoder, message: Insert | Update | Delete, begin: Begin, seq: int
+) -> list[ChangeRecord]:
+    """The change's records at ``seq`` (and ``seq + 1`` for a key-changing update)."""
+    table = decoder.table
+    commit_ts = begin.commit_ts
+    commit = begin.final_lsn
+    if isinstance(message, Insert):
+        after = decoder.decode(message.new).values
+        key = {k: after.get(k) for k in decoder.key_columns}
+        return [
+            ChangeRecord(
+                table, Operation.INSERT, key, after, SourcePosition(commit, seq), None, commit_ts
+            )
+        ]
+    if isinstance(message, Delete):
+        old_key = decoder.key(message.old)
+        before = decoder.decode(message.old).values if message.old_kind == "O" else None
+        return [
+            ChangeRecord(
+                table,
+                Operation.DELETE,
+                old_key,
+                None,
+                SourcePosition(commit, seq),
+                before,
+                commit_ts,
+            )
+        ]
+    after = decoder.decode(message.new).values
+    previous_key = decoder.key(message.old) if message.old is not None else None
+    key = {k: after[k] if k in after else (previous_key or {}).get(k) for k in decoder.key_columns}
+    before = (
+        decoder.decode(message.old).values
+        if message.old is not None and message.old_kind == "O"
+        else None
+    )
+    out = []
+    if previous_key is not None and previous_key != key:
+        out.append(
+            ChangeRecord(
+                table,
+                Operation.DELETE,
+                previous_key,
+                None,
+                SourcePosition(commit, seq),
+                None,
+                commit_ts,
+            )
+        )
+    out.append(
+        ChangeRecord(
+            table,
+            Operation.UPDATE,
+            key,
+            after,
+            SourcePosition(commit, seq + 1),
+            before,
+            commit_ts,
+        )
+    )
+    return out
