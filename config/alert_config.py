@@ -7,7 +7,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from config.env_values import Variables, int_in, parse_group, seconds_in
+from config.env_values import SIZE_HELP, Variables, int_in, parse_group, seconds_in, size_in
+
+GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,12 @@ class AlertConfig:
     # (Slack, PagerDuty): never shown by repr.
     webhook_url: str | None = field(default=None, repr=False)
     eval_interval: float = 10.0  # seconds between evaluations
+    # A replicating source (PostgreSQL slot) behind by more than this many bytes of WAL
+    # or seconds since the oldest unconfirmed commit: warning, then critical.
+    source_lag_bytes: int = GIB
+    source_lag_bytes_critical: int = 10 * GIB
+    source_lag_seconds: float = 300.0
+    source_lag_seconds_critical: float = 1800.0
 
 
 def _webhook_url(text: str) -> str:
@@ -69,6 +77,28 @@ ALERT_VARIABLES: Variables = {
         "seconds, a number from 0 to 315360000",
     ),
     "DLQ_ALERT_DISK_PCT": ("disk_pct", _percent, "a percentage above 0 and at most 100"),
+    "DLQ_ALERT_SOURCE_LAG_BYTES": (
+        "source_lag_bytes",
+        size_in(1, 2**62),
+        f"bytes of source WAL behind before a warning, {SIZE_HELP}",
+    ),
+    "DLQ_ALERT_SOURCE_LAG_BYTES_CRITICAL": (
+        "source_lag_bytes_critical",
+        size_in(1, 2**62),
+        f"bytes of source WAL behind before a critical alert, {SIZE_HELP}, not below "
+        "DLQ_ALERT_SOURCE_LAG_BYTES",
+    ),
+    "DLQ_ALERT_SOURCE_LAG_SECONDS": (
+        "source_lag_seconds",
+        seconds_in(0.1, 10 * 365 * 86400),
+        "seconds behind the source before a warning, a number from 0.1 to 315360000",
+    ),
+    "DLQ_ALERT_SOURCE_LAG_SECONDS_CRITICAL": (
+        "source_lag_seconds_critical",
+        seconds_in(0.1, 10 * 365 * 86400),
+        "seconds behind the source before a critical alert, a number from 0.1 to 315360000, "
+        "not below DLQ_ALERT_SOURCE_LAG_SECONDS",
+    ),
     "DLQ_ALERT_WEBHOOK_URL": ("webhook_url", _webhook_url, "an http:// or https:// URL"),
     "DLQ_ALERT_EVAL_INTERVAL": (
         "eval_interval",
@@ -86,6 +116,8 @@ def _check_alert_levels(
     for warning_name, critical_name in (
         ("DLQ_ALERT_QUEUE_SIZE", "DLQ_ALERT_QUEUE_SIZE_CRITICAL"),
         ("DLQ_ALERT_MAX_AGE", "DLQ_ALERT_MAX_AGE_CRITICAL"),
+        ("DLQ_ALERT_SOURCE_LAG_BYTES", "DLQ_ALERT_SOURCE_LAG_BYTES_CRITICAL"),
+        ("DLQ_ALERT_SOURCE_LAG_SECONDS", "DLQ_ALERT_SOURCE_LAG_SECONDS_CRITICAL"),
     ):
         warning_field = ALERT_VARIABLES[warning_name][0]
         critical_field = ALERT_VARIABLES[critical_name][0]

@@ -7,8 +7,10 @@ from typing import Any
 from compute.admin.operations_base import OperationsBase
 from compute.codec.message_view import message_to_json
 from compute.dlq.timestamps import iso
+from compute.observability.source_lag_rule import source_lag_findings
 from compute.queue_id import QueueId
 from compute.runtime.supervisor import CRASH_WINDOW
+from compute.sources.base import ReplicationLag
 
 # The DLQ warning rule of the reference stats (seed 000): queued messages
 # older than 24 hours make a destination, and the engine, "warning".
@@ -133,8 +135,25 @@ class QueueReading(OperationsBase):
             "last_recovery_attempt": last,
             "queues": len(queues),
             "destinations": dict(sorted(per_dest.items())),
+            "sources": self.source_flows(),
             "mode": self.mode,
         }
+
+    def source_flows(self) -> list[dict[str, Any]]:
+        """Per running pipeline: events delivered, events/s and its source's replication lag."""
+        rows = []
+        for pipeline in self._pipelines() if self._pipelines is not None else []:
+            status = pipeline.status()
+            rows.append(
+                {
+                    "pipeline": status["pipeline"],
+                    "source_id": status["source_id"],
+                    "events": status["events"],
+                    "events_per_second": status.get("events_per_second"),
+                    "replication_lag": status.get("source_lag"),
+                }
+            )
+        return rows
 
     def health(self) -> tuple[dict[str, Any], int]:
         """Overall and per-destination health, and the HTTP status to answer with.
@@ -145,6 +164,9 @@ class QueueReading(OperationsBase):
         within 5 minutes, or it ended for good).
         ``warning`` (200): a destination is unhealthy (the DLQ absorbs the
         outage; a 503 would make an orchestrator restart a healthy engine),
+        a source's replication lag passed ``DLQ_ALERT_SOURCE_LAG_BYTES`` or
+        ``DLQ_ALERT_SOURCE_LAG_SECONDS`` (or its slot is losing WAL, or the lag
+        cannot be read),
         queued messages are older than 24 h, messages are parked, a
         damaged queue was set aside, or a thread crashed and was restarted
         within the last 5 minutes. ``healthy`` (200) otherwise.
@@ -154,6 +176,7 @@ class QueueReading(OperationsBase):
         pipelines = []
         threads: list[dict[str, Any]] = list(self._threads()) if self._threads else []
         critical = False
+        lagging = False
         for pipeline in self._pipelines() if self._pipelines is not None else []:
             status = pipeline.status()
             threads.extend(status.get("threads", []))
@@ -162,6 +185,8 @@ class QueueReading(OperationsBase):
                     "pipeline": status["pipeline"],
                     "state": status["state"],
                     "events": status["events"],
+                    "events_per_second": status.get("events_per_second"),
+                    "source_lag": status.get("source_lag"),
                     "rejected_events": status["rejected_events"],
                     "backpressure_reason": status["backpressure_reason"],
                     "last_error": status["last_error"],
@@ -171,9 +196,12 @@ class QueueReading(OperationsBase):
                 critical = True
                 detail = status["last_error"] or status["backpressure_reason"] or ""
                 reasons.append(f"pipeline {status['pipeline']} is {status['state']}: {detail}")
+            lag_reasons = self._lag_reasons(status)
+            reasons.extend(lag_reasons)
+            lagging = lagging or bool(lag_reasons)
         queues = {q: self.dlq.status(q) for q in self.dlq.list_queues()}
         destinations = []
-        warning = False
+        warning = lagging
         for (source_id, destination_id), dest in sorted(self.destination_health().items()):
             mine = [
                 s
@@ -242,6 +270,26 @@ class QueueReading(OperationsBase):
             "damaged_queues": damaged,
         }
         return body, 503 if critical else 200
+
+    def _lag_reasons(self, status: dict[str, Any]) -> list[str]:
+        """Why the pipeline's source is too far behind (the alert's thresholds), if it is."""
+        lag = status.get("source_lag")
+        if lag is None:
+            return []
+        unknown: set[str] = set()
+        errors: list[str] = []
+        found = source_lag_findings(
+            self.settings.alerts,
+            [(status["pipeline"], str(status["source_id"]), ReplicationLag(**lag))],
+            unknown,
+            errors,
+        )
+        reasons = [f.summary for f in found]
+        if not found and errors:
+            reasons.append(
+                f"replication lag of pipeline {status['pipeline']} unknown: {lag['error']}"
+            )
+        return reasons
 
 
 def _age(now: float, when: float | None) -> float | None:

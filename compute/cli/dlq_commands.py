@@ -190,6 +190,8 @@ def stats(as_json: bool) -> None:
                 entry["last_recovery_attempt"] or "-",
             )
         stdout_console().print(totals)
+        if result.get("sources"):
+            stdout_console().print(source_table(result["sources"]))
 
     emit(result, as_json, human)
 
@@ -235,6 +237,28 @@ def replay(queue: str | None, all_queues: bool, parked: bool, dry_run: bool, as_
     emit(result, as_json, human)
     if result["failed"]:
         raise replay_failure(result)
+
+
+def source_table(sources: list[dict[str, Any]]) -> Any:
+    """Each running pipeline's events, events/s and its source's replication lag."""
+    flows = table(
+        "Sources",
+        ("pipeline", "source", "events", "events/s", "slot", "lag", "lag bytes", "wal status"),
+        right=("events", "events/s", "lag", "lag bytes"),
+    )
+    for row in sources:
+        lag = row.get("replication_lag") or {}
+        flows.add_row(
+            row["pipeline"],
+            str(row["source_id"]),
+            str(row["events"]),
+            f"{row['events_per_second'] or 0:.1f}",
+            lag.get("slot") or "-",
+            format_age(lag["lag_seconds"]) if lag else "-",
+            format_size(lag.get("lag_bytes")) if lag else "-",
+            clip_words(lag.get("wal_status") or f"unknown: {lag.get('error')}") if lag else "-",
+        )
+    return flows
 
 
 def replay_failure(result: dict[str, Any]) -> OperationError:

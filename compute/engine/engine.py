@@ -17,8 +17,10 @@ from compute.engine.table_check import table_problems
 from compute.error_codes import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK
 from compute.observability.alerts import AlertMonitor
 from compute.observability.metrics import DLQMetrics
+from compute.observability.source_metrics import PipelineFlow
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
+from compute.sources.base import ReplicationLag
 from compute.sources.factory import build_source
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec
@@ -157,12 +159,17 @@ class Engine:
             destinations=self._health_snapshots,
             pipelines=self._backpressure,
             threads=self.supervisors,
+            flows=self._flows,
         )
         for pipeline in self.pipelines:
             pipeline.handler.observer = self.metrics
             pipeline.worker.observer = self.metrics
         self.alerts = AlertMonitor(
-            self.settings.alerts, dlq, base_path=base_path, destinations=self._health_snapshots
+            self.settings.alerts,
+            dlq,
+            base_path=base_path,
+            destinations=self._health_snapshots,
+            sources=self._source_lags,
         )
         self.metrics.alerts = self.alerts
         self.alerts.start()
@@ -184,6 +191,26 @@ class Engine:
 
     def _health_snapshots(self) -> list[tuple[str, HealthSnapshot]]:
         return [(p.name, h.snapshot()) for p in self.pipelines for h in p.health.values()]
+
+    def _flows(self) -> list[PipelineFlow]:
+        return [
+            PipelineFlow(
+                p.name,
+                p.source.source_id,
+                p.stats.events,
+                p.event_rate.rate(p.stats.events),
+                p.source.replication_lag(),
+            )
+            for p in self.pipelines
+        ]
+
+    def _source_lags(self) -> list[tuple[str, str, ReplicationLag]]:
+        found = []
+        for p in self.pipelines:
+            lag = p.source.replication_lag()
+            if lag is not None:
+                found.append((p.name, p.source.source_id, lag))
+        return found
 
     def _backpressure(self) -> dict[str, bool]:
         return {p.name: p.state is PipelineState.BACKPRESSURE for p in self.pipelines}

@@ -24,6 +24,7 @@ from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
 from compute.delivery.lane import DeliveryLane, LaneBatch, lane_batch
 from compute.dlq.manager import DLQManager
+from compute.engine.event_rate import EventRate
 from compute.engine.progress import ProgressReporter
 from compute.errors import DLQFullError
 from compute.recovery.worker import DLQRecoveryWorker
@@ -140,6 +141,7 @@ class Pipeline:
         self._lane_error: BaseException | None = None
         self.state = PipelineState.CREATED
         self.stats = PipelineStats()
+        self.event_rate = EventRate()  # delivered events per second, read by status
         self._pending: tuple[SourceBatch, set[tuple[str, str]]] | None = None
         # A failing step is handled by the loop itself (FAILED state); the
         # supervisor restarts it only if something unexpected escapes it.
@@ -381,11 +383,14 @@ class Pipeline:
     # --------------------------------------------------------------- status
 
     def status(self) -> dict[str, Any]:
+        lag = self.source.replication_lag()
         return {
             "pipeline": self.name,
             "state": self.state.value,
             "source_id": self.source.source_id,
             "events": self.stats.events,
+            "events_per_second": round(self.event_rate.rate(self.stats.events), 1),
+            "source_lag": None if lag is None else lag.to_json(),
             "batches": self.stats.batches,
             "rejected_events": self.stats.rejected_events,
             "skipped_events": self.stats.skipped_events,

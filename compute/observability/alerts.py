@@ -10,6 +10,9 @@ Every ``DLQ_ALERT_EVAL_INTERVAL`` seconds a worker thread checks:
   ``DLQ_ALERT_UNHEALTHY_SECONDS`` (critical);
 * ``dlq_disk_usage``: the filesystem holding ``DLQ_BASE_PATH`` used above
   ``DLQ_ALERT_DISK_PCT`` percent (warning);
+* ``source_replication_lag``: a replicating source's slot behind by more
+  than ``DLQ_ALERT_SOURCE_LAG_BYTES`` of WAL or ``DLQ_ALERT_SOURCE_LAG_SECONDS``
+  (warning; ``..._CRITICAL``: critical), or losing WAL it needs (critical);
 * ``dlq_damaged_queue``: a queue directory was damaged and set aside in this
   run (critical; it stays until the engine restarts, since the set-aside
   files need an operator).
@@ -31,13 +34,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from compute.delivery.health import HealthSnapshot, HealthState
 from compute.dlq.manager import DLQManager
+from compute.observability.alert_model import (
+    Alert,
+    AlertEvent,
+    Finding,
+    Severity,
+    alert_level,
+    duration,
+    iso,
+    number,
+)
+from compute.observability.source_lag_rule import SOURCE_LAG, SourceLags, source_lag_findings
 from compute.observability.webhook import WebhookNotifier
 from compute.runtime.supervisor import Supervisor
 from config.alert_config import AlertConfig
@@ -45,11 +58,6 @@ from config.alert_config import AlertConfig
 logger = logging.getLogger(__name__)
 
 RESOLVED_HISTORY = 50
-
-
-class Severity(StrEnum):
-    WARNING = "warning"
-    CRITICAL = "critical"
 
 
 QUEUE_SIZE = "dlq_queue_size"
@@ -65,66 +73,11 @@ RULES: dict[str, tuple[Severity, ...]] = {
     DESTINATION_UNHEALTHY: (Severity.CRITICAL,),
     DISK_USAGE: (Severity.WARNING,),
     DAMAGED_QUEUE: (Severity.CRITICAL,),
+    SOURCE_LAG: (Severity.WARNING, Severity.CRITICAL),
 }
 
 HealthSource = Callable[[], Iterable[tuple[str, HealthSnapshot]]]
 DiskUsage = Callable[[Path], tuple[int, int, int]]
-
-
-@dataclass(frozen=True)
-class Finding:
-    """What one rule found about one subject in one evaluation."""
-
-    rule: str
-    subject: str
-    severity: Severity
-    summary: str
-    value: float
-    threshold: float
-    labels: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def id(self) -> str:
-        return f"{self.rule}:{self.subject}"
-
-
-@dataclass(frozen=True)
-class Alert(Finding):
-    """One firing (or resolved) alert."""
-
-    since: float = field(kw_only=True)  # when it started firing (a change of severity keeps it)
-    resolved_at: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": self.id,
-            "alert": self.rule,
-            "subject": self.subject,
-            "severity": self.severity.value,
-            "summary": self.summary,
-            "value": _number(self.value),
-            "threshold": _number(self.threshold),
-            "since": iso(self.since),
-            "labels": dict(self.labels),
-        }
-        if self.resolved_at is not None:
-            data["resolved_at"] = iso(self.resolved_at)
-        return data
-
-
-@dataclass(frozen=True)
-class AlertEvent:
-    """A change an evaluation found: ``firing`` (new or new severity) or ``resolved``."""
-
-    status: str
-    alert: Alert
-    previous_severity: Severity | None = None
-
-    def payload(self, host: str) -> dict[str, Any]:
-        data = {"status": self.status, **self.alert.to_json(), "host": host}
-        if self.previous_severity is not None:
-            data["previous_severity"] = self.previous_severity.value
-        return data
 
 
 class AlertMonitor:
@@ -137,6 +90,7 @@ class AlertMonitor:
         *,
         base_path: Path,
         destinations: HealthSource = lambda: (),
+        sources: SourceLags = lambda: (),
         clock: Callable[[], float] = time.time,
         disk_usage: DiskUsage = shutil.disk_usage,
         notifier: WebhookNotifier | None = None,
@@ -145,6 +99,7 @@ class AlertMonitor:
         self.dlq = dlq
         self.base_path = Path(base_path)
         self._destinations = destinations
+        self._sources = sources
         self._clock = clock
         self._disk_usage = disk_usage
         if notifier is None and config.webhook_url:
@@ -253,6 +208,10 @@ class AlertMonitor:
             ((DESTINATION_UNHEALTHY,), self._destination_findings),
             ((DISK_USAGE,), self._disk_findings),
             ((DAMAGED_QUEUE,), self._damaged_findings),
+            (
+                (SOURCE_LAG,),
+                lambda t: source_lag_findings(self.config, self._sources(), unknown, errors),
+            ),
         ]
         for rules, check in checks:
             try:
@@ -284,7 +243,7 @@ class AlertMonitor:
                 "destination": queue.destination_id,
             }
             size = status.messages
-            level = _level(size, c.queue_size, c.queue_size_critical, "DLQ_ALERT_QUEUE_SIZE")
+            level = alert_level(size, c.queue_size, c.queue_size_critical, "DLQ_ALERT_QUEUE_SIZE")
             if level is not None:
                 severity, threshold, variable = level
                 found.append(
@@ -300,7 +259,7 @@ class AlertMonitor:
                     )
                 )
             age = status.oldest_age(now) or 0.0
-            level = _level(age, c.max_age, c.max_age_critical, "DLQ_ALERT_MAX_AGE")
+            level = alert_level(age, c.max_age, c.max_age_critical, "DLQ_ALERT_MAX_AGE")
             if level is not None:
                 severity, threshold, variable = level
                 found.append(
@@ -382,7 +341,7 @@ class AlertMonitor:
 
     def _report(self, event: AlertEvent, now: float) -> None:
         alert = event.alert
-        value, threshold = _number(alert.value), _number(alert.threshold)
+        value, threshold = number(alert.value), number(alert.threshold)
         if event.status == "resolved":
             logger.info(
                 "alert resolved: alert=%s severity=%s subject=%s firing_for=%s",
@@ -452,6 +411,10 @@ class AlertMonitor:
                 "max_age_critical_seconds": c.max_age_critical,
                 "unhealthy_seconds": c.unhealthy_seconds,
                 "disk_pct": c.disk_pct,
+                "source_lag_bytes": c.source_lag_bytes,
+                "source_lag_bytes_critical": c.source_lag_bytes_critical,
+                "source_lag_seconds": c.source_lag_seconds,
+                "source_lag_seconds_critical": c.source_lag_seconds_critical,
                 "eval_interval_seconds": c.eval_interval,
             },
             "check_error": last_error,
@@ -459,38 +422,5 @@ class AlertMonitor:
         }
 
 
-def _level(
-    value: float, warning: float, critical: float, variable: str
-) -> tuple[Severity, float, str] | None:
-    """The severity ``value`` reaches, its threshold and the variable that sets it."""
-    if value > critical:
-        return Severity.CRITICAL, critical, f"{variable}_CRITICAL"
-    if value > warning:
-        return Severity.WARNING, warning, variable
-    return None
-
-
 def _log_level(severity: Severity) -> int:
     return logging.ERROR if severity is Severity.CRITICAL else logging.WARNING
-
-
-def _number(value: float) -> float | int:
-    return int(value) if float(value).is_integer() else round(value, 3)
-
-
-def duration(seconds: float) -> str:
-    """``90`` -> ``1m30s``; ``3600`` -> ``1h``; ``4.25`` -> ``4.2s``."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    whole = int(seconds)
-    days, rest = divmod(whole, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
-    return "".join(f"{n}{unit}" for n, unit in parts if n) or "0s"
-
-
-def iso(when: float | None) -> str | None:
-    if when is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when)) + f".{int(when % 1 * 1000):03d}Z"

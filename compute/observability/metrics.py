@@ -7,7 +7,8 @@ Two kinds of figures:
   handler and the recovery worker through the ``Observer`` hook, once per
   batch: one dictionary lookup and an add per batch, never per message.
 * **State** (queue depth, bytes, oldest age, parked messages, destination
-  health, free disk, damaged queues, firing alerts) is read at scrape time
+  health, free disk, damaged queues, firing alerts, each pipeline's events
+  and events/s, its source's replication lag) is read at scrape time
   by a custom collector from what the engine already keeps
   (``DLQManager.status`` is cached by the store), so the hot paths carry no
   gauge updates at all.
@@ -35,6 +36,7 @@ from prometheus_client.registry import Collector
 from compute.delivery.health import HealthSnapshot, HealthState
 from compute.delivery.observer import Observer
 from compute.dlq.manager import DLQManager
+from compute.observability.source_metrics import FlowSource, flow_metrics
 from compute.queue_id import QueueId
 
 if TYPE_CHECKING:
@@ -87,6 +89,7 @@ class DLQMetrics(Observer):
         destinations: HealthSource = lambda: (),
         pipelines: PipelineSource = lambda: {},
         threads: ThreadSource = lambda: (),
+        flows: FlowSource = lambda: (),
         clock: Callable[[], float] = time.time,
         disk_usage: DiskUsage = shutil.disk_usage,
         process_metrics: bool = True,
@@ -97,6 +100,7 @@ class DLQMetrics(Observer):
         self._destinations = destinations
         self._pipelines = pipelines
         self._threads = threads
+        self.flows = flows
         self._clock = clock
         self._disk_usage = disk_usage
         self._closed = threading.Event()
@@ -246,6 +250,7 @@ class _StateCollector(Collector):
             self._queues,
             self._destinations,
             self._pipelines,
+            self._flows,
             self._threads,
             self._disk,
             self._alerts,
@@ -348,6 +353,9 @@ class _StateCollector(Collector):
         for name, paused in self.metrics.pipeline_backpressure().items():
             backpressure.add_metric([name], 1.0 if paused else 0.0)
         yield backpressure
+
+    def _flows(self) -> Iterator[Metric]:
+        yield from flow_metrics(self.metrics.flows())
 
     def _threads(self) -> Iterator[Metric]:
         restarts = CounterMetricFamily(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from config.errors import RosettaError
 from destinations.records import ChangeRecord
@@ -36,6 +37,37 @@ class RejectedEvent:
     raw: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicationLag:
+    """How far the pipeline is behind a replicating source (a PostgreSQL slot), as last seen.
+
+    ``lag_bytes``: the source's current WAL position minus the slot's
+    ``confirmed_flush_lsn`` (WAL the source keeps for this slot), read on a
+    normal connection every few seconds (``checked_at``); None when that read
+    failed (``error`` says why). ``lag_seconds``: now minus the commit time of
+    the oldest transaction received and not yet confirmed, i.e. the one right
+    after the last confirmed transaction; 0 when every transaction received is
+    confirmed. ``wal_status``: the slot's ``pg_replication_slots.wal_status``.
+    """
+
+    slot: str
+    lag_bytes: int | None
+    lag_seconds: float
+    wal_status: str | None
+    checked_at: float | None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "lag_bytes": self.lag_bytes,
+            "lag_seconds": round(self.lag_seconds, 3),
+            "wal_status": self.wal_status,
+            "checked_at": self.checked_at,
+            "error": self.error,
+        }
+
+
 class Source(ABC):
     """A stream of change events that resumes from its last acknowledged position.
 
@@ -63,6 +95,10 @@ class Source(ABC):
     def key_columns(self, table: str) -> tuple[str, ...] | None:
         """The key columns ``table``'s changes carry: () when it has none (append-only at
         best), None when not known before its events arrive (each event names its key)."""
+        return None
+
+    def replication_lag(self) -> ReplicationLag | None:
+        """How far behind the source the pipeline is; None for a source without a WAL."""
         return None
 
     @property

@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
-from compute.sources.base import RejectedEvent, Source, SourceBatch, SourceError
+from compute.sources.base import (
+    RejectedEvent,
+    ReplicationLag,
+    Source,
+    SourceBatch,
+    SourceError,
+)
 from compute.sources.postgres.slot import Slot, SlotError
+from compute.sources.postgres.slot_lag import SlotLagProbe
 from compute.sources.postgres.stream import ReplicationStream, StreamError
 from destinations.records import format_pg_lsn, parse_pg_lsn
 
@@ -28,6 +36,9 @@ class PostgresSource(Source):
     accepted for configurations written for the initial copy, which this
     version does not make yet (it streams from the slot's position and says
     so in the log).
+
+    ``lag_interval``: seconds between reads of the slot's lag in bytes and
+    ``wal_status`` on a normal connection (``replication_lag``).
     """
 
     def __init__(
@@ -42,6 +53,7 @@ class PostgresSource(Source):
         snapshot: str = "initial",
         status_interval: float = 10.0,
         max_buffered: int = 20_000,
+        lag_interval: float = 5.0,
     ) -> None:
         super().__init__(source_id)
         if snapshot not in SNAPSHOT_MODES:
@@ -54,6 +66,10 @@ class PostgresSource(Source):
             raise ValueError(
                 f"status_interval must be a number of seconds from 0 to 3600, got "
                 f"{status_interval!r}"
+            )
+        if not (isinstance(lag_interval, int | float) and 0.1 <= lag_interval <= 3600):
+            raise ValueError(
+                f"lag_interval must be a number of seconds from 0.1 to 3600, got {lag_interval!r}"
             )
         self.slot = Slot(
             dsn,
@@ -89,6 +105,10 @@ class PostgresSource(Source):
             name=f"{source_id}",
         )
         self.stream.start()
+        self.lag_probe = SlotLagProbe(
+            dsn, self.slot.name, interval=float(lag_interval), name=f"{source_id}"
+        )
+        self.lag_probe.start()
 
     def read(self, max_events: int) -> SourceBatch:
         try:
@@ -115,5 +135,17 @@ class PostgresSource(Source):
     def rejected_count(self) -> int:
         return self.stream.assembler.rejected_count
 
+    def replication_lag(self) -> ReplicationLag:
+        reading = self.lag_probe.reading
+        return ReplicationLag(
+            self.slot.name,
+            reading.lag_bytes,
+            self.stream.lag_seconds(time.time()),
+            reading.wal_status,
+            reading.checked_at,
+            reading.error,
+        )
+
     def close(self) -> None:
+        self.lag_probe.stop()
         self.stream.stop()

@@ -136,6 +136,11 @@ def test_alert_variables_parse(tmp_path: Path) -> None:
         ("DLQ_ALERT_WEBHOOK_URL", "ftp://host/x"),
         ("DLQ_ALERT_WEBHOOK_URL", "not a url"),
         ("DLQ_ALERT_EVAL_INTERVAL", "0"),
+        ("DLQ_ALERT_SOURCE_LAG_BYTES", "0"),
+        ("DLQ_ALERT_SOURCE_LAG_BYTES", "lots"),
+        ("DLQ_ALERT_SOURCE_LAG_BYTES_CRITICAL", "5 parsecs"),
+        ("DLQ_ALERT_SOURCE_LAG_SECONDS", "-1"),
+        ("DLQ_ALERT_SOURCE_LAG_SECONDS_CRITICAL", "inf"),
     ],
 )
 def test_bad_alert_value_names_the_variable(name: str, raw: str, tmp_path: Path) -> None:
@@ -150,6 +155,32 @@ def test_critical_below_warning_is_refused(tmp_path: Path) -> None:
     ).problems
     assert problems == [
         "DLQ_ALERT_QUEUE_SIZE_CRITICAL='10' is below DLQ_ALERT_QUEUE_SIZE='100': "
+        "the critical level must be at least the warning level"
+    ]
+
+
+def test_source_lag_thresholds_parse_sizes_and_seconds(tmp_path: Path) -> None:
+    alerts = settings(
+        {
+            "DLQ_ALERT_SOURCE_LAG_BYTES": "64MiB",
+            "DLQ_ALERT_SOURCE_LAG_BYTES_CRITICAL": "1GB",
+            "DLQ_ALERT_SOURCE_LAG_SECONDS": "2.5",
+        },
+        tmp_path,
+    ).alerts
+    assert alerts.source_lag_bytes == 64 * 1024**2
+    assert alerts.source_lag_bytes_critical == 1000**3
+    assert alerts.source_lag_seconds == 2.5
+    assert alerts.source_lag_seconds_critical == AlertConfig().source_lag_seconds_critical
+    # An unset critical level follows a warning level set above its default.
+    high = settings({"DLQ_ALERT_SOURCE_LAG_SECONDS": "7200"}, tmp_path).alerts
+    assert high.source_lag_seconds_critical == 7200.0
+    problems = error_of(
+        {"DLQ_ALERT_SOURCE_LAG_BYTES": "2GiB", "DLQ_ALERT_SOURCE_LAG_BYTES_CRITICAL": "1GiB"},
+        tmp_path,
+    ).problems
+    assert problems == [
+        "DLQ_ALERT_SOURCE_LAG_BYTES_CRITICAL='1GiB' is below DLQ_ALERT_SOURCE_LAG_BYTES='2GiB': "
         "the critical level must be at least the warning level"
     ]
 

@@ -405,6 +405,16 @@ ALERT_INVALID_CASES: dict[str, tuple[list[str], str]] = {
         "an http:// or https:// URL",
     ),
     "DLQ_ALERT_EVAL_INTERVAL": (["", "0", "-1", "often", "86401", HUGE], "from 0.05 to 86400"),
+    "DLQ_ALERT_SOURCE_LAG_BYTES": (["", "0", "-1", "lots", "1 parsec", HUGE], "a size such as"),
+    "DLQ_ALERT_SOURCE_LAG_BYTES_CRITICAL": (["", "0", "-1", "much", HUGE], "a size such as"),
+    "DLQ_ALERT_SOURCE_LAG_SECONDS": (
+        ["", "0", "-1", "5m", "nan", HUGE],
+        "from 0.1 to 315360000",
+    ),
+    "DLQ_ALERT_SOURCE_LAG_SECONDS_CRITICAL": (
+        ["", "-1", "1h", "inf", HUGE],
+        "from 0.1 to 315360000",
+    ),
 }
 
 

@@ -78,6 +78,8 @@ class ReplicationStream:
         self._received_lsn = start_lsn  # end of the last whole transaction received
         self._confirmed = start_lsn  # safe to confirm: acknowledged by the pipeline
         self._taken_lsn = start_lsn  # end of the last transaction handed out whole
+        # (end LSN, commit time) of transactions with changes received, not yet confirmed.
+        self._unconfirmed: deque[tuple[int, float]] = deque()
         self._sent_flush = 0
         self._last_status = 0.0
         self._stop = threading.Event()
@@ -131,6 +133,15 @@ class ReplicationStream:
             if lsn > self._confirmed:
                 self._confirmed = lsn
                 self._lock.notify_all()
+            while self._unconfirmed and self._unconfirmed[0][0] <= lsn:
+                self._unconfirmed.popleft()
+
+    def lag_seconds(self, now: float) -> float:
+        """Seconds since the commit of the oldest transaction received and not yet confirmed
+        (the one right after the last confirmed); 0 when every one received is confirmed."""
+        with self._lock:
+            oldest = self._unconfirmed[0][1] if self._unconfirmed else None
+        return 0.0 if oldest is None else max(0.0, now - oldest)
 
     @property
     def confirmed(self) -> int:
@@ -236,6 +247,9 @@ class ReplicationStream:
             if transaction.records:
                 self._buffer.append(transaction)
                 self._buffered += len(transaction.records)
+                commit_ts = transaction.records[0].commit_ts
+                if commit_ts is not None:
+                    self._unconfirmed.append((transaction.end_lsn, commit_ts))
             elif not self._buffer and self._confirmed >= self._taken_lsn:
                 # Nothing of this transaction is published and nothing before it
                 # is pending: it is as safe as what was confirmed last.

@@ -27,6 +27,8 @@ MATCHING = {
     ("destination_unhealthy", "critical"): "RosettaDestinationUnhealthy",
     ("dlq_disk_usage", "warning"): "RosettaDLQDiskUsage",
     ("dlq_damaged_queue", "critical"): "RosettaDLQDamagedQueue",
+    ("source_replication_lag", "warning"): "RosettaSourceReplicationLagWarning",
+    ("source_replication_lag", "critical"): "RosettaSourceReplicationLagCritical",
 }
 
 
@@ -88,6 +90,17 @@ def test_thresholds_are_the_engine_defaults() -> None:
         f"rosetta_destination_unhealthy_seconds > {c.unhealthy_seconds:g}"
     )
     assert expr("RosettaDLQDiskUsage") == f"rosetta_dlq_disk_usage_ratio > {c.disk_pct / 100:.2f}"
+    critical = (
+        f"rosetta_source_replication_lag_bytes > {c.source_lag_bytes_critical} or "
+        f"rosetta_source_replication_lag_seconds > {c.source_lag_seconds_critical:g} or "
+        'rosetta_source_replication_slot_wal_status{status=~"unreserved|lost"} == 1'
+    )
+    assert expr("RosettaSourceReplicationLagCritical") == critical
+    assert expr("RosettaSourceReplicationLagWarning") == (
+        f"(rosetta_source_replication_lag_bytes > {c.source_lag_bytes} or "
+        f"rosetta_source_replication_lag_seconds > {c.source_lag_seconds:g}) "
+        f"unless on (pipeline, source, slot) ({critical})"
+    )
 
 
 def test_scrape_config_targets_the_default_admin_address_and_loads_the_rules() -> None:
