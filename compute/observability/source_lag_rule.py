@@ -25,8 +25,9 @@ def source_lag_findings(
 ) -> list[Finding]:
     """One finding per source behind by more than a threshold (bytes, seconds) or losing WAL.
 
-    When the bytes could not be read, that source's alert is marked unknown (it
-    stays as it was unless the seconds alone decide) and the reason is kept.
+    When the bytes could not be read (or not yet), that source's alert is
+    marked unknown (it stays as it was unless the seconds alone decide) and the
+    reason goes to ``errors``.
     """
     found: list[Finding] = []
     for pipeline, source_id, lag in lags:
@@ -47,7 +48,8 @@ def source_lag_findings(
         measures: list[tuple[float, float, float, str, str, Callable[[float], str]]] = []
         if lag.lag_bytes is None:
             unknown.add(f"{SOURCE_LAG}:{subject}")
-            errors.append(f"source lag of {subject}: {lag.error}")
+            if lag.error is not None:  # None: not read yet (the engine is starting)
+                errors.append(f"source lag of {subject}: {lag.error}")
         else:
             measures.append(
                 (

@@ -59,7 +59,7 @@ class SlotLagProbe:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
-        self.reading = SlotLagReading(None, None, None, "not checked yet")
+        self.reading = SlotLagReading(None, None, None, None)  # not checked yet
 
     def start(self) -> None:
         self._thread = threading.Thread(

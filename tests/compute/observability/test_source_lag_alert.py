@@ -141,5 +141,8 @@ def test_health_warns_on_lag_alone_and_names_the_threshold(tmp_path: Path) -> No
         flows = ops.stats()["sources"]
         assert [(f["pipeline"], f["source_id"]) for f in flows] == [("p", "1")]
         assert flows[0]["replication_lag"]["error"] == "connection refused"
+        # Not read yet (the engine just started): no reason to warn.
+        current[0] = ReplicationLag("rosetta_7", None, 0.0, None, None, None)
+        assert ops.health()[0]["status"] == "healthy"
     finally:
         h.engine.stop()
