@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from compute.sources.base import RejectedEvent, Source, SourceBatch, SourceError
 from compute.sources.postgres.slot import Slot, SlotError
 from compute.sources.postgres.stream import ReplicationStream, StreamError
+from compute.sources.postgres.table_keys import TableKey, key_problems, published_keys
 from destinations.records import format_pg_lsn, parse_pg_lsn
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,12 @@ class PostgresSource(Source):
     accepted for configurations written for the initial copy, which this
     version does not make yet (it streams from the slot's position and says
     so in the log).
+
+    Each published table's key comes from its replica identity (DEFAULT: the
+    primary key; USING INDEX: that index); a table with REPLICA IDENTITY FULL
+    is refused at start-up unless it is in ``append_only``, whose tables'
+    changes carry no key (each insert is appended). Truncates are TRUNCATE
+    records, applied in order with the other changes.
     """
 
     def __init__(
@@ -38,6 +45,7 @@ class PostgresSource(Source):
         slot: str | None = None,
         publication: str | None = None,
         tables: Sequence[str] = (),
+        append_only: Sequence[str] = (),
         create: bool = True,
         snapshot: str = "initial",
         status_interval: float = 10.0,
@@ -71,6 +79,19 @@ class PostgresSource(Source):
                 f"source {source_id} (postgresql): cannot reach the source database: "
                 f"{str(error).strip()}"
             ) from None
+        try:
+            keys = published_keys(dsn, self.slot.publication)
+        except Exception as error:  # psycopg2.Error: the catalog could not be read
+            raise SourceError(
+                f"source {source_id} (postgresql): cannot read the published tables' replica "
+                f"identity: {str(error).strip()}"
+            ) from None
+        if tables:
+            keys = {table: key for table, key in keys.items() if table in tables}
+        problems = key_problems(source_id, keys, append_only)
+        if problems:
+            raise SourceError("\n".join(problems))
+        self.table_keys: dict[str, TableKey] = keys
         if snapshot == "initial":
             logger.warning(
                 "snapshot=initial: the initial copy is not made by this version; streaming "
@@ -84,11 +105,24 @@ class PostgresSource(Source):
             self.slot.publication,
             start_lsn=start,
             tables=tables,
+            append_only=tuple(append_only),
             status_interval=float(status_interval),
             max_buffered=max_buffered,
             name=f"{source_id}",
         )
         self.stream.start()
+
+    def declared_tables(self) -> Sequence[str]:
+        """The published tables (those of ``tables`` when it is given)."""
+        return list(self.table_keys)
+
+    def key_columns(self, table: str) -> tuple[str, ...] | None:
+        """The replica identity's columns; () for a table without one (NOTHING, or DEFAULT
+        without a primary key), which replicates only as append-only."""
+        key = self.table_keys.get(table)
+        if key is None:
+            return None  # published later: its changes name their key
+        return key.columns
 
     def read(self, max_events: int) -> SourceBatch:
         try:
