@@ -44,8 +44,10 @@ def apply_move(cur: PgCursor, info: TableInfo, record: ChangeRecord, *, guard: b
     """Move the row at ``record.moved_from`` to ``record.key`` in place, with ``after``'s values.
 
     The columns the source left out as unchanged stay as the row holds them.
+    A move delivered again (the row already at the new key) updates that row.
     PermanentDestinationError (the change is parked, naming why) when no row
-    holds the old key: those columns' values exist nowhere else.
+    holds either key: the unchanged columns' values exist nowhere else.
+    With the position guard only an older row is changed.
     """
     old = record.moved_from or {}
     values = {**(record.after or {}), **record.key}
@@ -55,34 +57,67 @@ def apply_move(cur: PgCursor, info: TableInfo, record: ChangeRecord, *, guard: b
             f"record columns missing from target table {info}: {', '.join(sorted(missing))} "
             f"(target has: {', '.join(info.columns)})"
         )
+    if _update(cur, info, record, values, old, guard) or _update(
+        cur, info, record, values, dict(record.key), guard
+    ):
+        return
+    if guard and _exists(cur, info, dict(record.key)):
+        return  # the row at the new key is newer than this change
+    unchanged = ", ".join(record.unchanged)
+    raise PermanentDestinationError(
+        f"key change of {record.table} at {record.position} from {old} to "
+        f"{dict(record.key)}: no row with the old key at target table {info}, and the "
+        f"unchanged columns ({unchanged}) the source did not send exist only in that "
+        "row; parked (copy the row from the source, then replay or drop it)"
+    )
+
+
+def _matching(info: TableInfo, key: dict[str, Any]) -> tuple[list[sql.Composable], list[Any]]:
+    where: list[sql.Composable] = [
+        sql.SQL("{} = %s::{}").format(sql.Identifier(c), sql.SQL(cast_type(info.columns[c])))
+        for c in key
+    ]
+    return where, [text_value(v) for v in key.values()]
+
+
+def _update(
+    cur: PgCursor,
+    info: TableInfo,
+    record: ChangeRecord,
+    values: dict[str, Any],
+    key: dict[str, Any],
+    guard: bool,
+) -> bool:
+    """``UPDATE target SET values WHERE key`` (and older, guarded); True if a row changed."""
     assignments = [
         sql.SQL("{} = %s::{}").format(sql.Identifier(c), sql.SQL(cast_type(info.columns[c])))
         for c in values
     ]
     params: list[Any] = [text_value(v) for v in values.values()]
+    where, key_params = _matching(info, key)
+    params += key_params
     if guard:
-        assignments += [
-            sql.SQL("{} = %s").format(sql.Identifier(POSITION_COMMIT_COLUMN)),
-            sql.SQL("{} = %s").format(sql.Identifier(POSITION_SEQ_COLUMN)),
-        ]
+        commit, seq = sql.Identifier(POSITION_COMMIT_COLUMN), sql.Identifier(POSITION_SEQ_COLUMN)
+        assignments += [sql.SQL("{} = %s").format(commit), sql.SQL("{} = %s").format(seq)]
+        params[len(values) : len(values)] = [record.position.commit, record.position.seq]
+        # Rows from before the guard (no position) count as oldest.
+        where.append(sql.SQL("({} IS NULL OR ({}, {}) < (%s, %s))").format(commit, commit, seq))
         params += [record.position.commit, record.position.seq]
-    where = [
-        sql.SQL("{} = %s::{}").format(sql.Identifier(c), sql.SQL(cast_type(info.columns[c])))
-        for c in old
-    ]
-    params += [text_value(v) for v in old.values()]
-    # Identifiers may hold '%': escape the composed text, then put the placeholders back.
-    marker = "\x00rosetta-param\x00"
     query = sql.SQL("UPDATE {} SET {} WHERE {}").format(
         info.ident, sql.SQL(", ").join(assignments), sql.SQL(" AND ").join(where)
     )
-    text = query.as_string(cur).replace("%s", marker).replace("%", "%%").replace(marker, "%s")
-    cur.execute(text, params)
-    if cur.rowcount == 0:
-        unchanged = ", ".join(record.unchanged)
-        raise PermanentDestinationError(
-            f"key change of {record.table} at {record.position} from {old} to "
-            f"{dict(record.key)}: no row with the old key at target table {info}, and the "
-            f"unchanged columns ({unchanged}) the source did not send exist only in that "
-            "row; parked (copy the row from the source, then replay or drop it)"
-        )
+    cur.execute(_escaped(cur, query), params)
+    return bool(cur.rowcount)
+
+
+def _exists(cur: PgCursor, info: TableInfo, key: dict[str, Any]) -> bool:
+    where, params = _matching(info, key)
+    query = sql.SQL("SELECT 1 FROM {} WHERE {}").format(info.ident, sql.SQL(" AND ").join(where))
+    cur.execute(_escaped(cur, query), params)
+    return cur.fetchone() is not None
+
+
+def _escaped(cur: PgCursor, query: sql.Composed) -> str:
+    """The query's text with a literal '%' (identifiers may hold one) doubled."""
+    marker = "\x00rosetta-param\x00"
+    return query.as_string(cur).replace("%s", marker).replace("%", "%%").replace(marker, "%s")

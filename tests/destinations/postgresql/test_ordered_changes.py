@@ -83,11 +83,12 @@ def test_a_key_move_keeps_the_unchanged_column(
 ) -> None:
     _table(pg_conn, pg_schema)
     destination.write_batch("public.docs", [upsert(1, 5, title="t", body="x" * 5000)])
-    destination.write_batch("public.docs", [move(1, 2, 10, title="t2"), upsert(3, 11, title="z")])
-    assert rows(pg_conn, pg_schema, "docs", "id, title, length(body)") == [
-        (2, "t2", 5000),
-        (3, "z", None),
-    ]
+    batch = [move(1, 2, 10, title="t2"), upsert(3, 11, title="z")]
+    destination.write_batch("public.docs", batch)
+    moved = [(2, "t2", 5000), (3, "z", None)]
+    assert rows(pg_conn, pg_schema, "docs", "id, title, length(body)") == moved
+    destination.write_batch("public.docs", batch)  # delivered again: the row is already moved
+    assert rows(pg_conn, pg_schema, "docs", "id, title, length(body)") == moved
 
 
 def test_a_key_move_without_the_old_row_is_refused_naming_why(
@@ -98,3 +99,22 @@ def test_a_key_move_without_the_old_row_is_refused_naming_why(
         destination.write_batch("public.docs", [upsert(5, 9, title="q"), move(1, 2, 10)])
     # The batch is one transaction: nothing of it landed.
     assert rows(pg_conn, pg_schema, "docs", "id") == []
+
+
+def test_a_guarded_move_never_overwrites_a_newer_row(
+    postgres_dsn: str, pg_conn: Any, pg_schema: str
+) -> None:
+    destination = PostgreSQLDestination(
+        "1", "PG", postgres_dsn, table_map={"public.docs": f"{pg_schema}.docs"}, position_guard=True
+    )
+    try:
+        _table(pg_conn, pg_schema)
+        destination.write_batch("public.docs", [upsert(1, 5, title="t", body="b")])
+        destination.write_batch("public.docs", [move(1, 2, 10, title="moved")])
+        destination.write_batch("public.docs", [upsert(2, 20, title="newer")])
+        destination.write_batch("public.docs", [move(1, 2, 10, title="moved")])  # a late replay
+        assert rows(pg_conn, pg_schema, "docs", "id, title, body, _rosetta_commit") == [
+            (2, "newer", "b", 20)
+        ]
+    finally:
+        destination.close()
