@@ -38,7 +38,7 @@ def build_source(spec: SourceSpec, state_path: Path, *, append_only: Sequence[st
             dsn = options.pop("dsn")
             if "tables" in options:
                 options["tables"] = tuple(options["tables"])
-            return PostgresSource(spec.id, dsn, offsets=offsets, **options)
+            return PostgresSource(spec.id, dsn, offsets=offsets, append_only=append_only, **options)
     except (TypeError, ValueError) as error:
         raise ConfigError([f"source {spec.id} ({spec.type}): bad option: {error}"]) from None
     raise ConfigError([f"source {spec.id}: unknown type {spec.type!r}"])

@@ -18,6 +18,7 @@ from compute.sources.postgres.snapshot import (
 )
 from compute.sources.postgres.snapshot_state import COPYING, DONE, SnapshotProgress, SnapshotState
 from compute.sources.postgres.stream import ReplicationStream, StreamError
+from compute.sources.postgres.table_keys import TableKey, key_problems, published_keys
 from destinations.records import format_pg_lsn, parse_pg_lsn
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,12 @@ class PostgresSource(Source):
     copy cut off by a crash is taken again at the next start, from the
     tables not yet copied and acknowledged, in a fresh snapshot (see
     ``_recopy``); the slot is kept, so no change after it is lost.
+
+    Each published table's key comes from its replica identity (DEFAULT: the
+    primary key; USING INDEX: that index); a table with REPLICA IDENTITY FULL
+    is refused at start-up unless it is in ``append_only``, whose tables'
+    changes carry no key (each insert is appended). Truncates are TRUNCATE
+    records, applied in order with the other changes.
     """
 
     def __init__(
@@ -51,6 +58,7 @@ class PostgresSource(Source):
         slot: str | None = None,
         publication: str | None = None,
         tables: Sequence[str] = (),
+        append_only: Sequence[str] = (),
         create: bool = True,
         snapshot: str = "initial",
         status_interval: float = 10.0,
@@ -91,12 +99,26 @@ class PostgresSource(Source):
                 f"source {source_id} (postgresql): cannot reach the source database: "
                 f"{str(error).strip()}"
             ) from None
+        try:
+            keys = published_keys(dsn, self.slot.publication)
+        except Exception as error:  # psycopg2.Error: the catalog could not be read
+            raise SourceError(
+                f"source {source_id} (postgresql): cannot read the published tables' replica "
+                f"identity: {str(error).strip()}"
+            ) from None
+        if tables:
+            keys = {table: key for table, key in keys.items() if table in tables}
+        problems = key_problems(source_id, keys, append_only)
+        if problems:
+            raise SourceError("\n".join(problems))
+        self.table_keys: dict[str, TableKey] = keys
         self.stream = ReplicationStream(
             dsn,
             self.slot.name,
             self.slot.publication,
             start_lsn=start,
             tables=tables,
+            append_only=tuple(append_only),
             status_interval=float(status_interval),
             max_buffered=max_buffered,
             name=f"{source_id}",
@@ -165,6 +187,18 @@ class PostgresSource(Source):
             self.dsn, exported, tables, max_buffered=self.max_buffered, name=self.source_id
         )
         self.snapshot.start()
+
+    def declared_tables(self) -> Sequence[str]:
+        """The published tables (those of ``tables`` when it is given)."""
+        return list(self.table_keys)
+
+    def key_columns(self, table: str) -> tuple[str, ...] | None:
+        """The replica identity's columns; () for a table without one (NOTHING, or DEFAULT
+        without a primary key), which replicates only as append-only."""
+        key = self.table_keys.get(table)
+        if key is None:
+            return None  # published later: its changes name their key
+        return key.columns
 
     def read(self, max_events: int) -> SourceBatch:
         if self.snapshot is not None and not self._snapshot_out:
