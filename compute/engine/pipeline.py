@@ -388,6 +388,7 @@ class Pipeline:
             "pipeline": self.name,
             "state": self.state.value,
             "source_id": self.source.source_id,
+            "source": self.source.status(),
             "events": self.stats.events,
             "events_per_second": round(self.event_rate.rate(self.stats.events), 1),
             "source_lag": None if lag is None else lag.to_json(),

@@ -101,6 +101,10 @@ class Source(ABC):
         """How far behind the source the pipeline is; None for a source without a WAL."""
         return None
 
+    def status(self) -> dict[str, Any]:
+        """What the source reports about itself in the pipeline's status (progress, lag)."""
+        return {}
+
     @property
     def exhausted(self) -> bool:
         """True when a finite source has nothing more to give (a file read to its end)."""

@@ -78,6 +78,17 @@ def pgbench(server: PostgresServer, *args: str) -> list[str]:
     ]
 
 
+def stop_bench_and_engine(bench: subprocess.Popen[bytes], engine: subprocess.Popen[bytes]) -> None:
+    """End the pgbench run if it still runs, and stop the engine (SIGTERM, SIGKILL after 30 s)."""
+    if bench.poll() is None:
+        bench.kill()
+    engine.send_signal(signal.SIGTERM)
+    try:
+        engine.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        engine.kill()
+
+
 def table_state(dsn: str) -> dict[str, dict[int, tuple[Any, ...]]]:
     state = {}
     for table in TABLES:
@@ -209,13 +220,7 @@ def test_kill9_during_pgbench_loses_nothing_and_never_confirms_ahead(
             "every replicated pgbench table matches the source",
         )
     finally:
-        if bench.poll() is None:
-            bench.kill()
-        engine.send_signal(signal.SIGTERM)
-        try:
-            engine.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            engine.kill()
+        stop_bench_and_engine(bench, engine)
     print(f"kills={KILLS} changes the slot still held at the kills={replayed_after_kill}")
     assert replayed_after_kill > 0, "no kill landed while changes were in flight"
     assert "replication started" in log.read_text()
