@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+
 from compute.admin.discovery import DISCOVERY_FILE
 from compute.sources.postgres.slot_lag import SlotLagProbe
 from tests.builders import pipelines_toml, postgresql_destination
@@ -43,7 +45,7 @@ def _insert(dsn: str, start: int, count: int) -> None:
     )
 
 
-class Engine:
+class RunningEngine:
     """``rosetta run`` as a child process, read through its admin API and the CLI."""
 
     def __init__(self, env: dict[str, str], base: Path) -> None:
@@ -95,13 +97,9 @@ class Engine:
         return out
 
 
-def test_lag_grows_in_backpressure_and_falls_after_in_metrics_health_stats_and_alerts(
-    tmp_path: Path, postgres_server_factory
-) -> None:
-    source_server = logical_server(postgres_server_factory)
-    target = postgres_server_factory()
-    execute(source_server.dsn, ITEMS)
-    execute(target.dsn, ITEMS)
+def start_engine(tmp_path: Path, source_dsn: str, target_dsn: str, **env: str) -> RunningEngine:
+    """``rosetta run`` replicating source "7" (slot rosetta_7) into the target, its lag read
+    every 0.3 s and its alerts evaluated every 0.2 s; ``env`` adds or overrides settings."""
     source = {
         "id": "7",
         "type": "postgresql",
@@ -112,23 +110,38 @@ def test_lag_grows_in_backpressure_and_falls_after_in_metrics_health_stats_and_a
     }
     (tmp_path / "p.toml").write_text(pipelines_toml(source, [postgresql_destination("DSN")]))
     base = tmp_path / "dlq"
-    env = cli_env(
-        DLQ_BASE_PATH=str(base),
-        ROSETTA_STATE_PATH=str(tmp_path / "state"),
-        ROSETTA_ADMIN_ADDR="127.0.0.1:0",
-        ROSETTA_PIPELINES_FILE=str(tmp_path / "p.toml"),
-        DLQ_MIN_FREE_DISK_MB="0",
+    settings = {
+        "DLQ_BASE_PATH": str(base),
+        "ROSETTA_STATE_PATH": str(tmp_path / "state"),
+        "ROSETTA_ADMIN_ADDR": "127.0.0.1:0",
+        "ROSETTA_PIPELINES_FILE": str(tmp_path / "p.toml"),
+        "DLQ_MIN_FREE_DISK_MB": "0",
+        "DLQ_CHECK_INTERVAL": "0.5",
+        "DLQ_CHECK_INTERVAL_MIN": "0.2",
+        "DLQ_ALERT_EVAL_INTERVAL": "0.2",
+        "SOURCE_DSN": source_dsn,
+        "DSN": target_dsn,
+    }
+    return RunningEngine(cli_env(**(settings | env)), base)
+
+
+def test_lag_grows_in_backpressure_and_falls_after_in_metrics_health_stats_and_alerts(
+    tmp_path: Path, postgres_server_factory
+) -> None:
+    source_server = logical_server(postgres_server_factory)
+    target = postgres_server_factory()
+    execute(source_server.dsn, ITEMS)
+    execute(target.dsn, ITEMS)
+    engine = start_engine(
+        tmp_path,
+        source_server.dsn,
+        target.dsn,
         DLQ_MAX_QUEUE_MESSAGES="50",  # the DLQ fills at once: backpressure
-        DLQ_CHECK_INTERVAL="0.5",
-        DLQ_CHECK_INTERVAL_MIN="0.2",
-        DLQ_ALERT_EVAL_INTERVAL="0.2",
         DLQ_ALERT_SOURCE_LAG_BYTES=str(WARNING_BYTES),
         DLQ_ALERT_SOURCE_LAG_BYTES_CRITICAL=str(CRITICAL_BYTES),
         DLQ_ALERT_SOURCE_LAG_SECONDS="3600",
-        SOURCE_DSN=source_server.dsn,
-        DSN=target.dsn,
     )
-    engine = Engine(env, base)
+    env = engine.env
     log = ""
     try:
         # Flowing: everything replicates, the slot is confirmed, nothing is behind.
@@ -226,6 +239,62 @@ def test_lag_grows_in_backpressure_and_falls_after_in_metrics_health_stats_and_a
     assert "alert resolved: alert=source_replication_lag" in log
     assert "Traceback" not in log
     assert query(source_server.dsn, "SELECT count(*) FROM items") == [(21_000,)]
+
+
+def test_a_stuck_destination_write_makes_health_warn_on_lag_in_seconds_then_clear(
+    tmp_path: Path, postgres_server_factory
+) -> None:
+    """No backpressure: a write waits on a lock at the destination (the live-write deadline
+    is long), nothing is confirmed, the lag in seconds passes its warning level: /health
+    answers 200 "warning" naming it, the alert is a warning; the lock goes, both clear."""
+    source_server = logical_server(postgres_server_factory)
+    target = postgres_server_factory()
+    execute(source_server.dsn, ITEMS)
+    execute(target.dsn, ITEMS)
+    engine = start_engine(
+        tmp_path,
+        source_server.dsn,
+        target.dsn,
+        DLQ_LIVE_WRITE_DEADLINE_MS="60000",
+        DLQ_ALERT_SOURCE_LAG_SECONDS="2",
+    )
+    lock = psycopg2.connect(target.dsn)
+    log = ""
+    try:
+        _insert(source_server.dsn, 0, 10)
+        wait_until(
+            lambda: query(target.dsn, "SELECT count(*) FROM items") == [(10,)],
+            30,
+            "the first rows replicate",
+        )
+        wait_until(engine.caught_up, 30, "nothing is behind")
+        with lock.cursor() as cur:
+            cur.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        _insert(source_server.dsn, 10, 10)
+        wait_until(lambda: (engine.lag("seconds") or 0) > 2.5, 30, "the lag passes 2 s")
+        status, health = engine.health()
+        assert (status, health["status"]) == (200, "warning"), health
+        assert health["pipelines"][0]["state"] == "running"
+        [reason] = [r for r in health["reasons"] if "is behind" in r]
+        assert "source 7 (pipeline p, slot rosetta_7) is behind: its oldest unconfirmed " in reason
+        assert "above the warning threshold of 2.0s (DLQ_ALERT_SOURCE_LAG_SECONDS)" in reason
+        wait_until(lambda: engine.alert() is not None, 10, "the alert fires")
+        alert = engine.alert()
+        assert alert is not None and alert["severity"] == "warning"
+        lock.rollback()
+        wait_until(
+            lambda: query(target.dsn, "SELECT count(*) FROM items") == [(20,)],
+            30,
+            "the held rows arrive",
+        )
+        wait_until(engine.caught_up, 30, "nothing is behind again")
+        wait_until(lambda: engine.alert() is None, 10, "the alert resolves")
+        status, health = engine.health()
+        assert (status, health["status"]) == (200, "healthy"), health["reasons"]
+    finally:
+        lock.close()
+        log = engine.stop()
+    assert "alert resolved: alert=source_replication_lag" in log
 
 
 def test_the_probe_reports_a_missing_slot_and_a_down_server_then_recovers(
