@@ -165,6 +165,25 @@ def check_confirmed_not_ahead(source: PostgresServer, target: PostgresServer, dl
     return len(remaining)
 
 
+def wait_replicated(source: PostgresServer, target: PostgresServer) -> None:
+    expected = normalised(table_state(source.dsn))
+    wait_until(
+        lambda: normalised(table_state(target.dsn)) == expected,
+        120,
+        "every replicated pgbench table matches the source",
+    )
+
+
+def stop_engine(engine: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then its exit code (SIGKILL after 30 s: -9)."""
+    engine.send_signal(signal.SIGTERM)
+    try:
+        return engine.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        engine.kill()
+        return engine.wait()
+
+
 @pytest.mark.timeout(400)
 def test_kill9_during_pgbench_loses_nothing_and_never_confirms_ahead(
     tmp_path: Path, postgres_server_factory
@@ -202,20 +221,11 @@ def test_kill9_during_pgbench_loses_nothing_and_never_confirms_ahead(
                 os.kill(bench.pid, signal.SIGCONT)
             engine = start_engine(env, log)
         assert bench.wait(timeout=120) == 0
-        expected = normalised(table_state(source.dsn))
-        wait_until(
-            lambda: normalised(table_state(target.dsn)) == expected,
-            120,
-            "every replicated pgbench table matches the source",
-        )
+        wait_replicated(source, target)
     finally:
         if bench.poll() is None:
             bench.kill()
-        engine.send_signal(signal.SIGTERM)
-        try:
-            engine.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            engine.kill()
+        stop_engine(engine)
     print(f"kills={KILLS} changes the slot still held at the kills={replayed_after_kill}")
     assert replayed_after_kill > 0, "no kill landed while changes were in flight"
     assert "replication started" in log.read_text()
