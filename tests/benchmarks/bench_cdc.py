@@ -269,6 +269,7 @@ class ThreadProfiles:
         for profile in self.profiles[1:]:
             stats.add(profile)
         stats.sort_stats("tottime").print_stats(30)
+        stats.sort_stats("cumulative").print_stats("delivery|destinations|pipeline|psycopg", 30)
         return out.getvalue()
 
 
