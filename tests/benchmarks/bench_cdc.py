@@ -297,12 +297,15 @@ def main() -> int:
         native_seconds = time_native(source, target, expected)
         say(f"native subscription: {native_seconds:.2f} s ({changes / native_seconds:,.0f}/s)")
         profiles = ThreadProfiles()
+        profiling = contextlib.ExitStack()
+        if args.profile:  # every engine thread, also those started on the first write
+            profiling.enter_context(profiles)
         started = time.monotonic()
-        with profiles if args.profile else contextlib.nullcontext():
-            engine = EngineRun(source, target, args)
+        engine = EngineRun(source, target, args)
         try:
             wait_equal(dsn_of(target, "engine_db"), expected, 600, "the engine")
             engine_seconds = time.monotonic() - started
+            profiling.close()
             say(f"engine: {engine_seconds:.2f} s ({changes / engine_seconds:,.0f} changes/s)")
             for db in ("engine_db", "native_db"):
                 if checksums(dsn_of(target, db)) != expected_rows:
