@@ -14,6 +14,9 @@ class Operation(StrEnum):
     UPDATE = "u"
     DELETE = "d"
     SNAPSHOT_READ = "r"
+    # Every row of the table goes (``key`` and ``after`` empty). Not a
+    # Debezium code: Debezium's "t" is the same event.
+    TRUNCATE = "t"
 
     @property
     def is_delete(self) -> bool:
@@ -64,6 +67,12 @@ class ChangeRecord(NamedTuple):
     when the source provides it. Values are JSON-like scalars plus ``Decimal``,
     ``datetime``, ``date``, ``time``, ``UUID`` and ``bytes``.
 
+    ``unchanged`` names the columns the source did not send because they did
+    not change (PostgreSQL's unchanged TOAST values): they are absent from
+    ``after``, and the destination keeps what it has. An update whose
+    ``before`` holds a different key (``moved_from``) moves the row to the new
+    key in place, so those columns move with it.
+
     A NamedTuple rather than a frozen dataclass: the DLQ builds one per queued
     message on every replay, and a tuple is built about three times faster.
     """
@@ -75,7 +84,21 @@ class ChangeRecord(NamedTuple):
     position: SourcePosition
     before: Mapping[str, Any] | None = None
     commit_ts: float | None = None
+    unchanged: tuple[str, ...] = ()
 
     @property
     def key_values(self) -> tuple[Any, ...]:
         return tuple(self.key.values())
+
+    @property
+    def moved_from(self) -> dict[str, Any] | None:
+        """The key this update moves the row from, or None when it keeps its key.
+
+        Only an update that names unchanged columns is a move: the row must be
+        moved in place, since a delete and an insert would lose those columns.
+        """
+        if self.op is not Operation.UPDATE or not self.unchanged or not self.before:
+            return None
+        before = self.before
+        old = {column: before.get(column) for column in self.key}
+        return old if old != dict(self.key) else None

@@ -155,7 +155,9 @@ def show(queue: str, limit: int, parked: bool, as_json: bool) -> None:
             messages.add_row(
                 m["message_id"],
                 m["op"],
-                json.dumps(m["key"], default=str),
+                json.dumps(m["key"], default=str)
+                # Columns the source did not send (unchanged): the row keeps them.
+                + (f" unchanged: {', '.join(m['unchanged'])}" if m.get("unchanged") else ""),
                 clip_words(f"{m['error_class']}: {m['error_message']}"),
                 str(m["attempts"]),
                 m["first_failure_at"] or "-",

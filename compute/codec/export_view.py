@@ -170,7 +170,7 @@ def parse_header(data: Any) -> tuple[QueueId, int]:
 
 def message_to_line(message: DLQMessage) -> dict[str, Any]:
     record, failure = message.record, message.failure
-    return {
+    line: dict[str, Any] = {
         "message_id": message.message_id,
         "enqueued_at": message.enqueued_at,
         "record": {
@@ -193,6 +193,10 @@ def message_to_line(message: DLQMessage) -> dict[str, Any]:
             "last_failure_at": failure.last_failure_at,
         },
     }
+    if record.unchanged:
+        # Only when there are some: lines of other changes stay as before.
+        line["record"]["unchanged"] = list(record.unchanged)
+    return line
 
 
 def _typed(data: dict[str, Any], name: str, types: tuple[type, ...], optional: bool = False) -> Any:
@@ -232,6 +236,9 @@ def message_from_line(data: Any, queue: QueueId) -> DLQMessage:
         type(commit_ts) is bool or not isinstance(commit_ts, int | float)
     ):
         raise ValueError("field 'commit_ts' must be a number or null")
+    unchanged = record.get("unchanged", [])
+    if not isinstance(unchanged, list) or not all(isinstance(c, str) for c in unchanged):
+        raise ValueError("field 'unchanged' must be a list of column names")
     message_id = _typed(data, "message_id", (str,))
     if not message_id:
         raise ValueError("field 'message_id' must not be empty")
@@ -246,6 +253,7 @@ def message_from_line(data: Any, queue: QueueId) -> DLQMessage:
             position=SourcePosition(commit=position[0], seq=position[1]),
             before=before,
             commit_ts=commit_ts,
+            unchanged=tuple(unchanged),
         ),
         FailureContext(
             _typed(failure, "error_class", (str,)),

@@ -14,7 +14,14 @@ bits (a ``numeric`` key of 10**25, an LSN of 2**64), and tuples, sets and
 frozensets (a tuple stays hashable, so it can be a map key). Builds before
 the big-integer and collection extensions wrote the same version 2 without
 them; their messages read the same. Version 1 (a version byte, then one
-flat array of 22 fields) is still read. Anything else raises
+flat array of 22 fields) is still read.
+
+Version 3 is version 2 with one more field before the context: the columns
+the source left out as unchanged (``ChangeRecord.unchanged``). It is written
+only for a change that has such columns; every other change is still
+written as version 2, byte for byte, so a queue stays readable by the build
+before (except those changes, which it refuses by their version). Anything
+else raises
 ``MessageDecodeError`` and nothing else, so the store can quarantine it.
 
 A value that cannot be stored (an unknown type, nesting deeper than about
@@ -44,6 +51,10 @@ FORMAT_VERSION = 2
 _V2_FIELD_COUNT = 11
 # The first byte of every version-2 message: a msgpack fixarray of 11 elements.
 V2_FIRST_BYTE = 0x90 | _V2_FIELD_COUNT
+# A change with unchanged columns: version 2 plus the list of them.
+UNCHANGED_VERSION = 3
+_V3_FIELD_COUNT = 12
+V3_FIRST_BYTE = 0x90 | _V3_FIELD_COUNT
 
 
 class DLQMessage(NamedTuple):
@@ -118,7 +129,7 @@ if FailureContext._fields != _FAILURE_FIELDS:  # pragma: no cover - a guard for 
 # The encoder unpacks a ChangeRecord and a SourcePosition by position, and the
 # decoder builds them by position (tuple.__new__, for speed): a reordered field
 # would swap, say, the before and after images of every stored change.
-_RECORD_FIELDS = ("table", "op", "key", "after", "position", "before", "commit_ts")
+_RECORD_FIELDS = ("table", "op", "key", "after", "position", "before", "commit_ts", "unchanged")
 _POSITION_FIELDS = ("commit", "seq")
 if ChangeRecord._fields != _RECORD_FIELDS:
     raise ImportError(
@@ -149,21 +160,23 @@ def _context_of(message: DLQMessage) -> bytes:
 
 def _encode(message: DLQMessage, context: bytes) -> bytes:
     record = message.record
-    return _pack(
-        [
-            FORMAT_VERSION,
-            message.message_id,
-            record.op._value_,  # its one-letter code
-            list(record.key.values()),
-            record.before,
-            record.after,
-            record.position[0],
-            record.position[1],
-            record.commit_ts,
-            message.enqueued_at,
-            context,
-        ]
-    )
+    fields = [
+        FORMAT_VERSION,
+        message.message_id,
+        record.op._value_,  # its one-letter code
+        list(record.key.values()),
+        record.before,
+        record.after,
+        record.position[0],
+        record.position[1],
+        record.commit_ts,
+        message.enqueued_at,
+        context,
+    ]
+    if record.unchanged:
+        fields[0] = UNCHANGED_VERSION
+        fields.insert(-1, list(record.unchanged))
+    return _pack(fields)
 
 
 def _encode_one(message: DLQMessage) -> bytes:
@@ -174,7 +187,7 @@ def _encode_one(message: DLQMessage) -> bytes:
     are unpacked once and one Packer packs both arrays.
     """
     message_id, queue, record, failure, enqueued_at = message
-    table, op, key, after, position, before, commit_ts = record
+    table, op, key, after, position, before, commit_ts, unchanged = record
     # _context_of, inlined (a call is a tenth of this function's own time).
     context = [queue.source_id, queue.table, queue.destination_id, *failure, table, list(key)]
     fields = [
@@ -190,6 +203,9 @@ def _encode_one(message: DLQMessage) -> bytes:
         enqueued_at,
         b"",  # the context, below
     ]
+    if unchanged:
+        fields[0] = UNCHANGED_VERSION
+        fields.insert(-1, list(unchanged))
     packer = _packer()
     try:
         fields[-1] = packer.pack(context)
@@ -256,6 +272,24 @@ def _unpack(data: bytes | bytearray | memoryview) -> Any:
         raise MessageDecodeError(f"undecodable message: {type(error).__name__}: {error}") from None
 
 
+def _unpack_v3(data: bytes) -> list[Any]:
+    """A version-3 message's fields, its unchanged columns (index 10) as a tuple of names."""
+    f = _unpack(data)
+    if type(f) is not list or len(f) != _V3_FIELD_COUNT or f[0] != UNCHANGED_VERSION:
+        raise MessageDecodeError("undecodable message: not a version-3 field array")
+    unchanged = f[10]
+    if (
+        type(unchanged) is not list
+        or not unchanged
+        or not all(type(column) is str for column in unchanged)
+    ):
+        raise MessageDecodeError(
+            "undecodable message: bad field: the unchanged columns are not a list of names"
+        )
+    f[10] = tuple(unchanged)
+    return f
+
+
 def _check_type(data: Any) -> None:
     if not isinstance(data, bytes | bytearray | memoryview):
         raise MessageDecodeError(f"not a message: {type(data).__name__}")
@@ -310,16 +344,22 @@ class MessageDecoder:
         columns, table, queue, failure = self._columns, self._table, self._queue, self._failure
         for data in payloads:
             if type(data) is not bytes or len(data) < 2 or data[0] != V2_FIRST_BYTE:
-                append(self._decode_other(data))
-                continue
-            try:
-                f = unpack(data)
-            except Exception as error:  # msgpack raises many types for garbage; all mean one
-                raise MessageDecodeError(
-                    f"undecodable message: {type(error).__name__}: {error}"
-                ) from None
-            if type(f) is not list or len(f) != _V2_FIELD_COUNT or f[0] != FORMAT_VERSION:
-                raise MessageDecodeError("undecodable message: not a version-2 field array")
+                if type(data) is bytes and len(data) >= 2 and data[0] == V3_FIRST_BYTE:
+                    f = _unpack_v3(data)
+                    unchanged = f.pop(10)
+                else:
+                    append(self._decode_other(data))
+                    continue
+            else:
+                unchanged = ()
+                try:
+                    f = unpack(data)
+                except Exception as error:  # msgpack raises many types for garbage; all mean one
+                    raise MessageDecodeError(
+                        f"undecodable message: {type(error).__name__}: {error}"
+                    ) from None
+                if type(f) is not list or len(f) != _V2_FIELD_COUNT or f[0] != FORMAT_VERSION:
+                    raise MessageDecodeError("undecodable message: not a version-2 field array")
             try:
                 (
                     _,
@@ -367,6 +407,7 @@ class MessageDecoder:
                         new(SourcePosition, (commit, index)),
                         before,
                         commit_ts,
+                        unchanged,
                     ),
                 )
                 append(new(DLQMessage, (message_id, queue, record, failure, enqueued_at)))
@@ -378,13 +419,14 @@ class MessageDecoder:
         """Anything off the fast path: other buffer types, version 1, or not a message."""
         _check_type(data)
         first = data[0]
-        if first == V2_FIRST_BYTE:
+        if first in (V2_FIRST_BYTE, V3_FIRST_BYTE):
             return self.decode(bytes(data))
         if first != V1:
             raise MessageDecodeError(
                 f"unknown message format (first byte {first:#04x}): this build reads "
-                f"version {V1} (first byte 0x01) and version {FORMAT_VERSION} "
-                f"(first byte {V2_FIRST_BYTE:#04x})"
+                f"version {V1} (first byte 0x01), version {FORMAT_VERSION} "
+                f"(first byte {V2_FIRST_BYTE:#04x}) and version {UNCHANGED_VERSION} "
+                f"(first byte {V3_FIRST_BYTE:#04x})"
             )
         return DLQMessage(*decode_v1(_unpack(memoryview(data)[1:]), self.queue))
 

@@ -27,6 +27,8 @@ def message_to_json(message: DLQMessage) -> dict[str, Any]:
         "key": _jsonable(dict(record.key)),
         "position": str(record.position),
         "commit_ts": record.commit_ts,
+        # Columns the source did not send as they did not change (kept at the target).
+        "unchanged": list(record.unchanged),
         "error_class": failure.error_class,
         "error_message": failure.message,
         "error_kind": failure.kind.value,

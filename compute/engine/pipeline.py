@@ -385,6 +385,7 @@ class Pipeline:
             "pipeline": self.name,
             "state": self.state.value,
             "source_id": self.source.source_id,
+            "source": self.source.status(),
             "events": self.stats.events,
             "batches": self.stats.batches,
             "rejected_events": self.stats.rejected_events,

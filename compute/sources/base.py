@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from config.errors import RosettaError
 from destinations.records import ChangeRecord
@@ -64,6 +65,10 @@ class Source(ABC):
         """The key columns ``table``'s changes carry: () when it has none (append-only at
         best), None when not known before its events arrive (each event names its key)."""
         return None
+
+    def status(self) -> dict[str, Any]:
+        """What the source reports about itself in the pipeline's status (progress, lag)."""
+        return {}
 
     @property
     def exhausted(self) -> bool:

@@ -31,13 +31,14 @@ def build_source(spec: SourceSpec, state_path: Path, *, append_only: Sequence[st
             path = options.pop("path")
             return JsonLinesSource(spec.id, path, offsets, append_only=append_only, **options)
         if spec.type == "postgresql":
-            # The slot is the offset store: its confirmed_flush_lsn is the resume point.
+            # The slot is the offset store: its confirmed_flush_lsn is the resume point;
+            # the offset file keeps only how far the initial copy got.
             from compute.sources.postgres_source import PostgresSource
 
             dsn = options.pop("dsn")
             if "tables" in options:
                 options["tables"] = tuple(options["tables"])
-            return PostgresSource(spec.id, dsn, **options)
+            return PostgresSource(spec.id, dsn, offsets=offsets, append_only=append_only, **options)
     except (TypeError, ValueError) as error:
         raise ConfigError([f"source {spec.id} ({spec.type}): bad option: {error}"]) from None
     raise ConfigError([f"source {spec.id}: unknown type {spec.type!r}"])

@@ -49,7 +49,8 @@ from compute.sources.jsonl_positions import (
 )
 from destinations.records import Operation
 
-_OPS = ", ".join(op.value for op in Operation)
+# Truncate ("t") is PostgreSQL-source only: a file's events each name one row.
+_OPS = ", ".join(op.value for op in Operation if op is not Operation.TRUNCATE)
 # Objects and arrays nested in one line, envelope included. Deep enough for any
 # real row; far below what the DLQ message (msgpack, about 1,000) and its JSON
 # export (Python's recursion limit, 1,000 frames) can take.
@@ -136,6 +137,8 @@ def parse_event(
         raise EventRejected("missing 'op'")
     try:
         op = Operation(code)
+        if op is Operation.TRUNCATE:
+            raise ValueError(code)
     except ValueError:
         raise EventRejected(f"unknown op {_json(code)} (expected one of {_OPS})") from None
     source = doc.get("source")

@@ -261,10 +261,10 @@ def _staged_sql(
 
 def _template(info: TableInfo, columns: Sequence[str]) -> str:
     """An execute_values row template that casts each value to its column's type."""
-    return "(" + ", ".join(f"%s::{_cast_type(info.columns[c])}" for c in columns) + ")"
+    return "(" + ", ".join(f"%s::{cast_type(info.columns[c])}" for c in columns) + ")"
 
 
-def _cast_type(base: str) -> str:
+def cast_type(base: str) -> str:
     # A bare ``bit`` or ``character`` cast means bit(1) or char(1) and would
     # cut '0101' to '0' and 'ab' to 'a'; the assignment to the column then
     # checks the length.
@@ -338,3 +338,30 @@ def apply_append(cur: PgCursor, info: TableInfo, groups: Sequence[ColumnBatch]) 
             info.ident, idents(group.columns), sql.Placeholder(), conflict
         )
         _execute_values(cur, query, group, _template(info, group.columns))
+
+
+def create_tombstone_table(
+    cur: PgCursor, info: TableInfo, tomb: sql.Identifier, keys: Sequence[str]
+) -> bool:
+    """Create the position guard's tombstone table ``tomb`` if missing; True if it was."""
+    cur.execute("SELECT to_regclass(%s)", (tomb.as_string(cur),))
+    row = cur.fetchone()
+    if row is not None and row[0] is not None:
+        return False
+    # Serialise creators (two pipelines starting together) so that
+    # CREATE ... IF NOT EXISTS cannot race on the catalog.
+    cur.execute("SELECT pg_advisory_xact_lock(hashtext('rosetta.tombstones'))")
+    key_defs = [sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(info.columns[k])) for k in keys]
+    cur.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ({}, {} bigint NOT NULL, {} bigint NOT NULL, "
+            "PRIMARY KEY ({}))"
+        ).format(
+            tomb,
+            sql.SQL(", ").join(key_defs),
+            sql.Identifier(POSITION_COMMIT_COLUMN),
+            sql.Identifier(POSITION_SEQ_COLUMN),
+            idents(keys),
+        )
+    )
+    return True

@@ -22,6 +22,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import psycopg2
@@ -43,17 +44,19 @@ from destinations.errors import (
     PermanentDestinationError,
 )
 from destinations.net_effect import BatchLayout, layout, net_effect
+from destinations.ordered_parts import Part, ordered_parts
 from destinations.postgresql.append_only import append_groups
 from destinations.postgresql.apply import (
     TableInfo,
     apply_append,
     apply_staged,
     apply_values,
-    idents,
+    create_tombstone_table,
     stage_chunks,
     stages,
 )
 from destinations.postgresql.errors import classify
+from destinations.postgresql.ordered_apply import apply_parts
 from destinations.postgresql.position_guard import (
     tombstone_table_name,
     with_positions,
@@ -87,6 +90,8 @@ class _PreparedWrite:
     copy_chunks: list[list[str]] | None = None
     # An append-only table: ``changes`` are the batch's records, each a new row.
     append: bool = False
+    # Truncates or key moves: the batch in parts applied in order (ordered_parts).
+    parts: list[Part] | None = None
 
 
 class PostgreSQLDestination(SessionDestination[PgConnection]):
@@ -168,6 +173,10 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         """
         if not records:
             return 0
+        parts = ordered_parts(records)
+        if parts is not None:
+            prepared = _PreparedWrite(self._target_of(table), list(records), parts=parts)
+            return self._write(table, len(records), prepared)
         if self._appends(table, records):
             prepared = _PreparedWrite(self._target_of(table), list(records), append=True)
             return self._write(table, len(records), prepared)
@@ -188,7 +197,7 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         format): the write then fails the same way and, failing, re-reads the
         catalog, which picks up a column added since.
         """
-        if records and self._appends(table, records):
+        if records and (self._appends(table, records) or ordered_parts(records) is not None):
             return PreparedBatch(table, records)  # the write lays it out
         changes = net_effect(records)
         target = self._target_of(table)
@@ -233,7 +242,16 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
                 try:
                     with conn.cursor() as cur:
                         info = self._table_info(cur, target)
-                        if prepared.append:
+                        if prepared.parts is not None:
+                            # In order, in this one transaction: all of it lands or none.
+                            apply_parts(
+                                cur,
+                                info,
+                                prepared.parts,
+                                self.position_guard,
+                                partial(self._apply_rows, cur, info),
+                            )
+                        elif prepared.append:
                             apply_append(cur, info, append_groups(info, changes))
                         else:
                             self._apply_by_key(cur, info, prepared)
@@ -248,6 +266,14 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         except BaseException:
             self._abort()
             raise
+
+    def _apply_rows(self, cur: PgCursor, info: TableInfo, records: list[ChangeRecord]) -> None:
+        if self._appends(records[0].table, records):
+            apply_append(cur, info, append_groups(info, records))
+        else:
+            self._apply_by_key(
+                cur, info, _PreparedWrite((info.schema, info.name), net_effect(records))
+            )
 
     def _apply_by_key(self, cur: PgCursor, info: TableInfo, prepared: _PreparedWrite) -> None:
         chunks = None
@@ -356,31 +382,10 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         self, cur: PgCursor, info: TableInfo, keys: tuple[str, ...]
     ) -> sql.Identifier:
         tomb = sql.Identifier(info.schema, tombstone_table_name(info.name))
-        if (info.schema, info.name) in self._tombstones_ready:
-            return tomb
-        cur.execute("SELECT to_regclass(%s)", (tomb.as_string(cur),))
-        row = cur.fetchone()
-        if row is None or row[0] is None:
-            # Serialise creators (two pipelines starting together) so that
-            # CREATE ... IF NOT EXISTS cannot race on the catalog.
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext('rosetta.tombstones'))")
-            key_defs = [
-                sql.SQL("{} {}").format(sql.Identifier(k), sql.SQL(info.columns[k])) for k in keys
-            ]
-            cur.execute(
-                sql.SQL(
-                    "CREATE TABLE IF NOT EXISTS {} ({}, {} bigint NOT NULL, {} bigint NOT NULL, "
-                    "PRIMARY KEY ({}))"
-                ).format(
-                    tomb,
-                    sql.SQL(", ").join(key_defs),
-                    sql.Identifier(POSITION_COMMIT_COLUMN),
-                    sql.Identifier(POSITION_SEQ_COLUMN),
-                    idents(keys),
-                )
-            )
-            logger.info("tombstone table ready destination=%s table=%s", self, info)
-        self._tombstones_ready.add((info.schema, info.name))
+        if (info.schema, info.name) not in self._tombstones_ready:
+            if create_tombstone_table(cur, info, tomb, keys):
+                logger.info("tombstone table ready destination=%s table=%s", self, info)
+            self._tombstones_ready.add((info.schema, info.name))
         return tomb
 
     # ------------------------------------------------------------ connections

@@ -27,8 +27,9 @@ from snowflake.connector import errors as sf_errors
 from snowflake.connector.connection import SnowflakeConnection
 from snowflake.connector.cursor import SnowflakeCursor
 
-from destinations.errors import ClassifiedError, DestinationError
+from destinations.errors import ClassifiedError, DestinationError, PermanentDestinationError
 from destinations.net_effect import BatchLayout, layout, net_effect
+from destinations.ordered_parts import MOVE, TRUNCATE, key_move_refusal, ordered_parts
 from destinations.records import ChangeRecord
 from destinations.session import SessionDestination
 from destinations.snowflake.errors import classify, connection_lost
@@ -130,8 +131,20 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         """Apply ``records`` with one MERGE; returns ``len(records)``."""
         if not records:
             return 0
-        plan = layout(net_effect(records))
         target = self._target_of(table)
+        parts = ordered_parts(records)
+        if parts is not None:
+            # One statement per part, in order. Not one transaction: a batch
+            # replayed whole after a failure in the middle ends the same.
+            for kind, part in parts:
+                if kind == MOVE:
+                    raise PermanentDestinationError(key_move_refusal(part[0]))
+                if kind == TRUNCATE:
+                    self._write_once_more(table, lambda: self._truncate(target))
+                else:
+                    self.write_batch(table, part)
+            return len(records)
+        plan = layout(net_effect(records))
         statements = self._write_once_more(table, lambda: self._apply(target, plan))
         logger.debug(
             "batch applied destination=%s table=%s records=%d net=%d statements=%d",
@@ -142,6 +155,15 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
             statements,
         )
         return len(records)
+
+    def _truncate(self, target: tuple[str, ...]) -> None:
+        conn = self._current_session()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(f"TRUNCATE TABLE {self._table_info(cur, target).name}")
+        except BaseException as exc:
+            self._abort(exc)
+            raise
 
     def _apply(self, target: tuple[str, ...], plan: BatchLayout) -> int:
         """Stage and merge; returns how many statements were sent."""

@@ -78,6 +78,13 @@ def pgbench(server: PostgresServer, *args: str) -> list[str]:
     ]
 
 
+def stop_bench_and_engine(bench: subprocess.Popen[bytes], engine: subprocess.Popen[bytes]) -> None:
+    """End the pgbench run if it still runs, and stop the engine (SIGTERM, SIGKILL after 30 s)."""
+    if bench.poll() is None:
+        bench.kill()
+    stop_engine(engine)
+
+
 def table_state(dsn: str) -> dict[str, dict[int, tuple[Any, ...]]]:
     state = {}
     for table in TABLES:
@@ -223,9 +230,7 @@ def test_kill9_during_pgbench_loses_nothing_and_never_confirms_ahead(
         assert bench.wait(timeout=120) == 0
         wait_replicated(source, target)
     finally:
-        if bench.poll() is None:
-            bench.kill()
-        stop_engine(engine)
+        stop_bench_and_engine(bench, engine)
     print(f"kills={KILLS} changes the slot still held at the kills={replayed_after_kill}")
     assert replayed_after_kill > 0, "no kill landed while changes were in flight"
     assert "replication started" in log.read_text()

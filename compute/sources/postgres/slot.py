@@ -54,6 +54,26 @@ class Slot:
         finally:
             conn.close()
 
+    def ensure_publication(self) -> None:
+        """Check or create the publication only (before creating the slot another way)."""
+        conn = psycopg2.connect(self.dsn)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                self._publication(cur)
+        finally:
+            conn.close()
+
+    def exists(self) -> bool:
+        """True if the slot exists (of whatever kind: ``prepare`` checks that)."""
+        conn = psycopg2.connect(self.dsn)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (self.name,))
+                return cur.fetchone() is not None
+        finally:
+            conn.close()
+
     def confirmed_flush(self) -> int | None:
         """The slot's ``confirmed_flush_lsn`` now (None if the slot is gone)."""
         conn = psycopg2.connect(self.dsn)

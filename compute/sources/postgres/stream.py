@@ -60,6 +60,7 @@ class ReplicationStream:
         *,
         start_lsn: int = 0,
         tables: Collection[str] = (),
+        append_only: Collection[str] = (),
         status_interval: float = 10.0,
         max_buffered: int = 20_000,
         name: str = "",
@@ -70,7 +71,7 @@ class ReplicationStream:
         self.status_interval = status_interval
         self.max_buffered = max_buffered
         self.name = name or slot
-        self.assembler = TransactionAssembler(tables=tables)
+        self.assembler = TransactionAssembler(tables=tables, append_only=append_only)
         self._lock = threading.Condition()
         self._buffer: deque[Transaction] = deque()
         self._buffered = 0  # records in _buffer

@@ -19,6 +19,7 @@ from compute.sources.postgres.pgoutput import (
     Update,
 )
 from compute.sources.postgres.row_decoder import ColumnValueError, RowDecoder
+from compute.sources.postgres.table_keys import is_listed
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ REJECTED_KEPT = 100
 
 
 class TransactionError(ValueError):
-    """A change the source cannot turn into records (a truncate, a change outside a transaction)."""
+    """A change the source cannot turn into records (a change outside a transaction)."""
 
 
 class Transaction(NamedTuple):
@@ -51,17 +52,22 @@ class TransactionAssembler:
 
     Records carry ``SourcePosition(commit LSN, sequence in the transaction)``.
     A TOASTed value the server did not send (unchanged) is left out of
-    ``after``, so the destination keeps its value. An update that changes the
-    key is a delete of the old key then an upsert of the new one, at
-    consecutive sequence numbers of the same commit. ``tables`` (qualified
-    names), when given, keeps only those tables' changes. A change with a
+    ``after`` and named in ``unchanged``, so the destination keeps its value.
+    An update that changes the key is a delete of the old key then an upsert
+    of the new one, at consecutive sequence numbers of the same commit; when
+    it has unchanged columns it is one update whose ``before`` holds the old
+    key (``ChangeRecord.moved_from``), since the new row's values of those
+    columns exist only in the old row. A truncate is one TRUNCATE record per
+    table. ``tables`` (qualified names), when given, keeps only those tables'
+    changes; ``append_only`` tables' changes carry no key. A change with a
     value no Python value holds exactly is rejected (kept in ``rejected``,
     counted) rather than written as something else.
     """
 
-    def __init__(self, *, tables: Collection[str] = ()) -> None:
+    def __init__(self, *, tables: Collection[str] = (), append_only: Collection[str] = ()) -> None:
         self.relations = RelationCache()
         self.tables = frozenset(tables)
+        self.append_only = frozenset(append_only)
         self.rejected: deque[RejectedChange] = deque(maxlen=REJECTED_KEPT)
         self.rejected_count = 0
         self._decoders: dict[int, RowDecoder] = {}
@@ -102,13 +108,7 @@ class TransactionAssembler:
         if isinstance(message, Insert | Update | Delete):
             self._change(message)
         elif isinstance(message, Truncate):
-            names = ", ".join(self.relations.get(i).qualified_name for i in message.relation_ids)
-            raise TransactionError(
-                f"TRUNCATE of {names}: this version cannot apply a truncate to the "
-                "destinations, and dropping it would leave them holding rows the source no "
-                "longer has; remove the table from the publication before truncating it, "
-                "or copy it again after"
-            )
+            self._truncate(message)
         # Origin, Type and logical messages carry no row change.
         return None
 
@@ -118,6 +118,21 @@ class TransactionAssembler:
         records = self._records
         self.reset()
         return Transaction(records, commit.commit_lsn, commit.end_lsn)
+
+    def _truncate(self, message: Truncate) -> None:
+        begin = self._begin
+        if begin is None:
+            raise TransactionError("a TRUNCATE outside a transaction (no Begin before it)")
+        for relation_id in message.relation_ids:
+            table = self.relations.get(relation_id).qualified_name
+            if self.tables and table not in self.tables:
+                continue
+            position = SourcePosition(begin.final_lsn, self._seq)
+            self._seq += 1
+            logger.info("truncate: table=%s position=%s", table, position)
+            self._records.append(
+                ChangeRecord(table, Operation.TRUNCATE, {}, None, position, None, begin.commit_ts)
+            )
 
     def _change(self, message: Insert | Update | Delete) -> None:
         begin = self._begin
@@ -137,6 +152,9 @@ class TransactionAssembler:
         except ColumnValueError as error:
             self._reject(table, SourcePosition(begin.final_lsn, first), error, message)
             return
+        if self.append_only and is_listed(table, self.append_only):
+            # No key: each insert is a new row (the destination appends it).
+            made = [record._replace(key={}) for record in made]
         self._records.extend(made)
 
     def _reject(
@@ -181,7 +199,8 @@ def _records(
                 commit_ts,
             )
         ]
-    after = decoder.decode(message.new).values
+    new = decoder.decode(message.new)
+    after, unchanged = new.values, new.unchanged
     previous_key = decoder.key(message.old) if message.old is not None else None
     key = {k: after[k] if k in after else (previous_key or {}).get(k) for k in decoder.key_columns}
     before = (
@@ -190,6 +209,21 @@ def _records(
         else None
     )
     out = []
+    if previous_key is not None and previous_key != key and unchanged:
+        # The unchanged values are only in the old row: the destination moves it
+        # to the new key in place (a delete then an upsert would lose them).
+        return [
+            ChangeRecord(
+                table,
+                Operation.UPDATE,
+                key,
+                after,
+                SourcePosition(commit, seq + 1),
+                {**(before or {}), **previous_key},
+                commit_ts,
+                unchanged,
+            )
+        ]
     if previous_key is not None and previous_key != key:
         out.append(
             ChangeRecord(
@@ -211,6 +245,7 @@ def _records(
             SourcePosition(commit, seq + 1),
             before,
             commit_ts,
+            unchanged,
         )
     )
     return out

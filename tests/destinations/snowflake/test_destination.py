@@ -430,3 +430,42 @@ def test_append_only_tables_are_refused_at_start_up_naming_the_table(
         "Destination Snowflake-Test (ID=2): table public.audit_log: append-only tables are not "
         "supported by a Snowflake destination (its MERGE matches rows by key); fix: "
     )
+
+
+# ---------------------------------------------------------------- truncate and key moves
+
+
+def test_a_truncate_applies_between_the_changes_around_it(
+    sf_admin: Any, items: str, make_destination: Callable[..., SnowflakeDestination]
+) -> None:
+    from destinations.records import ChangeRecord, Operation, SourcePosition
+
+    dest = make_destination(items)
+    dest.write_batch(SOURCE_TABLE, [upsert(9, {"name": "old", "qty": 1}, 5)])
+    truncate = ChangeRecord(SOURCE_TABLE, Operation.TRUNCATE, {}, None, SourcePosition(11))
+    batch = [upsert(1, {"name": "a", "qty": 1}, 10), truncate, upsert(2, {"name": "b"}, 12)]
+    assert dest.write_batch(SOURCE_TABLE, batch) == 3
+    assert table_rows(sf_admin, items) == [(2, "b", None)]
+
+
+def test_a_key_move_is_refused_as_permanent_naming_why(
+    items: str, make_destination: Callable[..., SnowflakeDestination]
+) -> None:
+    from destinations.errors import PermanentDestinationError
+    from destinations.records import ChangeRecord, Operation, SourcePosition
+
+    dest = make_destination(items)
+    moved = ChangeRecord(
+        SOURCE_TABLE,
+        Operation.UPDATE,
+        {"id": 2},
+        {"id": 2, "name": "n"},
+        SourcePosition(10, 1),
+        {"id": 1},
+        None,
+        ("qty",),
+    )
+    with pytest.raises(
+        PermanentDestinationError, match=r"unchanged columns \(qty\).*cannot move a row"
+    ):
+        dest.write_batch(SOURCE_TABLE, [moved])

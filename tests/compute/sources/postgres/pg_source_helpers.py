@@ -65,3 +65,13 @@ def running_pipeline(
 
 def logical_server(factory: Callable[..., PostgresServer], **settings: str) -> PostgresServer:
     return factory({**LOGICAL, **settings})
+
+
+def source_and_target(
+    factory: Callable[..., PostgresServer], *ddl: str
+) -> tuple[PostgresServer, PostgresServer]:
+    """A logical-replication source server and a target server, both with ``ddl`` run."""
+    source, target = logical_server(factory), factory()
+    for server in (source, target):
+        execute(server.dsn, *ddl)
+    return source, target

@@ -125,32 +125,6 @@ def test_without_create_a_missing_publication_or_slot_stops_start_up_named(
     assert query(server.dsn, "SELECT count(*) FROM pg_replication_slots") == [(0,)]
 
 
-def test_a_truncate_stops_the_source_with_an_error_naming_the_table(
-    postgres_server_factory,
-) -> None:
-    server = logical_server(postgres_server_factory)
-    execute(server.dsn, ITEMS)
-    source = PostgresSource("1", server.dsn, snapshot="never", status_interval=0.5)
-    try:
-        execute(server.dsn, "INSERT INTO items VALUES (1, 'a')", "TRUNCATE items")
-        assert [r.key for r in read_all(source, 1)] == [{"id": 1}]
-        wait_until(lambda: source.stream.error is not None, 10, "the stream stopped")
-        with pytest.raises(SourceError, match=r"TRUNCATE of public\.items"):
-            source.read(10)
-    finally:
-        source.close()
-    # Nothing after the insert was confirmed: the truncate is still in the slot.
-    assert (
-        query(
-            server.dsn,
-            "SELECT count(*) FROM pg_logical_slot_peek_binary_changes("
-            "'rosetta_1', NULL, NULL, 'proto_version', '1', 'publication_names', "
-            "'rosetta_1')",
-        )[0][0]
-        > 0
-    )
-
-
 def test_a_source_server_restart_is_retried_and_loses_nothing(postgres_server_factory) -> None:
     server = logical_server(postgres_server_factory)
     execute(server.dsn, ITEMS)

@@ -102,12 +102,53 @@ def test_tables_keeps_only_the_listed_ones() -> None:
     assert [r.table for r in records] == ["public.items"]
 
 
-def test_a_truncate_is_refused_naming_the_tables() -> None:
+def test_a_truncate_is_one_record_per_listed_table_in_order() -> None:
+    assembler = TransactionAssembler(tables=["public.items"])
+    assembler.feed(ITEMS)
+    assembler.feed(OTHER)
+    records = transaction(
+        assembler,
+        Insert(16400, ("1", "a", "1")),
+        Truncate((16400, 16401), False, False),
+        Insert(16400, ("2", "b", "1")),
+    )
+    assert [(r.op, r.key, r.position.seq) for r in records] == [
+        (Operation.INSERT, {"id": 1}, 0),
+        (Operation.TRUNCATE, {}, 1),
+        (Operation.INSERT, {"id": 2}, 2),
+    ]
+
+
+def test_a_change_outside_a_transaction_is_refused() -> None:
     assembler = TransactionAssembler()
     assembler.feed(ITEMS)
-    assembler.feed(Begin(COMMIT_LSN, 0, 7))
-    with pytest.raises(TransactionError, match=r"TRUNCATE of public\.items"):
+    with pytest.raises(TransactionError, match="TRUNCATE outside a transaction"):
         assembler.feed(Truncate((16400,), False, False))
+
+
+def test_unchanged_columns_are_named_and_a_key_change_with_them_is_one_move() -> None:
+    assembler = TransactionAssembler()
+    assembler.feed(ITEMS)
+    [kept, moved] = transaction(
+        assembler,
+        Update(16400, None, None, ("1", UNCHANGED, "2")),
+        Update(16400, "K", ("1", None, None), ("9", UNCHANGED, "3")),
+    )
+    assert kept.unchanged == ("name",) and kept.moved_from is None
+    assert (moved.op, moved.key, moved.after, moved.unchanged) == (
+        Operation.UPDATE,
+        {"id": 9},
+        {"id": 9, "n": Decimal(3)},
+        ("name",),
+    )
+    assert moved.moved_from == {"id": 1}
+
+
+def test_append_only_tables_changes_carry_no_key() -> None:
+    assembler = TransactionAssembler(append_only=["items"])
+    assembler.feed(ITEMS)
+    [record] = transaction(assembler, Insert(16400, ("1", "a", "1")))
+    assert record.key == {} and record.after == {"id": 1, "name": "a", "n": Decimal(1)}
 
 
 def test_a_value_that_cannot_be_exact_rejects_its_change_only() -> None:
