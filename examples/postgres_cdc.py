@@ -6,14 +6,17 @@
    ``wal_level = logical`` and a destination, both initialised by ``pgbench -i``
    (its data is deterministic, so they start equal);
 2. runs the engine with a ``postgresql`` source (a logical replication slot,
-   pgoutput) on the three keyed pgbench tables, while the wheel's ``pgbench``
-   runs its default transaction at ``--rate`` per second with four clients;
+   pgoutput) on the four pgbench tables (``pgbench_history`` has no key: it
+   is append-only, each insert applied once by its source position), while
+   the wheel's ``pgbench`` runs its default transaction at ``--rate`` per
+   second with four clients;
 3. stops the destination mid-run (``pg_ctl stop -m immediate``): writes fail
    and changes queue in the DLQ, the slot keeps the rest;
 4. starts the destination again: the queues drain in order and streaming goes on;
-5. checks every replicated table against the source row by row.
+5. checks every table against the source row by row (pgbench_history as a
+   multiset: the same rows, none twice).
 
-``pgbench_history`` has no key and is not replicated here. Exit code 0 when
+Exit code 0 when
 every table equals the source and every queue is empty, 1 otherwise. The DLQ
 lives under ./tmp/postgres-cdc-<time>/ (kept); both servers are removed.
 """
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -40,9 +44,13 @@ from tests.pgbench_cdc import (  # noqa: E402
     LOGICAL,
     checksums,
     fetch,
+    history_checksum,
     pgbench,
     pgbench_command,
+    run_sql,
 )
+
+HISTORY = "public.pgbench_history"
 
 
 def banner(text: str) -> None:
@@ -88,16 +96,28 @@ def main() -> int:
     target = cleanup.enter_context(throwaway_postgres())
     for server in (source, target):
         pgbench(server, "-i", "-s", "1", "-q")
+    # An append-only table's target stores each insert's source position, unique.
+    run_sql(
+        target.dsn,
+        f"ALTER TABLE {HISTORY} ADD COLUMN _rosetta_commit bigint, "
+        "ADD COLUMN _rosetta_seq bigint, ADD UNIQUE (_rosetta_commit, _rosetta_seq)",
+    )
     print(f"    source:      {source.dsn}\n    destination: {target.dsn}")
     spec = PipelineSpec(
         name="pgbench",
         source=SourceSpec(
             "1",
             "postgresql",
-            {"dsn": source.dsn, "tables": list(KEYED), "snapshot": "never", "status_interval": 1},
+            {
+                "dsn": source.dsn,
+                "tables": [*KEYED, HISTORY],
+                "snapshot": "never",
+                "status_interval": 1,
+            },
         ),
         destinations=(DestinationSpec("1", "replica", "postgresql", {"dsn": target.dsn}),),
         batch_size=1000,
+        append_only=(HISTORY,),
     )
     engine = Engine(settings, [spec])
     ok = False
@@ -131,22 +151,26 @@ def main() -> int:
         if bench.returncode != 0:
             print(f"pgbench failed: {errors}", file=sys.stderr)
             return 1
-        expected = checksums(source.dsn)
+        expected = {**checksums(source.dsn), HISTORY: history_checksum(source.dsn)}
+
+        def actual() -> dict[str, Any]:
+            return {**checksums(target.dsn), HISTORY: history_checksum(target.dsn)}
+
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (
-            checksums(target.dsn) != expected or queued(engine) or slot_lag(source.dsn) > 0
+            actual() != expected or queued(engine) or slot_lag(source.dsn) > 0
         ):
             time.sleep(0.5)
         print(f"    caught up: queued {queued(engine)}, slot lag {slot_lag(source.dsn):,} bytes")
         banner("Checking the destination against the source, row by row")
-        actual = checksums(target.dsn)
-        for table in KEYED:
+        found = actual()
+        for table in [*KEYED, HISTORY]:
             rows = fetch(target.dsn, f"SELECT count(*) FROM {table}")[0][0]
-            verdict = "equal" if actual[table] == expected[table] else "DIFFERENT"
+            verdict = "equal" if found[table] == expected[table] else "DIFFERENT"
             print(f"    {table}: {rows} rows, {verdict}")
         recovery = pipeline.status()["recovery"]
         print(f"    recovery: replayed={recovery['replayed']} parked={recovery['parked']}")
-        ok = actual == expected and queued(engine) == 0 and recovery["parked"] == 0
+        ok = found == expected and queued(engine) == 0 and recovery["parked"] == 0
     finally:
         engine.stop()
         cleanup.close()

@@ -22,6 +22,7 @@ __all__ = [
     "balances",
     "checksums",
     "current_lsn",
+    "history_checksum",
     "fetch",
     "pgbench",
     "pgbench_command",
@@ -67,6 +68,14 @@ def checksums(dsn: str, tables: Sequence[str] = tuple(KEYED)) -> dict[str, str]:
         rows = fetch(dsn, f"SELECT md5(string_agg(t::text, '|' ORDER BY {key})) FROM {table} t")
         sums[table] = rows[0][0]
     return sums
+
+
+def history_checksum(dsn: str) -> tuple[Any, ...]:
+    """pgbench_history (no key) as a multiset: its row count and an md5 of its sorted rows."""
+    row = "(tid, bid, aid, delta, mtime, filler)::text"
+    return fetch(
+        dsn, f"SELECT count(*), md5(string_agg({row}, '|' ORDER BY {row})) FROM pgbench_history"
+    )[0]
 
 
 def balances(dsn: str) -> tuple[Any, ...]:

@@ -31,8 +31,10 @@ def test_example_replicates_pgbench_through_an_outage_exactly(tmp_path: Path) ->
     text = result.stdout + result.stderr
     assert result.returncode == 0, text[-4000:]
     assert "VERDICT: OK" in text
-    for table in ("pgbench_accounts", "pgbench_branches", "pgbench_tellers"):
+    for table in ("pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"):
         assert re.search(rf"public\.{table}: \d+ rows, equal$", text, re.MULTILINE), text
+    history = re.search(r"public\.pgbench_history: (\d+) rows", text)
+    assert history is not None and int(history[1]) > 100, text  # appended, each once
     # The outage was real: changes waited in the DLQ, then were replayed.
     queued = [int(n) for n in re.findall(r"(\d+) queued in the DLQ", text)]
     assert queued and max(queued) > 0, text

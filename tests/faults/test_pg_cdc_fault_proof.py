@@ -11,14 +11,13 @@ order drawn from a seeded random generator:
   for it and started again).
 
 At every kill, with pgbench paused and the destination up, the destination
-plus the DLQ plus the slot's remaining changes must equal the source: the
-slot's ``confirmed_flush_lsn`` never ran ahead of what the destination or
-the DLQ holds. At the end the three keyed pgbench tables equal the source,
-nothing is parked, and ``rosetta run`` stops with exit code 0 (its run
-summary says 7 when anything waits for an operator).
-
-pgbench_history (no key) is not compared: the source cannot yet replicate a
-table without a key as append-only.
+plus the DLQ plus the slot's remaining changes must equal the source for the
+three keyed tables: the slot's ``confirmed_flush_lsn`` never ran ahead of
+what the destination or the DLQ holds. At the end the keyed tables equal the
+source, pgbench_history (no key, replicated append-only) holds the source's
+rows as a multiset with none twice, nothing is parked, and ``rosetta run``
+stops with exit code 0 (its run summary says 7 when anything waits for an
+operator).
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ import re
 import signal
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -42,11 +42,16 @@ from tests.faults.test_pg_source_kill9 import (
     stop_engine,
     wait_replicated,
 )
-from tests.pgbench_cdc import LOGICAL, pgbench, pgbench_command
+from tests.pgbench_cdc import LOGICAL, fetch, pgbench, pgbench_command, run_sql
 from tests.servers import PostgresServer
 from tests.waiting import wait_until
 
 FAULTS = ["kill"] * 4 + ["kill_in_outage", "outage", "outage", "source_restart"]
+# The kill -9 test's pipeline, with pgbench_history (no key) replicated append-only.
+WITH_HISTORY = PIPELINES.replace(
+    "batch_size = 500\n", 'batch_size = 500\nappend_only = ["public.pgbench_history"]\n'
+).replace('"public.pgbench_tellers"]', '"public.pgbench_tellers", "public.pgbench_history"]')
+HISTORY = "tid, bid, aid, delta, mtime, filler"
 
 
 class Bench:
@@ -96,7 +101,14 @@ def test_kills_destination_outages_and_a_source_restart_during_pgbench_lose_noth
     target = postgres_server_factory()
     for server in (source, target):
         pgbench(server, "-i", "-s", "1", "-q")
-    (tmp_path / "pipelines.toml").write_text(PIPELINES)
+    # An append-only target table stores each insert's source position, unique.
+    run_sql(
+        target.dsn,
+        "ALTER TABLE pgbench_history ADD COLUMN _rosetta_commit bigint, "
+        "ADD COLUMN _rosetta_seq bigint, ADD UNIQUE (_rosetta_commit, _rosetta_seq)",
+    )
+    assert "pgbench_history" in WITH_HISTORY.split("[[pipelines.destinations]]")[0]
+    (tmp_path / "pipelines.toml").write_text(WITH_HISTORY)
     env = engine_env(tmp_path, target.dsn, TEST_SOURCE_DSN=source.dsn)
     log = tmp_path / "engine.log"
     dlq_path = tmp_path / "dlq"
@@ -137,6 +149,12 @@ def test_kills_destination_outages_and_a_source_restart_during_pgbench_lose_noth
         bench.keep_running()
         assert bench.finish() == 0, "the last pgbench segment failed"
         wait_replicated(source, target)
+        history = f"SELECT {HISTORY} FROM pgbench_history"
+        wait_until(
+            lambda: Counter(fetch(target.dsn, history)) == Counter(fetch(source.dsn, history)),
+            60,
+            "pgbench_history holds the source's rows, each once",
+        )
     finally:
         bench.end()
         code = stop_engine(engine)
@@ -150,6 +168,7 @@ def test_kills_destination_outages_and_a_source_restart_during_pgbench_lose_noth
     summary = re.findall(r"run summary: .*", text)
     assert summary and "parked=0" in summary[-1] and "rejected=0" in summary[-1], summary
     assert parked_total(dlq_path) == 0
+    assert fetch(target.dsn, "SELECT count(*) FROM pgbench_history")[0][0] > 100
     # The faults were real: the source's restart broke the stream, the outages queued changes.
     assert "replication connection lost, reconnecting" in text
     assert "replication stream stopped" not in text

@@ -106,7 +106,9 @@ def table_state(dsn: str) -> dict[str, dict[int, tuple[Any, ...]]]:
 
 
 def apply(state: dict[str, dict[int, tuple[Any, ...]]], record: ChangeRecord) -> None:
-    rows = state[record.table]
+    rows = state.get(record.table)
+    if rows is None:  # a table compared otherwise (an append-only one), not by key
+        return
     key = next(iter(record.key.values()))
     if record.op is Operation.DELETE:
         rows.pop(key, None)
