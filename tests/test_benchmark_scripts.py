@@ -93,3 +93,20 @@ def test_bench_scale_prints_its_figures() -> None:
         "files_after_restarts",
     } <= set(figures)
     assert all(float(v) > 0 for v in figures.values()), figures
+
+
+@pytest.mark.timeout(360)
+def test_bench_cdc_prints_its_figures() -> None:
+    figures = run_script(
+        "bench_cdc.py",
+        *("--scale", "1", "--changes", "3000", "--batch-size", "500"),
+        *("--lag-rate", "50", "--lag-seconds", "3"),
+    )
+    assert {
+        "cdc_catchup_vs_native_subscription",
+        "cdc_vs_pg_recvlogical",
+        "cdc_p99_lag_ms",
+        "cdc_engine_changes_per_second",
+        "cdc_source_alone_changes_per_second",
+    } <= set(figures)
+    assert all(float(v) > 0 for v in figures.values()), figures
