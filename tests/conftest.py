@@ -36,6 +36,11 @@ _SLOW = (
     "tests/compute/cli/test_cli_dlq.py::test_every_command_",
     "tests/compute/storage/test_disk_full_drain.py",
     "tests/compute/storage/test_kill_during_ack.py",
+    # pgbench loads and `rosetta run` child processes against real servers
+    "tests/compute/cli/test_cli_run_tables.py",
+    "tests/compute/sources/postgres/test_replication_lag.py",
+    "tests/compute/sources/postgres/test_initial_snapshot.py::test_changes_during_the_copy_",
+    "tests/compute/sources/postgres/test_pg_source_ops.py::test_pgbench_replicates_",
     "tests/compute/admin/test_http_hardening.py::test_a_stalled_export_does_not_stop_replay",
     "tests/compute/cli/test_cli_dlq.py::test_offline_errors_are_one_line_with_documented_exit_codes",
     "tests/compute/storage/test_rocksq_store.py::test_open_handles_stay_capped_with_many_queues",
