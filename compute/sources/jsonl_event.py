@@ -41,6 +41,7 @@ from compute.sources.debezium import (
     decode_row,
     schema_fields,
 )
+from compute.sources.debezium.checks import kind_of
 from compute.sources.jsonl_positions import (
     MAX_POSITION,
     PositionError,
@@ -125,13 +126,13 @@ def parse_event(
     """
     outer = doc
     if not isinstance(doc, dict):
-        raise EventRejected(f"not a JSON object but {_json_type(doc)}")
+        raise EventRejected(f"not a JSON object but {kind_of(doc)}")
     value_schema: Any = None
     if "op" not in doc and "payload" in doc:
         value_schema = doc.get("schema")
         doc = doc["payload"]
         if not isinstance(doc, dict):
-            raise EventRejected(f"'payload' is {_json_type(doc)}, not an object")
+            raise EventRejected(f"'payload' is {kind_of(doc)}, not an object")
     code = doc.get("op")
     if code is None:
         raise EventRejected("missing 'op'")
@@ -143,7 +144,7 @@ def parse_event(
         raise EventRejected(f"unknown op {_json(code)} (expected one of {_OPS})") from None
     source = doc.get("source")
     if not isinstance(source, dict):
-        what = "missing" if source is None else f"{_json_type(source)}, not an object"
+        what = "missing" if source is None else f"{kind_of(source)}, not an object"
         raise EventRejected(f"'source' is {what} (it gives the table and the position)")
     table = _table_name(source, topic)
     before = _row(doc, "before")
@@ -192,7 +193,7 @@ def _key(
     if given is None and message_key is not None:
         if not isinstance(message_key, dict) or not message_key:
             raise EventRejected(
-                f"the message key is {_json_type(message_key)}: expected an object of "
+                f"the message key is {kind_of(message_key)}: expected an object of "
                 "primary-key columns (Debezium's key)"
             )
         for column, value in message_key.items():
@@ -263,20 +264,6 @@ def _nested_deeper(doc: Any, limit: int = MAX_NESTING) -> bool:
     return False
 
 
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float | Decimal):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _table_name(source: dict[str, Any], topic: str | None) -> str:
     table = source.get("table")
     if table is None and topic is not None:
@@ -328,7 +315,7 @@ def _check_name(field: str, name: str) -> None:
 def _row(doc: dict[str, Any], side: str) -> dict[str, Any] | None:
     row = doc.get(side)
     if row is not None and not isinstance(row, dict):
-        raise EventRejected(f"'{side}' is {_json_type(row)}, not an object or null")
+        raise EventRejected(f"'{side}' is {kind_of(row)}, not an object or null")
     return row
 
 
