@@ -47,6 +47,7 @@ _SLOW = (
     # Backpressure held past the replication server's wal_sender_timeout on purpose.
     "tests/compute/sources/postgres/test_postgres_source.py::test_a_source_not_read_for_",
     "tests/compute/sources/postgres/test_postgres_source.py::test_pipeline_backpressure_",
+    "tests/compute/sources/postgres/test_stream_reconnect.py",  # waits for keepalives
 )
 _ROOT = Path(__file__).resolve().parents[1]
 
