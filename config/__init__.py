@@ -2,6 +2,15 @@
 
 from config.dlq_config import DLQConfig, WhenFull
 from config.errors import ConfigError, RosettaError
-from config.settings import Settings, load_settings
+from config.settings import Settings, get_config, load_settings, reset_config
 
-__all__ = ["ConfigError", "DLQConfig", "RosettaError", "Settings", "WhenFull", "load_settings"]
+__all__ = [
+    "ConfigError",
+    "DLQConfig",
+    "RosettaError",
+    "Settings",
+    "WhenFull",
+    "get_config",
+    "load_settings",
+    "reset_config",
+]

@@ -24,6 +24,7 @@ CREATE TABLE rosetta_pipelines (
     retry          text NOT NULL DEFAULT 'aggressive',
     tables         text[] NOT NULL DEFAULT '{}',  -- tables checked at start-up
     append_only    text[] NOT NULL DEFAULT '{}',  -- inserts only, e.g. {public.audit_log}
+    priority       jsonb NOT NULL DEFAULT '{}',   -- replay priority, e.g. {"public.orders": 10}
     enabled        boolean NOT NULL DEFAULT true
 );
 CREATE TABLE rosetta_destinations (
@@ -36,12 +37,12 @@ CREATE TABLE rosetta_destinations (
 );
 """
 
-# Each row whole, as JSON: a database made before the tables and append_only
-# columns existed reads as if they were empty.
+# Each row whole, as JSON: a database made before the tables, append_only and
+# priority columns existed reads as if they were empty.
 _PIPELINES_QUERY = """
 SELECT to_jsonb(p) FROM rosetta_pipelines p WHERE enabled ORDER BY name
 """
-_PIPELINE_FIELDS = ("name", "batch_size", "retry", "tables", "append_only")
+_PIPELINE_FIELDS = ("name", "batch_size", "retry", "tables", "append_only", "priority")
 _DESTINATIONS_QUERY = """
 SELECT pipeline, id, name, type, options FROM rosetta_destinations ORDER BY pipeline, id
 """

@@ -8,6 +8,7 @@ TOML schema (``ROSETTA_PIPELINES_FILE``)::
     retry = "aggressive"            # in-place retry preset for live writes
     tables = ["public.orders"]      # tables checked at start-up (besides table_map, primary_keys)
     append_only = ["public.audit_log"]  # inserts only, made idempotent by their position
+    priority = { "public.orders" = 10, "public.audit_log" = -5 }  # replay order, default 0
 
     [pipelines.source]
     id = "1"
@@ -37,16 +38,15 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from config.errors import ConfigError
-
-if TYPE_CHECKING:
-    pass
 
 SOURCE_TYPES = ("synthetic", "jsonl", "postgresql")
 DESTINATION_TYPES = ("postgresql", "snowflake")
 RETRY_PRESETS = ("aggressive", "conservative", "default")
+# A table's replay priority: higher replays first after an outage; unlisted tables get 0.
+PRIORITY_MIN, PRIORITY_MAX, DEFAULT_PRIORITY = -100, 100, 0
 
 T = TypeVar("T")
 
@@ -88,6 +88,16 @@ class PipelineSpec:
     # Source tables whose changes are inserts only, applied once each by
     # their source position rather than upserted by a key.
     append_only: tuple[str, ...] = ()
+    # Replay priority per source table (qualified or bare name); see table_priority.
+    priority: Mapping[str, int] = field(default_factory=dict)
+
+
+def table_priority(priorities: Mapping[str, int], table: str) -> int:
+    """The replay priority of ``table`` (``schema.table``): its qualified name's entry,
+    else its bare name's, else ``DEFAULT_PRIORITY``."""
+    if table in priorities:
+        return priorities[table]
+    return priorities.get(table.rpartition(".")[2], DEFAULT_PRIORITY)
 
 
 def load_pipelines_file(path: str | Path, env: Mapping[str, str]) -> list[PipelineSpec]:
@@ -185,6 +195,7 @@ def _parse_pipeline(
         problems.append(f"{at}: 'retry' must be one of {', '.join(RETRY_PRESETS)}, got {retry!r}")
     tables = _table_list(raw, "tables", at, problems)
     append_only = _table_list(raw, "append_only", at, problems)
+    priority = _priorities(raw.get("priority"), at, problems)
     source = _parse_source(raw.get("source"), env, f"{at}.source", problems)
     raw_destinations = raw.get("destinations")
     destinations: list[DestinationSpec] = []
@@ -202,7 +213,7 @@ def _parse_pipeline(
     if name is None or source is None:
         return None
     return PipelineSpec(
-        name, source, tuple(destinations), batch_size, str(retry), tables, append_only
+        name, source, tuple(destinations), batch_size, str(retry), tables, append_only, priority
     )
 
 
@@ -218,6 +229,36 @@ def _table_list(raw: Mapping[str, Any], key: str, at: str, problems: list[str]) 
         )
         return ()
     return tuple(dict.fromkeys(v.strip() for v in value))
+
+
+def _priorities(value: Any, at: str, problems: list[str]) -> dict[str, int]:
+    """``priority``: table name -> integer from ``PRIORITY_MIN`` to ``PRIORITY_MAX``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        problems.append(
+            f"{at}: 'priority' must be a table of table names to integers, like "
+            f'{{ "public.orders" = 10 }}, got {value!r}'
+        )
+        return {}
+    priorities: dict[str, int] = {}
+    for table, level in value.items():
+        name = str(table).strip()
+        if not name:
+            problems.append(f"{at}: 'priority' has an empty table name")
+        elif (
+            not isinstance(level, int)
+            or isinstance(level, bool)
+            or not PRIORITY_MIN <= level <= PRIORITY_MAX
+        ):
+            problems.append(
+                f"{at}: 'priority' of table {name!r} must be an integer from {PRIORITY_MIN} "
+                f"to {PRIORITY_MAX} (higher replays first, default {DEFAULT_PRIORITY}), "
+                f"got {level!r}"
+            )
+        else:
+            priorities[name] = level
+    return priorities
 
 
 def _parse_source(

@@ -1,7 +1,8 @@
 """Settings built once, from real environment variables over ``.env``.
 
 Nothing else in Rosetta reads ``os.environ``: everything gets a frozen
-``Settings`` from ``load_settings()``.
+``Settings`` from ``load_settings()``, or the process's one copy from
+``get_config()``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import errno
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +87,30 @@ def load_settings(
         state_path=Path(state_path) if state_path else Settings.state_path,
         environment=source,
     )
+
+
+_loaded: Settings | None = None
+_loading = threading.Lock()
+
+
+def get_config() -> Settings:
+    """The process's ``Settings``: ``load_settings()`` at the first call, the same object after.
+
+    A bad value raises the same ``ConfigError`` as ``load_settings()``, and
+    nothing is kept: the next call reads the environment again.
+    """
+    global _loaded
+    with _loading:  # two threads asking at once still load once
+        if _loaded is None:
+            _loaded = load_settings()
+        return _loaded
+
+
+def reset_config() -> None:
+    """Forget what ``get_config()`` loaded: its next call reads the environment again."""
+    global _loaded
+    with _loading:
+        _loaded = None
 
 
 def prepare_directory(path: Path, variable: str) -> None:

@@ -98,7 +98,13 @@ class OperationsBase:
             destinations = [build_destination(d) for d in spec.destinations]
             health = {d.destination_id: DestinationHealth(d) for d in destinations}
             worker = DLQRecoveryWorker(
-                spec.name, spec.source.id, destinations, health, self.dlq, self.settings.dlq
+                spec.name,
+                spec.source.id,
+                destinations,
+                health,
+                self.dlq,
+                self.settings.dlq,
+                priority=spec.priority,
             )
             assert self._offline_workers is not None
             self._offline_workers[spec.name] = worker

@@ -11,6 +11,7 @@ from compute.dlq.manager import DLQManager
 from compute.dlq.timestamps import iso
 from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
+from config.pipelines import DEFAULT_PRIORITY
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ class ReplayActions(OperationsBase):
     ) -> dict[str, Any]:
         """Replay one queue, or all, now and in order; parked lanes only with ``parked``."""
         targets = [self.known(queue)] if queue is not None else self.dlq.list_queues()
+        if queue is None:
+            # Higher priority first, as the recovery worker orders a pass.
+            targets.sort(key=lambda t: -self._priority_of(t, parked, dry_run))
         results = []
         for target in targets:
             lane = target.parked if parked else target
@@ -81,6 +85,12 @@ class ReplayActions(OperationsBase):
             )
             results.append(entry)
         return replay_summary(results, dry_run, self.mode)
+
+    def _priority_of(self, queue: QueueId, parked: bool, dry_run: bool) -> int:
+        """The replay priority of ``queue``'s table in its pipeline (0 when none delivers it)."""
+        waiting = bool(self.dlq.count(queue.parked if parked else queue))
+        worker = self.worker_for(queue, build=waiting and not dry_run)
+        return worker.priority_of(queue) if worker is not None else DEFAULT_PRIORITY
 
     def _replay_parked(
         self, worker: DLQRecoveryWorker, queue: QueueId, progress: Progress

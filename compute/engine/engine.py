@@ -74,6 +74,7 @@ class Engine:
             self.settings.dlq,
             retry_policy=RetryPolicy.preset(spec.retry),
             batch_size=spec.batch_size,
+            priority=spec.priority,
         )
 
     def start(self) -> None:

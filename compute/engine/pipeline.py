@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -84,6 +84,7 @@ class Pipeline:
         batch_size: int = 500,
         probe_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
+        priority: Mapping[str, int] | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -118,6 +119,7 @@ class Pipeline:
             clock=clock,
             on_drained=self._on_drained,
             in_flight=self.in_flight,
+            priority=priority,
         )
         self.in_flight.on_settle = self.worker.wake
         self.lanes = {

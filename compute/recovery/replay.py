@@ -43,7 +43,6 @@ from compute.recovery.outcome import (
     StuckWrite,
     decide,
 )
-from compute.recovery.pass_log import log_pass
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread
 from config.dlq_config import DLQConfig
@@ -147,22 +146,21 @@ class QueueReplay:
         for writer in self._writers.values():
             writer.close()
 
-    def run(self, queue: QueueId, now: float) -> ReplayResult:
-        """Replay ``queue`` in FIFO batches until it is empty, a batch fails, or stop."""
+    def run(self, queue: QueueId, now: float, batches: int = MAX_BATCHES_PER_PASS) -> ReplayResult:
+        """Replay up to ``batches`` FIFO batches of ``queue``; fewer when it is empty, a batch
+        fails, or stop. (The worker logs the pass: ``compute/recovery/pass_log.py``.)"""
         state = self.backoff.setdefault(queue, QueueBackoff())
         if now < state.retry_at:
             return ReplayResult(queue)
-        started = time.monotonic()
         if self.pipelined[queue.destination_id]:
             with collector_paused():  # why: compute/recovery/gc_pause.py
-                counts = self._replay_batches(queue, state)
+                counts = self._replay_batches(queue, state, batches)
         else:
-            counts = self._replay_batches(queue, state)
-        log_pass(self.pipeline_name, queue, counts, time.monotonic() - started, self.dlq)
+            counts = self._replay_batches(queue, state, batches)
         return ReplayResult.of(queue, counts)
 
-    def _replay_batches(self, queue: QueueId, state: QueueBackoff) -> ReplayCounts:
-        """The batches of one pass over ``queue``; returns the counts."""
+    def _replay_batches(self, queue: QueueId, state: QueueBackoff, batches: int) -> ReplayCounts:
+        """Up to ``batches`` batches of ``queue``; returns the counts."""
         destination = self.destinations[queue.destination_id]
         pipelined = self.pipelined[queue.destination_id]
         totals = ReplayCounts()
@@ -172,7 +170,7 @@ class QueueReplay:
         # path (a failure while handling a failure included): a read-ahead one
         # left when the pass ends (stop) here, the others by their own ``with``.
         with contextlib.ExitStack() as leases:
-            for number in range(MAX_BATCHES_PER_PASS):
+            for number in range(batches):
                 if self._stop.is_set():
                     break
                 lease = (
@@ -186,7 +184,7 @@ class QueueReplay:
                     batch = ahead or self._ready(destination, queue, lease, self._clock())
                     totals.quarantined += lease.quarantined
                     started = time.monotonic()
-                    read_ahead = pipelined and number + 1 < MAX_BATCHES_PER_PASS
+                    read_ahead = pipelined and number + 1 < batches
                     outcome, counts, ahead = self._replay_batch(
                         destination, queue, batch, read_ahead
                     )

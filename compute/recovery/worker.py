@@ -4,11 +4,12 @@ It probes each destination that has queued events (all due probes side by
 side, each bounded by the probe's timeout, so a hung destination stalls
 neither the others nor ``stop()``). A destination that just failed is probed
 soon, then less and less often (``probe_delay``): each destination keeps its
-own schedule, reset when it recovers. When a destination is healthy it replays
-each of its queues in FIFO order (``compute/recovery/replay.py``), batch by
-batch, acknowledging a batch only after the destination committed it; how a
-failed batch ends (retried later, backed off, parked as poison, held) is
-decided in ``compute/recovery/outcome.py``.
+own schedule, reset when it recovers. The queues of the healthy destinations
+are replayed in the order of ``compute/recovery/schedule.py`` (higher
+priority first, equals round-robin by batch), each in FIFO order
+(``compute/recovery/replay.py``), acknowledging a batch only after the
+destination committed it; how a failed batch ends (retried later, backed
+off, parked as poison, held) is decided in ``compute/recovery/outcome.py``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from compute.delivery.observer import Observer
 from compute.dlq.manager import DLQManager
 from compute.errors import DLQError
 from compute.queue_id import QueueId
-from compute.recovery.outcome import ReplayResult
-from compute.recovery.replay import LARGE_BATCH_SIZE, QueueReplay
+from compute.recovery.outcome import ReplayCounts, ReplayResult
+from compute.recovery.pass_log import log_pass
+from compute.recovery.replay import LARGE_BATCH_SIZE, MAX_BATCHES_PER_PASS, QueueReplay
+from compute.recovery.schedule import ReplaySchedule
 from compute.runtime.supervisor import Supervisor
 from config.dlq_config import DLQConfig
+from config.pipelines import table_priority
 from destinations.base import Destination
 
 logger = logging.getLogger(__name__)
@@ -82,8 +86,11 @@ class DLQRecoveryWorker:
         on_drained: Callable[[], None] | None = None,
         large_batch_size: int = LARGE_BATCH_SIZE,
         in_flight: InFlightWrites | None = None,
+        priority: Mapping[str, int] | None = None,
     ) -> None:
         self.pipeline_name = pipeline_name
+        # Replay priority per source table (the pipeline's ``priority``): higher first.
+        self.priority: Mapping[str, int] = dict(priority or {})
         self.source_id = str(source_id)
         self.destinations = {d.destination_id: d for d in destinations}
         self.health = health
@@ -212,24 +219,75 @@ class DLQRecoveryWorker:
                 and not self.in_flight.is_held(destination_id)
             }
             up = self._check_all(due, now)
-            results: list[ReplayResult] = []
+            ready: list[QueueId] = []
             for destination_id, queues in due.items():
-                if self._stop.is_set():
-                    break
                 if not up[destination_id]:
                     since = self.health[destination_id].snapshot().since
                     delay = probe_delay(self.config, now - since)
                     self._next_check[destination_id] = now + delay
                     continue
                 self._next_check.pop(destination_id, None)  # recovered: the schedule resets
-                for queue in queues:
-                    if self._stop.is_set() or self.in_flight.is_held(destination_id):
-                        break  # a replay write passed its deadline: the next destination
-                    result = self._guarded(queue, "replay", self.replay_queue, queue, now)
-                    results.append(result or ReplayResult(queue))
+                ready.extend(queues)
+            results = self._replay_pass(ready, {d for d, ok in up.items() if ok}, now)
             if any(r.replayed for r in results) and self._on_drained is not None:
                 self._on_drained()
             return results
+
+    def priority_of(self, queue: QueueId) -> int:
+        """The replay priority of ``queue``'s table (the pipeline's ``priority``, default 0)."""
+        return table_priority(self.priority, queue.table)
+
+    def _replay_pass(self, ready: list[QueueId], up: set[str], now: float) -> list[ReplayResult]:
+        """Replay the ``ready`` queues in the schedule's order (``compute/recovery/schedule.py``);
+        a queue of an ``up`` destination that fills meanwhile is let in at the next turn.
+
+        Logs one line per queue for the whole pass; returns what each queue's turns did.
+        """
+        schedule = ReplaySchedule(
+            ready,
+            self.priority_of,
+            MAX_BATCHES_PER_PASS,
+            pipelined=lambda queue: self.replay.pipelined[queue.destination_id],
+        )
+        totals: dict[QueueId, ReplayCounts] = {}
+        elapsed: dict[QueueId, float] = {}
+        while not self._stop.is_set():
+            self._let_in(schedule, up)
+            turn = schedule.next_turn()
+            if turn is None:
+                break
+            queue, batches = turn
+            if self.in_flight.is_held(queue.destination_id):
+                schedule.leave(queue)  # a replay write passed its deadline: not until it ends
+                continue
+            started = time.monotonic()
+            result = self._guarded(queue, "replay", self.replay_queue, queue, now, batches)
+            elapsed[queue] = elapsed.get(queue, 0.0) + time.monotonic() - started
+            step = _counts(result or ReplayResult(queue))
+            totals.setdefault(queue, ReplayCounts()).add(step)
+            moved = step.replayed + step.parked + step.expired + step.quarantined
+            more = bool(
+                result is not None
+                and moved
+                and not step.failed
+                and self._guarded(queue, "count", self.dlq.has_messages, queue)
+            )
+            schedule.turn_ended(queue, batches, more=more)
+            if more and schedule.used_budget(queue):
+                self._wake.set()  # events left after its budget: the next pass starts at once
+        for queue, counts in totals.items():
+            log_pass(self.pipeline_name, queue, counts, elapsed[queue], self.dlq)
+        return [ReplayResult.of(queue, counts) for queue, counts in totals.items()]
+
+    def _let_in(self, schedule: ReplaySchedule, up: set[str]) -> None:
+        """Add to the pass the queues of healthy destinations that filled since it began."""
+        for queue in self.queues():
+            if (
+                queue.destination_id in up
+                and not schedule.seen(queue)
+                and self._guarded(queue, "count", self.dlq.has_messages, queue)
+            ):
+                schedule.add(queue)
 
     def _guarded(
         self, queue: QueueId, action: str, call: Callable[..., _T], *args: object
@@ -262,7 +320,8 @@ class DLQRecoveryWorker:
         now = self._clock()
         with self._run_lock:
             self._settle_in_flight()
-            targets = [queue] if queue is not None else self.queues()
+            # All of them: higher priority first, as a pass would.
+            targets = [queue] if queue is not None else self._by_priority(self.queues())
             results = []
             for target in targets:
                 if target.destination_id not in self.destinations:
@@ -279,23 +338,23 @@ class DLQRecoveryWorker:
                 results.append(self._replay_until_done(target))
             return results
 
+    def _by_priority(self, queues: list[QueueId]) -> list[QueueId]:
+        return sorted(queues, key=self.priority_of, reverse=True)
+
     def _replay_until_done(self, queue: QueueId) -> ReplayResult:
-        """Replay ``queue`` until it is empty or a batch fails (operator replay)."""
-        total = ReplayResult(queue)
-        while not self._stop.is_set():
-            step = self.replay_queue(queue, self._clock())
-            total = ReplayResult(
-                queue,
-                total.replayed + step.replayed,
-                total.failed + step.failed,
-                total.parked + step.parked,
-                total.expired + step.expired,
-                total.quarantined + step.quarantined,
-            )
-            moved = step.replayed + step.parked + step.expired + step.quarantined
-            if step.failed or not moved or not self.dlq.has_messages(queue):
-                break
-        return total
+        """Replay ``queue`` until it is empty or a batch fails (operator replay); logs once."""
+        total = ReplayCounts()
+        started = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                step = _counts(self.replay_queue(queue, self._clock()))
+                total.add(step)
+                moved = step.replayed + step.parked + step.expired + step.quarantined
+                if step.failed or not moved or not self.dlq.has_messages(queue):
+                    break
+        finally:
+            log_pass(self.pipeline_name, queue, total, time.monotonic() - started, self.dlq)
+        return ReplayResult.of(queue, total)
 
     def _settle_in_flight(self) -> None:
         """Settle the live writes that passed their deadline and have ended since.
@@ -376,9 +435,12 @@ class DLQRecoveryWorker:
 
     # ----------------------------------------------------------------- replay
 
-    def replay_queue(self, queue: QueueId, now: float) -> ReplayResult:
-        """Replay ``queue`` in FIFO batches until it is empty, a batch fails, or stop."""
-        result = self.replay.run(queue, now)
+    def replay_queue(
+        self, queue: QueueId, now: float, batches: int = MAX_BATCHES_PER_PASS
+    ) -> ReplayResult:
+        """Replay up to ``batches`` FIFO batches of ``queue``: fewer when it is empty, a batch
+        fails, or stop."""
+        result = self.replay.run(queue, now, batches)
         self.stats.replayed += result.replayed
         self.stats.failed += result.failed
         self.stats.parked += result.parked
@@ -386,3 +448,9 @@ class DLQRecoveryWorker:
         if result.replayed:
             self.stats.last_replay_at = self._clock()
         return result
+
+
+def _counts(result: ReplayResult) -> ReplayCounts:
+    return ReplayCounts(
+        result.replayed, result.failed, result.parked, result.expired, result.quarantined
+    )

@@ -124,7 +124,26 @@ def test_tables_and_append_only_columns(config_db: Any) -> None:
 def test_a_database_made_before_those_columns_still_reads(config_db: Any) -> None:
     server, config_dsn, conn = config_db
     with conn.cursor() as cur:
-        cur.execute("ALTER TABLE rosetta_pipelines DROP COLUMN tables, DROP COLUMN append_only")
+        cur.execute(
+            "ALTER TABLE rosetta_pipelines DROP COLUMN tables, DROP COLUMN append_only, "
+            "DROP COLUMN priority"
+        )
     _pipeline_row(conn, batch_size=7)
     [spec] = read_pipeline_config(config_dsn, {})
     assert (spec.name, spec.batch_size, spec.tables, spec.append_only) == ("p", 7, (), ())
+    assert spec.priority == {}
+
+
+def test_priority_column(config_db: Any) -> None:
+    server, config_dsn, conn = config_db
+    _pipeline_row(conn, priority=json.dumps({"public.orders": 10, "public.audit_log": -5}))
+    [spec] = read_pipeline_config(config_dsn, {})
+    assert spec.priority == {"public.orders": 10, "public.audit_log": -5}
+    with conn.cursor() as cur:
+        cur.execute("""UPDATE rosetta_pipelines SET priority = '{"public.orders": 500}'""")
+    with pytest.raises(ConfigError) as caught:
+        read_pipeline_config(config_dsn, {})
+    assert str(caught.value) == (
+        "config database: pipelines[0]: 'priority' of table 'public.orders' must be an "
+        "integer from -100 to 100 (higher replays first, default 0), got 500"
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from config.errors import ConfigError
-from config.pipelines import load_pipelines_file
+from config.pipelines import load_pipelines_file, table_priority
 
 GOOD = """
 [[pipelines]]
@@ -187,3 +187,57 @@ def test_a_postgresql_source_without_a_dsn_is_named(
         load_pipelines_file(write(tmp_path, PG_SOURCE.format(source=source)), {})
     assert problem in str(caught.value)
     assert "pipelines[0].source" in str(caught.value)
+
+
+def test_priority_per_table(tmp_path: Path) -> None:
+    retry = 'retry = "conservative"\n'
+    text = GOOD.replace(retry, f'{retry}priority = {{ "public.orders" = 10, "audit" = -100 }}\n')
+    env = {"DEST_DSN": "host=db", "SF_PASSWORD": "x"}
+    [spec] = load_pipelines_file(write(tmp_path, text), env)
+    assert spec.priority == {"public.orders": 10, "audit": -100}
+    # qualified name first, then the bare name, else the default 0
+    assert table_priority(spec.priority, "public.orders") == 10
+    assert table_priority(spec.priority, "archive.audit") == -100
+    assert table_priority(spec.priority, "public.customers") == 0
+    [plain] = load_pipelines_file(write(tmp_path, GOOD), env)
+    assert plain.priority == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (
+            '{ "public.orders" = "high" }',
+            "'priority' of table 'public.orders' must be an integer from -100 to 100 "
+            "(higher replays first, default 0), got 'high'",
+        ),
+        (
+            '{ "public.orders" = 101 }',
+            "'priority' of table 'public.orders' must be an integer from -100 to 100 "
+            "(higher replays first, default 0), got 101",
+        ),
+        (
+            '{ "public.orders" = true }',
+            "'priority' of table 'public.orders' must be an integer from -100 to 100 "
+            "(higher replays first, default 0), got True",
+        ),
+        (
+            '{ "public.orders" = 1.5 }',
+            "'priority' of table 'public.orders' must be an integer from -100 to 100 "
+            "(higher replays first, default 0), got 1.5",
+        ),
+        (
+            "10",
+            "'priority' must be a table of table names to integers, like "
+            '{ "public.orders" = 10 }, got 10',
+        ),
+    ],
+)
+def test_a_bad_priority_names_the_table_the_value_and_the_range(
+    tmp_path: Path, value: str, problem: str
+) -> None:
+    retry = 'retry = "conservative"\n'
+    text = GOOD.replace(retry, f"{retry}priority = {value}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_pipelines_file(write(tmp_path, text), {"DEST_DSN": "host=db", "SF_PASSWORD": "x"})
+    assert str(caught.value) == f"{tmp_path / 'pipelines.toml'}: pipelines[0]: {problem}"

@@ -45,6 +45,25 @@ def test_bad_env_var_names_it(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_a_bad_priority_stops_start_up_naming_the_table(tmp_path: Path) -> None:
+    pipelines = tmp_path / "pipelines.toml"
+    pipelines.write_text(
+        pipelines_toml(
+            {"id": "1", "type": "synthetic", "total_events": 1},
+            [{"id": "1", "name": "d", "type": "postgresql", "dsn": "host=127.0.0.1 port=1"}],
+            priority={"public.orders": "urgent"},
+        )
+    )
+    env = base_env(tmp_path) | {"ROSETTA_PIPELINES_FILE": str(pipelines)}
+    result = run_rosetta(env, "run", timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert (
+        "pipelines[0]: 'priority' of table 'public.orders' must be an integer from -100 to 100 "
+        "(higher replays first, default 0), got 'urgent'"
+    ) in result.stderr
+
+
 PIPELINES = pipelines_toml(
     {"id": "1", "type": "synthetic", "total_events": 1},
     [{"id": "1", "name": "d", "type": "postgresql", "dsn": "host=127.0.0.1 port=1"}],
