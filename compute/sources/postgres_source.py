@@ -16,7 +16,7 @@ from compute.sources.base import (
     SourceError,
 )
 from compute.sources.offset_store import OffsetStore
-from compute.sources.postgres.slot import Slot, SlotError
+from compute.sources.postgres.slot import Slot, SlotError, TableKeyError
 from compute.sources.postgres.slot_lag import SlotLagProbe
 from compute.sources.postgres.snapshot import (
     ExportedSnapshot,
@@ -26,8 +26,8 @@ from compute.sources.postgres.snapshot import (
 )
 from compute.sources.postgres.snapshot_state import COPYING, DONE, SnapshotProgress, SnapshotState
 from compute.sources.postgres.stream import ReplicationStream, StreamError
-from compute.sources.postgres.table_keys import TableKey, key_problems, published_keys
-from destinations.records import format_pg_lsn, parse_pg_lsn
+from compute.sources.postgres.table_keys import TableKey, key_problems
+from destinations.records import ChangeRecord, format_pg_lsn, parse_pg_lsn
 
 logger = logging.getLogger(__name__)
 
@@ -46,16 +46,17 @@ class PostgresSource(Source):
 
     ``snapshot``: "initial" (when this source creates the slot) copies the
     published tables' rows first, in the snapshot the slot exported as it was
-    created, then streams from the slot; "never" only streams. An initial
-    copy cut off by a crash is taken again at the next start, from the
-    tables not yet copied and acknowledged, in a fresh snapshot (see
-    ``_recopy``); the slot is kept, so no change after it is lost.
+    created, then streams from the slot; "never" only streams. A copy cut
+    off by a lost connection is taken again within the run, one cut off by
+    a crash at the next start, from the tables not yet copied, in a fresh
+    snapshot (see ``_recopy``); the slot is kept, so no change after it is
+    lost, and the stream leaves out the changes the new copy holds.
 
     Each published table's key comes from its replica identity (DEFAULT: the
     primary key; USING INDEX: that index); a table with REPLICA IDENTITY FULL
-    is refused at start-up unless it is in ``append_only``, whose tables'
-    changes carry no key (each insert is appended). Truncates are TRUNCATE
-    records, applied in order with the other changes.
+    is refused at start-up (before the publication or slot is created) unless
+    it is in ``append_only``, whose tables' changes carry no key (each insert
+    is appended). Truncates are TRUNCATE records, applied in order with the other changes.
 
     ``lag_interval``: seconds between reads of the slot's lag in bytes and
     ``wal_status`` on a normal connection (``replication_lag``).
@@ -106,8 +107,18 @@ class PostgresSource(Source):
         self.progress = SnapshotState(offsets, self.source_id)
         self.snapshot: InitialSnapshot | None = None
         self._snapshot_out = False
+        # table -> consistent point of its latest copy in a temporary slot's
+        # snapshot: its changes that committed before it are in that copy.
+        self._recopied: dict[str, int] = {}
+        self.skipped_in_copy = 0  # streamed changes left out as already copied
         try:
+            # The keys first: a refused start must create neither publication nor slot.
+            keys = self.slot.prepare_publication(
+                lambda found: key_problems(source_id, found, append_only)
+            )
             start = self._prepare(snapshot == "initial" and bool(create))
+        except TableKeyError as error:
+            raise SourceError(str(error)) from None
         except (SlotError, OSError, ValueError) as error:
             raise SourceError(f"source {source_id} (postgresql): {error}") from None
         except Exception as error:  # psycopg2.OperationalError: the server is not reachable
@@ -115,18 +126,6 @@ class PostgresSource(Source):
                 f"source {source_id} (postgresql): cannot reach the source database: "
                 f"{str(error).strip()}"
             ) from None
-        try:
-            keys = published_keys(dsn, self.slot.publication)
-        except Exception as error:  # psycopg2.Error: the catalog could not be read
-            raise SourceError(
-                f"source {source_id} (postgresql): cannot read the published tables' replica "
-                f"identity: {str(error).strip()}"
-            ) from None
-        if tables:
-            keys = {table: key for table, key in keys.items() if table in tables}
-        problems = key_problems(source_id, keys, append_only)
-        if problems:
-            raise SourceError("\n".join(problems))
         self.table_keys: dict[str, TableKey] = keys
         self.stream = ReplicationStream(
             dsn,
@@ -148,10 +147,12 @@ class PostgresSource(Source):
     def _prepare(self, initial: bool) -> int:
         """The slot's start position, after starting the initial copy when one is due."""
         progress = self.progress.load()
+        if progress is not None and progress.slot == self.slot.name:
+            self._recopied = dict(progress.recopied)
         if initial and not self.slot.exists():
-            self.slot.ensure_publication()
             # Saved before the slot exists: a crash from here on is an unfinished copy.
             self.progress.save(SnapshotProgress(self.slot.name, COPYING))
+            self._recopied = {}
             conn, exported = create_exporting_slot(self.dsn, self.slot.name)
             try:
                 logger.info(
@@ -161,7 +162,7 @@ class PostgresSource(Source):
                     format_pg_lsn(exported.consistent_point),
                     exported.name,
                 )
-                self._start_copy(exported, self._copy_tables(()))
+                self._start_copy(self._copy_tables(()), exported)
             finally:
                 conn.close()  # the copy's transaction imported the snapshot: it keeps it
             return exported.consistent_point
@@ -174,13 +175,13 @@ class PostgresSource(Source):
         """Copy again the tables an interrupted initial copy had not finished.
 
         Their exported snapshot died with the crashed process, so a temporary
-        slot exports a fresh one. Its rows sit at (that slot's consistent
-        point - 1, n): after every change the kept slot still streams from
-        before that point, so the position guard skips those older changes
-        for the rows copied, and applies deletes of rows the new copy no
-        longer has; without the guard, the replayed changes are applied over
-        the newer rows and the later ones bring each row back to its latest
-        value. The temporary slot goes away with its connection.
+        slot exports a fresh one (consistent point C). Each such table is
+        first emptied at the destination by a TRUNCATE record, queued behind
+        whatever the interrupted copy wrote, then copied at (C - 1, n); the
+        kept slot streams from before C, and its changes of these tables that
+        committed before C (in the copy already) are left out. So an
+        append-only table gets no row twice, and a keyed one loses the rows
+        deleted since the first copy.
         """
         tables = self._copy_tables(tables_done)
         logger.warning(
@@ -191,20 +192,20 @@ class PostgresSource(Source):
             ",".join(tables) or "-",
             ",".join(tables_done) or "-",
         )
-        temporary = f"{self.slot.name}_copy_{os.getpid()}"[-63:]
-        conn, exported = create_exporting_slot(self.dsn, temporary, temporary=True)
-        try:
-            self._start_copy(exported, tables)
-        finally:
-            conn.close()
+        self._start_copy(tables, None)
 
     def _copy_tables(self, done: Sequence[str]) -> list[str]:
         tables = list(self.tables) or self.slot.published_tables()
         return [t for t in tables if t not in done]
 
-    def _start_copy(self, exported: ExportedSnapshot, tables: Sequence[str]) -> None:
+    def _start_copy(self, tables: Sequence[str], exported: ExportedSnapshot | None) -> None:
         self.snapshot = InitialSnapshot(
-            self.dsn, exported, tables, max_buffered=self.max_buffered, name=self.source_id
+            self.dsn,
+            tables,
+            exported=exported,
+            temporary_slot=f"{self.slot.name}_copy_{os.getpid()}",
+            max_buffered=self.max_buffered,
+            name=self.source_id,
         )
         self.snapshot.start()
 
@@ -229,6 +230,7 @@ class PostgresSource(Source):
                     f"source {self.source_id} (postgresql): the initial copy stopped: {error}; "
                     "it is taken again at the next start, from the tables not finished"
                 ) from None
+            self._save_recopies(self.snapshot)
             if not records and self.snapshot.done:
                 self._snapshot_out = True  # the stream's changes follow every copied row
             else:
@@ -237,7 +239,24 @@ class PostgresSource(Source):
             records, end_lsn = self.stream.take(max_events)
         except StreamError as error:
             raise SourceError(f"source {self.source_id} (postgresql) stopped: {error}") from None
+        if self._recopied:
+            records = self._not_copied(records)
         return SourceBatch(records, format_pg_lsn(end_lsn) if end_lsn is not None else "")
+
+    def _save_recopies(self, copy: InitialSnapshot) -> None:
+        """Record durably where each table was copied again, before any of it is handed out."""
+        recopied = {**self._recopied, **copy.recopies()}
+        if recopied == self._recopied:
+            return
+        self._recopied = recopied
+        progress = self.progress.load() or SnapshotProgress(self.slot.name, COPYING)
+        self.progress.save(progress._replace(recopied=tuple(sorted(recopied.items()))))
+
+    def _not_copied(self, records: list[ChangeRecord]) -> list[ChangeRecord]:
+        """``records`` without the changes a table's copy in a later snapshot already holds."""
+        kept = [r for r in records if r.position.commit >= self._recopied.get(r.table, 0)]
+        self.skipped_in_copy += len(records) - len(kept)
+        return kept
 
     def acknowledge(self, resume_token: str) -> None:
         if not resume_token:
@@ -266,7 +285,7 @@ class PostgresSource(Source):
             done = tuple(t for t, end in copy.table_ends.items() if end <= rows)
         tables = tuple(dict.fromkeys(progress.tables_done + done))
         if rows is None or (copy.done and rows >= copy.handed):
-            self.progress.save(SnapshotProgress(self.slot.name, DONE, tables))
+            self.progress.save(progress._replace(state=DONE, tables_done=tables))
             logger.info(
                 "initial copy acknowledged: source=%s slot=%s rows=%d",
                 self.source_id,
@@ -274,7 +293,7 @@ class PostgresSource(Source):
                 copy.handed,
             )
         elif tables != progress.tables_done:
-            self.progress.save(SnapshotProgress(self.slot.name, COPYING, tables))
+            self.progress.save(progress._replace(tables_done=tables))
 
     def status(self) -> dict[str, Any]:
         """The slot, the position confirmed to it, and the initial copy's progress."""
@@ -282,6 +301,7 @@ class PostgresSource(Source):
             "slot": self.slot.name,
             "confirmed_lsn": format_pg_lsn(self.stream.confirmed),
             "buffered": self.stream.buffered,
+            "skipped_in_copy": self.skipped_in_copy,
         }
         if self.snapshot is not None:
             out["snapshot"] = self.snapshot.status()

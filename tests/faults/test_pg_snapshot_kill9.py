@@ -1,11 +1,16 @@
 """kill -9 of ``rosetta run`` in the middle of the initial copy, with pgbench running: exact after.
 
-The source holds ``pgbench -i -s 3`` (300,000 accounts); the destination has
-the same tables, empty. ``rosetta run`` creates the slot, copies the three
-keyed tables and streams, while ``pgbench -T`` runs with four clients. It is
-killed with SIGKILL twice while the copy is under way (destination partly
-filled), and started again: each start copies again the tables not finished,
-and keeps the slot. At the end every replicated table equals the source.
+The source holds ``pgbench -i -s 3`` (300,000 accounts) and a few thousand
+``pgbench_history`` rows; the destination has the same tables, empty.
+``rosetta run`` creates the slot, copies the three keyed tables and
+pgbench_history (no key: append-only) and streams, while ``pgbench -T`` runs
+with four clients. It is killed with SIGKILL twice while the copy is under
+way (destination partly filled), and started again: each start copies again
+the tables not finished, and keeps the slot. A third kill comes right after
+the copy is recorded as done, before the slot has moved far past the last
+copy's snapshot. At the end the keyed tables equal the source and
+pgbench_history holds the source's rows, each once: the recopied history
+rows and the slot's inserts the copy already held were not written twice.
 """
 
 from __future__ import annotations
@@ -13,14 +18,15 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.compute.sources.postgres.pg_source_helpers import LOGICAL, execute, query
 from tests.faults.helpers import engine_env, start_engine
+from tests.faults.test_pg_cdc_fault_proof import HISTORY, WITH_HISTORY
 from tests.faults.test_pg_source_kill9 import (
-    PIPELINES,
     normalised,
     pgbench,
     stop_bench_and_engine,
@@ -28,7 +34,7 @@ from tests.faults.test_pg_source_kill9 import (
 )
 from tests.waiting import wait_until
 
-SNAPSHOT_PIPELINES = PIPELINES.replace('snapshot = "never"\n', "")
+SNAPSHOT_PIPELINES = WITH_HISTORY.replace('snapshot = "never"\n', "")
 
 
 def copy_progress(state: Path) -> dict[str, object]:
@@ -47,12 +53,20 @@ def test_kill9_during_the_initial_copy_then_restart_is_exact(
     target = postgres_server_factory()
     for server in (source, target):
         subprocess.run(pgbench(server, "-i", "-s", "3", "-q"), check=True, capture_output=True)
-    execute(target.dsn, "TRUNCATE pgbench_accounts, pgbench_branches, pgbench_tellers")
+    execute(
+        target.dsn,
+        "TRUNCATE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history",
+        "ALTER TABLE pgbench_history ADD COLUMN _rosetta_commit bigint, "
+        "ADD COLUMN _rosetta_seq bigint, ADD UNIQUE (_rosetta_commit, _rosetta_seq)",
+    )
+    # History rows for the copy to take (pgbench -i leaves the table empty).
+    subprocess.run(pgbench(source, "-t", "1000", "-c", "4", "-n"), check=True, capture_output=True)
+    assert "pgbench_history" in SNAPSHOT_PIPELINES.split("[[pipelines.destinations]]")[0]
     (tmp_path / "pipelines.toml").write_text(SNAPSHOT_PIPELINES)
     env = engine_env(tmp_path, target.dsn, TEST_SOURCE_DSN=source.dsn)
     log = tmp_path / "engine.log"
     bench = subprocess.Popen(
-        pgbench(source, "-T", "30", "-c", "4", "-j", "2", "-n"),
+        pgbench(source, "-T", "60", "-c", "4", "-j", "2", "-n"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -75,20 +89,32 @@ def test_kill9_during_the_initial_copy_then_restart_is_exact(
             )
             assert slots == [("rosetta_1",)], f"kill {kill}: the slot is kept"
             engine = start_engine(env, log)
+        wait_until(
+            lambda: copy_progress(tmp_path / "state").get("state") == "done",
+            180,
+            "the copy is recorded as done",
+        )
+        engine.send_signal(signal.SIGKILL)  # the slot may still be before the last snapshot
+        engine.wait()
+        engine = start_engine(env, log)
+        assert bench.poll() is None, "pgbench still ran at the third kill"
         assert bench.wait(timeout=120) == 0
         expected = normalised(table_state(source.dsn))
+        history = f"SELECT {HISTORY} FROM pgbench_history"
         wait_until(
-            lambda: normalised(table_state(target.dsn)) == expected,
+            lambda: (
+                normalised(table_state(target.dsn)) == expected
+                and Counter(query(target.dsn, history)) == Counter(query(source.dsn, history))
+            ),
             180,
             "every replicated pgbench table matches the source",
         )
-        wait_until(
-            lambda: copy_progress(tmp_path / "state").get("state") == "done",
-            30,
-            "the copy is recorded as done",
-        )
     finally:
         stop_bench_and_engine(bench, engine)
+    progress = copy_progress(tmp_path / "state")
+    assert progress["state"] == "done" and "public.pgbench_history" in progress["recopied"]
+    count = "SELECT count(*) FROM pgbench_history"
+    assert query(target.dsn, count) == query(source.dsn, count)
     text = log.read_text()
     assert text.count("initial copy was interrupted, copying again") == 2
     assert "created replication slot with an exported snapshot" in text

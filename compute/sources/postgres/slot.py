@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import psycopg2
 from psycopg2 import sql
 
+from compute.sources.postgres.table_keys import TableKey, read_keys
 from destinations.records import format_pg_lsn, parse_pg_lsn
 
 logger = logging.getLogger(__name__)
@@ -17,12 +18,17 @@ class SlotError(RuntimeError):
     """The slot or publication is missing, of the wrong kind, or the server refused to make it."""
 
 
+class TableKeyError(SlotError):
+    """A published table's key cannot be replicated: one line per table, naming the fix."""
+
+
 class Slot:
     """The replication slot ``name`` (plugin pgoutput) and the publication it streams.
 
-    ``prepare()`` makes sure both exist (creating them when ``create`` is
-    true, and saying so in the log) and returns the slot's
-    ``confirmed_flush_lsn``: where streaming resumes. The engine never drops
+    ``prepare_publication()`` then ``prepare()`` make sure both exist
+    (creating them when ``create`` is true, and saying so in the log), the
+    tables' keys checked before anything is created; ``prepare()`` returns
+    the slot's ``confirmed_flush_lsn``: where streaming resumes. The engine never drops
     a slot: an unused slot keeps WAL on the source, so removing one is the
     operator's decision (``SELECT pg_drop_replication_slot('name')``).
     """
@@ -43,24 +49,44 @@ class Slot:
         self.create = create
         self.created = False
 
-    def prepare(self) -> int:
-        """Check or create the publication and the slot; the slot's confirmed flush LSN."""
+    def prepare_publication(
+        self, problems: Callable[[dict[str, TableKey]], list[str]]
+    ) -> dict[str, TableKey]:
+        """Check or create the publication; its tables' keys (those of ``tables`` if given).
+
+        One transaction: when ``problems(keys)`` names any, it is rolled back
+        and TableKeyError raised, so a refused start leaves no publication
+        behind (and creates no slot, which would hold WAL on the source).
+        """
         conn = psycopg2.connect(self.dsn)
-        conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                self._publication(cur)
-                return self._slot(cur)
+                created = self._publication(cur)
+                keys = read_keys(cur, self.publication)
+            if self.tables:
+                keys = {table: key for table, key in keys.items() if table in self.tables}
+            refused = problems(keys)
+            if refused:
+                conn.rollback()
+                raise TableKeyError("\n".join(refused))
+            conn.commit()
         finally:
             conn.close()
+        if created:
+            logger.info(
+                "created publication: publication=%s tables=%s",
+                self.publication,
+                ",".join(self.tables) or "ALL",
+            )
+        return keys
 
-    def ensure_publication(self) -> None:
-        """Check or create the publication only (before creating the slot another way)."""
+    def prepare(self) -> int:
+        """Check or create the slot (after ``prepare_publication``); its confirmed flush LSN."""
         conn = psycopg2.connect(self.dsn)
         conn.autocommit = True
         try:
             with conn.cursor() as cur:
-                self._publication(cur)
+                return self._slot(cur)
         finally:
             conn.close()
 
@@ -106,9 +132,11 @@ class Slot:
         )
         return [row[0] for row in cur.fetchall()]
 
-    def _publication(self, cur: psycopg2.extensions.cursor) -> None:
+    def _publication(self, cur: psycopg2.extensions.cursor) -> bool:
+        """Check the publication, creating it when missing; True if created."""
         cur.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (self.publication,))
-        if cur.fetchone() is None:
+        created = cur.fetchone() is None
+        if created:
             if not self.create:
                 raise SlotError(
                     f"publication {self.publication!r} does not exist on the source: create it "
@@ -130,11 +158,6 @@ class Slot:
                 raise SlotError(
                     f"cannot create publication {self.publication!r}: {error}".strip()
                 ) from None
-            logger.info(
-                "created publication: publication=%s tables=%s",
-                self.publication,
-                ",".join(self.tables) or "ALL",
-            )
         if self.tables:
             published = set(self._published(cur))
             missing = [t for t in self.tables if t not in published]
@@ -144,6 +167,7 @@ class Slot:
                     f"ALTER PUBLICATION {self.publication} ADD TABLE {', '.join(missing)}, "
                     "or remove them from 'tables'"
                 )
+        return created
 
     def _slot(self, cur: psycopg2.extensions.cursor) -> int:
         cur.execute(

@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 import psycopg2
 
+from compute.sources.postgres.reader_thread import close_quietly
+
 logger = logging.getLogger(__name__)
 
 # On a standby the current position is the last WAL received (PostgreSQL 16
@@ -117,8 +119,4 @@ class SlotLagProbe:
 
     def _close(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except psycopg2.Error:
-                pass
+        close_quietly(conn)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -34,6 +33,12 @@ from psycopg2 import sql
 
 from compute.sources.postgres.pg_types import session_options
 from compute.sources.postgres.pgoutput import Column, Relation
+from compute.sources.postgres.reader_thread import (
+    RECONNECT,
+    ReaderThread,
+    close_quietly,
+    first_line,
+)
 from compute.sources.postgres.row_decoder import ColumnValueError, RowDecoder
 from compute.sources.postgres.transactions import REJECTED_KEPT, RejectedChange
 from destinations.records import ChangeRecord, Operation, SourcePosition, parse_pg_lsn
@@ -69,6 +74,16 @@ _ESCAPES = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
 
 class SnapshotError(RuntimeError):
     """The copy cannot go on in its snapshot (the connection was lost, a table went away)."""
+
+
+def connection_lost(error: psycopg2.Error) -> bool:
+    """A lost connection or a restarting server, rather than the server refusing a statement.
+
+    A connection cut in the middle of a COPY can surface as a plain
+    DatabaseError without a SQLSTATE (libpq's own failure), so that counts too.
+    """
+    lost = isinstance(error, psycopg2.OperationalError | psycopg2.InterfaceError)
+    return lost or error.pgcode is None
 
 
 class ExportedSnapshot(NamedTuple):
@@ -122,74 +137,73 @@ def _unescape(match: re.Match[str]) -> str:
     return _ESCAPES.get(code, code)
 
 
-class InitialSnapshot:
-    """The rows of ``tables`` in snapshot ``exported``, read by a thread, taken in order.
+class InitialSnapshot(ReaderThread):
+    """The rows of ``tables`` in an exported snapshot, read by a thread, taken in order.
 
-    ``start()`` imports the snapshot (call it while the exporting connection
-    is open) and starts the copy; ``take()`` hands out records and the number
-    of rows handed out so far; ``done`` is true once every row was handed out.
+    ``exported``: the snapshot the source's slot exported as it was created
+    (``start()`` imports it: call it while the exporting connection is open).
+    None: the tables are copied again after an interrupted copy, in the
+    snapshot a temporary slot exports. A connection lost during the copy is
+    retried with backoff the same way, within the run: the tables not copied
+    to their end are copied again in a temporary slot's fresh snapshot.
+
+    A table copied in a temporary slot's snapshot (consistent point C) starts
+    with a TRUNCATE record, so what an earlier attempt wrote of it goes first
+    (in order, behind those rows), and ``recopied`` maps it to C: the kept
+    slot still streams the table's changes that committed before C, which the
+    copy already holds, and the source leaves them out.
+
+    ``take()`` hands out records and the number of records handed out so far;
+    ``done`` is true once every row was handed out.
     """
 
     def __init__(
         self,
         dsn: str,
-        exported: ExportedSnapshot,
         tables: Sequence[str],
         *,
+        exported: ExportedSnapshot | None = None,
+        temporary_slot: str = "rosetta_copy",
         max_buffered: int = 20_000,
         name: str = "",
     ) -> None:
+        super().__init__(f"pg-snapshot-{name}")
         self.dsn = dsn
-        self.exported = exported
         self.tables = tuple(tables)
+        self.temporary_slot = temporary_slot
         self.max_buffered = max_buffered
         self.name = name
-        self.commit = exported.consistent_point - 1
+        self.exported = exported  # the snapshot being copied in
+        self.commit = 0  # the copied rows' commit position: its consistent point - 1
+        self.recopied: dict[str, int] = {}  # table -> consistent point of its copy
+        self.retries = 0  # copies started again after a lost connection
         self.rejected: deque[RejectedChange] = deque(maxlen=REJECTED_KEPT)
         self.rejected_count = 0
         self.error: BaseException | None = None
         self.copied = 0  # rows read from the server
-        self.handed = 0  # rows handed out by take()
+        self.queued = 0  # records put in the buffer (rows and truncates)
+        self.handed = 0  # records handed out by take()
         self.estimated = 0  # the tables' row estimates (pg_class.reltuples)
-        self.table_ends: dict[str, int] = {}  # table -> rows handed out once it is all out
+        self.table_ends: dict[str, int] = {}  # table -> records handed out once it is all out
         self.current = ""
         self.started_at = 0.0
         self.finished_at: float | None = None
-        self._copy_ends: list[tuple[str, int]] = []  # (table, rows copied at its end)
-        self._lock = threading.Condition()
+        self._copy_ends: list[tuple[str, int]] = []  # (table, records queued at its end)
         self._buffer: deque[ChangeRecord] = deque()
         self._finished = False
-        self._stop = threading.Event()
+        self._seq = 0
+        self._truncate_first = False
         self._conn: Any = None
         self._decoders: dict[str, RowDecoder] = {}
-        self._thread: threading.Thread | None = None
         self._last_log = 0.0
 
     # ------------------------------------------------------------ caller side
 
     def start(self) -> None:
-        """Import the exported snapshot (its connection must still be open), then copy."""
-        conn = psycopg2.connect(self.dsn, options=session_options())
-        try:
-            conn.set_session(
-                isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
-                readonly=True,
-            )
-            with conn.cursor() as cur:
-                cur.execute("SET TRANSACTION SNAPSHOT %s", (self.exported.name,))
-                for table in self.tables:
-                    schema, _, name = table.rpartition(".")
-                    cur.execute(_COLUMNS, (schema, name))
-                    columns = tuple(Column(n, oid, mod, bool(key)) for n, oid, mod, key in cur)
-                    relation = Relation(0, schema, name, "d", columns)
-                    self._decoders[table] = RowDecoder(relation)
-                    cur.execute(_ESTIMATE, (schema, name))
-                    self.estimated += int(cur.fetchone()[0])
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
+        """Import the snapshot (the exporting connection must still be open), then copy."""
+        self._open(self.exported)
         self.started_at = time.monotonic()
+        assert self.exported is not None
         logger.info(
             "initial copy started: source=%s tables=%d estimated_rows=%d snapshot=%s "
             "consistent_point=%s",
@@ -199,17 +213,7 @@ class InitialSnapshot:
             self.exported.name,
             SourcePosition(self.exported.consistent_point),
         )
-        self._thread = threading.Thread(
-            target=self._run, name=f"pg-snapshot-{self.name}", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with self._lock:
-            self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._start_thread()
 
     @property
     def done(self) -> bool:
@@ -219,13 +223,13 @@ class InitialSnapshot:
             return self._finished and not self._buffer
 
     def _settle(self) -> None:
-        # A table is all out once the rows up to its end were handed out.
+        # A table is all out once the records up to its end were handed out.
         while self._copy_ends and self._copy_ends[0][1] <= self.handed:
             table, _ = self._copy_ends.pop(0)
             self.table_ends[table] = self.handed
 
     def take(self, max_events: int) -> tuple[list[ChangeRecord], int]:
-        """Up to ``max_events`` copied rows in order, and the rows handed out so far."""
+        """Up to ``max_events`` copied records in order, and the records handed out so far."""
         with self._lock:
             if self.error is not None and not self._buffer:
                 raise SnapshotError(str(self.error)) from self.error
@@ -236,10 +240,16 @@ class InitialSnapshot:
             self._lock.notify_all()
             return out, self.handed
 
+    def recopies(self) -> dict[str, int]:
+        """Each table copied in a temporary slot's snapshot, and its consistent point."""
+        with self._lock:
+            return dict(self.recopied)
+
     def status(self) -> dict[str, Any]:
         """Progress: rows and tables copied, rows per second, the table being copied."""
         end = self.finished_at or time.monotonic()
         elapsed = max(end - self.started_at, 1e-6) if self.started_at else 0.0
+        point = self.exported.consistent_point if self.exported is not None else 0
         return {
             "state": "copied" if self._finished else "copying",
             "tables_total": len(self.tables),
@@ -248,21 +258,85 @@ class InitialSnapshot:
             "rows_copied": self.copied,
             "rows_estimated": self.estimated,
             "rows_per_second": round(self.copied / elapsed, 1) if elapsed else 0.0,
-            "consistent_point": str(SourcePosition(self.exported.consistent_point)),
+            "consistent_point": str(SourcePosition(point)),
+            "retries": self.retries,
             "rejected": self.rejected_count,
         }
 
     def _pending_tables(self) -> list[str]:
-        copied = {table for table, _ in self._copy_ends} | set(self.table_ends)
+        """The tables not copied to their end yet (in any snapshot)."""
+        with self._lock:
+            copied = {table for table, _ in self._copy_ends} | set(self.table_ends)
         return [t for t in self.tables if t not in copied]
+
+    # ------------------------------------------------------------ both sides
+
+    def _open(self, exported: ExportedSnapshot | None) -> None:
+        """Import ``exported`` (None: a temporary slot's new one) for the tables not copied."""
+        tables = self._pending_tables()
+        exporting = None
+        if exported is None:
+            slot = f"{self.temporary_slot}_{self.retries}"[-63:]
+            exporting, exported = create_exporting_slot(self.dsn, slot, temporary=True)
+        conn = psycopg2.connect(self.dsn, options=session_options())
+        try:
+            conn.set_session(
+                isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ,
+                readonly=True,
+            )
+            estimated = 0
+            with conn.cursor() as cur:
+                cur.execute("SET TRANSACTION SNAPSHOT %s", (exported.name,))
+                for table in tables:
+                    schema, _, name = table.rpartition(".")
+                    cur.execute(_COLUMNS, (schema, name))
+                    columns = tuple(Column(n, oid, mod, bool(key)) for n, oid, mod, key in cur)
+                    relation = Relation(0, schema, name, "d", columns)
+                    self._decoders[table] = RowDecoder(relation)
+                    cur.execute(_ESTIMATE, (schema, name))
+                    estimated += int(cur.fetchone()[0])
+        except BaseException:
+            conn.close()
+            raise
+        finally:
+            if exporting is not None:
+                # The temporary slot goes with its connection; the import keeps the snapshot.
+                exporting.close()
+        recopy = exporting is not None
+        with self._lock:
+            self._conn = conn
+            self.exported = exported
+            self.commit = exported.consistent_point - 1
+            self._truncate_first = recopy
+            if recopy:
+                self.recopied.update(dict.fromkeys(tables, exported.consistent_point))
+            if not self.estimated:
+                self.estimated = estimated
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        close_quietly(conn)
 
     # ------------------------------------------------------------ thread side
 
     def _run(self) -> None:
+        failures = 0
         try:
-            for table in self.tables:
-                self._copy(table)
-            self._conn.commit()
+            while True:
+                copied = self.copied
+                try:
+                    if self._conn is None:
+                        self._open(None)
+                    for table in self._pending_tables():
+                        self._copy(table)
+                    self._conn.commit()
+                    break
+                except psycopg2.Error as error:
+                    if self._stop.is_set() or not connection_lost(error):
+                        raise
+                    self._close()
+                    failures = 1 if self.copied > copied else failures + 1
+                    self._lost(error, failures)
         except BaseException as error:  # the stream side reports it, with every row before it
             if not self._stop.is_set():
                 logger.error(
@@ -270,19 +344,36 @@ class InitialSnapshot:
                     self.name,
                     self.current,
                     self.copied,
-                    str(error).strip(),
+                    first_line(error),
                 )
             with self._lock:
                 self.error = error
                 self._lock.notify_all()
             return
         finally:
-            self._conn.close()
+            self._close()
         self.finished_at = time.monotonic()
         with self._lock:
             self._finished = True
             self._lock.notify_all()
         self._log_progress(final=True)
+
+    def _lost(self, error: BaseException, failures: int) -> None:
+        """Wait before copying the unfinished tables again in a new snapshot."""
+        delay = RECONNECT.next_delay(failures)
+        self.retries += 1
+        logger.warning(
+            "initial copy connection lost, copying the unfinished tables again: source=%s "
+            "table=%s tables=%s attempt=%d delay=%.1fs error=%s",
+            self.name,
+            self.current,
+            ",".join(self._pending_tables()),
+            failures,
+            delay,
+            first_line(error),
+        )
+        if self._stop.wait(delay):
+            raise SnapshotError("the source is closing")
 
     def _copy(self, table: str) -> None:
         self.current = table
@@ -293,10 +384,13 @@ class InitialSnapshot:
             sql.SQL(", ").join(sql.Identifier(n) for n in decoder.names),
         )
         before = self.copied
+        if self._truncate_first:
+            # What an earlier attempt wrote of this table goes first, in order.
+            self._put(ChangeRecord(table, Operation.TRUNCATE, {}, None, self._position()))
         with self._conn.cursor() as cur:
             cur.copy_expert(statement, _CopyLines(self, table, decoder))
         with self._lock:
-            self._copy_ends.append((table, self.copied))
+            self._copy_ends.append((table, self.queued))
         logger.info(
             "initial copy of a table done: source=%s table=%s rows=%d",
             self.name,
@@ -304,9 +398,14 @@ class InitialSnapshot:
             self.copied - before,
         )
 
+    def _position(self) -> SourcePosition:
+        position = SourcePosition(self.commit, self._seq)
+        self._seq += 1
+        return position
+
     def add(self, table: str, decoder: RowDecoder, fields: tuple[str | None, ...]) -> None:
         """One copied row, as a snapshot-read record (waits while the buffer is full)."""
-        position = SourcePosition(self.commit, self.copied)
+        position = self._position()
         self.copied += 1
         try:
             after = decoder.decode(fields).values
@@ -322,15 +421,18 @@ class InitialSnapshot:
             )
             return
         key = {k: after.get(k) for k in decoder.key_columns}
-        record = ChangeRecord(table, Operation.SNAPSHOT_READ, key, after, position, None, None)
+        self._put(ChangeRecord(table, Operation.SNAPSHOT_READ, key, after, position, None, None))
+        if time.monotonic() - self._last_log >= _PROGRESS_EVERY:
+            self._log_progress()
+
+    def _put(self, record: ChangeRecord) -> None:
         with self._lock:
             while len(self._buffer) >= self.max_buffered and not self._stop.is_set():
                 self._lock.wait(0.5)
             if self._stop.is_set():
                 raise SnapshotError("the source is closing")
             self._buffer.append(record)
-        if time.monotonic() - self._last_log >= _PROGRESS_EVERY:
-            self._log_progress()
+            self.queued += 1
 
     def _log_progress(self, final: bool = False) -> None:
         self._last_log = time.monotonic()

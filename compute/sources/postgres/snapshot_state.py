@@ -18,11 +18,20 @@ class TokenStore(Protocol):
 
 
 class SnapshotProgress(NamedTuple):
-    """The initial copy of slot ``slot``: its state and the tables copied and acknowledged."""
+    """The initial copy of slot ``slot``: its state and the tables copied and acknowledged.
+
+    ``recopied`` maps each table copied again (in a temporary slot's snapshot,
+    after an interruption) to that snapshot's consistent point: the slot's
+    changes of that table that committed before it are in the copy. It is
+    saved before any of the copy's rows is handed out, and kept after the
+    copy is done, so that a restart from an older ``confirmed_flush_lsn``
+    still leaves those changes out.
+    """
 
     slot: str
     state: str
     tables_done: tuple[str, ...] = ()
+    recopied: tuple[tuple[str, int], ...] = ()
 
 
 class SnapshotState:
@@ -49,10 +58,13 @@ class SnapshotState:
         try:
             data = json.loads(text)
             self._memory = SnapshotProgress(
-                str(data["slot"]), str(data["state"]), tuple(data.get("tables_done", ()))
+                str(data["slot"]),
+                str(data["state"]),
+                tuple(data.get("tables_done", ())),
+                tuple((str(t), int(p)) for t, p in data.get("recopied", {}).items()),
             )
             return self._memory
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise ValueError(
                 f"the initial copy's progress {self.key!r} in the offset file is not readable: "
                 f"{text[:80]!r}; remove that entry to copy the tables again"
@@ -61,4 +73,5 @@ class SnapshotState:
     def save(self, progress: SnapshotProgress) -> None:
         self._memory = progress
         if self.store is not None:
-            self.store.put(self.key, json.dumps(progress._asdict(), sort_keys=True))
+            data = {**progress._asdict(), "recopied": dict(progress.recopied)}
+            self.store.put(self.key, json.dumps(data, sort_keys=True))

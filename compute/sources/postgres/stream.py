@@ -25,9 +25,14 @@ from typing import Any
 import psycopg2
 import psycopg2.extras
 
-from compute.runtime.retry_policy import RetryPolicy
 from compute.sources.postgres.pg_types import session_options
 from compute.sources.postgres.pgoutput import PgOutputError, parse_message
+from compute.sources.postgres.reader_thread import (
+    RECONNECT,
+    ReaderThread,
+    close_quietly,
+    first_line,
+)
 from compute.sources.postgres.standby_status import StandbyStatus, StandbyStatusError
 from compute.sources.postgres.transactions import (
     Transaction,
@@ -38,7 +43,6 @@ from destinations.records import ChangeRecord, format_pg_lsn
 
 logger = logging.getLogger(__name__)
 
-RECONNECT = RetryPolicy(max_retries=1_000_000, base_delay=0.5, max_delay=30.0)
 # psycopg2's own periodic feedback is switched off (see standby_status.py):
 # this thread sends every status update itself.
 _PSYCOPG_STATUS_INTERVAL = 1e9
@@ -49,7 +53,7 @@ class StreamError(RuntimeError):
     """The stream cannot go on safely (a change it cannot represent, an undecodable message)."""
 
 
-class ReplicationStream:
+class ReplicationStream(ReaderThread):
     """Committed transactions of slot ``slot`` (publication ``publication``), read by a thread."""
 
     def __init__(
@@ -65,6 +69,7 @@ class ReplicationStream:
         max_buffered: int = 20_000,
         name: str = "",
     ) -> None:
+        super().__init__(f"pg-stream-{name or slot}")
         self.dsn = dsn
         self.slot = slot
         self.publication = publication
@@ -72,7 +77,6 @@ class ReplicationStream:
         self.max_buffered = max_buffered
         self.name = name or slot
         self.assembler = TransactionAssembler(tables=tables, append_only=append_only)
-        self._lock = threading.Condition()
         self._buffer: deque[Transaction] = deque()
         self._buffered = 0  # records in _buffer
         self._head_taken = 0  # records of _buffer[0] already handed out
@@ -84,8 +88,6 @@ class ReplicationStream:
         self._unconfirmed: deque[tuple[int, float]] = deque()
         self._sent_flush = 0
         self._last_status = 0.0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.connected = threading.Event()
         self.reconnects = 0
@@ -93,17 +95,7 @@ class ReplicationStream:
     # ------------------------------------------------------------ caller side
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._run, name=f"pg-stream-{self.name}", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        with self._lock:
-            self._lock.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._start_thread()
 
     def take(self, max_events: int) -> tuple[list[ChangeRecord], int | None]:
         """Up to ``max_events`` records in order, and the end LSN of the last whole transaction
@@ -179,15 +171,11 @@ class ReplicationStream:
                     self.slot,
                     attempt,
                     delay,
-                    str(error).strip().splitlines()[0] if str(error).strip() else type(error),
+                    first_line(error),
                 )
                 self._stop.wait(delay)
             finally:
-                if conn is not None:
-                    try:
-                        conn.close()
-                    except psycopg2.Error:
-                        pass
+                close_quietly(conn)
         self.connected.clear()
 
     def _connect(self) -> tuple[Any, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from typing import NamedTuple
 
-import psycopg2
 from psycopg2.extensions import cursor as PgCursor
 
 # pg_class.relreplident
@@ -45,17 +44,8 @@ class TableKey(NamedTuple):
         return _IDENTITY_NAMES.get(self.identity, self.identity)
 
 
-def published_keys(dsn: str, publication: str) -> dict[str, TableKey]:
-    """Every table ``publication`` publishes (``schema.table``) and its key."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            return read_keys(cur, publication)
-    finally:
-        conn.close()
-
-
 def read_keys(cur: PgCursor, publication: str) -> dict[str, TableKey]:
+    """Every table ``publication`` publishes (``schema.table``) and its key."""
     cur.execute(_QUERY, (publication,))
     return {table: TableKey(identity, tuple(columns)) for table, identity, columns in cur}
 
