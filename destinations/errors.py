@@ -12,6 +12,10 @@ from destinations.records import ChangeRecord
 class FailureKind(StrEnum):
     TRANSIENT = "transient"  # the destination may accept it later: retry, then queue
     PERMANENT = "permanent"  # it will never go in as is: park it with its context
+    # Every change of the target table fails the same way until someone fixes
+    # the table or the grant (missing table or column, no unique constraint for
+    # the upsert, no privilege): hold the queue in order and retry, park nothing.
+    TABLE = "table"
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,6 +48,7 @@ _SLOW = (
     # Backpressure held past the replication server's wal_sender_timeout on purpose.
     "tests/compute/sources/postgres/test_postgres_source.py::test_a_source_not_read_for_",
     "tests/compute/sources/postgres/test_postgres_source.py::test_pipeline_backpressure_",
+    "tests/compute/sources/postgres/test_stream_reconnect.py",  # waits for keepalives
     # A logical-replication server of their own each (a server start, 1.5 s or more);
     # the fast suite keeps the stream's types and its TOAST, key-change, truncate and
     # new-column cases (test_real_stream, test_real_changes) and the unit tests.

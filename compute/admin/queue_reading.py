@@ -70,8 +70,15 @@ class QueueReading(OperationsBase):
         lane = queue.parked if parked else queue
         now = self._clock()
         messages = []
+        truncate = self.dlq.applied_truncate(queue) if parked else None
         for m in self.dlq.peek(lane, limit):
             row = message_to_json(m)
+            if truncate is not None and truncate.supersedes(m.record):
+                # Older than a truncate applied since: replaying it would undo the truncate.
+                row["superseded_by_truncate"] = {
+                    **truncate.to_json(),
+                    "applied_at": iso(truncate.applied_at),
+                }
             row["attempts"] = self.dlq.attempts_of(lane, m)
             row["age_seconds"] = round(max(0.0, now - m.enqueued_at), 3)
             row["first_failure_at"] = iso(m.failure.first_failure_at)
@@ -82,6 +89,7 @@ class QueueReading(OperationsBase):
             "queue": str(queue),
             "lane": "parked" if parked else "main",
             "total": self.dlq.count(lane),
+            "superseded": self.dlq.superseded_count(queue) if parked else 0,
             "messages": messages,
         }
 

@@ -7,6 +7,8 @@ from typing import Any
 
 from compute.admin.operations_base import OperationsBase, Progress, no_progress
 from compute.delivery.failures import classify_or_transient
+from compute.dlq.manager import DLQManager
+from compute.dlq.timestamps import iso
 from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
 
@@ -48,6 +50,10 @@ class ReplayActions(OperationsBase):
                     f"no pipeline delivers {target} (source {target.source_id}, "
                     f"destination {target.destination_id}); check the pipelines config"
                 )
+                entry["failed"] = waiting
+            elif parked and (refusal := superseded_refusal(self.dlq, target)):
+                # Replaying them would undo the truncate: an operator drops them first.
+                entry["error"] = refusal
                 entry["failed"] = waiting
             elif not dry_run and waiting:
                 assert worker is not None
@@ -105,12 +111,28 @@ class ReplayActions(OperationsBase):
                         done["error"] = text
                         logger.warning("parked replay failed: queue=%s error=%s", queue, text)
                         break
+                    self.dlq.truncates_applied(queue, [m.record for m in lease.messages])
                     self.dlq.ack(lease)
                 done["replayed"] += len(lease.messages)
                 progress(len(lease.messages))
         if done["replayed"]:
             logger.info("parked messages replayed: queue=%s count=%d", queue, done["replayed"])
         return done
+
+
+def superseded_refusal(dlq: DLQManager, queue: QueueId) -> str | None:
+    """Why the parked lane of ``queue`` may not be replayed, or None when it may."""
+    count = dlq.superseded_count(queue)
+    truncate = dlq.applied_truncate(queue)
+    if not count or truncate is None:
+        return None
+    # Under 300 characters: a table cell shows that much of an error.
+    return (
+        f"{count} parked change(s) older than the truncate of {queue.table} at "
+        f"{truncate.position} ({iso(truncate.applied_at)}): replaying them would bring back "
+        "truncated rows. Drop them (marked SUPERSEDED by `dlq show --parked`) with `rosetta "
+        "dlq discard ID --confirm`, or `purge --parked` if all are; then replay the rest"
+    )
 
 
 def replay_summary(results: list[dict[str, Any]], dry_run: bool, mode: str) -> dict[str, Any]:

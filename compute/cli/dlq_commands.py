@@ -147,7 +147,8 @@ def show(queue: str, limit: int, parked: bool, as_json: bool) -> None:
         shown = len(result["messages"])
         messages = table(
             f"{result['queue']} ({result['lane']} lane): {result['total']} message(s), "
-            f"showing {shown}",
+            + (f"{result['superseded']} superseded, " if result.get("superseded") else "")
+            + f"showing {shown}",
             ("id", "op", "key", "error", "attempts", "first failure", "last failure", "age"),
             text=("error",),
             right=("age",),
@@ -158,7 +159,8 @@ def show(queue: str, limit: int, parked: bool, as_json: bool) -> None:
                 m["op"],
                 json.dumps(m["key"], default=str)
                 # Columns the source did not send (unchanged): the row keeps them.
-                + (f" unchanged: {', '.join(m['unchanged'])}" if m.get("unchanged") else ""),
+                + (f" unchanged: {', '.join(m['unchanged'])}" if m.get("unchanged") else "")
+                + _superseded_note(m.get("superseded_by_truncate")),
                 clip_words(f"{m['error_class']}: {m['error_message']}"),
                 str(m["attempts"]),
                 m["first_failure_at"] or "-",
@@ -168,6 +170,13 @@ def show(queue: str, limit: int, parked: bool, as_json: bool) -> None:
         stdout_console().print(messages)
 
     emit(result, as_json, human)
+
+
+def _superseded_note(truncate: dict[str, Any] | None) -> str:
+    """A parked change older than an applied truncate: replaying it would undo the truncate."""
+    if not truncate:
+        return ""
+    return f" SUPERSEDED by truncate at {truncate['position']} ({truncate['applied_at']})"
 
 
 @dlq.command()

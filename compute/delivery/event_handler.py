@@ -326,14 +326,15 @@ class EventHandler:
         """One write attempt; raises ``_PastDeadline`` if it is still running at ``give_up_at``."""
         if give_up_at is None:
             destination.write_batch(queue.table, records)
-            return
-        future = self._writers[destination.destination_id].submit(
-            destination.write_batch, queue.table, records
-        )
-        try:
-            future.result(timeout=max(0.0, give_up_at - time.monotonic()))
-        except FutureTimeout:
-            raise _PastDeadline(future) from None
+        else:
+            future = self._writers[destination.destination_id].submit(
+                destination.write_batch, queue.table, records
+            )
+            try:
+                future.result(timeout=max(0.0, give_up_at - time.monotonic()))
+            except FutureTimeout:
+                raise _PastDeadline(future) from None
+        self.dlq.truncates_applied(queue, records)  # parked older changes are superseded
 
     def _store_and_forward(
         self,

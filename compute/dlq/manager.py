@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from compute.dlq.quarantine import Quarantine, set_aside_directories
 from compute.dlq.queue_info import QueueInfos
 from compute.dlq.status_files import QueueStatus, StatusFiles
 from compute.dlq.tombstones import TOMBSTONES_FILE, Tombstones
+from compute.dlq.truncates import AppliedTruncate, Truncates
 from compute.errors import (
     DLQFullError,
     LeaseError,
@@ -80,12 +81,19 @@ class DLQManager:
         self._attempts = Attempts(store, self._infos)
         self._quarantine = Quarantine(store, self._infos, clock)
         self._lanes = LaneReader(store, self._tombstones)
-        self._parking = Parking(store, self._infos, self._lanes, self._quarantine)
+        self._truncates = Truncates(store, self._infos)
+        self._parking = Parking(store, self._infos, self._lanes, self._quarantine, self._truncates)
         self._status_files = StatusFiles(
-            store, self._infos, self._lanes, self._restore_side_files, clock
+            store, self._infos, self._lanes, self._restore_side_files, clock, self._superseded
         )
         self._edits = OperatorEdits(
-            store, self._infos, self._lanes, self._tombstones, self._parking, self.enqueue
+            store,
+            self._infos,
+            self._lanes,
+            self._tombstones,
+            self._parking,
+            self.enqueue,
+            self._truncates,
         )
         if hasattr(store, "on_recreated"):
             store.on_recreated = self._queue_recreated
@@ -340,6 +348,29 @@ class DLQManager:
 
     def parked_count(self, queue: QueueId) -> int:
         return self._lanes.count(queue.parked)
+
+    # ------------------------------------------------------------- truncates
+
+    def truncates_applied(self, queue: QueueId, records: Iterable[ChangeRecord]) -> None:
+        """``queue``'s destination committed ``records``: remember the newest truncate among them.
+
+        Called before the messages holding them are acknowledged. Parked
+        changes of ``queue`` older than it are superseded from then on.
+        """
+        self._truncates.applied(queue, records, self._clock())
+
+    def applied_truncate(self, queue: QueueId) -> AppliedTruncate | None:
+        """The newest truncate of ``queue``'s table its destination applied, if known."""
+        return self._truncates.of(queue)
+
+    def superseded_count(self, queue: QueueId) -> int:
+        """Parked changes of ``queue`` older than its table's last applied truncate."""
+        return self._parking.superseded(queue) if self.store.count(queue.parked) else 0
+
+    def _superseded(self, queue: QueueId) -> tuple[int, dict[str, Any] | None]:
+        count = self.superseded_count(queue)
+        truncate = self._truncates.of(queue) if count else None
+        return count, None if truncate is None else truncate.to_json()
 
     # --------------------------------------------------------------- attempts
 

@@ -19,7 +19,9 @@ from compute.codec.message import DLQMessage
 from compute.dlq.lane_reader import LaneReader
 from compute.dlq.parking import Parking, record_key
 from compute.dlq.queue_info import QueueInfos
+from compute.dlq.timestamps import iso
 from compute.dlq.tombstones import Tombstones
+from compute.dlq.truncates import Truncates
 from compute.errors import DLQConflictError, MessageNotFoundError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueStore
@@ -54,6 +56,7 @@ class OperatorEdits:
         tombstones: Tombstones,
         parking: Parking,
         enqueue: Callable[[QueueId, Sequence[DLQMessage]], object],
+        truncates: Truncates,
     ) -> None:
         self._store = store
         self._infos = infos
@@ -62,6 +65,7 @@ class OperatorEdits:
         self._parking = parking
         # The manager's enqueue: copies obey its limits and edit lock like any append.
         self._enqueue = enqueue
+        self._truncates = truncates
 
     @_editing
     def purge(self, queue: QueueId) -> int:
@@ -149,6 +153,14 @@ class OperatorEdits:
                     earlier.setdefault(key, message.message_id)
             elif key == target_key:
                 chain.append(message)
+        truncate = self._truncates.of(queue)
+        if chain and truncate is not None and truncate.supersedes(chain[0].record):
+            raise DLQConflictError(
+                f"cannot unpark {message_id}: it is older than the truncate of {queue.table} "
+                f"at {truncate.position} applied at {iso(truncate.applied_at)}, and replaying "
+                "it would bring back a row the source truncated; drop it with `rosetta dlq "
+                f"discard {message_id} --confirm`"
+            )
         if target_key is None:
             if self._lanes.find(queue, message_id) is not None:
                 raise DLQConflictError(f"message {message_id} in {queue} is not parked")

@@ -15,6 +15,7 @@ from compute.codec.message import DLQMessage, encode_messages
 from compute.dlq.lane_reader import LaneReader
 from compute.dlq.quarantine import Quarantine
 from compute.dlq.queue_info import QueueInfos
+from compute.dlq.truncates import Truncates
 from compute.errors import MessageEncodeError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueStore
@@ -27,12 +28,18 @@ class Parking:
     """Each queue's parked lane and the keys it holds (computed once, kept in memory)."""
 
     def __init__(
-        self, store: QueueStore, infos: QueueInfos, lanes: LaneReader, quarantine: Quarantine
+        self,
+        store: QueueStore,
+        infos: QueueInfos,
+        lanes: LaneReader,
+        quarantine: Quarantine,
+        truncates: Truncates,
     ) -> None:
         self._store = store
         self._infos = infos
         self._lanes = lanes
         self._quarantine = quarantine
+        self._truncates = truncates
 
     def park(self, queue: QueueId, messages: Sequence[DLQMessage]) -> int:
         """Append ``messages`` to ``queue``'s parked lane and hold their keys; returns how many."""
@@ -44,12 +51,17 @@ class Parking:
             messages, payloads = self._quarantine.encode_storable(queue.parked, messages)
             if not messages:
                 return 0
+        keys = self._keys(queue)  # counted before these join them
         with self._infos.edit_lock(queue):
             self._store.enqueue(queue.parked, payloads)
-        keys = self._keys(queue)
-        info = self._infos.of(queue)
+        # A truncate written before its batch's poison was parked is known by now.
+        self._truncates.save(queue)
+        truncate = self._truncates.of(queue)
+        info = self._infos.of(queue.main)
         with info.lock:
             keys.update(record_key(m.record) for m in messages)
+            if truncate is not None:
+                info.parked_superseded += sum(truncate.supersedes(m.record) for m in messages)
             info.dirty = True
         for m in messages:
             logger.error(
@@ -73,20 +85,30 @@ class Parking:
         """Keys (``record_key``) with a parked change in ``queue``; usually empty."""
         return frozenset(self._keys(queue))
 
+    def superseded(self, queue: QueueId) -> int:
+        """How many parked changes of ``queue`` are older than its table's last truncate."""
+        self._keys(queue)
+        return self._infos.of(queue.main).parked_superseded
+
     def forget_keys(self, queue: QueueId) -> None:
         """Messages left ``queue``'s parked lane: its keys are computed again when next asked."""
         self._infos.of(queue.main).parked_keys = None
 
     def _keys(self, queue: QueueId) -> set[tuple[Any, ...]]:
-        info = self._infos.of(queue)
+        info = self._infos.of(queue.main)
         if info.parked_keys is None:
             keys: set[tuple[Any, ...]] = set()
+            superseded = 0
             if self._store.count(queue.parked):
+                truncate = self._truncates.of(queue)
                 for message in self._lanes.iter_messages(queue.parked):
                     keys.add(record_key(message.record))
+                    if truncate is not None and truncate.supersedes(message.record):
+                        superseded += 1
             with info.lock:
                 if info.parked_keys is None:
                     info.parked_keys = keys
+                    info.parked_superseded = superseded
         assert info.parked_keys is not None
         return info.parked_keys
 

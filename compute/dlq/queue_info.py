@@ -24,6 +24,13 @@ class QueueInfo:
     # When the last error happened; kept after the queue drains and the error is cleared.
     last_error_at: float | None = None
     parked_keys: set[tuple[Any, ...]] | None = None
+    # Parked changes older than ``truncate``, counted with ``parked_keys``.
+    parked_superseded: int = 0
+    # The newest truncate applied to the table (``truncates.AppliedTruncate``),
+    # whether it is in the queue's truncated.json, and whether that was read.
+    truncate: Any = None
+    truncate_saved: bool = False
+    truncate_loaded: bool = False
     attempts: dict[str, int] | None = None
     # The failure of the newest enqueued message; formatted only when shown.
     last_failure: FailureContext | None = None

@@ -47,6 +47,10 @@ class QueueStatus:
     parked: int = 0
     # When the last error happened; kept when ``last_error`` is cleared by a drain.
     last_error_at: float | None = None
+    # Parked changes older than the table's last applied truncate (``truncates.py``),
+    # and that truncate (its ``to_json``) while any are parked.
+    superseded: int = 0
+    truncate: dict[str, Any] | None = None
 
     def oldest_age(self, now: float) -> float | None:
         return None if self.oldest_enqueued_at is None else max(0.0, now - self.oldest_enqueued_at)
@@ -64,6 +68,12 @@ class QueueStatus:
             "last_error": self.last_error,
             "last_error_at": iso(self.last_error_at),
             "parked": self.parked,
+            "superseded": self.superseded,
+            "superseded_by_truncate": self.truncate
+            and {
+                **self.truncate,
+                "applied_at": iso(self.truncate["applied_at"]),
+            },
             "dropped": self.dropped,
             "quarantined": self.quarantined,
             "updated_at": iso(now),
@@ -80,6 +90,7 @@ class StatusFiles:
         lanes: LaneReader,
         restore_side_files: Callable[[QueueId], None],
         clock: Callable[[], float],
+        superseded: Callable[[QueueId], tuple[int, dict[str, Any] | None]] = lambda q: (0, None),
     ) -> None:
         self._store = store
         self._infos = infos
@@ -87,6 +98,8 @@ class StatusFiles:
         # Writes a queue's tombstones and attempt counts again if their files went missing.
         self._restore_side_files = restore_side_files
         self._clock = clock
+        # (parked changes older than the last applied truncate, that truncate)
+        self._superseded = superseded
 
     def status(self, queue: QueueId) -> QueueStatus:
         info = self._infos.of(queue)
@@ -94,6 +107,7 @@ class StatusFiles:
             error_at = info.last_error_at  # an error recorded while we count is kept
         stats = self._store.stats(queue)
         parked = self._lanes.count(queue.parked)
+        superseded, truncate = self._superseded(queue) if parked else (0, None)
         messages = self._lanes.count(queue) if stats.messages else 0
         if messages == 0:
             oldest = newest = None
@@ -116,6 +130,8 @@ class StatusFiles:
                 dropped=info.dropped,
                 quarantined=info.quarantined,
                 parked=parked,
+                superseded=superseded,
+                truncate=truncate if superseded else None,
             )
 
     def _oldest(self, queue: QueueId, info: QueueInfo) -> float | None:

@@ -286,6 +286,7 @@ class QueueReplay:
             # pass re-applies the batch (idempotent), nothing is lost.
             if batch.held:
                 counts.parked += self._park_held(queue, batch.held, self._clock())
+            self.dlq.truncates_applied(queue, (m.record for m in batch.live))
             self.dlq.ack(lease)
             counts.replayed = len(batch.live)
             logger.debug(
@@ -455,6 +456,7 @@ class QueueReplay:
                 continue
             try:
                 destination.write_batch(queue.table, [message.record])
+                self.dlq.truncates_applied(queue, [message.record])
             except Exception as error:
                 attempts = partial(self.dlq.attempts_of, queue, message)
                 decision = decide(

@@ -346,6 +346,7 @@ class DLQRecoveryWorker:
                 break
             done += 1
         if done:
+            self.dlq.truncates_applied(queue, (m.record for m in lease.messages[:done]))
             self.dlq.ack(lease, done)
         else:
             self.dlq.release(lease)

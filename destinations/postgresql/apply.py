@@ -19,6 +19,7 @@ from psycopg2.extensions import cursor as PgCursor
 
 from destinations.net_effect import BatchLayout, ColumnBatch
 from destinations.postgresql.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
+from destinations.postgresql.truncate_watermark import not_truncated
 from destinations.records import POSITION_COLUMNS, POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN
 
 _DELETE_FLAG = "_rosetta_stage_delete"  # stage-only column: True for a delete
@@ -208,6 +209,8 @@ def _staged_sql(
         _qualified("t", POSITION_COMMIT_COLUMN), _position("t"), _position("s")
     )
     tomb = sql.SQL("{} AS b").format(tombstones)
+    # Changes not newer than the table's last truncate are refused like older ones.
+    after_truncate = not_truncated(info, _position("s"))
     if has_deletes:
         statements += [
             # 1. A delete removes the row unless the row is newer.
@@ -217,7 +220,7 @@ def _staged_sql(
             # 2. Remember applied deletes (row gone or never there), newest wins.
             sql.SQL(
                 "INSERT INTO {} AS b ({}, {}, {}) SELECT {}, {}, {} FROM {} WHERE {} "
-                "AND NOT EXISTS (SELECT 1 FROM {} WHERE {}) "
+                "AND NOT EXISTS (SELECT 1 FROM {} WHERE {}) AND {} "
                 "ON CONFLICT ({}) DO UPDATE SET {} = EXCLUDED.{}, {} = EXCLUDED.{} "
                 "WHERE {} < (EXCLUDED.{}, EXCLUDED.{})"
             ).format(
@@ -232,6 +235,7 @@ def _staged_sql(
                 flag,
                 target,
                 match,
+                after_truncate,
                 idents(keys),
                 sql.Identifier(POSITION_COMMIT_COLUMN),
                 sql.Identifier(POSITION_COMMIT_COLUMN),
@@ -247,8 +251,8 @@ def _staged_sql(
     statements += [
         # 3. Upserts, unless a tombstone or the row itself is at least as new.
         upsert(
-            sql.SQL("NOT {} AND NOT EXISTS (SELECT 1 FROM {} WHERE {} AND {} >= {})").format(
-                flag, tomb, tomb_match, _position("b"), _position("s")
+            sql.SQL("NOT {} AND NOT EXISTS (SELECT 1 FROM {} WHERE {} AND {} >= {}) AND {}").format(
+                flag, tomb, tomb_match, _position("b"), _position("s"), after_truncate
             )
         ),
         # 4. A newer upsert makes older tombstones of its key useless.

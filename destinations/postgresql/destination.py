@@ -63,6 +63,7 @@ from destinations.postgresql.position_guard import (
     without_positions,
 )
 from destinations.postgresql.table_check import target_problem
+from destinations.postgresql.truncate_watermark import create_truncates_table
 from destinations.postgresql.value_check import checked_group
 from destinations.records import (
     POSITION_COMMIT_COLUMN,
@@ -385,6 +386,8 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         if (info.schema, info.name) not in self._tombstones_ready:
             if create_tombstone_table(cur, info, tomb, keys):
                 logger.info("tombstone table ready destination=%s table=%s", self, info)
+            if create_truncates_table(cur, info.schema):
+                logger.info("truncate table ready destination=%s schema=%s", self, info.schema)
             self._tombstones_ready.add((info.schema, info.name))
         return tomb
 

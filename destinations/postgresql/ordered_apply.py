@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,14 @@ from destinations.errors import PermanentDestinationError
 from destinations.ordered_parts import MOVE, TRUNCATE, Part
 from destinations.postgresql.apply import TableInfo, cast_type
 from destinations.postgresql.copy_text import text_value
+from destinations.postgresql.truncate_watermark import (
+    apply_guarded_truncate,
+    create_truncates_table,
+    watermark,
+)
 from destinations.records import POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN, ChangeRecord
+
+logger = logging.getLogger(__name__)
 
 
 def apply_parts(
@@ -25,7 +33,7 @@ def apply_parts(
     """Each part in order: truncates, key moves, and runs of other changes (``apply_rows``)."""
     for kind, records in parts:
         if kind == TRUNCATE:
-            apply_truncate(cur, info)
+            apply_truncate(cur, info, records[0], guard=guard)
         elif kind == MOVE:
             apply_move(cur, info, records[0], guard=guard)
         else:
@@ -35,9 +43,15 @@ def apply_parts(
             cur.execute("DISCARD TEMP")
 
 
-def apply_truncate(cur: PgCursor, info: TableInfo) -> None:
-    """Empty the target (the source table was truncated)."""
-    cur.execute(sql.SQL("TRUNCATE TABLE {}").format(info.ident))
+def apply_truncate(cur: PgCursor, info: TableInfo, record: ChangeRecord, *, guard: bool) -> None:
+    """Empty the target (the source table was truncated); guarded: see ``truncate_watermark``."""
+    if not guard:
+        cur.execute(sql.SQL("TRUNCATE TABLE {}").format(info.ident))
+        return
+    done = apply_guarded_truncate(cur, info, record.position)
+    logger.info(
+        "truncate applied table=%s position=%s guard=on result=%s", info, record.position, done
+    )
 
 
 def apply_move(cur: PgCursor, info: TableInfo, record: ChangeRecord, *, guard: bool) -> None:
@@ -49,6 +63,11 @@ def apply_move(cur: PgCursor, info: TableInfo, record: ChangeRecord, *, guard: b
     holds either key: the unchanged columns' values exist nowhere else.
     With the position guard only an older row is changed.
     """
+    if guard:
+        create_truncates_table(cur, info.schema)
+        mark = watermark(cur, info)
+        if mark is not None and tuple(record.position) <= tuple(mark):
+            return  # the table was truncated after this change: the row stays gone
     old = record.moved_from or {}
     values = {**(record.after or {}), **record.key}
     missing = [c for c in [*values, *old] if c not in info.columns]

@@ -10,6 +10,13 @@ them. So the engine never gives psycopg2 a flush position (psycopg2 keeps
 sending ``0``, which the server ignores for the slot) and writes the status
 update message (protocol "Standby status update", ``'r'``) on the same libpq
 connection itself, through the libpq that psycopg2 is linked against.
+
+psycopg2 still answers a keepalive that asks for a reply with its own flush
+position. That is 0 (ignored by the server), or a keepalive's ``wal_end``
+taken before the first data message of the connection (psycopg2 moves it only
+while no data has come). The stream therefore always resumes from its
+confirmed position (stream.py): the server then sends every unconfirmed
+transaction before such a keepalive can pass it.
 """
 
 from __future__ import annotations

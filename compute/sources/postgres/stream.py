@@ -79,6 +79,7 @@ class ReplicationStream:
         self._received_lsn = start_lsn  # end of the last whole transaction received
         self._confirmed = start_lsn  # safe to confirm: acknowledged by the pipeline
         self._taken_lsn = start_lsn  # end of the last transaction handed out whole
+        self._resent_through = 0  # transactions up to here were received before a reconnect
         # (end LSN, commit time) of transactions with changes received, not yet confirmed.
         self._unconfirmed: deque[tuple[int, float]] = deque()
         self._sent_flush = 0
@@ -200,7 +201,15 @@ class ReplicationStream:
             cursor = conn.cursor()
             # A transaction cut off by the lost connection is sent again from its start.
             self.assembler.reset()
-            start = self._received_lsn
+            with self._lock:
+                # Resume from the confirmed position, not from the last transaction
+                # received: until a data message arrives on a connection, psycopg2
+                # moves its own flush position to each keepalive's wal_end and sends
+                # it whenever the server asks for a reply. Resumed past transactions
+                # held here unacknowledged, that would confirm them. From here, the
+                # server sends them again first; _received drops the copies.
+                start = self._confirmed
+                self._resent_through = self._received_lsn
             cursor.start_replication(
                 slot_name=self.slot,
                 decode=False,
@@ -245,6 +254,8 @@ class ReplicationStream:
 
     def _received(self, transaction: Transaction) -> None:
         with self._lock:
+            if transaction.end_lsn <= self._resent_through:
+                return  # received before the reconnect: already buffered or handed out
             if transaction.records:
                 self._buffer.append(transaction)
                 self._buffered += len(transaction.records)
