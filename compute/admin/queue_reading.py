@@ -155,7 +155,7 @@ class QueueReading(OperationsBase):
             rows.append(
                 {
                     "pipeline": status["pipeline"],
-                    "source_id": status["source_id"],
+                    "source_id": status.get("source_id"),
                     "events": status["events"],
                     "events_per_second": status.get("events_per_second"),
                     "replication_lag": status.get("source_lag"),
@@ -192,10 +192,12 @@ class QueueReading(OperationsBase):
                 {
                     "pipeline": status["pipeline"],
                     "state": status["state"],
+                    "source_id": status.get("source_id"),
                     "events": status["events"],
                     "events_per_second": status.get("events_per_second"),
                     "source_lag": status.get("source_lag"),
                     "rejected_events": status["rejected_events"],
+                    "skipped_events": status.get("skipped_events", 0),
                     "backpressure_reason": status["backpressure_reason"],
                     "last_error": status["last_error"],
                 }

@@ -21,6 +21,7 @@ from compute.cli.output import (
     emit_line,
     format_age,
     format_size,
+    lag_cells,
     progress_bar,
     setup_logging,
     stdout_console,
@@ -258,16 +259,16 @@ def source_table(sources: list[dict[str, Any]]) -> Any:
         right=("events", "events/s", "lag", "lag bytes"),
     )
     for row in sources:
-        lag = row.get("replication_lag") or {}
+        slot, lag, lag_bytes, wal_status = lag_cells(row.get("replication_lag"))
         flows.add_row(
             row["pipeline"],
             str(row["source_id"]),
             str(row["events"]),
             f"{row['events_per_second'] or 0:.1f}",
-            lag.get("slot") or "-",
-            format_age(lag["lag_seconds"]) if lag else "-",
-            format_size(lag.get("lag_bytes")) if lag else "-",
-            clip_words(lag.get("wal_status") or f"unknown: {lag.get('error')}") if lag else "-",
+            slot,
+            lag,
+            lag_bytes,
+            clip_words(wal_status),
         )
     return flows
 

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -128,3 +128,17 @@ def format_age(seconds: float | None) -> str:
     if s < 86400:
         return f"{s // 3600}h{s % 3600 // 60:02d}m"
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def lag_cells(lag: Mapping[str, Any] | None) -> list[str]:
+    """A replicating source's slot, lag in time and in WAL bytes, and the slot's
+    ``wal_status`` (``unknown: <why>`` when the lag could not be read); ``-`` for a
+    source that does not replicate (no ``source_lag``)."""
+    if not lag:
+        return ["-", "-", "-", "-"]
+    return [
+        str(lag.get("slot") or "-"),
+        format_age(lag.get("lag_seconds")),
+        format_size(lag.get("lag_bytes")),
+        str(lag.get("wal_status") or f"unknown: {lag.get('error')}"),
+    ]

@@ -120,9 +120,12 @@ def snapshot(
         {
             "name": p["pipeline"],
             "state": p["state"],
+            "source_id": p.get("source_id"),
             "events": p.get("events"),
             "events_per_second": rate(f"events|{p['pipeline']}", counters, before, seconds),
             "rejected_events": p.get("rejected_events"),
+            "skipped_events": p.get("skipped_events"),
+            "source_lag": p.get("source_lag"),
             "detail": p.get("last_error") or p.get("backpressure_reason"),
         }
         for p in health.get("pipelines", [])

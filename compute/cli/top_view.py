@@ -18,7 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from compute.cli.output import format_age, format_size
+from compute.cli.output import format_age, format_size, lag_cells
 
 STATE_STYLES = {
     "running": "green",
@@ -32,9 +32,13 @@ HEALTH_STYLES = {
     "down": "bold red",
     "unknown": "dim",
 }
+# A slot's pg_replication_slots.wal_status; "unreserved" loses WAL at the next checkpoint.
+# Anything else ("lost": the slot is unusable; "unknown: ...": the lag could not be read) is red.
+WAL_STATUS_STYLES = {"reserved": "green", "extended": "yellow", "unreserved": "bold red"}
 STATUS_STYLES = {"healthy": "bold green", "warning": "bold yellow", "critical": "bold red"}
 SEVERITY_STYLES = {"critical": "bold red", "warning": "yellow"}
-NUMERIC = ("/s", "depth", "queued", "parked", "events", "rejected")  # right-aligned columns
+# right-aligned columns
+NUMERIC = ("/s", "depth", "queued", "parked", "events", "rejected", "skipped", "lag", "lag bytes")
 NARROWEST_TEXT = 20  # an error column never gets fewer characters than this
 
 
@@ -46,7 +50,8 @@ def render(
     problem: str | None = None,
     interval: float | None = None,
 ) -> RenderableType:
-    """One frame: header, alerts firing, pipelines, destinations, queues (worst first).
+    """One frame: header, alerts firing, pipelines, replicating sources (their slot's lag),
+    destinations, queues (worst first).
 
     ``width`` is the screen's, to fit long texts; ``max_queues`` caps the
     queue rows (the rest are counted); ``problem`` is shown in red above
@@ -57,6 +62,7 @@ def render(
         parts.append(Text(shorten(problem, width), style="bold red"))
     parts.append(_alerts(snapshot.get("alerts", []), width))
     parts.append(_pipelines(snapshot.get("pipelines", []), width))
+    parts.extend(_sources(snapshot.get("pipelines", []), width))
     parts.append(_destinations(snapshot.get("destinations", []), width))
     parts.extend(_queues(snapshot.get("queues", []), max_queues, width))
     return Group(*parts)
@@ -71,6 +77,8 @@ def queue_rows(snapshot: Mapping[str, Any], height: int, problem: bool = False) 
     used = 2 + int(problem) + 5 + 1  # header, problem, the queue table's frame, "... more"
     used += sum(table(len(snapshot.get(part, []))) for part in ("alerts", "pipelines"))
     used += table(len(snapshot.get("destinations", [])))
+    replicating = _replicating(snapshot.get("pipelines", []))
+    used += table(len(replicating)) if replicating else 0  # no line at all when none
     return max(3, height - used)
 
 
@@ -163,12 +171,41 @@ def _pipelines(rows: list[Mapping[str, Any]], width: int) -> RenderableType:
             rate(p.get("events_per_second")),
             count(p.get("events")),
             count(p.get("rejected_events")),
+            count(p.get("skipped_events")),
             str(p.get("detail") or ""),
         ]
         for p in rows
     ]
-    columns = ("pipeline", "state", "events/s", "events", "rejected", "detail")
-    return _table("Pipelines", columns, cells, 5, width)
+    columns = ("pipeline", "state", "events/s", "events", "rejected", "skipped", "detail")
+    return _table("Pipelines", columns, cells, 6, width)
+
+
+def _replicating(pipelines: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The pipelines whose source replicates from a slot (a PostgreSQL source): they have a lag."""
+    return [p for p in pipelines if p.get("source_lag")]
+
+
+def _sources(pipelines: list[Mapping[str, Any]], width: int) -> list[RenderableType]:
+    """Per replicating source: its slot's lag in time and in WAL bytes, and ``wal_status``
+    (nothing at all when no source replicates: a JSON-lines source has no lag to show)."""
+    rows = _replicating(pipelines)
+    if not rows:
+        return []
+    cells: list[list[Cell]] = []
+    for p in rows:
+        slot, lag, lag_bytes, wal_status = lag_cells(p["source_lag"])
+        cells.append(
+            [
+                str(p.get("name")),
+                str(p.get("source_id") or "-"),
+                slot,
+                lag,
+                lag_bytes,
+                Text(wal_status, style=WAL_STATUS_STYLES.get(wal_status, "bold red")),
+            ]
+        )
+    columns = ("pipeline", "source", "slot", "lag", "lag bytes", "wal status")
+    return [_table("Sources (replication lag)", columns, cells, 5, width)]
 
 
 def _destinations(rows: list[Mapping[str, Any]], width: int) -> RenderableType:

@@ -5,7 +5,10 @@ is silent. Every interval, on a thread of its own (under a supervisor), it
 logs one INFO line per pipeline::
 
     progress pipeline=orders in=1520/s read=15200 written=15200 queued=0 replayed=0
-    parked=0 dropped=0 rejected=0 backlog=0 position=0/16B3A48#3 lag=0.4s
+    parked=0 dropped=0 rejected=0 skipped=0 backlog=0 position=0/16B3A48#3 lag=0.4s
+
+(``skipped``: input the source skipped on purpose as carrying no change, such
+as Kafka tombstones and empty lines of a JSON-lines file)
 
 and, per queue that had events queued for later delivery since the last line
 (behind an outage, behind older queued events, or after a failed write), one::
@@ -57,6 +60,7 @@ class ProgressSample:
     parked: int = 0
     dropped: int = 0
     rejected: int = 0
+    skipped: int = 0
     queued_by_queue: Mapping[QueueId, int] = field(default_factory=dict)
 
 
@@ -152,6 +156,7 @@ class ProgressReporter:
             parked=_total(counters.parked) + self.worker.stats.parked,
             dropped=_total(counters.dropped),
             rejected=self.source.rejected_count,
+            skipped=self.source.skipped_count,
             queued_by_queue=dict.copy(counters.queued_by_queue),
         )
 
@@ -159,7 +164,7 @@ class ProgressReporter:
         elapsed = max(now.at - before.at, 1e-9)
         logger.info(
             "progress pipeline=%s in=%.0f/s read=%d written=%d queued=%d replayed=%d parked=%d "
-            "dropped=%d rejected=%d backlog=%s position=%s lag=%s",
+            "dropped=%d rejected=%d skipped=%d backlog=%s position=%s lag=%s",
             self.pipeline_name,
             (now.read - before.read) / elapsed,
             now.read - before.read,
@@ -169,6 +174,7 @@ class ProgressReporter:
             now.parked - before.parked,
             now.dropped - before.dropped,
             now.rejected - before.rejected,
+            now.skipped - before.skipped,
             self._backlog(),
             "-" if self._acknowledged is None else self._acknowledged.position,
             self._lag(now.at),

@@ -22,6 +22,7 @@ class RunSummary:
     queued: int = 0  # sent to the DLQ for later delivery
     parked: int = 0  # parked during this run
     rejected: int = 0  # refused by a source as malformed during this run
+    skipped: int = 0  # skipped by a source as carrying no change (tombstones, empty lines)
     still_parked: int = 0  # parked changes in the pipelines' queues at the end
 
     @property
@@ -32,13 +33,14 @@ class RunSummary:
     def line(self) -> str:
         return (
             f"run summary: events={self.events} written={self.written} queued={self.queued} "
-            f"parked={self.parked} rejected={self.rejected} still_parked={self.still_parked}"
+            f"parked={self.parked} rejected={self.rejected} skipped={self.skipped} "
+            f"still_parked={self.still_parked}"
         )
 
 
 def summarize(pipelines: Sequence[Pipeline], dlq: DLQManager | None) -> RunSummary:
     """The summary of ``pipelines``' run so far; the DLQ must still be open."""
-    events = written = queued = parked = rejected = still = 0
+    events = written = queued = parked = rejected = skipped = still = 0
     for pipeline in pipelines:
         sample = pipeline.progress.sample()
         events += sample.read
@@ -46,9 +48,10 @@ def summarize(pipelines: Sequence[Pipeline], dlq: DLQManager | None) -> RunSumma
         queued += sample.queued
         parked += sample.parked
         rejected += sample.rejected
+        skipped += sample.skipped
         if dlq is not None:
             try:
                 still += sum(dlq.parked_count(q) for q in pipeline.worker.queues())
             except DLQError:
                 still += sample.parked  # cannot count: what this run parked is still there
-    return RunSummary(events, written, queued, parked, rejected, still)
+    return RunSummary(events, written, queued, parked, rejected, skipped, still)

@@ -10,8 +10,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
+
+# The temporary file ``write_atomic`` writes before its rename: ``.<name>.<pid>.tmp``.
+_TEMPORARY = re.compile(r"^\.(.+)\.\d+\.tmp$")
+
+
+def temporary_of(name: str) -> str | None:
+    """The file that ``name``, a temporary file of ``write_atomic``, replaces (None if
+    ``name`` is not one): it lives for one small write, or stays after a crash."""
+    found = _TEMPORARY.match(name)
+    return None if found is None else found.group(1)
 
 
 def write_atomic(path: Path, data: bytes, *, durable: bool = False) -> None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
+from psycopg2 import sql
 
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource
 from config.config_database import CONFIG_DATABASE_SCHEMA, read_pipeline_config
@@ -20,21 +24,35 @@ def dsn_with_db(dsn: str, dbname: str) -> str:
     return " ".join(p for p in dsn.split() if not p.startswith("dbname=")) + f" dbname={dbname}"
 
 
+_databases = itertools.count(1)
+
+
 @pytest.fixture
-def config_db(postgres_server_factory):
-    server = postgres_server_factory()
-    conn = psycopg2.connect(server.dsn)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("CREATE DATABASE rosetta_config")
-        cur.execute("CREATE DATABASE warehouse")
-    conn.close()
-    config_dsn = dsn_with_db(server.dsn, "rosetta_config")
+def config_db(postgres_dsn: str) -> Iterator[tuple[str, str, Any]]:
+    """(warehouse DSN, config database DSN, an autocommit connection to the config
+    database): two fresh databases on the session server, dropped after the test."""
+    n = f"{os.getpid()}_{next(_databases)}"
+    names = (f"rosetta_config_{n}", f"warehouse_{n}")
+    admin = psycopg2.connect(postgres_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        for name in names:
+            cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    config_dsn = dsn_with_db(postgres_dsn, names[0])
     conn = psycopg2.connect(config_dsn)
     conn.autocommit = True
     with conn.cursor() as cur:
         cur.execute(CONFIG_DATABASE_SCHEMA)
-    return server, config_dsn, conn
+    try:
+        yield dsn_with_db(postgres_dsn, names[1]), config_dsn, conn
+    finally:
+        conn.close()
+        with admin.cursor() as cur:
+            for name in names:
+                cur.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+        admin.close()
 
 
 def test_readme_documents_the_schema_the_code_reads() -> None:
@@ -43,8 +61,7 @@ def test_readme_documents_the_schema_the_code_reads() -> None:
 
 
 def test_engine_runs_pipelines_from_the_config_database(tmp_path: Path, config_db) -> None:
-    server, config_dsn, conn = config_db
-    warehouse = dsn_with_db(server.dsn, "warehouse")
+    warehouse, config_dsn, conn = config_db
     source = SyntheticSource("7", None, total_events=300, seed=2)
     target = psycopg2.connect(warehouse)
     target.autocommit = True
@@ -84,7 +101,7 @@ def test_engine_runs_pipelines_from_the_config_database(tmp_path: Path, config_d
 
 
 def test_unreachable_or_empty_config_database_is_a_clear_error(config_db) -> None:
-    server, config_dsn, conn = config_db
+    _, config_dsn, conn = config_db
     with pytest.raises(ConfigError) as caught:
         read_pipeline_config("host=127.0.0.1 port=1 password=s3cret connect_timeout=2", {})
     assert "cannot connect to the config database" in str(caught.value)
@@ -115,14 +132,14 @@ def _pipeline_row(conn: Any, **columns: Any) -> None:
 
 
 def test_tables_and_append_only_columns(config_db: Any) -> None:
-    server, config_dsn, conn = config_db
+    _, config_dsn, conn = config_db
     _pipeline_row(conn, tables=["public.orders"], append_only=["public.audit_log"])
     [spec] = read_pipeline_config(config_dsn, {})
     assert (spec.tables, spec.append_only) == (("public.orders",), ("public.audit_log",))
 
 
 def test_a_database_made_before_those_columns_still_reads(config_db: Any) -> None:
-    server, config_dsn, conn = config_db
+    _, config_dsn, conn = config_db
     with conn.cursor() as cur:
         cur.execute(
             "ALTER TABLE rosetta_pipelines DROP COLUMN tables, DROP COLUMN append_only, "

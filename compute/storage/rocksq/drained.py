@@ -23,13 +23,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Collection
 from pathlib import Path
 
 from compute.queue_id import PARKED_LANE, QueueId
-from compute.storage.atomic_file import json_bytes, write_atomic
+from compute.storage.atomic_file import json_bytes, temporary_of, write_atomic
 from compute.storage.rocksq.cursor import CURSOR_FILE
 from compute.storage.rocksq.discovery import QUEUE_FILE
 from compute.storage.rocksq.handles import HandleCache
@@ -40,8 +39,6 @@ logger = logging.getLogger(__name__)
 
 # The store's own files in a lane directory; queue.json is removed last.
 _STORE_FILES = (CURSOR_FILE, WRITTEN_FILE)
-# A temporary file of atomic_file.write_atomic left by a crash: ".<name>.<pid>.tmp".
-_TMP_RE = re.compile(r"^\.(.+)\.\d+\.tmp$")
 
 # What a lane looked like when last seen empty: its next segment number and
 # cursor (any enqueue since, even one acknowledged since, moved them).
@@ -165,8 +162,7 @@ def _removable(path: Path, names: frozenset[str]) -> list[str] | None:
     for entry in entries:
         if entry.name == PARKED_LANE and entry.is_dir(follow_symlinks=False):
             continue  # the lane beside it, checked on its own
-        tmp = _TMP_RE.match(entry.name)
-        known = entry.name in names or (tmp is not None and tmp.group(1) in names)
+        known = entry.name in names or temporary_of(entry.name) in names  # one a crash left
         if not known or not entry.is_file(follow_symlinks=False):
             logger.debug("DLQ queue directory holds %s, kept: path=%s", entry.name, path)
             return None

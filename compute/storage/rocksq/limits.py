@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from compute.errors import DLQFullError
+from compute.storage.atomic_file import temporary_of
 from compute.storage.base import QueueLimits
 from compute.storage.rocksq.disk_reserve import DiskReserve
 from compute.storage.rocksq.state import QueueState
@@ -97,7 +98,9 @@ class LimitGuard:
 # Files a queue directory holds that are not its data: RocksDB's own info
 # log (rotated on every open) and options file (rewritten on every open), and
 # the status file the DLQ writes about the queue. A reader that opens a queue
-# (the offline CLI) must not change its size, so they are not counted.
+# (the offline CLI) must not change its size, so they are not counted. Nor is a
+# side file's temporary copy (``write_atomic``): the file it replaces is counted,
+# and a size read while status.json is rewritten (every second) would differ.
 _NOT_DATA_PREFIXES = ("LOG", "OPTIONS-")
 _NOT_DATA_NAMES = frozenset({"status.json"})
 
@@ -108,8 +111,8 @@ def queue_disk_bytes(path: Path) -> int:
     The one measure of a queue's size (``bytes_on_disk`` in ``status.json``,
     ``rosetta dlq queues``, the admin API and ``rosetta_dlq_queue_bytes``, and
     the ``DLQ_MAX_QUEUE_BYTES`` limit): every file under the queue's directory
-    but RocksDB's info logs (``LOG``, ``LOG.old.*``), its ``OPTIONS-*`` files
-    and ``status.json``.
+    but RocksDB's info logs (``LOG``, ``LOG.old.*``), its ``OPTIONS-*`` files,
+    ``status.json`` and the temporary copies of side files being rewritten.
     """
     total = 0
     try:
@@ -127,4 +130,8 @@ def queue_disk_bytes(path: Path) -> int:
 
 
 def _not_data(name: str) -> bool:
-    return name in _NOT_DATA_NAMES or name.startswith(_NOT_DATA_PREFIXES)
+    return (
+        name in _NOT_DATA_NAMES
+        or name.startswith(_NOT_DATA_PREFIXES)
+        or temporary_of(name) is not None
+    )

@@ -44,17 +44,30 @@ SNAPSHOT: dict[str, Any] = {
         {
             "name": "orders",
             "state": "running",
+            "source_id": "1",
             "events": 125000,
             "events_per_second": 812.5,
             "rejected_events": 3,
+            "skipped_events": 41,
+            "source_lag": {
+                "slot": "rosetta_1",
+                "lag_bytes": 5 * 1024 * 1024,
+                "lag_seconds": 252.5,
+                "wal_status": "extended",
+                "checked_at": 1_796_175_000.0,
+                "error": None,
+            },
             "detail": None,
         },
         {
             "name": "billing",
             "state": "backpressure",
+            "source_id": "2",
             "events": 900,
             "events_per_second": 0.0,
             "rejected_events": 0,
+            "skipped_events": 0,
+            "source_lag": None,
             "detail": "DLQ full",
         },
     ],
@@ -149,8 +162,19 @@ def test_a_fixed_state_shows_every_value_the_operator_needs() -> None:
     assert "disk 41.5% used, 12.0 GiB free" in text
     assert "alerts firing: 1" in text
 
-    assert row_of(text, "orders") == ["orders", "running", "812", "125,000", "3", ""]
+    assert row_of(text, "orders") == ["orders", "running", "812", "125,000", "3", "41", ""]
     assert row_of(text, "billing")[:3] == ["billing", "backpressure", "0"]
+    # the replicating source's slot, behind in time and in WAL; billing's source has no slot
+    sources = text[text.index("Sources (replication lag)") : text.index("Destinations")]
+    assert row_of(sources, "orders") == [
+        "orders",
+        "1",
+        "rosetta_1",
+        "4m12s",
+        "5.0 MiB",
+        "extended",
+    ]
+    assert "billing" not in sources
     assert row_of(text, "billing")[-1] == "DLQ full"
 
     pg = next(line for line in text.splitlines() if "warehouse-pg (2)" in line)
@@ -203,6 +227,27 @@ def test_many_queues_show_the_worst_and_count_the_rest() -> None:
     assert "... and 7 more queue(s), 1 of them empty" in text
 
 
+def test_sources_show_only_when_one_replicates_and_say_an_unreadable_lag() -> None:
+    plain = [{**p, "source_lag": None} for p in SNAPSHOT["pipelines"]]
+    assert "Sources" not in draw({**SNAPSHOT, "pipelines": plain})  # JSON-lines: no slot
+    unread = {
+        "slot": "rosetta_1",
+        "lag_bytes": None,
+        "lag_seconds": 0.0,
+        "wal_status": None,
+        "checked_at": None,
+        "error": "connection refused",
+    }
+    pipelines = [{**SNAPSHOT["pipelines"][0], "source_lag": unread}]
+    text = draw({**SNAPSHOT, "pipelines": pipelines})
+    assert row_of(text[text.index("Sources") :], "orders")[2:] == [
+        "rosetta_1",
+        "0.0s",
+        "-",
+        "unknown: connection refused",
+    ]
+
+
 def test_a_lost_engine_is_said_above_the_last_frame() -> None:
     text = draw(SNAPSHOT, problem="engine pid 4242 does not answer (retrying every 1s)")
     assert text.splitlines()[2] == "engine pid 4242 does not answer (retrying every 1s)"
@@ -214,6 +259,16 @@ def test_shorten_cuts_at_a_word_boundary() -> None:
     assert shorten("connection refused by peer", 20) == "connection refused…"
     assert shorten("a\n  multi-line\ttext", 40) == "a multi-line text"
     assert shorten("x" * 30, 10) == "x" * 9 + "…"  # one long word: cut, still marked
+
+
+LAG = {
+    "slot": "rosetta_1",
+    "lag_bytes": 4096,
+    "lag_seconds": 0.0,
+    "wal_status": "reserved",
+    "checked_at": 1.0,
+    "error": None,
+}
 
 
 class FakeAdmin:
@@ -230,7 +285,16 @@ class FakeAdmin:
         return {
             "status": "healthy",
             "checked_at": "2026-12-02T01:30:00.000Z",
-            "pipelines": [{"pipeline": "p", "state": "running", "events": self.events}],
+            "pipelines": [
+                {
+                    "pipeline": "p",
+                    "state": "running",
+                    "source_id": "1",
+                    "events": self.events,
+                    "skipped_events": 2,
+                    "source_lag": LAG,
+                }
+            ],
             "destinations": [
                 {
                     "pipeline": "p",
@@ -267,6 +331,9 @@ def test_rates_come_from_two_successive_samples() -> None:
     first = sampler.sample()
     assert first["queues"][0]["enqueue_per_second"] is None  # nothing to compare with yet
     assert first["pipelines"][0]["events_per_second"] is None
+    pipeline = first["pipelines"][0]
+    assert (pipeline["source_id"], pipeline["skipped_events"]) == ("1", 2)
+    assert pipeline["source_lag"] == LAG  # as /health says it
     admin.events, admin.enqueued, now[0] = 300, 60.0, 102.0
     second = sampler.sample()
     assert second["pipelines"][0]["events_per_second"] == 100.0

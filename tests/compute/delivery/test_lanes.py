@@ -183,13 +183,21 @@ def handler_to_a_down_destination(
 
 
 def test_in_place_retries_share_one_deadline(tmp_path: Path) -> None:
-    with handler_to_a_down_destination(tmp_path, 0.05, 0.3) as (handler, dest, _, dlq):
+    """1000 retries 0.05 s apart would take 50 s: the retries stop at the 0.5 s deadline.
+
+    On a loaded machine a thread may wait its turn, so fewer retries fit (never more)
+    and the enqueue after them may take longer: the attempts are counted (at most one
+    per retry delay within the deadline), and the time taken is only checked against
+    the 50 s that retries without the shared deadline would take.
+    """
+    with handler_to_a_down_destination(tmp_path, 0.05, 0.5) as (handler, dest, _, dlq):
         started = time.monotonic()
         handler.handle([change(1, 1), change(2, 2)], set())
         elapsed = time.monotonic() - started
-        assert elapsed < 1.0, f"retries took {elapsed:.2f}s against a 0.3s deadline"
+        assert elapsed < 5.0, f"retries took {elapsed:.2f}s against a 0.5s deadline"
         assert dlq.count(QueueId("1", TABLE, "A")) == 2
-        assert 2 <= dest.write_count <= 10
+        # retried in place (the first attempt fails at once), and within the deadline
+        assert 2 <= dest.write_count <= 1 + 0.5 / 0.05
 
 
 def test_outage_is_dated_from_the_first_failed_write(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def test_progress_line_and_deferred_summary_every_interval(
         pipeline.progress.report()
         assert lines(caplog) == [
             "progress pipeline=orders in=2/s read=20 written=20 queued=0 replayed=0 parked=0 "
-            "dropped=0 rejected=0 backlog=0 position=0/14#0 lag=0.5s"
+            "dropped=0 rejected=0 skipped=0 backlog=0 position=0/14#0 lag=0.5s"
         ]
 
         # an outage: the first batch fails and is queued, the next ones wait behind it
@@ -77,7 +77,7 @@ def test_progress_line_and_deferred_summary_every_interval(
         pipeline.progress.report()
         assert lines(caplog) == [
             "progress pipeline=orders in=4/s read=40 written=0 queued=40 replayed=0 parked=0 "
-            "dropped=0 rejected=0 backlog=40 position=0/3C#0 lag=10.5s",
+            "dropped=0 rejected=0 skipped=0 backlog=40 position=0/3C#0 lag=10.5s",
             f"deferred pipeline=orders queue={queue} events=40 since_last=10.0s "
             "destination_health=unhealthy",
         ]
@@ -85,7 +85,7 @@ def test_progress_line_and_deferred_summary_every_interval(
         pipeline.progress.report()  # nothing deferred since: no deferred line
         assert lines(caplog) == [
             "progress pipeline=orders in=0/s read=0 written=0 queued=0 replayed=0 parked=0 "
-            "dropped=0 rejected=0 backlog=40 position=0/3C#0 lag=10.5s"
+            "dropped=0 rejected=0 skipped=0 backlog=40 position=0/3C#0 lag=10.5s"
         ]
 
         dest.set_down(False)
@@ -94,7 +94,7 @@ def test_progress_line_and_deferred_summary_every_interval(
         pipeline.progress.report()
         assert lines(caplog, "progress") == [
             "progress pipeline=orders in=0/s read=0 written=0 queued=0 replayed=40 parked=0 "
-            "dropped=0 rejected=0 backlog=0 position=0/3C#0 lag=10.5s"
+            "dropped=0 rejected=0 skipped=0 backlog=0 position=0/3C#0 lag=10.5s"
         ]
 
 
@@ -143,12 +143,13 @@ def test_progress_interval_zero_starts_no_progress_thread(tmp_path: Path) -> Non
             pipeline.stop()
 
 
-def test_rejected_events_count_all_not_the_last_kept(
+def test_rejected_and_skipped_events_count_all_not_the_last_kept(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "events.jsonl"
     good = {"op": "c", "after": {"id": 1}, "key": {"id": 1}, "source": {"table": "t", "lsn": 5}}
-    path.write_text("{bad\n" * 7 + json.dumps(good) + "\n")
+    # 7 malformed lines (rejected); 3 tombstones and 2 empty lines (skipped: no change)
+    path.write_text("{bad\n" * 7 + "null\n" * 3 + "\n\n" + json.dumps(good) + "\n")
     source = JsonLinesSource("1", path, None, max_rejected=2)
     cfg = dlq_config(tmp_path)
     with DLQManager(cfg, background=False) as dlq:
@@ -158,10 +159,11 @@ def test_rejected_events_count_all_not_the_last_kept(
             pass
         assert len(source.rejected) == 2  # only the last ones are kept...
         assert pipeline.status()["rejected_events"] == 7  # ...but all are counted
+        assert pipeline.status()["skipped_events"] == 5
         caplog.set_level(logging.INFO)
         pipeline.progress.report()
     [line] = lines(caplog, "progress")
-    assert " read=1 written=1 " in line and " rejected=7 " in line
+    assert " read=1 written=1 " in line and " rejected=7 skipped=5 " in line
 
 
 @pytest.mark.parametrize("raw", ["-1", "0.05", "86401", "10s", "nan"])

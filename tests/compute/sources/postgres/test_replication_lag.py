@@ -1,7 +1,8 @@
 """Replication lag of a PostgreSQL source, seen by an operator of ``rosetta run``: it grows
 while the destination is down and the pipeline is in backpressure, and falls once the
-destination is back, in ``GET /metrics``, ``GET /health``, ``rosetta dlq stats`` and the
-``source_replication_lag`` alert (firing, turning critical, then resolved)."""
+destination is back, in ``GET /metrics``, ``GET /health``, ``rosetta dlq stats``,
+``rosetta top`` and the ``source_replication_lag`` alert (firing, turning critical, then
+resolved)."""
 
 from __future__ import annotations
 
@@ -98,6 +99,21 @@ class RunningEngine:
         assert result.returncode == 0, result.stderr[-2000:]
         [source] = json.loads(result.stdout)["sources"]
         return dict(source)
+
+    def top(self) -> dict[str, str]:
+        """The pipeline's row in the sources table of ``rosetta top --once``, by column."""
+        result = run_rosetta(self.env | {"COLUMNS": "160"}, "top", "--once", "--interval", "0.1")
+        assert result.returncode == 0, result.stderr[-2000:]
+        table = result.stdout[result.stdout.index("Sources (replication lag)") :]
+        lines = [line.strip() for line in table.splitlines()]
+
+        def cells(border: str) -> list[str]:  # the heading's border is bold, the rows' thin
+            line = next(ln for ln in lines if ln[:1] == border)
+            return [cell.strip() for cell in line.strip(border).split(border)]
+
+        heading, row = cells("┃"), cells("│")
+        assert row[0] == "p", table
+        return dict(zip(heading, row, strict=True))
 
     def stop(self) -> str:
         self.process.terminate()
@@ -217,6 +233,10 @@ def test_lag_grows_in_backpressure_and_falls_after_in_metrics_health_stats_and_a
         assert stats["replication_lag"]["wal_status"] in ("reserved", "extended")
         human = run_rosetta(env, "dlq", "stats", timeout=60)
         assert human.returncode == 0 and "Sources" in human.stdout and "rosetta_7" in human.stdout
+        shown = engine.top()
+        assert shown["slot"] == "rosetta_7" and shown["source"] == "7"
+        assert shown["lag bytes"].endswith("MiB") and shown["lag"] != "0.0s"
+        assert shown["wal status"] in ("reserved", "extended")
 
         # The destination is back: the DLQ drains, the pipeline reads again, the slot
         # catches up, and the alert resolves.
@@ -244,6 +264,7 @@ def test_lag_grows_in_backpressure_and_falls_after_in_metrics_health_stats_and_a
         assert stats["events"] >= 21_000
         assert stats["replication_lag"]["lag_bytes"] < WARNING_BYTES
         assert stats["replication_lag"]["lag_seconds"] == 0
+        assert engine.top()["lag"] == "0.0s"
     finally:
         log = engine.stop()
     assert "alert firing: alert=source_replication_lag" in log
