@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compute.codec.message import decode_message
+from compute.dlq.holds import Holds, QueueHold
 from compute.dlq.lane_reader import LaneReader
 from compute.dlq.queue_info import QueueInfo, QueueInfos
 from compute.dlq.timestamps import iso
@@ -47,6 +48,8 @@ class QueueStatus:
     parked: int = 0
     # When the last error happened; kept when ``last_error`` is cleared by a drain.
     last_error_at: float | None = None
+    # Held: its table fails every change the same way (the cause); None: flowing.
+    held: QueueHold | None = None
 
     def oldest_age(self, now: float) -> float | None:
         return None if self.oldest_enqueued_at is None else max(0.0, now - self.oldest_enqueued_at)
@@ -66,6 +69,7 @@ class QueueStatus:
             "parked": self.parked,
             "dropped": self.dropped,
             "quarantined": self.quarantined,
+            "held": None if self.held is None else self.held.to_json(now),
             "updated_at": iso(now),
         }
 
@@ -80,8 +84,10 @@ class StatusFiles:
         lanes: LaneReader,
         restore_side_files: Callable[[QueueId], None],
         clock: Callable[[], float],
+        holds: Holds | None = None,
     ) -> None:
         self._store = store
+        self._holds = holds or Holds(clock)
         self._infos = infos
         self._lanes = lanes
         # Writes a queue's tombstones and attempt counts again if their files went missing.
@@ -116,6 +122,7 @@ class StatusFiles:
                 dropped=info.dropped,
                 quarantined=info.quarantined,
                 parked=parked,
+                held=self._holds.of(queue),
             )
 
     def _oldest(self, queue: QueueId, info: QueueInfo) -> float | None:
