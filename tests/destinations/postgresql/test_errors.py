@@ -173,7 +173,10 @@ def test_revoked_privilege_42501_and_missing_schema_3F000_are_table_level(
         assert isinstance(error, psycopg2.errors.InsufficientPrivilege)
         assert verdict(dest, error) == (TABLE, "42501")
         error = raised_by(lambda: dest.write_batch("a.b", [upsert(1, {"name": "a"}, 1)]))
-        # a schema that does not exist, named in a relation, is 3F000 (invalid schema name)
+        # a target in a schema that does not exist: the catalog lookup says 42P01
+        assert verdict(dest, error) == (TABLE, "42P01")
+        with pg_conn.cursor() as cur:  # where the server says 3F000 (invalid schema name)
+            error = raised_by(lambda: cur.execute("CREATE TABLE nowhere.t (id int)"))
         assert verdict(dest, error) == (TABLE, "3F000")
     finally:
         dest.close()
