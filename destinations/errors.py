@@ -30,6 +30,11 @@ class ClassifiedError:
     # failure says nothing about the events, so replay does not charge it
     # to their retry budget (it could otherwise park good events as poison).
     connection_lost: bool = False
+    # The destination refused the engine's credentials (a changed password, a
+    # removed role or grant to log in): nothing about the events, and retrying
+    # in place cannot help; the destination is marked unhealthy with the
+    # reason and replay resumes once a probe logs in again.
+    authentication: bool = False
 
     @property
     def is_transient(self) -> bool:
@@ -55,6 +60,14 @@ class TransientDestinationError(DestinationError):
 
 class PermanentDestinationError(DestinationError):
     """The destination refuses this data; retrying the same write will not help."""
+
+
+class TableLevelDestinationError(PermanentDestinationError):
+    """The target table refuses every row the same way (e.g. a record column it lacks).
+
+    Classified ``FailureKind.TABLE``: the queue is held in order and retried
+    after the table is fixed, nothing is parked.
+    """
 
 
 class DestinationTimeoutError(TransientDestinationError):

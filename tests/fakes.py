@@ -16,6 +16,7 @@ from destinations.errors import (
     DestinationError,
     FailureKind,
     PermanentDestinationError,
+    TableLevelDestinationError,
     TransientDestinationError,
 )
 from destinations.records import ChangeRecord, Operation
@@ -29,7 +30,10 @@ class Fault(StrEnum):
     """A scripted failure, named after how the real destinations classify what it plays."""
 
     TRANSIENT = "transient"  # a failed statement the server may accept later (deadlock, timeout)
-    PERMANENT = "permanent"  # refused for good (a constraint, a type, a missing column)
+    PERMANENT = "permanent"  # the row refused for good (a constraint, a type)
+    # The target table refuses every row (missing table or column, no privilege):
+    # the queue is held in order and retried, nothing parked.
+    TABLE = "table"
     # The session died under the write (killed backend, reset, expired session):
     # transient, and ``connection_lost`` so that replay does not charge the events.
     SESSION_LOST = "session_lost"
@@ -69,6 +73,8 @@ def _as_key(key: Any) -> Key:
 def _error(fault: Fault, message: str) -> DestinationError:
     if fault is Fault.PERMANENT:
         return PermanentDestinationError(message)
+    if fault is Fault.TABLE:
+        return TableLevelDestinationError(message)
     if fault is Fault.SESSION_LOST:
         return SessionLostError(message)
     return TransientDestinationError(message)
@@ -304,7 +310,7 @@ class FakeDestination(Destination):
         changes = _net_effect(records)
         columns = self.schema.get(table)
         if self.strict and columns is None:
-            raise PermanentDestinationError(f"{self}: target table {table} does not exist")
+            raise TableLevelDestinationError(f"{self}: target table {table} does not exist")
         rows = self.tables.setdefault(table, {})
         staged = dict(rows)  # all or nothing
         key_columns = tuple(changes[0].key)
@@ -338,7 +344,7 @@ class FakeDestination(Destination):
             return
         missing = sorted(c for c in row if c not in columns)
         if missing:
-            raise PermanentDestinationError(
+            raise TableLevelDestinationError(
                 f"{self}: {what} columns missing from target table {table}: "
                 f"{', '.join(missing)} (target has: {', '.join(columns)})"
             )
@@ -370,8 +376,11 @@ class FakeDestination(Destination):
         return self._health_error
 
     def classify_error(self, error: BaseException) -> ClassifiedError:
-        """Permanent for a refusal, else transient; a lost session is ``connection_lost``."""
-        if isinstance(error, PermanentDestinationError):
+        """Table-level or permanent for a refusal, else transient; a lost session is
+        ``connection_lost``."""
+        if isinstance(error, TableLevelDestinationError):
+            kind = FailureKind.TABLE
+        elif isinstance(error, PermanentDestinationError):
             kind = FailureKind.PERMANENT
         else:
             kind = FailureKind.TRANSIENT

@@ -175,7 +175,8 @@ class QueueReading(OperationsBase):
         a source's replication lag passed ``DLQ_ALERT_SOURCE_LAG_BYTES`` or
         ``DLQ_ALERT_SOURCE_LAG_SECONDS`` (or its slot is losing WAL, or the lag
         cannot be read),
-        queued messages are older than 24 h, messages are parked, a
+        queued messages are older than 24 h, messages are parked, a queue is
+        held (its table refuses every change: the queue and the cause are named), a
         damaged queue was set aside, or a thread crashed and was restarted
         within the last 5 minutes. ``healthy`` (200) otherwise.
         """
@@ -232,6 +233,12 @@ class QueueReading(OperationsBase):
                 why.append(f"DLQ messages older than 24h (oldest {age:.0f}s)")
             if parked:
                 why.append(f"{parked} parked message(s) wait for an operator")
+            # A held queue waits for its table to be fixed; the others flow on.
+            why.extend(
+                f"queue {s.queue} held since {iso(s.held.since)}: {s.held.cause}"
+                for s in mine
+                if s.held is not None
+            )
             warning = warning or bool(why)
             reasons.extend(f"destination {dest['name']} ({destination_id}): {w}" for w in why)
             destinations.append(

@@ -85,7 +85,7 @@ def _message_action(
 @dlq.command()
 @json_option
 def queues(as_json: bool) -> None:
-    """One row per queue: messages, parked, bytes, oldest age, destination health."""
+    """One row per queue: messages, parked, bytes, oldest age, destination health, HELD."""
     with _client() as client:
         rows = client.queues()
 
@@ -102,9 +102,11 @@ def queues(as_json: bool) -> None:
                 "bytes",
                 "oldest",
                 "destination health",
+                "held",
             ),
             right=("messages", "parked"),
         )
+        held = [r for r in rows if r.get("held")]
         for r in rows:
             if r.get("damaged"):
                 continue
@@ -117,8 +119,21 @@ def queues(as_json: bool) -> None:
                 format_size(r["bytes_on_disk"]),
                 format_age(r["oldest_age_seconds"]),
                 r["destination_health"],
+                "HELD" if r.get("held") else "",
             )
         stdout_console().print(queues)
+        if held:
+            holds = table(
+                f"HELD queues: the target table refuses every change ({len(held)})",
+                ("queue", "since", "retries", "cause"),
+                text=("cause",),
+            )
+            for r in held:
+                h = r["held"]
+                code = f" [{h['code']}]" if h.get("code") else ""
+                cause = f"{h['error_class']}{code}: {h['message']}"
+                holds.add_row(r["queue"], h["since"], str(h["retries"]), clip_words(cause))
+            stdout_console().print(holds)
         if damaged:
             aside = table(
                 f"DAMAGED queue directories set aside ({len(damaged)})",

@@ -38,6 +38,8 @@ from compute.delivery.failures import (
     append_only_failure,
     capture_failure,
     classify_or_transient,
+    deadline_failure,
+    deferred_failure,
     held_behind_failure,
     too_large_failure,
 )
@@ -77,34 +79,6 @@ def group_by_table(records: Sequence[ChangeRecord]) -> dict[str, list[ChangeReco
     for record in records:
         groups.setdefault(record.table, []).append(record)
     return groups
-
-
-def deferred_failure(reason: str, now: float) -> FailureContext:
-    """Context for events queued without being tried (store-and-forward, open circuit)."""
-    return FailureContext(
-        error_class="Deferred",
-        message=reason,
-        kind=FailureKind.TRANSIENT,
-        attempts=0,
-        first_failure_at=now,
-        last_failure_at=now,
-    )
-
-
-def deadline_failure(destination: Destination, deadline: float, now: float) -> FailureContext:
-    """Context for events queued because their live write passed its deadline."""
-    return FailureContext(
-        error_class="LiveWriteDeadline",
-        message=(
-            f"the write to {destination.name} did not finish within "
-            f"{deadline * 1000:.0f} ms (live_write_deadline_ms): queued; the write still "
-            "in flight is settled against the queue when it ends"
-        ),
-        kind=FailureKind.TRANSIENT,
-        attempts=0,
-        first_failure_at=now,
-        last_failure_at=now,
-    )
 
 
 class EventHandler:
@@ -270,6 +244,9 @@ class EventHandler:
                 return
             except Exception as error:
                 classified = classify_or_transient(destination, error)
+                if classified.kind is FailureKind.TABLE:
+                    self._hold(queue, records, capture_failure(error, classified))
+                    return
                 if classified.kind is FailureKind.PERMANENT:
                     logger.warning(
                         "✗ Permanent write failure, isolating the offending events: destination=%s "
@@ -284,7 +261,9 @@ class EventHandler:
                 health.note_failure(f"{classified.error_class}: {classified.message}")
                 delay = self.retry_policy.next_delay(attempt)
                 in_time = give_up_at is None or time.monotonic() + delay < give_up_at
-                if self.retry_policy.should_retry(attempt) and in_time and not self._stop.is_set():
+                # A refused login does not heal in place: unhealthy at once, probed until it does.
+                retry = self.retry_policy.should_retry(attempt) and not classified.authentication
+                if retry and in_time and not self._stop.is_set():
                     self.counters.retries[destination.destination_id] += 1
                     self.observer.retried(queue)
                     logger.warning(
@@ -313,6 +292,7 @@ class EventHandler:
                 self._enqueue_to_dlq(queue, records, failure)
                 return
             health.mark_healthy()
+            self.dlq.holds.clear(queue)  # held, then emptied by hand (purge): it flows again
             self.counters.written[destination.destination_id] += len(records)
             return
 
@@ -406,12 +386,27 @@ class EventHandler:
                 if classified.kind is FailureKind.PERMANENT:
                     parking.add(DLQMessage.create(queue, record, failure, now=now))
                     continue
+                if classified.kind is FailureKind.TABLE:
+                    # The table, not this change: isolating the rest would only
+                    # fail the same way once per change. Stop and hold.
+                    self._park(queue, parking.messages)
+                    self._hold(queue, records[index:], failure)
+                    return
                 health.mark_unhealthy(f"{classified.error_class}: {classified.message}")
                 self._park(queue, parking.messages)
                 self._enqueue_to_dlq(queue, records[index:], failure)
                 return
             self.counters.written[destination.destination_id] += 1
         self._park(queue, parking.messages)
+
+    def _hold(self, queue: QueueId, records: list[ChangeRecord], failure: FailureContext) -> None:
+        """The table fails every change the same way: queue ``records`` in order and hold
+        the queue (logged once per hold); the recovery worker retries it until it goes in.
+
+        The destination stays healthy: its other tables flow on.
+        """
+        self._enqueue_to_dlq(queue, records, failure)
+        self.dlq.holds.hold(queue, failure.error_class, failure.code, failure.message)
 
     def _park(self, queue: QueueId, messages: list[DLQMessage]) -> None:
         if not messages:
@@ -475,8 +470,10 @@ class EventHandler:
         self.observer.enqueued(queue, result.accepted, result.dropped)
         if result.accepted:
             ops = Counter(r.op.name.lower() for r in records)
-            # Deferrals behind a non-empty queue are routine while it drains.
-            level = logging.DEBUG if failure.attempts == 0 else logging.WARNING
+            # Deferrals behind a non-empty queue are routine while it drains;
+            # a hold says so itself, once.
+            routine = failure.attempts == 0 or failure.kind is FailureKind.TABLE
+            level = logging.DEBUG if routine else logging.WARNING
             logger.log(
                 level,
                 "Enqueued to DLQ: %s - %d messages (%s) reason=%s: %s",

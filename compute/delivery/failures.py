@@ -5,7 +5,8 @@ failure (never raising, unclassified meaning transient), the failure context
 a change stores (built here from the raised error: text truncated, stack cut
 to its innermost frames by ``short_stack.py``, credentials masked), and the
 context a change gets when it is parked behind an earlier parked change of
-its key or for being too large to queue.
+its key or for being too large to queue, and of changes queued untried
+(store-and-forward, an open circuit, a live write past its deadline).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from dataclasses import replace
 
 from compute.codec.failure_context import FailureContext
+from compute.codec.message import DLQMessage
 from compute.delivery.short_stack import short_stack
 from config.redact import redact
 from destinations.base import Destination
@@ -63,6 +65,34 @@ def held_behind_failure(now: float, own: FailureContext | None = None) -> Failur
         stack=own.stack,
         attempts=own.attempts,
         first_failure_at=own.first_failure_at or now,
+    )
+
+
+def deferred_failure(reason: str, now: float) -> FailureContext:
+    """Context for events queued without being tried (store-and-forward, open circuit)."""
+    return FailureContext(
+        error_class="Deferred",
+        message=reason,
+        kind=FailureKind.TRANSIENT,
+        attempts=0,
+        first_failure_at=now,
+        last_failure_at=now,
+    )
+
+
+def deadline_failure(destination: Destination, deadline: float, now: float) -> FailureContext:
+    """Context for events queued because their live write passed its deadline."""
+    return FailureContext(
+        error_class="LiveWriteDeadline",
+        message=(
+            f"the write to {destination.name} did not finish within "
+            f"{deadline * 1000:.0f} ms (live_write_deadline_ms): queued; the write still "
+            "in flight is settled against the queue when it ends"
+        ),
+        kind=FailureKind.TRANSIENT,
+        attempts=0,
+        first_failure_at=now,
+        last_failure_at=now,
     )
 
 
@@ -132,6 +162,15 @@ def failed_again(context: FailureContext, error: ClassifiedError, now: float) ->
         attempts=context.attempts + 1,
         last_failure_at=now,
     )
+
+
+def with_failure(
+    message: DLQMessage, failure: FailureContext, attempts: int | None = None
+) -> DLQMessage:
+    """``message`` with ``failure`` (its attempts raised to ``attempts`` when given)."""
+    if attempts is not None:
+        failure = failure._replace(attempts=max(attempts, failure.attempts))
+    return message._replace(failure=failure)
 
 
 def _truncate(text: str, limit: int) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 
 from compute.codec.message import DLQMessage, encode_messages
 from compute.dlq.attempts import ATTEMPTS_FILE, Attempts
+from compute.dlq.holds import Holds
 from compute.dlq.lane_reader import LaneReader
 from compute.dlq.lease import DLQLease, decode_lease
 from compute.dlq.limits import default_store, when_full
@@ -83,8 +84,16 @@ class DLQManager:
         self._lanes = LaneReader(store, self._tombstones)
         self._truncates = Truncates(store, self._infos)
         self._parking = Parking(store, self._infos, self._lanes, self._quarantine, self._truncates)
+        # Queues whose table fails every change the same way: kept in order, retried.
+        self.holds = Holds(clock)
         self._status_files = StatusFiles(
-            store, self._infos, self._lanes, self._restore_side_files, clock, self._superseded
+            store,
+            self._infos,
+            self._lanes,
+            self._restore_side_files,
+            clock,
+            self._superseded,
+            self.holds,
         )
         self._edits = OperatorEdits(
             store,

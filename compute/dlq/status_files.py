@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compute.codec.message import decode_message
+from compute.dlq.holds import Holds, QueueHold
 from compute.dlq.lane_reader import LaneReader
 from compute.dlq.queue_info import QueueInfo, QueueInfos
 from compute.dlq.timestamps import iso
@@ -51,6 +52,8 @@ class QueueStatus:
     # and that truncate (its ``to_json``) while any are parked.
     superseded: int = 0
     truncate: dict[str, Any] | None = None
+    # Held: its table fails every change the same way (the cause); None: flowing.
+    held: QueueHold | None = None
 
     def oldest_age(self, now: float) -> float | None:
         return None if self.oldest_enqueued_at is None else max(0.0, now - self.oldest_enqueued_at)
@@ -76,6 +79,7 @@ class QueueStatus:
             },
             "dropped": self.dropped,
             "quarantined": self.quarantined,
+            "held": None if self.held is None else self.held.to_json(now),
             "updated_at": iso(now),
         }
 
@@ -91,8 +95,10 @@ class StatusFiles:
         restore_side_files: Callable[[QueueId], None],
         clock: Callable[[], float],
         superseded: Callable[[QueueId], tuple[int, dict[str, Any] | None]] = lambda q: (0, None),
+        holds: Holds | None = None,
     ) -> None:
         self._store = store
+        self._holds = holds or Holds(clock)
         self._infos = infos
         self._lanes = lanes
         # Writes a queue's tombstones and attempt counts again if their files went missing.
@@ -132,6 +138,7 @@ class StatusFiles:
                 parked=parked,
                 superseded=superseded,
                 truncate=truncate if superseded else None,
+                held=self._holds.of(queue),
             )
 
     def _oldest(self, queue: QueueId, info: QueueInfo) -> float | None:

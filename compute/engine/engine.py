@@ -245,7 +245,8 @@ class Engine:
         failed (the process should exit non-zero so that its supervisor
         notices and restarts it; whatever was queued stays on disk for the
         next run); 7 when the run ended with changes waiting for an operator
-        (parked changes still parked, or events the source rejected).
+        (parked changes still parked, events the source rejected, or queues
+        held until their target table is fixed).
         """
         requested = threading.Event()
 
@@ -268,6 +269,11 @@ class Engine:
                     if not any(self._queued(p) for p in self.pipelines):
                         logger.info("all sources exhausted and every DLQ queue drained")
                         break
+                    # A held queue waits for someone to fix its table: it does not
+                    # keep a finished run alive (the summary names it, exit 7).
+                    if not any(self._queued(p, unheld=True) for p in self.pipelines):
+                        logger.warning("all sources exhausted; only held queues are left")
+                        break
         finally:
             self.stop()
             for signum, handler in previous.items():
@@ -279,7 +285,7 @@ class Engine:
         if summary.needs_operator:
             logger.warning(
                 "%s: changes wait for an operator (rosetta dlq list; the source's "
-                "rejected events), exiting with %d",
+                "rejected events; a held queue's table to fix), exiting with %d",
                 summary.line(),
                 EXIT_NEEDS_OPERATOR,
             )
@@ -287,9 +293,11 @@ class Engine:
         logger.info("%s", summary.line())
         return EXIT_OK
 
-    def _queued(self, pipeline: Pipeline) -> bool:
+    def _queued(self, pipeline: Pipeline, *, unheld: bool = False) -> bool:
+        """True when a queue of ``pipeline`` holds messages (``unheld``: one not held)."""
         assert self.dlq is not None
-        return any(self.dlq.has_messages(q) for q in pipeline.worker.queues())
+        held = self.dlq.holds.all() if unheld else {}
+        return any(self.dlq.has_messages(q) for q in pipeline.worker.queues() if q not in held)
 
     def status(self) -> dict[str, Any]:
         damaged = self.dlq.damaged_queues() if self.dlq is not None else []

@@ -24,23 +24,29 @@ class RunSummary:
     rejected: int = 0  # refused by a source as malformed during this run
     skipped: int = 0  # skipped by a source as carrying no change (tombstones, empty lines)
     still_parked: int = 0  # parked changes in the pipelines' queues at the end
+    # Queues held at the end (their target table refuses every change), with the cause.
+    held: tuple[str, ...] = ()
 
     @property
     def needs_operator(self) -> bool:
-        """True when changes wait for a decision: parked ones still parked, or rejected ones."""
-        return self.still_parked > 0 or self.rejected > 0
+        """True when changes wait for a decision: parked ones still parked, rejected ones,
+        or queues held until someone fixes their table."""
+        return self.still_parked > 0 or self.rejected > 0 or bool(self.held)
 
     def line(self) -> str:
+        held = f" held_queues={'; '.join(self.held)}" if self.held else ""
         return (
             f"run summary: events={self.events} written={self.written} queued={self.queued} "
             f"parked={self.parked} rejected={self.rejected} skipped={self.skipped} "
-            f"still_parked={self.still_parked}"
+            f"still_parked={self.still_parked} held={len(self.held)}{held}"
         )
 
 
 def summarize(pipelines: Sequence[Pipeline], dlq: DLQManager | None) -> RunSummary:
     """The summary of ``pipelines``' run so far; the DLQ must still be open."""
     events = written = queued = parked = rejected = skipped = still = 0
+    held: list[str] = []
+    holds = dlq.holds.all() if dlq is not None else {}
     for pipeline in pipelines:
         sample = pipeline.progress.sample()
         events += sample.read
@@ -49,9 +55,12 @@ def summarize(pipelines: Sequence[Pipeline], dlq: DLQManager | None) -> RunSumma
         parked += sample.parked
         rejected += sample.rejected
         skipped += sample.skipped
+        held += [f"{q} ({h.cause})" for q, h in holds.items() if q in pipeline.worker.queues()]
         if dlq is not None:
             try:
                 still += sum(dlq.parked_count(q) for q in pipeline.worker.queues())
             except DLQError:
                 still += sample.parked  # cannot count: what this run parked is still there
-    return RunSummary(events, written, queued, parked, rejected, skipped, still)
+    return RunSummary(
+        events, written, queued, parked, rejected, skipped, still, tuple(sorted(held))
+    )

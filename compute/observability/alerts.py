@@ -13,6 +13,10 @@ Every ``DLQ_ALERT_EVAL_INTERVAL`` seconds a worker thread checks:
 * ``source_replication_lag``: a replicating source's slot behind by more
   than ``DLQ_ALERT_SOURCE_LAG_BYTES`` of WAL or ``DLQ_ALERT_SOURCE_LAG_SECONDS``
   (warning; ``..._CRITICAL``: critical), or losing WAL it needs (critical);
+* ``dlq_queue_held``: a queue is held because its target table fails every
+  change the same way (missing table or column, no unique constraint for
+  the upsert, no privilege): warning, naming the cause; it resolves by itself
+  when a retry after the fix goes in;
 * ``dlq_damaged_queue``: a queue directory was damaged and set aside in this
   run (critical; it stays until the engine restarts, since the set-aside
   files need an operator).
@@ -65,6 +69,7 @@ MESSAGE_AGE = "dlq_message_age"
 DESTINATION_UNHEALTHY = "destination_unhealthy"
 DISK_USAGE = "dlq_disk_usage"
 DAMAGED_QUEUE = "dlq_damaged_queue"
+QUEUE_HELD = "dlq_queue_held"
 
 # Every rule and the severities it can fire with (the firing metric shows each, 0 when quiet).
 RULES: dict[str, tuple[Severity, ...]] = {
@@ -73,6 +78,7 @@ RULES: dict[str, tuple[Severity, ...]] = {
     DESTINATION_UNHEALTHY: (Severity.CRITICAL,),
     DISK_USAGE: (Severity.WARNING,),
     DAMAGED_QUEUE: (Severity.CRITICAL,),
+    QUEUE_HELD: (Severity.WARNING,),
     SOURCE_LAG: (Severity.WARNING, Severity.CRITICAL),
 }
 
@@ -208,6 +214,7 @@ class AlertMonitor:
             ((DESTINATION_UNHEALTHY,), self._destination_findings),
             ((DISK_USAGE,), self._disk_findings),
             ((DAMAGED_QUEUE,), self._damaged_findings),
+            ((QUEUE_HELD,), self._held_findings),
             (
                 (SOURCE_LAG,),
                 lambda t: source_lag_findings(self.config, self._sources(), unknown, errors),
@@ -336,6 +343,31 @@ class AlertMonitor:
             )
             for item in self.dlq.damaged_queues()
         ]
+
+    def _held_findings(self, now: float) -> list[Finding]:
+        found = []
+        for queue, hold in sorted(self.dlq.holds.all().items(), key=lambda item: str(item[0])):
+            held_for = max(0.0, now - hold.since)
+            found.append(
+                Finding(
+                    QUEUE_HELD,
+                    str(queue),
+                    Severity.WARNING,
+                    f"DLQ queue {queue} is held for {duration(held_for)}: its target table "
+                    f"refuses every change ({hold.cause}); its changes wait in order and are "
+                    "retried until the table is fixed",
+                    round(held_for, 3),
+                    0,
+                    {
+                        "source": queue.source_id,
+                        "table": queue.table,
+                        "destination": queue.destination_id,
+                        "error_class": hold.error_class,
+                        "code": hold.code or "",
+                    },
+                )
+            )
+        return found
 
     # ------------------------------------------------------------ reporting
 

@@ -286,6 +286,12 @@ class _StateCollector(Collector):
             "Undecodable messages and unstorable changes moved to a queue's quarantine/",
             labels=QUEUE_LABELS,
         )
+        held = GaugeMetricFamily(
+            "rosetta_dlq_queue_held",
+            "1 while the queue is held: its target table refuses every change the same way "
+            "(missing table or column, no unique constraint, no privilege); retried until fixed",
+            labels=QUEUE_LABELS,
+        )
         now = m.now()
         queues = m.dlq.list_queues()
         for queue in queues:
@@ -300,11 +306,14 @@ class _StateCollector(Collector):
             parked.add_metric(labels, status.parked)
             age.add_metric(labels, status.oldest_age(now) or 0.0)
             quarantined.add_metric(labels, status.quarantined)
+            if not queue.lane:
+                held.add_metric(labels, 0 if status.held is None else 1)
         yield messages
         yield size
         yield parked
         yield age
         yield quarantined
+        yield held
         yield GaugeMetricFamily(
             "rosetta_dlq_queues", "Queues on disk (drained ones included)", value=len(queues)
         )

@@ -13,6 +13,9 @@ outcome, and the replay acts on that alone:
   restarting under the write) charges nothing to the messages, so an outage
   never turns events into poison; any other transient failure costs each
   message one attempt.
+* ``TABLE_HELD``: the target table refused it (missing table or column, no
+  unique constraint for the upsert, no privilege): nothing is charged, the
+  batch goes back and the queue is held, retried on its own schedule.
 * ``POISON``: refused for good, or over the retry budget while the destination
   is up: the offending messages are found one by one and parked.
 """
@@ -33,6 +36,7 @@ class Outcome(Enum):
     ACKNOWLEDGED = "acknowledged"
     HELD = "held"
     RETRY_LATER = "retry_later"
+    TABLE_HELD = "table_held"
     POISON = "poison"
 
 
@@ -73,6 +77,8 @@ def decide(
     if isinstance(error, StuckWrite):
         return Decision(Outcome.HELD)
     classified = classify(error)
+    if classified.kind is FailureKind.TABLE:
+        return Decision(Outcome.TABLE_HELD, classified)
     if classified.kind is FailureKind.PERMANENT:
         return Decision(Outcome.POISON, classified)
     if not destination_up() or classified.connection_lost:
@@ -92,6 +98,8 @@ class ReplayCounts:
     parked: int = 0
     expired: int = 0
     quarantined: int = 0
+    # The table-level failure that held the queue (``TABLE_HELD``), else None.
+    held_by: ClassifiedError | None = None
 
     def add(self, other: ReplayCounts) -> None:
         self.replayed += other.replayed

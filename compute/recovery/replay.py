@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from compute.codec.failure_context import FailureContext
 from compute.codec.message import DLQMessage
 from compute.delivery.failures import (
     classify_or_transient,
     failed_again,
     held_behind_failure,
+    with_failure,
 )
 from compute.delivery.health import DestinationHealth
 from compute.delivery.in_flight import InFlightWrites
@@ -35,6 +35,7 @@ from compute.dlq.manager import DLQManager
 from compute.dlq.parking import record_key
 from compute.errors import DLQError
 from compute.queue_id import QueueId
+from compute.recovery.backoff import QueueBackoff, hold_delay
 from compute.recovery.gc_pause import collector_paused
 from compute.recovery.outcome import (
     Outcome,
@@ -76,14 +77,6 @@ class _ReadyBatch:
     prepared: PreparedBatch | None = None
     # What prepare_batch raised: handled as the write's failure, in turn.
     error: Exception | None = None
-
-
-@dataclass
-class QueueBackoff:
-    """When a queue whose last batch failed is replayed again."""
-
-    failures: int = 0  # consecutive failed batches, for the backoff
-    retry_at: float = 0.0
 
 
 class QueueReplay:
@@ -194,6 +187,12 @@ class QueueReplay:
                 totals.add(counts)
                 if self.in_flight.is_held(destination.destination_id):
                     break  # this batch's write passed its deadline: settled when it ends
+                if outcome is Outcome.TABLE_HELD and counts.held_by is not None:
+                    self._held_again(queue, state, counts.held_by)
+                    break
+                if outcome is not Outcome.RETRY_LATER:
+                    state.held_retries = 0
+                    self.dlq.holds.clear(queue)  # it went in: the queue drains by itself
                 if outcome is Outcome.RETRY_LATER:
                     state.failures += 1
                     delay = self.retry_policy.next_delay(min(state.failures, 64), self._rng)
@@ -211,6 +210,14 @@ class QueueReplay:
                 # the other queues had their turn (a busy queue cannot starve them).
                 self._wake()
         return totals
+
+    def _held_again(self, queue: QueueId, state: QueueBackoff, cause: ClassifiedError) -> None:
+        """The queue's table refused the batch: hold it (logged once), retry on its schedule."""
+        state.held_retries += 1
+        state.retry_at = self._clock() + hold_delay(self.config, state.held_retries)
+        self.dlq.holds.hold(
+            queue, cause.error_class, cause.code, cause.message, next_retry_at=state.retry_at
+        )
 
     def _ready(
         self, destination: Destination, queue: QueueId, lease: DLQLease, now: float
@@ -310,6 +317,9 @@ class QueueReplay:
                     decision.attempts,
                     self.config.max_retries,
                 )
+            return decision.outcome, counts, None
+        if decision.outcome is Outcome.TABLE_HELD:  # the lease goes back, nothing charged
+            counts.failed, counts.held_by = len(messages), decision.classified
             return decision.outcome, counts, None
         # Permanent, or over the retry budget while the destination is up:
         # find the offending messages one by one.
@@ -430,7 +440,7 @@ class QueueReplay:
         """Park ``held`` behind their keys' parked changes; returns how many were parked
         (a change no message can store is quarantined instead, and counted there)."""
         return self.dlq.park(
-            queue, [_with_failure(m, held_behind_failure(now, m.failure)) for m in held]
+            queue, [with_failure(m, held_behind_failure(now, m.failure)) for m in held]
         )
 
     def _isolate(
@@ -438,8 +448,9 @@ class QueueReplay:
     ) -> Outcome:
         """Write the batch one message at a time: park those that are poison.
 
-        Stops at a message to be tried again later (``RETRY_LATER``: it and the
-        rest go back), else the poison was sorted out (``POISON``).
+        Stops at a message to be tried again later (``RETRY_LATER``, or
+        ``TABLE_HELD``: it and the rest go back), else the poison was sorted
+        out (``POISON``).
         """
         done = 0
         outcome = Outcome.POISON
@@ -449,7 +460,7 @@ class QueueReplay:
                 break
             now = self._clock()
             if parking.holds(message.record):
-                parking.add(_with_failure(message, held_behind_failure(now, message.failure)))
+                parking.add(with_failure(message, held_behind_failure(now, message.failure)))
                 done += 1
                 continue
             try:
@@ -467,11 +478,15 @@ class QueueReplay:
                 if decision.outcome is Outcome.POISON:
                     assert decision.classified is not None
                     failed = failed_again(message.failure, decision.classified, now)
-                    parking.add(_with_failure(message, failed, attempts()))
+                    parking.add(with_failure(message, failed, attempts()))
                     done += 1
                     continue
+                # RETRY_LATER, or TABLE_HELD (the table broke, not this change:
+                # isolating the rest would fail each the same way): stop here.
                 counts.failed += len(lease.messages) - done
-                outcome = Outcome.RETRY_LATER
+                outcome = decision.outcome
+                if outcome is Outcome.TABLE_HELD:
+                    counts.held_by = decision.classified
                 break
             counts.replayed += 1
             done += 1
@@ -479,11 +494,3 @@ class QueueReplay:
         if done:  # the rest goes back when the caller's ``with lease`` ends
             self.dlq.ack(lease, done)
         return outcome
-
-
-def _with_failure(
-    message: DLQMessage, failure: FailureContext, attempts: int | None = None
-) -> DLQMessage:
-    if attempts is not None:
-        failure = failure._replace(attempts=max(attempts, failure.attempts))
-    return message._replace(failure=failure)

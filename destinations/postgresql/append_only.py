@@ -12,7 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from destinations.errors import PermanentDestinationError, append_only_refusal
+from destinations.errors import (
+    PermanentDestinationError,
+    TableLevelDestinationError,
+    append_only_refusal,
+)
 from destinations.net_effect import ColumnBatch
 from destinations.postgresql.apply import TableInfo
 from destinations.postgresql.position_guard import with_positions, without_positions
@@ -40,7 +44,7 @@ def append_groups(info: TableInfo, records: Sequence[ChangeRecord]) -> list[Colu
     """
     columns = info.columns
     if not all(c in columns for c in POSITION_COLUMNS):
-        raise PermanentDestinationError(
+        raise TableLevelDestinationError(
             f"append-only target table {info} lacks the position columns that make a "
             f"replayed insert a no-op: {position_columns_ddl(str(info))}"
         )
@@ -57,7 +61,7 @@ def append_groups(info: TableInfo, records: Sequence[ChangeRecord]) -> list[Colu
     for names, rows in groups.items():
         missing = [c for c in names if c not in columns]
         if missing:
-            raise PermanentDestinationError(
+            raise TableLevelDestinationError(
                 f"record columns missing from the append-only target of {rows[0].table}: "
                 f"{', '.join(sorted(missing))} (target has: {', '.join(columns)})"
             )

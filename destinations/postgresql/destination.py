@@ -41,7 +41,7 @@ from destinations.errors import (
     ClassifiedError,
     DestinationError,
     DestinationTimeoutError,
-    PermanentDestinationError,
+    TableLevelDestinationError,
 )
 from destinations.net_effect import BatchLayout, layout, net_effect
 from destinations.ordered_parts import Part, ordered_parts
@@ -313,7 +313,7 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
     def _check_columns(self, info: TableInfo, columns: Iterable[str], what: str) -> None:
         missing = [c for c in columns if c not in info.columns]
         if missing:
-            raise PermanentDestinationError(
+            raise TableLevelDestinationError(
                 f"{self}: {what} columns missing from target table {info}: "
                 f"{', '.join(sorted(missing))} (target has: {', '.join(info.columns)})"
             )

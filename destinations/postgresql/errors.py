@@ -1,4 +1,4 @@
-"""Classifies psycopg2 errors: transient or permanent, and whether the session was lost."""
+"""Classifies psycopg2 errors: transient, row-level, table-level or a refused login."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from destinations.errors import (
     DestinationError,
     FailureKind,
     PermanentDestinationError,
+    TableLevelDestinationError,
     TransientDestinationError,
 )
 
@@ -24,17 +25,57 @@ _PERMANENT_CLASSES = frozenset({"21", "22", "23", "42", "44", "0A", "2F", "P0", 
 # a server still starting, no connection slots left.
 _CONNECTION_CLASSES = frozenset({"08"})
 _CONNECTION_CODES = frozenset({"57P01", "57P02", "57P03", "57P05", "53300"})
+# Failures of the target, not of the row: every change of the table fails the
+# same way until someone fixes the table or the grant, so the queue is held in
+# order (nothing parked) and retried. 42P01 undefined table, 42703 undefined
+# column, 42P10 no unique or exclusion constraint matching ON CONFLICT, 42501
+# insufficient privilege, 3F000 invalid schema; also 42704 undefined object
+# (a type or sequence the target's columns or defaults use, dropped) and 42809
+# wrong object type (the target is now a view or a sequence): both are about
+# the target's definition, whatever the row holds. Other 42xxx codes (syntax,
+# datatype mismatch, ambiguous column, ...) stay row-level: a value can cause them.
+_TABLE_CODES = frozenset({"42P01", "42703", "42P10", "42501", "3F000", "42704", "42809"})
+# The server refused the login: 28P01 invalid password, 28000 invalid
+# authorization (no pg_hba.conf entry, no such role, cannot log in).
+_AUTH_CLASSES = frozenset({"28"})
+# libpq reports a refused login without a SQLSTATE: recognised by its text.
+_AUTH_TEXTS = (
+    "password authentication failed",
+    "no pg_hba.conf entry",
+    "authentication failed",
+    "is not permitted to log in",
+    "password is required",
+    "password must be supplied",
+)
 
 
 def classify(error: BaseException, mask: Callable[[str], str]) -> ClassifiedError:
-    """Transient (retry later) or permanent (park), by SQLSTATE class; ``mask`` redacts the text."""
-    kind = _kind_of(error)
+    """Transient (retry later), row-level (park) or table-level (hold), by SQLSTATE;
+    a refused login is transient and says so. ``mask`` redacts the text."""
     code = getattr(error, "pgcode", None)
     message = mask(first_line(error))
-    return ClassifiedError(kind, type(error).__name__, message, code, _connection_lost(error))
+    refused = _login_refused(error)
+    if refused:
+        kind = FailureKind.TRANSIENT
+    else:
+        kind = _kind_of(error)
+    lost = refused or _connection_lost(error)
+    return ClassifiedError(kind, type(error).__name__, message, code, lost, refused)
+
+
+def _login_refused(error: BaseException) -> bool:
+    code = getattr(error, "pgcode", None)
+    if isinstance(error, psycopg2.Error) and code:
+        return code[:2] in _AUTH_CLASSES
+    if isinstance(error, psycopg2.OperationalError):
+        text = str(error)
+        return any(part in text for part in _AUTH_TEXTS)
+    return False
 
 
 def _kind_of(error: BaseException) -> FailureKind:
+    if isinstance(error, TableLevelDestinationError):
+        return FailureKind.TABLE
     if isinstance(error, PermanentDestinationError):
         return FailureKind.PERMANENT
     if isinstance(error, TransientDestinationError | DestinationError):
@@ -43,6 +84,8 @@ def _kind_of(error: BaseException) -> FailureKind:
     if isinstance(error, psycopg2.Error) and code:
         if code in _TRANSIENT_CODES or code[:2] in _TRANSIENT_CLASSES:
             return FailureKind.TRANSIENT
+        if code in _TABLE_CODES:
+            return FailureKind.TABLE
         if code[:2] in _PERMANENT_CLASSES:
             return FailureKind.PERMANENT
         return FailureKind.TRANSIENT  # unknown: retry within the budget

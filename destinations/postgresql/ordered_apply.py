@@ -9,7 +9,7 @@ from typing import Any
 from psycopg2 import sql
 from psycopg2.extensions import cursor as PgCursor
 
-from destinations.errors import PermanentDestinationError
+from destinations.errors import PermanentDestinationError, TableLevelDestinationError
 from destinations.ordered_parts import MOVE, TRUNCATE, Part
 from destinations.postgresql.apply import TableInfo, cast_type
 from destinations.postgresql.copy_text import text_value
@@ -72,7 +72,7 @@ def apply_move(cur: PgCursor, info: TableInfo, record: ChangeRecord, *, guard: b
     values = {**(record.after or {}), **record.key}
     missing = [c for c in [*values, *old] if c not in info.columns]
     if missing:
-        raise PermanentDestinationError(
+        raise TableLevelDestinationError(
             f"record columns missing from target table {info}: {', '.join(sorted(missing))} "
             f"(target has: {', '.join(info.columns)})"
         )

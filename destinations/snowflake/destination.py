@@ -257,7 +257,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
     # ------------------------------------------------------------ errors
 
     def classify_error(self, error: BaseException) -> ClassifiedError:
-        """Transient (retry later) or permanent (park), by connector errno and SQLSTATE.
+        """Transient (retry later), row-level (park) or table-level (hold), by errno and SQLSTATE.
 
         A lost or expired session is transient and ``connection_lost``.
         """

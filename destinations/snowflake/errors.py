@@ -1,4 +1,4 @@
-"""Classifies Snowflake connector errors: transient or permanent, and whether the session died."""
+"""Classifies Snowflake connector errors: transient, row-level, table-level or a refused login."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from destinations.errors import (
     DestinationError,
     FailureKind,
     PermanentDestinationError,
+    TableLevelDestinationError,
 )
 
 # Connector errno values (snowflake.connector.errorcode) and server error codes.
@@ -55,6 +56,17 @@ _SESSION_ERRNOS = frozenset(
         390115,  # master token invalid
     }
 )
+# Failures of the target, not of the row (hold the queue, park nothing):
+# 002003 object does not exist or not authorized (a dropped table or schema, a
+# revoked grant), 000904 invalid identifier (a dropped column), 003001
+# insufficient privileges, 002043 object does not exist or operation cannot
+# be performed (what the emulator, fakesnow, raises for a missing column).
+_TABLE_ERRNOS = frozenset({2003, 904, 3001, 2043})
+# The login was refused: 390100 incorrect username or password, 390101 user
+# disabled, 390102 user temporarily locked, 390144 JWT token invalid, 390318
+# OAuth access token expired; from the connector: 251005 no user, 251006 no
+# password, 251008 invalid private key, 251010 JWT retry expired.
+_AUTH_ERRNOS = frozenset({390100, 390101, 390102, 390144, 390318, 251005, 251006, 251008, 251010})
 _SESSION_SQLSTATE_CLASSES = frozenset({"08"})  # connection exception (08001, 08003, ...)
 _TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 _PERMANENT_SQLSTATE_CLASSES = frozenset({"21", "22", "23", "42", "44", "0A"})
@@ -66,16 +78,20 @@ def classify(error: BaseException, mask: Callable[[str], str]) -> ClassifiedErro
     code = None
     if isinstance(error, sf_errors.Error) and errno is not None and errno != -1:
         code = f"{errno:06d}"
+    refused = isinstance(error, sf_errors.Error) and errno in _AUTH_ERRNOS
     return ClassifiedError(
-        _kind_of(error),
+        FailureKind.TRANSIENT if refused else _kind_of(error),
         type(error).__name__,
         mask(first_line(error)),
         code,
-        connection_lost(error),
+        refused or connection_lost(error),
+        refused,
     )
 
 
 def _kind_of(error: BaseException) -> FailureKind:
+    if isinstance(error, TableLevelDestinationError):
+        return FailureKind.TABLE
     if isinstance(error, PermanentDestinationError):
         return FailureKind.PERMANENT
     if isinstance(error, DestinationError):
@@ -86,6 +102,8 @@ def _kind_of(error: BaseException) -> FailureKind:
     sqlstate = error.sqlstate if isinstance(error.sqlstate, str) else ""
     if errno in _TRANSIENT_ERRNOS or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES:
         return FailureKind.TRANSIENT
+    if errno in _TABLE_ERRNOS:
+        return FailureKind.TABLE
     if isinstance(error, sf_errors.IntegrityError | sf_errors.DataError):
         return FailureKind.PERMANENT
     if sqlstate[:2] in _PERMANENT_SQLSTATE_CLASSES:

@@ -10,7 +10,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from destinations.errors import PermanentDestinationError
+from destinations.errors import TableLevelDestinationError
 from destinations.json_text import json_text
 from destinations.net_effect import BatchLayout, ColumnBatch
 from destinations.snowflake.value_check import SEMI_STRUCTURED, base_type, check_column
@@ -130,7 +130,7 @@ def _resolve(info: TableInfo, columns: Sequence[str], what: str, owner: object) 
     resolved = [info.resolve(c) for c in columns]
     missing = [c for c, r in zip(columns, resolved, strict=True) if r is None]
     if missing:
-        raise PermanentDestinationError(
+        raise TableLevelDestinationError(
             f"{owner}: {what} columns missing from target table {info.name}: "
             f"{', '.join(sorted(missing))} (target has: {', '.join(info.columns)})"
         )

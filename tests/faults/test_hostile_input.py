@@ -143,12 +143,21 @@ def test_hostile_events_are_rejected_or_parked_and_later_events_arrive(
         assert "twenty" in parked[0].failure.message
         [nul_value] = dlq.peek(QueueId("1", f"{s}.notes", "1").parked, 10)
         assert "NUL" in nul_value.failure.message
-        for table in ("../../../etc", "a/b\\c", "x" * 300):
-            [missing] = dlq.peek(QueueId("1", f"{s}.{table}", "1").parked, 10)
+        missing_tables = [
+            QueueId("1", f"{s}.{t}", "1") for t in ("../../../etc", "a/b\\c", "x" * 300)
+        ]
+        for queue in missing_tables:
+            # a missing table fails every change the same way: held in order, not parked
+            [missing] = dlq.peek(queue, 10)
             assert missing.failure.code == "42P01", missing.failure  # undefined table
-            assert missing.record.table == f"{s}.{table}"
-        # nothing is left queued, the destination was never taken for down
-        assert not any(dlq.has_messages(q) for q in dlq.list_queues() if not q.lane)
+            assert missing.record.table == queue.table
+            assert not dlq.parked_count(queue)
+            hold = dlq.holds.of(queue)
+            assert hold is not None and hold.code == "42P01"
+        # nothing else is left queued, the destination was never taken for down
+        assert not any(
+            dlq.has_messages(q) for q in dlq.list_queues() if not q.lane and q not in missing_tables
+        )
         assert all(h.snapshot().state.value == "healthy" for h in pipeline.health.values())
         # every queue directory stayed inside the base path, one level per part
         base = Path(config.base_path).resolve()

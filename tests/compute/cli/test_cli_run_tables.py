@@ -171,9 +171,10 @@ def test_append_only_inserts_land_once_updates_and_deletes_are_parked_and_run_ex
         append_only=[f"{s}.audit_log"],
     )
     assert _summary(env, EXIT_NEEDS_OPERATOR) == (
-        "run summary: events=8 written=6 queued=0 parked=2 rejected=0 skipped=0 still_parked=2: "
-        "changes wait for an operator (rosetta dlq list; the source's rejected events), "
-        "exiting with 7"
+        "run summary: events=8 written=6 queued=0 parked=2 rejected=0 skipped=0 "
+        "still_parked=2 held=0: "
+        "changes wait for an operator (rosetta dlq list; the source's rejected events; a held "
+        "queue's table to fix), exiting with 7"
     )
     assert _rows(pg_conn, s, "audit_log") == [(n, 1) for n in range(1, 7)]
     with pg_conn.cursor() as cur:
@@ -194,7 +195,8 @@ def test_append_only_inserts_land_once_updates_and_deletes_are_parked_and_run_ex
         for queue in dlq.list_queues():
             dlq.purge(queue.parked)
     assert _summary(env, EXIT_OK) == (
-        "run summary: events=0 written=0 queued=0 parked=0 rejected=0 skipped=0 still_parked=0"
+        "run summary: events=0 written=0 queued=0 parked=0 rejected=0 skipped=0 "
+        "still_parked=0 held=0"
     )
 
 
@@ -219,12 +221,14 @@ def test_summary_of_a_clean_run_and_a_rejected_event_exits_7(
     }
     env = _env(tmp_path, postgres_dsn, source=source)
     assert _summary(env, EXIT_OK) == (
-        "run summary: events=1 written=1 queued=0 parked=0 rejected=0 skipped=2 still_parked=0"
+        "run summary: events=1 written=1 queued=0 parked=0 rejected=0 skipped=2 "
+        "still_parked=0 held=0"
     )
     with events.open("a") as out:
         out.write("not json\n")
     assert _summary(env, EXIT_NEEDS_OPERATOR).startswith(
-        "run summary: events=0 written=0 queued=0 parked=0 rejected=1 skipped=0 still_parked=0: "
+        "run summary: events=0 written=0 queued=0 parked=0 rejected=1 skipped=0 "
+        "still_parked=0 held=0: "
     )
 
 

@@ -224,6 +224,7 @@ def test_every_alert_rule_has_a_firing_series(harness: Harness) -> None:
         "destination_unhealthy",
         "dlq_disk_usage",
         "dlq_damaged_queue",
+        "dlq_queue_held",
         "source_replication_lag",
     }
 

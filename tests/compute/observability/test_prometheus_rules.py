@@ -27,6 +27,7 @@ MATCHING = {
     ("destination_unhealthy", "critical"): "RosettaDestinationUnhealthy",
     ("dlq_disk_usage", "warning"): "RosettaDLQDiskUsage",
     ("dlq_damaged_queue", "critical"): "RosettaDLQDamagedQueue",
+    ("dlq_queue_held", "warning"): "RosettaDLQQueueHeld",
     ("source_replication_lag", "warning"): "RosettaSourceReplicationLagWarning",
     ("source_replication_lag", "critical"): "RosettaSourceReplicationLagCritical",
 }

@@ -39,21 +39,21 @@ def test_a_rejected_row_fails_its_whole_batch_as_permanent_naming_the_value(
     assert names(backend) == ["kept", "fine"]
 
 
-def test_a_record_column_missing_from_the_target_is_permanent(backend: Backend) -> None:
+def test_a_record_column_missing_from_the_target_is_table_level(backend: Backend) -> None:
     dest = backend.destination()
     batch = [upsert(1, {"name": "a", "qty": 1}, 1), upsert(2, {"name": "b", "colour": "red"}, 2)]
     verdict = dest.classify_error(raised_by(lambda: dest.write_batch(SOURCE_TABLE, batch)))
-    assert verdict.kind is PERMANENT and not verdict.connection_lost
+    assert verdict.kind is FailureKind.TABLE and not verdict.connection_lost
     assert "colour" in verdict.message
     assert backend.rows() == []
 
 
-def test_a_key_column_missing_from_the_target_is_permanent(backend: Backend) -> None:
+def test_a_key_column_missing_from_the_target_is_table_level(backend: Backend) -> None:
     dest = backend.destination()
     verdict = dest.classify_error(
         raised_by(lambda: dest.write_batch(SOURCE_TABLE, [delete({"uid": 1}, 1)]))
     )
-    assert verdict.kind is PERMANENT and "uid" in verdict.message
+    assert verdict.kind is FailureKind.TABLE and "uid" in verdict.message
 
 
 def test_an_upsert_without_a_row_image_is_permanent(backend: Backend) -> None:
@@ -63,12 +63,12 @@ def test_an_upsert_without_a_row_image_is_permanent(backend: Backend) -> None:
     assert verdict.kind is PERMANENT and "without a row image" in verdict.message
 
 
-def test_a_missing_table_is_permanent(backend: Backend) -> None:
+def test_a_missing_table_is_table_level(backend: Backend) -> None:
     dest = backend.destination()
     record = upsert(1, {"name": "a"}, 1, table="public.no_such_table")
     error = raised_by(lambda: dest.write_batch("public.no_such_table", [record]))
     verdict = dest.classify_error(error)
-    assert verdict.kind is PERMANENT and not verdict.connection_lost
+    assert verdict.kind is FailureKind.TABLE and not verdict.connection_lost
     assert verdict.code == backend.expected.missing_table_code
     assert "no_such_table" in verdict.message.lower()
 

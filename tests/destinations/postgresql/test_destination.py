@@ -290,7 +290,8 @@ def test_position_guard_needs_position_columns(
     dest = make_destination(items, position_guard=True)
     with pytest.raises(PermanentDestinationError, match="_rosetta_commit") as caught:
         dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "qty": 1}, 1)])
-    assert dest.classify_error(caught.value).kind is FailureKind.PERMANENT
+    # table-level: adding the columns fixes it, so the queue is held, not parked
+    assert dest.classify_error(caught.value).kind is FailureKind.TABLE
 
 
 # ---------------------------------------------------------------- the catalog cache

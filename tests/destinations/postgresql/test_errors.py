@@ -19,7 +19,7 @@ import psycopg2.errors
 import pytest
 from psycopg2 import sql
 
-from destinations.errors import FailureKind, PermanentDestinationError
+from destinations.errors import FailureKind, TableLevelDestinationError
 from destinations.postgresql.destination import PostgreSQLDestination
 from tests.builders import SOURCE_TABLE, upsert
 from tests.servers import PostgresServer, free_port
@@ -27,6 +27,7 @@ from tests.waiting import wait_until
 
 TRANSIENT = FailureKind.TRANSIENT
 PERMANENT = FailureKind.PERMANENT
+TABLE = FailureKind.TABLE
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ def verdict(dest: PostgreSQLDestination, error: BaseException) -> tuple[FailureK
     return classified.kind, classified.code
 
 
-# ---------------------------------------------------------------- permanent: 22, 23, 42
+# ---------------------------------------------------------------- row-level: 22, 23
 
 
 def test_unique_violation_23505_is_permanent(dest: PostgreSQLDestination) -> None:
@@ -102,13 +103,16 @@ def test_string_too_long_22001_is_permanent_not_truncated(
     assert verdict(dest, error) == (PERMANENT, "22001")
 
 
-def test_undefined_table_42P01_is_permanent(dest: PostgreSQLDestination) -> None:
+# ------------------------------------------- table-level: the target, not the row
+
+
+def test_undefined_table_42P01_is_table_level(dest: PostgreSQLDestination) -> None:
     error = raised_by(lambda: dest.write_batch("public.nowhere", [upsert(1, {"name": "a"}, 1)]))
     assert isinstance(error, psycopg2.errors.UndefinedTable)
-    assert verdict(dest, error) == (PERMANENT, "42P01")
+    assert verdict(dest, error) == (TABLE, "42P01")
 
 
-def test_no_unique_key_for_upsert_42P10_is_permanent(
+def test_no_unique_key_for_upsert_42P10_is_table_level(
     pg_conn: Any, pg_schema: str, postgres_dsn: str
 ) -> None:
     with pg_conn.cursor() as cur:
@@ -119,26 +123,106 @@ def test_no_unique_key_for_upsert_42P10_is_permanent(
         "7", "PG", postgres_dsn, table_map={SOURCE_TABLE: (pg_schema, "history")}
     )
     error = raised_by(lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)]))
-    assert verdict(dest, error) == (PERMANENT, "42P10")
+    assert verdict(dest, error) == (TABLE, "42P10")
     dest.close()
 
 
-@pytest.mark.parametrize(
-    ("statement", "code"),
-    [("SELECT no_such_column FROM pg_class", "42703"), ("SELEC 1", "42601")],
-)
-def test_undefined_column_and_syntax_error_are_permanent(
-    dest: PostgreSQLDestination, pg_conn: Any, statement: str, code: str
+def test_dropped_column_42703_is_table_level(
+    dest: PostgreSQLDestination, pg_conn: Any, pg_schema: str
+) -> None:
+    dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "qty": 1}, 1)])  # catalog cached
+    with pg_conn.cursor() as cur:
+        cur.execute(
+            sql.SQL("ALTER TABLE {}.items DROP COLUMN qty").format(sql.Identifier(pg_schema))
+        )
+    error = raised_by(
+        lambda: dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "b", "qty": 2}, 2)])
+    )
+    assert isinstance(error, psycopg2.errors.UndefinedColumn)
+    assert verdict(dest, error) == (TABLE, "42703")
+    # the next write reads the catalog again: the engine's own check names the column
+    error = raised_by(
+        lambda: dest.write_batch(SOURCE_TABLE, [upsert(2, {"name": "b", "qty": 2}, 2)])
+    )
+    assert isinstance(error, TableLevelDestinationError) and "qty" in str(error)
+    assert verdict(dest, error) == (TABLE, None)
+
+
+def test_revoked_privilege_42501_and_missing_schema_3F000_are_table_level(
+    pg_conn: Any, pg_schema: str, postgres_dsn: str
+) -> None:
+    role = f"{pg_schema}_writer"
+    with pg_conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        cur.execute(
+            sql.SQL("CREATE TABLE {}.locked (id int PRIMARY KEY, name text)").format(
+                sql.Identifier(pg_schema)
+            )
+        )
+        cur.execute(
+            sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(
+                sql.Identifier(pg_schema), sql.Identifier(role)
+            )
+        )
+    dsn = f"{postgres_dsn} user={role}"
+    dest = PostgreSQLDestination(
+        "7", "PG", dsn, table_map={SOURCE_TABLE: (pg_schema, "locked"), "a.b": ("nowhere", "t")}
+    )
+    try:
+        error = raised_by(lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)]))
+        assert isinstance(error, psycopg2.errors.InsufficientPrivilege)
+        assert verdict(dest, error) == (TABLE, "42501")
+        error = raised_by(lambda: dest.write_batch("a.b", [upsert(1, {"name": "a"}, 1)]))
+        # a target in a schema that does not exist: the catalog lookup says 42P01
+        assert verdict(dest, error) == (TABLE, "42P01")
+        with pg_conn.cursor() as cur:  # where the server says 3F000 (invalid schema name)
+            error = raised_by(lambda: cur.execute("CREATE TABLE nowhere.t (id int)"))
+        assert verdict(dest, error) == (TABLE, "3F000")
+    finally:
+        dest.close()
+        with pg_conn.cursor() as cur:
+            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            cur.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_syntax_error_and_own_row_errors_stay_row_level(
+    dest: PostgreSQLDestination, pg_conn: Any
 ) -> None:
     with pg_conn.cursor() as cur:
-        error = raised_by(lambda: cur.execute(statement))
-    assert verdict(dest, error) == (PERMANENT, code)
+        error = raised_by(lambda: cur.execute("SELEC 1"))
+    assert verdict(dest, error) == (PERMANENT, "42601")
+    error = raised_by(
+        lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "code": "ABCD"}, 1)])
+    )
+    assert verdict(dest, error) == (PERMANENT, "22001")
 
 
-def test_own_permanent_error_is_permanent(dest: PostgreSQLDestination) -> None:
-    error = raised_by(lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"nope": 1}, 1)]))
-    assert isinstance(error, PermanentDestinationError)
-    assert verdict(dest, error) == (PERMANENT, None)
+def test_refused_login_is_transient_not_charged_and_says_so(
+    postgres_server_factory: Callable[..., PostgresServer],
+) -> None:
+    server = postgres_server_factory()
+    admin = psycopg2.connect(server.dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("CREATE ROLE scram_writer LOGIN PASSWORD 'right'")
+    hba = server.data_dir / "pg_hba.conf"
+    hba.write_text("host all scram_writer 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_reload_conf()")
+    dsn = f"host=127.0.0.1 port={server.port} dbname=postgres user=scram_writer password=wrong"
+    dest = PostgreSQLDestination("7", "PG", dsn)
+    try:
+        error = raised_by(lambda: dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a"}, 1)]))
+        classified = dest.classify_error(error)
+        assert "password authentication failed" in str(error)
+        assert classified.kind is TRANSIENT
+        assert classified.authentication and classified.connection_lost
+        assert "wrong" not in classified.message
+        assert not dest.test_connection(2.0)
+        assert "password authentication failed" in (dest.last_health_error or "")
+    finally:
+        dest.close()
+        admin.close()
 
 
 # ---------------------------------------------------------------- transient: 40, 53, 57, 08

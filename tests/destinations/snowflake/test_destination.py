@@ -258,15 +258,53 @@ def classified(dest: SnowflakeDestination, error: BaseException) -> tuple[Failur
     return verdict.kind, verdict.code
 
 
-@pytest.mark.parametrize(
-    "statement", ["SELEC 1", "SELECT no_such_column FROM information_schema.tables"]
-)
 def test_sql_compilation_errors_are_permanent(
-    any_dest: SnowflakeDestination, sf_admin: Any, statement: str
+    any_dest: SnowflakeDestination, sf_admin: Any
 ) -> None:
     with pytest.raises(sf_errors.ProgrammingError) as caught:
-        sf_admin.cursor().execute(statement)
+        sf_admin.cursor().execute("SELEC 1")
     assert classified(any_dest, caught.value)[0] is FailureKind.PERMANENT
+
+
+def test_missing_table_and_column_are_table_level(
+    make_destination: Callable[..., SnowflakeDestination], sf_admin: Any, sf_schema: str, items: str
+) -> None:
+    """What the emulator raises for a target that is wrong for every row: hold, not park."""
+    dest = make_destination(sf_schema)
+    with pytest.raises(sf_errors.ProgrammingError) as caught:
+        sf_admin.cursor().execute(f"INSERT INTO {DATABASE}.{sf_schema}.NO_SUCH_TABLE VALUES (1)")
+    assert classified(dest, caught.value) == (FailureKind.TABLE, "002003")
+    with pytest.raises(sf_errors.ProgrammingError) as caught:
+        sf_admin.cursor().execute(
+            f"INSERT INTO {DATABASE}.{sf_schema}.ITEMS (NO_SUCH_COLUMN) VALUES (1)"
+        )
+    assert classified(dest, caught.value) == (FailureKind.TABLE, "002043")
+    with pytest.raises(Exception) as own:  # the engine's own check of the target's columns
+        dest.write_batch(SOURCE_TABLE, [upsert(1, {"name": "a", "colour": "red"}, 1)])
+    assert classified(dest, own.value)[0] is FailureKind.TABLE
+    assert "colour" in str(own.value)
+
+
+@pytest.mark.parametrize(
+    ("errno", "sqlstate"),
+    [(2003, "42S02"), (904, "42000"), (3001, "42501"), (2043, "02000")],
+)
+def test_snowflake_object_and_privilege_errors_are_table_level(errno: int, sqlstate: str) -> None:
+    # Snowflake's real answers (the emulator has no grants), built as the connector builds them.
+    error = sf_errors.ProgrammingError(msg="SQL compilation error", errno=errno, sqlstate=sqlstate)
+    verdict = offline_dest().classify_error(error)
+    assert verdict.kind is FailureKind.TABLE and verdict.code == f"{errno:06d}"
+    assert not verdict.connection_lost
+
+
+@pytest.mark.parametrize("errno", [390100, 390144, 251006])
+def test_refused_logins_are_transient_not_charged_and_say_so(errno: int) -> None:
+    error = sf_errors.DatabaseError(
+        msg="Incorrect username or password was specified.", errno=errno
+    )
+    verdict = offline_dest().classify_error(error)
+    assert verdict.kind is FailureKind.TRANSIENT
+    assert verdict.authentication and verdict.connection_lost
 
 
 def test_constraint_errors_are_permanent(any_dest: SnowflakeDestination) -> None:
