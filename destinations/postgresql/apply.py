@@ -19,7 +19,7 @@ from psycopg2.extensions import cursor as PgCursor
 
 from destinations.net_effect import BatchLayout, ColumnBatch
 from destinations.postgresql.copy_text import NULL, CopyReader, copy_column, copy_lines, text_value
-from destinations.postgresql.truncate_watermark import not_truncated
+from destinations.postgresql.truncate_watermark import create_truncates_table, not_truncated
 from destinations.records import POSITION_COLUMNS, POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN
 
 _DELETE_FLAG = "_rosetta_stage_delete"  # stage-only column: True for a delete
@@ -330,17 +330,36 @@ def stage_chunks(
             yield copy_lines([*fields, ["t"] * count])
 
 
-def apply_append(cur: PgCursor, info: TableInfo, groups: Sequence[ColumnBatch]) -> None:
+def apply_append(
+    cur: PgCursor, info: TableInfo, groups: Sequence[ColumnBatch], *, guard: bool = False
+) -> None:
     """Append-only tables: insert each change as a new row, once.
 
     ``groups`` carry the position columns last (``with_positions``); the
     target's unique constraint on them turns a replayed insert into nothing.
+    With the guard on, an insert not newer than the table's last applied
+    truncate stays out too (``truncate_watermark``), as for keyed tables.
     """
     conflict = idents(POSITION_COLUMNS)
+    if guard:
+        create_truncates_table(cur, info.schema)  # the guarded insert reads it
     for group in groups:
-        query = sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO NOTHING").format(
-            info.ident, idents(group.columns), sql.Placeholder(), conflict
-        )
+        if guard:
+            query = sql.SQL(
+                "INSERT INTO {} ({}) SELECT * FROM (VALUES {}) AS v ({}) WHERE {} "
+                "ON CONFLICT ({}) DO NOTHING"
+            ).format(
+                info.ident,
+                idents(group.columns),
+                sql.Placeholder(),
+                idents(group.columns),
+                not_truncated(info, _position("v")),
+                conflict,
+            )
+        else:
+            query = sql.SQL("INSERT INTO {} ({}) VALUES {} ON CONFLICT ({}) DO NOTHING").format(
+                info.ident, idents(group.columns), sql.Placeholder(), conflict
+            )
         _execute_values(cur, query, group, _template(info, group.columns))
 
 

@@ -253,7 +253,9 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
                                 partial(self._apply_rows, cur, info),
                             )
                         elif prepared.append:
-                            apply_append(cur, info, append_groups(info, changes))
+                            apply_append(
+                                cur, info, append_groups(info, changes), guard=self.position_guard
+                            )
                         else:
                             self._apply_by_key(cur, info, prepared)
                     conn.commit()
@@ -270,7 +272,7 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
 
     def _apply_rows(self, cur: PgCursor, info: TableInfo, records: list[ChangeRecord]) -> None:
         if self._appends(records[0].table, records):
-            apply_append(cur, info, append_groups(info, records))
+            apply_append(cur, info, append_groups(info, records), guard=self.position_guard)
         else:
             self._apply_by_key(
                 cur, info, _PreparedWrite((info.schema, info.name), net_effect(records))

@@ -142,3 +142,39 @@ def test_an_unguarded_truncate_needs_no_side_table(
         assert rows(pg_conn, pg_schema, "plain", "id, title") == [(1, "a")]
     finally:
         destination.close()
+
+
+def test_an_append_only_insert_older_than_an_applied_truncate_stays_out(
+    postgres_dsn: str, pg_conn: Any, pg_schema: str
+) -> None:
+    """Keyless rows carry their position too: the watermark refuses an older replayed insert."""
+    create_table(
+        pg_conn,
+        pg_schema,
+        "log",
+        "n int, _rosetta_commit bigint, _rosetta_seq bigint, UNIQUE (_rosetta_commit, _rosetta_seq)",
+    )
+    destination = PostgreSQLDestination(
+        "1",
+        "PG",
+        postgres_dsn,
+        table_map={"public.log": f"{pg_schema}.log"},
+        position_guard=True,
+    )
+    destination.append_only = frozenset({"public.log"})
+
+    def insert(n: int, commit: int) -> ChangeRecord:
+        return ChangeRecord("public.log", Operation.INSERT, {}, {"n": n}, SourcePosition(commit))
+
+    def truncate_log(commit: int) -> ChangeRecord:
+        return ChangeRecord("public.log", Operation.TRUNCATE, {}, None, SourcePosition(commit))
+
+    try:
+        destination.write_batch("public.log", [insert(1, 10), insert(2, 11)])
+        destination.write_batch("public.log", [truncate_log(20)])
+        destination.write_batch("public.log", [insert(1, 10), insert(2, 11)])  # replayed
+        assert rows(pg_conn, pg_schema, "log", "n") == []
+        destination.write_batch("public.log", [insert(3, 21), insert(2, 11)])
+        assert rows(pg_conn, pg_schema, "log", "n, _rosetta_commit") == [(3, 21)]
+    finally:
+        destination.close()
