@@ -52,6 +52,7 @@ _SLOW = (
     # Initial copies cut and taken again, with changes running (14-20 s each)
     "tests/compute/sources/postgres/test_copy_interrupted.py::test_a_lost_copy_connection_",
     "tests/compute/sources/postgres/test_copy_interrupted.py::test_a_copy_stopped_midway_",
+    "tests/compute/sources/postgres/test_copy_interrupted.py::test_a_source_server_restart_",
     # A logical-replication server of their own each (a server start, 1.5 s or more);
     # the fast suite keeps the stream's types and its TOAST, key-change, truncate and
     # new-column cases (test_real_stream, test_real_changes) and the unit tests.

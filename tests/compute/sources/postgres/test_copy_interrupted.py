@@ -177,3 +177,29 @@ def test_a_copy_stopped_midway_is_taken_again_at_the_next_start_with_no_row_twic
     execute(source_server.dsn, "INSERT INTO log SELECT g, 'b' || g FROM generate_series(1, 9) g")
     run(lambda: exact(source_server, target), "the stream goes on after the copy")
     assert count(target.dsn, "log") == 60_709
+
+
+def test_a_source_server_restart_mid_copy_is_retried_in_the_run(
+    tmp_path: Path, postgres_server_factory
+) -> None:
+    """The source server itself stops (immediate: no clean shutdown) during the copy of the
+    keyed table and starts again: the run reconnects with backoff, copies the unfinished
+    tables again in a new snapshot, and both tables end exact with no row twice."""
+    source_server, target = servers(postgres_server_factory, 60_000, 20_000)
+    offsets = OffsetStore(tmp_path / "offsets.json")
+    source = copying_source(source_server, offsets)
+    config = dlq_config(tmp_path, read_ahead_events=2000)
+    with DLQManager(config) as dlq, running_pipeline(source, target.dsn, dlq, config, 500) as run:
+        run.destinations[0].append_only = frozenset({"log"})
+        wait_until(lambda: count(target.dsn, "items") >= 1000, 60, "1,000 items copied")
+        assert source.status()["snapshot"]["state"] == "copying"
+        source_server.restart("immediate")
+        execute(
+            source_server.dsn,
+            "DELETE FROM items WHERE id <= 100",
+            "INSERT INTO log SELECT g, 'r' || g FROM generate_series(1, 300) g",
+        )
+        wait_until(lambda: source.status()["snapshot"]["state"] == "copied", 120, "copy done")
+        wait_until(lambda: exact(source_server, target), 90, "both tables exact")
+        assert count(target.dsn, "log") == 20_300
+        assert source.status()["snapshot"]["retries"] >= 1
