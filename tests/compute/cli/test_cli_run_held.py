@@ -1,5 +1,6 @@
 """A finite ``rosetta run`` whose only problem is a held queue (its target table is missing):
-it ends with the summary naming the queue and its cause and exit 7, parks nothing; a restart
+it ends with the summary naming the queue and its cause and exit 7, parks nothing; an
+operator's replay says the table refuses every change and parks nothing either; a restart
 with the table still missing holds it again, with the new changes behind the old ones; once
 the table exists the next run drains it, in order, and exits 0. Against a real PostgreSQL."""
 
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from compute.error_codes import EXIT_NEEDS_OPERATOR, EXIT_OK
+from compute.error_codes import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK
 from tests.builders import pipelines_toml, postgresql_destination
 from tests.faults.helpers import queue_leftovers
 from tests.rosetta_cli import cli_env, run_rosetta
@@ -85,6 +86,21 @@ def test_a_run_left_with_only_a_held_queue_ends_with_exit_7_and_drains_after_the
     assert "only held queues are left" in log
     assert log.count("⏸ Queue held") == 1
     assert _rows(pg_conn, f"{s}.other") == {k: 15 + k for k in range(KEYS)}
+    assert queue_leftovers(tmp_path / "dlq") == ({queue: 20}, {})
+    # An operator's replay meets the same failure: it says the table is the
+    # problem (not the changes), parks nothing and leaves the queue in order.
+    replay = run_rosetta(env, "dlq", "replay", queue, "--json")
+    assert replay.returncode == EXIT_FAILED, replay.stderr
+    [row] = json.loads(replay.stdout)["queues"]
+    assert row["error"].startswith(
+        "held: the target table refuses every change: UndefinedTable [42P01]: "
+    ), row
+    assert (row["failed"], row["parked"], row["held"]["code"]) == (20, 0, "42P01"), row
+    assert replay.stderr.splitlines()[-1] == (
+        f"rosetta: 20 message(s) stay queued in {queue}, nothing was parked: the target table "
+        "refuses every change (the table's error column says how); once it is fixed the "
+        "engine replays them by itself (or run this replay again)"
+    )
     assert queue_leftovers(tmp_path / "dlq") == ({queue: 20}, {})
 
     # 2. A restart with the table still missing: held again on the first retry
