@@ -39,6 +39,8 @@ _SLOW = (
     "tests/compute/storage/test_kill_during_ack.py",
     # pgbench loads and `rosetta run` child processes against real servers
     "tests/compute/cli/test_cli_run_tables.py",
+    "tests/compute/cli/test_cli_replay_priority.py",
+    "tests/compute/cli/test_cli_run_held.py",
     "tests/compute/sources/postgres/test_replication_lag.py",
     "tests/compute/sources/postgres/test_initial_snapshot.py::test_changes_during_the_copy_",
     "tests/compute/sources/postgres/test_pg_source_ops.py::test_pgbench_replicates_",

@@ -13,6 +13,7 @@ from compute.dlq.manager import DLQManager
 from compute.errors import QueueNotFoundError
 from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
+from config.pipelines import DEFAULT_PRIORITY
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -83,6 +84,14 @@ class OperationsBase:
         if self._pipelines is not None or not build:
             return None
         return self._build_offline_worker(queue)
+
+    def running_priority(self, queue: QueueId) -> int | None:
+        """The replay priority of ``queue``'s table in the running engine (0 when no
+        pipeline delivers it); None with the engine stopped (no pipeline is loaded)."""
+        if not self.running:
+            return None
+        worker = self.worker_for(queue, build=False)
+        return worker.priority_of(queue) if worker is not None else DEFAULT_PRIORITY
 
     def _build_offline_worker(self, queue: QueueId) -> DLQRecoveryWorker | None:
         """Offline: the pipeline delivering ``queue``, from the pipelines config."""

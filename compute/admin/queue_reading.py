@@ -32,6 +32,8 @@ class QueueReading(OperationsBase):
             row["destination_health"] = (
                 dest["health"] if dest else ("unknown" if self.running else "engine stopped")
             )
+            # A client replaying every queue (``replay --all``) orders them by it.
+            row["priority"] = self.running_priority(queue)
             row["damaged"] = False
             rows.append(row)
         # Damaged queue directories set aside (this run or earlier): their

@@ -75,6 +75,13 @@ class ReplayActions(OperationsBase):
                         if snapshot.state.value != "healthy":
                             entry["error"] = f"destination unhealthy: {snapshot.last_error}"
                             entry["failed"] = self.dlq.count(lane)
+                    hold = self.dlq.holds.of(target)
+                    if entry["failed"] and hold is not None:
+                        # The table refused the batch: the operator must fix it, not retry.
+                        entry["error"] = (
+                            f"held: the target table refuses every change: {hold.cause}"
+                        )
+                        entry["held"] = hold.to_json(self._clock())
             # What a failed replay left, and why: the CLI says whether the
             # destination is down (the messages wait for it) or something else failed.
             entry["remaining"] = self.dlq.count(lane)

@@ -298,7 +298,9 @@ class HttpClient(DLQClient):
         self, queue: QueueId | None, parked: bool, dry_run: bool, progress: ProgressFactory
     ) -> dict[str, Any]:
         rows = [r for r in self.queues() if not r.get("damaged")]  # set aside: not replayable
-        targets = [str(queue)] if queue is not None else [r["queue"] for r in rows]
+        # Higher priority first (the engine's order of a recovery pass), then by name.
+        ordered = sorted(rows, key=lambda r: -(r.get("priority") or 0))
+        targets = [str(queue)] if queue is not None else [r["queue"] for r in ordered]
         total = _waiting(rows, queue, parked)
         results: list[dict[str, Any]] = []
         with progress("replaying", total) as advance:

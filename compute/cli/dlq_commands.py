@@ -294,10 +294,20 @@ def replay_failure(result: dict[str, Any]) -> OperationError:
     When every queue that failed waits for an unreachable destination, it is
     an outage: nothing is lost and the engine replays the messages once the
     destination is back (``DestinationUnavailableError``, its own exit code).
+    When every queue that failed is held (its target table refuses every
+    change), the line says so: nothing was parked and the fix is the table's.
     """
     failed = [r for r in result["queues"] if r["failed"]]
     down = [r for r in failed if r.get("destination_health") == "unhealthy"]
     queued = sum(r.get("remaining", r["failed"]) for r in failed)
+    held = [r for r in failed if r.get("held")]
+    if held and len(held) == len(failed):
+        where = f"in {held[0]['queue']}" if len(held) == 1 else f"in {len(held)} queues"
+        return OperationError(
+            f"{queued} message(s) stay queued {where}, nothing was parked: the target table "
+            "refuses every change (the table's error column says how); once it is fixed the "
+            "engine replays them by itself (or run this replay again)"
+        )
     if not down or len(down) < len(failed):
         return OperationError(
             f"replay failed for {result['failed']} message(s); {queued} stay queued "
