@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
@@ -25,6 +24,7 @@ from snowflake.connector import errors as sf_errors
 
 from config.errors import ConfigError
 from destinations.errors import FailureKind, PermanentDestinationError
+from destinations.net_effect import layout, net_effect
 from destinations.records import ChangeRecord
 from destinations.snowflake.bulk_load import BulkLoad
 from destinations.snowflake.destination import SnowflakeDestination
@@ -216,7 +216,6 @@ def test_no_file_is_left_behind_and_a_failed_copy_is_permanent(
     bad = [upsert({"ID": 2}, {"D": "not a date", "S": secret}, 2)]
     with pytest.raises(sf_errors.ProgrammingError) as caught:
         dest.write_batch("public.src", bad)
-    assert "COPY INTO" in caught.value.query if caught.value.query else True
     assert dest.classify_error(caught.value).kind is FailureKind.PERMANENT
     assert list(private_tmp.iterdir()) == []
     assert run(sf_admin, f"SELECT ID, D, S FROM {DATABASE}.{sf_schema}.T") == [
@@ -270,8 +269,6 @@ def test_a_failed_put_is_classified_and_leaves_no_file(
     make_destination: Callable[..., SnowflakeDestination],
 ) -> None:
     info = TableInfo('"T"', {"ID": "NUMBER(38,0)", "S": "VARCHAR"})
-    from destinations.net_effect import layout, net_effect
-
     stage = Stage.build(info, layout(net_effect([upsert({"ID": 1}, {"S": "x"}, 1)])), "dest")
     cursor = _FailingCursor(error)
     with pytest.raises(type(error)):
@@ -283,11 +280,8 @@ def test_a_failed_put_is_classified_and_leaves_no_file(
 
 def test_a_value_the_stage_file_cannot_hold_is_permanent(private_tmp: Path) -> None:
     info = TableInfo('"T"', {"ID": "NUMBER(38,0)", "S": "VARCHAR"})
-    from destinations.net_effect import layout, net_effect
-
     stage = Stage.build(info, layout(net_effect([upsert({"ID": 1}, {"S": "\ud800"}, 1)])), "dest")
     with pytest.raises(PermanentDestinationError) as caught:
         BulkLoad(stage, "dest").run(_FailingCursor(AssertionError("no statement expected")))  # type: ignore[arg-type]
     assert "column S" in str(caught.value)
     assert list(private_tmp.iterdir()) == []
-    assert os.path.isdir(private_tmp)
