@@ -56,12 +56,16 @@ def test_bench_pipeline_prints_its_figures() -> None:
 @pytest.mark.timeout(360)
 def test_bench_destinations_prints_its_figures() -> None:
     figures = run_script(
-        "bench_destinations.py", "--rows", "2000", "--snowflake-rows", "200", "--repeat", "1"
+        *("bench_destinations.py", "--rows", "2000", "--snowflake-rows", "200", "--repeat", "1"),
+        *("--snowflake-staged-rows", "2000"),
     )
     assert {
         "pg_apply_vs_copy_upsert",
         "pg_apply_vs_execute_values",
         "snowflake_rows_per_statement",
+        "snowflake_statements_per_100k_rows",
+        "snowflake_bytes_sent_per_row",
+        "snowflake_bytes_sent_per_row_values",
     } <= set(figures)
     assert all(float(v) > 0 for v in figures.values()), figures
 

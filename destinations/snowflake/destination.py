@@ -2,8 +2,10 @@
 
 A batch is collapsed to one change per primary key (its net effect), written
 into a session-temporary stage table with multi-row ``INSERT ... VALUES``
-statements (bound parameters, thousands of rows each), then applied to the
-target with a single ``MERGE`` that updates, inserts and deletes by key. The
+statements (bound parameters, thousands of rows each) or, from
+``stage_threshold_rows`` rows on, as one Parquet file loaded by ``PUT`` and
+``COPY INTO`` (bulk_load.py), then applied to the target with a single
+``MERGE`` that updates, inserts and deletes by key. The
 MERGE is the only statement that touches the target, so the batch lands all
 at once or not at all, and applying it twice gives the same table.
 
@@ -27,11 +29,13 @@ from snowflake.connector import errors as sf_errors
 from snowflake.connector.connection import SnowflakeConnection
 from snowflake.connector.cursor import SnowflakeCursor
 
+from config.errors import ConfigError
 from destinations.errors import ClassifiedError, DestinationError, PermanentDestinationError
 from destinations.net_effect import BatchLayout, layout, net_effect
 from destinations.ordered_parts import MOVE, TRUNCATE, key_move_refusal, ordered_parts
 from destinations.records import ChangeRecord
 from destinations.session import SessionDestination
+from destinations.snowflake.bulk_load import STAGE_THRESHOLD_ROWS, BulkLoad
 from destinations.snowflake.errors import classify, connection_lost
 from destinations.snowflake.stage import (
     MAX_INSERT_BYTES,
@@ -86,6 +90,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         session_parameters: Mapping[str, Any] | None = None,
         max_rows_per_insert: int = MAX_ROWS_PER_INSERT,
         max_insert_bytes: int = MAX_INSERT_BYTES,
+        stage_threshold_rows: int = STAGE_THRESHOLD_ROWS,
     ) -> None:
         super().__init__(destination_id, name)
         self.account = account
@@ -104,6 +109,15 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         self.session_parameters = dict(session_parameters or {})
         self.max_rows_per_insert = min(max_rows_per_insert, MAX_ROWS_PER_INSERT)
         self.max_insert_bytes = max_insert_bytes
+        whole = isinstance(stage_threshold_rows, int) and not isinstance(stage_threshold_rows, bool)
+        if not whole or stage_threshold_rows < 1:
+            raise ConfigError(
+                [
+                    f"destination {destination_id}: stage_threshold_rows must be a whole number "
+                    f"of rows, 1 or more (1 stages every batch), got {stage_threshold_rows!r}"
+                ]
+            )
+        self.stage_threshold_rows = stage_threshold_rows
         self._table_map = dict(table_map or {})
         self._tables: dict[tuple[str, ...], TableInfo] = {}
 
@@ -172,6 +186,8 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
             with conn.cursor() as cur:
                 info = self._table_info(cur, target)
                 stage = Stage.build(info, plan, self)
+                if len(stage.rows) >= self.stage_threshold_rows:
+                    return self._load_staged(cur, stage)
                 sent = 0
                 for statement, params in stage.statements(
                     self.max_rows_per_insert, self.max_insert_bytes
@@ -182,6 +198,23 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         except BaseException as exc:
             self._abort(exc)
             raise
+
+    def _load_staged(self, cur: SnowflakeCursor, stage: Stage) -> int:
+        """Create the stage table, fill it with PUT + COPY INTO, merge; returns statements sent."""
+        cur.execute(stage.create())
+        size = BulkLoad(stage, self).run(cur)
+        sent = 3
+        for statement, params in stage.merges():
+            cur.execute(statement, params)
+            sent += 1
+        logger.debug(
+            "batch staged destination=%s target=%s rows=%d file_bytes=%d",
+            self,
+            stage.info.name,
+            len(stage.rows),
+            size,
+        )
+        return sent
 
     # ------------------------------------------------------------ catalog
 

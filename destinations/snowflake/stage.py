@@ -15,7 +15,7 @@ from destinations.json_text import json_text
 from destinations.net_effect import BatchLayout, ColumnBatch
 from destinations.snowflake.value_check import SEMI_STRUCTURED, base_type, check_column
 
-_STAGE_TABLE = "_ROSETTA_STAGE"
+STAGE_TABLE = "_ROSETTA_STAGE"  # a plain upper-case name: also its table stage, @%_ROSETTA_STAGE
 _DELETE_FLAG = "_ROSETTA_DELETED"
 _HAS_PREFIX = "_ROSETTA_HAS_"  # stage flag: the row carries this partial column
 MAX_ROWS_PER_INSERT = 16_384  # Snowflake's limit on rows in one VALUES clause
@@ -69,27 +69,45 @@ class Stage:
             rows += _stage_rows(info, columns, partial, keys, plan.deletes, deleted=True)
         return cls(info, keys, columns, partial, rows)
 
+    @property
+    def flags(self) -> list[str]:
+        """The stage's partial-column flag names, one per partial column."""
+        return [_HAS_PREFIX + str(i) for i in range(len(self.partial))]
+
+    def stage_columns(self) -> list[tuple[str, str]]:
+        """Every stage column and its type, in stage-row order."""
+        columns = [(c, _stage_type(self.info.columns[c])) for c in self.columns]
+        return columns + [(f, "BOOLEAN") for f in [_DELETE_FLAG, *self.flags]]
+
     def statements(self, max_rows: int, max_bytes: int) -> Iterator[tuple[str, Any]]:
-        stage = quote(_STAGE_TABLE)
-        flags = [quote(_HAS_PREFIX + str(i)) for i in range(len(self.partial))]
-        definitions = [f"{quote(c)} {_stage_type(self.info.columns[c])}" for c in self.columns]
-        definitions += [f"{quote(_DELETE_FLAG)} BOOLEAN"] + [f"{f} BOOLEAN" for f in flags]
-        yield f"CREATE OR REPLACE TEMPORARY TABLE {stage} ({', '.join(definitions)})", None
-        names = ", ".join([quote(c) for c in self.columns] + [quote(_DELETE_FLAG), *flags])
+        """Create, fill with multi-row INSERTs, merge: the whole batch as statements."""
+        yield self.create(), None
+        yield from self.inserts(max_rows, max_bytes)
+        yield from self.merges()
+
+    def create(self) -> str:
+        definitions = [f"{quote(c)} {t}" for c, t in self.stage_columns()]
+        return f"CREATE OR REPLACE TEMPORARY TABLE {quote(STAGE_TABLE)} ({', '.join(definitions)})"
+
+    def inserts(self, max_rows: int, max_bytes: int) -> Iterator[tuple[str, Any]]:
+        names = ", ".join(quote(c) for c, _ in self.stage_columns())
         names = names.replace("%", "%%")  # the INSERT is %-formatted with its parameters
-        row_sql = "(" + ", ".join(["%s"] * (len(self.columns) + 1 + len(flags))) + ")"
+        row_sql = "(" + ", ".join(["%s"] * len(self.stage_columns())) + ")"
         for chunk in _chunks(self.rows, max_rows, max_bytes):
             values = ", ".join([row_sql] * len(chunk))
             yield (
-                f"INSERT INTO {stage} ({names}) VALUES {values}",
+                f"INSERT INTO {quote(STAGE_TABLE)} ({names}) VALUES {values}",
                 [v for row in chunk for v in row],
             )
+
+    def merges(self) -> Iterator[tuple[str, Any]]:
+        stage = quote(STAGE_TABLE)
         match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in self.keys)
-        for column, flag in zip(self.partial, flags, strict=True):
+        for column, flag in zip(self.partial, self.flags, strict=True):
             # Rows without this column keep the target's value (a plain MERGE would null it).
             yield (
                 f"UPDATE {stage} AS s SET {quote(column)} = t.{quote(column)} "
-                f"FROM {self.info.name} AS t WHERE {match} AND NOT s.{flag}",
+                f"FROM {self.info.name} AS t WHERE {match} AND NOT s.{quote(flag)}",
                 None,
             )
         yield self._merge(stage, match), None

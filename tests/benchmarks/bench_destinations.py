@@ -16,13 +16,21 @@ counts. Methods:
   ``DELETE ... USING`` a temp table of deleted keys), rows pre-formatted;
 * execute_values: psycopg2 ``execute_values`` upsert and delete, page 1000.
 
-Snowflake: one 10,000-row batch written through the real connector to a local
-fakesnow server; statements are counted at ``SnowflakeCursor.execute``.
+Snowflake: the same 10,000 changes (``--snowflake-rows``) written as one batch
+through the real connector to a local fakesnow server, once with ``INSERT ...
+VALUES`` and once staged (Parquet file, PUT, COPY INTO), then 100,000
+(``--snowflake-staged-rows``) staged. The connector talks to fakesnow through a
+counting proxy: statements are its query requests, bytes are what it sends
+(request bodies are gzip-compressed by the connector), plus the staged files,
+which go to cloud storage rather than through the Snowflake endpoint.
 
 Prints, last, ``RESULT pg_apply_vs_copy_upsert=``, ``RESULT
 pg_apply_vs_execute_values=``, ``RESULT pg_guarded_vs_unguarded=`` (guarded
 rows/s over unguarded, one batch), ``RESULT pg_guarded_vs_unguarded_b500=``
-(the same in batches of 500) and ``RESULT snowflake_rows_per_statement=``.
+(the same in batches of 500), ``RESULT snowflake_rows_per_statement=`` (the
+VALUES path), ``RESULT snowflake_statements_per_100k_rows=`` (staged),
+``RESULT snowflake_bytes_sent_per_row=`` (staged) and ``RESULT
+snowflake_bytes_sent_per_row_values=`` (the same rows through VALUES).
 """
 
 from __future__ import annotations
@@ -30,12 +38,13 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import math
 import os
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import closing
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import partial
@@ -55,6 +64,7 @@ from destinations.records import (  # noqa: E402
     Operation,
     SourcePosition,
 )
+from tests.benchmarks.counting_proxy import CountingProxy  # noqa: E402
 from tests.servers import PostgresCluster  # noqa: E402
 
 TABLE = "bench_upsert"
@@ -245,66 +255,109 @@ def bench_postgres(dsn: str, rows: int, repeat: int) -> dict[str, float]:
     return {name: applied / seconds for name, seconds in best.items()}
 
 
-@contextmanager
-def counted_statements() -> Iterator[list[str]]:
-    """Count every statement the Snowflake connector sends."""
-    from snowflake.connector.cursor import SnowflakeCursor
+class _StagedFiles(logging.Handler):
+    """Adds up the staged files' sizes from the destination's ``batch staged`` debug lines."""
 
-    sent: list[str] = []
-    original = SnowflakeCursor.execute
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.bytes = 0
 
-    def execute(self: SnowflakeCursor, command: str, *args: Any, **kwargs: Any) -> Any:
-        sent.append(command)
-        return original(self, command, *args, **kwargs)
-
-    SnowflakeCursor.execute = execute  # type: ignore[method-assign,assignment]
-    try:
-        yield sent
-    finally:
-        SnowflakeCursor.execute = original  # type: ignore[method-assign]
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("batch staged "):
+            self.bytes += int(record.getMessage().rsplit("file_bytes=", 1)[1])
 
 
-def bench_snowflake(rows: int) -> float:
+def _snowflake_write(
+    kwargs: dict[str, Any], records: list[ChangeRecord], threshold: int
+) -> tuple[int, int, int, float]:
+    """Write ``records`` as one batch into a fresh table through a counting proxy.
+
+    Returns (statements the connector sent, bytes it sent, bytes of staged
+    files, seconds). fakesnow takes a staged file by HTTP PUT as a presigned
+    URL (cloud storage, for Snowflake), so the file's bytes are among those
+    sent; the PUT statement costs two query requests there (the connector asks
+    again for the URL), one on Snowflake's S3 stages.
+    """
     import snowflake.connector
 
     from destinations.snowflake.destination import SnowflakeDestination
-    from tests.servers import fakesnow_server
 
-    with fakesnow_server() as kwargs:
-        setup = snowflake.connector.connect(**kwargs)
-        cur = setup.cursor()
-        cur.execute("CREATE DATABASE IF NOT EXISTS BENCH")
-        cur.execute("CREATE SCHEMA IF NOT EXISTS BENCH.S")
-        cur.execute(
-            "CREATE OR REPLACE TABLE BENCH.S.BENCH_UPSERT (ID NUMBER(19,0), NAME VARCHAR, "
-            "AMOUNT NUMBER(12,2), UPDATED_AT TIMESTAMP_NTZ, ACTIVE BOOLEAN)"
-        )
-        setup.close()
-        initial, changed, deleted = make_workload(rows)
-        records = to_records(changed, deleted)
+    setup = snowflake.connector.connect(**kwargs)
+    cur = setup.cursor()
+    cur.execute("CREATE DATABASE IF NOT EXISTS BENCH")
+    cur.execute("CREATE SCHEMA IF NOT EXISTS BENCH.S")
+    cur.execute(f"CREATE OR REPLACE TABLE BENCH.S.{TABLE.upper()} ({SNOWFLAKE_COLUMNS})")
+    setup.close()
+    files = _StagedFiles()
+    logger = logging.getLogger("destinations.snowflake.destination")
+    logger.addHandler(files)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # the figures, not the debug lines, go to the console
+    with closing(CountingProxy((kwargs["host"], kwargs["port"]))) as proxy:
         # fakesnow takes tens of seconds to parse a 10,000-row INSERT; the
         # connector cancels statements that outlast network_timeout.
-        options = {**kwargs, "network_timeout": 3600}
+        options = {**kwargs, "port": proxy.port, "network_timeout": 3600}
         destination = SnowflakeDestination(
-            "bench", "Snowflake-Bench", database="BENCH", schema="S", **options
-        )
+            "bench", "Snowflake-Bench", database="BENCH", schema="S",
+            stage_threshold_rows=threshold, **options,
+        )  # fmt: skip
         destination.write_batch(TABLE, records[:1])  # log in and read the table first
-        with counted_statements() as sent:
-            start = time.perf_counter()
-            destination.write_batch(TABLE, records)
-            elapsed = time.perf_counter() - start
+        sent_before, requests_before = proxy.snapshot()
+        files.bytes = 0
+        start = time.perf_counter()
+        destination.write_batch(TABLE, records)
+        elapsed = time.perf_counter() - start
+        sent, requests = proxy.snapshot()
         destination.close()
+    logger.removeHandler(files)
+    logger.propagate = True
+    return requests - requests_before, sent - sent_before, files.bytes, elapsed
+
+
+SNOWFLAKE_COLUMNS = (
+    "ID NUMBER(19,0), NAME VARCHAR, AMOUNT NUMBER(12,2), UPDATED_AT TIMESTAMP_NTZ, ACTIVE BOOLEAN"
+)
+
+
+def bench_snowflake(rows: int, staged_rows: int) -> dict[str, float]:
+    """One batch of ``rows`` changes each way (VALUES, staged), and ``staged_rows`` staged."""
+    from destinations.snowflake.stage import MAX_INSERT_BYTES, MAX_ROWS_PER_INSERT
+    from tests.servers import fakesnow_server
+
+    figures: dict[str, float] = {}
+    with fakesnow_server() as kwargs:
+        records = to_records(*make_workload(rows)[1:])
+        for name, threshold in (("values", 10**9), ("staged", 1)):
+            statements, sent, staged, seconds = _snowflake_write(kwargs, records, threshold)
+            figures[f"{name}_statements"] = statements
+            figures[f"{name}_bytes_per_row"] = sent / len(records)
+            print(
+                f"snowflake {name:6s} {len(records):7d} rows: {statements} statements, "
+                f"{sent} bytes sent ({staged} of them the file) = "
+                f"{sent / len(records):.1f} bytes/row ({seconds:.2f} s on fakesnow)"
+            )
+        # 100,000 rows in batches of ``staged_rows`` (one batch by default: the
+        # largest batch_size).
+        big = to_records(*make_workload(staged_rows)[1:])
+        statements, sent, staged, seconds = _snowflake_write(kwargs, big, 1)
+        figures["staged_statements_per_100k"] = statements * math.ceil(100_000 / len(big))
+        print(
+            f"snowflake staged {len(big):7d} rows: {statements} statements, "
+            f"{sent / len(big):.1f} bytes/row ({seconds:.2f} s on fakesnow)"
+        )
     print(
-        f"snowflake destination {len(records)} rows in {len(sent)} statements "
-        f"({elapsed:.2f} s): " + "; ".join(s.split("(")[0][:40] for s in sent)
+        f"snowflake values path: one INSERT per {MAX_ROWS_PER_INSERT} rows or "
+        f"{MAX_INSERT_BYTES // 1024} KiB of statement text"
     )
-    return len(records) / len(sent)
+    figures["rows_per_statement"] = len(records) / figures["values_statements"]
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--snowflake-rows", type=int, default=10_000)
+    parser.add_argument("--snowflake-staged-rows", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-snowflake", action="store_true")
     args = parser.parse_args()
@@ -320,7 +373,11 @@ def main() -> None:
     finally:
         if cluster is not None:
             cluster.close()
-    sf = bench_snowflake(args.snowflake_rows) if not args.skip_snowflake else 0.0
+    sf = (
+        {}
+        if args.skip_snowflake
+        else bench_snowflake(args.snowflake_rows, args.snowflake_staged_rows)
+    )
 
     print(f"RESULT pg_apply_vs_copy_upsert={pg['destination'] / pg['copy_upsert']:.2f}")
     print(f"RESULT pg_apply_vs_execute_values={pg['destination'] / pg['execute_values']:.2f}")
@@ -328,7 +385,11 @@ def main() -> None:
     print(f"RESULT pg_guarded_vs_unguarded={guarded:.2f}")
     guarded_b500 = pg["destination_guarded_b500"] / pg["destination_b500"]
     print(f"RESULT pg_guarded_vs_unguarded_b500={guarded_b500:.2f}")
-    print(f"RESULT snowflake_rows_per_statement={sf:.0f}")
+    if sf:
+        print(f"RESULT snowflake_rows_per_statement={sf['rows_per_statement']:.0f}")
+        print(f"RESULT snowflake_statements_per_100k_rows={sf['staged_statements_per_100k']:.0f}")
+        print(f"RESULT snowflake_bytes_sent_per_row={sf['staged_bytes_per_row']:.1f}")
+        print(f"RESULT snowflake_bytes_sent_per_row_values={sf['values_bytes_per_row']:.1f}")
 
 
 if __name__ == "__main__":
