@@ -99,12 +99,23 @@ class Timeouts:
                 )
         if problems:
             raise ConfigError(problems)
-        # One attempt gets a quarter of the write (a blackholed server then
+        # One attempt gets a sixth of the write (a blackholed server then
         # costs a few attempts, not the whole bound), at least 1 s, at most
-        # the connector's default.
-        socket = int(socket_timeout) if socket_timeout is not None else _quarter(write)  # type: ignore[call-overload]
-        network = int(network_timeout) if network_timeout is not None else math.ceil(write)  # type: ignore[call-overload]
-        return cls(write, float(login_timeout), socket, max(1, network), max(1, socket // 2))  # type: ignore[arg-type]
+        # the connector's default; the waits between attempts a quarter of that.
+        socket = int(socket_timeout) if socket_timeout is not None else _sixth(write)  # type: ignore[call-overload]
+        # Requests outside a statement (a cancel, a close) get one attempt's time.
+        network = int(network_timeout) if network_timeout is not None else socket  # type: ignore[call-overload]
+        timeouts = cls(write, float(login_timeout), socket, max(1, network), max(1, socket // 4))  # type: ignore[arg-type]
+        if timeouts.retry_budget(write) is None:
+            least = socket + timeouts.network + timeouts.backoff_max + 1
+            raise ConfigError(
+                [
+                    f"{where}: write_timeout={write:g} leaves no time to retry a statement: "
+                    f"set it to at least {least} (socket_timeout + network_timeout + "
+                    "the wait between attempts + 1 s), or lower socket_timeout/network_timeout"
+                ]
+            )
+        return timeouts
 
     def backoff_policy(self) -> Callable[[], Iterator[int]]:
         """The connector's waits between attempts: 1, 2, 4 ... seconds, capped, with jitter."""
@@ -112,18 +123,22 @@ class Timeouts:
 
         return exponential_backoff(factor=2, base=1, cap=self.backoff_max, enable_jitter=True)
 
-    def retry_budget(self, remaining: float) -> int:
+    def retry_budget(self, remaining: float) -> int | None:
         """Seconds the connector may keep retrying a request when ``remaining`` are left.
 
         Its retry loop checks the time only after an attempt fails and then
         sleeps and tries once more, so the last attempt and the sleep before
-        it are kept out of the budget.
+        it are kept out of the budget; and when the budget runs out, the
+        connector cancels the statement with one more request (bounded by
+        ``network``) and waits for it. None: too little time left to send
+        the request and still end within it.
         """
-        return max(1, math.floor(remaining - self.socket - self.backoff_max))
+        budget = math.floor(remaining - self.socket - self.backoff_max - self.network)
+        return budget if budget >= 1 else None
 
 
-def _quarter(write: float) -> int:
-    return max(1, min(_MAX_SOCKET_TIMEOUT, int(write // 4)))
+def _sixth(write: float) -> int:
+    return max(1, min(_MAX_SOCKET_TIMEOUT, int(write // 6)))
 
 
 def credential_options(

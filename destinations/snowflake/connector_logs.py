@@ -50,11 +50,13 @@ def quiet_connector_logs() -> None:
     """Route the connector's records through DEBUG, once per process.
 
     Only when nobody configured the ``snowflake.connector`` logger before
-    (no handler, no level): an application that did keeps its own choice.
+    (no level, no handler but the connector's own ``NullHandler``): an
+    application that did keeps its own choice.
     """
     with _setup_lock:
         connector = logging.getLogger(_CONNECTOR_LOGGER)
-        if connector.handlers or connector.level != logging.NOTSET:
+        configured = [h for h in connector.handlers if not isinstance(h, logging.NullHandler)]
+        if configured or connector.level != logging.NOTSET:
             return
         # WARNING and above only: the connector's DEBUG and INFO lines cost a
         # formatted string per HTTP request even when nobody shows them.

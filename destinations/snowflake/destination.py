@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -317,8 +318,16 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         if conn is None or (answered and not connection_lost(error)):
             return  # the server answered about the statement: the session is fine
         self._session = None
+        # The server may be gone, and the connector's close waits for a
+        # cancel of the failed statement still retrying in its timer thread:
+        # close in the background, the write's time is up.
+        threading.Thread(
+            target=self._close_quietly, args=(conn,), name=f"close:{self.name}", daemon=True
+        ).start()
+
+    def _close_quietly(self, conn: SnowflakeConnection) -> None:
         try:
-            conn.close(retry=False)  # the server may be gone: do not wait on it
+            conn.close(retry=False)
         except Exception:  # closing a broken session may fail too; it is dropped anyway
             logger.debug("close after failure failed destination=%s", self, exc_info=True)
 

@@ -53,14 +53,16 @@ class WriteDeadline:
         left = self.remaining()
         if left is None:
             return None
-        if left < 1:
+        budget = self.timeouts.retry_budget(left)
+        if budget is None:
+            # Not even one attempt and the wait before a retry would end in time.
             raise self.expired(what)
-        return min(self.timeouts.retry_budget(left), max(1, int(left)))
+        return budget
 
     def expired(self, what: str) -> DestinationTimeoutError:
         return DestinationTimeoutError(
-            f"{self._owner}: no answer from Snowflake within "
-            f"write_timeout={self.timeouts.write:g}s ({what}); session dropped"
+            f"{self._owner}: write_timeout={self.timeouts.write:g}s used up ({what}) without "
+            "an answer from Snowflake; session dropped"
         )
 
     def passed(self) -> bool:
