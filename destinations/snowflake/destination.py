@@ -76,12 +76,13 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
 
     ``write_timeout`` bounds one batch's write (its login, statements and
     the connector's retries): past it the write fails as a lost session
-    (transient: retried or queued). ``login_timeout`` bounds a login outside
-    a write (probes); ``socket_timeout`` one network attempt (default a
-    quarter of ``write_timeout``, at most 60); ``network_timeout`` the
-    connector's retries of requests outside a write (default
-    ``write_timeout``). ``host``/``port``/``protocol`` point the connector
-    elsewhere than ``<account>.snowflakecomputing.com`` (tests use a local
+    (transient: retried or queued). ``login_timeout`` bounds a login (within
+    a write, what is left of ``write_timeout`` at most); ``socket_timeout``
+    one network attempt (default a sixth of ``write_timeout``, at most 60);
+    ``network_timeout`` the connector's other requests, such as cancelling
+    a statement (default ``socket_timeout``). ``host``/``port``/``protocol``
+    point the connector elsewhere than ``<account>.snowflakecomputing.com``
+    (tests use a local
     fakesnow server).
     """
 
