@@ -70,6 +70,8 @@ class Timeouts:
     socket: int
     network: int
     backoff_max: int
+    # An explicit network_timeout also caps each statement's retries (fail fast).
+    statement_cap: int | None = None
 
     @classmethod
     def of(
@@ -105,7 +107,14 @@ class Timeouts:
         socket = int(socket_timeout) if socket_timeout is not None else _sixth(write)  # type: ignore[call-overload]
         # Requests outside a statement (a cancel, a close) get one attempt's time.
         network = int(network_timeout) if network_timeout is not None else socket  # type: ignore[call-overload]
-        timeouts = cls(write, float(login_timeout), socket, max(1, network), max(1, socket // 4))  # type: ignore[arg-type]
+        timeouts = cls(
+            write,
+            float(login_timeout),  # type: ignore[arg-type]
+            socket,
+            max(1, network),
+            max(1, socket // 4),
+            int(network_timeout) if network_timeout is not None else None,  # type: ignore[call-overload]
+        )
         if timeouts.retry_budget(write) is None:
             least = socket + timeouts.network + timeouts.backoff_max + 1
             raise ConfigError(
@@ -134,7 +143,9 @@ class Timeouts:
         the request and still end within it.
         """
         budget = math.floor(remaining - self.socket - self.backoff_max - self.network)
-        return budget if budget >= 1 else None
+        if budget < 1:
+            return None
+        return budget if self.statement_cap is None else min(budget, self.statement_cap)
 
 
 def _sixth(write: float) -> int:
