@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,6 +47,7 @@ def _destination_problems(spec: DestinationSpec) -> list[str]:
             f"destination {spec.name} (ID={spec.id}): {spec.setting(_BATCH_SIZE_OPTION)} must be "
             f"an integer number of events from 1 to {MAX_BATCH_SIZE}, got {size!r}"
         )
+    problems.extend(_unknown_options(spec))
     if spec.type == "postgresql" and "dsn" in spec.options:
         from config.dsn import dsn_problem  # imports psycopg2
 
@@ -56,6 +58,49 @@ def _destination_problems(spec: DestinationSpec) -> list[str]:
                 f"invalid DSN: {problem}"
             )
     return problems
+
+
+def _driver_class(kind: str) -> type[Destination] | None:
+    """The destination class of ``kind``; imports its driver."""
+    if kind == "postgresql":
+        from destinations.postgresql.destination import PostgreSQLDestination
+
+        return PostgreSQLDestination
+    if kind == "snowflake":
+        from destinations.snowflake.destination import SnowflakeDestination
+
+        return SnowflakeDestination
+    return None
+
+
+def valid_options(kind: str) -> list[str] | None:
+    """Every option a destination of ``kind`` accepts (its class's, and the engine's); sorted."""
+    cls = _driver_class(kind)
+    if cls is None:
+        return None
+    names = {
+        name
+        for name, parameter in inspect.signature(cls.__init__).parameters.items()
+        if parameter.kind in (parameter.KEYWORD_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    }
+    names -= {"self", "destination_id", "name"}
+    return sorted(names | {_DEADLINE_OPTION, _BATCH_SIZE_OPTION})
+
+
+def _unknown_options(spec: DestinationSpec) -> list[str]:
+    """One problem per option ``spec`` sets that its type does not know, listing the valid ones."""
+    valid = valid_options(spec.type)
+    if valid is None:
+        return []  # an unknown type is reported when the destination is built
+    unknown = sorted(set(spec.options) - set(valid))
+    # An option read from the environment is named as written: "foo_env", not "foo".
+    return [
+        f"destination {spec.name} (ID={spec.id}): unknown option "
+        f"{spec.setting(option).split()[0]!r} for a {spec.type} destination; valid options: "
+        f"{', '.join(valid)} (any of them as <option>_env to read it from an environment "
+        "variable)"
+        for option in unknown
+    ]
 
 
 def build_destination(spec: DestinationSpec) -> Destination:
@@ -73,16 +118,10 @@ def build_destination(spec: DestinationSpec) -> Destination:
 
 
 def _build_driver(spec: DestinationSpec, options: dict[str, Any]) -> Destination:
+    cls = _driver_class(spec.type)
     try:
-        if spec.type == "postgresql":
-            from destinations.postgresql.destination import PostgreSQLDestination
-
-            dsn = options.pop("dsn")
-            return PostgreSQLDestination(spec.id, spec.name, dsn, **options)
-        if spec.type == "snowflake":
-            from destinations.snowflake.destination import SnowflakeDestination
-
-            return SnowflakeDestination(spec.id, spec.name, **options)
+        if cls is not None:
+            return cls(spec.id, spec.name, **options)
     except TypeError as error:
         raise ConfigError([f"destination {spec.id} ({spec.type}): bad option: {error}"]) from None
     raise ConfigError([f"destination {spec.id}: unknown type {spec.type!r}"])

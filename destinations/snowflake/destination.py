@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,12 +31,24 @@ from snowflake.connector.connection import SnowflakeConnection
 from snowflake.connector.cursor import SnowflakeCursor
 
 from config.errors import ConfigError
-from destinations.errors import ClassifiedError, DestinationError, PermanentDestinationError
+from destinations.errors import (
+    ClassifiedError,
+    DestinationError,
+    DestinationTimeoutError,
+    PermanentDestinationError,
+)
 from destinations.net_effect import BatchLayout, layout, net_effect
 from destinations.ordered_parts import MOVE, TRUNCATE, key_move_refusal, ordered_parts
 from destinations.records import ChangeRecord
 from destinations.session import SessionDestination
 from destinations.snowflake.bulk_load import STAGE_THRESHOLD_ROWS, BulkLoad
+from destinations.snowflake.connect_options import (
+    DEFAULT_LOGIN_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT,
+    Timeouts,
+    credential_options,
+)
+from destinations.snowflake.connector_logs import quiet_connector_logs, quiet_error_handler
 from destinations.snowflake.errors import classify, connection_lost
 from destinations.snowflake.stage import (
     MAX_INSERT_BYTES,
@@ -44,6 +57,7 @@ from destinations.snowflake.stage import (
     TableInfo,
     quote,
 )
+from destinations.snowflake.write_deadline import WriteDeadline, bounded_cursor
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +72,22 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
     database and schema: what an unquoted name would resolve to. Record
     columns match target columns exactly or, failing that, case-insensitively.
 
-    ``login_timeout`` bounds a login; ``network_timeout`` bounds each
-    statement, retries included (the connector cancels a statement that runs
-    longer), so a write during an outage fails instead of hanging.
-    ``host``/``port``/``protocol`` point the connector elsewhere than
-    ``<account>.snowflakecomputing.com`` (tests use a local fakesnow server).
-    The password is kept out of ``repr`` and logs.
+    One credential: ``password``, a PEM ``private_key`` (text) or
+    ``private_key_file`` with ``private_key_passphrase`` when encrypted
+    (key-pair authentication), an OAuth ``token``, or an ``authenticator``
+    that needs none (see ``connect_options``). Credentials are kept out of
+    ``repr`` and logs.
+
+    ``write_timeout`` bounds one batch's write (its login, statements and
+    the connector's retries): past it the write fails as a lost session
+    (transient: retried or queued). ``login_timeout`` bounds a login (within
+    a write, what is left of ``write_timeout`` at most); ``socket_timeout``
+    one network attempt (default a sixth of ``write_timeout``, at most 60);
+    ``network_timeout`` the connector's other requests, such as cancelling
+    a statement (default ``socket_timeout``). ``host``/``port``/``protocol``
+    point the connector elsewhere than ``<account>.snowflakecomputing.com``
+    (tests use a local
+    fakesnow server).
     """
 
     _session_noun = "session"
@@ -75,28 +99,55 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         name: str,
         *,
         account: str,
-        user: str,
-        password: str,
         database: str,
         schema: str,
+        user: str | None = None,
+        password: str | None = None,
+        private_key: str | None = None,
+        private_key_file: str | None = None,
+        private_key_passphrase: str | None = None,
+        token: str | None = None,
+        authenticator: str | None = None,
         warehouse: str | None = None,
         role: str | None = None,
         host: str | None = None,
         port: int | None = None,
         protocol: str = "https",
         table_map: Mapping[str, str | tuple[str, ...]] | None = None,
-        login_timeout: float = 30.0,
-        network_timeout: float = 300.0,
+        login_timeout: float = DEFAULT_LOGIN_TIMEOUT,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
+        network_timeout: int | None = None,
+        socket_timeout: int | None = None,
         session_parameters: Mapping[str, Any] | None = None,
         max_rows_per_insert: int = MAX_ROWS_PER_INSERT,
         max_insert_bytes: int = MAX_INSERT_BYTES,
         stage_threshold_rows: int = STAGE_THRESHOLD_ROWS,
     ) -> None:
         super().__init__(destination_id, name)
+        where = f"destination {name} (ID={destination_id})"
         self.account = account
         self.user = user
-        self._password = password
-        self._secrets = (password,)  # masked in every error text this destination hands out
+        # Masked in every error text this destination hands out.
+        self._secrets = (password, token, private_key_passphrase, private_key)
+        # The connector's credential arguments (a private key as DER bytes):
+        # never logged, never in repr.
+        self._credentials = credential_options(
+            where,
+            password=password,
+            private_key=private_key,
+            private_key_file=private_key_file,
+            private_key_passphrase=private_key_passphrase,
+            token=token,
+            authenticator=authenticator,
+        )
+        self.timeouts = Timeouts.of(
+            where,
+            write_timeout=write_timeout,
+            login_timeout=login_timeout,
+            socket_timeout=socket_timeout,
+            network_timeout=network_timeout,
+        )
+        self._deadline = WriteDeadline(self, self.timeouts)
         self.database = database
         self.schema = schema
         self.warehouse = warehouse
@@ -104,8 +155,6 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         self.host = host
         self.port = port
         self.protocol = protocol
-        self.login_timeout = login_timeout
-        self.network_timeout = network_timeout
         self.session_parameters = dict(session_parameters or {})
         self.max_rows_per_insert = min(max_rows_per_insert, MAX_ROWS_PER_INSERT)
         self.max_insert_bytes = max_insert_bytes
@@ -120,6 +169,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         self.stage_threshold_rows = stage_threshold_rows
         self._table_map = dict(table_map or {})
         self._tables: dict[tuple[str, ...], TableInfo] = {}
+        quiet_connector_logs()
 
     def __repr__(self) -> str:
         return (
@@ -142,9 +192,13 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
     # ------------------------------------------------------------------ writes
 
     def write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
-        """Apply ``records`` with one MERGE; returns ``len(records)``."""
+        """Apply ``records`` with one MERGE, within ``write_timeout``; returns ``len(records)``."""
         if not records:
             return 0
+        with self._deadline.bound():
+            return self._write_batch(table, records)
+
+    def _write_batch(self, table: str, records: Sequence[ChangeRecord]) -> int:
         target = self._target_of(table)
         parts = ordered_parts(records)
         if parts is not None:
@@ -156,7 +210,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
                 if kind == TRUNCATE:
                     self._write_once_more(table, lambda: self._truncate(target))
                 else:
-                    self.write_batch(table, part)
+                    self._write_batch(table, part)
             return len(records)
         plan = layout(net_effect(records))
         statements = self._write_once_more(table, lambda: self._apply(target, plan))
@@ -173,7 +227,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
     def _truncate(self, target: tuple[str, ...]) -> None:
         conn = self._current_session()
         try:
-            with conn.cursor() as cur:
+            with bounded_cursor(conn, self._deadline) as cur:
                 cur.execute(f"TRUNCATE TABLE {self._table_info(cur, target).name}")
         except BaseException as exc:
             self._abort(exc)
@@ -183,7 +237,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         """Stage and merge; returns how many statements were sent."""
         conn = self._current_session()
         try:
-            with conn.cursor() as cur:
+            with bounded_cursor(conn, self._deadline) as cur:
                 info = self._table_info(cur, target)
                 stage = Stage.build(info, plan, self)
                 if len(stage.rows) >= self.stage_threshold_rows:
@@ -238,11 +292,12 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
 
     # ------------------------------------------------------------ connections
 
-    def _connect_options(self, login_timeout: float, network_timeout: float) -> dict[str, Any]:
+    def _connect_options(self, login_timeout: float) -> dict[str, Any]:
+        timeouts = self.timeouts
         options: dict[str, Any] = {
             "account": self.account,
             "user": self.user,
-            "password": self._password,
+            **self._credentials,
             "database": self.database,
             "schema": self.schema,
             "warehouse": self.warehouse,
@@ -251,7 +306,9 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
             "port": self.port,
             "protocol": self.protocol,
             "login_timeout": max(1, math.ceil(login_timeout)),
-            "network_timeout": max(1, math.ceil(network_timeout)),
+            "network_timeout": timeouts.network,
+            "socket_timeout": min(timeouts.socket, max(1, math.ceil(login_timeout))),
+            "backoff_policy": timeouts.backoff_policy(),
             "session_parameters": self.session_parameters,
             "paramstyle": "pyformat",  # bound client-side: one statement per chunk
             "autocommit": True,  # the MERGE is its own transaction
@@ -259,10 +316,21 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         }
         return {k: v for k, v in options.items() if v is not None}
 
+    def _connect(self, login_timeout: float) -> SnowflakeConnection:
+        conn = snowflake.connector.connect(**self._connect_options(login_timeout))
+        conn.errorhandler = quiet_error_handler
+        return conn
+
     def _open_session(self) -> SnowflakeConnection:
-        conn = snowflake.connector.connect(
-            **self._connect_options(self.login_timeout, self.network_timeout)
-        )
+        # A login inside a write has what is left of write_timeout, at most.
+        budget = self._deadline.retry_budget("before a login")
+        login = self.timeouts.login if budget is None else min(self.timeouts.login, budget)
+        try:
+            conn = self._connect(login)
+        except sf_errors.Error as error:
+            if self._deadline.passed():
+                raise self._deadline.expired("a login") from error
+            raise
         self._tables.clear()
         return conn
 
@@ -278,12 +346,22 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         """After a failure: re-read the catalog next time; drop a session that failed below SQL."""
         self._tables.clear()
         conn = self._session
-        answered = isinstance(error, sf_errors.ProgrammingError | DestinationError)
+        answered = isinstance(
+            error, sf_errors.ProgrammingError | DestinationError
+        ) and not isinstance(error, DestinationTimeoutError)
         if conn is None or (answered and not connection_lost(error)):
             return  # the server answered about the statement: the session is fine
         self._session = None
+        # The server may be gone, and the connector's close waits for a
+        # cancel of the failed statement still retrying in its timer thread:
+        # close in the background, the write's time is up.
+        threading.Thread(
+            target=self._close_quietly, args=(conn,), name=f"close:{self.name}", daemon=True
+        ).start()
+
+    def _close_quietly(self, conn: SnowflakeConnection) -> None:
         try:
-            conn.close(retry=False)  # the server may be gone: do not wait on it
+            conn.close(retry=False)
         except Exception:  # closing a broken session may fail too; it is dropped anyway
             logger.debug("close after failure failed destination=%s", self, exc_info=True)
 
@@ -299,12 +377,10 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
     # ------------------------------------------------------------ health
 
     def _probe_once(self, timeout: float) -> None:
-        options = self._connect_options(timeout, timeout)
-        options["socket_timeout"] = max(1, math.ceil(timeout))
-        conn = snowflake.connector.connect(**options)
+        conn = self._connect(timeout)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT 1")
+                cur.execute("SELECT 1", timeout=max(1, math.ceil(timeout)))
                 cur.fetchone()
         finally:
             conn.close()

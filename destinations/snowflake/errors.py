@@ -10,6 +10,7 @@ from config.redact import first_line
 from destinations.errors import (
     ClassifiedError,
     DestinationError,
+    DestinationTimeoutError,
     FailureKind,
     PermanentDestinationError,
     TableLevelDestinationError,
@@ -123,5 +124,6 @@ def connection_lost(error: BaseException) -> bool:
         errno = error.errno if isinstance(error.errno, int) else -1
         sqlstate = error.sqlstate if isinstance(error.sqlstate, str) else ""
         return errno in _SESSION_ERRNOS or sqlstate[:2] in _SESSION_SQLSTATE_CLASSES
-    # Below the connector: a reset, refused or aborted socket.
-    return isinstance(error, ConnectionError)
+    # Below the connector: a reset, refused or aborted socket; or no answer
+    # within write_timeout (the session is dropped).
+    return isinstance(error, ConnectionError | DestinationTimeoutError)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from config.errors import ConfigError
-from config.pipelines import DestinationSpec
-from destinations.factory import build_destination
+from config.pipelines import DestinationSpec, PipelineSpec, SourceSpec
+from destinations.factory import build_destination, check_destinations
 
 DSN = "host=127.0.0.1 port=5432 dbname=x user=u password=s3cret"
 
@@ -47,3 +47,37 @@ def test_a_bad_batch_size_is_refused_naming_the_option(bad: object) -> None:
         f"to 100000, got {bad!r}" in text
     )
     assert "s3cret" not in text
+
+
+@pytest.mark.parametrize(
+    ("kind", "options", "valid"),
+    [
+        ("postgresql", {"dsn": DSN}, "connect_timeout, copy_threshold, dsn,"),
+        ("snowflake", {"account": "a"}, "login_timeout, max_insert_bytes, max_rows_per_insert"),
+    ],
+)
+def test_an_unknown_option_is_refused_naming_it_and_listing_the_valid_ones(
+    kind: str, options: dict[str, object], valid: str
+) -> None:
+    bad = DestinationSpec(
+        "2",
+        "Dest",
+        kind,
+        {**options, "write_timout": 5, "passwrd": "s3cret"},
+        {"passwrd": "passwrd_env SECRET_VAR"},
+    )
+    with pytest.raises(ConfigError) as refused:
+        check_destinations([PipelineSpec("p", SourceSpec("1", "synthetic"), (bad,))])
+    problems = refused.value.problems
+    assert len(problems) == 2
+    assert problems[0].startswith(
+        f"destination Dest (ID=2): unknown option 'passwrd_env' for a {kind} destination; "
+        "valid options: "
+    )
+    assert f"unknown option 'write_timout' for a {kind} destination" in problems[1]
+    for problem in problems:
+        assert valid in problem and "write_timeout" in problem
+        assert "live_write_deadline_ms" in problem and "batch_size" in problem
+        assert "s3cret" not in problem
+    with pytest.raises(ConfigError, match="unknown option 'write_timout'"):
+        build_destination(bad)
