@@ -325,7 +325,9 @@ def fakesnow_server(port: int | None = None, host: str = "127.0.0.1") -> Iterato
             "port": port,
             "protocol": "http",
             "session_parameters": {"CLIENT_OUT_OF_BAND_TELEMETRY_ENABLED": False},
-            "network_timeout": 1,  # fail fast instead of retrying against a stopped server
+            # Fail fast against a stopped server, yet let a large statement finish on a
+            # loaded machine (an explicit network_timeout caps every statement).
+            "network_timeout": 5,
         }
     finally:
         server.should_exit = True
