@@ -29,6 +29,14 @@ class WhenFull(StrEnum):
     DROP_NEWEST = "drop_newest"  # explicit opt-in: drop the new events, counted and logged
 
 
+class FsyncMode(StrEnum):
+    """When the DLQ's writes reach stable storage (survive an OS crash or power cut)."""
+
+    ALWAYS = "always"  # an enqueue returns after its writes are synced (group commit)
+    INTERVAL = "interval"  # a background syncer; sources move only past synced writes
+    OFF = "off"  # the OS writes back when it likes: a power cut can lose the last writes
+
+
 @dataclass(frozen=True)
 class DLQConfig:
     """Settings of the DLQ store and its recovery worker (``DLQ_*`` variables)."""
@@ -64,6 +72,10 @@ class DLQConfig:
     read_ahead_events: int = 20_000
     # Seconds between a pipeline's progress lines (and deferred-event summaries); 0: none.
     progress_interval: float = 10.0
+    # Interval: a source re-read after a power cut loses nothing (its position never
+    # passed an unsynced write), at a small cost; see the README's "Durability".
+    fsync: FsyncMode = FsyncMode.INTERVAL
+    fsync_interval_ms: int = 200
 
     @property
     def min_free_disk_bytes(self) -> int:
@@ -72,6 +84,10 @@ class DLQConfig:
 
 def _when_full(text: str) -> WhenFull:
     return WhenFull(text.strip().lower())
+
+
+def _fsync_mode(text: str) -> FsyncMode:
+    return FsyncMode(text.strip().lower())
 
 
 def _max_open_queues(text: str) -> int | None:
@@ -169,6 +185,13 @@ DLQ_VARIABLES: Variables = {
         "progress_interval",
         _progress_interval,
         "seconds between a pipeline's progress lines, 0 (off) or a number from 0.1 to 86400",
+    ),
+    "DLQ_FSYNC": ("fsync", _fsync_mode, "one of: always, interval, off"),
+    "DLQ_FSYNC_INTERVAL_MS": (
+        "fsync_interval_ms",
+        int_in(1, 60_000),
+        "milliseconds between syncs of the DLQ's writes with DLQ_FSYNC=interval, "
+        "an integer from 1 to 60000",
     ),
 }
 

@@ -28,6 +28,8 @@ def default_store(config: DLQConfig) -> QueueStore:
             min_free_disk_bytes=config.min_free_disk_bytes,
         ),
         max_open_handles=config.max_open_queues,
+        fsync=config.fsync,
+        fsync_interval=config.fsync_interval_ms / 1000,
     )
 
 

@@ -22,6 +22,7 @@ from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
 from compute.sources.base import ReplicationLag
 from compute.sources.factory import build_source
+from config.dlq_config import FsyncMode
 from config.errors import ConfigError
 from config.pipelines import PipelineSpec
 from config.settings import Settings
@@ -64,7 +65,12 @@ class Engine:
         self.summary: RunSummary | None = None  # set by stop()
 
     def _build_pipeline(self, spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
-        source = build_source(spec.source, self.settings.state_path, append_only=spec.append_only)
+        source = build_source(
+            spec.source,
+            self.settings.state_path,
+            append_only=spec.append_only,
+            fsync=self.settings.dlq.fsync is not FsyncMode.OFF,
+        )
         destinations = [build_destination(d) for d in spec.destinations]
         return Pipeline(
             spec.name,

@@ -145,6 +145,9 @@ class Pipeline:
         self.stats = PipelineStats()
         self.event_rate = EventRate()  # delivered events per second, read by status
         self._pending: tuple[SourceBatch, set[tuple[str, str]]] | None = None
+        # (seq, DLQ write generation) of the head batch once delivered: with
+        # DLQ_FSYNC=interval its position is acknowledged only once that is synced.
+        self._head_generation: tuple[int, int] = (-1, 0)
         # A failing step is handled by the loop itself (FAILED state); the
         # supervisor restarts it only if something unexpected escapes it.
         self.supervisor = Supervisor(f"pipeline-{name}", self._loop, self._stop)
@@ -157,6 +160,7 @@ class Pipeline:
         self.state = PipelineState.RUNNING
         self.progress.start()  # first: its first line counts from here
         self.worker.start()
+        self.dlq.store.add_sync_listener(self.wake)
         for lane in self.lanes.values():
             lane.start()
         self.supervisor.start()
@@ -176,6 +180,7 @@ class Pipeline:
         with self._progress:
             self._progress.notify_all()
         self.supervisor.join(timeout)
+        self.dlq.store.remove_sync_listener(self.wake)
         for lane in self.lanes.values():
             lane.join(max(1.0, timeout / 2))
         self.progress.join(1.0)
@@ -278,7 +283,7 @@ class Pipeline:
         """Acknowledge, in source order, the batches every lane has delivered."""
         while True:
             with self._progress:
-                if not self._in_lanes or self._in_lanes[0][0].pending:
+                if not self._head_ready():
                     return
                 entry, token, events = self._in_lanes.popleft()
                 self._in_lanes_events -= events
@@ -290,12 +295,34 @@ class Pipeline:
                 self.stats.events += events
                 self.worker.wake()
 
+    def _head_ready(self) -> bool:
+        """The oldest batch is delivered by every lane and its DLQ writes are synced.
+
+        Holds ``_progress``. The DLQ's write generation is read when the head is
+        first seen delivered: it covers every enqueue of the batch (and perhaps
+        some of later ones: the wait is then a little longer, never shorter).
+        """
+        if not self._in_lanes or self._in_lanes[0][0].pending:
+            return False
+        seq = self._in_lanes[0][0].seq
+        if self._head_generation[0] != seq:
+            self._head_generation = (seq, self.dlq.store.written_generation())
+        generation = self._head_generation[1]
+        return not generation or self.dlq.store.is_synced(generation)
+
+    def _wait_synced(self) -> None:
+        """Return once every DLQ write so far is synced (``step``, DLQ_FSYNC=interval)."""
+        generation = self.dlq.store.written_generation()
+        while generation and not self.dlq.store.is_synced(generation):
+            if self._stop.wait(0.005):
+                return
+
     def _refused(self) -> DLQFullError | None:
         return next((lane.refused for lane in self.lanes.values() if lane.refused), None)
 
     def _wait_for_progress(self, timeout: float) -> None:
         with self._progress:
-            if self._stop.is_set() or (self._in_lanes and not self._in_lanes[0][0].pending):
+            if self._stop.is_set() or self._head_ready():
                 return
             self._progress.wait(timeout)
 
@@ -334,6 +361,9 @@ class Pipeline:
             self._enter_backpressure(error)
             return False
         self._leave_backpressure()
+        self._wait_synced()
+        if self._stop.is_set():
+            return False  # not acknowledged: read again
         self.source.acknowledge(batch.resume_token)
         self.progress.read(-1, batch.records)
         self.progress.acknowledged()

@@ -11,12 +11,19 @@ from config.errors import ConfigError
 from config.pipelines import SourceSpec
 
 
-def build_source(spec: SourceSpec, state_path: Path, *, append_only: Sequence[str] = ()) -> Source:
+def build_source(
+    spec: SourceSpec,
+    state_path: Path,
+    *,
+    append_only: Sequence[str] = (),
+    fsync: bool = False,
+) -> Source:
     """The source ``spec`` describes, resuming from its offsets under ``state_path``.
 
     ``append_only``: the pipeline's tables whose changes carry no key.
+    ``fsync``: each offset written is synced to disk (DLQ_FSYNC always or interval).
     """
-    offsets = OffsetStore(Path(state_path) / "offsets" / f"source_{spec.id}.json")
+    offsets = OffsetStore(Path(state_path) / "offsets" / f"source_{spec.id}.json", fsync=fsync)
     options = dict(spec.options)
     try:
         if spec.type == "synthetic":

@@ -9,7 +9,7 @@ replicated backend (NATS JetStream) can implement the same interface.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +147,27 @@ class QueueStore(ABC):
         override this.
         """
         return False
+
+    def written_generation(self) -> int:
+        """A number for every write so far that is not yet known synced (0: none to wait for).
+
+        With a background syncer (``DLQ_FSYNC=interval``) an enqueue returns
+        before its writes reach stable storage: whoever must not get ahead
+        of the disk (a source position) waits until ``is_synced`` of it.
+        """
+        return 0
+
+    def is_synced(self, generation: int) -> bool:
+        """True once every write up to ``generation`` is on stable storage."""
+        return True
+
+    def add_sync_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after each background sync (stores without one never call it)."""
+        return None
+
+    def remove_sync_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling ``listener``."""
+        return None
 
     @abstractmethod
     def close(self) -> None:

@@ -6,6 +6,8 @@ Each figure is measured in slices that alternate with its baseline's (so a
 load change on a shared machine hits both sides alike). Prints per-round
 figures, then ``RESULT name=value`` lines (medians over rounds):
 enqueue_batch_ratio, enqueue_single_ratio, drain_ratio, vs_persist_queue_drain,
+enqueue_fsync_always_vs_off and enqueue_fsync_interval_vs_off (DLQ_FSYNC modes,
+4 concurrent writers, batches of 100),
 fds_1000_queues (DLQ_MAX_OPEN_QUEUES=auto and =32) (plus the absolute rates they are made of, and
 mpmc_add_single_vs_raw_push_single: the ceiling of enqueue_single_ratio on
 this backend).
@@ -31,7 +33,7 @@ from compute.codec.failure_context import FailureContext  # noqa: E402
 from compute.codec.message import DLQMessage  # noqa: E402
 from compute.dlq.manager import DLQManager  # noqa: E402
 from compute.queue_id import QueueId  # noqa: E402
-from config.dlq_config import DLQConfig  # noqa: E402
+from config.dlq_config import DLQConfig, FsyncMode  # noqa: E402
 from destinations.records import ChangeRecord, Operation, SourcePosition  # noqa: E402
 
 PAYLOAD_BYTES = 300
@@ -167,6 +169,45 @@ def bench_round(workdir: Path, count: int, blocks: int = 10) -> dict[str, float]
     return results
 
 
+def bench_fsync(workdir: Path, count: int, writers: int = 4, blocks: int = 10) -> dict[str, float]:
+    """Enqueue rate (messages/s) per DLQ_FSYNC mode: ``writers`` threads, each its own queue,
+    batches of 100; the modes' slices alternate, so load changes hit all three alike."""
+    import threading
+
+    queues = [QueueId("1", f"public.t{w}", "2") for w in range(writers)]
+    per_writer = count // writers // BATCH * BATCH
+    messages = {q: make_messages(q, per_writer) for q in queues}
+    managers = {
+        mode: DLQManager(
+            DLQConfig(base_path=workdir / f"fsync_{mode.value}", min_free_disk_mb=0, fsync=mode),
+            background=False,
+        )
+        for mode in FsyncMode
+    }
+    elapsed = dict.fromkeys(FsyncMode, 0.0)
+    per_slice = -(-per_writer // blocks // BATCH) * BATCH
+    for start in range(0, per_writer, per_slice):
+        stop = min(start + per_slice, per_writer)
+        for mode, manager in managers.items():
+
+            def write(
+                queue: QueueId, m: DLQManager = manager, first: int = start, end: int = stop
+            ) -> None:
+                for i in range(first, end, BATCH):
+                    m.enqueue(queue, messages[queue][i : i + BATCH])
+
+            threads = [threading.Thread(target=write, args=(q,)) for q in queues]
+            began = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            elapsed[mode] += time.perf_counter() - began
+    for manager in managers.values():
+        manager.close()
+    return {f"fsync_{mode.value}": per_writer * writers / elapsed[mode] for mode in FsyncMode}
+
+
 def bench_fds(workdir: Path, queues: int, max_open: int | None = None) -> int:
     config = DLQConfig(base_path=workdir / "fds", min_free_disk_mb=0, max_open_queues=max_open)
     manager = DLQManager(config, background=False)
@@ -196,6 +237,7 @@ def main() -> None:
         workdir = Path(tempfile.mkdtemp(prefix="bench_dlq_"))
         try:
             result = bench_round(workdir, args.messages)
+            result |= bench_fsync(workdir, args.messages)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
         rounds.append(result)
@@ -237,6 +279,11 @@ def main() -> None:
     )
     print(f"RESULT drain_ratio={median_ratio('dlq_drain', 'raw_pop'):.3f}")
     print(f"RESULT vs_persist_queue_drain={median_ratio('dlq_drain', 'persist_queue_drain'):.1f}")
+    # DLQ_FSYNC: 4 writers, batches of 100, each mode against off in the same slices.
+    for mode in FsyncMode:
+        print(f"RESULT enqueue_fsync_{mode.value}_per_s={median(f'fsync_{mode.value}'):.0f}")
+    print(f"RESULT enqueue_fsync_always_vs_off={median_ratio('fsync_always', 'fsync_off'):.3f}")
+    print(f"RESULT enqueue_fsync_interval_vs_off={median_ratio('fsync_interval', 'fsync_off'):.3f}")
     # DLQ_MAX_OPEN_QUEUES=auto keeps every queue with messages open (about 9
     # descriptors each, within the open-file limit); 32 caps it at the cost of reopening.
     print(f"RESULT fds_1000_queues={fds}")

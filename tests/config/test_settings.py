@@ -14,7 +14,7 @@ import pytest
 
 from config import ConfigError, RosettaError, Settings, load_settings
 from config.alert_config import ALERT_VARIABLES
-from config.dlq_config import DLQ_VARIABLES, DLQConfig, WhenFull
+from config.dlq_config import DLQ_VARIABLES, DLQConfig, FsyncMode, WhenFull
 from config.env_values import GIB, KIB, MIB, parse_size
 
 ALL_VARIABLES = [
@@ -36,6 +36,8 @@ ALL_VARIABLES = [
     "DLQ_LIVE_WRITE_DEADLINE_MS",
     "DLQ_READ_AHEAD_EVENTS",
     "DLQ_PROGRESS_INTERVAL",
+    "DLQ_FSYNC",
+    "DLQ_FSYNC_INTERVAL_MS",
 ]
 
 
@@ -165,6 +167,11 @@ VALID_CASES: list[tuple[str, str, str, object]] = [
     ("DLQ_PROGRESS_INTERVAL", "0.1", "progress_interval", 0.1),
     ("DLQ_PROGRESS_INTERVAL", "30", "progress_interval", 30.0),
     ("DLQ_PROGRESS_INTERVAL", "86400", "progress_interval", 86400.0),
+    ("DLQ_FSYNC", "always", "fsync", FsyncMode.ALWAYS),
+    ("DLQ_FSYNC", " Interval ", "fsync", FsyncMode.INTERVAL),
+    ("DLQ_FSYNC", "off", "fsync", FsyncMode.OFF),
+    ("DLQ_FSYNC_INTERVAL_MS", "1", "fsync_interval_ms", 1),
+    ("DLQ_FSYNC_INTERVAL_MS", "60000", "fsync_interval_ms", 60_000),
 ]
 
 
@@ -215,6 +222,8 @@ FULL_ENV = {
     "DLQ_LIVE_WRITE_DEADLINE_MS": "500",
     "DLQ_READ_AHEAD_EVENTS": "5000",
     "DLQ_PROGRESS_INTERVAL": "60",
+    "DLQ_FSYNC": "always",
+    "DLQ_FSYNC_INTERVAL_MS": "50",
 }
 
 
@@ -240,6 +249,8 @@ def test_every_variable_at_once(no_dotenv: Path) -> None:
         live_write_deadline_ms=500,
         read_ahead_events=5000,
         progress_interval=60.0,
+        fsync=FsyncMode.ALWAYS,
+        fsync_interval_ms=50,
     )
 
 
@@ -374,6 +385,11 @@ INVALID_CASES: dict[str, tuple[list[str], str]] = {
     "DLQ_PROGRESS_INTERVAL": (
         ["", "-1", "0.05", "86401", "nan", "inf", "10s", "often", HUGE],
         "0 (off) or a number from 0.1 to 86400",
+    ),
+    "DLQ_FSYNC": (["", "-1", "sometimes", "on", "true", HUGE], "one of: always, interval, off"),
+    "DLQ_FSYNC_INTERVAL_MS": (
+        ["", "0", "-1", "1.5", "60001", "200ms", "nan", HUGE],
+        "an integer from 1 to 60000",
     ),
 }
 

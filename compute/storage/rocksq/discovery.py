@@ -32,13 +32,13 @@ def find_queues(base_path: Path, unidentified: Callable[[Path], None]) -> set[Qu
     return found
 
 
-def write_queue_file(state: QueueState) -> None:
+def write_queue_file(state: QueueState, *, durable: bool = False) -> None:
     path = state.path / QUEUE_FILE
     if path.exists():
         return
     # A lone surrogate has no UTF-8 form: json_bytes then writes \u escapes,
     # and json_fields' exact_names keep what they cannot tell apart.
-    write_atomic(path, json_bytes(state.queue.json_fields()))
+    write_atomic(path, json_bytes(state.queue.json_fields()), durable=durable)
 
 
 def _subdirs(path: Path, prefix: str) -> list[Path]:

@@ -61,3 +61,24 @@ def segments_within(file_limit: int) -> int:
 def open_segment_budget(file_limit: int) -> int:
     """Segments to keep open under ``file_limit`` descriptors, within the memory ceiling."""
     return max(MIN_SEGMENTS, min(MAX_AUTO_SEGMENTS, segments_within(file_limit)))
+
+
+def open_cap(requested: int | None) -> int:
+    """The cap on open segments: ``requested``, or the budget the open-file limit allows."""
+    file_limit = raise_open_file_limit()
+    if requested is None:
+        budget = open_segment_budget(file_limit)
+        logger.info(
+            "DLQ keeps up to %d queue segments open: open_file_limit=%d", budget, file_limit
+        )
+        return budget
+    if requested > (room := segments_within(file_limit)):
+        logger.warning(
+            "DLQ_MAX_OPEN_QUEUES=%d may run out of file descriptors: open_file_limit=%d "
+            "holds about %d open segments (%d descriptors each) beside the engine's other files",
+            requested,
+            file_limit,
+            room,
+            FDS_PER_SEGMENT,
+        )
+    return requested

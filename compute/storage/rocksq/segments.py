@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 
 import rocksq
 from rocksq.blocking import MpmcQueue
@@ -42,6 +43,8 @@ class Segments:
         self._handles = handles
         # A segment counted from segments.json is checked when first opened.
         handles.on_first_open = self.verify
+        # Called before a fully acknowledged segment is deleted (see RocksqStore).
+        self.before_remove: Callable[[QueueState], None] | None = None
 
     def load(self, state: QueueState) -> None:
         """Rebuild the queue's state from its directory (start-up, or after an error)."""
@@ -193,6 +196,8 @@ class Segments:
         state.rewind.discard(number)
         state.unverified.discard(number)
         self._handles.close(state, number)
+        if self.before_remove is not None:
+            self.before_remove(state)
         remove_segment_dir(state, number)
         state.disk_measured_at = float("-inf")
         return True
@@ -237,7 +242,7 @@ def _write_records(state: QueueState, *, tail_final: bool) -> None:
         "written": {str(n): state.counts[n] for n in state.segments},
         "exact": {str(n): [state.items[n], state.counts[n]] for n in final},
     }
-    write_atomic(state.path / WRITTEN_FILE, json_bytes(data))
+    write_atomic(state.path / WRITTEN_FILE, json_bytes(data), durable=state.durable)
     state.recorded_tail = state.segments[-1] if tail_final and state.segments else None
 
 

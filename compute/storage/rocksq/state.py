@@ -12,6 +12,7 @@ from rocksq.blocking import MpmcQueue
 
 from compute.queue_id import QueueId
 from compute.storage.base import StoreLease
+from compute.storage.rocksq.syncer import SyncTarget
 
 SEGMENT_RE = re.compile(r"^seg_(\d{12})$")
 
@@ -90,6 +91,13 @@ class QueueState:
     # Old segment number -> new one, after a removed directory was recreated:
     # leases handed out before still name the old numbers.
     renumbered: dict[int, int] = field(default_factory=dict)
+    # The write segment's files to sync (DLQ_FSYNC always/interval), and its number.
+    # DLQ_FSYNC always or interval: side files that protect data are synced when written.
+    durable: bool = False
+    sync_target: SyncTarget | None = None
+    sync_number: int = 0
+    # Directories created for a segment not yet written (synced with its first write).
+    new_dirs: dict[int, list[Path]] = field(default_factory=dict)
 
     @property
     def write_segment(self) -> int | None:

@@ -45,15 +45,11 @@ from compute.storage.rocksq.diagnosis import WRITE_ROOM
 from compute.storage.rocksq.discovery import QUEUE_FILE, find_queues, write_queue_file
 from compute.storage.rocksq.disk_reserve import DiskReserve
 from compute.storage.rocksq.drained import DrainedQueues
+from compute.storage.rocksq.durability import QueueDurability
 from compute.storage.rocksq.frames import encode_frames
 from compute.storage.rocksq.handles import HandleCache
 from compute.storage.rocksq.limits import RESERVE_FILE, LimitGuard
-from compute.storage.rocksq.open_budget import (
-    FDS_PER_SEGMENT,
-    open_segment_budget,
-    raise_open_file_limit,
-    segments_within,
-)
+from compute.storage.rocksq.open_budget import open_cap
 from compute.storage.rocksq.opener import SegmentOpener
 from compute.storage.rocksq.quarantine import Quarantine
 from compute.storage.rocksq.reader import SegmentReader, give_back
@@ -65,6 +61,7 @@ from compute.storage.rocksq.segments import (
     remove_segment_dir,
 )
 from compute.storage.rocksq.state import QueueState
+from config.dlq_config import FsyncMode
 
 logger = logging.getLogger(__name__)
 
@@ -79,27 +76,6 @@ _ITEM_OVERHEAD = 64
 _PRESENCE_TTL = 0.001
 
 
-def _open_cap(requested: int | None) -> int:
-    """The cap on open segments: ``requested``, or the budget the open-file limit allows."""
-    file_limit = raise_open_file_limit()
-    if requested is None:
-        budget = open_segment_budget(file_limit)
-        logger.info(
-            "DLQ keeps up to %d queue segments open: open_file_limit=%d", budget, file_limit
-        )
-        return budget
-    if requested > (room := segments_within(file_limit)):
-        logger.warning(
-            "DLQ_MAX_OPEN_QUEUES=%d may run out of file descriptors: open_file_limit=%d "
-            "holds about %d open segments (%d descriptors each) beside the engine's other files",
-            requested,
-            file_limit,
-            room,
-            FDS_PER_SEGMENT,
-        )
-    return requested
-
-
 class RocksqStore(QueueStore):
     """Queues of payloads under ``base_path``, one directory per ``QueueId``."""
 
@@ -112,6 +88,8 @@ class RocksqStore(QueueStore):
         segment_max_messages: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         lock_base_path: bool = True,
+        fsync: FsyncMode = FsyncMode.OFF,
+        fsync_interval: float = 0.2,
     ) -> None:
         self.base_path = Path(base_path)
         self.segment_max_messages = segment_max_messages
@@ -139,8 +117,10 @@ class RocksqStore(QueueStore):
         self._limits = LimitGuard(self.base_path, limits or QueueLimits(), self._reserve)
         opener = SegmentOpener(self.base_path, self._reserve)
         # Every open segment handle, for the cap on open handles (file descriptors).
-        self._handles = HandleCache(opener, self._states, _open_cap(max_open_handles), clock)
+        self._handles = HandleCache(opener, self._states, open_cap(max_open_handles), clock)
         self._segments = Segments(opener, self._handles)
+        self._durability = QueueDurability(self.base_path, fsync, fsync_interval)
+        self._segments.before_remove = self._durability.before_remove
         self._quarantine = Quarantine(opener, self._handles, self._segments)
         self._salvage = Salvage(opener, self._handles, self._recreated)
         self._reader = SegmentReader(self._handles, self._segments, self._quarantine)
@@ -165,6 +145,7 @@ class RocksqStore(QueueStore):
                 state = self._states.get(queue)
                 if state is None:
                     state = QueueState(queue, self.base_path / queue.relative_path)
+                    state.durable = self._durability.enabled
                     self._states[queue] = state
         return state
 
@@ -219,6 +200,7 @@ class RocksqStore(QueueStore):
                     entry.checked_at = now
                     if not entry.is_current():
                         self._salvage.ensure_present(state, "enqueue")
+                entry = None  # a rollover closes this handle: nothing may keep it open
             segments, counts = state.segments, state.counts
             if not segments or counts[segments[-1]] >= self.segment_max_messages:
                 number = self._start_segment(state)
@@ -243,12 +225,15 @@ class RocksqStore(QueueStore):
                 del handle, entry
                 raise self._handles.fail(state, "enqueue", error) from None
             entry.log_bytes = logged
+            generation = self._durability.wrote(state, number) if self._durability.enabled else 0
             counts[number] += count
             state.items[number] += len(frames)
             state.total += count
             state.bytes_since_measure += size
             # Unlocked add: see LimitGuard.written_since_free.
             self._limits.written_since_free += size
+        if generation:  # with the queue's lock released, so writers share one sync
+            self._durability.settle(generation)
 
     def _verify_tail(self, state: QueueState) -> None:
         """Open the write segment, checking its recorded count; a loss sets the queue aside."""
@@ -258,22 +243,26 @@ class RocksqStore(QueueStore):
             self._quarantine.reset(state, str(error))
 
     def _start_segment(self, state: QueueState) -> int:
-        if not state.segments:
+        new_queue = not state.segments
+        if new_queue:
             if state.cursor_fd is not None and not cursor_current(state):
                 close_cursor(state)  # an empty queue's directory was removed
             self._drained.make_dir(state)  # never while an empty parent is removed
-            write_queue_file(state)
+            write_queue_file(state, durable=self._durability.enabled)
             with self._states_lock:
                 self._known.add(state.queue.main)
         else:
             full = state.segments[-1]
-            record_written_counts(state)  # the current write segment is now complete
             if full != state.read_segment:
                 # Nothing writes to it again, and the reader reaches it only after
                 # every segment before it: an open handle would hold its memtable
                 # (memory growing with the queue) for nothing until then.
                 self._handles.close(state, full)
+            # After the close, which writes RocksDB's files once more.
+            self._durability.before_counts(state)
+            record_written_counts(state)  # the current write segment is now complete
         number = state.next_segment
+        self._durability.new_segment(state, number, new_queue)
         state.next_segment += 1
         state.segments.append(number)
         state.counts[number] = 0
@@ -462,6 +451,19 @@ class RocksqStore(QueueStore):
                 # it writes, and grows the reserve again as it needs).
                 self._reserve.shrink(_REOPEN_ROOM)
 
+    def written_generation(self) -> int:
+        group = self._durability.group
+        return group.written if group.mode is FsyncMode.INTERVAL else 0
+
+    def is_synced(self, generation: int) -> bool:
+        return self._durability.group.is_synced(generation)
+
+    def add_sync_listener(self, listener: Callable[[], None]) -> None:
+        self._durability.group.add_listener(listener)
+
+    def remove_sync_listener(self, listener: Callable[[], None]) -> None:
+        self._durability.group.remove_listener(listener)
+
     def close(self) -> None:
         if self._closed:
             return
@@ -476,9 +478,12 @@ class RocksqStore(QueueStore):
                         logger.error(
                             "DLQ queue not recovered at close: queue=%s %s", state.queue, error
                         )
+                    self._durability.before_counts(state)
                     record_written_counts(state)
                 self._handles.close_all(state)
+                self._durability.closed(state)
                 state.loaded = False
+        self._durability.close()
         self._closed = True
         if self._lock_fd is not None:
             os.close(self._lock_fd)
