@@ -9,7 +9,7 @@ PostgreSQL with ``wal_level = logical``, pgbench's default script, read with
 ``--capture`` for later runs, so that before and after compare the same input.
 Then, in this process only, with no server in the timing:
 
-* ``pg_decode_assemble``: ``parse_message`` + ``TransactionAssembler.feed``
+* ``pg_decode_assemble``: ``TransactionAssembler.feed_bytes``
   over every message (the decode and the records).
 * ``pg_decode_stream``: the ``ReplicationStream`` thread's loop over the same
   messages (a cursor that hands them out as ``read_message`` does, status
@@ -38,7 +38,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from compute.sources.postgres import stream as stream_module  # noqa: E402
-from compute.sources.postgres.pgoutput import parse_message  # noqa: E402
 from compute.sources.postgres.stream import ReplicationStream  # noqa: E402
 from compute.sources.postgres.transactions import TransactionAssembler  # noqa: E402
 from tests.pgbench_cdc import KEYED, LOGICAL, fetch, pgbench, run_sql  # noqa: E402
@@ -73,10 +72,10 @@ def capture(changes: int) -> list[bytes]:
 
 def assemble(messages: list[bytes]) -> int:
     assembler = TransactionAssembler(tables=TABLES)
-    feed = assembler.feed
+    feed = assembler.feed_bytes
     records = 0
     for payload in messages:
-        transaction = feed(parse_message(payload))
+        transaction = feed(payload)
         if transaction is not None:
             records += len(transaction.records)
     return records

@@ -26,7 +26,7 @@ import psycopg2
 import psycopg2.extras
 
 from compute.sources.postgres.pg_types import session_options
-from compute.sources.postgres.pgoutput import PgOutputError, parse_message
+from compute.sources.postgres.pgoutput import PgOutputError
 from compute.sources.postgres.reader_thread import (
     RECONNECT,
     ReaderThread,
@@ -236,7 +236,7 @@ class ReplicationStream(ReaderThread):
                     self._idle(cursor.wal_end)
                 select.select([conn], [], [], _POLL)
                 continue
-            transaction = self.assembler.feed(parse_message(message.payload))
+            transaction = self.assembler.feed_bytes(message.payload)
             if transaction is not None:
                 self._received(transaction)
 
