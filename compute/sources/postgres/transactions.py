@@ -9,6 +9,8 @@ from collections.abc import Collection
 from typing import Any, NamedTuple
 
 from compute.sources.postgres.pgoutput import (
+    BEGIN_SIZE,
+    COMMIT_SIZE,
     Begin,
     Commit,
     Delete,
@@ -18,6 +20,8 @@ from compute.sources.postgres.pgoutput import (
     RelationCache,
     Truncate,
     Update,
+    parse_begin,
+    parse_commit,
     parse_message,
 )
 from compute.sources.postgres.row_decoder import FAST_FAILURES, ColumnValueError, RowDecoder
@@ -29,7 +33,7 @@ logger = logging.getLogger(__name__)
 REJECTED_KEPT = 100
 
 _unpack_relation_id = struct.Struct(">I").unpack_from
-_INSERT, _UPDATE, _DELETE = 0x49, 0x55, 0x44  # 'I', 'U', 'D'
+_BEGIN, _COMMIT, _INSERT, _UPDATE, _DELETE = 0x42, 0x43, 0x49, 0x55, 0x44  # 'B' 'C' 'I' 'U' 'D'
 _NEW, _OLD_KEY = 0x4E, 0x4B  # 'N', 'K'
 _INSERT_OP, _UPDATE_OP, _DELETE_OP = Operation.INSERT, Operation.UPDATE, Operation.DELETE
 # NamedTuple construction without its Python-level __new__: two of them per change.
@@ -101,10 +105,7 @@ class TransactionAssembler:
     def feed(self, message: Message) -> Transaction | None:
         """Take one message; the finished transaction when ``message`` is its Commit."""
         if isinstance(message, Begin):
-            self._begin = message
-            self._commit_ts = message.commit_ts
-            self._records = []
-            self._seq = 0
+            self._start(message)
             return None
         if isinstance(message, Commit):
             return self._commit(message)
@@ -132,6 +133,12 @@ class TransactionAssembler:
         # Origin, Type and logical messages carry no row change.
         return None
 
+    def _start(self, begin: Begin) -> None:
+        self._begin = begin
+        self._commit_ts = begin.commit_ts
+        self._records = []
+        self._seq = 0
+
     def feed_bytes(self, data: bytes) -> Transaction | None:
         """``feed(parse_message(data))``, with the common row changes read straight from bytes.
 
@@ -141,6 +148,11 @@ class TransactionAssembler:
         finds unusual (it then leaves no trace), takes the exact path.
         """
         kind = data[0] if data else None
+        if kind == _BEGIN and len(data) >= BEGIN_SIZE:
+            self._start(parse_begin(data))
+            return None
+        if kind == _COMMIT and len(data) >= COMMIT_SIZE:
+            return self._commit(parse_commit(data))
         if (kind == _UPDATE or kind == _INSERT or kind == _DELETE) and len(data) > 6:
             route = self._routes.get(_unpack_relation_id(data, 1)[0])
             begin = self._begin
