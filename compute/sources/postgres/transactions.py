@@ -37,6 +37,7 @@ _BEGIN, _COMMIT, _INSERT, _UPDATE, _DELETE = 0x42, 0x43, 0x49, 0x55, 0x44  # 'B'
 _NEW, _OLD_KEY = 0x4E, 0x4B  # 'N', 'K'
 _INSERT_OP, _UPDATE_OP, _DELETE_OP = Operation.INSERT, Operation.UPDATE, Operation.DELETE
 # NamedTuple construction without its Python-level __new__: two of them per change.
+# It checks no field count: test_fast_path compares these records with feed's.
 _new_tuple = tuple.__new__
 
 
