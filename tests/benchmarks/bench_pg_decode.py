@@ -1,6 +1,6 @@
 """Micro benchmark: the PostgreSQL source's Python CPU per change, on real pgoutput bytes.
 
-    python tests/benchmarks/bench_pg_decode.py [--changes 200000] [--repeat 5]
+    python tests/benchmarks/bench_pg_decode.py [--changes 200000] [--scale 5] [--repeat 5]
         [--capture /tmp/pg_decode.pickle] [--profile assemble|stream]
 
 The slot's bytes are captured once from a real server (an embedded
@@ -46,12 +46,12 @@ from tests.servers import PostgresCluster  # noqa: E402
 TABLES = tuple(KEYED)
 
 
-def capture(changes: int) -> list[bytes]:
+def capture(changes: int, scale: int) -> list[bytes]:
     """pgbench's changes as the pgoutput messages a slot sends for them."""
     cluster = PostgresCluster()
     try:
         source = cluster.new_server(LOGICAL)
-        pgbench(source, "-i", "-s", "5", "-q")
+        pgbench(source, "-i", "-s", str(scale), "-q")
         run_sql(
             source.dsn,
             f"CREATE PUBLICATION bench FOR TABLE {', '.join(TABLES)}",
@@ -152,6 +152,7 @@ def timed(name: str, runs: int, work: Any, changes: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--changes", type=int, default=200_000)
+    parser.add_argument("--scale", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--capture", type=Path, default=Path("/tmp/pg_decode.pickle"))
     parser.add_argument("--profile", choices=("assemble", "stream"))
@@ -159,7 +160,7 @@ def main() -> int:
     if args.capture.exists():
         messages = pickle.loads(args.capture.read_bytes())
     else:
-        messages = capture(args.changes)
+        messages = capture(args.changes, args.scale)
         args.capture.write_bytes(pickle.dumps(messages))
     changes = assemble(messages)
     print(f"{len(messages)} messages, {changes} changes", flush=True)
