@@ -6,6 +6,8 @@ scripts, which the README's figures come from, from breaking unnoticed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.benchmark_runs import run_benchmark
@@ -112,5 +114,23 @@ def test_bench_cdc_prints_its_figures() -> None:
         "cdc_p99_lag_ms",
         "cdc_engine_changes_per_second",
         "cdc_source_alone_changes_per_second",
+        "cdc_source_alone_cpu_us_per_change",
     } <= set(figures)
     assert all(float(v) > 0 for v in figures.values()), figures
+
+
+@pytest.mark.timeout(360)
+def test_bench_pg_decode_prints_its_figures(tmp_path: Path) -> None:
+    capture = tmp_path / "slot.pickle"
+    arguments = ("--scale", "1", "--changes", "900", "--repeat", "1", "--capture", str(capture))
+    figures = run_script("bench_pg_decode.py", *arguments)
+    assert {
+        "pg_decode_assemble_changes_per_second",
+        "pg_decode_assemble_cpu_us_per_change",
+        "pg_decode_stream_changes_per_second",
+        "pg_decode_stream_cpu_us_per_change",
+    } <= set(figures)
+    assert all(float(v) > 0 for v in figures.values()), figures
+    assert capture.exists()
+    again = run_script("bench_pg_decode.py", *arguments)  # from the captured bytes
+    assert set(again) == set(figures)

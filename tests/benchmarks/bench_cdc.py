@@ -23,7 +23,8 @@ pg_recvlogical's, the source alone's) are made before the backlog, so each holds
   /dev/null (``--endpos`` = the source's WAL position after the backlog).
 * ``cdc_source_alone_changes_per_second`` (where the time goes): the
   PostgresSource alone reading its own slot's copy (decode, assemble,
-  acknowledge; no destination, no pipeline).
+  acknowledge; no destination, no pipeline), and
+  ``cdc_source_alone_cpu_us_per_change`` the CPU it took this process per change.
 * ``cdc_p99_lag_ms``: with the engine running and caught up, pgbench runs at
   ``--lag-rate`` transactions/s for ``--lag-seconds`` while a probe row is
   inserted every 100 ms into a published table; the p99 of (seen at the target
@@ -149,9 +150,10 @@ def time_native(source: PostgresServer, target: PostgresServer, expected: tuple[
     return elapsed
 
 
-def time_decode_only(source: PostgresServer, changes: int) -> float:
-    """The source alone (decode, assemble, acknowledge; no destination) over its slot's copy."""
-    started = time.monotonic()
+def time_decode_only(source: PostgresServer, changes: int) -> tuple[float, float]:
+    """The source alone (decode, assemble, acknowledge; no destination) over its slot's copy:
+    seconds, and CPU seconds of this process (only the source's threads run meanwhile)."""
+    started, cpu = time.monotonic(), time.process_time()
     reader = PostgresSource(
         "decode", source.dsn, slot=SLOTS["decode"], publication=PUBLICATION,
         tables=[*KEYED, PROBE], snapshot="never", status_interval=1.0,
@@ -164,7 +166,7 @@ def time_decode_only(source: PostgresServer, changes: int) -> float:
             reader.acknowledge(batch.resume_token)
             if not batch.records:
                 time.sleep(0.005)
-        return time.monotonic() - started
+        return time.monotonic() - started, time.process_time() - cpu
     finally:
         reader.close()
 
@@ -292,8 +294,11 @@ def main() -> int:
         expected_rows = checksums(source.dsn)
         recv_seconds = time_recvlogical(source, end_lsn)
         say(f"pg_recvlogical: {recv_seconds:.2f} s ({changes / recv_seconds:,.0f} changes/s)")
-        decode_seconds = time_decode_only(source, changes)
-        say(f"source alone: {decode_seconds:.2f} s ({changes / decode_seconds:,.0f} changes/s)")
+        decode_seconds, decode_cpu = time_decode_only(source, changes)
+        say(
+            f"source alone: {decode_seconds:.2f} s ({changes / decode_seconds:,.0f} changes/s), "
+            f"{decode_cpu:.2f} CPU-s"
+        )
         native_seconds = time_native(source, target, expected)
         say(f"native subscription: {native_seconds:.2f} s ({changes / native_seconds:,.0f}/s)")
         profiles = ThreadProfiles()
@@ -323,6 +328,7 @@ def main() -> int:
         say(f"RESULT cdc_p99_lag_ms={p99:.0f}")
         say(f"RESULT cdc_engine_changes_per_second={changes / engine_seconds:.0f}")
         say(f"RESULT cdc_source_alone_changes_per_second={changes / decode_seconds:.0f}")
+        say(f"RESULT cdc_source_alone_cpu_us_per_change={decode_cpu / changes * 1e6:.2f}")
     finally:
         cluster.close()
     return 0

@@ -312,6 +312,25 @@ def is_known(type_oid: int) -> bool:
     return type_oid in _SCALARS or type_oid in _ARRAYS
 
 
+# The method itself: a C call, no Python frame per value.
+_utf8: Callable[[bytes], str] = bytes.decode
+
+
+def bytes_converter(type_oid: int) -> Callable[[bytes], Any]:
+    """``converter(type_oid)`` (or the text itself) from the value's UTF-8 bytes.
+
+    ``int`` and ``float`` read the bytes themselves, saving the decode: where
+    they succeed the result is the text's (they may refuse what the text form
+    accepts, such as non-ASCII digits, so a caller retries from the text then).
+    """
+    convert = converter(type_oid)
+    if convert is None:
+        return _utf8
+    if convert is int or convert is _float:
+        return float if convert is _float else int
+    return lambda raw: convert(raw.decode())
+
+
 def converter(type_oid: int) -> Converter | None:
     """The function from text to value for ``type_oid``; None when the text is the value.
 

@@ -212,11 +212,18 @@ def _tuple(data: bytes, offset: int) -> tuple[TupleData, int]:
     return tuple(values), offset
 
 
-def _begin(data: bytes) -> Begin:
+# Messages at least this long parse as Begin / Commit without fail.
+BEGIN_SIZE = 1 + _BEGIN.size
+COMMIT_SIZE = 1 + _COMMIT.size
+
+
+def parse_begin(data: bytes) -> Begin:
+    """The Begin message ``data`` (its type byte unchecked)."""
     return Begin(*_BEGIN.unpack_from(data, 1))
 
 
-def _commit(data: bytes) -> Commit:
+def parse_commit(data: bytes) -> Commit:
+    """The Commit message ``data`` (its type byte unchecked)."""
     return Commit(*_COMMIT.unpack_from(data, 1))
 
 
@@ -301,8 +308,8 @@ def _message(data: bytes) -> LogicalMessage:
 
 
 _PARSERS: dict[int, Callable[[bytes], Message]] = {
-    ord("B"): _begin,
-    ord("C"): _commit,
+    ord("B"): parse_begin,
+    ord("C"): parse_commit,
     ord("O"): _origin,
     ord("R"): _relation,
     ord("Y"): _type,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import struct
 from collections import deque
 from collections.abc import Collection
 from typing import Any, NamedTuple
 
 from compute.sources.postgres.pgoutput import (
+    BEGIN_SIZE,
+    COMMIT_SIZE,
     Begin,
     Commit,
     Delete,
@@ -17,14 +20,25 @@ from compute.sources.postgres.pgoutput import (
     RelationCache,
     Truncate,
     Update,
+    parse_begin,
+    parse_commit,
+    parse_message,
 )
-from compute.sources.postgres.row_decoder import ColumnValueError, RowDecoder
+from compute.sources.postgres.row_decoder import FAST_FAILURES, ColumnValueError, RowDecoder
 from compute.sources.postgres.table_keys import is_listed
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
 logger = logging.getLogger(__name__)
 
 REJECTED_KEPT = 100
+
+_unpack_relation_id = struct.Struct(">I").unpack_from
+_BEGIN, _COMMIT, _INSERT, _UPDATE, _DELETE = 0x42, 0x43, 0x49, 0x55, 0x44  # 'B' 'C' 'I' 'U' 'D'
+_NEW, _OLD_KEY = 0x4E, 0x4B  # 'N', 'K'
+_INSERT_OP, _UPDATE_OP, _DELETE_OP = Operation.INSERT, Operation.UPDATE, Operation.DELETE
+# NamedTuple construction without its Python-level __new__: two of them per change.
+# It checks no field count: test_fast_path compares these records with feed's.
+_new_tuple = tuple.__new__
 
 
 class TransactionError(ValueError):
@@ -71,8 +85,11 @@ class TransactionAssembler:
         self.rejected: deque[RejectedChange] = deque(maxlen=REJECTED_KEPT)
         self.rejected_count = 0
         self._decoders: dict[int, RowDecoder] = {}
+        # relation id -> (decoder, append-only) of the tables whose changes are kept
+        self._routes: dict[int, tuple[RowDecoder, bool]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._begin: Begin | None = None
+        self._commit_ts = 0.0  # the Begin's commit time as Unix seconds
         self._records: list[ChangeRecord] = []
         self._seq = 0
 
@@ -89,13 +106,20 @@ class TransactionAssembler:
     def feed(self, message: Message) -> Transaction | None:
         """Take one message; the finished transaction when ``message`` is its Commit."""
         if isinstance(message, Begin):
-            self._begin = message
-            self._records = []
-            self._seq = 0
+            self._start(message)
             return None
+        if isinstance(message, Commit):
+            return self._commit(message)
         if isinstance(message, Relation):
             if self.relations.update(message):
-                self._decoders[message.relation_id] = RowDecoder(message, self._warned)
+                decoder = RowDecoder(message, self._warned)
+                self._decoders[message.relation_id] = decoder
+                table = decoder.table
+                if self.tables and table not in self.tables:
+                    self._routes.pop(message.relation_id, None)
+                else:
+                    keyless = bool(self.append_only) and is_listed(table, self.append_only)
+                    self._routes[message.relation_id] = (decoder, keyless)
                 logger.info(
                     "relation shape: table=%s columns=%s key=%s",
                     message.qualified_name,
@@ -103,14 +127,83 @@ class TransactionAssembler:
                     ",".join(message.key_columns),
                 )
             return None
-        if isinstance(message, Commit):
-            return self._commit(message)
         if isinstance(message, Insert | Update | Delete):
             self._change(message)
         elif isinstance(message, Truncate):
             self._truncate(message)
         # Origin, Type and logical messages carry no row change.
         return None
+
+    def _start(self, begin: Begin) -> None:
+        self._begin = begin
+        self._commit_ts = begin.commit_ts
+        self._records = []
+        self._seq = 0
+
+    def feed_bytes(self, data: bytes) -> Transaction | None:
+        """``feed(parse_message(data))``, with the common row changes read straight from bytes.
+
+        An insert, an update without old values or a delete by key of a kept
+        table becomes its record without the message tuples in between; the
+        records are the same. Anything else, and anything the direct read
+        finds unusual (it then leaves no trace), takes the exact path.
+        """
+        kind = data[0] if data else None
+        if kind == _BEGIN and len(data) >= BEGIN_SIZE:
+            self._start(parse_begin(data))
+            return None
+        if kind == _COMMIT and len(data) >= COMMIT_SIZE:
+            return self._commit(parse_commit(data))
+        if (kind == _UPDATE or kind == _INSERT or kind == _DELETE) and len(data) > 6:
+            route = self._routes.get(_unpack_relation_id(data, 1)[0])
+            begin = self._begin
+            if route is not None and begin is not None:
+                decoder, keyless = route
+                tuple_kind = data[5]
+                seq = self._seq
+                try:
+                    if kind == _DELETE:
+                        # Only by key: the old row ('O') has its before image on the exact path.
+                        if tuple_kind == _OLD_KEY:
+                            old, unchanged = decoder.read(data, 6)
+                            # A key column sent as unchanged: the exact path refuses it.
+                            if not unchanged:
+                                key = {} if keyless else {k: old[k] for k in decoder.key_columns}
+                                self._seq = seq + 1
+                                self._fast_record(decoder.table, _DELETE_OP, key, None, seq, ())
+                                return None
+                    # Only without old values: old ones ('K', 'O') come with a key change.
+                    elif tuple_kind == _NEW:
+                        after, unchanged = decoder.read(data, 6)
+                        key = {} if keyless else {k: after.get(k) for k in decoder.key_columns}
+                        if kind == _INSERT:
+                            self._seq = seq + 1
+                            self._fast_record(decoder.table, _INSERT_OP, key, after, seq, ())
+                        else:
+                            # The sequence numbers of a key-changing update, which it is not.
+                            self._seq = seq + 2
+                            self._fast_record(
+                                decoder.table, _UPDATE_OP, key, after, seq + 1, unchanged
+                            )
+                        return None
+                except FAST_FAILURES:
+                    pass
+        return self.feed(parse_message(data))
+
+    def _fast_record(
+        self,
+        table: str,
+        op: Operation,
+        key: dict[str, Any],
+        after: dict[str, Any] | None,
+        seq: int,
+        unchanged: tuple[str, ...],
+    ) -> None:
+        begin = self._begin
+        assert begin is not None
+        position = _new_tuple(SourcePosition, (begin.final_lsn, seq))
+        record = (table, op, key, after, position, None, self._commit_ts, unchanged)
+        self._records.append(_new_tuple(ChangeRecord, record))
 
     def _commit(self, commit: Commit) -> Transaction:
         if self._begin is None:
