@@ -177,6 +177,20 @@ class ReplicationStream(ReaderThread):
                     first_line(error),
                 )
                 self._stop.wait(delay)
+            except Exception as error:
+                # A bug, not a lost connection: stop loudly. Were it left to end the
+                # thread, take() would return nothing forever and the pipeline would
+                # look idle while the slot's changes waited.
+                self.error = error
+                self.connected.clear()
+                logger.error(
+                    "replication stream failed: slot=%s error=%s: %s",
+                    self.slot,
+                    type(error).__name__,
+                    error,
+                    exc_info=error,
+                )
+                return
             finally:
                 close_quietly(conn)
         self.connected.clear()
