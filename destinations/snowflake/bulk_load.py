@@ -7,12 +7,12 @@ stage (``@%_ROSETTA_STAGE``) and loaded with ``COPY INTO`` the stage table;
 the MERGE that follows is the same as for the ``INSERT ... VALUES`` path.
 
 Every value travels as text except BINARY (Parquet bytes), and the COPY casts
-each column to its stage type (``$1:"c0"::NUMBER(38,6)``), ``PARSE_JSON`` for
-VARIANT, OBJECT and ARRAY: the same text-to-type casts Snowflake applies to
-the literals of the ``INSERT`` path, so both paths land the same values.
-Parquet keeps NULL apart from the empty string and carries any text (quotes,
-newlines, backslashes) as is. A plain Parquet string would land in a VARIANT
-column as a JSON string, not as the document it holds, hence ``PARSE_JSON``.
+each column to its stage type (``$1:"c0"::NUMBER(38,6)``): the same
+text-to-type casts Snowflake applies to the literals of the ``INSERT`` path,
+so both paths land the same values. VARIANT, OBJECT and ARRAY values load as
+their JSON text, parsed by the stage's ``PARSE_JSON`` update as on the
+``INSERT`` path. Parquet keeps NULL apart from the empty string and carries
+any text (quotes, newlines, backslashes) as is.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from snowflake.connector.cursor import SnowflakeCursor
 
 from destinations.errors import DestinationError, PermanentDestinationError
 from destinations.snowflake.stage import STAGE_TABLE, Stage, quote
-from destinations.snowflake.value_check import SEMI_STRUCTURED, base_type
+from destinations.snowflake.value_check import base_type
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class BulkLoad:
         return f"PUT '{location}' @%{STAGE_TABLE} AUTO_COMPRESS = FALSE OVERWRITE = TRUE"
 
     def copy_statement(self) -> str:
-        columns = self.stage.stage_columns()
+        columns = self.stage.loaded_columns()
         names = ", ".join(quote(name) for name, _ in columns)
         fields = ", ".join(_field(f'$1:"c{i}"', kind) for i, (_, kind) in enumerate(columns))
         # PURGE: the loaded file leaves the stage at once; a file a failed COPY
@@ -89,7 +89,7 @@ class BulkLoad:
         import pyarrow as pa  # loaded with the first staged batch, not at start-up
         import pyarrow.parquet as pq
 
-        columns = self.stage.stage_columns()
+        columns = self.stage.loaded_columns()
         arrays = {}
         for i, (name, kind) in enumerate(columns):
             values = [row[i] for row in self.stage.rows]
@@ -132,8 +132,6 @@ class BulkLoad:
 
 def _field(field: str, kind: str) -> str:
     """The COPY expression that reads ``field`` as a ``kind`` stage column."""
-    if base_type(kind) in SEMI_STRUCTURED:
-        return f"PARSE_JSON({field})"  # JSON text -> the document, not a JSON string
     return f"{field}::{kind}"
 
 

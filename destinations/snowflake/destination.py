@@ -14,11 +14,17 @@ partial rows) keep the target's current value for the columns they lack:
 the stage is filled in from the target before the MERGE. A row inserted
 without a column gets NULL there, not the column default.
 
-Semi-structured values (dict, list) are written as their JSON text.
+Semi-structured values (dict, list) travel as their JSON text and are parsed
+into documents in the stage (``PARSE_JSON``), on both load paths.
+
+Position guard (``position_guard=True``, ``position_guard.py``): a change is
+applied only if it is newer than the row's source position; deletes leave
+tombstones and truncates a watermark, so no replay moves a row backwards.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import threading
@@ -39,6 +45,7 @@ from destinations.errors import (
 )
 from destinations.net_effect import BatchLayout, layout, net_effect
 from destinations.ordered_parts import MOVE, TRUNCATE, key_move_refusal, ordered_parts
+from destinations.postgresql.position_guard import with_positions, without_positions
 from destinations.records import ChangeRecord
 from destinations.session import SessionDestination
 from destinations.snowflake.bulk_load import STAGE_THRESHOLD_ROWS, BulkLoad
@@ -50,6 +57,7 @@ from destinations.snowflake.connect_options import (
 )
 from destinations.snowflake.connector_logs import quiet_connector_logs, quiet_error_handler
 from destinations.snowflake.errors import classify, connection_lost
+from destinations.snowflake.position_guard import Guard
 from destinations.snowflake.stage import (
     MAX_INSERT_BYTES,
     MAX_ROWS_PER_INSERT,
@@ -86,8 +94,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
     ``network_timeout`` the connector's other requests, such as cancelling
     a statement (default ``socket_timeout``). ``host``/``port``/``protocol``
     point the connector elsewhere than ``<account>.snowflakecomputing.com``
-    (tests use a local
-    fakesnow server).
+    (tests use a local fakesnow server). ``position_guard``: see the module.
     """
 
     _session_noun = "session"
@@ -122,6 +129,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         max_rows_per_insert: int = MAX_ROWS_PER_INSERT,
         max_insert_bytes: int = MAX_INSERT_BYTES,
         stage_threshold_rows: int = STAGE_THRESHOLD_ROWS,
+        position_guard: bool = False,
     ) -> None:
         super().__init__(destination_id, name)
         where = f"destination {name} (ID={destination_id})"
@@ -169,13 +177,16 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         self.stage_threshold_rows = stage_threshold_rows
         self._table_map = dict(table_map or {})
         self._tables: dict[tuple[str, ...], TableInfo] = {}
+        self.position_guard = position_guard
+        # Targets whose guard side tables this session has made sure of.
+        self._guards_ready: set[tuple[str, ...]] = set()
         quiet_connector_logs()
 
     def __repr__(self) -> str:
         return (
             f"SnowflakeDestination(id={self.destination_id!r}, name={self.name!r}, "
             f"account={self.account!r}, user={self.user!r}, database={self.database!r}, "
-            f"schema={self.schema!r})"
+            f"schema={self.schema!r}, position_guard={self.position_guard})"
         )
 
     def check_tables(self, keys: Mapping[str, tuple[str, ...] | None]) -> list[str]:
@@ -208,7 +219,8 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
                 if kind == MOVE:
                     raise PermanentDestinationError(key_move_refusal(part[0]))
                 if kind == TRUNCATE:
-                    self._write_once_more(table, lambda: self._truncate(target))
+                    apply = functools.partial(self._truncate, target, part[0])
+                    self._write_once_more(table, apply)
                 else:
                     self._write_batch(table, part)
             return len(records)
@@ -224,43 +236,81 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         )
         return len(records)
 
-    def _truncate(self, target: tuple[str, ...]) -> None:
+    def _truncate(self, target: tuple[str, ...], truncate: ChangeRecord) -> None:
         conn = self._current_session()
         try:
             with bounded_cursor(conn, self._deadline) as cur:
-                cur.execute(f"TRUNCATE TABLE {self._table_info(cur, target).name}")
+                info = self._table_info(cur, target)
+                if not self.position_guard:
+                    cur.execute(f"TRUNCATE TABLE {info.name}")
+                    return
+                done = Guard.of(info, target, self).truncate(cur, info, truncate.position)
+                logger.info(
+                    "truncate applied destination=%s table=%s position=%s guard=on result=%s",
+                    self,
+                    info.name,
+                    truncate.position,
+                    done,
+                )
         except BaseException as exc:
             self._abort(exc)
             raise
 
     def _apply(self, target: tuple[str, ...], plan: BatchLayout) -> int:
-        """Stage and merge; returns how many statements were sent."""
+        """Stage and merge (the same statements after either load path); returns statements sent."""
         conn = self._current_session()
         try:
             with bounded_cursor(conn, self._deadline) as cur:
                 info = self._table_info(cur, target)
+                guard = None
+                if self.position_guard:
+                    guard = Guard.of(info, target, self)
+                    plan = BatchLayout(
+                        plan.keys,
+                        [with_positions(without_positions(g)) for g in plan.upserts],
+                        with_positions(plan.deletes),
+                    )
                 stage = Stage.build(info, plan, self)
+                sent = 0 if guard is None else self._ready(cur, guard, info, stage.keys)
+                cur.execute(stage.create())
                 if len(stage.rows) >= self.stage_threshold_rows:
-                    return self._load_staged(cur, stage)
-                sent = 0
-                for statement, params in stage.statements(
-                    self.max_rows_per_insert, self.max_insert_bytes
-                ):
-                    cur.execute(statement, params)
+                    sent += 1 + self._load_staged(cur, stage)
+                else:
+                    sent += 1
+                    for statement, params in stage.inserts(
+                        self.max_rows_per_insert, self.max_insert_bytes
+                    ):
+                        cur.execute(statement, params)
+                        sent += 1
+                for statement in stage.merges() if guard is None else guard.statements(stage):
+                    cur.execute(statement)
                     sent += 1
                 return sent
         except BaseException as exc:
             self._abort(exc)
             raise
 
+    def _ready(
+        self, cur: SnowflakeCursor, guard: Guard, info: TableInfo, keys: tuple[str, ...]
+    ) -> int:
+        """Create the guard's side tables once a session; returns the statements sent."""
+        if guard.target in self._guards_ready:
+            return 0
+        cur.execute(guard.create_tombstones(info, keys))
+        cur.execute(guard.create_truncates())
+        logger.info(
+            "tombstone table ready destination=%s table=%s tombstones=%s truncates=%s",
+            self,
+            info.name,
+            guard.tombstones,
+            guard.truncates,
+        )
+        self._guards_ready.add(guard.target)
+        return 2
+
     def _load_staged(self, cur: SnowflakeCursor, stage: Stage) -> int:
-        """Create the stage table, fill it with PUT + COPY INTO, merge; returns statements sent."""
-        cur.execute(stage.create())
+        """Fill the created stage table with PUT + COPY INTO; returns statements sent."""
         size = BulkLoad(stage, self).run(cur)
-        sent = 3
-        for statement, params in stage.merges():
-            cur.execute(statement, params)
-            sent += 1
         logger.debug(
             "batch staged destination=%s target=%s rows=%d file_bytes=%d",
             self,
@@ -268,7 +318,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
             len(stage.rows),
             size,
         )
-        return sent
+        return 2
 
     # ------------------------------------------------------------ catalog
 
@@ -332,6 +382,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
                 raise self._deadline.expired("a login") from error
             raise
         self._tables.clear()
+        self._guards_ready.clear()
         return conn
 
     def _is_open(self, session: SnowflakeConnection) -> bool:
@@ -345,6 +396,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
     def _abort(self, error: BaseException) -> None:
         """After a failure: re-read the catalog next time; drop a session that failed below SQL."""
         self._tables.clear()
+        self._guards_ready.clear()
         conn = self._session
         answered = isinstance(
             error, sf_errors.ProgrammingError | DestinationError

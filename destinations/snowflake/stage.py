@@ -1,10 +1,17 @@
-"""The stage table of one Snowflake batch: its rows, the INSERTs that fill it, the MERGE."""
+"""The stage table of one Snowflake batch: its rows, the INSERTs that fill it, the MERGE.
+
+A VARIANT, OBJECT or ARRAY column's values travel as JSON text in a VARCHAR
+column of their own (``_ROSETTA_JSON_<n>``) and become documents in one
+``UPDATE ... SET c = PARSE_JSON(text)`` of the stage, whatever filled it
+(``INSERT`` or ``COPY``): text bound straight into a VARIANT column would
+land as a JSON string holding the text, not as the document.
+"""
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -18,6 +25,7 @@ from destinations.snowflake.value_check import SEMI_STRUCTURED, base_type, check
 STAGE_TABLE = "_ROSETTA_STAGE"  # a plain upper-case name: also its table stage, @%_ROSETTA_STAGE
 _DELETE_FLAG = "_ROSETTA_DELETED"
 _HAS_PREFIX = "_ROSETTA_HAS_"  # stage flag: the row carries this partial column
+_JSON_PREFIX = "_ROSETTA_JSON_"  # stage text column: a semi-structured column's JSON text
 MAX_ROWS_PER_INSERT = 16_384  # Snowflake's limit on rows in one VALUES clause
 MAX_INSERT_BYTES = 512 * 1024  # well under Snowflake's limit on statement text
 
@@ -50,49 +58,64 @@ class Stage:
     keys: tuple[str, ...]  # target column names
     columns: tuple[str, ...]  # target column names written, in table order
     partial: tuple[str, ...]  # columns some rows lack
-    rows: list[tuple[Any, ...]]  # stage rows: columns, delete flag, partial flags
+    # stage rows, as loaded_columns(): columns but JSON ones, delete flag,
+    # partial flags, JSON texts
+    rows: list[tuple[Any, ...]]
+    json: tuple[str, ...] = ()  # semi-structured columns (their values as JSON text)
 
     @classmethod
     def build(cls, info: TableInfo, plan: BatchLayout, owner: object) -> Stage:
         keys = _resolve(info, plan.keys, "key", owner)
+        # Deletes carry their key, and their position when the guard is on.
+        removed = _resolve(info, plan.deletes.columns, "key", owner)
         groups = [(_resolve(info, g.columns, "record", owner), g) for g in plan.upserts]
-        for cols, group in [*groups, (keys, plan.deletes)]:
+        for cols, group in [*groups, (removed, plan.deletes)]:
             for column, values in zip(cols, group.data, strict=True):
                 check_column(column, info.columns[column], values)
-        used = set(keys).union(*(set(cols) for cols, _ in groups))
+        used = set(removed).union(*(set(cols) for cols, _ in groups))
         columns = tuple(c for c in info.columns if c in used)
         partial = tuple(c for c in columns if any(c not in cols for cols, _ in groups))
+        json = tuple(c for c in columns if base_type(info.columns[c]) in SEMI_STRUCTURED)
         rows: list[tuple[Any, ...]] = []
         for cols, group in groups:
-            rows += _stage_rows(info, columns, partial, cols, group, deleted=False)
+            rows += _stage_rows(columns, partial, json, cols, group, deleted=False)
         if plan.deletes:
-            rows += _stage_rows(info, columns, partial, keys, plan.deletes, deleted=True)
-        return cls(info, keys, columns, partial, rows)
+            rows += _stage_rows(columns, partial, json, removed, plan.deletes, deleted=True)
+        return cls(info, keys, columns, partial, rows, json)
 
     @property
     def flags(self) -> list[str]:
         """The stage's partial-column flag names, one per partial column."""
         return [_HAS_PREFIX + str(i) for i in range(len(self.partial))]
 
-    def stage_columns(self) -> list[tuple[str, str]]:
-        """Every stage column and its type, in stage-row order."""
-        columns = [(c, _stage_type(self.info.columns[c])) for c in self.columns]
-        return columns + [(f, "BOOLEAN") for f in [_DELETE_FLAG, *self.flags]]
+    @property
+    def json_texts(self) -> list[str]:
+        """The stage's JSON text column names, one per semi-structured column."""
+        return [_JSON_PREFIX + str(i) for i in range(len(self.json))]
 
-    def statements(self, max_rows: int, max_bytes: int) -> Iterator[tuple[str, Any]]:
-        """Create, fill with multi-row INSERTs, merge: the whole batch as statements."""
-        yield self.create(), None
-        yield from self.inserts(max_rows, max_bytes)
-        yield from self.merges()
+    def stage_columns(self) -> list[tuple[str, str]]:
+        """Every stage column and its type."""
+        columns = [(c, _stage_type(self.info.columns[c])) for c in self.columns]
+        return columns + self._flags_and_texts()
+
+    def loaded_columns(self) -> list[tuple[str, str]]:
+        """The stage columns an INSERT or COPY fills, and their types, in stage-row order."""
+        columns = [(c, _stage_type(self.info.columns[c])) for c in self.columns]
+        return [(c, t) for c, t in columns if c not in self.json] + self._flags_and_texts()
+
+    def _flags_and_texts(self) -> list[tuple[str, str]]:
+        flags = [(f, "BOOLEAN") for f in [_DELETE_FLAG, *self.flags]]
+        return flags + [(t, "VARCHAR") for t in self.json_texts]
 
     def create(self) -> str:
         definitions = [f"{quote(c)} {t}" for c, t in self.stage_columns()]
         return f"CREATE OR REPLACE TEMPORARY TABLE {quote(STAGE_TABLE)} ({', '.join(definitions)})"
 
     def inserts(self, max_rows: int, max_bytes: int) -> Iterator[tuple[str, Any]]:
-        names = ", ".join(quote(c) for c, _ in self.stage_columns())
+        loaded = self.loaded_columns()
+        names = ", ".join(quote(c) for c, _ in loaded)
         names = names.replace("%", "%%")  # the INSERT is %-formatted with its parameters
-        row_sql = "(" + ", ".join(["%s"] * len(self.stage_columns())) + ")"
+        row_sql = "(" + ", ".join(["%s"] * len(loaded)) + ")"
         for chunk in _chunks(self.rows, max_rows, max_bytes):
             values = ", ".join([row_sql] * len(chunk))
             yield (
@@ -100,33 +123,54 @@ class Stage:
                 [v for row in chunk for v in row],
             )
 
-    def merges(self) -> Iterator[tuple[str, Any]]:
+    def match(self, target: str = "t", stage: str = "s") -> str:
+        """The key match of a target (or tombstone) row and a stage row."""
+        return " AND ".join(f"{target}.{quote(k)} = {stage}.{quote(k)}" for k in self.keys)
+
+    @property
+    def deleted(self) -> str:
+        """True for a stage row (alias ``s``) that is a delete."""
+        return f"s.{quote(_DELETE_FLAG)}"
+
+    def merges(self) -> Iterator[str]:
+        """The statements after the stage is loaded: ``prepares()``, then the MERGE."""
+        yield from self.prepares()
+        yield self.merge()
+
+    def prepares(self) -> Iterator[str]:
+        """Stage rows made whole: JSON documents from their text, partial columns filled in."""
         stage = quote(STAGE_TABLE)
-        match = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in self.keys)
+        if self.json:
+            parsed = ", ".join(
+                f"{quote(c)} = PARSE_JSON({quote(t)})"
+                for c, t in zip(self.json, self.json_texts, strict=True)
+            )
+            yield f"UPDATE {stage} SET {parsed}"
         for column, flag in zip(self.partial, self.flags, strict=True):
             # Rows without this column keep the target's value (a plain MERGE would null it).
             yield (
                 f"UPDATE {stage} AS s SET {quote(column)} = t.{quote(column)} "
-                f"FROM {self.info.name} AS t WHERE {match} AND NOT s.{quote(flag)}",
-                None,
+                f"FROM {self.info.name} AS t WHERE {self.match()} AND NOT s.{quote(flag)}"
             )
-        yield self._merge(stage, match), None
 
-    def _merge(self, stage: str, match: str) -> str:
-        deleted = f"s.{quote(_DELETE_FLAG)}"
+    def merge(self, newer: str | None = None) -> str:
+        """The MERGE of the stage into the target; ``newer``: SQL a matched row must meet."""
+        deleted = self.deleted
+        when = "WHEN MATCHED" if newer is None else f"WHEN MATCHED AND {newer}"
         updates = [c for c in self.columns if c not in self.keys]
-        clauses = [f"WHEN MATCHED AND {deleted} THEN DELETE"]
+        clauses = [f"{when} AND {deleted} THEN DELETE"]
         if updates:
             assignments = ", ".join(f"{quote(c)} = s.{quote(c)}" for c in updates)
-            clauses.append(f"WHEN MATCHED THEN UPDATE SET {assignments}")
+            clauses.append(f"{when} THEN UPDATE SET {assignments}")
         insert_columns = ", ".join(quote(c) for c in self.columns)
         insert_values = ", ".join(f"s.{quote(c)}" for c in self.columns)
         clauses.append(
             f"WHEN NOT MATCHED AND NOT {deleted} THEN INSERT ({insert_columns}) "
             f"VALUES ({insert_values})"
         )
-        return f"MERGE INTO {self.info.name} AS t USING {stage} AS s ON {match} " + " ".join(
-            clauses
+        return (
+            f"MERGE INTO {self.info.name} AS t USING {quote(STAGE_TABLE)} AS s ON {self.match()} "
+            + " ".join(clauses)
         )
 
 
@@ -156,24 +200,27 @@ def _resolve(info: TableInfo, columns: Sequence[str], what: str, owner: object) 
 
 
 def _stage_rows(
-    info: TableInfo,
     columns: tuple[str, ...],
     partial: tuple[str, ...],
+    json: tuple[str, ...],
     present: tuple[str, ...],
     group: ColumnBatch,
     *,
     deleted: bool,
 ) -> list[tuple[Any, ...]]:
-    """Stage rows of ``group`` (``present``: its columns): values, delete flag, partial flags."""
+    """Stage rows of ``group`` (``present``: its columns): values but JSON ones, delete flag,
+    partial flags, JSON texts."""
     by_column = dict(zip(present, group.data, strict=True))
     missing = [None] * len(group)
     data = [
-        list(map(_param_for(info.columns[c]), by_column[c])) if c in by_column else missing
+        list(map(_param, by_column[c])) if c in by_column else missing
         for c in columns
+        if c not in json
     ]
     data.append([deleted] * len(group))
     # A delete has nothing to fill in: its partial flags say "present".
     data += [[deleted or c in by_column] * len(group) for c in partial]
+    data += [list(map(_json_param, by_column[c])) if c in by_column else missing for c in json]
     return list(zip(*data, strict=True))
 
 
@@ -194,12 +241,8 @@ def _chunks(
         yield chunk
 
 
-def _param_for(target_type: str) -> Callable[[Any], Any]:
-    return _json_param if base_type(target_type) in SEMI_STRUCTURED else _param
-
-
 def _json_param(value: Any) -> Any:
-    """A value for a VARIANT column as JSON text; text is taken as JSON text already."""
+    """A value for a VARIANT, OBJECT or ARRAY column as JSON text; text is JSON text already."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, Decimal):
