@@ -11,6 +11,10 @@ at random. Finally a clean reader drains the rest.
 Checks: every accepted message was delivered at least once; nothing was
 delivered that no writer ever tried to enqueue; per queue, the first
 deliveries come in the order the messages were enqueued.
+
+A pipeline whose destination is down (every event goes to the DLQ) is killed
+at random too: a source offset stored past an event the DLQ lost would skip
+it for good. Both run in every ``DLQ_FSYNC`` mode.
 """
 
 from __future__ import annotations
@@ -31,9 +35,14 @@ import pytest
 from compute.codec.failure_context import FailureContext
 from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
+from compute.engine.pipeline import Pipeline
 from compute.queue_id import QueueId
-from config.dlq_config import DLQConfig
+from compute.runtime.retry_policy import RetryPolicy
+from compute.sources.offset_store import OffsetStore
+from compute.sources.synthetic_source import SyntheticSource
+from config.dlq_config import DLQConfig, FsyncMode
 from destinations.records import ChangeRecord, Operation, SourcePosition
+from tests.fakes import FakeDestination
 
 QUEUES = [
     QueueId("1", "public.users", "1"),
@@ -42,12 +51,13 @@ QUEUES = [
 ]
 WRITER_KILLS = 100
 READER_KILLS = 100
+DEFAULT_MODE = DLQConfig.fsync
+ROUNDS_OTHER = 35  # kills of each kind in the other DLQ_FSYNC modes
 FAILURE = FailureContext("OperationalError", "destination down", code="08006")
 
 
-def _config(base: Path) -> DLQConfig:
-    # Small segments so kills land around segment creation and deletion too.
-    return DLQConfig(base_path=base, min_free_disk_mb=0)
+def _config(base: Path, mode: FsyncMode) -> DLQConfig:
+    return DLQConfig(base_path=base, min_free_disk_mb=0, fsync=mode)
 
 
 def _send(conn: Connection, line: str) -> None:
@@ -56,9 +66,10 @@ def _send(conn: Connection, line: str) -> None:
     conn.send_bytes(line.encode())
 
 
-def _writer(base: Path, conn: Connection, epoch: int, seed: int) -> None:
+def _writer(base: Path, conn: Connection, epoch: int, seed: int, mode: FsyncMode) -> None:
     rng = random.Random(seed)
-    manager = DLQManager(_config(base), background=False)
+    manager = DLQManager(_config(base, mode), background=False)
+    # Small segments so kills land around segment creation and deletion too.
     manager.store.segment_max_messages = 300  # type: ignore[attr-defined]
     _send(conn, "READY")
     seq = [0] * len(QUEUES)
@@ -87,9 +98,9 @@ def _writer(base: Path, conn: Connection, epoch: int, seed: int) -> None:
         seq[q] += n
 
 
-def _reader(base: Path, conn: Connection, epoch: int, seed: int) -> None:
+def _reader(base: Path, conn: Connection, epoch: int, seed: int, mode: FsyncMode) -> None:
     rng = random.Random(seed)
-    manager = DLQManager(_config(base), background=False)
+    manager = DLQManager(_config(base, mode), background=False)
     manager.store.segment_max_messages = 300  # type: ignore[attr-defined]
     _send(conn, "READY")
     while True:
@@ -130,15 +141,14 @@ _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["compute.dlq.manager", "tests.compute.engine.test_crash_kill9"])
 
 
+Target = Callable[[Path, Connection, int, int, FsyncMode], None]
+
+
 def _child(
-    target: Callable[[Path, Connection, int, int], None],
-    base: Path,
-    conn: Connection,
-    epoch: int,
-    seed: int,
+    target: Target, base: Path, conn: Connection, epoch: int, seed: int, mode: FsyncMode
 ) -> None:
     try:
-        target(base, conn, epoch, seed)
+        target(base, conn, epoch, seed, mode)
     except BaseException:
         traceback.print_exc()
         os._exit(1)
@@ -146,10 +156,11 @@ def _child(
 
 
 def _spawn(
-    target: Callable[[Path, Connection, int, int], None], base: Path, epoch: int, seed: int
+    target: Target, base: Path, epoch: int, seed: int, mode: FsyncMode
 ) -> tuple[Any, Connection]:
     reader, writer = _CONTEXT.Pipe(duplex=False)
-    process = _CONTEXT.Process(target=_child, args=(target, base, writer, epoch, seed), daemon=True)
+    args = (target, base, writer, epoch, seed, mode)
+    process = _CONTEXT.Process(target=_child, args=args, daemon=True)
     process.start()
     writer.close()
     return process, reader
@@ -184,16 +195,21 @@ def _kill_and_reap(process: Any, conn: Connection, lines: list[str]) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_kill9_writers_and_readers_lose_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", list(FsyncMode), ids=str)
+def test_kill9_writers_and_readers_lose_nothing(tmp_path: Path, mode: FsyncMode) -> None:
     base = tmp_path / "dlq"
     rng = random.Random(20261123)
+    # The default mode gets every round; the others a third (the suite's time).
+    writer_kills, reader_kills = (
+        (WRITER_KILLS, READER_KILLS) if mode is DEFAULT_MODE else (ROUNDS_OTHER, ROUNDS_OTHER)
+    )
     attempted: list[set[tuple[int, int]]] = [set() for _ in QUEUES]
     accepted: list[set[tuple[int, int]]] = [set() for _ in QUEUES]
 
     # Phase 1: writers killed at random instants.
-    for epoch in range(1, WRITER_KILLS + 1):
+    for epoch in range(1, writer_kills + 1):
         lines: list[str] = []
-        process, conn = _spawn(_writer, base, epoch, rng.randrange(2**32))
+        process, conn = _spawn(_writer, base, epoch, rng.randrange(2**32), mode)
         assert _collect(conn, lines, lambda ls: "READY" in ls, timeout=30), "writer did not start"
         # Let it accept a random number of batches (progress does not depend
         # on how loaded the machine is), then kill it at a random instant.
@@ -210,7 +226,7 @@ def test_kill9_writers_and_readers_lose_nothing(tmp_path: Path) -> None:
                 target = attempted if kind == "I" else accepted
                 target[q].update((e, s) for s in range(start, start + n))
     total_accepted = sum(map(len, accepted))
-    assert total_accepted > 1000, "writers accepted too little for a meaningful test"
+    assert total_accepted > 10 * writer_kills, "writers accepted too little for a meaningful test"
 
     # Phase 2: readers killed at random instants; phase 3: one reader drains the rest.
     delivered: list[list[tuple[int, int]]] = [[] for _ in QUEUES]
@@ -223,9 +239,9 @@ def test_kill9_writers_and_readers_lose_nothing(tmp_path: Path) -> None:
                 delivered[q].extend(tuple(map(int, f.split(":"))) for f in fields[1:])  # type: ignore[misc]
 
     killed_mid_work = 0
-    for _ in range(READER_KILLS):
+    for _ in range(reader_kills):
         lines = []
-        process, conn = _spawn(_reader, base, 0, rng.randrange(2**32))
+        process, conn = _spawn(_reader, base, 0, rng.randrange(2**32), mode)
         assert _collect(conn, lines, lambda ls: "READY" in ls, timeout=30), "reader did not start"
         # Wait for the first delivery, then kill somewhere in the work that follows.
         _collect(conn, lines, lambda ls: any(x.startswith(("D", "EMPTY")) for x in ls), timeout=10)
@@ -235,7 +251,7 @@ def test_kill9_writers_and_readers_lose_nothing(tmp_path: Path) -> None:
             killed_mid_work += 1
         record(lines)
     lines = []
-    process, conn = _spawn(_reader, base, 0, 0)
+    process, conn = _spawn(_reader, base, 0, 0, mode)
     assert _collect(conn, lines, lambda ls: "EMPTY" in ls, timeout=120), (
         "final reader did not finish"
     )
@@ -260,7 +276,7 @@ def test_kill9_writers_and_readers_lose_nothing(tmp_path: Path) -> None:
             f"queue {q}: delivery order differs from enqueue order"
         )
 
-    with DLQManager(_config(base), background=False) as manager:
+    with DLQManager(_config(base, mode), background=False) as manager:
         assert all(manager.store.stats(queue).messages == 0 for queue in QUEUES)
     duplicates = sum(map(len, delivered)) - sum(len(set(d)) for d in delivered)
     print(
@@ -268,4 +284,95 @@ def test_kill9_writers_and_readers_lose_nothing(tmp_path: Path) -> None:
         f"duplicates={duplicates} readers_killed_mid_work={killed_mid_work}"
     )
     # The test means something only if readers died with work in hand.
-    assert killed_mid_work >= 20
+    assert killed_mid_work >= reader_kills // 5
+
+
+# ------------------------------------------------------- source offsets past DLQ writes
+
+PIPELINE_EVENTS = 30_000
+PIPELINE_KILLS = 10
+
+
+def _pipeline(base: Path, conn: Connection, epoch: int, seed: int, mode: FsyncMode) -> None:
+    """A pipeline whose destination is down: every event goes to the DLQ, then its offset moves."""
+    rng = random.Random(seed)
+    config = _config(base, mode)
+    offsets = OffsetStore(base.parent / "offsets.json", fsync=mode is not FsyncMode.OFF)
+    source = SyntheticSource("1", offsets, total_events=PIPELINE_EVENTS, seed=11)
+    destination = FakeDestination("2", "PG")
+    destination.set_down(True)
+    with DLQManager(config, background=False) as manager:
+        pipeline = Pipeline(
+            "p", source, [destination], manager, config, batch_size=rng.randint(5, 80),
+            retry_policy=RetryPolicy(max_retries=0, base_delay=0.001, max_delay=0.001),
+        )  # fmt: skip
+        _send(conn, "READY")
+        pipeline.start()
+        pipeline.finished.wait(120)
+        pipeline.stop()
+        _send(conn, f"DONE {pipeline.state}")
+
+
+def _stored_offset(tmp_path: Path) -> int:
+    path = tmp_path / "offsets.json"
+    return int(OffsetStore(path).get("1") or 0) if path.exists() else 0
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", list(FsyncMode), ids=str)
+def test_kill9_of_a_pipeline_never_leaves_a_source_offset_past_a_lost_dlq_write(
+    tmp_path: Path, mode: FsyncMode
+) -> None:
+    """Killed at random while its events go to the DLQ, a pipeline skips none of them.
+
+    The source resumes at its stored offset, so an event below it that is not
+    in the DLQ would never be read again: at the end the DLQ must hold every
+    event, each queue's first copies in source order.
+    """
+    base = tmp_path / "dlq"
+    rng = random.Random(20261124)
+    offsets = [0]
+    for _ in range(PIPELINE_KILLS):
+        lines: list[str] = []
+        process, conn = _spawn(_pipeline, base, 0, rng.randrange(2**32), mode)
+        assert _collect(conn, lines, lambda ls: "READY" in ls, timeout=30), "pipeline did not start"
+        # Once the offset moves (so, whatever the machine's load, while batches
+        # are going to the DLQ and offsets being stored), at a random instant.
+        deadline = time.monotonic() + 30
+        while _stored_offset(tmp_path) <= offsets[-1] and time.monotonic() < deadline:
+            if conn.poll(0.005):
+                break  # the source ran out (DONE): not a meaningful round
+        time.sleep(rng.uniform(0, 0.15))
+        _kill_and_reap(process, conn, lines)
+        offsets.append(_stored_offset(tmp_path))
+        if offsets[-1] == PIPELINE_EVENTS:
+            break  # done before this kill (a fast machine)
+    assert offsets == sorted(offsets), f"a stored offset went back: {offsets}"
+    # The test means something only if kills landed while offsets were moving.
+    mid_work = sum(a < b < PIPELINE_EVENTS for a, b in zip(offsets, offsets[1:], strict=False))
+    assert mid_work >= PIPELINE_KILLS // 2, offsets
+    lines = []
+    process, conn = _spawn(_pipeline, base, 0, 0, mode)
+    assert _collect(conn, lines, lambda ls: any(x.startswith("DONE") for x in ls), timeout=150)
+    _kill_and_reap(process, conn, lines)
+    assert "DONE finished" in lines, lines
+    assert _stored_offset(tmp_path) == PIPELINE_EVENTS
+
+    expected: dict[str, list[SourcePosition]] = {}
+    source = SyntheticSource("1", None, total_events=PIPELINE_EVENTS, seed=11)
+    while records := source.read(1000).records:
+        for record in records:
+            expected.setdefault(record.table, []).append(record.position)
+    queued: dict[str, list[SourcePosition]] = {}
+    with DLQManager(_config(base, mode), background=False) as manager:
+        for queue in manager.list_queues():
+            while not (lease := manager.read_batch(queue, 1000)).is_empty:
+                queued.setdefault(queue.table, []).extend(m.record.position for m in lease.messages)
+                manager.ack(lease)
+    assert queued.keys() == expected.keys()
+    for table, positions in expected.items():
+        first_copies = list(dict.fromkeys(queued[table]))
+        missing = set(positions) - set(first_copies)
+        assert not missing, f"{table}: {len(missing)} events skipped, e.g. {sorted(missing)[:3]}"
+        assert first_copies == positions, f"{table}: queued out of source order"
+    print(f"mode={mode} offsets={offsets} queued={sum(map(len, queued.values()))}")

@@ -1,6 +1,6 @@
 """A reader process for the kill-during-ack test: replays a queue and dies inside an ack.
 
-    python -m tests.compute.storage.ack_child BASE POINT AFTER_ACKS LOG
+    python -m tests.compute.storage.ack_child BASE POINT AFTER_ACKS LOG [FSYNC]
 
 Each lease is logged (its first and last message number) before it is
 acknowledged, as a destination commits before the DLQ deletes. POINT says
@@ -8,6 +8,7 @@ where this process kills itself (SIGKILL) once AFTER_ACKS acks went through:
 ``before_pwrite``/``after_pwrite`` of the cursor record, ``before_remove`` (cursor
 written, the fully acknowledged segment not yet removed), ``mid_remove`` (half
 of the segment's files removed), or ``none`` (the test kills it from outside).
+FSYNC is the store's ``DLQ_FSYNC`` mode (``always``, ``interval``, ``off``; default ``off``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import rocksq
 from compute.queue_id import QueueId
 from compute.storage.rocksq import segments
 from compute.storage.rocksq.store import RocksqStore
+from config.dlq_config import FsyncMode
 
 QUEUE = QueueId("1", "public.ledger", "2")
 BATCH = 1000
@@ -33,6 +35,7 @@ def die() -> None:
 
 def main() -> None:
     base, point, after_acks, log_path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    mode = FsyncMode(sys.argv[5]) if len(sys.argv) > 5 else FsyncMode.OFF
     acks = 0
     armed = False  # not while the store opens: only inside the acks of this run
     real_pwrite, real_remove_queue = os.pwrite, rocksq.remove_mpmc_queue
@@ -63,9 +66,10 @@ def main() -> None:
     os.pwrite = pwrite  # type: ignore[assignment]
     rocksq.remove_mpmc_queue = remove_queue  # type: ignore[assignment]
     segments.remove_segment_dir = remove_segment_dir  # type: ignore[assignment]
-    store = RocksqStore(Path(base))
+    # A short interval, so kills land between syncs and right after them alike.
+    store = RocksqStore(Path(base), fsync=mode, fsync_interval=0.02)
     log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    print("ready", flush=True)
+    print(f"ready {mode}", flush=True)
     armed = True
     while True:
         lease = store.read(QUEUE, BATCH)

@@ -5,7 +5,8 @@ the cursor record is written, between the cursor and removing the fully
 acknowledged segment, half-way through that removal) and at random
 instants. After each death the queue must start exactly at the batch after
 the last one the reader committed, or at that batch itself (not yet
-acknowledged), and hold every later message in order.
+acknowledged), and hold every later message in order. In every ``DLQ_FSYNC``
+mode: the syncs added before a segment's removal must not change the outcome.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from compute.storage.rocksq.store import RocksqStore
+from config.dlq_config import FsyncMode
 from tests.compute.storage.ack_child import BATCH, QUEUE
 from tests.rosetta_cli import ROOT
 
@@ -34,7 +38,9 @@ def last_committed(log: Path) -> tuple[int, int] | None:
     return (int(lines[-2]), int(lines[-1])) if lines else None
 
 
-def run_reader(base: Path, point: str, after_acks: int, log: Path, kill_after: float = 0.0) -> str:
+def run_reader(
+    base: Path, mode: FsyncMode, point: str, after_acks: int, log: Path, kill_after: float = 0.0
+) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     child = subprocess.Popen(
         [
@@ -45,6 +51,7 @@ def run_reader(base: Path, point: str, after_acks: int, log: Path, kill_after: f
             point,
             str(after_acks),
             str(log),
+            str(mode),
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -52,7 +59,7 @@ def run_reader(base: Path, point: str, after_acks: int, log: Path, kill_after: f
         cwd=ROOT,
     )
     assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
+    assert child.stdout.readline().strip() == f"ready {mode}"
     if kill_after:
         time.sleep(kill_after)
         child.kill()
@@ -72,11 +79,12 @@ def head_and_count(base: Path) -> tuple[int, int]:
         store.close()
 
 
+@pytest.mark.parametrize("mode", list(FsyncMode), ids=str)
 def test_kill_inside_the_ack_loses_nothing_and_repeats_at_most_the_unacked_batch(
-    tmp_path: Path,
+    tmp_path: Path, mode: FsyncMode
 ) -> None:
     base, log = tmp_path / "dlq", tmp_path / "committed.log"
-    store = RocksqStore(base)
+    store = RocksqStore(base, fsync=mode)
     for start in range(0, TOTAL, BATCH):
         store.enqueue(QUEUE, payloads(start, start + BATCH))
     store.close()
@@ -96,9 +104,8 @@ def test_kill_inside_the_ack_loses_nothing_and_repeats_at_most_the_unacked_batch
     ]
     repeated = 0
     for point, after in plan:
-        outcome = run_reader(
-            base, point, after, log, kill_after=rng.uniform(0.005, 0.08) if point == "none" else 0
-        )
+        kill_after = rng.uniform(0.005, 0.08) if point == "none" else 0
+        outcome = run_reader(base, mode, point, after, log, kill_after)
         assert outcome == "killed", (point, outcome)
         committed = last_committed(log)
         assert committed is not None
