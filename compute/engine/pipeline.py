@@ -145,9 +145,6 @@ class Pipeline:
         self.stats = PipelineStats()
         self.event_rate = EventRate()  # delivered events per second, read by status
         self._pending: tuple[SourceBatch, set[tuple[str, str]]] | None = None
-        # (seq, DLQ write generation) of the head batch once delivered: with
-        # DLQ_FSYNC=interval its position is acknowledged only once that is synced.
-        self._head_generation: tuple[int, int] = (-1, 0)
         # A failing step is handled by the loop itself (FAILED state); the
         # supervisor restarts it only if something unexpected escapes it.
         self.supervisor = Supervisor(f"pipeline-{name}", self._loop, self._stop)
@@ -272,6 +269,9 @@ class Pipeline:
         with self._progress:
             batch.pending.discard(destination_id)
             if not batch.pending:
+                # Every enqueue of this batch happened before this point: the
+                # generation read now covers them (perhaps some later ones too).
+                batch.generation = self.dlq.store.written_generation()
                 self._progress.notify_all()
 
     def _lane_failed(self, destination_id: str, error: BaseException) -> None:
@@ -298,17 +298,17 @@ class Pipeline:
     def _head_ready(self) -> bool:
         """The oldest batch is delivered by every lane and its DLQ writes are synced.
 
-        Holds ``_progress``. The DLQ's write generation is read when the head is
-        first seen delivered: it covers every enqueue of the batch (and perhaps
-        some of later ones: the wait is then a little longer, never shorter).
+        Holds ``_progress``. Each batch keeps the DLQ's write generation read
+        when its last lane delivered it, so one sync round lets every batch
+        delivered before it go (with DLQ_FSYNC=interval, a batch per round
+        would cap a pipeline whose destination is down at a batch per interval).
         """
         if not self._in_lanes or self._in_lanes[0][0].pending:
             return False
-        seq = self._in_lanes[0][0].seq
-        if self._head_generation[0] != seq:
-            self._head_generation = (seq, self.dlq.store.written_generation())
-        generation = self._head_generation[1]
-        return not generation or self.dlq.store.is_synced(generation)
+        head = self._in_lanes[0][0]
+        if head.generation is None:  # delivered with no lane (an empty batch)
+            head.generation = self.dlq.store.written_generation()
+        return not head.generation or self.dlq.store.is_synced(head.generation)
 
     def _wait_synced(self) -> None:
         """Return once every DLQ write so far is synced (``step``, DLQ_FSYNC=interval)."""

@@ -45,9 +45,7 @@ def test_acknowledged_positions_never_pass_unsynced_dlq_pages(
     acknowledge = source.acknowledge
 
     def checked_acknowledge(token: str) -> None:
-        seen_at_ack.append(
-            {k: v for k, v in unsynced_files(cfg.base_path).items() if "seg_" in k}
-        )
+        seen_at_ack.append({k: v for k, v in unsynced_files(cfg.base_path).items() if "seg_" in k})
         acknowledge(token)
         offset_pages.append(unsynced_pages(offsets_path))
 
@@ -70,3 +68,42 @@ def test_acknowledged_positions_never_pass_unsynced_dlq_pages(
         return
     assert [s for s in seen_at_ack if s] == []
     assert offset_pages and set(offset_pages) == {0}
+
+
+def test_one_sync_round_lets_every_batch_delivered_before_it_go(tmp_path: Path) -> None:
+    """DLQ_FSYNC=interval (200 ms), two pipelines sharing the DLQ, both destinations down:
+    2,000 events each in batches of 10 go to the DLQ, at most 10 batches in each
+    pipeline's lanes. Each sync round must release every batch delivered before it. Were
+    a batch's generation read only when it reached the head, the other pipeline's writes
+    would make every batch wait for a round of its own: a batch per 200 ms, 40 s here."""
+    cfg = dlq_config(
+        tmp_path, fsync=FsyncMode.INTERVAL, fsync_interval_ms=200, read_ahead_events=100
+    )
+    with DLQManager(cfg, background=False) as dlq:
+        pipelines = []
+        for n in (1, 2):
+            destination = FakeDestination(str(n + 10), f"PG{n}")
+            destination.set_down(True)
+            pipelines.append(
+                Pipeline(
+                    f"p{n}",
+                    SyntheticSource(str(n), None, total_events=2000, seed=n),
+                    [destination],
+                    dlq,
+                    cfg,
+                    batch_size=10,
+                    retry_policy=RetryPolicy(max_retries=0, base_delay=0.001, max_delay=0.001),
+                )
+            )
+        for pipeline in pipelines:
+            pipeline.start()
+        try:
+            wait_until(
+                lambda: all(p.stats.events >= 2000 for p in pipelines),
+                20,
+                "every event of both pipelines acknowledged",
+            )
+        finally:
+            for pipeline in pipelines:
+                pipeline.stop()
+        assert sum(dlq.count(q) for q in dlq.list_queues()) == 4000
