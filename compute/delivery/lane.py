@@ -39,8 +39,8 @@ class LaneBatch:
     events: int = 0
     # Lanes (destination ids) that still have to deliver it; the pipeline's to keep.
     pending: set[str] = field(default_factory=set)
-    # The DLQ's write generation when the last lane delivered it (covers every
-    # enqueue of it); None until then. The pipeline's to keep.
+    # The generation of its lanes' latest DLQ writes when they delivered it
+    # (covers every enqueue of it); None until one did. The pipeline's to keep.
     generation: int | None = None
 
 

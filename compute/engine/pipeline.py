@@ -268,10 +268,13 @@ class Pipeline:
     def _lane_delivered(self, destination_id: str, batch: LaneBatch) -> None:
         with self._progress:
             batch.pending.discard(destination_id)
+            # A lane enqueues on its own thread: the generation of that thread's
+            # latest enqueue covers every DLQ write of its delivery of this batch,
+            # and no other pipeline's, so a pipeline that queues nothing never
+            # waits for the syncs of one that does.
+            written = self.dlq.store.written_generation_of_this_thread()
+            batch.generation = max(batch.generation or 0, written)
             if not batch.pending:
-                # Every enqueue of this batch happened before this point: the
-                # generation read now covers them (perhaps some later ones too).
-                batch.generation = self.dlq.store.written_generation()
                 self._progress.notify_all()
 
     def _lane_failed(self, destination_id: str, error: BaseException) -> None:
@@ -298,17 +301,15 @@ class Pipeline:
     def _head_ready(self) -> bool:
         """The oldest batch is delivered by every lane and its DLQ writes are synced.
 
-        Holds ``_progress``. Each batch keeps the DLQ's write generation read
-        when its last lane delivered it, so one sync round lets every batch
-        delivered before it go (with DLQ_FSYNC=interval, a batch per round
-        would cap a pipeline whose destination is down at a batch per interval).
+        Holds ``_progress``. Each batch keeps the generation of its lanes' own
+        latest DLQ writes (``_lane_delivered``), so one sync round lets every
+        batch delivered before it go, and a batch that queued nothing waits
+        for no sync at all.
         """
         if not self._in_lanes or self._in_lanes[0][0].pending:
             return False
-        head = self._in_lanes[0][0]
-        if head.generation is None:  # delivered with no lane (an empty batch)
-            head.generation = self.dlq.store.written_generation()
-        return not head.generation or self.dlq.store.is_synced(head.generation)
+        generation = self._in_lanes[0][0].generation  # None: no lane had it (no events)
+        return not generation or self.dlq.store.is_synced(generation)
 
     def _wait_synced(self) -> None:
         """Return once every DLQ write so far is synced (``step``, DLQ_FSYNC=interval)."""

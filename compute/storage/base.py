@@ -157,6 +157,10 @@ class QueueStore(ABC):
         """
         return 0
 
+    def written_generation_of_this_thread(self) -> int:
+        """``written_generation`` as of this thread's latest enqueue (0: none to wait for)."""
+        return 0
+
     def is_synced(self, generation: int) -> bool:
         """True once every write up to ``generation`` is on stable storage."""
         return True

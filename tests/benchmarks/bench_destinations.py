@@ -296,7 +296,7 @@ def _snowflake_write(
     with closing(CountingProxy((kwargs["host"], kwargs["port"]))) as proxy:
         # fakesnow takes tens of seconds to parse a 10,000-row INSERT; the
         # connector cancels statements that outlast network_timeout.
-        options = {**kwargs, "port": proxy.port, "network_timeout": 3600}
+        options = {**kwargs, "port": proxy.port, "network_timeout": 3600, "write_timeout": 7200}
         destination = SnowflakeDestination(
             "bench", "Snowflake-Bench", database="BENCH", schema="S",
             stage_threshold_rows=threshold, **options,

@@ -120,6 +120,9 @@ class RocksqStore(QueueStore):
         self._handles = HandleCache(opener, self._states, open_cap(max_open_handles), clock)
         self._segments = Segments(opener, self._handles)
         self._durability = QueueDurability(self.base_path, fsync, fsync_interval)
+        # The generation of each thread's latest enqueue: a pipeline's lane waits
+        # for its own writes to be synced, not for another pipeline's.
+        self._by_thread = threading.local()
         self._segments.before_remove = self._durability.before_remove
         self._quarantine = Quarantine(opener, self._handles, self._segments)
         self._salvage = Salvage(opener, self._handles, self._recreated)
@@ -233,6 +236,7 @@ class RocksqStore(QueueStore):
             # Unlocked add: see LimitGuard.written_since_free.
             self._limits.written_since_free += size
         if generation:  # with the queue's lock released, so writers share one sync
+            self._by_thread.generation = generation
             self._durability.settle(generation)
 
     def _verify_tail(self, state: QueueState) -> None:
@@ -454,6 +458,12 @@ class RocksqStore(QueueStore):
     def written_generation(self) -> int:
         group = self._durability.group
         return group.written if group.mode is FsyncMode.INTERVAL else 0
+
+    def written_generation_of_this_thread(self) -> int:
+        group = self._durability.group
+        if group.mode is not FsyncMode.INTERVAL:
+            return 0
+        return int(getattr(self._by_thread, "generation", 0))
 
     def is_synced(self, generation: int) -> bool:
         return self._durability.group.is_synced(generation)
