@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, final
 
@@ -60,6 +60,9 @@ class Destination(ABC):
         # Source tables whose changes are inserts only (the pipeline's
         # ``append_only``), applied once each by their source position.
         self.append_only: frozenset[str] = frozenset()
+        # The source's column types (``Source.column_types``), set by the engine:
+        # a table or column made by schema evolution takes them when known.
+        self.source_types: Callable[[str], Mapping[str, str] | None] | None = None
 
     # ------------------------------------------------------------ hooks
 

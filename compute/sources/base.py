@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +95,12 @@ class Source(ABC):
     def key_columns(self, table: str) -> tuple[str, ...] | None:
         """The key columns ``table``'s changes carry: () when it has none (append-only at
         best), None when not known before its events arrive (each event names its key)."""
+        return None
+
+    def column_types(self, table: str) -> Mapping[str, str] | None:
+        """``table``'s columns and their types at the source (PostgreSQL type names, as
+        ``format_type`` writes them), for a destination creating its target; None when
+        the source does not know (the values then tell)."""
         return None
 
     def replication_lag(self) -> ReplicationLag | None:

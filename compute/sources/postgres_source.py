@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from compute.sources.base import (
@@ -25,6 +25,7 @@ from compute.sources.postgres.snapshot import (
     create_exporting_slot,
 )
 from compute.sources.postgres.snapshot_state import COPYING, DONE, SnapshotProgress, SnapshotState
+from compute.sources.postgres.source_types import read_column_types
 from compute.sources.postgres.stream import ReplicationStream, StreamError
 from compute.sources.postgres.table_keys import TableKey, key_problems
 from destinations.records import ChangeRecord, format_pg_lsn, parse_pg_lsn
@@ -220,6 +221,10 @@ class PostgresSource(Source):
         if key is None:
             return None  # published later: its changes name their key
         return key.columns
+
+    def column_types(self, table: str) -> Mapping[str, str] | None:
+        """``table``'s columns as the source's catalog types them now (``source_types.py``)."""
+        return read_column_types(self.dsn, table)
 
     def read(self, max_events: int) -> SourceBatch:
         if self.snapshot is not None and not self._snapshot_out:

@@ -19,11 +19,9 @@ regress or resurrect a row.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import psycopg2
 import psycopg2.errors
@@ -55,6 +53,8 @@ from destinations.postgresql.apply import (
     stage_chunks,
     stages,
 )
+from destinations.postgresql.catalog import Target, read_table_info
+from destinations.postgresql.connection import connect
 from destinations.postgresql.errors import classify
 from destinations.postgresql.ordered_apply import apply_parts
 from destinations.postgresql.position_guard import (
@@ -62,6 +62,7 @@ from destinations.postgresql.position_guard import (
     with_positions,
     without_positions,
 )
+from destinations.postgresql.schema_evolution import evolve
 from destinations.postgresql.table_check import target_problem
 from destinations.postgresql.truncate_watermark import create_truncates_table
 from destinations.postgresql.value_check import checked_group
@@ -70,6 +71,7 @@ from destinations.records import (
     POSITION_SEQ_COLUMN,
     ChangeRecord,
 )
+from destinations.schema_evolution import checked_mode
 from destinations.session import SessionDestination
 
 logger = logging.getLogger(__name__)
@@ -126,6 +128,7 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         copy_threshold: int = 200,
         statement_timeout: float | None = None,
         write_timeout: float | None = 60.0,
+        schema_evolution: str = "none",
     ) -> None:
         super().__init__(destination_id, name)
         if write_timeout is not None and (
@@ -153,6 +156,7 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         self.copy_threshold = copy_threshold
         self.statement_timeout = statement_timeout
         self.write_timeout = write_timeout
+        self.schema_evolution = checked_mode(f"destination {destination_id}", schema_evolution)
         self._watchdog = ConnectionWatchdog(f"{name}:{destination_id}")
         self._tables: dict[tuple[str | None, str], TableInfo] = {}
         self._tombstones_ready: set[tuple[str, str]] = set()
@@ -242,6 +246,8 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
             with self._watchdog.watch(self.write_timeout, lambda: _cut(conn)) as cut:
                 try:
                     with conn.cursor() as cur:
+                        if self.schema_evolution == "basic":
+                            self._evolve(cur, target, changes, prepared.append)
                         info = self._table_info(cur, target)
                         if prepared.parts is not None:
                             # In order, in this one transaction: all of it lands or none.
@@ -340,7 +346,9 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
                 for table, columns in keys.items():
                     schema, name = self._target_of(table)
                     appends = self.appends_only(table)
-                    problem = target_problem(cur, table, schema, name, columns, appends)
+                    problem = target_problem(
+                        cur, table, schema, name, columns, appends, self.schema_evolution == "basic"
+                    )
                     if problem is not None:
                         problems.append(f"{self}: {problem}")
                 return problems
@@ -354,28 +362,31 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         schema, dot, name = spec.partition(".")
         return (schema, name) if dot else (None, spec)
 
+    def _evolve(
+        self, cur: PgCursor, target: Target, records: list[ChangeRecord], append: bool
+    ) -> None:
+        """Create the target or add the columns ``records`` need (``schema_evolution.py``)."""
+        table = records[0].table
+        types = self.source_types(table) if self.source_types is not None else None
+        appends = append or self._appends(table, records)
+        positions = self.position_guard or appends
+        if evolve(
+            cur,
+            target,
+            self._tables.get(target),
+            records,
+            positions=positions,
+            append=appends,
+            source_types=types,
+            owner=str(self),
+        ):
+            self._tables.pop(target, None)
+
     def _table_info(self, cur: PgCursor, target: tuple[str | None, str]) -> TableInfo:
         info = self._tables.get(target)
         if info is not None:
             return info
-        schema, name = target
-        ident = sql.Identifier(schema, name) if schema else sql.Identifier(name)
-        # ::regclass resolves the quoted name like any statement would, and
-        # raises 42P01 (undefined table, permanent) when there is none.
-        cur.execute(
-            "SELECT c.oid, n.nspname, c.relname FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::regclass",
-            (ident.as_string(cur),),
-        )
-        oid, nspname, relname = cur.fetchone()  # type: ignore[misc]
-        cur.execute(
-            "SELECT attname, format_type(atttypid, NULL), format_type(atttypid, atttypmod) "
-            "FROM pg_attribute "
-            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            (oid,),
-        )
-        rows = cur.fetchall()
-        info = TableInfo(nspname, relname, {r[0]: r[1] for r in rows}, {r[0]: r[2] for r in rows})
+        info = read_table_info(cur, target)
         if self.position_guard:
             self._check_columns(info, (POSITION_COMMIT_COLUMN, POSITION_SEQ_COLUMN), "guard")
         self._tables[target] = info
@@ -410,23 +421,7 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         )
 
     def _connect(self, timeout: float, statement_timeout: float | None) -> PgConnection:
-        options: dict[str, Any] = {
-            # libpq takes whole seconds and treats anything below 2 as 2.
-            "connect_timeout": max(2, math.ceil(timeout)),
-            "application_name": "rosetta",
-            # Notice a peer that vanished mid-write instead of waiting forever.
-            "keepalives": 1,
-            "keepalives_idle": 30,
-            "keepalives_interval": 10,
-            "keepalives_count": 3,
-        }
-        # A datetime or time without an offset written to a column with a time
-        # zone means UTC, whatever the server's default zone is.
-        settings = ["-c TimeZone=UTC"]
-        if statement_timeout is not None:
-            settings.append(f"-c statement_timeout={max(1, int(statement_timeout * 1000))}")
-        options["options"] = " ".join(settings)
-        return psycopg2.connect(self._dsn, **options)
+        return connect(self._dsn, timeout, statement_timeout)
 
     def _abort(self) -> None:
         """Roll back after a failure; drop the connection if it is broken."""

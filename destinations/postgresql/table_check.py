@@ -43,20 +43,27 @@ def target_problem(
     name: str,
     keys: tuple[str, ...] | None,
     append_only: bool,
+    create_missing: bool = False,
 ) -> str | None:
     """What target table ``schema.name`` of source table ``table`` lacks, with the fix;
     None if it has what its writes need (or does not exist yet).
 
     ``keys`` are the key columns the source gives (None: they come with each
     change, so any primary key or unique constraint will do). A target that
-    does not exist yet is not checked here: its writes fail, are queued and
-    replayed once it is created.
+    does not exist is a problem unless ``create_missing`` (schema evolution
+    creates it with the first write).
     """
     target = ".".join(_quoted(n) for n in (schema, name) if n is not None)
     cur.execute("SELECT to_regclass(%s)::oid", (target,))
     row = cur.fetchone()
     if row is None or row[0] is None:
-        return None
+        if create_missing:
+            return None
+        return (
+            f"table {table} -> {target}: the target table does not exist; fix: create it "
+            "(with a primary key on the source's key columns), or set schema_evolution = "
+            '"basic" on the destination to have it created from the first changes'
+        )
     oid = row[0]
     cur.execute(_UNIQUE_KEYS, (oid,))
     unique = [(bool(primary), tuple(columns)) for primary, columns in cur.fetchall()]

@@ -132,9 +132,12 @@ def test_check_tables_accepts_no_partial_or_expression_index(
     assert "(id) (it has none)" in line
 
 
-def test_check_tables_skips_missing_targets_and_unreachable_servers(
+def test_check_tables_names_missing_targets_and_skips_unreachable_servers(
     destination: PostgreSQLDestination,
 ) -> None:
-    assert destination.check_tables({"public.log": ("id",)}) == []  # no such table yet
+    [line] = destination.check_tables({"public.log": ("id",)})  # no such table
+    assert "the target table does not exist" in line
+    destination.schema_evolution = "basic"  # the first write creates it
+    assert destination.check_tables({"public.log": ("id",)}) == []
     down = PostgreSQLDestination("2", "down", "host=127.0.0.1 port=1", connect_timeout=2)
     assert down.check_tables({"public.log": ("id",)}) == []

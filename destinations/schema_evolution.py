@@ -1,0 +1,159 @@
+"""Schema evolution (``schema_evolution = "basic"``): the columns a batch needs, and their types.
+
+With ``"basic"`` (as Debezium's JDBC sink names it) a destination creates a
+missing target table from the changes' columns and key, and adds a column the
+target lacks, always nullable. Nothing else changes on its own: a value whose
+type the existing column cannot hold is refused by the destination's value
+check (the change is parked with the reason), and a column gone from the
+source stays at the target (its new rows leave it NULL; a NOT NULL one makes
+the insert fail, and the change is parked naming it).
+
+A column's type comes from the source's relation when the source knows it
+(the PostgreSQL source: ``Source.column_types``) and from the batch's values
+otherwise; this module reduces the values to a ``ColumnType`` and each
+destination maps it to its own SQL (documented in the README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, NamedTuple
+from uuid import UUID
+
+from config.errors import ConfigError
+from destinations.records import POSITION_COLUMNS, ChangeRecord
+
+SCHEMA_EVOLUTION_MODES = ("none", "basic")
+
+# What a source tells of a table's columns: column -> its type at the source
+# (PostgreSQL's format_type text, e.g. ``numeric(12,2)``), or None when unknown.
+SourceTypes = Callable[[str], Mapping[str, str] | None]
+
+# Kinds of value, from the narrowest: two kinds seen in one column widen to
+# the first of _WIDER that holds both, else to text.
+BOOLEAN = "boolean"
+INTEGER = "integer"
+DECIMAL = "decimal"
+FLOAT = "float"
+TEXT = "text"
+TIMESTAMP = "timestamp"
+TIMESTAMPTZ = "timestamptz"
+DATE = "date"
+TIME = "time"
+TIMETZ = "timetz"
+INTERVAL = "interval"
+UUID_KIND = "uuid"
+JSON = "json"
+BYTES = "bytes"
+
+_WIDER: dict[frozenset[str], str] = {
+    frozenset({INTEGER, DECIMAL}): DECIMAL,
+    frozenset({INTEGER, FLOAT}): FLOAT,
+    frozenset({DECIMAL, FLOAT}): DECIMAL,
+    frozenset({TIMESTAMP, TIMESTAMPTZ}): TIMESTAMPTZ,
+    frozenset({TIME, TIMETZ}): TIMETZ,
+}
+_INT64 = 2**63
+
+
+class ColumnType(NamedTuple):
+    """What a new column must hold: a kind of value, the largest decimal scale seen,
+    and the source's own type name when the source knows it."""
+
+    kind: str
+    scale: int = 0
+    source: str | None = None
+
+
+def checked_mode(owner: str, value: object) -> str:
+    """``value`` as a schema_evolution mode; ConfigError naming the accepted ones."""
+    if value not in SCHEMA_EVOLUTION_MODES:
+        raise ConfigError(
+            [
+                f"{owner}: schema_evolution must be one of "
+                f"{', '.join(repr(m) for m in SCHEMA_EVOLUTION_MODES)}, got {value!r}"
+            ]
+        )
+    return str(value)
+
+
+def value_kind(value: Any) -> str | None:
+    """The kind of one value; None for NULL (it says nothing of the type)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return BOOLEAN
+    if isinstance(value, int):
+        return INTEGER if -_INT64 <= value < _INT64 else DECIMAL
+    if isinstance(value, Decimal):
+        return DECIMAL
+    if isinstance(value, float):
+        return FLOAT
+    if isinstance(value, datetime):
+        return TIMESTAMP if value.tzinfo is None else TIMESTAMPTZ
+    if isinstance(value, date):
+        return DATE
+    if isinstance(value, time):
+        return TIME if value.tzinfo is None else TIMETZ
+    if isinstance(value, timedelta):
+        return INTERVAL
+    if isinstance(value, UUID):
+        return UUID_KIND
+    if isinstance(value, dict | list):
+        return JSON
+    if isinstance(value, bytes | bytearray | memoryview):
+        return BYTES
+    return TEXT
+
+
+def _scale(value: Any) -> int:
+    if isinstance(value, Decimal) and value.is_finite():
+        exponent = value.as_tuple().exponent
+        return -exponent if isinstance(exponent, int) and exponent < 0 else 0
+    return 0
+
+
+def _widened(kind: str | None, other: str) -> str:
+    if kind is None or kind == other:
+        return other
+    return _WIDER.get(frozenset({kind, other}), TEXT)
+
+
+def needed_columns(
+    records: Iterable[ChangeRecord], source_types: Mapping[str, str] | None = None
+) -> dict[str, ColumnType]:
+    """Every column the changes write (key columns first, then in the order seen), typed.
+
+    Unchanged (TOAST) columns count: the row has them. The position columns
+    are the destination's own and left out. A column only ever NULL is text.
+    """
+    kinds: dict[str, str | None] = {}
+    scales: dict[str, int] = {}
+    for record in records:
+        rows = [record.key, record.after or {}, record.before or {}]
+        for row in rows:
+            for column, value in row.items():
+                kind = value_kind(value)
+                seen = kinds.get(column)
+                if column not in kinds or kind is not None:
+                    kinds[column] = seen if kind is None else _widened(seen, kind)
+                if kind == DECIMAL:
+                    scales[column] = max(scales.get(column, 0), _scale(value))
+        for column in record.unchanged:
+            kinds.setdefault(column, None)
+    types = source_types or {}
+    return {
+        column: ColumnType(kind or TEXT, scales.get(column, 0), types.get(column))
+        for column, kind in kinds.items()
+        if column not in POSITION_COLUMNS
+    }
+
+
+def key_of(records: Iterable[ChangeRecord]) -> tuple[str, ...]:
+    """The key columns the changes carry (the first keyed change's); () for none."""
+    for record in records:
+        if record.key:
+            return tuple(record.key)
+    return ()
