@@ -60,6 +60,7 @@ _SLOW = (
     # new-column cases (test_real_stream, test_real_changes) and the unit tests.
     "tests/compute/sources/postgres/test_postgres_source.py",
     "tests/compute/sources/postgres/test_pg_source_ops.py",
+    "tests/compute/sources/postgres/test_schema_evolution_cdc.py",
     "tests/compute/sources/postgres/test_initial_snapshot.py::test_existing_rows_",
     "tests/compute/sources/postgres/test_initial_snapshot.py::test_copied_rows_sort_",
     "tests/compute/sources/postgres/test_real_stream.py::test_the_session_options_",

@@ -116,7 +116,6 @@ class Engine:
         for spec, pipeline in zip(self.specs, self.pipelines, strict=True):
             for destination in pipeline.destinations:
                 destination.append_only |= frozenset(spec.append_only)
-                destination.source_types = pipeline.source.column_types
             problems += table_problems(spec, pipeline.source, pipeline.destinations)
         if problems:
             raise ConfigError(problems)

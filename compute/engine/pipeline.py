@@ -89,6 +89,9 @@ class Pipeline:
         self.name = name
         self.source = source
         self.destinations = list(destinations)
+        for destination in self.destinations:
+            # Schema evolution types a new column as the source does, when it knows.
+            destination.source_types = source.column_types
         self.dlq = dlq
         self.config = config
         self.batch_size = batch_size

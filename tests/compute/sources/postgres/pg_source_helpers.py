@@ -52,8 +52,9 @@ def running_pipeline(
     dlq: DLQManager,
     config: Any,
     batch_size: int = 200,
+    **options: Any,
 ) -> Iterator[Pipeline]:
-    destination = PostgreSQLDestination("1", "PG", destination_dsn, connect_timeout=2)
+    destination = PostgreSQLDestination("1", "PG", destination_dsn, connect_timeout=2, **options)
     pipeline = Pipeline("p", source, [destination], dlq, config, batch_size=batch_size)
     pipeline.start()
     try:
