@@ -13,7 +13,7 @@ import math
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -266,4 +266,8 @@ def _param(value: Any) -> Any:
         return bytes(value)
     if isinstance(value, timedelta):  # exact seconds; a float would round long spans
         return Decimal(value.days * 86_400 + value.seconds) + Decimal(value.microseconds).scaleb(-6)
+    if isinstance(value, time) and value.tzinfo is not None:
+        # The connector binds a time without its offset; as text it keeps it (a
+        # TIME column refuses such a value before this: value_check.py).
+        return value.isoformat()
     return value  # Decimal, datetime, date, time: the connector converts them
