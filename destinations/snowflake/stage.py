@@ -42,6 +42,12 @@ class TableInfo:
     name: str  # qualified, quoted
     columns: dict[str, str]  # exact column name -> type, in table order
 
+    @classmethod
+    def read(cls, cur: Any, name: str) -> TableInfo:
+        """``DESCRIBE TABLE name``; raises 002003 (does not exist, table-level) for none."""
+        cur.execute(f"DESCRIBE TABLE {name}")
+        return cls(name, {row[0]: row[1] for row in cur.fetchall() if row[2] == "COLUMN"})
+
     def resolve(self, column: str) -> str | None:
         """The target column for ``column``: exact match, else a unique case-insensitive one."""
         if column in self.columns:
