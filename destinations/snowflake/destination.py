@@ -37,6 +37,7 @@ from snowflake.connector.connection import SnowflakeConnection
 from snowflake.connector.cursor import SnowflakeCursor
 
 from config.errors import ConfigError
+from config.redact import first_line
 from destinations.errors import (
     ClassifiedError,
     DestinationError,
@@ -47,6 +48,7 @@ from destinations.net_effect import BatchLayout, layout, net_effect
 from destinations.ordered_parts import MOVE, TRUNCATE, key_move_refusal, ordered_parts
 from destinations.postgresql.position_guard import with_positions, without_positions
 from destinations.records import ChangeRecord
+from destinations.schema_evolution import checked_mode
 from destinations.session import SessionDestination
 from destinations.snowflake.bulk_load import STAGE_THRESHOLD_ROWS, BulkLoad
 from destinations.snowflake.connect_options import (
@@ -58,6 +60,7 @@ from destinations.snowflake.connect_options import (
 from destinations.snowflake.connector_logs import quiet_connector_logs, quiet_error_handler
 from destinations.snowflake.errors import classify, connection_lost
 from destinations.snowflake.position_guard import Guard
+from destinations.snowflake.schema_evolution import evolve, missing_targets
 from destinations.snowflake.stage import (
     MAX_INSERT_BYTES,
     MAX_ROWS_PER_INSERT,
@@ -95,6 +98,8 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
     a statement (default ``socket_timeout``). ``host``/``port``/``protocol``
     point the connector elsewhere than ``<account>.snowflakecomputing.com``
     (tests use a local fakesnow server). ``position_guard``: see the module.
+    ``schema_evolution = "basic"``: a missing target or column is created
+    (``schema_evolution.py``); ``"none"``: a missing target stops start-up.
     """
 
     _session_noun = "session"
@@ -130,6 +135,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         max_insert_bytes: int = MAX_INSERT_BYTES,
         stage_threshold_rows: int = STAGE_THRESHOLD_ROWS,
         position_guard: bool = False,
+        schema_evolution: str = "none",
     ) -> None:
         super().__init__(destination_id, name)
         where = f"destination {name} (ID={destination_id})"
@@ -178,6 +184,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         self._table_map = dict(table_map or {})
         self._tables: dict[tuple[str, ...], TableInfo] = {}
         self.position_guard = position_guard
+        self.schema_evolution = checked_mode(f"destination {destination_id}", schema_evolution)
         # Targets whose guard side tables this session has made sure of.
         self._guards_ready: set[tuple[str, ...]] = set()
         quiet_connector_logs()
@@ -190,8 +197,10 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         )
 
     def check_tables(self, keys: Mapping[str, tuple[str, ...] | None]) -> list[str]:
-        """Append-only tables are refused: the MERGE matches rows by key, and they have none."""
-        return [
+        """Append-only tables are refused: the MERGE matches rows by key, and they have none.
+        With ``schema_evolution = "none"`` a missing target is too (nothing would create it);
+        a server that cannot be reached answers no problem (the writes will tell)."""
+        problems = [
             f"{self}: table {table}: append-only tables are not supported by a Snowflake "
             "destination (its MERGE matches rows by key); fix: give the table a key at the "
             "source (or primary_keys) and remove it from append_only, or replicate it to a "
@@ -199,6 +208,31 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
             for table in keys
             if self.appends_only(table)
         ]
+        if self.schema_evolution == "basic":
+            return problems
+        targets = {t: self._target_of(t) for t in keys if not self.appends_only(t)}
+        return problems + [f"{self}: {p}" for p in self._missing_targets(targets)]
+
+    def _missing_targets(self, targets: Mapping[str, tuple[str, ...]]) -> list[str]:
+        if not targets:
+            return []
+        with self._deadline.bound():  # the whole check within write_timeout
+            conn = None
+            try:
+                conn = self._connect(self.timeouts.login)
+                with bounded_cursor(conn, self._deadline) as cur:
+                    return missing_targets(cur, targets, (self.database, self.schema))
+            except (sf_errors.Error, DestinationError) as error:
+                logger.warning(
+                    "cannot check the target tables at start-up, their writes will tell: "
+                    "destination=%s error=%s",
+                    self,
+                    self.redact(first_line(error)),
+                )
+                return []
+            finally:
+                if conn is not None:
+                    self._close_quietly(conn)
 
     # ------------------------------------------------------------------ writes
 
@@ -225,7 +259,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
                     self._write_batch(table, part)
             return len(records)
         plan = layout(net_effect(records))
-        statements = self._write_once_more(table, lambda: self._apply(target, plan))
+        statements = self._write_once_more(table, lambda: self._apply(target, plan, records))
         logger.debug(
             "batch applied destination=%s table=%s records=%d net=%d statements=%d",
             self,
@@ -256,11 +290,17 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
             self._abort(exc)
             raise
 
-    def _apply(self, target: tuple[str, ...], plan: BatchLayout) -> int:
-        """Stage and merge (the same statements after either load path); returns statements sent."""
+    def _apply(
+        self, target: tuple[str, ...], plan: BatchLayout, records: Sequence[ChangeRecord]
+    ) -> int:
+        """Stage and merge (the same statements after either load path); returns statements sent.
+
+        With ``schema_evolution = "basic"`` the target is first made to have
+        every column of ``records`` (``schema_evolution.py``)."""
         conn = self._current_session()
         try:
             with bounded_cursor(conn, self._deadline) as cur:
+                evolved = self._evolve(cur, target, records)
                 info = self._table_info(cur, target)
                 guard = None
                 if self.position_guard:
@@ -271,7 +311,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
                         with_positions(plan.deletes),
                     )
                 stage = Stage.build(info, plan, self)
-                sent = 0 if guard is None else self._ready(cur, guard, info, stage.keys)
+                sent = evolved + (0 if guard is None else self._ready(cur, guard, info, stage.keys))
                 cur.execute(stage.create())
                 if len(stage.rows) >= self.stage_threshold_rows:
                     sent += 1 + self._load_staged(cur, stage)
@@ -308,6 +348,29 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         self._guards_ready.add(guard.target)
         return 2
 
+    def _evolve(
+        self, cur: SnowflakeCursor, target: tuple[str, ...], records: Sequence[ChangeRecord]
+    ) -> int:
+        """With "basic": create the target or add the columns ``records`` need; returns the
+        statements sent."""
+        if self.schema_evolution != "basic":
+            return 0
+        table = records[0].table
+        done = evolve(
+            cur,
+            target,
+            self._tables.get(target),
+            records,
+            guard=self.position_guard,
+            source_types=lambda: None if self.source_types is None else self.source_types(table),
+            owner=self,
+        )
+        if done.info is None:
+            self._tables.pop(target, None)  # read again, with what the DDL made
+        else:
+            self._tables[target] = done.info
+        return done.sent
+
     def _load_staged(self, cur: SnowflakeCursor, stage: Stage) -> int:
         """Fill the created stage table with PUT + COPY INTO; returns statements sent."""
         size = BulkLoad(stage, self).run(cur)
@@ -334,10 +397,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         info = self._tables.get(target)
         if info is None:
             name = ".".join(quote(part) for part in target)
-            # Raises 002003 (does not exist, permanent) for a missing table.
-            cur.execute(f"DESCRIBE TABLE {name}")
-            columns = {row[0]: row[1] for row in cur.fetchall() if row[2] == "COLUMN"}
-            info = self._tables[target] = TableInfo(name, columns)
+            info = self._tables[target] = TableInfo.read(cur, name)
         return info
 
     # ------------------------------------------------------------ connections

@@ -13,7 +13,7 @@ import math
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +41,12 @@ class TableInfo:
 
     name: str  # qualified, quoted
     columns: dict[str, str]  # exact column name -> type, in table order
+
+    @classmethod
+    def read(cls, cur: Any, name: str) -> TableInfo:
+        """``DESCRIBE TABLE name``; raises 002003 (does not exist, table-level) for none."""
+        cur.execute(f"DESCRIBE TABLE {name}")
+        return cls(name, {row[0]: row[1] for row in cur.fetchall() if row[2] == "COLUMN"})
 
     def resolve(self, column: str) -> str | None:
         """The target column for ``column``: exact match, else a unique case-insensitive one."""
@@ -266,4 +272,8 @@ def _param(value: Any) -> Any:
         return bytes(value)
     if isinstance(value, timedelta):  # exact seconds; a float would round long spans
         return Decimal(value.days * 86_400 + value.seconds) + Decimal(value.microseconds).scaleb(-6)
+    if isinstance(value, time) and value.tzinfo is not None:
+        # The connector binds a time without its offset; as text it keeps it (a
+        # TIME column refuses such a value before this: value_check.py).
+        return value.isoformat()
     return value  # Decimal, datetime, date, time: the connector converts them

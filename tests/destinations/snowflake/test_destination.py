@@ -458,10 +458,10 @@ def test_replay_failing_on_an_expired_session_does_not_charge_the_events(
 
 
 def test_append_only_tables_are_refused_at_start_up_naming_the_table(
-    make_destination: Callable[..., SnowflakeDestination], sf_schema: str
+    make_destination: Callable[..., SnowflakeDestination], items: str
 ) -> None:
-    destination = make_destination(sf_schema)
-    assert destination.check_tables({"public.items": ("id",)}) == []
+    destination = make_destination(items)
+    assert destination.check_tables({"public.items": ("id",)}) == []  # ITEMS exists
     destination.append_only = frozenset({"public.audit_log"})
     [line] = destination.check_tables({"public.items": ("id",), "public.audit_log": None})
     assert line.startswith(

@@ -60,6 +60,13 @@ EXACT: list[tuple[str, str, Any, Any]] = [
     ("F", "FLOAT", 0.1, None),
     ("S", "VARCHAR", "żółw\\N\t'", None),
     ("BITS", "VARCHAR", "0101", None),
+    # A time of day with an offset (PostgreSQL's timetz) has no Snowflake type: its ISO text.
+    (
+        "TTZ",
+        "VARCHAR",
+        time(3, 4, 5, 6, tzinfo=timezone(timedelta(hours=-2, minutes=-30))),
+        "03:04:05.000006-02:30",
+    ),
     (
         "SPAN",
         "NUMBER(38,6)",
