@@ -367,7 +367,11 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
     ) -> None:
         """Create the target or add the columns ``records`` need (``schema_evolution.py``)."""
         table = records[0].table
-        types = self.source_types(table) if self.source_types is not None else None
+        source = self.source_types
+
+        def types() -> Mapping[str, str] | None:
+            return source(table) if source is not None else None
+
         appends = append or self._appends(table, records)
         positions = self.position_guard or appends
         if evolve(

@@ -9,7 +9,7 @@ the same table, and ``IF NOT EXISTS`` makes the loser's statement a no-op.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from psycopg2 import sql
 from psycopg2.extensions import cursor as PgCursor
@@ -71,7 +71,7 @@ def evolve(
     *,
     positions: bool,
     append: bool,
-    source_types: Mapping[str, str] | None,
+    source_types: Callable[[], Mapping[str, str] | None],
     owner: str,
 ) -> bool:
     """Create ``target`` or add the columns ``records`` need; True when a statement changed it.
@@ -79,11 +79,12 @@ def evolve(
     ``info`` is what this session last read of the target (None: not read).
     ``positions`` adds the position columns to a new table (the position
     guard or an append-only table needs them); ``append`` makes them its
-    unique key instead of the changes' key.
+    unique key instead of the changes' key. ``source_types`` is asked only when
+    a table or column is to be made.
     """
-    columns = needed_columns(records, source_types)
-    if info is not None and all(c in info.columns for c in columns):
-        return False
+    if info is not None and all(c in info.columns for c in needed_columns(records)):
+        return False  # the usual batch: no statement, no question to the source
+    columns = needed_columns(records, source_types())
     ident = target_ident(target)
     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("rosetta.schema:" + str(target),))
     if not target_exists(cur, target):

@@ -149,13 +149,19 @@ def test_the_sources_own_types_win_over_the_values(
     postgres_dsn: str, pg_conn: Any, pg_schema: str
 ) -> None:
     destination = make(postgres_dsn, pg_schema, schema_evolution="basic")
-    destination.source_types = lambda table: {
-        "id": "integer",
-        "amount": "numeric(12,2)",
-        "name": "character varying(20)",
-        "doc": "jsonb",
-        "tags": "text[]",
-    }
+    asked: list[str] = []
+
+    def source_types(table: str) -> dict[str, str]:
+        asked.append(table)
+        return {
+            "id": "integer",
+            "amount": "numeric(12,2)",
+            "name": "character varying(20)",
+            "doc": "jsonb",
+            "tags": "text[]",
+        }
+
+    destination.source_types = source_types
     change = ChangeRecord(
         "public.accounts",
         Operation.INSERT,
@@ -165,8 +171,12 @@ def test_the_sources_own_types_win_over_the_values(
     )
     try:
         destination.write_batch("public.accounts", [change])
+        # Later batches with the same columns ask the source nothing (a connection each).
+        destination.write_batch("public.accounts", [change._replace(position=SourcePosition(2))])
+        destination.write_batch("public.accounts", [change._replace(position=SourcePosition(3))])
     finally:
         destination.close()
+    assert asked == ["public.accounts"]
     assert column_types(pg_conn, pg_schema, "accounts") == {
         "id": "integer",
         "amount": "numeric(12,2)",
