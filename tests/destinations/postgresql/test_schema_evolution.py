@@ -255,8 +255,9 @@ def test_a_failed_batch_takes_its_ddl_back_with_it(
     destination = make(postgres_dsn, pg_schema, schema_evolution="basic")
     bad = [upsert(1, 1), upsert(2, 2, name="a\x00b")]  # text cannot hold a NUL
     try:
-        with pytest.raises(Exception):
+        with pytest.raises(ValueError, match="NUL") as caught:
             destination.write_batch("public.accounts", bad)
+        assert destination.classify_error(caught.value).kind is FailureKind.PERMANENT
     finally:
         destination.close()
     with pg_conn.cursor() as cur:

@@ -152,7 +152,8 @@ def test_an_append_only_insert_older_than_an_applied_truncate_stays_out(
         pg_conn,
         pg_schema,
         "log",
-        "n int, _rosetta_commit bigint, _rosetta_seq bigint, UNIQUE (_rosetta_commit, _rosetta_seq)",
+        "n int, _rosetta_commit bigint, _rosetta_seq bigint, "
+        "UNIQUE (_rosetta_commit, _rosetta_seq)",
     )
     destination = PostgreSQLDestination(
         "1",
