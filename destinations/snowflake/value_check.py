@@ -11,6 +11,7 @@ whether a column needs a closer look.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from datetime import datetime, time, timedelta
@@ -62,6 +63,52 @@ def check_column(column: str, target_type: str, values: Sequence[Any]) -> None:
         _check_number(column, target_type, kinds, values)
     elif base in _NAIVE_TIMESTAMPS | _AWARE_TIMESTAMPS or base in ("DATE", "TIME"):
         _check_temporal(column, base, target_type, kinds, values)
+    elif base in SEMI_STRUCTURED:
+        _check_document(column, base, kinds, values)
+
+
+# What a VARIANT, OBJECT or ARRAY column takes, and the fix for what it does not.
+_DOCUMENT_HINT = (
+    "the column takes JSON (text, as Debezium sends json columns, or a decoded "
+    "document); map the column to VARCHAR to keep any text"
+)
+_SHAPES: dict[str, tuple[type, ...]] = {"OBJECT": (dict,), "ARRAY": (list,)}
+_JSON_KINDS = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    Decimal: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
+def _not_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return True
+    return False
+
+
+def _check_document(column: str, base: str, kinds: set[type], values: Sequence[Any]) -> None:
+    """Text must be JSON (else PARSE_JSON fails the whole MERGE); an OBJECT takes objects
+    and an ARRAY arrays only."""
+    if str in kinds:
+        each(values, str, _not_json, column, base, "text that is not JSON", _DOCUMENT_HINT)
+    shape = _SHAPES.get(base)
+    if shape is None:
+        return
+    for value in values:
+        if value is None:
+            continue
+        document = json.loads(value) if isinstance(value, str) else value
+        if not isinstance(document, shape):
+            kind = _JSON_KINDS.get(type(document), "value")
+            carried = f"a JSON {kind} {value!r:.60}"
+            raise refuse(column, base, carried, _DOCUMENT_HINT)
 
 
 def _check_number(column: str, target_type: str, kinds: set[type], values: Sequence[Any]) -> None:
