@@ -117,7 +117,7 @@ def test_sessions_killed_mid_transaction_and_commit_replies_lost(
             engine_env(tmp_path, proxy.dsn_for(server.dsn), DLQ_BATCH_SIZE="10"), log
         )
         try:
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 10
             while time.monotonic() < deadline and engine.poll() is None:
                 if rng.random() < 0.5:
                     proxy.drop_after_commit()

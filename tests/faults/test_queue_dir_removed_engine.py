@@ -47,7 +47,7 @@ def test_queue_directory_deleted_mid_run_loses_no_event(
     tmp_path: Path, postgres_server_factory
 ) -> None:
     server: PostgresServer = postgres_server_factory()
-    events, rate = 4000, 250.0
+    events, rate = 2500, 250.0
     source = SyntheticSource("1", None, total_events=events, seed=23, keys_per_table=KEYS)
     create_tables(server.dsn, source)
     write_pipelines(tmp_path / "pipelines.toml", events=events, rate=rate, seed=23, keys=KEYS)

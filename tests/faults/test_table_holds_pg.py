@@ -107,7 +107,8 @@ def test_table_faults_hold_in_order_and_drain_after_the_fix(
     tmp_path: Path, postgres_server_factory
 ) -> None:
     server: PostgresServer = postgres_server_factory()
-    events, rate, keys = 20000, 200.0, 12
+    # Long enough for the five faults, each held, alerted and cleared, with traffic throughout.
+    events, rate, keys = 12000, 200.0, 12
     source = SyntheticSource("1", None, total_events=events, seed=77, keys_per_table=keys)
     create_tables(server.dsn, source)
     admin = _admin(server)

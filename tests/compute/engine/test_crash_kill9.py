@@ -49,8 +49,8 @@ QUEUES = [
     QueueId("1", "public.orders", "1"),
     QueueId("2", "t", "9"),
 ]
-WRITER_KILLS = 100
-READER_KILLS = 100
+WRITER_KILLS = 60
+READER_KILLS = 60
 DEFAULT_MODE = DLQConfig.fsync
 ROUNDS_OTHER = 35  # kills of each kind in the other DLQ_FSYNC modes
 FAILURE = FailureContext("OperationalError", "destination down", code="08006")
