@@ -78,15 +78,16 @@ def history_checksum(dsn: str) -> tuple[Any, ...]:
     )[0]
 
 
+BALANCES = (
+    "SELECT (SELECT sum(abalance) FROM pgbench_accounts), "
+    "(SELECT sum(bbalance) FROM pgbench_branches), "
+    "(SELECT sum(tbalance) FROM pgbench_tellers)"
+)
+
+
 def balances(dsn: str) -> tuple[Any, ...]:
-    """Cheap progress marker: the balance sums of the three keyed tables."""
-    rows = fetch(
-        dsn,
-        "SELECT (SELECT sum(abalance) FROM pgbench_accounts), "
-        "(SELECT sum(bbalance) FROM pgbench_branches), "
-        "(SELECT sum(tbalance) FROM pgbench_tellers)",
-    )
-    return rows[0]
+    """Progress marker: the balance sums of the three keyed tables."""
+    return fetch(dsn, BALANCES)[0]
 
 
 def current_lsn(dsn: str) -> str:
