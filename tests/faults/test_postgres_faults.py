@@ -53,7 +53,7 @@ def test_immediate_stops_at_random_during_traffic_and_replay(
 ) -> None:
     server: PostgresServer = postgres_server_factory()
     rng = random.Random(1234)
-    events, rate = 7000, 400.0
+    events, rate = 10000, 400.0
     source = SyntheticSource("1", None, total_events=events, seed=31, keys_per_table=40)
     create_tables(server.dsn, source)
     write_pipelines(tmp_path / "pipelines.toml", events=events, rate=rate, seed=31, keys=40)
