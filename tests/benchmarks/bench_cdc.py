@@ -39,6 +39,7 @@ import cProfile
 import io
 import logging
 import math
+import os
 import pstats
 import statistics
 import subprocess
@@ -80,6 +81,8 @@ SLOTS = {
     "decode": "decode_bench",
 }
 PROBE = "public.lag_probe"
+# CPU seconds each side's catch-up took, in total and by kind of process.
+CPU: dict[str, tuple[float, dict[str, float]]] = {}
 END_MARKER = -1  # the probe row that ends the backlog (lag probes count up from 1)
 
 
@@ -89,6 +92,55 @@ def say(text: str) -> None:
 
 def dsn_of(server: PostgresServer, dbname: str) -> str:
     return server.dsn.replace("dbname=postgres", f"dbname={dbname}")
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) of this process and every PostgreSQL process, by pid,
+    with what the process is (``postgres: walsender ...``, ``python``)."""
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue  # ended meanwhile
+        pid = int(entry.name)
+        if pid != os.getpid() and not title.startswith("postgres"):
+            continue
+        fields = stat.rpartition(")")[2].split()
+        found[pid] = (
+            "python (the engine)" if pid == os.getpid() else title,
+            (int(fields[11]) + int(fields[12])) / _TICKS,
+        )
+    return found
+
+
+def cpu_used(before: dict[int, tuple[str, float]]) -> tuple[float, dict[str, float]]:
+    """CPU seconds every process of ``cpu_by_process`` used since ``before`` (a process
+    started since counts from 0), in total and by kind of process."""
+    kinds: dict[str, float] = {}
+    for pid, (title, seconds) in cpu_by_process().items():
+        used = seconds - before.get(pid, (title, 0.0))[1]
+        kind = _kind(title)
+        kinds[kind] = kinds.get(kind, 0.0) + used
+    return sum(kinds.values()), kinds
+
+
+def _kind(title: str) -> str:
+    if title.startswith("python"):
+        return title
+    if "walsender" in title or "START_REPLICATION" in title:
+        return "walsender"
+    if "logical replication apply worker" in title:
+        return "apply worker"
+    if title.startswith("postgres: ") and ("idle" in title or "127.0.0.1" in title):
+        return "backends"
+    return "server processes"
 
 
 def wait_equal(dsn: str, expected: tuple[Any, ...], timeout: float, what: str) -> None:
@@ -167,10 +219,12 @@ def time_native(source: PostgresServer, target: PostgresServer, expected: tuple[
         f"WITH (create_slot = false, slot_name = '{SLOTS['native']}', copy_data = false, "
         "enabled = false)",
     )
+    cpu = cpu_by_process()
     started = time.monotonic()
     run_sql(native, "ALTER SUBSCRIPTION native ENABLE")
     wait_equal(native, expected, 600, "the native subscription")
     elapsed = time.monotonic() - started
+    CPU["native"] = cpu_used(cpu)
     run_sql(native, "ALTER SUBSCRIPTION native DISABLE")
     return elapsed
 
@@ -330,11 +384,13 @@ def main() -> int:
         profiling = contextlib.ExitStack()
         if args.profile:  # every engine thread, also those started on the first write
             profiling.enter_context(profiles)
+        cpu = cpu_by_process()
         started = time.monotonic()
         engine = EngineRun(source, target, args)
         try:
             wait_equal(dsn_of(target, "engine_db"), expected, 600, "the engine")
             engine_seconds = time.monotonic() - started
+            CPU["engine"] = cpu_used(cpu)
             profiling.close()
             say(f"engine: {engine_seconds:.2f} s ({changes / engine_seconds:,.0f} changes/s)")
             for db in ("engine_db", "native_db"):
@@ -348,11 +404,16 @@ def main() -> int:
         p99 = statistics.quantiles(lags, n=100)[98] if len(lags) >= 2 else lags[0]
         median = statistics.median(lags)
         say(f"lag: {len(lags)} probes, median {median:.0f} ms, max {max(lags):.0f} ms")
+        for side, (total, kinds) in CPU.items():
+            shown = ", ".join(f"{k} {v:.2f}" for k, v in sorted(kinds.items()) if v >= 0.005)
+            say(f"{side}: {total:.2f} CPU-s over both cores ({shown})")
         say(f"RESULT cdc_catchup_vs_native_subscription={native_seconds / engine_seconds:.2f}")
         say(f"RESULT cdc_vs_pg_recvlogical={recv_seconds / engine_seconds:.3f}")
         say(f"RESULT cdc_p99_lag_ms={p99:.0f}")
         say(f"RESULT cdc_engine_changes_per_second={changes / engine_seconds:.0f}")
         say(f"RESULT cdc_source_alone_changes_per_second={changes / decode_seconds:.0f}")
+        say(f"RESULT cdc_engine_cpu_seconds={CPU['engine'][0]:.2f}")
+        say(f"RESULT cdc_native_cpu_seconds={CPU['native'][0]:.2f}")
         say(f"RESULT cdc_source_alone_cpu_us_per_change={decode_cpu / changes * 1e6:.2f}")
     finally:
         cluster.close()
