@@ -53,7 +53,7 @@ from destinations.postgresql.apply import (
     stage_chunks,
     stages,
 )
-from destinations.postgresql.catalog import Target, read_table_info
+from destinations.postgresql.catalog import read_table_info
 from destinations.postgresql.connection import connect
 from destinations.postgresql.errors import classify
 from destinations.postgresql.ordered_apply import apply_parts
@@ -71,7 +71,7 @@ from destinations.records import (
     POSITION_SEQ_COLUMN,
     ChangeRecord,
 )
-from destinations.schema_evolution import checked_mode
+from destinations.schema_evolution import checked_mode, key_of
 from destinations.session import SessionDestination
 
 logger = logging.getLogger(__name__)
@@ -238,7 +238,6 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         return count
 
     def _apply(self, prepared: _PreparedWrite) -> None:
-        target, changes = prepared.target, prepared.changes
         conn = self._current_session()
         try:
             # The watch ends before _abort() closes the connection, so the
@@ -246,24 +245,8 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
             with self._watchdog.watch(self.write_timeout, lambda: _cut(conn)) as cut:
                 try:
                     with conn.cursor() as cur:
-                        if self.schema_evolution == "basic":
-                            self._evolve(cur, target, changes, prepared.append)
-                        info = self._table_info(cur, target)
-                        if prepared.parts is not None:
-                            # In order, in this one transaction: all of it lands or none.
-                            apply_parts(
-                                cur,
-                                info,
-                                prepared.parts,
-                                self.position_guard,
-                                partial(self._apply_rows, cur, info),
-                            )
-                        elif prepared.append:
-                            apply_append(
-                                cur, info, append_groups(info, changes), guard=self.position_guard
-                            )
-                        else:
-                            self._apply_by_key(cur, info, prepared)
+                        if self.schema_evolution != "basic" or self._evolve(cur, prepared):
+                            self._write_rows(cur, prepared)
                     conn.commit()
                 except psycopg2.Error as exc:
                     if cut():
@@ -275,6 +258,18 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         except BaseException:
             self._abort()
             raise
+
+    def _write_rows(self, cur: PgCursor, prepared: _PreparedWrite) -> None:
+        info = self._table_info(cur, prepared.target)
+        if prepared.parts is not None:
+            # In order, in this one transaction: all of it lands or none.
+            rows = partial(self._apply_rows, cur, info)
+            apply_parts(cur, info, prepared.parts, self.position_guard, rows)
+        elif prepared.append:
+            groups = append_groups(info, prepared.changes)
+            apply_append(cur, info, groups, guard=self.position_guard)
+        else:
+            self._apply_by_key(cur, info, prepared)
 
     def _apply_rows(self, cur: PgCursor, info: TableInfo, records: list[ChangeRecord]) -> None:
         if self._appends(records[0].table, records):
@@ -362,29 +357,29 @@ class PostgreSQLDestination(SessionDestination[PgConnection]):
         schema, dot, name = spec.partition(".")
         return (schema, name) if dot else (None, spec)
 
-    def _evolve(
-        self, cur: PgCursor, target: Target, records: list[ChangeRecord], append: bool
-    ) -> None:
-        """Create the target or add the columns ``records`` need (``schema_evolution.py``)."""
+    def _evolve(self, cur: PgCursor, prepared: _PreparedWrite) -> bool:
+        """Create the target or add the columns the batch needs (``schema_evolution.py``).
+
+        False when the target does not exist and the batch holds nothing to
+        create it from (only truncates): emptying a table that is not there is
+        done already, and the first write creates it empty.
+        """
+        target, records = prepared.target, prepared.changes
         table = records[0].table
         source = self.source_types
 
         def types() -> Mapping[str, str] | None:
             return source(table) if source is not None else None
 
-        appends = append or self._appends(table, records)
+        # Keyless when no change names a key (a truncate names none: it does not count).
+        appends = prepared.append or self.appends_only(table) or not key_of(records)
         positions = self.position_guard or appends
-        if evolve(
-            cur,
-            target,
-            self._tables.get(target),
-            records,
-            positions=positions,
-            append=appends,
-            source_types=types,
-            owner=str(self),
-        ):
+        owner = str(self)
+        done = evolve(cur, target, self._tables.get(target), records, positions=positions,
+                      append=appends, source_types=types, owner=owner)  # fmt: skip
+        if done:
             self._tables.pop(target, None)
+        return done is not None
 
     def _table_info(self, cur: PgCursor, target: tuple[str | None, str]) -> TableInfo:
         info = self._tables.get(target)

@@ -73,8 +73,9 @@ def evolve(
     append: bool,
     source_types: Callable[[], Mapping[str, str] | None],
     owner: str,
-) -> bool:
-    """Create ``target`` or add the columns ``records`` need; True when a statement changed it.
+) -> bool | None:
+    """Create ``target`` or add the columns ``records`` need; True when a statement changed it,
+    None when the target does not exist and ``records`` (truncates only) name no column.
 
     ``info`` is what this session last read of the target (None: not read).
     ``positions`` adds the position columns to a new table (the position
@@ -88,6 +89,14 @@ def evolve(
     ident = target_ident(target)
     cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("rosetta.schema:" + str(target),))
     if not target_exists(cur, target):
+        if not columns:
+            logger.info(
+                "schema evolution: truncate of a target that does not exist yet, nothing to "
+                "empty destination=%s target=%s",
+                owner,
+                ident.as_string(cur),
+            )
+            return None  # only truncates: no column to create the table from
         _create(cur, ident, columns, key_of(records), positions=positions, append=append)
         logger.info(
             "schema evolution: created target table destination=%s target=%s columns=%s key=%s",

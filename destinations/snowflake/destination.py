@@ -60,7 +60,12 @@ from destinations.snowflake.connect_options import (
 from destinations.snowflake.connector_logs import quiet_connector_logs, quiet_error_handler
 from destinations.snowflake.errors import classify, connection_lost
 from destinations.snowflake.position_guard import Guard
-from destinations.snowflake.schema_evolution import evolve, missing_targets
+from destinations.snowflake.schema_evolution import (
+    append_only_refusal,
+    describe,
+    evolve,
+    missing_targets,
+)
 from destinations.snowflake.stage import (
     MAX_INSERT_BYTES,
     MAX_ROWS_PER_INSERT,
@@ -98,8 +103,7 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
     a statement (default ``socket_timeout``). ``host``/``port``/``protocol``
     point the connector elsewhere than ``<account>.snowflakecomputing.com``
     (tests use a local fakesnow server). ``position_guard``: see the module.
-    ``schema_evolution = "basic"``: a missing target or column is created
-    (``schema_evolution.py``); ``"none"``: a missing target stops start-up.
+    ``schema_evolution``: "basic" creates a missing target or column, "none" refuses it.
     """
 
     _session_noun = "session"
@@ -197,17 +201,9 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         )
 
     def check_tables(self, keys: Mapping[str, tuple[str, ...] | None]) -> list[str]:
-        """Append-only tables are refused: the MERGE matches rows by key, and they have none.
-        With ``schema_evolution = "none"`` a missing target is too (nothing would create it);
-        a server that cannot be reached answers no problem (the writes will tell)."""
-        problems = [
-            f"{self}: table {table}: append-only tables are not supported by a Snowflake "
-            "destination (its MERGE matches rows by key); fix: give the table a key at the "
-            "source (or primary_keys) and remove it from append_only, or replicate it to a "
-            "PostgreSQL destination"
-            for table in keys
-            if self.appends_only(table)
-        ]
+        """Append-only tables are refused (the MERGE matches by key), and with "none" a missing
+        target; a server that cannot be reached answers no problem (the writes will tell)."""
+        problems = [append_only_refusal(self, t) for t in keys if self.appends_only(t)]
         if self.schema_evolution == "basic":
             return problems
         targets = {t: self._target_of(t) for t in keys if not self.appends_only(t)}
@@ -274,6 +270,8 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         conn = self._current_session()
         try:
             with bounded_cursor(conn, self._deadline) as cur:
+                if self.schema_evolution == "basic" and self._missing(cur, target):
+                    return  # nothing to empty: the first write creates it, empty
                 info = self._table_info(cur, target)
                 if not self.position_guard:
                     cur.execute(f"TRUNCATE TABLE {info.name}")
@@ -392,6 +390,9 @@ class SnowflakeDestination(SessionDestination[SnowflakeConnection]):
         if isinstance(spec, tuple):
             return spec
         return tuple(spec.split("."))
+
+    def _missing(self, cur: SnowflakeCursor, target: tuple[str, ...]) -> bool:
+        return target not in self._tables and describe(cur, ".".join(map(quote, target))) is None
 
     def _table_info(self, cur: SnowflakeCursor, target: tuple[str, ...]) -> TableInfo:
         info = self._tables.get(target)

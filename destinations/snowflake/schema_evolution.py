@@ -307,6 +307,16 @@ def create_statement(
     return f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(parts)})"
 
 
+def append_only_refusal(owner: object, table: str) -> str:
+    """Why an append-only ``table`` cannot go to a Snowflake destination, with the fix."""
+    return (
+        f"{owner}: table {table}: append-only tables are not supported by a Snowflake "
+        "destination (its MERGE matches rows by key); fix: give the table a key at the "
+        "source (or primary_keys) and remove it from append_only, or replicate it to a "
+        "PostgreSQL destination"
+    )
+
+
 def missing_targets(
     cur: SnowflakeCursor, targets: Mapping[str, Sequence[str]], where: tuple[str, str]
 ) -> list[str]:

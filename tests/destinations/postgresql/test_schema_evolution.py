@@ -328,3 +328,38 @@ def test_an_unknown_mode_is_refused_naming_the_accepted_ones(postgres_dsn: str) 
     assert str(caught.value).endswith(
         "destination 9: schema_evolution must be one of 'none', 'basic', got 'full'"
     ) or "schema_evolution must be one of 'none', 'basic', got 'full'" in str(caught.value)
+
+
+def truncate(commit: int) -> ChangeRecord:
+    return ChangeRecord("public.accounts", Operation.TRUNCATE, {}, None, SourcePosition(commit))
+
+
+@pytest.mark.parametrize("guard", [False, True])
+def test_a_truncate_of_a_target_not_created_yet_is_done_already(
+    postgres_dsn: str, pg_conn: Any, pg_schema: str, guard: bool
+) -> None:
+    """A truncate at the head of a new table's changes (pgbench -i, a copy taken again) must
+    not hold the very inserts that would create the table: there is nothing to empty."""
+    destination = make(postgres_dsn, pg_schema, schema_evolution="basic", position_guard=guard)
+    try:
+        assert destination.write_batch("public.accounts", [truncate(1)]) == 1
+        with pg_conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s)", (f"{pg_schema}.accounts",))
+            assert cur.fetchone() == (None,)  # nothing created from nothing
+        batch = [truncate(2), upsert(1, 3), truncate(4), upsert(2, 5, name="b")]
+        assert destination.write_batch("public.accounts", batch) == 4
+    finally:
+        destination.close()
+    assert rows(pg_conn, pg_schema, "accounts", "id, name") == [(2, "b")]
+
+
+def test_with_none_a_truncate_of_a_missing_target_holds_the_table(
+    postgres_dsn: str, pg_schema: str
+) -> None:
+    destination = make(postgres_dsn, pg_schema)
+    try:
+        with pytest.raises(Exception) as caught:  # noqa: B017 - psycopg2's own class
+            destination.write_batch("public.accounts", [truncate(1), upsert(1, 2)])
+        assert destination.classify_error(caught.value).kind is FailureKind.TABLE
+    finally:
+        destination.close()

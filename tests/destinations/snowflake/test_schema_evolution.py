@@ -433,3 +433,34 @@ def test_the_readme_lists_the_type_mapping_as_the_code_has_it() -> None:
     assert {k: rows.get(k) for k in sources} == sources
     assert set(rows) == set(kinds) | set(sources) | {"<type>[]", "any other"}
     assert rows["<type>[]"] == "VARIANT" and rows["any other"] == "VARCHAR"
+
+
+def truncate(commit: int, table: str = TABLE) -> ChangeRecord:
+    return ChangeRecord(table, Operation.TRUNCATE, {}, None, SourcePosition(commit))
+
+
+@pytest.mark.parametrize("guard", [False, True], ids=["plain", "guard"])
+def test_a_truncate_of_a_target_not_created_yet_is_done_already(
+    sf_admin: Any,
+    sf_schema: str,
+    make_destination: Callable[..., SnowflakeDestination],
+    guard: bool,
+) -> None:
+    """A truncate at the head of a new table's changes (pgbench -i, a copy taken again) must
+    not hold the very inserts that would create the table: there is nothing to empty."""
+    destination = make_destination(sf_schema, schema_evolution="basic", position_guard=guard)
+    assert destination.write_batch(TABLE, [truncate(1)]) == 1
+    names = run(sf_admin, f"SHOW TABLES IN SCHEMA {DATABASE}.{sf_schema}")
+    assert [n for n in names if "ACCOUNTS" in str(n)] == []  # nothing created from nothing
+    batch = [truncate(2), change(1, 3, name="a"), truncate(4), change(2, 5, name="b")]
+    assert destination.write_batch(TABLE, batch) == 4
+    assert run(sf_admin, f"SELECT ID, NAME FROM {DATABASE}.{sf_schema}.ACCOUNTS") == [(2, "b")]
+
+
+def test_with_none_a_truncate_of_a_missing_target_holds_the_table(
+    sf_schema: str, make_destination: Callable[..., SnowflakeDestination]
+) -> None:
+    destination = make_destination(sf_schema)
+    with pytest.raises(Exception) as caught:  # noqa: B017 - the connector's own class
+        destination.write_batch(TABLE, [truncate(1), change(1, 2)])
+    assert destination.classify_error(caught.value).kind is FailureKind.TABLE
