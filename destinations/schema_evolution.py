@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -31,29 +32,33 @@ SCHEMA_EVOLUTION_MODES = ("none", "basic")
 # (PostgreSQL's format_type text, e.g. ``numeric(12,2)``), or None when unknown.
 SourceTypes = Callable[[str], Mapping[str, str] | None]
 
-# Kinds of value, from the narrowest: two kinds seen in one column widen to
-# the first of _WIDER that holds both, else to text.
-BOOLEAN = "boolean"
-INTEGER = "integer"
-DECIMAL = "decimal"
-FLOAT = "float"
-TEXT = "text"
-TIMESTAMP = "timestamp"
-TIMESTAMPTZ = "timestamptz"
-DATE = "date"
-TIME = "time"
-TIMETZ = "timetz"
-INTERVAL = "interval"
-UUID_KIND = "uuid"
-JSON = "json"
-BYTES = "bytes"
 
-_WIDER: dict[frozenset[str], str] = {
-    frozenset({INTEGER, DECIMAL}): DECIMAL,
-    frozenset({INTEGER, FLOAT}): FLOAT,
-    frozenset({DECIMAL, FLOAT}): DECIMAL,
-    frozenset({TIMESTAMP, TIMESTAMPTZ}): TIMESTAMPTZ,
-    frozenset({TIME, TIMETZ}): TIMETZ,
+class Kind(StrEnum):
+    """A kind of value; each destination maps it to a column type of its own."""
+
+    BOOLEAN = "boolean"
+    INTEGER = "integer"
+    DECIMAL = "decimal"
+    FLOAT = "float"
+    TEXT = "text"
+    TIMESTAMP = "timestamp"
+    TIMESTAMPTZ = "timestamptz"
+    DATE = "date"
+    TIME = "time"
+    TIMETZ = "timetz"
+    INTERVAL = "interval"
+    UUID = "uuid"
+    JSON = "json"
+    BYTES = "bytes"
+
+
+# Two kinds seen in one column widen to the kind that holds both, else to text.
+_WIDER: dict[frozenset[Kind], Kind] = {
+    frozenset({Kind.INTEGER, Kind.DECIMAL}): Kind.DECIMAL,
+    frozenset({Kind.INTEGER, Kind.FLOAT}): Kind.FLOAT,
+    frozenset({Kind.DECIMAL, Kind.FLOAT}): Kind.DECIMAL,
+    frozenset({Kind.TIMESTAMP, Kind.TIMESTAMPTZ}): Kind.TIMESTAMPTZ,
+    frozenset({Kind.TIME, Kind.TIMETZ}): Kind.TIMETZ,
 }
 _INT64 = 2**63
 
@@ -62,7 +67,7 @@ class ColumnType(NamedTuple):
     """What a new column must hold: a kind of value, the largest decimal scale seen,
     and the source's own type name when the source knows it."""
 
-    kind: str
+    kind: Kind
     scale: int = 0
     source: str | None = None
 
@@ -79,33 +84,33 @@ def checked_mode(owner: str, value: object) -> str:
     return str(value)
 
 
-def value_kind(value: Any) -> str | None:
+def value_kind(value: Any) -> Kind | None:
     """The kind of one value; None for NULL (it says nothing of the type)."""
     if value is None:
         return None
     if isinstance(value, bool):
-        return BOOLEAN
+        return Kind.BOOLEAN
     if isinstance(value, int):
-        return INTEGER if -_INT64 <= value < _INT64 else DECIMAL
+        return Kind.INTEGER if -_INT64 <= value < _INT64 else Kind.DECIMAL
     if isinstance(value, Decimal):
-        return DECIMAL
+        return Kind.DECIMAL
     if isinstance(value, float):
-        return FLOAT
+        return Kind.FLOAT
     if isinstance(value, datetime):
-        return TIMESTAMP if value.tzinfo is None else TIMESTAMPTZ
+        return Kind.TIMESTAMP if value.tzinfo is None else Kind.TIMESTAMPTZ
     if isinstance(value, date):
-        return DATE
+        return Kind.DATE
     if isinstance(value, time):
-        return TIME if value.tzinfo is None else TIMETZ
+        return Kind.TIME if value.tzinfo is None else Kind.TIMETZ
     if isinstance(value, timedelta):
-        return INTERVAL
+        return Kind.INTERVAL
     if isinstance(value, UUID):
-        return UUID_KIND
+        return Kind.UUID
     if isinstance(value, dict | list):
-        return JSON
+        return Kind.JSON
     if isinstance(value, bytes | bytearray | memoryview):
-        return BYTES
-    return TEXT
+        return Kind.BYTES
+    return Kind.TEXT
 
 
 def _scale(value: Any) -> int:
@@ -115,10 +120,10 @@ def _scale(value: Any) -> int:
     return 0
 
 
-def _widened(kind: str | None, other: str) -> str:
+def _widened(kind: Kind | None, other: Kind) -> Kind:
     if kind is None or kind == other:
         return other
-    return _WIDER.get(frozenset({kind, other}), TEXT)
+    return _WIDER.get(frozenset({kind, other}), Kind.TEXT)
 
 
 def needed_columns(
@@ -129,7 +134,7 @@ def needed_columns(
     Unchanged (TOAST) columns count: the row has them. The position columns
     are the destination's own and left out. A column only ever NULL is text.
     """
-    kinds: dict[str, str | None] = {}
+    kinds: dict[str, Kind | None] = {}
     scales: dict[str, int] = {}
     for record in records:
         rows = [record.key, record.after or {}, record.before or {}]
@@ -139,13 +144,13 @@ def needed_columns(
                 seen = kinds.get(column)
                 if column not in kinds or kind is not None:
                     kinds[column] = seen if kind is None else _widened(seen, kind)
-                if kind == DECIMAL:
+                if kind == Kind.DECIMAL:
                     scales[column] = max(scales.get(column, 0), _scale(value))
         for column in record.unchanged:
             kinds.setdefault(column, None)
     types = source_types or {}
     return {
-        column: ColumnType(kind or TEXT, scales.get(column, 0), types.get(column))
+        column: ColumnType(kind or Kind.TEXT, scales.get(column, 0), types.get(column))
         for column, kind in kinds.items()
         if column not in POSITION_COLUMNS
     }

@@ -17,44 +17,26 @@ from psycopg2.extensions import cursor as PgCursor
 from destinations.postgresql.apply import TableInfo
 from destinations.postgresql.catalog import Target, read_table_info, target_exists, target_ident
 from destinations.records import POSITION_COLUMNS, ChangeRecord
-from destinations.schema_evolution import (
-    BOOLEAN,
-    BYTES,
-    DATE,
-    DECIMAL,
-    FLOAT,
-    INTEGER,
-    INTERVAL,
-    JSON,
-    TEXT,
-    TIME,
-    TIMESTAMP,
-    TIMESTAMPTZ,
-    TIMETZ,
-    UUID_KIND,
-    ColumnType,
-    key_of,
-    needed_columns,
-)
+from destinations.schema_evolution import ColumnType, Kind, key_of, needed_columns
 
 logger = logging.getLogger(__name__)
 
 # A column's type from the kind of its values, when the source does not say.
-PG_TYPES: dict[str, str] = {
-    BOOLEAN: "boolean",
-    INTEGER: "bigint",
-    DECIMAL: "numeric",
-    FLOAT: "double precision",
-    TEXT: "text",
-    TIMESTAMP: "timestamp",
-    TIMESTAMPTZ: "timestamptz",
-    DATE: "date",
-    TIME: "time",
-    TIMETZ: "timetz",
-    INTERVAL: "interval",
-    UUID_KIND: "uuid",
-    JSON: "jsonb",
-    BYTES: "bytea",
+PG_TYPES: dict[Kind, str] = {
+    Kind.BOOLEAN: "boolean",
+    Kind.INTEGER: "bigint",
+    Kind.DECIMAL: "numeric",
+    Kind.FLOAT: "double precision",
+    Kind.TEXT: "text",
+    Kind.TIMESTAMP: "timestamp",
+    Kind.TIMESTAMPTZ: "timestamptz",
+    Kind.DATE: "date",
+    Kind.TIME: "time",
+    Kind.TIMETZ: "timetz",
+    Kind.INTERVAL: "interval",
+    Kind.UUID: "uuid",
+    Kind.JSON: "jsonb",
+    Kind.BYTES: "bytea",
 }
 
 

@@ -43,25 +43,7 @@ from snowflake.connector import errors as sf_errors
 from snowflake.connector.cursor import SnowflakeCursor
 
 from destinations.records import POSITION_COLUMNS, ChangeRecord
-from destinations.schema_evolution import (
-    BOOLEAN,
-    BYTES,
-    DATE,
-    DECIMAL,
-    FLOAT,
-    INTEGER,
-    INTERVAL,
-    JSON,
-    TEXT,
-    TIME,
-    TIMESTAMP,
-    TIMESTAMPTZ,
-    TIMETZ,
-    UUID_KIND,
-    ColumnType,
-    key_of,
-    needed_columns,
-)
+from destinations.schema_evolution import ColumnType, Kind, key_of, needed_columns
 from destinations.snowflake.position_guard import POSITION_TYPE
 from destinations.snowflake.stage import TableInfo, quote
 
@@ -69,21 +51,21 @@ logger = logging.getLogger(__name__)
 
 # A column's type from the kind of its values, when the source does not say.
 # ``{scale}``: the most decimals seen in the batch.
-KIND_TYPES: dict[str, str] = {
-    BOOLEAN: "BOOLEAN",
-    INTEGER: "NUMBER(38,0)",
-    DECIMAL: "NUMBER(38,{scale})",
-    FLOAT: "FLOAT",
-    TEXT: "VARCHAR",
-    TIMESTAMP: "TIMESTAMP_NTZ",
-    TIMESTAMPTZ: "TIMESTAMP_TZ",
-    DATE: "DATE",
-    TIME: "TIME",
-    TIMETZ: "VARCHAR",  # Snowflake has no time of day with an offset: its ISO text
-    INTERVAL: "VARCHAR",  # nor an interval type
-    UUID_KIND: "VARCHAR(36)",
-    JSON: "VARIANT",
-    BYTES: "BINARY",
+KIND_TYPES: dict[Kind, str] = {
+    Kind.BOOLEAN: "BOOLEAN",
+    Kind.INTEGER: "NUMBER(38,0)",
+    Kind.DECIMAL: "NUMBER(38,{scale})",
+    Kind.FLOAT: "FLOAT",
+    Kind.TEXT: "VARCHAR",
+    Kind.TIMESTAMP: "TIMESTAMP_NTZ",
+    Kind.TIMESTAMPTZ: "TIMESTAMP_TZ",
+    Kind.DATE: "DATE",
+    Kind.TIME: "TIME",
+    Kind.TIMETZ: "VARCHAR",  # Snowflake has no time of day with an offset: its ISO text
+    Kind.INTERVAL: "VARCHAR",  # nor an interval type
+    Kind.UUID: "VARCHAR(36)",
+    Kind.JSON: "VARIANT",
+    Kind.BYTES: "BINARY",
 }
 
 # A column's type from the source's (PostgreSQL's ``format_type`` names; a
@@ -298,9 +280,8 @@ def create_statement(
     guard's position columns when ``guard``, and a primary key on ``key``."""
     names = column_names([*columns, *(c for c in key if c not in columns)])
     ordered = [*key, *(c for c in columns if c not in key)]
-    parts = [
-        f"{quote(names[c])} {snowflake_type(columns.get(c, ColumnType(TEXT)))}" for c in ordered
-    ]
+    text = ColumnType(Kind.TEXT)
+    parts = [f"{quote(names[c])} {snowflake_type(columns.get(c, text))}" for c in ordered]
     if guard:
         parts += [f"{quote(c.upper())} {POSITION_TYPE}" for c in POSITION_COLUMNS]
     parts.append(f"PRIMARY KEY ({', '.join(quote(names[c]) for c in key)})")

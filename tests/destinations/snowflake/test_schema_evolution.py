@@ -18,7 +18,7 @@ import pytest
 from config.errors import ConfigError
 from destinations.errors import FailureKind, PermanentDestinationError
 from destinations.records import ChangeRecord, Operation, SourcePosition
-from destinations.schema_evolution import ColumnType
+from destinations.schema_evolution import ColumnType, Kind
 from destinations.snowflake import schema_evolution
 from destinations.snowflake.destination import SnowflakeDestination
 from destinations.snowflake.schema_evolution import (
@@ -403,13 +403,13 @@ def test_an_unknown_mode_is_refused_naming_the_accepted_ones(
     ],
 )
 def test_source_types_map(source: str, scale: int, expected: str) -> None:
-    assert snowflake_type(ColumnType("text", scale, source)) == expected
+    assert snowflake_type(ColumnType(Kind.TEXT, scale, source)) == expected
 
 
 def test_value_kinds_map() -> None:
-    assert snowflake_type(ColumnType("decimal", 3)) == "NUMBER(38,3)"
-    assert snowflake_type(ColumnType("integer")) == "NUMBER(38,0)"
-    assert snowflake_type(ColumnType("timetz")) == "VARCHAR"
+    assert snowflake_type(ColumnType(Kind.DECIMAL, 3)) == "NUMBER(38,3)"
+    assert snowflake_type(ColumnType(Kind.INTEGER)) == "NUMBER(38,0)"
+    assert snowflake_type(ColumnType(Kind.TIMETZ)) == "VARCHAR"
 
 
 def test_new_column_names() -> None:
