@@ -20,7 +20,12 @@ from compute.admin.discovery import DISCOVERY_FILE
 from compute.sources.postgres.slot_lag import SlotLagProbe
 from tests.builders import pipelines_toml, postgresql_destination
 from tests.compute.observability.harness import parse, sample
-from tests.compute.sources.postgres.pg_source_helpers import execute, logical_server, query
+from tests.compute.sources.postgres.pg_source_helpers import (
+    execute,
+    logical_server,
+    query,
+    source_and_target,
+)
 from tests.rosetta_cli import cli_env, run_rosetta, start_rosetta
 from tests.waiting import wait_until
 
@@ -153,13 +158,21 @@ def start_engine(tmp_path: Path, source_dsn: str, target_dsn: str, **env: str) -
     return RunningEngine(cli_env(**(settings | env)), base)
 
 
+def _replicate_first_rows(engine: RunningEngine, source: str, target: str, rows: int) -> None:
+    """Insert ``rows`` rows at the source, see them at the target, the slot confirmed."""
+    _insert(source, 0, rows)
+    wait_until(
+        lambda: query(target, "SELECT count(*) FROM items") == [(rows,)],
+        30,
+        "the first rows replicate",
+    )
+    engine.wait_caught_up()
+
+
 def test_lag_grows_in_backpressure_and_falls_after_in_metrics_health_stats_and_alerts(
     tmp_path: Path, postgres_server_factory
 ) -> None:
-    source_server = logical_server(postgres_server_factory)
-    target = postgres_server_factory()
-    execute(source_server.dsn, ITEMS)
-    execute(target.dsn, ITEMS)
+    source_server, target = source_and_target(postgres_server_factory, ITEMS)
     engine = start_engine(
         tmp_path,
         source_server.dsn,
@@ -173,13 +186,7 @@ def test_lag_grows_in_backpressure_and_falls_after_in_metrics_health_stats_and_a
     log = ""
     try:
         # Flowing: everything replicates, the slot is confirmed, nothing is behind.
-        _insert(source_server.dsn, 0, 1000)
-        wait_until(
-            lambda: query(target.dsn, "SELECT count(*) FROM items") == [(1000,)],
-            30,
-            "the first rows replicate",
-        )
-        engine.wait_caught_up()
+        _replicate_first_rows(engine, source_server.dsn, target.dsn, 1000)
         samples = engine.metrics()
         slot_status = {
             status: sample(
@@ -279,10 +286,7 @@ def test_a_stuck_destination_write_makes_health_warn_on_lag_in_seconds_then_clea
     """No backpressure: a write waits on a lock at the destination (the live-write deadline
     is long), nothing is confirmed, the lag in seconds passes its warning level: /health
     answers 200 "warning" naming it, the alert is a warning; the lock goes, both clear."""
-    source_server = logical_server(postgres_server_factory)
-    target = postgres_server_factory()
-    execute(source_server.dsn, ITEMS)
-    execute(target.dsn, ITEMS)
+    source_server, target = source_and_target(postgres_server_factory, ITEMS)
     engine = start_engine(
         tmp_path,
         source_server.dsn,
@@ -293,13 +297,7 @@ def test_a_stuck_destination_write_makes_health_warn_on_lag_in_seconds_then_clea
     lock = psycopg2.connect(target.dsn)
     log = ""
     try:
-        _insert(source_server.dsn, 0, 10)
-        wait_until(
-            lambda: query(target.dsn, "SELECT count(*) FROM items") == [(10,)],
-            30,
-            "the first rows replicate",
-        )
-        engine.wait_caught_up()
+        _replicate_first_rows(engine, source_server.dsn, target.dsn, 10)
         with lock.cursor() as cur:
             cur.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
         _insert(source_server.dsn, 10, 10)
