@@ -56,6 +56,9 @@ def run(ctx: click.Context, pipelines: str | None) -> None:
 
         settings = replace(settings, pipelines_file=Path(pipelines))
     specs = load_pipeline_specs(settings)
+    from compute.runtime.gc_tuning import tune_for_streaming
+
+    tune_for_streaming()
     ctx.exit(Engine(settings, specs).run_forever())
 
 

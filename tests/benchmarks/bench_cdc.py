@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from compute.dlq.manager import DLQManager  # noqa: E402
 from compute.engine.pipeline import Pipeline  # noqa: E402
+from compute.runtime.gc_tuning import tune_for_streaming  # noqa: E402
 from compute.sources.postgres_source import PostgresSource  # noqa: E402
 from config.dlq_config import DLQConfig  # noqa: E402
 from destinations.postgresql.destination import PostgreSQLDestination  # noqa: E402
@@ -365,6 +366,7 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="profile the engine threads")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    tune_for_streaming()  # as `rosetta run` does
     cluster = PostgresCluster()
     try:
         source, target = prepare(cluster, args.scale)
