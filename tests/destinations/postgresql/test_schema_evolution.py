@@ -63,6 +63,16 @@ def primary_key(conn: Any, schema: str, table: str) -> list[str]:
         return [r[0] for r in cur.fetchall()]
 
 
+def failure_of(destination: PostgreSQLDestination, records: list[ChangeRecord]) -> Any:
+    """How the destination classifies the error ``records`` fail with; closes it."""
+    try:
+        with pytest.raises(Exception) as caught:  # noqa: B017 - psycopg2's own classes
+            destination.write_batch("public.accounts", records)
+        return destination.classify_error(caught.value)
+    finally:
+        destination.close()
+
+
 def make(dsn: str, schema: str, **options: Any) -> PostgreSQLDestination:
     return PostgreSQLDestination(
         "1",
@@ -219,12 +229,7 @@ def test_a_type_change_is_not_followed_the_change_is_parked_with_the_reason(
         {"id": 1, "qty": "many"},
         SourcePosition(1),
     )
-    try:
-        with pytest.raises(Exception) as caught:
-            destination.write_batch("public.accounts", [change])
-        failure = destination.classify_error(caught.value)
-    finally:
-        destination.close()
+    failure = failure_of(destination, [change])
     assert failure.kind is FailureKind.PERMANENT
     assert "integer" in failure.message and "many" in failure.message
     assert column_types(pg_conn, pg_schema, "accounts") == {"id": "integer", "qty": "integer"}
@@ -238,12 +243,7 @@ def test_a_column_dropped_at_the_source_that_the_target_requires_parks_naming_it
     change = ChangeRecord(
         "public.accounts", Operation.INSERT, {"id": 1}, {"id": 1}, SourcePosition(1)
     )
-    try:
-        with pytest.raises(Exception) as caught:
-            destination.write_batch("public.accounts", [change])
-        failure = destination.classify_error(caught.value)
-    finally:
-        destination.close()
+    failure = failure_of(destination, [change])
     assert failure.kind is FailureKind.PERMANENT
     assert '"region"' in failure.message and "not-null" in failure.message
 
@@ -294,12 +294,7 @@ def test_none_leaves_the_table_alone_and_holds_its_changes(
     postgres_dsn: str, pg_conn: Any, pg_schema: str
 ) -> None:
     destination = make(postgres_dsn, pg_schema)
-    try:
-        with pytest.raises(Exception) as caught:
-            destination.write_batch("public.accounts", [upsert(1, 1)])
-        failure = destination.classify_error(caught.value)
-    finally:
-        destination.close()
+    failure = failure_of(destination, [upsert(1, 1)])
     assert failure.kind is FailureKind.TABLE
     assert "does not exist" in failure.message
 
@@ -357,9 +352,4 @@ def test_with_none_a_truncate_of_a_missing_target_holds_the_table(
     postgres_dsn: str, pg_schema: str
 ) -> None:
     destination = make(postgres_dsn, pg_schema)
-    try:
-        with pytest.raises(Exception) as caught:  # noqa: B017 - psycopg2's own class
-            destination.write_batch("public.accounts", [truncate(1), upsert(1, 2)])
-        assert destination.classify_error(caught.value).kind is FailureKind.TABLE
-    finally:
-        destination.close()
+    assert failure_of(destination, [truncate(1), upsert(1, 2)]).kind is FailureKind.TABLE
