@@ -16,7 +16,7 @@ destination maps it to its own SQL (documented in the README).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from enum import StrEnum
@@ -27,10 +27,6 @@ from config.errors import ConfigError
 from destinations.records import POSITION_COLUMNS, ChangeRecord
 
 SCHEMA_EVOLUTION_MODES = ("none", "basic")
-
-# What a source tells of a table's columns: column -> its type at the source
-# (PostgreSQL's format_type text, e.g. ``numeric(12,2)``), or None when unknown.
-SourceTypes = Callable[[str], Mapping[str, str] | None]
 
 
 class Kind(StrEnum):
