@@ -21,11 +21,16 @@ class QueueCorruptError(DLQStorageError):
     """RocksDB says a queue directory is damaged (missing or corrupt files)."""
 
 
+STORE_UNAVAILABLE = "store_unavailable"
+
+
 class DLQFullError(DLQError):
     """A capacity limit refused an enqueue; nothing of the refused batch was stored.
 
     ``limit`` names the limit: ``max_queue_messages``, ``max_queue_bytes``,
-    ``min_free_disk`` or ``disk_full`` (the filesystem itself returned ENOSPC).
+    ``min_free_disk``, ``disk_full`` (the filesystem itself returned ENOSPC)
+    or ``store_unavailable`` (a replicated store lost its quorum or cannot be
+    reached: backpressure until it is back, never a drop).
     """
 
     def __init__(self, limit: str, detail: str, queue: object | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from config.env_values import (
     seconds_in,
     size_in,
 )
+from config.nats_config import Backend, NatsConfig
 
 
 class WhenFull(StrEnum):
@@ -76,6 +77,9 @@ class DLQConfig:
     # passed an unsynced write), at a small cost; see the README's "Durability".
     fsync: FsyncMode = FsyncMode.INTERVAL
     fsync_interval_ms: int = 200
+    # DLQ_BACKEND: rocksq (local disk) or jetstream (NATS, replicated; DLQ_NATS_*).
+    backend: Backend = Backend.ROCKSQ
+    nats: NatsConfig = field(default_factory=NatsConfig)
 
     @property
     def min_free_disk_bytes(self) -> int:

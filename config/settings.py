@@ -22,6 +22,7 @@ from config.admin_config import AdminConfig, admin_config
 from config.alert_config import ALERT_VARIABLES, AlertConfig, alert_values
 from config.dlq_config import DLQ_VARIABLES, DLQConfig, dlq_values
 from config.errors import ConfigError
+from config.nats_config import BACKEND_VARIABLE, NATS_VARIABLES, nats_values
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,13 @@ def load_settings(
 
     problems: list[str] = []
     dlq = dlq_values(source, problems)
+    dlq["backend"], dlq["nats"] = nats_values(source, problems)
     alerts = alert_values(source, problems)
     admin = admin_config(source, problems)
     if problems:
         raise ConfigError(problems)
 
-    known = {**DLQ_VARIABLES, **ALERT_VARIABLES}
+    known = {**DLQ_VARIABLES, **ALERT_VARIABLES, **BACKEND_VARIABLE, **NATS_VARIABLES}
     unknown = sorted(k for k in source if k.startswith("DLQ_") and k not in known)
     for name in unknown:
         logger.warning(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from compute.codec.message import DLQMessage
 from compute.dlq.queue_info import QueueInfo
-from compute.errors import DLQFullError
+from compute.errors import STORE_UNAVAILABLE, DLQFullError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore
 from config.dlq_config import DLQConfig, WhenFull
@@ -55,7 +55,8 @@ def when_full(
         info.last_error = str(error)
         info.last_error_at = now
         info.dirty = True
-    if config.when_full is not WhenFull.DROP_NEWEST:
+    # An unreachable store (no quorum) is not a full one: never a reason to drop.
+    if config.when_full is not WhenFull.DROP_NEWEST or error.limit == STORE_UNAVAILABLE:
         return False
     with info.lock:
         info.dropped += count

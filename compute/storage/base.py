@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compute.queue_id import QueueId
+from compute.storage.atomic_file import write_atomic
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +148,40 @@ class QueueStore(ABC):
         override this.
         """
         return False
+
+    def load_record(self, queue: QueueId, name: str) -> bytes | None:
+        """A small record the DLQ keeps beside ``queue``'s messages, or None if there is none.
+
+        Records are the manager's own state of a queue (delivery attempts,
+        tombstones of discarded messages, the last applied truncate). This
+        default keeps each as the file ``name`` in ``queue_path(queue)``; a
+        replicated store keeps them where its messages are, so that they
+        survive the machine. Raises ``OSError`` when it cannot be read.
+        """
+        try:
+            return (self.queue_path(queue) / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def save_record(
+        self, queue: QueueId, name: str, data: bytes | None, *, durable: bool = True
+    ) -> bool:
+        """Replace the record ``name`` of ``queue`` (None removes it); False if not kept.
+
+        A queue that holds nothing any more may have no place left for records
+        (its directory was removed once drained): the record is then not kept
+        and False is returned; the caller keeps the value in memory.
+        ``durable``: on stable storage before this returns.
+        """
+        directory = self.queue_path(queue)
+        path = directory / name
+        if data is None:
+            path.unlink(missing_ok=True)
+            return True
+        if not directory.is_dir():
+            return False
+        write_atomic(path, data, durable=durable)
+        return True
 
     def written_generation(self) -> int:
         """A number for every write so far that is not yet known synced (0: none to wait for).
