@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from compute.codec.message import DLQMessage
 from compute.dlq.queue_info import QueueInfos
 from compute.queue_id import QueueId
-from compute.storage.atomic_file import json_bytes, write_atomic
+from compute.storage.atomic_file import json_bytes
 from compute.storage.base import QueueStore
 
 logger = logging.getLogger(__name__)
@@ -51,21 +51,23 @@ class Attempts:
     def _load(self, queue: QueueId) -> dict[str, int]:
         info = self._infos.of(queue)
         if info.attempts is None:
-            path = self._store.queue_path(queue) / ATTEMPTS_FILE
             try:
-                loaded = json.loads(path.read_text())
+                data = self._store.load_record(queue, ATTEMPTS_FILE)
+                loaded = {} if data is None else json.loads(data)
                 info.attempts = {str(k): int(v) for k, v in loaded.items()}
-            except FileNotFoundError:
-                info.attempts = {}
             except (OSError, ValueError, TypeError, AttributeError) as error:
                 logger.warning(
-                    "unreadable attempts file, counts restart: file=%s error=%s", path, error
+                    "unreadable attempts record, counts restart: queue=%s record=%s error=%s",
+                    queue,
+                    ATTEMPTS_FILE,
+                    error,
                 )
                 info.attempts = {}
         return info.attempts
 
     def save(self, queue: QueueId, attempts: dict[str, int]) -> None:
-        """Write ``queue``'s counts, unless its directory is gone (then they live in memory)."""
-        path = self._store.queue_path(queue)
-        if path.is_dir():
-            write_atomic(path / ATTEMPTS_FILE, json_bytes(attempts, indent=2) + b"\n")
+        """Write ``queue``'s counts, unless the queue keeps nothing any more (then they live in
+        memory). Not synced: a count lost to an OS crash only gives a message one more try."""
+        self._store.save_record(
+            queue, ATTEMPTS_FILE, json_bytes(attempts, indent=2) + b"\n", durable=False
+        )

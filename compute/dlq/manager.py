@@ -471,12 +471,11 @@ class DLQManager:
         info = self._infos.known(queue)
         if info is None:
             return
-        path = self.store.queue_path(queue)
         with info.lock:
-            if info.tombstones and not (path / TOMBSTONES_FILE).exists():
+            if info.tombstones and self.store.load_record(queue, TOMBSTONES_FILE) is None:
                 logger.warning("tombstone file missing, written again: queue=%s", queue)
                 self._tombstones.save(queue, info.tombstones)
-            if info.attempts and not (path / ATTEMPTS_FILE).exists():
+            if info.attempts and self.store.load_record(queue, ATTEMPTS_FILE) is None:
                 logger.warning("attempts file missing, written again: queue=%s", queue)
                 self._attempts.save(queue, info.attempts)
 

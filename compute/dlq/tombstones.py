@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from compute.dlq.queue_info import QueueInfos
 from compute.queue_id import QueueId
-from compute.storage.atomic_file import json_bytes, write_atomic
+from compute.storage.atomic_file import json_bytes
 from compute.storage.base import QueueStore
 
 logger = logging.getLogger(__name__)
@@ -32,18 +32,18 @@ class Tombstones:
         """``lane``'s tombstones (id -> occurrences to skip); do not change the dict."""
         info = self._infos.of(lane)
         if info.tombstones is None:
-            path = self._store.queue_path(lane) / TOMBSTONES_FILE
             try:
-                loaded = json.loads(path.read_text())["skip"]
+                data = self._store.load_record(lane, TOMBSTONES_FILE)
+                loaded = {} if data is None else json.loads(data)["skip"]
                 info.tombstones = {str(k): int(v) for k, v in loaded.items() if int(v) > 0}
-            except FileNotFoundError:
-                info.tombstones = {}
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
                 # Forgetting tombstones re-delivers discarded messages (duplicates),
                 # it never skips a message that was not discarded.
                 logger.error(
-                    "unreadable tombstone file, discarded messages come back: file=%s error=%s",
-                    path,
+                    "unreadable tombstone record, discarded messages come back: queue=%s "
+                    "record=%s error=%s",
+                    lane,
+                    TOMBSTONES_FILE,
                     error,
                 )
                 info.tombstones = {}
@@ -81,12 +81,11 @@ class Tombstones:
             info.tombstones = updated
 
     def save(self, lane: QueueId, tombstones: dict[str, int]) -> None:
-        """Write ``lane``'s tombstones durably (none: remove the file)."""
-        path = self._store.queue_path(lane) / TOMBSTONES_FILE
+        """Write ``lane``'s tombstones durably (none: remove the record)."""
         if not tombstones:
-            path.unlink(missing_ok=True)
+            self._store.save_record(lane, TOMBSTONES_FILE, None)
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(
-            path, json_bytes({"version": 1, "skip": tombstones}, indent=2) + b"\n", durable=True
+        self._store.queue_path(lane).mkdir(parents=True, exist_ok=True)
+        self._store.save_record(
+            lane, TOMBSTONES_FILE, json_bytes({"version": 1, "skip": tombstones}, indent=2) + b"\n"
         )

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from compute.dlq.queue_info import QueueInfos
 from compute.queue_id import QueueId
-from compute.storage.atomic_file import json_bytes, write_atomic
+from compute.storage.atomic_file import json_bytes
 from compute.storage.base import QueueStore
 from destinations.records import ChangeRecord, Operation, SourcePosition
 
@@ -86,10 +86,10 @@ class Truncates:
         mark = info.truncate
         if mark is None or info.truncate_saved or not self._store.count(queue.parked):
             return
-        path = self._store.queue_path(queue.main)
-        if not path.is_dir():
+        if not self._store.save_record(
+            queue.main, TRUNCATED_FILE, json_bytes(mark.to_json()) + b"\n"
+        ):
             return
-        write_atomic(path / TRUNCATED_FILE, json_bytes(mark.to_json()) + b"\n", durable=True)
         info.truncate_saved = True
         logger.warning(
             "truncate applied while changes are parked: queue=%s position=%s "
@@ -102,24 +102,28 @@ class Truncates:
         """The newest truncate applied to ``queue``'s table, or None."""
         info = self._infos.of(queue.main)
         if info.truncate is None and not info.truncate_loaded:
-            path = self._store.queue_path(queue.main) / TRUNCATED_FILE
             try:
-                data = json.loads(path.read_text())
-                mark = AppliedTruncate(
-                    SourcePosition(int(data["commit"]), int(data["seq"])),
-                    float(data["applied_at"]),
-                )
-                with info.lock:
-                    info.truncate = info.truncate or mark
-                    info.truncate_saved = True
-            except FileNotFoundError:
-                pass
+                raw = self._store.load_record(queue.main, TRUNCATED_FILE)
+                mark = None if raw is None else _parse_mark(raw)
             except (OSError, ValueError, TypeError, KeyError) as error:
                 logger.error(
-                    "unreadable truncate file, parked changes are not checked against it: "
-                    "file=%s error=%s",
-                    path,
+                    "unreadable truncate record, parked changes are not checked against it: "
+                    "queue=%s record=%s error=%s",
+                    queue.main,
+                    TRUNCATED_FILE,
                     error,
                 )
+            else:
+                if mark is not None:
+                    with info.lock:
+                        info.truncate = info.truncate or mark
+                        info.truncate_saved = True
             info.truncate_loaded = True
         return info.truncate
+
+
+def _parse_mark(raw: bytes) -> AppliedTruncate:
+    data = json.loads(raw)
+    return AppliedTruncate(
+        SourcePosition(int(data["commit"]), int(data["seq"])), float(data["applied_at"])
+    )
