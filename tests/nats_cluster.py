@@ -61,6 +61,9 @@ jetstream {{
 cluster {{
   name: rosetta-test
   listen: 127.0.0.1:{cluster_port}
+  # Clients use only the URLs they were given: a test that puts a fault
+  # proxy in front of the servers must not be bypassed by discovered ones.
+  no_advertise: true
   routes: [{route_urls}]
 }}
 """
