@@ -46,7 +46,7 @@ from compute.storage.rocksq.discovery import QUEUE_FILE, find_queues, write_queu
 from compute.storage.rocksq.disk_reserve import DiskReserve
 from compute.storage.rocksq.drained import DrainedQueues
 from compute.storage.rocksq.durability import QueueDurability
-from compute.storage.rocksq.frames import encode_frames
+from compute.storage.frames import encode_frames
 from compute.storage.rocksq.handles import HandleCache
 from compute.storage.rocksq.limits import RESERVE_FILE, LimitGuard
 from compute.storage.rocksq.open_budget import open_cap
