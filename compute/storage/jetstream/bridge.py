@@ -37,6 +37,7 @@ class NatsBridge:
         self._thread = threading.Thread(target=self._loop.run_forever, name="dlq-nats", daemon=True)
         self._thread.start()
         self._closed = False
+        self._closing = False
         try:
             self.nc = self.run(self._connect(), timeout=max(10.0, config.request_timeout * 2))
         except BaseException:
@@ -50,6 +51,8 @@ class NatsBridge:
         config = self.config
 
         async def disconnected() -> None:
+            if self._closing:
+                return  # our own close
             logger.warning("NATS connection lost, reconnecting: servers=%s", ",".join(config.urls))
 
         async def reconnected() -> None:
@@ -113,6 +116,7 @@ class NatsBridge:
     def close(self) -> None:
         if self._closed:
             return
+        self._closing = True
         try:
             self.run(self.nc.drain(), timeout=5)
         except Exception as exc:  # noqa: BLE001 - closing anyway
@@ -130,10 +134,10 @@ def is_unavailable(exc: BaseException) -> bool:
     from nats import errors as nats_errors
     from nats.js import errors as js_errors
 
-    if isinstance(exc, js_errors.ServiceUnavailableError):
-        return True
     if isinstance(exc, js_errors.APIError):
-        return exc.code in (503, 504)  # no quorum, no leader yet
+        if is_refusal(exc):
+            return False
+        return isinstance(exc, js_errors.ServiceUnavailableError) or exc.code in (503, 504)
     return isinstance(
         exc,
         (
@@ -148,6 +152,23 @@ def is_unavailable(exc: BaseException) -> bool:
             ConnectionError,
         ),
     )
+
+
+# JetStream answers a full stream (discard=new) and a server out of room with
+# 503 too, but those are answers, not an outage: a limit the caller must name.
+STORE_FAILED = 10077  # "maximum messages exceeded", "maximum bytes exceeded", ...
+INSUFFICIENT_RESOURCES = 10023
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True when JetStream refused a write for want of room (a limit, not an outage)."""
+    from nats.js import errors as js_errors
+
+    if not isinstance(exc, js_errors.APIError):
+        return False
+    if exc.err_code == INSUFFICIENT_RESOURCES:
+        return True
+    return exc.err_code == STORE_FAILED and "maximum" in (exc.description or "")
 
 
 def describe(exc: BaseException) -> str:
