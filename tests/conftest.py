@@ -83,7 +83,7 @@ _SLOW = (
     "tests/destinations/contract/test_failures.py::test_health_check_false_within_its_timeout_when_"
     "the_server_never_answers[postgresql-",
     "tests/compute/engine/test_embedded.py::test_full_dlq_blocks_submit_",
-    "tests/compute/storage/test_rocksq_store.py::test_concurrent_producers_and_one_reader",
+    "tests/compute/storage/test_store_contract.py::test_concurrent_producers_and_one_reader",
     # Waiting out the status files' 1 s refresh, a destination slowed on purpose, a
     # destination server stopped and started
     "tests/compute/dlq/test_status_files.py::test_the_maintenance_thread_keeps_the_age_",
