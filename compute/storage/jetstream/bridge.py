@@ -137,7 +137,9 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, js_errors.APIError):
         if is_refusal(exc):
             return False
-        return isinstance(exc, js_errors.ServiceUnavailableError) or exc.code in (503, 504)
+        # (Key-value errors are APIErrors without the attributes of a server answer.)
+        code = getattr(exc, "code", None)
+        return isinstance(exc, js_errors.ServiceUnavailableError) or code in (503, 504)
     return isinstance(
         exc,
         (
@@ -166,9 +168,10 @@ def is_refusal(exc: BaseException) -> bool:
 
     if not isinstance(exc, js_errors.APIError):
         return False
-    if exc.err_code == INSUFFICIENT_RESOURCES:
+    err_code = getattr(exc, "err_code", None)
+    if err_code == INSUFFICIENT_RESOURCES:
         return True
-    return exc.err_code == STORE_FAILED and "maximum" in (exc.description or "")
+    return err_code == STORE_FAILED and "maximum" in (getattr(exc, "description", "") or "")
 
 
 def describe(exc: BaseException) -> str:
