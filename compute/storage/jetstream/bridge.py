@@ -147,6 +147,7 @@ def is_unavailable(exc: BaseException) -> bool:
             asyncio.TimeoutError,
             nats_errors.TimeoutError,
             nats_errors.NoRespondersError,
+            js_errors.NoStreamResponseError,  # no server of the stream answers a publish
             nats_errors.ConnectionClosedError,
             nats_errors.ConnectionReconnectingError,
             nats_errors.StaleConnectionError,
