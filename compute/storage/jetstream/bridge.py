@@ -96,6 +96,9 @@ class NatsBridge:
         own API errors (a limit, a wrong sequence) come back as they are.
         """
         if self._closed:
+            close = getattr(coroutine, "close", None)
+            if close is not None:
+                close()  # never to run: no "never awaited" warning
             raise StoreUnavailable("the NATS connection is closed")
         wait = self.config.request_timeout * 2 if timeout is None else timeout
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
