@@ -10,17 +10,12 @@ wholly acknowledged messages; a message acknowledged in part keeps the
 point reached in a record (``store-cursor``), so a restart redelivers at
 most the unacknowledged rest, never skips one.
 
-One writer per queue: every publish says which subject sequence it expects
-last (``Nats-Expected-Last-Subject-Sequence``). A queue written by another
-engine meanwhile refuses it: ``QueueWrittenElsewhereError``, never a
-silent interleaving. A publish whose answer is lost (no quorum, a timeout)
-is ``DLQFullError(store_unavailable)``: backpressure; its retry carries the
-same message id, so JetStream's deduplication never stores it twice.
+Appending (limits, one writer per queue, publishes whose answer is lost)
+is writer.py; the queue's positions are state.py.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -33,12 +28,11 @@ from compute.errors import (
     DLQFullError,
     DLQStorageError,
     LeaseError,
-    QueueWrittenElsewhereError,
 )
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoredStats, StoreLease
 from compute.storage.jetstream import messages
-from compute.storage.jetstream.bridge import NatsBridge, StoreUnavailable, describe, is_refusal
+from compute.storage.jetstream.bridge import NatsBridge, StoreUnavailable
 from compute.storage.jetstream.messages import StoredFrame, stored_frame
 from compute.storage.jetstream.naming import (
     queue_subject,
@@ -48,12 +42,12 @@ from compute.storage.jetstream.naming import (
 )
 from compute.storage.jetstream.state import QueueState
 from compute.storage.jetstream.streams import ensure_queues_stream, open_records
+from compute.storage.jetstream.writer import check_limits, publish
 from config.nats_config import NatsConfig
 
 logger = logging.getLogger(__name__)
 
 CURSOR_RECORD = "store-cursor"
-WRONG_LAST_SEQUENCE = 10071
 # The first sequence a subject walk asks for (nats-py leaves a 0 out of the request).
 _FIRST = 1
 
@@ -161,7 +155,7 @@ class JetStreamStore(QueueStore):
                 self._loaded(state)
             except DLQStorageError as error:
                 raise DLQFullError(STORE_UNAVAILABLE, str(error), queue) from error
-            self._check_limits(state, count, sum(map(len, payloads)))
+            check_limits(self._limits, state, count, sum(map(len, payloads)))
             max_payload = int(getattr(self._bridge.nc, "max_payload", 0) or 1 << 20)
             for body in messages.bodies(payloads, max_payload - 1024):
                 if len(body.data) > max_payload - 1024:
@@ -169,77 +163,12 @@ class JetStreamStore(QueueStore):
                         f"a frame of {len(body.data)} bytes is over the NATS server's "
                         f"max_payload ({max_payload} bytes): raise it to DLQ_MAX_MESSAGE_BYTES"
                     )
-                self._publish(state, body)
+                publish(self._bridge, state, body, self._reload_writer)
             with self._states_lock:
                 self._known.add(queue.main)
 
-    def _check_limits(self, state: QueueState, count: int, size: int) -> None:
-        limits = self._limits
-        if limits.max_messages and state.count + count > limits.max_messages:
-            raise DLQFullError(
-                "max_queue_messages",
-                f"{state.count} + {count} messages over DLQ_MAX_QUEUE_MESSAGES "
-                f"({limits.max_messages})",
-                state.queue,
-            )
-        stored = state.bytes_end - state.acked_bytes
-        if limits.max_bytes and stored + size > limits.max_bytes:
-            raise DLQFullError(
-                "max_queue_bytes",
-                f"{stored} + {size} bytes over DLQ_MAX_QUEUE_BYTES ({limits.max_bytes})",
-                state.queue,
-            )
-
-    def _publish(self, state: QueueState, body: messages.Body) -> None:
-        """Publish one message at the subject's tail, waiting for the quorum's ack."""
-        from nats.js import errors as js_errors
-
-        retried = False
-        while True:
-            expected = state.last_seq if state.unsure_expected is None else state.unsure_expected
-            end, bytes_end = state.end + body.count, state.bytes_end + len(body.data)
-            digest = hashlib.blake2b(body.data, digest_size=12).hexdigest()
-            msg_id = f"{hashlib.blake2b(state.subject.encode(), digest_size=6).hexdigest()}"
-            msg_id += f"-{expected}-{digest}"
-            headers = {
-                messages.EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected),
-                messages.MSG_ID: msg_id,
-                messages.COUNT: str(body.count),
-                messages.END: str(end),
-                messages.BYTES_END: str(bytes_end),
-            }
-            if body.frames > 1:
-                headers[messages.FRAMES] = str(body.frames)
-            publish = self._bridge.js.publish(
-                state.subject, body.data, timeout=self.config.request_timeout, headers=headers
-            )
-            try:
-                ack = self._bridge.run(publish)
-            except StoreUnavailable as error:
-                state.unsure_expected = expected
-                raise DLQFullError(STORE_UNAVAILABLE, str(error), state.queue) from error
-            except js_errors.APIError as error:
-                if is_refusal(error):
-                    raise DLQFullError(_stream_limit(error), describe(error), state.queue) from None
-                if error.err_code != WRONG_LAST_SEQUENCE:
-                    raise DLQStorageError(f"enqueue {state.queue}: {describe(error)}") from error
-                lost_answer = state.unsure_expected is not None
-                state.unsure_expected = None
-                self._reload_writer(state)
-                if lost_answer and not retried:
-                    retried = True  # a lost publish of another batch landed: go on after it
-                    continue
-                raise QueueWrittenElsewhereError(
-                    f"queue {state.queue} was written by another engine (expected subject "
-                    f"sequence {expected}); its state is read again, nothing of this batch "
-                    "was stored"
-                ) from None
-            state.unsure_expected = None
-            if ack.seq > state.last_seq:  # a duplicate already read back needs nothing more
-                state.last_seq, state.end, state.bytes_end = ack.seq, end, bytes_end
-            return
-
     def _reload_writer(self, state: QueueState) -> None:
+        """Read the subject's tail again (its last message) after a refused publish."""
         last = self._get(state, None, "reload")
         if last is None:
             state.last_seq = 0
@@ -480,12 +409,3 @@ class JetStreamStore(QueueStore):
         self._closed = True
         if self._own_bridge:
             self._bridge.close()
-
-
-def _stream_limit(error: Any) -> str:
-    text = (getattr(error, "description", "") or "").lower()
-    if "bytes" in text:
-        return "stream_max_bytes"
-    if "messages" in text:
-        return "stream_max_messages"
-    return "stream_resources"
