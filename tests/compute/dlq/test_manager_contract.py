@@ -7,6 +7,9 @@ unreachable store as backpressure even with DLQ_WHEN_FULL=drop_newest.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -176,3 +179,22 @@ def test_an_unreachable_store_is_backpressure_even_with_drop_newest(
         assert caught.value.limit == STORE_UNAVAILABLE  # raised: not dropped
     finally:
         dlq.close()
+
+
+def test_a_rocksq_engine_never_imports_nats(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from compute.dlq.manager import DLQManager\n"
+        "from tests.builders import dlq_config\n"
+        f"with DLQManager(dlq_config(__import__('pathlib').Path({str(tmp_path)!r})), "
+        "background=False) as dlq:\n"
+        "    assert type(dlq.store).__name__ == 'RocksqStore'\n"
+        "print(sorted(m for m in sys.modules if m == 'nats' or m.startswith('nats.')))\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
