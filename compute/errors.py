@@ -21,6 +21,14 @@ class QueueCorruptError(DLQStorageError):
     """RocksDB says a queue directory is damaged (missing or corrupt files)."""
 
 
+class QueueWrittenElsewhereError(DLQStorageError):
+    """Another engine appended to a replicated queue this store was writing: nothing was stored.
+
+    The store reads the queue's tail again; the caller may retry (backpressure),
+    but two engines writing one queue means a pipeline runs twice.
+    """
+
+
 STORE_UNAVAILABLE = "store_unavailable"
 
 

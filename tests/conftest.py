@@ -83,7 +83,7 @@ _SLOW = (
     "tests/destinations/contract/test_failures.py::test_health_check_false_within_its_timeout_when_"
     "the_server_never_answers[postgresql-",
     "tests/compute/engine/test_embedded.py::test_full_dlq_blocks_submit_",
-    "tests/compute/storage/test_rocksq_store.py::test_concurrent_producers_and_one_reader",
+    "tests/compute/storage/test_store_contract.py::test_concurrent_producers_and_one_reader",
     # Waiting out the status files' 1 s refresh, a destination slowed on purpose, a
     # destination server stopped and started
     "tests/compute/dlq/test_status_files.py::test_the_maintenance_thread_keeps_the_age_",
@@ -182,3 +182,16 @@ def small_disk(tmp_path: Path, small_disk_size: str) -> Iterator[Path]:
     """A small tmpfs of the test's own, to fill up (the suite runs as root, as CI does)."""
     with mounted_tmpfs(tmp_path / "small", f"size={small_disk_size}") as mount_point:
         yield mount_point
+
+
+@pytest.fixture(scope="session")
+def nats_session_cluster() -> Iterator[Any]:
+    """One 3-node JetStream cluster for the whole session (about 5 s to start).
+
+    Tests keep apart by a stream prefix of their own (``tests/jetstream_stores.py``).
+    A missing nats-server fails the test that needs it: it is never skipped.
+    """
+    from tests.nats_cluster import nats_cluster
+
+    with nats_cluster() as cluster:
+        yield cluster

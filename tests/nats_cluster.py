@@ -164,18 +164,27 @@ class NatsCluster:
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Until JetStream answers with a meta leader (the cluster formed)."""
+        """Until JetStream answers and can place a stream on every live node (cluster formed)."""
         import asyncio
 
         import nats
+
+        replicas = len(self.live_urls())
 
         async def probe() -> bool:
             nc = await nats.connect(
                 servers=self.live_urls(), connect_timeout=1, max_reconnect_attempts=0
             )
             try:
-                info = await nc.jetstream().account_info()
-                return info is not None
+                js = nc.jetstream(timeout=2)
+                await js.account_info()
+                # A meta leader can answer before every peer is known to it
+                # ("no suitable peers for placement"): ready once a stream of
+                # as many replicas as nodes can be made.
+                name = "READY_PROBE"
+                await js.add_stream(name=name, subjects=["ready.probe"], num_replicas=replicas)
+                await js.delete_stream(name)
+                return True
             finally:
                 await nc.close()
 

@@ -12,21 +12,32 @@ from compute.errors import STORE_UNAVAILABLE, DLQFullError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore
 from config.dlq_config import DLQConfig, WhenFull
+from config.nats_config import Backend
 
 logger = logging.getLogger(__name__)
 
 
 def default_store(config: DLQConfig) -> QueueStore:
-    """The embedded rocksq store under ``DLQ_BASE_PATH``, holding the configured limits."""
+    """The store ``DLQ_BACKEND`` names, holding the configured limits.
+
+    rocksq: the embedded store under ``DLQ_BASE_PATH``. jetstream: the NATS
+    JetStream store (status files and quarantine still under the base path);
+    imported only then, so a rocksq engine never imports nats.
+    """
+    limits = QueueLimits(
+        max_messages=config.max_queue_messages,
+        max_bytes=config.max_queue_bytes,
+        min_free_disk_bytes=config.min_free_disk_bytes,
+    )
+    if config.backend is Backend.JETSTREAM:
+        from compute.storage.jetstream.store import JetStreamStore
+
+        return JetStreamStore(config.nats, Path(config.base_path), limits)
     from compute.storage.rocksq.store import RocksqStore
 
     return RocksqStore(
         Path(config.base_path),
-        QueueLimits(
-            max_messages=config.max_queue_messages,
-            max_bytes=config.max_queue_bytes,
-            min_free_disk_bytes=config.min_free_disk_bytes,
-        ),
+        limits,
         max_open_handles=config.max_open_queues,
         fsync=config.fsync,
         fsync_interval=config.fsync_interval_ms / 1000,

@@ -37,6 +37,7 @@ class NatsBridge:
         self._thread = threading.Thread(target=self._loop.run_forever, name="dlq-nats", daemon=True)
         self._thread.start()
         self._closed = False
+        self._closing = False
         try:
             self.nc = self.run(self._connect(), timeout=max(10.0, config.request_timeout * 2))
         except BaseException:
@@ -50,6 +51,8 @@ class NatsBridge:
         config = self.config
 
         async def disconnected() -> None:
+            if self._closing:
+                return  # our own close
             logger.warning("NATS connection lost, reconnecting: servers=%s", ",".join(config.urls))
 
         async def reconnected() -> None:
@@ -93,6 +96,9 @@ class NatsBridge:
         own API errors (a limit, a wrong sequence) come back as they are.
         """
         if self._closed:
+            close = getattr(coroutine, "close", None)
+            if close is not None:
+                close()  # never to run: no "never awaited" warning
             raise StoreUnavailable("the NATS connection is closed")
         wait = self.config.request_timeout * 2 if timeout is None else timeout
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
@@ -113,6 +119,7 @@ class NatsBridge:
     def close(self) -> None:
         if self._closed:
             return
+        self._closing = True
         try:
             self.run(self.nc.drain(), timeout=5)
         except Exception as exc:  # noqa: BLE001 - closing anyway
@@ -130,10 +137,12 @@ def is_unavailable(exc: BaseException) -> bool:
     from nats import errors as nats_errors
     from nats.js import errors as js_errors
 
-    if isinstance(exc, js_errors.ServiceUnavailableError):
-        return True
     if isinstance(exc, js_errors.APIError):
-        return exc.code in (503, 504)  # no quorum, no leader yet
+        if is_refusal(exc):
+            return False
+        # (Key-value errors are APIErrors without the attributes of a server answer.)
+        code = getattr(exc, "code", None)
+        return isinstance(exc, js_errors.ServiceUnavailableError) or code in (503, 504)
     return isinstance(
         exc,
         (
@@ -141,6 +150,7 @@ def is_unavailable(exc: BaseException) -> bool:
             asyncio.TimeoutError,
             nats_errors.TimeoutError,
             nats_errors.NoRespondersError,
+            js_errors.NoStreamResponseError,  # no server of the stream answers a publish
             nats_errors.ConnectionClosedError,
             nats_errors.ConnectionReconnectingError,
             nats_errors.StaleConnectionError,
@@ -148,6 +158,24 @@ def is_unavailable(exc: BaseException) -> bool:
             ConnectionError,
         ),
     )
+
+
+# JetStream answers a full stream (discard=new) and a server out of room with
+# 503 too, but those are answers, not an outage: a limit the caller must name.
+STORE_FAILED = 10077  # "maximum messages exceeded", "maximum bytes exceeded", ...
+INSUFFICIENT_RESOURCES = 10023
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """True when JetStream refused a write for want of room (a limit, not an outage)."""
+    from nats.js import errors as js_errors
+
+    if not isinstance(exc, js_errors.APIError):
+        return False
+    err_code = getattr(exc, "err_code", None)
+    if err_code == INSUFFICIENT_RESOURCES:
+        return True
+    return err_code == STORE_FAILED and "maximum" in (getattr(exc, "description", "") or "")
 
 
 def describe(exc: BaseException) -> str:

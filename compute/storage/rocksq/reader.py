@@ -12,7 +12,7 @@ from rocksq.blocking import MpmcQueue
 
 from compute.errors import QueueCorruptError
 from compute.storage.base import StoreLease
-from compute.storage.rocksq.frames import decode_after, decode_frame
+from compute.storage.frames import decode_after, decode_frame
 from compute.storage.rocksq.handles import HandleCache
 from compute.storage.rocksq.quarantine import Quarantine
 from compute.storage.rocksq.segments import SCAN_CHUNK, Segments

@@ -10,9 +10,9 @@ from rocksq.blocking import MpmcQueue
 
 from compute.errors import DLQError, DLQStorageError
 from compute.queue_id import QueueId
+from compute.storage.frames import frame_count
 from compute.storage.rocksq.cursor import CURSOR_FILE, close_cursor, cursor_current, write_cursor
 from compute.storage.rocksq.discovery import write_queue_file
-from compute.storage.rocksq.frames import frame_count
 from compute.storage.rocksq.handles import HandleCache
 from compute.storage.rocksq.opener import SegmentOpener
 from compute.storage.rocksq.segments import SCAN_CHUNK, record_written_counts, remove_segment_dir

@@ -13,9 +13,9 @@ from rocksq.blocking import MpmcQueue
 
 from compute.errors import DLQFullError, DLQStorageError, QueueCorruptError
 from compute.storage.atomic_file import json_bytes, write_atomic
+from compute.storage.frames import frame_count
 from compute.storage.rocksq.cursor import read_cursor, write_cursor
 from compute.storage.rocksq.diagnosis import disk_low, is_corruption, is_no_space
-from compute.storage.rocksq.frames import frame_count
 from compute.storage.rocksq.handles import HandleCache
 from compute.storage.rocksq.opener import SegmentOpener
 from compute.storage.rocksq.state import SEGMENT_RE, QueueState, segment_dir

@@ -39,6 +39,7 @@ from pathlib import Path
 from compute.errors import DLQError, DLQStorageError, LeaseError, QueueCorruptError
 from compute.queue_id import QueueId
 from compute.storage.base import QueueLimits, QueueStore, StoredStats, StoreLease
+from compute.storage.frames import encode_frames
 from compute.storage.rocksq.base_lock import prepare_base_path, take_lock
 from compute.storage.rocksq.cursor import close_cursor, cursor_current, write_cursor
 from compute.storage.rocksq.diagnosis import WRITE_ROOM
@@ -46,7 +47,6 @@ from compute.storage.rocksq.discovery import QUEUE_FILE, find_queues, write_queu
 from compute.storage.rocksq.disk_reserve import DiskReserve
 from compute.storage.rocksq.drained import DrainedQueues
 from compute.storage.rocksq.durability import QueueDurability
-from compute.storage.rocksq.frames import encode_frames
 from compute.storage.rocksq.handles import HandleCache
 from compute.storage.rocksq.limits import RESERVE_FILE, LimitGuard
 from compute.storage.rocksq.open_budget import open_cap

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rocksq.blocking import MpmcQueue
 
-from compute.storage.rocksq.frames import (
+from compute.storage.frames import (
     DAMAGED_PREFIX,
     MAX_FRAME_PAYLOADS,
     decode_frame,

@@ -1,4 +1,4 @@
-"""Frames: how the rocksq store packs a batch of payloads into one stored item.
+"""Frames: how a store packs a batch of payloads into one stored item (rocksq, JetStream).
 
 Why: rocksq copies each item into Rust byte by byte (about 20 ns a byte on
 our test machine), so the cost of an enqueue is mostly the bytes written.
