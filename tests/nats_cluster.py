@@ -86,9 +86,11 @@ class NatsNode:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def write_config(self, routes: list[int]) -> None:
+    def write_config(self, routes: list[int], sync_always: bool = True) -> None:
         store = self.directory / "store"
-        self.config_path.write_text(_config(self.name, self.port, self.cluster_port, routes, store))
+        self.config_path.write_text(
+            _config(self.name, self.port, self.cluster_port, routes, store, sync_always)
+        )
 
     def start(self) -> None:
         if self.process is not None and self.process.poll() is None:
