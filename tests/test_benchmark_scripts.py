@@ -35,6 +35,21 @@ def test_bench_dlq_prints_its_figures() -> None:
 
 
 @pytest.mark.timeout(360)
+def test_bench_dlq_on_jetstream_prints_its_figures() -> None:
+    figures = run_script(
+        "bench_dlq.py", "--backend", "jetstream", "--messages", "1000", "--rounds", "1"
+    )
+    assert {
+        "jetstream_enqueue_ratio",
+        "jetstream_drain_ratio",
+        "jetstream_enqueue_changes_per_s",
+        "rocksq_enqueue_changes_per_s",
+        "jetstream_sync_always_vs_default",
+    } <= set(figures)
+    assert all(float(v) > 0 for v in figures.values()), figures
+
+
+@pytest.mark.timeout(360)
 def test_bench_pipeline_prints_its_figures() -> None:
     figures = run_script(
         "bench_pipeline.py",

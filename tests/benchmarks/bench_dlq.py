@@ -1,6 +1,7 @@
 """DLQ store benchmark, side by side with raw rocksq and persist-queue in the same run.
 
     python tests/benchmarks/bench_dlq.py [--messages 50000] [--rounds 3]
+    python tests/benchmarks/bench_dlq.py --backend jetstream   # see bench_jetstream.py
 
 Each figure is measured in slices that alternate with its baseline's (so a
 load change on a shared machine hits both sides alike). Prints per-round
@@ -231,7 +232,14 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--queues", type=int, default=1000)
+    parser.add_argument("--backend", choices=("rocksq", "jetstream"), default="rocksq")
     args = parser.parse_args()
+    if args.backend == "jetstream":
+        from tests.benchmarks.bench_jetstream import main as jetstream_main
+
+        # Each change is a quorum-acknowledged network write: fewer than rocksq's default.
+        jetstream_main(min(args.messages, 20_000), args.rounds)
+        return
     rounds = []
     for r in range(args.rounds):
         workdir = Path(tempfile.mkdtemp(prefix="bench_dlq_"))
