@@ -24,4 +24,3 @@ def test_tuning_raises_the_thresholds_and_freezes_what_exists() -> None:
     assert gc.get_threshold() == STREAMING_THRESHOLDS == (100_000, 50, 100)
     assert gc.get_freeze_count() > 0
     assert gc.isenabled()  # cycles are still collected, only less often
-
