@@ -133,7 +133,8 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, js_errors.ServiceUnavailableError):
         return True
     if isinstance(exc, js_errors.APIError):
-        return exc.code in (503, 504)  # no quorum, no leader yet
+        # no quorum, no leader yet; KV's own errors (a wrong revision) carry no code
+        return getattr(exc, "code", None) in (503, 504)
     return isinstance(
         exc,
         (

@@ -150,11 +150,12 @@ class Leases:
         False when it was no longer ours (nothing deleted) or JetStream did not answer
         (the lease then expires by itself within the TTL).
         """
-        from nats.js.errors import KeyValueError
+        from nats.js.errors import APIError, KeyValueError
 
         try:
             self.bridge.run(self._leases.delete(kv_key(lease.pipeline), last=lease.revision))
-        except (KeyValueError, StoreUnavailable) as error:
+        # A wrong revision comes back as a plain BadRequestError (err_code 10071) from delete
+        except (APIError, KeyValueError, StoreUnavailable) as error:
             logger.debug("lease release failed: pipeline=%s error=%s", lease.pipeline, error)
             return False
         return True
