@@ -197,6 +197,7 @@ class Engine:
             pipelines=lambda: list(self.pipelines),
             threads=lambda: [s.status() for s in self._engine_supervisors()],
             mode="online",
+            owners=None if self.ownership is None else lambda: self.ownership.owners,
         )
         self.admin = AdminServer(ops, self.settings.admin)
         self._add_observability_routes(self.admin)

@@ -243,7 +243,7 @@ class Ownership:
                 continue
             if now < self._build_failed.get(spec.name, -1.0):
                 continue
-            lease = self.leases.acquire(spec.name)
+            lease = self.leases.acquire(spec.name, spec.source.id)
             if lease is None:
                 continue  # another engine was quicker
             fence = Fence(spec.name)

@@ -64,6 +64,7 @@ class Lease:
 
     pipeline: str
     revision: int
+    source_id: str  # the pipeline's source: its queues carry it, so operators see their owner
     # Monotonic instant until which this engine may write for the pipeline:
     # taken before the request was sent, + ttl - margin (see fence.py).
     valid_until: float
@@ -76,9 +77,15 @@ class Owner:
     engine_id: str
     since: float  # wall-clock time the engine took the pipeline
     revision: int
+    source_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"engine": self.engine_id, "since": self.since, "revision": self.revision}
+        return {
+            "engine": self.engine_id,
+            "since": self.since,
+            "revision": self.revision,
+            "source_id": self.source_id,
+        }
 
 
 async def open_bucket(bridge: NatsBridge, name: str, ttl: float | None) -> Any:
@@ -115,17 +122,17 @@ class Leases:
 
     # ------------------------------------------------------------ leases
 
-    def acquire(self, pipeline: str) -> Lease | None:
+    def acquire(self, pipeline: str, source_id: str = "") -> Lease | None:
         """Take ``pipeline`` if nobody holds it (or its lease expired); None when someone does."""
         from nats.js.errors import KeyWrongLastSequenceError
 
         started = time.monotonic()
-        value = self._value(since=time.time())
+        value = self._value(time.time(), source_id)
         try:
             revision = self.bridge.run(self._leases.create(kv_key(pipeline), value))
         except KeyWrongLastSequenceError:
             return None
-        return Lease(pipeline, revision, self._valid_until(started))
+        return Lease(pipeline, revision, source_id, self._valid_until(started))
 
     def renew(self, lease: Lease, since: float) -> Lease:
         """``lease`` renewed for another TTL; ``LeaseLost`` when someone else wrote it since.
@@ -138,11 +145,13 @@ class Leases:
         started = time.monotonic()
         try:
             revision = self.bridge.run(
-                self._leases.update(kv_key(lease.pipeline), self._value(since), last=lease.revision)
+                self._leases.update(
+                    kv_key(lease.pipeline), self._value(since, lease.source_id), last=lease.revision
+                )
             )
         except (KeyWrongLastSequenceError, KeyNotFoundError) as error:
             raise LeaseLost(f"lease of {lease.pipeline} lost: {describe(error)}") from error
-        return Lease(lease.pipeline, revision, self._valid_until(started))
+        return Lease(lease.pipeline, revision, lease.source_id, self._valid_until(started))
 
     def release(self, lease: Lease) -> bool:
         """Give ``lease`` up now, so another engine can take the pipeline at once.
@@ -203,10 +212,9 @@ class Leases:
 
     # ----------------------------------------------------------- private
 
-    def _value(self, since: float) -> bytes:
-        return json.dumps(
-            {"engine": self.engine_id, "since": since, "renewed": time.time()}
-        ).encode()
+    def _value(self, since: float, source_id: str) -> bytes:
+        value = {"engine": self.engine_id, "since": since, "renewed": time.time()}
+        return json.dumps(value | {"source": source_id}).encode()
 
     def _valid_until(self, started: float) -> float:
         return started + self.ttl - self.margin
@@ -223,6 +231,6 @@ class Leases:
 def _owner(value: bytes | None, revision: int) -> Owner | None:
     try:
         doc = json.loads(value or b"")
-        return Owner(str(doc["engine"]), float(doc["since"]), revision)
+        return Owner(str(doc["engine"]), float(doc["since"]), revision, str(doc.get("source", "")))
     except (ValueError, KeyError, TypeError):
         return None
