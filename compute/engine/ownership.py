@@ -83,7 +83,7 @@ class Ownership:
         self._owned: dict[str, _Owned] = {}
         self._lock = threading.Lock()  # guards _owned against status readers
         self._stop = threading.Event()
-        self._build_failed: dict[str, float] = {}
+        self._not_before: dict[str, float] = {}  # pipeline -> monotonic time it may be taken
         self._handovers: list[threading.Thread] = []
         self.owners: dict[str, Owner] = {}  # as last read, for status
         self.supervisor = Supervisor("ownership", self._loop, self._stop)
@@ -230,6 +230,9 @@ class Ownership:
                     "pipeline released: pipeline=%s engine=%s", item.spec.name, self.engine_id
                 )
 
+        # Lost or handed over: left to the others for one TTL, so that an engine
+        # just paused or cut off does not grab it straight back.
+        self._not_before[item.spec.name] = time.monotonic() + self.leases.ttl
         thread = threading.Thread(target=stop, name=f"handover-{item.spec.name}", daemon=True)
         self._handovers = [t for t in self._handovers if t.is_alive()] + [thread]
         thread.start()
@@ -241,7 +244,7 @@ class Ownership:
                 return
             if spec.name in self._owned or spec.name in self.owners:
                 continue
-            if now < self._build_failed.get(spec.name, -1.0):
+            if now < self._not_before.get(spec.name, -1.0):
                 continue
             lease = self.leases.acquire(spec.name, spec.source.id)
             if lease is None:
@@ -254,7 +257,7 @@ class Ownership:
             except Exception as error:  # noqa: BLE001 - one pipeline's trouble, the others go on
                 fence.lose("failed to start")
                 self.leases.release(lease)
-                self._build_failed[spec.name] = now + BUILD_RETRY_DELAY
+                self._not_before[spec.name] = now + BUILD_RETRY_DELAY
                 logger.error(
                     "pipeline taken but failed to start, released: pipeline=%s engine=%s "
                     "error=%s: %s",

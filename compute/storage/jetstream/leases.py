@@ -18,6 +18,7 @@ and take its fair share: ceil(pipelines / live engines).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -52,6 +53,9 @@ def name_of(key: str) -> str:
             out += key[i].encode()
             i += 1
     return out.decode()
+
+
+_NO_PEERS_YET = 10005  # JetStream's err_code: no suitable peers for placement
 
 
 class LeaseLost(Exception):
@@ -89,16 +93,27 @@ class Owner:
 
 
 async def open_bucket(bridge: NatsBridge, name: str, ttl: float | None) -> Any:
-    """The key-value bucket ``name`` (one value per key), created when missing."""
+    """The key-value bucket ``name`` (one value per key), created when missing.
+
+    A cluster that has just formed may not know its peers yet ("no suitable
+    peers for placement"): that is retried for up to the request timeout.
+    """
     from nats.js.api import KeyValueConfig
-    from nats.js.errors import BucketNotFoundError, NotFoundError
+    from nats.js.errors import APIError, BucketNotFoundError, NotFoundError
 
     try:
         return await bridge.js.key_value(name)
     except (BucketNotFoundError, NotFoundError):
         pass
     config = KeyValueConfig(bucket=name, history=1, ttl=ttl, replicas=bridge.config.replicas)
-    return await bridge.js.create_key_value(config)
+    deadline = time.monotonic() + bridge.config.request_timeout
+    while True:
+        try:
+            return await bridge.js.create_key_value(config)
+        except APIError as error:
+            if error.err_code != _NO_PEERS_YET or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(0.2)
 
 
 class Leases:
