@@ -116,6 +116,13 @@ async def open_bucket(bridge: NatsBridge, name: str, ttl: float | None) -> Any:
         await asyncio.sleep(0.2)
 
 
+async def bucket_keys(bridge: NatsBridge, bucket: Any) -> list[str]:
+    """Every key with a message in ``bucket`` (values and deletion markers alike)."""
+    info = await bridge.js.stream_info(bucket._stream, subjects_filter=">")
+    prefix = f"$KV.{bucket._name}."
+    return [s[len(prefix) :] for s in (info.state.subjects or {}) if s.startswith(prefix)]
+
+
 class Leases:
     """Take, renew, release and read pipeline leases for one engine (``engine_id``)."""
 
@@ -218,7 +225,17 @@ class Leases:
             logger.debug("engine key delete failed: %s", error)
 
     def live_engines(self) -> list[str]:
-        return sorted(name_of(k) for k in self._keys(self._engines))
+        """The engines whose heartbeat is younger than the TTL (a stopped one's key is deleted)."""
+        from nats.js.errors import KeyNotFoundError
+
+        live = []
+        for key in self._keys(self._engines):
+            try:
+                self.bridge.run(self._engines.get(key))
+            except KeyNotFoundError:  # deleted by ``leave``: its marker stays until the TTL
+                continue
+            live.append(name_of(key))
+        return sorted(live)
 
     def fair_share(self, pipelines: int) -> int:
         """How many of ``pipelines`` this engine should own: ceil(pipelines / live engines)."""
@@ -235,12 +252,12 @@ class Leases:
         return started + self.ttl - self.margin
 
     def _keys(self, bucket: Any) -> list[str]:
-        from nats.js.errors import NoKeysError
+        """The bucket's keys holding a value (a deleted key's marker may be among them).
 
-        try:
-            return list(self.bridge.run(bucket.keys()))
-        except NoKeysError:
-            return []
+        Read from the stream's subject counts, one request: nats-py's ``keys()``
+        runs a consumer and can end before it has seen every key.
+        """
+        return self.bridge.run(bucket_keys(self.bridge, bucket))
 
 
 def _owner(value: bytes | None, revision: int) -> Owner | None:

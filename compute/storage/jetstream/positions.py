@@ -19,7 +19,7 @@ from typing import Any
 
 from compute.runtime.fence import NO_FENCE, Fence, Fenced
 from compute.storage.jetstream.bridge import NatsBridge, describe
-from compute.storage.jetstream.leases import kv_key, name_of, open_bucket
+from compute.storage.jetstream.leases import bucket_keys, kv_key, name_of, open_bucket
 
 
 class PositionConflict(Fenced):
@@ -78,12 +78,7 @@ class PositionStore:
 
     def all(self) -> dict[str, str]:
         """Every stored token (read from the cluster)."""
-        from nats.js.errors import NoKeysError
-
-        try:
-            keys = self.bridge.run(self._kv.keys())
-        except NoKeysError:
-            return {}
+        keys = self.bridge.run(bucket_keys(self.bridge, self._kv))
         found = {}
         with self._lock:
             for key in keys:
