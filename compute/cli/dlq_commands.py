@@ -93,8 +93,8 @@ def queues(as_json: bool) -> None:
         damaged = [r for r in rows if r.get("damaged")]
         # Engines sharing pipelines (DLQ_BACKEND=jetstream): which one runs each queue's pipeline.
         shared = any("owner" in r for r in rows)
-        columns = ("source", "table", "destination", "messages", "parked", "bytes", "oldest")
-        columns += ("destination health", "held") + (("owner",) if shared else ())
+        columns: tuple[str, ...] = ("source", "table", "destination", "messages", "parked")
+        columns += ("bytes", "oldest", "destination health", "held") + (("owner",) * shared)
         queues = table(
             f"DLQ queues ({len(rows) - len(damaged)})", columns, right=("messages", "parked")
         )

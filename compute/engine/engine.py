@@ -191,13 +191,14 @@ class Engine:
         from compute.admin.server import AdminServer
 
         assert self.dlq is not None
+        ownership = self.ownership
         ops = DLQOperations(
             self.dlq,
             self.settings,
             pipelines=lambda: list(self.pipelines),
             threads=lambda: [s.status() for s in self._engine_supervisors()],
             mode="online",
-            owners=None if self.ownership is None else lambda: self.ownership.owners,
+            owners=None if ownership is None else lambda: ownership.owners,
         )
         self.admin = AdminServer(ops, self.settings.admin)
         self._add_observability_routes(self.admin)
