@@ -15,6 +15,7 @@ from compute.engine.pipeline import Pipeline, PipelineState
 from compute.engine.run_summary import RunSummary, summarize
 from compute.engine.table_check import table_problems
 from compute.error_codes import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK
+from compute.errors import DLQStorageError
 from compute.observability.alerts import AlertMonitor
 from compute.observability.metrics import DLQMetrics
 from compute.observability.source_metrics import PipelineFlow
@@ -150,12 +151,17 @@ class Engine:
     def _share_pipelines(self) -> None:
         """Connect to JetStream; the ownership thread takes this engine's share of the pipelines."""
         from compute.engine.ownership import Ownership
-        from compute.storage.jetstream.bridge import NatsBridge
+        from compute.storage.jetstream.bridge import NatsBridge, StoreUnavailable
         from compute.storage.jetstream.leases import Leases
 
-        self.bridge = NatsBridge(self.settings.dlq.nats)
+        try:
+            self.bridge = NatsBridge(self.settings.dlq.nats)
+            leases = Leases(self.bridge)
+        except StoreUnavailable as error:
+            # One line, not a traceback: the operator fixes DLQ_NATS_URLS or the cluster.
+            raise DLQStorageError(f"pipelines are shared through JetStream: {error}") from None
         self.ownership = Ownership(
-            Leases(self.bridge),
+            leases,
             self.specs,
             build=self._start_owned,
             retire=self._retire,
