@@ -208,7 +208,9 @@ class Ownership:
         name = sorted(self._owned)[-1]
         with self._lock:
             item = self._owned.pop(name)
-        item.fence.lose("handed over to another engine")
+        # The fence stays open while the pipeline stops (the lease is still ours
+        # until it is deleted): its last delivered batch is acknowledged, and the
+        # next owner does not apply it again.
         logger.info(
             "pipeline handed over (over the fair share of %d): pipeline=%s engine=%s",
             share,
@@ -224,6 +226,7 @@ class Ownership:
         def stop() -> None:
             if item.pipeline is not None:
                 self._retire(item.pipeline)
+            item.fence.lose("handed over to another engine")  # closed already when lost
             # Deleted only once it is stopped: the next owner starts after our last write.
             if release and self.leases.release(item.lease):
                 logger.info(
