@@ -34,6 +34,7 @@ _SLOW = (
     "tests/test_benchmark_scripts.py",
     "tests/compute/engine/test_crash_kill9.py",
     "tests/compute/engine/test_engine_postgres.py",
+    "tests/compute/engine/test_shared_pipelines.py",  # two `rosetta run`, a NATS cluster
     "tests/compute/cli/test_cli_dlq.py::test_every_command_",
     "tests/compute/storage/test_disk_full_drain.py",
     "tests/compute/storage/test_kill_during_ack.py",

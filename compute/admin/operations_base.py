@@ -5,16 +5,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from compute.dlq.manager import DLQManager
 from compute.errors import QueueNotFoundError
 from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
+from config.nats_config import Backend
 from config.pipelines import DEFAULT_PRIORITY
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from compute.storage.jetstream.leases import Owner
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +50,11 @@ class OperationsBase:
         threads: Callable[[], Sequence[dict[str, Any]]] | None = None,
         mode: str = "offline",
         clock: Callable[[], float] = time.time,
+        owners: Callable[[], Mapping[str, Owner]] | None = None,
     ) -> None:
         self.dlq = dlq
+        # The running engine's view of the pipeline leases (jetstream); offline, read anew.
+        self._owners = owners
         self.settings = settings
         self.mode = mode
         self._pipelines = pipelines
@@ -60,6 +67,16 @@ class OperationsBase:
     @property
     def running(self) -> bool:
         return self._pipelines is not None
+
+    def pipeline_owners(self) -> Mapping[str, Owner] | None:
+        """Pipeline name -> owner engine when engines share pipelines (jetstream), else None."""
+        if self.settings.dlq.backend is not Backend.JETSTREAM:
+            return None
+        if self._owners is not None:
+            return self._owners()
+        from compute.admin.owners import read_owners
+
+        return read_owners(self.settings)
 
     def known(self, queue: QueueId) -> QueueId:
         queue = queue.main

@@ -24,6 +24,11 @@ class QueueReading(OperationsBase):
         """One row per queue: counts, bytes, oldest age and destination health."""
         now = self._clock()
         health = self.destination_health()
+        owners = self.pipeline_owners()
+        if owners is not None:
+            from compute.admin.owners import owners_by_source
+
+            owner_of = owners_by_source(owners)
         rows = []
         # An operator asking sees queues made since the last scan too.
         for queue in self.dlq.list_queues(refresh=True):
@@ -35,6 +40,9 @@ class QueueReading(OperationsBase):
             # A client replaying every queue (``replay --all``) orders them by it.
             row["priority"] = self.running_priority(queue)
             row["damaged"] = False
+            if owners is not None:  # engines share the pipelines: which one runs this queue's
+                owner = owner_of.get(queue.source_id)
+                row["owner"] = owner.engine_id if owner is not None else None
             rows.append(row)
         # Damaged queue directories set aside (this run or earlier): their
         # messages are not replayed until an operator deals with the files.
@@ -288,6 +296,9 @@ class QueueReading(OperationsBase):
             "dlq": self.stats(),
             "damaged_queues": damaged,
         }
+        owners = self.pipeline_owners()
+        if owners is not None:  # engines share the pipelines: who runs each, since when
+            body["owners"] = {name: owner.to_json() for name, owner in sorted(owners.items())}
         return body, 503 if critical else 200
 
     def _lag_reasons(self, status: dict[str, Any]) -> list[str]:

@@ -91,20 +91,12 @@ def queues(as_json: bool) -> None:
 
     def human(rows: list[dict[str, Any]]) -> None:
         damaged = [r for r in rows if r.get("damaged")]
+        # Engines sharing pipelines (DLQ_BACKEND=jetstream): which one runs each queue's pipeline.
+        shared = any("owner" in r for r in rows)
+        columns: tuple[str, ...] = ("source", "table", "destination", "messages", "parked")
+        columns += ("bytes", "oldest", "destination health", "held") + (("owner",) * shared)
         queues = table(
-            f"DLQ queues ({len(rows) - len(damaged)})",
-            (
-                "source",
-                "table",
-                "destination",
-                "messages",
-                "parked",
-                "bytes",
-                "oldest",
-                "destination health",
-                "held",
-            ),
-            right=("messages", "parked"),
+            f"DLQ queues ({len(rows) - len(damaged)})", columns, right=("messages", "parked")
         )
         held = [r for r in rows if r.get("held")]
         for r in rows:
@@ -120,6 +112,7 @@ def queues(as_json: bool) -> None:
                 format_age(r["oldest_age_seconds"]),
                 r["destination_health"],
                 "HELD" if r.get("held") else "",
+                *((r.get("owner") or "none",) if shared else ()),
             )
         stdout_console().print(queues)
         if held:

@@ -50,6 +50,7 @@ from compute.dlq.manager import DLQManager, EnqueueResult
 from compute.dlq.parking import record_key
 from compute.errors import DLQFullError, MessageEncodeError, MessageTooLargeError
 from compute.queue_id import QueueId
+from compute.runtime.fence import NO_FENCE, Fence
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread
 from destinations.base import Destination
@@ -115,6 +116,7 @@ class EventHandler:
         self.counters = HandlerCounters()
         # Metrics hook, set by the engine; called once per batch, never per message.
         self.observer: Observer = NULL_OBSERVER
+        self.fence: Fence = NO_FENCE  # the pipeline's lease, asked before each write (fence.py)
 
     def handle(self, records: Sequence[ChangeRecord], done: set[tuple[str, str]]) -> None:
         """Deliver every (destination id, table) group of ``records`` not yet in ``done``.
@@ -237,6 +239,7 @@ class EventHandler:
         give_up_at = None if deadline is None else time.monotonic() + deadline
         while True:
             attempt += 1
+            self.fence.check(f"write to {destination.name}")  # outside the try: never queued
             try:
                 self._write_live(destination, queue, records, give_up_at)
             except _PastDeadline as stuck:
@@ -459,6 +462,7 @@ class EventHandler:
         messages: list[DLQMessage],
         failure: FailureContext,
     ) -> None:
+        self.fence.check(f"DLQ enqueue to {queue}")
         try:
             result = self.dlq.enqueue(queue, messages)
         except MessageTooLargeError:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from compute.delivery.event_handler import EventHandler, group_by_table
 from compute.errors import DLQFullError
+from compute.runtime.fence import Fenced
 from compute.runtime.supervisor import Supervisor
 from destinations.base import Destination
 from destinations.records import ChangeRecord
@@ -134,6 +135,9 @@ class DeliveryLane:
                         self._inbox.popleft()
                 for batch in batches:
                     self._on_delivered(self.destination_id, batch)
+        except Fenced as error:  # the lease is gone: expected, no traceback
+            logger.warning("delivery lane stopped: pipeline=%s %s", self.pipeline_name, error)
+            self._on_failed(self.destination_id, error)
         except Exception as error:
             logger.exception(
                 "delivery lane failed: pipeline=%s destination=%s",

@@ -15,21 +15,26 @@ from compute.engine.pipeline import Pipeline, PipelineState
 from compute.engine.run_summary import RunSummary, summarize
 from compute.engine.table_check import table_problems
 from compute.error_codes import EXIT_FAILED, EXIT_NEEDS_OPERATOR, EXIT_OK
+from compute.errors import DLQStorageError
 from compute.observability.alerts import AlertMonitor
 from compute.observability.metrics import DLQMetrics
 from compute.observability.source_metrics import PipelineFlow
+from compute.runtime.fence import NO_FENCE, Fence
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
 from compute.sources.base import ReplicationLag
 from compute.sources.factory import build_source
 from config.dlq_config import FsyncMode
 from config.errors import ConfigError
+from config.nats_config import Backend
 from config.pipelines import PipelineSpec
 from config.settings import Settings
 from destinations.factory import build_destination, check_destinations
 
 if TYPE_CHECKING:
     from compute.admin.server import AdminServer
+    from compute.engine.ownership import Ownership
+    from compute.storage.jetstream.bridge import NatsBridge
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +68,24 @@ class Engine:
         self._stopping = threading.Event()
         self.admin: AdminServer | None = None
         self.summary: RunSummary | None = None  # set by stop()
+        # DLQ_BACKEND=jetstream: pipelines shared with other engines through leases.
+        self.bridge: NatsBridge | None = None
+        self.ownership: Ownership | None = None
 
-    def _build_pipeline(self, spec: PipelineSpec, dlq: DLQManager) -> Pipeline:
+    def _build_pipeline(
+        self, spec: PipelineSpec, dlq: DLQManager, fence: Fence = NO_FENCE
+    ) -> Pipeline:
+        positions = None
+        if self.bridge is not None:
+            from compute.storage.jetstream.positions import PositionStore
+
+            positions = PositionStore(self.bridge, fence=fence)
         source = build_source(
             spec.source,
             self.settings.state_path,
             append_only=spec.append_only,
             fsync=self.settings.dlq.fsync is not FsyncMode.OFF,
+            positions=positions,
         )
         destinations = [build_destination(d) for d in spec.destinations]
         return Pipeline(
@@ -81,19 +97,25 @@ class Engine:
             retry_policy=RetryPolicy.preset(spec.retry),
             batch_size=spec.batch_size,
             priority=spec.priority,
+            fence=fence,
         )
 
     def start(self) -> None:
         self.dlq = DLQManager(self.settings.dlq)
         try:
-            for spec in self.specs:
-                self.pipelines.append(self._pipeline_factory(spec, self.dlq))
-            self._check_tables()
+            if self.settings.dlq.backend is Backend.JETSTREAM:
+                self._share_pipelines()  # the ownership thread builds them
+            else:
+                for spec in self.specs:
+                    self.pipelines.append(self._pipeline_factory(spec, self.dlq))
+                self._check_tables()
         except Exception:
             for pipeline in self.pipelines:
                 pipeline.close()
             self.pipelines = []
             self.dlq.close()
+            if self.bridge is not None:
+                self.bridge.close()
             raise
         existing = self.dlq.refresh_all_status()
         if existing:
@@ -101,6 +123,8 @@ class Engine:
         self._start_observability(self.dlq)
         for pipeline in self.pipelines:
             pipeline.start()
+        if self.ownership is not None:
+            self.ownership.start()
         if self.settings.admin.enabled:
             # After the pipelines, so its imports do not delay the first events;
             # if it cannot listen, everything is stopped cleanly (nothing lost).
@@ -114,11 +138,58 @@ class Engine:
         """Refuse to start, one line per table, when a known table cannot be written."""
         problems = []
         for spec, pipeline in zip(self.specs, self.pipelines, strict=True):
-            for destination in pipeline.destinations:
-                destination.append_only |= frozenset(spec.append_only)
-            problems += table_problems(spec, pipeline.source, pipeline.destinations)
+            problems += self._table_problems(spec, pipeline)
         if problems:
             raise ConfigError(problems)
+
+    @staticmethod
+    def _table_problems(spec: PipelineSpec, pipeline: Pipeline) -> list[str]:
+        for destination in pipeline.destinations:
+            destination.append_only |= frozenset(spec.append_only)
+        return table_problems(spec, pipeline.source, pipeline.destinations)
+
+    def _share_pipelines(self) -> None:
+        """Connect to JetStream; the ownership thread takes this engine's share of the pipelines."""
+        from compute.engine.ownership import Ownership
+        from compute.storage.jetstream.bridge import NatsBridge, StoreUnavailable
+        from compute.storage.jetstream.leases import Leases
+
+        try:
+            self.bridge = NatsBridge(self.settings.dlq.nats)
+            leases = Leases(self.bridge)
+        except StoreUnavailable as error:
+            # One line, not a traceback: the operator fixes DLQ_NATS_URLS or the cluster.
+            raise DLQStorageError(f"pipelines are shared through JetStream: {error}") from None
+        self.ownership = Ownership(
+            leases,
+            self.specs,
+            build=self._start_owned,
+            retire=self._retire,
+            changed=self._owned_changed,
+        )
+
+    def _start_owned(self, spec: PipelineSpec, fence: Fence) -> Pipeline:
+        """A new pipeline for ``spec`` (this engine took its lease), checked and started."""
+        assert self.dlq is not None
+        pipeline = self._build_pipeline(spec, self.dlq, fence)
+        try:
+            problems = self._table_problems(spec, pipeline)
+            if problems:
+                raise ConfigError(problems)
+            if self.metrics is not None:
+                pipeline.handler.observer = pipeline.worker.observer = self.metrics
+            pipeline.start()
+        except Exception:
+            pipeline.close()
+            raise
+        return pipeline
+
+    def _retire(self, pipeline: Pipeline) -> None:
+        pipeline.stop()
+        pipeline.close()
+
+    def _owned_changed(self, pipelines: list[Pipeline]) -> None:
+        self.pipelines = pipelines  # replaced whole: readers iterate the list they got
 
     def _start_admin(self) -> None:
         """The admin API, and ``<DLQ_BASE_PATH>/admin.json`` so the CLI can find it."""
@@ -126,12 +197,14 @@ class Engine:
         from compute.admin.server import AdminServer
 
         assert self.dlq is not None
+        ownership = self.ownership
         ops = DLQOperations(
             self.dlq,
             self.settings,
             pipelines=lambda: list(self.pipelines),
             threads=lambda: [s.status() for s in self._engine_supervisors()],
             mode="online",
+            owners=None if ownership is None else lambda: ownership.owners,
         )
         self.admin = AdminServer(ops, self.settings.admin)
         self._add_observability_routes(self.admin)
@@ -232,8 +305,14 @@ class Engine:
         # The monitor reads the DLQ: stop it before the queues close.
         if self.alerts is not None:
             self.alerts.stop(timeout)
+        if self.ownership is not None:
+            self.ownership.closing()  # renews on while the pipelines stop; takes nothing
         for pipeline in self.pipelines:
             pipeline.stop(timeout)
+        if self.ownership is not None:
+            # Once nothing writes: another engine takes them at once, not after the TTL.
+            self.ownership.stop(timeout)
+            self.ownership.release_all()
         # Before the queues close: it counts what is still parked in them.
         self.summary = summarize(self.pipelines, self.dlq)
         for pipeline in self.pipelines:
@@ -242,6 +321,8 @@ class Engine:
             self.metrics.close()  # scrapes after this leave the closed queues out
         if self.dlq is not None:
             self.dlq.close()
+        if self.bridge is not None:
+            self.bridge.close()
         logger.info("engine stopped")
 
     def run_forever(self) -> int:
@@ -271,7 +352,9 @@ class Engine:
                         "pipeline failed, stopping the engine: pipelines=%s", ",".join(failed)
                     )
                     break
-                if self.pipelines and all(p.finished.is_set() for p in self.pipelines):
+                # Shared pipelines are never done: another engine may hand one over.
+                pipelines = [] if self.ownership is not None else self.pipelines
+                if pipelines and all(p.finished.is_set() for p in pipelines):
                     if not any(self._queued(p) for p in self.pipelines):
                         logger.info("all sources exhausted and every DLQ queue drained")
                         break
@@ -311,4 +394,5 @@ class Engine:
             "pipelines": [p.status() for p in self.pipelines],
             "threads": [s.status() for s in self._engine_supervisors()],
             "damaged_queues": damaged,
+            "ownership": None if self.ownership is None else self.ownership.status(),
         }

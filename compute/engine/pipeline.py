@@ -28,6 +28,7 @@ from compute.engine.event_rate import EventRate
 from compute.engine.progress import ProgressReporter
 from compute.errors import DLQFullError
 from compute.recovery.worker import DLQRecoveryWorker
+from compute.runtime.fence import NO_FENCE, Fence, Fenced
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.supervisor import Supervisor
 from compute.sources.base import Source, SourceBatch
@@ -49,6 +50,9 @@ class PipelineState(StrEnum):
     FINISHED = "finished"  # a finite source was fully delivered
     STOPPED = "stopped"
     FAILED = "failed"
+    # Its lease was lost (pipelines shared between engines): it stopped writing;
+    # the engine stops it and another engine carries on.
+    FENCED = "fenced"
 
 
 @dataclass
@@ -85,8 +89,11 @@ class Pipeline:
         probe_timeout: float = 5.0,
         clock: Callable[[], float] = time.time,
         priority: Mapping[str, int] | None = None,
+        fence: Fence = NO_FENCE,
     ) -> None:
         self.name = name
+        # Asked before every write for this pipeline: destination, DLQ, source position.
+        self.fence = fence
         self.source = source
         self.destinations = list(destinations)
         for destination in self.destinations:
@@ -125,6 +132,7 @@ class Pipeline:
             priority=priority,
         )
         self.in_flight.on_settle = self.worker.wake
+        self.handler.fence = self.worker.replay.fence = fence
         self.lanes = {
             d.destination_id: DeliveryLane(
                 name,
@@ -186,7 +194,7 @@ class Pipeline:
         self.progress.join(1.0)
         self.handler.close()
         self.worker.stop(timeout=max(1.0, timeout / 2))
-        if self.state is not PipelineState.FINISHED:
+        if self.state not in (PipelineState.FINISHED, PipelineState.FENCED):
             self.state = PipelineState.STOPPED
         logger.info("pipeline stopped: pipeline=%s events=%d", self.name, self.stats.events)
 
@@ -232,6 +240,12 @@ class Pipeline:
                         self._finish()
                         return
                     self._wait_for_progress(IDLE_POLL)
+        except Fenced as error:
+            self.state = PipelineState.FENCED
+            self.stats.last_error = str(error)
+            logger.warning(
+                "pipeline fenced, writing nothing more: pipeline=%s %s", self.name, error
+            )
         except Exception as error:
             self.state = PipelineState.FAILED
             self.stats.last_error = f"{type(error).__name__}: {error}"

@@ -44,6 +44,7 @@ from compute.recovery.outcome import (
     StuckWrite,
     decide,
 )
+from compute.runtime.fence import NO_FENCE, Fence
 from compute.runtime.retry_policy import RetryPolicy
 from compute.runtime.writer_thread import WriterThread
 from config.dlq_config import DLQConfig
@@ -133,6 +134,7 @@ class QueueReplay:
         self.write_deadline = config.live_write_deadline_ms / 1000
         # Metrics hook, set by the engine; called once per replayed batch.
         self.observer: Observer = NULL_OBSERVER
+        self.fence: Fence = NO_FENCE  # the pipeline's lease, asked before each write (fence.py)
 
     def close(self) -> None:
         """Let the writer threads end (a write still running finishes on its own)."""
@@ -265,6 +267,7 @@ class QueueReplay:
             )
         ahead: _ReadyBatch | None = None
         error: Exception | None = None
+        self.fence.check(f"replay to {destination.name}")  # outside the try: never classified
         try:
             if batch.error is not None:
                 raise batch.error
@@ -291,6 +294,7 @@ class QueueReplay:
             # pass re-applies the batch (idempotent), nothing is lost.
             if batch.held:
                 counts.parked += self._park_held(queue, batch.held, self._clock())
+            self.fence.check(f"DLQ ack of {queue}")
             self.dlq.truncates_applied(queue, (m.record for m in batch.live))
             self.dlq.ack(lease)
             counts.replayed = len(batch.live)

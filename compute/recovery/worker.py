@@ -31,6 +31,7 @@ from compute.recovery.outcome import ReplayCounts, ReplayResult
 from compute.recovery.pass_log import log_pass
 from compute.recovery.replay import LARGE_BATCH_SIZE, MAX_BATCHES_PER_PASS, QueueReplay
 from compute.recovery.schedule import ReplaySchedule
+from compute.runtime.fence import Fenced
 from compute.runtime.supervisor import Supervisor
 from config.dlq_config import DLQConfig
 from config.pipelines import table_priority
@@ -170,6 +171,8 @@ class DLQRecoveryWorker:
         while not self._stop.is_set():
             try:
                 self.run_once(self._clock())
+            except Fenced as error:  # the engine stops this pipeline: nothing to log twice
+                logger.info("DLQ recovery pass refused: %s", error)
             except Exception:  # the worker must outlive any single failure
                 logger.exception("DLQ recovery pass failed: pipeline=%s", self.pipeline_name)
             self._wake.wait(self._seconds_to_next_due())
@@ -199,6 +202,8 @@ class DLQRecoveryWorker:
     def run_once(self, now: float | None = None) -> list[ReplayResult]:
         """One pass: probe destinations with queued events, replay the healthy ones."""
         now = self._clock() if now is None else now
+        if not self.replay.fence.holds():
+            return []  # the lease is gone: the engine stops this pipeline
         with self._run_lock:
             self.stats.last_run_at = now
             self._settle_in_flight()
@@ -301,6 +306,8 @@ class DLQRecoveryWorker:
         """
         try:
             return call(*args)
+        except Fenced:
+            raise  # not a failure of the queue: this engine may no longer write it
         except Exception as error:
             known = isinstance(error, DLQError)
             cause = str(error) if known else f"{type(error).__name__}: {error}"

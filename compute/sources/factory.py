@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from compute.sources.base import Source
 from compute.sources.offset_store import OffsetStore
+from compute.storage.jetstream.positions import PositionStore
 from config.errors import ConfigError
 from config.pipelines import SourceSpec
 
@@ -17,13 +19,18 @@ def build_source(
     *,
     append_only: Sequence[str] = (),
     fsync: bool = False,
+    positions: PositionStore | None = None,
 ) -> Source:
     """The source ``spec`` describes, resuming from its offsets under ``state_path``.
 
     ``append_only``: the pipeline's tables whose changes carry no key.
     ``fsync``: each offset written is synced to disk (DLQ_FSYNC always or interval).
+    ``positions``: with DLQ_BACKEND=jetstream, the cluster's positions bucket
+    instead of the file, so that the next owner of the pipeline resumes there.
     """
-    offsets = OffsetStore(Path(state_path) / "offsets" / f"source_{spec.id}.json", fsync=fsync)
+    offsets: Any = positions or OffsetStore(
+        Path(state_path) / "offsets" / f"source_{spec.id}.json", fsync=fsync
+    )
     options = dict(spec.options)
     try:
         if spec.type == "synthetic":

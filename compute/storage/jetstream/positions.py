@@ -1,0 +1,111 @@
+"""Source positions (resume tokens) in the ``<prefix>_POSITIONS`` bucket, revision-checked.
+
+With ``DLQ_BACKEND=jetstream`` a source's position lives in the cluster, not
+in a file under ROSETTA_STATE_PATH, so that the engine that takes a pipeline
+over resumes where the last owner stopped. One key per source id; every put
+is an ``update`` with the revision this store last read or wrote: a put after
+another engine wrote the same key fails loudly (``PositionConflict``) instead
+of moving the position back. The pipeline's fence is asked first, so a
+paused owner refuses even before anyone else has written.
+
+Same interface as ``compute/sources/offset_store.py OffsetStore`` (get, put,
+delete, all), which the sources use.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from compute.runtime.fence import NO_FENCE, Fence, Fenced
+from compute.storage.jetstream.bridge import NatsBridge, describe
+from compute.storage.jetstream.leases import bucket_keys, kv_key, name_of, open_bucket
+
+
+class PositionConflict(Fenced):
+    """Another writer moved this source's position since we read it: we no longer own it."""
+
+
+class PositionStore:
+    """Resume tokens of sources, kept in JetStream; each write checked against the last revision."""
+
+    def __init__(self, bridge: NatsBridge, *, fence: Fence = NO_FENCE) -> None:
+        self.bridge = bridge
+        self.fence = fence
+        self.bucket = f"{bridge.config.stream_prefix}_POSITIONS"
+        self._kv = bridge.run(open_bucket(bridge, self.bucket, None))
+        self._lock = threading.Lock()
+        # source id -> (token, revision) as last read or written; 0: no key yet
+        self._known: dict[str, tuple[str | None, int]] = {}
+
+    def __repr__(self) -> str:
+        return f"PositionStore({self.bucket!r})"
+
+    def get(self, source_id: str) -> str | None:
+        """The stored token of ``source_id`` (read from the cluster), or None."""
+        with self._lock:
+            return self._read(source_id)[0]
+
+    def put(self, source_id: str, token: str) -> None:
+        """Store ``token`` for ``source_id``; replicated on return, refused when fenced or taken."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        if not isinstance(token, str):
+            raise TypeError(f"resume token must be a str, not {type(token).__name__}")
+        with self._lock:
+            current, revision = self._known.get(source_id) or self._read(source_id)
+            if current == token:
+                return
+            self.fence.check(f"position of source {source_id}")
+            try:
+                revision = self.bridge.run(
+                    self._kv.update(kv_key(source_id), token.encode(), last=revision)
+                )
+            except KeyWrongLastSequenceError as error:
+                self._known.pop(source_id, None)
+                raise PositionConflict(
+                    f"position of source {source_id} was written by another engine "
+                    f"({describe(error)}): not writing over it"
+                ) from error
+            self._known[source_id] = (token, revision)
+
+    def delete(self, source_id: str) -> None:
+        """Forget ``source_id``'s position (it starts from the beginning next time)."""
+        with self._lock:
+            self.fence.check(f"position of source {source_id}")
+            self.bridge.run(self._kv.purge(kv_key(source_id)))
+            self._known.pop(source_id, None)
+
+    def all(self) -> dict[str, str]:
+        """Every stored token (read from the cluster)."""
+        keys = self.bridge.run(bucket_keys(self.bridge, self._kv))
+        found = {}
+        with self._lock:
+            for key in keys:
+                token = self._read(name_of(key))[0]
+                if token is not None:
+                    found[name_of(key)] = token
+        return found
+
+    def _read(self, source_id: str) -> tuple[str | None, int]:
+        from nats.js.errors import KeyNotFoundError
+
+        try:
+            entry: Any = self.bridge.run(self._kv.get(kv_key(source_id)))
+        except KeyNotFoundError:
+            # A purged key's marker keeps a revision: the next put must name it.
+            known = (None, self._last_revision(source_id))
+        else:
+            known = (entry.value.decode(), entry.revision)
+        self._known[source_id] = known
+        return known
+
+    def _last_revision(self, source_id: str) -> int:
+        from nats.js.errors import NotFoundError
+
+        subject = f"$KV.{self.bucket}.{kv_key(source_id)}"
+        try:
+            message = self.bridge.run(self.bridge.js.get_last_msg(f"KV_{self.bucket}", subject))
+        except NotFoundError:
+            return 0
+        return int(message.seq)

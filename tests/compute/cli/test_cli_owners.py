@@ -1,0 +1,73 @@
+"""Engines sharing pipelines (jetstream): `rosetta dlq queues` and health name the owner engines."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from compute.admin.operations import DLQOperations
+from compute.dlq.manager import DLQManager
+from compute.queue_id import QueueId
+from compute.storage.jetstream.bridge import NatsBridge
+from compute.storage.jetstream.leases import Leases
+from config.nats_config import Backend, NatsConfig
+from tests.builders import dlq_config, engine_settings, messages
+from tests.nats_cluster import NatsCluster, nats_cluster
+from tests.rosetta_cli import cli_env, run_rosetta
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[NatsCluster]:
+    with nats_cluster() as started:
+        yield started
+
+
+def test_queues_and_health_show_the_engine_owning_each_pipeline(
+    tmp_path: Path, cluster: NatsCluster
+) -> None:
+    prefix = f"OWN{int(time.time()) % 10**6}"
+    nats = NatsConfig(urls=tuple(cluster.urls), stream_prefix=prefix, lease_ttl=30)
+    owned, unowned = QueueId("1", "public.users", "1"), QueueId("2", "public.orders", "1")
+    config = dlq_config(tmp_path)
+    with DLQManager(config, background=False) as dlq:
+        dlq.enqueue(owned, messages(owned, [1, 2]))
+        dlq.enqueue(unowned, messages(unowned, [3]))
+    bridge = NatsBridge(nats)
+    try:
+        lease = Leases(bridge, engine_id="engine-x").acquire("users", source_id="1")
+        assert lease is not None
+        settings = engine_settings(replace(config, backend=Backend.JETSTREAM, nats=nats))
+        with DLQManager(settings.dlq, background=False) as dlq:
+            ops = DLQOperations(dlq, settings, mode="offline")
+            rows = {r["source_id"]: r for r in ops.queues()}
+            assert rows["1"]["owner"] == "engine-x"
+            assert rows["2"]["owner"] is None
+            body, _ = ops.health()
+            assert body["owners"]["users"]["engine"] == "engine-x"
+            assert body["owners"]["users"]["source_id"] == "1"
+
+        env = cli_env(
+            DLQ_BASE_PATH=str(tmp_path / "dlq"),
+            DLQ_BACKEND="jetstream",
+            DLQ_NATS_URLS=cluster.url_list,
+            DLQ_NATS_STREAM_PREFIX=prefix,
+        )
+        result = run_rosetta(env, "dlq", "queues", "--json")
+        assert result.returncode == 0, result.stderr
+        by_source = {r["source_id"]: r["owner"] for r in json.loads(result.stdout)}
+        assert by_source == {"1": "engine-x", "2": None}
+        result = run_rosetta(env | {"COLUMNS": "200"}, "dlq", "queues")
+        assert result.returncode == 0, result.stderr
+        assert "owner" in result.stdout and "engine-x" in result.stdout
+
+        # rocksq: no engines share anything, no owner column
+        plain = run_rosetta(cli_env(DLQ_BASE_PATH=str(tmp_path / "dlq")), "dlq", "queues")
+        assert plain.returncode == 0, plain.stderr
+        assert "owner" not in plain.stdout
+    finally:
+        bridge.close()
