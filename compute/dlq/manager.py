@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from compute.codec.message import DLQMessage, encode_messages
-from compute.dlq.attempts import ATTEMPTS_FILE, Attempts
+from compute.dlq.attempts import Attempts
 from compute.dlq.holds import Holds
 from compute.dlq.lane_reader import LaneReader
 from compute.dlq.lease import DLQLease, decode_lease
@@ -21,8 +21,9 @@ from compute.dlq.operator_edits import OperatorEdits
 from compute.dlq.parking import Parking, ParkingBatch
 from compute.dlq.quarantine import Quarantine, set_aside_directories
 from compute.dlq.queue_info import QueueInfos
+from compute.dlq.record_restore import restore_records
 from compute.dlq.status_files import QueueStatus, StatusFiles
-from compute.dlq.tombstones import TOMBSTONES_FILE, Tombstones
+from compute.dlq.tombstones import Tombstones
 from compute.dlq.truncates import AppliedTruncate, Truncates
 from compute.errors import (
     DLQFullError,
@@ -326,6 +327,16 @@ class DLQManager:
             return self.store.rescan()
         return self.store.list_queues()
 
+    def refresh_source(self, source_id: str) -> None:
+        """This engine takes ``source_id``'s pipeline over: read its queues' state afresh.
+
+        The engine that ran it may have queued, replayed, parked or discarded
+        meanwhile: counts, tombstones, attempts and the truncate mark cached
+        here are read again from the store at their next use.
+        """
+        self._infos.forget_source(source_id)
+        self.store.refresh_source(source_id)
+
     # ---------------------------------------------------------------- parking
 
     def park(self, queue: QueueId, messages: Sequence[DLQMessage]) -> int:
@@ -462,22 +473,7 @@ class DLQManager:
         return set_aside_directories(Path(self.config.base_path))
 
     def _restore_side_files(self, queue: QueueId) -> None:
-        """Write this queue's tombstones and attempt counts again if their files went missing.
-
-        They live in the queue's directory; if it was removed (the store then
-        recreates it) or a file was deleted, the copy in memory is the truth,
-        and a restart must not forget discarded messages or retry budgets.
-        """
-        info = self._infos.known(queue)
-        if info is None:
-            return
-        with info.lock:
-            if info.tombstones and self.store.load_record(queue, TOMBSTONES_FILE) is None:
-                logger.warning("tombstone file missing, written again: queue=%s", queue)
-                self._tombstones.save(queue, info.tombstones)
-            if info.attempts and self.store.load_record(queue, ATTEMPTS_FILE) is None:
-                logger.warning("attempts file missing, written again: queue=%s", queue)
-                self._attempts.save(queue, info.attempts)
+        restore_records(self.store, self._infos, self._tombstones, self._attempts, queue)
 
     def _queue_recreated(self, queue: QueueId) -> None:
         self._restore_side_files(queue)

@@ -73,6 +73,17 @@ class QueueInfos:
     def items(self) -> list[tuple[QueueId, QueueInfo]]:
         return list(self._infos.items())
 
+    def forget_source(self, source_id: str) -> None:
+        """What is cached from the store of ``source_id``'s queues: read again at next use."""
+        for queue, info in self.items():
+            if queue.source_id != source_id:
+                continue
+            with info.lock:
+                info.tombstones = info.attempts = info.parked_keys = None
+                info.truncate, info.truncate_saved, info.truncate_loaded = None, False, False
+                info.oldest_known = info.newest_known = False
+                info.dirty = True
+
     def edit_lock(self, queue: QueueId) -> threading.RLock:
         """The lock of ``queue``'s edits and appends (both lanes): see ``DLQManager.editing``."""
         return self.of(queue.main).edit_lock

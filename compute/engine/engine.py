@@ -171,6 +171,8 @@ class Engine:
     def _start_owned(self, spec: PipelineSpec, fence: Fence) -> Pipeline:
         """A new pipeline for ``spec`` (this engine took its lease), checked and started."""
         assert self.dlq is not None
+        # Another engine may have run it until now: its queues are read afresh.
+        self.dlq.refresh_source(spec.source.id)
         pipeline = self._build_pipeline(spec, self.dlq, fence)
         try:
             problems = self._table_problems(spec, pipeline)

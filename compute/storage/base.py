@@ -125,6 +125,15 @@ class QueueStore(ABC):
         """
         return self.list_queues()
 
+    def refresh_source(self, source_id: str) -> None:
+        """Forget what is cached of ``source_id``'s queues and look for new ones.
+
+        Called when this engine takes a pipeline over from another one, which
+        may have written, acked or edited its queues meanwhile. A store only
+        this process writes has nothing cached that can be stale: it rescans.
+        """
+        self.rescan()
+
     @abstractmethod
     def queue_path(self, queue: QueueId) -> Path:
         """The directory of ``queue`` (where its status file lives)."""

@@ -335,6 +335,21 @@ class JetStreamStore(QueueStore):
             self._known = found | held
             return sorted(self._known)
 
+    def refresh_source(self, source_id: str) -> None:
+        """Read ``source_id``'s queues from the stream again at their next use.
+
+        Another engine owned them until now: its appends, acks and partial
+        acks moved their ends and heads. A lane with a lease out is being
+        read here already and is left as it is.
+        """
+        with self._states_lock:
+            states = [s for q, s in self._states.items() if q.source_id == source_id]
+        for state in states:
+            with state.lock:
+                if not state.leases:
+                    state.loaded = False
+        self.rescan()
+
     # ------------------------------------------------------------- the rest
 
     def queue_path(self, queue: QueueId) -> Path:

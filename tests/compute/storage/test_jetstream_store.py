@@ -175,3 +175,20 @@ def test_quorum_loss_is_backpressure_and_nothing_is_lost_or_doubled(tmp_path: Pa
             assert drain(store) == items(0, 9)
         finally:
             store.close()
+
+
+def test_an_engine_taking_a_pipeline_over_reads_its_queues_afresh(open_store) -> None:
+    """B cached a queue while A owned its pipeline; A appended and acked; B takes it over."""
+    a, b = open_store("a"), open_store("b")
+    a.enqueue(Q, items(0, 10))
+    assert b.count(Q) == 10  # B's status refresh loaded it while A owned it
+    a.enqueue(Q, items(10, 15))
+    a.ack(a.read(Q, 4))  # A replayed part of it
+    other = QueueId("1", "public.orders", "2")
+    a.enqueue(other, items(0, 3))  # and made a queue B has never seen
+    b.refresh_source(Q.source_id)
+    assert b.count(Q) == 11
+    assert other in b.list_queues()
+    assert drain(b) == items(4, 15)  # nothing A acked comes back, nothing is skipped
+    b.enqueue(Q, items(15, 17))  # B writes after A's last append, not around it
+    assert drain(b) == items(15, 17)
