@@ -11,6 +11,7 @@ backpressure: an unreachable store is never a reason to drop a change.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import ssl
 import threading
@@ -101,7 +102,10 @@ class NatsBridge:
                 close()  # never to run: no "never awaited" warning
             raise StoreUnavailable("the NATS connection is closed")
         wait = self.config.request_timeout * 2 if timeout is None else timeout
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)  # type: ignore[arg-type]
+        future: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(
+            coroutine,  # type: ignore[arg-type]
+            self._loop,
+        )
         try:
             return future.result(wait)
         except TimeoutError as exc:
