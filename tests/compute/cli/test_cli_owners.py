@@ -33,15 +33,15 @@ def test_queues_and_health_show_the_engine_owning_each_pipeline(
     prefix = f"OWN{int(time.time()) % 10**6}"
     nats = NatsConfig(urls=tuple(cluster.urls), stream_prefix=prefix, lease_ttl=30)
     owned, unowned = QueueId("1", "public.users", "1"), QueueId("2", "public.orders", "1")
-    config = dlq_config(tmp_path)
-    with DLQManager(config, background=False) as dlq:
+    config = replace(dlq_config(tmp_path), backend=Backend.JETSTREAM, nats=nats)
+    with DLQManager(config, background=False) as dlq:  # the queues are in the stream
         dlq.enqueue(owned, messages(owned, [1, 2]))
         dlq.enqueue(unowned, messages(unowned, [3]))
     bridge = NatsBridge(nats)
     try:
         lease = Leases(bridge, engine_id="engine-x").acquire("users", source_id="1")
         assert lease is not None
-        settings = engine_settings(replace(config, backend=Backend.JETSTREAM, nats=nats))
+        settings = engine_settings(config)
         with DLQManager(settings.dlq, background=False) as dlq:
             ops = DLQOperations(dlq, settings, mode="offline")
             rows = {r["source_id"]: r for r in ops.queues()}
@@ -66,8 +66,13 @@ def test_queues_and_health_show_the_engine_owning_each_pipeline(
         assert "owner" in result.stdout and "engine-x" in result.stdout
 
         # rocksq: no engines share anything, no owner column
-        plain = run_rosetta(cli_env(DLQ_BASE_PATH=str(tmp_path / "dlq")), "dlq", "queues")
+        local = dlq_config(tmp_path / "local")
+        with DLQManager(local, background=False) as dlq:
+            dlq.enqueue(owned, messages(owned, [1]))
+        plain = run_rosetta(
+            cli_env(DLQ_BASE_PATH=str(local.base_path), COLUMNS="200"), "dlq", "queues"
+        )
         assert plain.returncode == 0, plain.stderr
-        assert "owner" not in plain.stdout
+        assert "public.users" in plain.stdout and "owner" not in plain.stdout
     finally:
         bridge.close()
