@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg2
@@ -42,6 +42,10 @@ class SyntheticPipeline:
     def tables(self) -> tuple[str, ...]:
         # The part after the last dot picks the generated columns (users, orders, accounts).
         return tuple(f"{self.schema}.{t}" for t in ("users", "orders", "accounts"))
+
+    def unthrottled(self) -> SyntheticPipeline:
+        """The same history without a rate: the rest of the source at full speed."""
+        return replace(self, rate=None)
 
     def source(self) -> SyntheticSource:
         return SyntheticSource(
