@@ -144,12 +144,17 @@ class NatsCluster:
     def __init__(self, root: Path | None = None, size: int = 3, sync_always: bool = True) -> None:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="nats-cluster-")) if root is None else root
+        self._size, self._sync_always = size, sync_always
+        self.nodes: list[NatsNode] = []
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
         self.nodes = [
-            NatsNode(f"n{i + 1}", self.root, free_port(), free_port()) for i in range(size)
+            NatsNode(f"n{i + 1}", self.root, free_port(), free_port()) for i in range(self._size)
         ]
         for node in self.nodes:
             routes = [other.cluster_port for other in self.nodes if other is not node]
-            node.write_config(routes, sync_always)
+            node.write_config(routes, self._sync_always)
 
     @property
     def urls(self) -> list[str]:
@@ -161,8 +166,21 @@ class NatsCluster:
         return ",".join(self.urls)
 
     def start(self) -> None:
-        for node in self.nodes:
-            node.start()
+        # A free port is only free when it was picked: another test's server
+        # (or a parallel suite) may bind it before this one does. Then every
+        # node gets new ports (the routes name them) and the start is retried.
+        for attempt in range(3):
+            try:
+                for node in self.nodes:
+                    node.start()
+                break
+            except RuntimeError as error:
+                if "address already in use" not in str(error) or attempt == 2:
+                    raise
+                for node in self.nodes:
+                    node.kill()
+                    shutil.rmtree(node.directory, ignore_errors=True)
+                self._pick_ports()
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
