@@ -100,8 +100,8 @@ class OperationsBase:
         pipeline = next((name for name, o in owners.items() if o is owner), "?")
         raise DLQConflictError(
             f"queue {queue.main} belongs to pipeline {pipeline}, which engine "
-            f"{owner.engine_id} runs: change it through that engine's admin API "
-            "(rosetta dlq --url ...), or stop that engine first"
+            f"{owner.engine_id} runs: change it there (rosetta dlq with that engine's "
+            "DLQ_BASE_PATH reaches its admin API), or stop that engine first"
         )
 
     def known(self, queue: QueueId) -> QueueId:
