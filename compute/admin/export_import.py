@@ -34,7 +34,7 @@ class ExportImport(OperationsBase):
         """
         queue = self.known(queue)
         lane = queue.parked if parked else queue
-        with self.exclusive(queue):
+        with self.exclusive(queue, edits=False):  # a read: another engine's queue too
             count = self.dlq.count(lane)
             yield _dumps(header(lane, count, iso(self._clock()) or ""))
             written = 0

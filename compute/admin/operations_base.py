@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 from compute.dlq.manager import DLQManager
-from compute.errors import QueueNotFoundError
+from compute.errors import DLQConflictError, QueueNotFoundError
 from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
 from config.nats_config import Backend
@@ -78,6 +78,32 @@ class OperationsBase:
 
         return read_owners(self.settings)
 
+    def check_owner(self, queue: QueueId, owners: Mapping[str, Owner] | None | bool = True) -> None:
+        """Refuse to change ``queue`` when another engine runs its pipeline (jetstream).
+
+        Two engines replaying or editing one queue would deliver its changes
+        twice and out of order (an older value landing after a newer one):
+        only the engine holding the pipeline's lease may. The operator goes
+        through that engine's admin API, or stops it (its lease is released).
+        """
+        if owners is True:  # not read by the caller: read them now
+            owners = self.pipeline_owners()
+        if not owners or owners is True:
+            return  # rocksq (one engine per base path, locked), or nobody owns anything
+        from compute.admin.owners import owners_by_source
+
+        owner = owners_by_source(owners).get(queue.source_id)
+        if owner is None:
+            return
+        if self.running and owner.engine_id == self.settings.dlq.nats.engine_id:
+            return  # this engine runs it
+        pipeline = next((name for name, o in owners.items() if o is owner), "?")
+        raise DLQConflictError(
+            f"queue {queue.main} belongs to pipeline {pipeline}, which engine "
+            f"{owner.engine_id} runs: change it there (rosetta dlq with that engine's "
+            "DLQ_BASE_PATH reaches its admin API), or stop that engine first"
+        )
+
     def known(self, queue: QueueId) -> QueueId:
         queue = queue.main
         if queue not in self.dlq.list_queues() and queue not in self.dlq.list_queues(refresh=True):
@@ -137,8 +163,11 @@ class OperationsBase:
             return worker
         return None
 
-    def exclusive(self, queue: QueueId) -> AbstractContextManager[Any]:
-        """Keep the queue's recovery worker (if running) off while its queue is edited."""
+    def exclusive(self, queue: QueueId, *, edits: bool = True) -> AbstractContextManager[Any]:
+        """Keep the queue's recovery worker (if running) off while its queue is edited
+        (``edits``: refused when another engine runs its pipeline) or read whole."""
+        if edits:
+            self.check_owner(queue)
         worker = self.worker_for(queue, build=False) if self.running else None
         return worker.exclusive() if worker is not None else contextlib.nullcontext()
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from compute.admin.operations_base import OperationsBase, Progress, no_progress
 from compute.delivery.failures import classify_or_transient
 from compute.dlq.manager import DLQManager
 from compute.dlq.timestamps import iso
+from compute.errors import DLQConflictError
 from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
 from config.pipelines import DEFAULT_PRIORITY
+
+if TYPE_CHECKING:
+    from compute.storage.jetstream.leases import Owner
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +34,12 @@ class ReplayActions(OperationsBase):
     ) -> dict[str, Any]:
         """Replay one queue, or all, now and in order; parked lanes only with ``parked``."""
         targets = [self.known(queue)] if queue is not None else self.dlq.list_queues()
+        if not dry_run:
+            if queue is not None:
+                self.check_owner(targets[0])
+            else:  # all: only those nobody else runs
+                owners = self.pipeline_owners()
+                targets = [t for t in targets if self._runs_here(t, owners)]
         if queue is None:
             # Higher priority first, as the recovery worker orders a pass.
             targets.sort(key=lambda t: -self._priority_of(t, parked, dry_run))
@@ -92,6 +103,14 @@ class ReplayActions(OperationsBase):
             )
             results.append(entry)
         return replay_summary(results, dry_run, self.mode)
+
+    def _runs_here(self, queue: QueueId, owners: Mapping[str, Owner] | None) -> bool:
+        try:
+            self.check_owner(queue, owners)
+        except DLQConflictError as refused:
+            logger.info("replay skipped: %s", refused)
+            return False
+        return True
 
     def _priority_of(self, queue: QueueId, parked: bool, dry_run: bool) -> int:
         """The replay priority of ``queue``'s table in its pipeline (0 when none delivers it)."""

@@ -12,6 +12,7 @@ import pytest
 
 from compute.admin.operations import DLQOperations
 from compute.dlq.manager import DLQManager
+from compute.errors import DLQConflictError
 from compute.queue_id import QueueId
 from compute.storage.jetstream.bridge import NatsBridge
 from compute.storage.jetstream.leases import Leases
@@ -74,5 +75,48 @@ def test_queues_and_health_show_the_engine_owning_each_pipeline(
         )
         assert plain.returncode == 0, plain.stderr
         assert "public.users" in plain.stdout and "owner" not in plain.stdout
+    finally:
+        bridge.close()
+
+
+def test_a_queue_another_engine_runs_is_not_changed_offline(
+    tmp_path: Path, cluster: NatsCluster
+) -> None:
+    """Two replayers of one queue would deliver it twice and out of order: refused, named."""
+    prefix = f"EDIT{int(time.time() * 1000) % 10**8}"
+    nats = NatsConfig(urls=tuple(cluster.urls), stream_prefix=prefix, lease_ttl=30)
+    owned, free = QueueId("1", "public.users", "1"), QueueId("2", "public.orders", "1")
+    config = replace(dlq_config(tmp_path), backend=Backend.JETSTREAM, nats=nats)
+    settings = engine_settings(config)
+    bridge = NatsBridge(nats)
+    leases = Leases(bridge, engine_id="engine-x")
+    try:
+        lease = leases.acquire("users", source_id="1")
+        assert lease is not None
+        with DLQManager(config, background=False) as dlq:
+            dlq.enqueue(owned, messages(owned, [1, 2]))
+            dlq.enqueue(free, messages(free, [3]))
+            ops = DLQOperations(dlq, settings, mode="offline")
+            first = dlq.peek(owned, 1)[0].message_id
+            for refused in (
+                lambda: ops.purge(owned),
+                lambda: ops.discard(first, owned),
+                lambda: ops.park(first, owned),
+                lambda: ops.replay(owned),
+                lambda: ops.replay(owned, parked=True),
+            ):
+                with pytest.raises(DLQConflictError) as raised:
+                    refused()
+                assert "pipeline users, which engine engine-x runs" in str(raised.value)
+            assert dlq.count(owned) == 2 and dlq.count(owned.parked) == 0  # untouched
+            exported = list(ops.export_lines(owned))  # reading is not changing
+            assert len(exported) == 3
+            listed = ops.replay(dry_run=True)["queues"]  # a dry run changes nothing: all listed
+            assert {r["queue"] for r in listed} == {str(owned), str(free)}
+            assert ops.purge(free)["removed"] == 1  # nobody runs it: changed here
+            assert ops.replay()["queues"] == []  # all: the queue engine-x runs is left to it
+
+            leases.release(lease)
+            assert ops.purge(owned)["removed"] == 2  # nobody runs it now
     finally:
         bridge.close()
