@@ -8,18 +8,29 @@ another engine wrote the same key fails loudly (``PositionConflict``) instead
 of moving the position back. The pipeline's fence is asked first, so a
 paused owner refuses even before anyone else has written.
 
+A put JetStream does not answer (a node lost mid-request, no quorum, a
+partition) is not an error of the pipeline: the stored position then lags
+the acknowledged one, which only means more events read again after a
+restart (delivery is at-least-once), never fewer. The put is retried by the
+next one. Its outcome is unknown (it may have landed with its answer lost),
+so the next put reads the key first and accepts only our own last value or
+the one we tried; anything else is another engine's (``PositionConflict``).
+
 Same interface as ``compute/sources/offset_store.py OffsetStore`` (get, put,
 delete, all), which the sources use.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from compute.runtime.fence import NO_FENCE, Fence, Fenced
-from compute.storage.jetstream.bridge import NatsBridge, describe
+from compute.storage.jetstream.bridge import NatsBridge, StoreUnavailable, describe
 from compute.storage.jetstream.leases import bucket_keys, kv_key, name_of, open_bucket
+
+logger = logging.getLogger(__name__)
 
 
 class PositionConflict(Fenced):
@@ -37,6 +48,8 @@ class PositionStore:
         self._lock = threading.Lock()
         # source id -> (token, revision) as last read or written; 0: no key yet
         self._known: dict[str, tuple[str | None, int]] = {}
+        # source id -> the token of a put left without an answer: landed or not
+        self._unsure: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"PositionStore({self.bucket!r})"
@@ -47,27 +60,65 @@ class PositionStore:
             return self._read(source_id)[0]
 
     def put(self, source_id: str, token: str) -> None:
-        """Store ``token`` for ``source_id``; replicated on return, refused when fenced or taken."""
-        from nats.js.errors import KeyWrongLastSequenceError
+        """Store ``token`` for ``source_id``; refused when fenced or taken.
 
+        Replicated on return, unless JetStream did not answer: then it is left
+        for the next put (logged once), the stored position lagging, not leading.
+        """
         if not isinstance(token, str):
             raise TypeError(f"resume token must be a str, not {type(token).__name__}")
         with self._lock:
-            current, revision = self._known.get(source_id) or self._read(source_id)
-            if current == token:
-                return
-            self.fence.check(f"position of source {source_id}")
             try:
-                revision = self.bridge.run(
-                    self._kv.update(kv_key(source_id), token.encode(), last=revision)
-                )
-            except KeyWrongLastSequenceError as error:
-                self._known.pop(source_id, None)
-                raise PositionConflict(
-                    f"position of source {source_id} was written by another engine "
-                    f"({describe(error)}): not writing over it"
-                ) from error
-            self._known[source_id] = (token, revision)
+                current, revision = self._settled(source_id)
+                if current == token:
+                    return
+                self.fence.check(f"position of source {source_id}")
+                self._update(source_id, token, revision)
+            except StoreUnavailable as error:
+                if source_id not in self._unsure:
+                    logger.warning(
+                        "source position not stored, JetStream unavailable; the next one "
+                        "retries: source=%s position=%s error=%s",
+                        source_id,
+                        token,
+                        error,
+                    )
+                self._unsure[source_id] = token
+
+    def _settled(self, source_id: str) -> tuple[str | None, int]:
+        """The (token, revision) the next update names. After a put left unanswered the key
+        is read again: our last known value or the one we tried, else another engine's."""
+        known = self._known.get(source_id)
+        if known is None:
+            return self._read(source_id)
+        tried = self._unsure.get(source_id)
+        if tried is None:
+            return known
+        current = self._read(source_id)
+        if current[0] not in (tried, known[0]):
+            self._known.pop(source_id, None)
+            raise PositionConflict(
+                f"position of source {source_id} was written by another engine "
+                f"(found {current[0]!r}, we last wrote {known[0]!r}): not writing over it"
+            )
+        del self._unsure[source_id]
+        logger.info("source position reachable again: source=%s position=%s", source_id, current[0])
+        return current
+
+    def _update(self, source_id: str, token: str, revision: int) -> None:
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        try:
+            revision = self.bridge.run(
+                self._kv.update(kv_key(source_id), token.encode(), last=revision)
+            )
+        except KeyWrongLastSequenceError as error:
+            self._known.pop(source_id, None)
+            raise PositionConflict(
+                f"position of source {source_id} was written by another engine "
+                f"({describe(error)}): not writing over it"
+            ) from error
+        self._known[source_id] = (token, revision)
 
     def delete(self, source_id: str) -> None:
         """Forget ``source_id``'s position (it starts from the beginning next time)."""
