@@ -12,9 +12,12 @@ A put JetStream does not answer (a node lost mid-request, no quorum, a
 partition) is not an error of the pipeline: the stored position then lags
 the acknowledged one, which only means more events read again after a
 restart (delivery is at-least-once), never fewer. The put is retried by the
-next one. Its outcome is unknown (it may have landed with its answer lost),
-so the next put reads the key first and accepts only our own last value or
-the one we tried; anything else is another engine's (``PositionConflict``).
+next one. Its outcome is unknown: it may have landed with its answer lost,
+or land later (nats-py sends what it buffered once it reconnects), so when
+the next update finds the key moved, a value we tried ourselves lets it go
+again; anything else is another engine's (``PositionConflict``). Once an
+update is answered, an older one can no longer land: it names a revision
+that is gone.
 
 Same interface as ``compute/sources/offset_store.py OffsetStore`` (get, put,
 delete, all), which the sources use.
@@ -48,8 +51,9 @@ class PositionStore:
         self._lock = threading.Lock()
         # source id -> (token, revision) as last read or written; 0: no key yet
         self._known: dict[str, tuple[str | None, int]] = {}
-        # source id -> the token of a put left without an answer: landed or not
-        self._unsure: dict[str, str] = {}
+        # source id -> tokens of puts left without an answer since the last answered one:
+        # each may have landed, or may still land (a publish sent on reconnection)
+        self._unsure: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
         return f"PositionStore({self.bucket!r})"
@@ -69,13 +73,14 @@ class PositionStore:
             raise TypeError(f"resume token must be a str, not {type(token).__name__}")
         with self._lock:
             try:
-                current, revision = self._settled(source_id)
+                current, revision = self._known.get(source_id) or self._read(source_id)
                 if current == token:
                     return
                 self.fence.check(f"position of source {source_id}")
                 self._update(source_id, token, revision)
             except StoreUnavailable as error:
-                if source_id not in self._unsure:
+                tried = self._unsure.setdefault(source_id, set())
+                if not tried:
                     logger.warning(
                         "source position not stored, JetStream unavailable; the next one "
                         "retries: source=%s position=%s error=%s",
@@ -83,41 +88,31 @@ class PositionStore:
                         token,
                         error,
                     )
-                self._unsure[source_id] = token
-
-    def _settled(self, source_id: str) -> tuple[str | None, int]:
-        """The (token, revision) the next update names. After a put left unanswered the key
-        is read again: our last known value or the one we tried, else another engine's."""
-        known = self._known.get(source_id)
-        if known is None:
-            return self._read(source_id)
-        tried = self._unsure.get(source_id)
-        if tried is None:
-            return known
-        current = self._read(source_id)
-        if current[0] not in (tried, known[0]):
-            self._known.pop(source_id, None)
-            raise PositionConflict(
-                f"position of source {source_id} was written by another engine "
-                f"(found {current[0]!r}, we last wrote {known[0]!r}): not writing over it"
-            )
-        del self._unsure[source_id]
-        logger.info("source position reachable again: source=%s position=%s", source_id, current[0])
-        return current
+                tried.add(token)
+                return
+        if self._unsure.pop(source_id, None):
+            logger.info("source position stored again: source=%s position=%s", source_id, token)
 
     def _update(self, source_id: str, token: str, revision: int) -> None:
+        """``update`` naming ``revision``; when the key moved since, only a value this
+        store tried without an answer (it landed late) lets the update go again."""
         from nats.js.errors import KeyWrongLastSequenceError
 
-        try:
-            revision = self.bridge.run(
-                self._kv.update(kv_key(source_id), token.encode(), last=revision)
-            )
-        except KeyWrongLastSequenceError as error:
-            self._known.pop(source_id, None)
-            raise PositionConflict(
-                f"position of source {source_id} was written by another engine "
-                f"({describe(error)}): not writing over it"
-            ) from error
+        ours = {self._known.get(source_id, (None, 0))[0], *self._unsure.get(source_id, ())}
+        for attempt in (1, 2):
+            try:
+                revision = self.bridge.run(
+                    self._kv.update(kv_key(source_id), token.encode(), last=revision)
+                )
+                break
+            except KeyWrongLastSequenceError as error:
+                found, revision = self._read(source_id)
+                if attempt == 2 or found not in ours:
+                    self._known.pop(source_id, None)
+                    raise PositionConflict(
+                        f"position of source {source_id} was written by another engine "
+                        f"({describe(error)}; found {found!r}): not writing over it"
+                    ) from error
         self._known[source_id] = (token, revision)
 
     def delete(self, source_id: str) -> None:

@@ -200,6 +200,24 @@ def test_an_unanswered_position_put_is_retried_by_the_next_never_a_pipeline_erro
     assert other.get("1") == "300"
 
 
+def test_an_unanswered_put_that_lands_late_is_ours_not_a_conflict(connect) -> None:
+    store, late = PositionStore(connect("engine-a")), PositionStore(connect("engine-a-late"))
+    store.put("1", "100")
+    _next_update_unanswered(store, landed=False)
+    store.put("1", "200")
+    late.get("1")
+    real = store._kv.update
+
+    async def landing_first(*args: object, **kwargs: object) -> int:
+        store._kv.update = real  # type: ignore[method-assign]
+        late.put("1", "200")  # the unanswered publish, sent on reconnection, lands now
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    store._kv.update = landing_first  # type: ignore[method-assign]
+    store.put("1", "300")
+    assert late.get("1") == "300"
+
+
 def test_after_an_unanswered_put_another_engines_position_still_fails_ours(connect) -> None:
     ours, theirs = PositionStore(connect("engine-a")), PositionStore(connect("engine-b"))
     ours.put("1", "100")
