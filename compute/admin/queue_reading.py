@@ -7,6 +7,7 @@ from typing import Any
 from compute.admin.operations_base import OperationsBase
 from compute.codec.message_view import message_to_json
 from compute.dlq.timestamps import iso
+from compute.errors import DLQStorageError
 from compute.observability.source_lag_rule import source_lag_findings
 from compute.queue_id import QueueId
 from compute.runtime.supervisor import CRASH_WINDOW
@@ -220,9 +221,17 @@ class QueueReading(OperationsBase):
             lag_reasons = self._lag_reasons(status)
             reasons.extend(lag_reasons)
             lagging = lagging or bool(lag_reasons)
-        queues = {q: self.dlq.status(q) for q in self.dlq.list_queues()}
+        # A store without quorum cannot count its queues: /health still answers,
+        # naming them, when an orchestrator or an operator needs it most.
+        queues, unreadable = {}, []
+        for queue in self.dlq.list_queues():
+            try:
+                queues[queue] = self.dlq.status(queue)
+            except DLQStorageError as error:
+                unreadable.append(f"queue {queue} cannot be read: {error}")
         destinations = []
-        warning = lagging
+        warning = lagging or bool(unreadable)
+        reasons.extend(unreadable)
         for (source_id, destination_id), dest in sorted(self.destination_health().items()):
             mine = [
                 s
@@ -293,13 +302,19 @@ class QueueReading(OperationsBase):
             "pipelines": pipelines,
             "destinations": destinations,
             "threads": threads,
-            "dlq": self.stats(),
+            "dlq": self._stats_or_error(),
             "damaged_queues": damaged,
         }
         owners = self.pipeline_owners()
         if owners is not None:  # engines share the pipelines: who runs each, since when
             body["owners"] = {name: owner.to_json() for name, owner in sorted(owners.items())}
         return body, 503 if critical else 200
+
+    def _stats_or_error(self) -> dict[str, Any]:
+        try:
+            return self.stats()
+        except DLQStorageError as error:
+            return {"error": str(error)}
 
     def _lag_reasons(self, status: dict[str, Any]) -> list[str]:
         """Why the pipeline's source is too far behind (the alert's thresholds), if it is."""

@@ -12,9 +12,10 @@ import logging
 from collections.abc import Sequence
 
 from compute.dlq.queue_info import QueueInfos
+from compute.errors import DLQStorageError
 from compute.queue_id import QueueId
 from compute.storage.atomic_file import json_bytes
-from compute.storage.base import QueueStore
+from compute.storage.base import QueueStore, StoreUnreachable
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ class Tombstones:
                 data = self._store.load_record(lane, TOMBSTONES_FILE)
                 loaded = {} if data is None else json.loads(data)["skip"]
                 info.tombstones = {str(k): int(v) for k, v in loaded.items() if int(v) > 0}
+            except StoreUnreachable as error:
+                # Not a damaged record, an unanswered read: forgetting the tombstones
+                # now would deliver discarded messages, and the next save would drop
+                # them for good. The caller fails this time (a replay retries).
+                raise DLQStorageError(f"tombstones of {lane} not read: {error}") from error
             except (OSError, ValueError, TypeError, KeyError, AttributeError) as error:
                 # Forgetting tombstones re-delivers discarded messages (duplicates),
                 # it never skips a message that was not discarded.

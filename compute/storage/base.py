@@ -51,6 +51,11 @@ class StoreLease:
         return len(self.payloads)
 
 
+class StoreUnreachable(OSError):
+    """A record could not be read because the store did not answer (a replicated store
+    without quorum or out of reach): nothing is known to be damaged; try again later."""
+
+
 class QueueStore(ABC):
     """FIFO queues of opaque payloads with at-least-once leased reads.
 

@@ -1,6 +1,7 @@
 """Soak: synthetic traffic through a real ``rosetta run`` into PostgreSQL, under random faults.
 
     python tests/benchmarks/soak.py --minutes N [--rate 200] [--seed 1] [--keep]
+                                    [--backend rocksq|jetstream]
 
 One run. A real PostgreSQL (embedded, started here) sits behind the fault
 proxy (``tests/fault_proxy.py``); a ``rosetta run`` child process replicates
@@ -23,6 +24,10 @@ random, one at a time with a clear gap between them:
   directory, so ``soak_lost_events`` stays a real check), else an empty one.
   A non-empty queue whose files the engine does not hold open is never
   picked: deleting it is an operator deleting messages.
+
+With ``--backend jetstream`` the queues live in a 3-node NATS cluster the
+soak starts, nodes are killed too, and the engine is stopped with SIGTERM
+once drained (``tests/benchmarks/soak_jetstream.py``).
 
 The source produces ``rate`` events per second, ``0.9 * rate * window``
 events in all. The synthetic source is rate-capped and cannot catch up time
@@ -69,6 +74,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from compute.sources.synthetic_source import DEFAULT_TABLES, SyntheticSource  # noqa: E402
+from tests.benchmarks.soak_jetstream import JetStreamSoak  # noqa: E402
 from tests.fault_proxy import FaultProxy  # noqa: E402
 from tests.faults.helpers import (  # noqa: E402
     create_tables,
@@ -283,13 +289,14 @@ def idle_connection_flood(work: Path) -> str:
     return f"opened={len(sockets)} served_after=none"
 
 
-def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
+def run(minutes: float, rate: float, seed: int, keep: bool, backend: str = "rocksq") -> int:
     rng = random.Random(seed)
     window = minutes * 60.0
     events = max(1000, int(rate * window * 0.9))
     work = Path(tempfile.mkdtemp(prefix="rosetta-soak-"))
     work.chmod(0o755)
     (work / "pg").mkdir()
+    js = JetStreamSoak(work) if backend == "jetstream" else None
     cluster = PostgresCluster(work / "pg")
     server: PostgresServer = cluster.new_server()
     proxy = FaultProxy(server.host, server.port).start()
@@ -313,11 +320,13 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
         DLQ_BACKOFF_BASE_MS="100",
         DLQ_BACKOFF_MAX_MS="2000",
         DLQ_BATCH_SIZE="100",
+        **(js.engine_settings() if js else {}),
     )
+    position = js.source_position if js else lambda: source_position(work)
     log = work / "engine.log"
     engine = Engine(env, log)
     counts: dict[str, int] = {}
-    print(f"soak: {minutes:g} min, {events} events at {rate:g}/s, work dir {work}", flush=True)
+    print(f"soak: {minutes:g} min, {events} events at {rate:g}/s, {backend}, {work}", flush=True)
     try:
         engine.start()
         started = last_fault_ended = time.monotonic()
@@ -329,7 +338,7 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
             engine.keep_running()
             time.sleep(rng.uniform(1.0, 3.0))  # a clear gap between faults
             elapsed = time.monotonic() - started
-            if elapsed >= hard_stop or (elapsed >= window and source_position(work) >= events):
+            if elapsed >= hard_stop or (elapsed >= window and position() >= events):
                 break
             faults = [
                 "pg_stop",
@@ -343,6 +352,8 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
             ]
             if elapsed < 0.6 * window:
                 faults.append("kill9")
+            if js:
+                faults = js.faults(faults)
             fault = rng.choice(faults)
             hold = rng.uniform(1.0, 5.0)
             counts[fault] = counts.get(fault, 0) + 1
@@ -371,6 +382,8 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
                 time.sleep(min(hold, 1.0))
             elif fault == "kill9":
                 engine.kill9()
+            elif fault == "nats_kill9" and js:
+                print(f"    {js.kill_node(rng, hold)}", flush=True)
             elif fault == "idle_flood":
                 print(f"    idle_flood: {idle_connection_flood(work)}", flush=True)
             elif fault == "queue_dir_removed" and engine.proc is not None:
@@ -414,6 +427,11 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
             if code is not None:
                 engine.bad_exits.append(code)
                 engine.start()
+            elif js and js.drained(events, server.dsn, source):  # it runs on: stop it
+                code = js.stop_engine(engine.proc)
+                if code != 0:
+                    engine.bad_exits.append(code)
+                break
             if time.monotonic() > drain_deadline:
                 print("soak: the engine did not drain within 600 s", flush=True)
                 break
@@ -427,12 +445,13 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
             want, got = expected.get(table, {}), actual.get(table, {})
             lost += len(want.keys() - got.keys()) + len(got.keys() - want.keys())
             lost += sum(1 for k in want.keys() & got.keys() if want[k] != got[k])
-        queued, parked = queue_leftovers(work / "dlq")
+        queued, parked = js.leftovers() if js else queue_leftovers(work / "dlq")
         text = log.read_text(errors="replace")
         matches = int(lost == 0 and not queued and not parked)
         print(
             f"soak: faults={dict(sorted(counts.items()))} kills={engine.kills} "
             f"restarts={engine.restarts} bad_exits={engine.bad_exits} "
+            f"node_kills={js.node_kills if js else 0} "
             f"proxy_commits_dropped={proxy.commits_dropped} "
             f"proxy_mid_stream_resets={proxy.resets_mid_stream} "
             f"queued={queued} parked={parked} tracebacks={text.count('Traceback')} "
@@ -452,6 +471,8 @@ def run(minutes: float, rate: float, seed: int, keep: bool) -> int:
             engine.proc.wait()
         proxy.stop()
         cluster.close()
+        if js:
+            js.close()
         if keep:
             print(f"soak: kept {work}")
         else:
@@ -464,13 +485,14 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="source events per second")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, DLQ)")
+    parser.add_argument("--backend", choices=["rocksq", "jetstream"], default="rocksq")
     args = parser.parse_args()
     if args.minutes <= 0:
         parser.error(f"--minutes {args.minutes}: expected a positive number of minutes")
     if args.rate <= 0:
         parser.error(f"--rate {args.rate}: expected a positive number of events per second")
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return run(args.minutes, args.rate, args.seed, args.keep)
+    return run(args.minutes, args.rate, args.seed, args.keep, args.backend)
 
 
 if __name__ == "__main__":

@@ -69,6 +69,13 @@ class NatsBridge:
             "allow_reconnect": True,
             "max_reconnect_attempts": -1,  # for ever: the engine backs off, it never gives up
             "reconnect_time_wait": 0.5,
+            # A connection that went silent (a partition, a dropped NAT entry) is
+            # only noticed by its pings: nats-py's default (every 120 s, two
+            # unanswered) left the engine on a dead socket for minutes after the
+            # network was back. Ping at the request timeout's pace instead, so it
+            # reconnects within about three of them.
+            "ping_interval": max(1.0, config.request_timeout),
+            "max_outstanding_pings": 2,
             "disconnected_cb": disconnected,
             "reconnected_cb": reconnected,
             "error_cb": error,

@@ -8,18 +8,32 @@ another engine wrote the same key fails loudly (``PositionConflict``) instead
 of moving the position back. The pipeline's fence is asked first, so a
 paused owner refuses even before anyone else has written.
 
+A put JetStream does not answer (a node lost mid-request, no quorum, a
+partition) is not an error of the pipeline: the stored position then lags
+the acknowledged one, which only means more events read again after a
+restart (delivery is at-least-once), never fewer. The put is retried by the
+next one. Its outcome is unknown: it may have landed with its answer lost,
+or land later (nats-py sends what it buffered once it reconnects), so when
+the next update finds the key moved, a value we tried ourselves lets it go
+again; anything else is another engine's (``PositionConflict``). Once an
+update is answered, an older one can no longer land: it names a revision
+that is gone.
+
 Same interface as ``compute/sources/offset_store.py OffsetStore`` (get, put,
 delete, all), which the sources use.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
 from compute.runtime.fence import NO_FENCE, Fence, Fenced
-from compute.storage.jetstream.bridge import NatsBridge, describe
+from compute.storage.jetstream.bridge import NatsBridge, StoreUnavailable, describe
 from compute.storage.jetstream.leases import bucket_keys, kv_key, name_of, open_bucket
+
+logger = logging.getLogger(__name__)
 
 
 class PositionConflict(Fenced):
@@ -37,6 +51,9 @@ class PositionStore:
         self._lock = threading.Lock()
         # source id -> (token, revision) as last read or written; 0: no key yet
         self._known: dict[str, tuple[str | None, int]] = {}
+        # source id -> tokens of puts left without an answer since the last answered one:
+        # each may have landed, or may still land (a publish sent on reconnection)
+        self._unsure: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
         return f"PositionStore({self.bucket!r})"
@@ -47,27 +64,56 @@ class PositionStore:
             return self._read(source_id)[0]
 
     def put(self, source_id: str, token: str) -> None:
-        """Store ``token`` for ``source_id``; replicated on return, refused when fenced or taken."""
-        from nats.js.errors import KeyWrongLastSequenceError
+        """Store ``token`` for ``source_id``; refused when fenced or taken.
 
+        Replicated on return, unless JetStream did not answer: then it is left
+        for the next put (logged once), the stored position lagging, not leading.
+        """
         if not isinstance(token, str):
             raise TypeError(f"resume token must be a str, not {type(token).__name__}")
         with self._lock:
-            current, revision = self._known.get(source_id) or self._read(source_id)
-            if current == token:
+            try:
+                current, revision = self._known.get(source_id) or self._read(source_id)
+                if current == token:
+                    return
+                self.fence.check(f"position of source {source_id}")
+                self._update(source_id, token, revision)
+            except StoreUnavailable as error:
+                tried = self._unsure.setdefault(source_id, set())
+                if not tried:
+                    logger.warning(
+                        "source position not stored, JetStream unavailable; the next one "
+                        "retries: source=%s position=%s error=%s",
+                        source_id,
+                        token,
+                        error,
+                    )
+                tried.add(token)
                 return
-            self.fence.check(f"position of source {source_id}")
+        if self._unsure.pop(source_id, None):
+            logger.info("source position stored again: source=%s position=%s", source_id, token)
+
+    def _update(self, source_id: str, token: str, revision: int) -> None:
+        """``update`` naming ``revision``; when the key moved since, only a value this
+        store tried without an answer (it landed late) lets the update go again."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        ours = {self._known.get(source_id, (None, 0))[0], *self._unsure.get(source_id, ())}
+        for attempt in (1, 2):
             try:
                 revision = self.bridge.run(
                     self._kv.update(kv_key(source_id), token.encode(), last=revision)
                 )
+                break
             except KeyWrongLastSequenceError as error:
-                self._known.pop(source_id, None)
-                raise PositionConflict(
-                    f"position of source {source_id} was written by another engine "
-                    f"({describe(error)}): not writing over it"
-                ) from error
-            self._known[source_id] = (token, revision)
+                found, revision = self._read(source_id)
+                if attempt == 2 or found not in ours:
+                    self._known.pop(source_id, None)
+                    raise PositionConflict(
+                        f"position of source {source_id} was written by another engine "
+                        f"({describe(error)}; found {found!r}): not writing over it"
+                    ) from error
+        self._known[source_id] = (token, revision)
 
     def delete(self, source_id: str) -> None:
         """Forget ``source_id``'s position (it starts from the beginning next time)."""

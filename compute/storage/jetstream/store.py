@@ -30,7 +30,13 @@ from compute.errors import (
     LeaseError,
 )
 from compute.queue_id import QueueId
-from compute.storage.base import QueueLimits, QueueStore, StoredStats, StoreLease
+from compute.storage.base import (
+    QueueLimits,
+    QueueStore,
+    StoredStats,
+    StoreLease,
+    StoreUnreachable,
+)
 from compute.storage.jetstream import messages
 from compute.storage.jetstream.bridge import NatsBridge, StoreUnavailable
 from compute.storage.jetstream.messages import StoredFrame, stored_frame
@@ -383,7 +389,7 @@ class JetStreamStore(QueueStore):
         except (js_errors.KeyNotFoundError, js_errors.KeyDeletedError):
             return None
         except StoreUnavailable as error:
-            raise OSError(f"record {name} of {queue} not read: {error}") from error
+            raise StoreUnreachable(f"record {name} of {queue} not read: {error}") from error
         return entry.value
 
     def save_record(

@@ -19,6 +19,7 @@ from compute.codec.message import DLQMessage
 from compute.dlq.manager import DLQManager
 from compute.engine.engine import Engine
 from compute.engine.pipeline import Pipeline
+from compute.errors import DLQStorageError
 from compute.queue_id import QueueId
 from compute.runtime.retry_policy import RetryPolicy
 from config.admin_config import AdminConfig
@@ -395,5 +396,26 @@ def test_metrics_need_the_token_off_loopback(tmp_path: Path) -> None:
         assert call(url + "/alerts", token="wrong")[0] == 401
         status, text = call(url + "/metrics", token="s3cret")
         assert status == 200 and "rosetta_dlq_queue_messages" in text
+    finally:
+        harness.engine.stop()
+
+
+def test_health_answers_when_the_store_cannot_count_its_queues(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    harness = start_engine(tmp_path, AdminConfig(port=0))
+    try:
+        dlq = harness.engine.dlq
+        assert dlq is not None
+
+        def no_quorum(queue: QueueId) -> Any:
+            raise DLQStorageError(f"read {queue}: JetStream unavailable (no quorum)")
+
+        monkeypatch.setattr(dlq, "status", no_quorum)
+        status, body = call(harness.url + "/health")
+        assert status in (200, 503), body
+        assert body["status"] in ("warning", "critical")
+        assert any("cannot be read" in r and "no quorum" in r for r in body["reasons"]), body
+        assert "no quorum" in body["dlq"]["error"]
     finally:
         harness.engine.stop()

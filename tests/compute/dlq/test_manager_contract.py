@@ -19,9 +19,11 @@ from compute.codec.failure_context import FailureContext
 from compute.codec.message import DLQMessage
 from compute.delivery.health import DestinationHealth
 from compute.dlq.manager import DLQManager
-from compute.errors import STORE_UNAVAILABLE, DLQFullError
+from compute.dlq.tombstones import TOMBSTONES_FILE
+from compute.errors import STORE_UNAVAILABLE, DLQFullError, DLQStorageError
 from compute.queue_id import QueueId
 from compute.recovery.worker import DLQRecoveryWorker
+from compute.storage.base import StoreUnreachable
 from config.dlq_config import DLQConfig, WhenFull
 from tests.builders import TABLE, change, dlq_config
 from tests.fakes import FakeDestination
@@ -198,3 +200,26 @@ def test_a_rocksq_engine_never_imports_nats(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_tombstones_the_store_does_not_answer_for_are_not_forgotten(
+    backend: StoreBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = settings(backend, tmp_path, batch_size=100)
+    with DLQManager(config, background=False) as dlq:
+        dlq.enqueue(QUEUE, [message(i, i) for i in range(3)])
+        dlq.discard_message(QUEUE, "m001")
+    with DLQManager(config, background=False) as dlq:
+        load_record = dlq.store.load_record
+
+        def unanswered_once(queue: QueueId, name: str) -> bytes | None:
+            if name == TOMBSTONES_FILE:
+                monkeypatch.setattr(dlq.store, "load_record", load_record)
+                raise StoreUnreachable("no quorum")  # a node election, a partition
+            return load_record(queue, name)
+
+        monkeypatch.setattr(dlq.store, "load_record", unanswered_once)
+        with pytest.raises(DLQStorageError, match="no quorum"):
+            dlq.read_batch(QUEUE)  # a replay fails this once, it does not deliver m001
+        lease = dlq.read_batch(QUEUE)
+        assert ids(lease.messages) == ["m000", "m002"]

@@ -170,3 +170,61 @@ def test_a_closed_fence_refuses_a_position_put(connect) -> None:
     with pytest.raises(Fenced, match="lease taken"):
         store.put("1", "200")
     assert PositionStore(connect("engine-b")).get("1") == "100"
+
+
+def _next_update_unanswered(store: PositionStore, *, landed: bool) -> None:
+    """The store's next position update gets no answer, after it was applied or before."""
+    import nats.errors
+
+    real = store._kv.update
+
+    async def unanswered(*args: object, **kwargs: object) -> int:
+        store._kv.update = real  # type: ignore[method-assign]
+        if landed:
+            await real(*args, **kwargs)  # type: ignore[arg-type]
+        raise nats.errors.TimeoutError
+
+    store._kv.update = unanswered  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["landed", "lost"])
+def test_an_unanswered_position_put_is_retried_by_the_next_never_a_pipeline_error(
+    connect, landed: bool
+) -> None:
+    store, other = PositionStore(connect("engine-a")), PositionStore(connect("engine-b"))
+    store.put("1", "100")
+    _next_update_unanswered(store, landed=landed)
+    store.put("1", "200")  # no error: a node died mid-request, the pipeline goes on
+    assert other.get("1") == ("200" if landed else "100")  # never ahead of what was acked
+    store.put("1", "300")  # its revision settled by reading: no false conflict
+    assert other.get("1") == "300"
+
+
+def test_an_unanswered_put_that_lands_late_is_ours_not_a_conflict(connect) -> None:
+    store, late = PositionStore(connect("engine-a")), PositionStore(connect("engine-a-late"))
+    store.put("1", "100")
+    _next_update_unanswered(store, landed=False)
+    store.put("1", "200")
+    late.get("1")
+    real = store._kv.update
+
+    async def landing_first(*args: object, **kwargs: object) -> int:
+        store._kv.update = real  # type: ignore[method-assign]
+        late.put("1", "200")  # the unanswered publish, sent on reconnection, lands now
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    store._kv.update = landing_first  # type: ignore[method-assign]
+    store.put("1", "300")
+    assert late.get("1") == "300"
+
+
+def test_after_an_unanswered_put_another_engines_position_still_fails_ours(connect) -> None:
+    ours, theirs = PositionStore(connect("engine-a")), PositionStore(connect("engine-b"))
+    ours.put("1", "100")
+    _next_update_unanswered(ours, landed=False)
+    ours.put("1", "200")
+    theirs.get("1")
+    theirs.put("1", "150")
+    with pytest.raises(PositionConflict, match="written by another engine"):
+        ours.put("1", "300")
+    assert theirs.get("1") == "150"
