@@ -31,6 +31,9 @@ from compute.storage.jetstream.bridge import NatsBridge, StoreUnavailable, descr
 
 logger = logging.getLogger(__name__)
 
+# JetStream's "wrong last sequence": the key was written since the revision named.
+WRONG_LAST_SEQUENCE = 10071
+
 # JetStream keys allow letters, digits and -_=./ ; '.' separates tokens and
 # '/' is read as a path by tools, so everything else is written as =XX.
 _PLAIN = frozenset(string.ascii_letters + string.digits + "-_")
@@ -146,7 +149,7 @@ class Leases:
 
     def acquire(self, pipeline: str, source_id: str = "") -> Lease | None:
         """Take ``pipeline`` if nobody holds it (or its lease expired); None when someone does."""
-        from nats.js.errors import KeyWrongLastSequenceError
+        from nats.js.errors import APIError, KeyWrongLastSequenceError
 
         started = time.monotonic()
         value = self._value(time.time(), source_id)
@@ -154,6 +157,13 @@ class Leases:
             revision = self.bridge.run(self._leases.create(kv_key(pipeline), value))
         except KeyWrongLastSequenceError:
             return None
+        except APIError as error:
+            # Taking an expired lease, nats-py's create retries the update at the
+            # revision it read; another engine writing in between comes back as a
+            # plain BadRequestError (seen in a suite run): someone else took it.
+            if getattr(error, "err_code", None) == WRONG_LAST_SEQUENCE:
+                return None
+            raise
         return Lease(pipeline, revision, source_id, self._valid_until(started))
 
     def renew(self, lease: Lease, since: float) -> Lease:
@@ -162,7 +172,7 @@ class Leases:
         ``StoreUnavailable`` (no quorum, no answer) leaves the lease as it was:
         the caller keeps trying until its fence closes.
         """
-        from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+        from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
         started = time.monotonic()
         try:
@@ -172,6 +182,10 @@ class Leases:
                 )
             )
         except (KeyWrongLastSequenceError, KeyNotFoundError) as error:
+            raise LeaseLost(f"lease of {lease.pipeline} lost: {describe(error)}") from error
+        except APIError as error:
+            if getattr(error, "err_code", None) != WRONG_LAST_SEQUENCE:
+                raise
             raise LeaseLost(f"lease of {lease.pipeline} lost: {describe(error)}") from error
         return Lease(lease.pipeline, revision, lease.source_id, self._valid_until(started))
 

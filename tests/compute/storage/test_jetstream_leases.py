@@ -228,3 +228,31 @@ def test_after_an_unanswered_put_another_engines_position_still_fails_ours(conne
     with pytest.raises(PositionConflict, match="written by another engine"):
         ours.put("1", "300")
     assert theirs.get("1") == "150"
+
+
+def test_a_race_nats_py_passes_through_unwrapped_is_a_lost_race_not_a_crash() -> None:
+    """Unit test of an error path (seen once in a suite run): nats-py's KV create, retrying
+    at the revision it read, lets another writer's win through as a plain BadRequestError."""
+    from types import SimpleNamespace
+
+    from nats.js.errors import BadRequestError
+
+    from compute.storage.jetstream.leases import Lease, LeaseLost, Leases
+
+    def refuse(coroutine: object) -> None:
+        coroutine.close()  # type: ignore[attr-defined]
+        raise BadRequestError(code=400, err_code=10071, description="wrong last sequence: 1")
+
+    leases = Leases.__new__(Leases)
+    leases.bridge = SimpleNamespace(run=refuse)  # type: ignore[assignment]
+    leases.engine_id, leases.ttl, leases.margin = "engine-b", 3.0, 0.75
+    leases._leases = SimpleNamespace(  # type: ignore[attr-defined]
+        create=lambda *a, **k: _never(), update=lambda *a, **k: _never()
+    )
+    assert leases.acquire("orders") is None
+    with pytest.raises(LeaseLost, match="lease of orders lost"):
+        leases.renew(Lease("orders", 1, "", 0.0), since=0.0)
+
+
+async def _never() -> None:
+    raise AssertionError("not awaited")
