@@ -91,7 +91,14 @@ _SLOW = (
     "tests/compute/dlq/test_manager.py::test_status_file_refreshes_while_running",
     "tests/compute/delivery/test_lanes.py::test_a_slow_destination_keeps_the_source_moving_",
     "tests/compute/engine/test_pipeline_postgres.py::test_backpressure_in_an_outage_",
+    # A 3-node NATS cluster started (about 4 s) and quorum round trips: the JetStream
+    # backend's tests; the contract tests keep their rocksq runs in the fast suite.
+    "tests/compute/storage/test_jetstream_",
+    "tests/compute/engine/test_ownership.py",
+    "tests/compute/cli/test_cli_owners.py",
 )
+# Parametrized over both stores: the JetStream runs are slow (see above).
+_SLOW_PARAMETERS = "[jetstream"
 _ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -99,7 +106,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         path = Path(str(item.path)).resolve().relative_to(_ROOT).as_posix()
         name = path + item.nodeid[len(item.nodeid.split("::")[0]) :]
-        if name.startswith(_SLOW):
+        if name.startswith(_SLOW) or _SLOW_PARAMETERS in name:
             item.add_marker(pytest.mark.slow)
 
 
