@@ -1,9 +1,11 @@
-"""The engine's NATS connection notices a silent (partitioned) connection and reconnects."""
+"""The engine's NATS connection: requests from threads, and a silent connection replaced."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
+
+import pytest
 
 from compute.storage.jetstream.bridge import NatsBridge, StoreUnavailable
 from config.nats_config import NatsConfig
@@ -38,3 +40,51 @@ def test_a_partitioned_connection_is_replaced_within_a_few_timeouts(
             assert time.monotonic() - back < 8, "noticed after more than a few timeouts"
         finally:
             bridge.close()
+
+
+def test_run_returns_results_passes_answers_and_turns_silence_into_unavailable(
+    nats_session_cluster: Any,
+) -> None:
+    import asyncio
+
+    from nats.js import errors as js_errors
+
+    config = NatsConfig(urls=tuple(nats_session_cluster.urls), request_timeout=1.0)
+    bridge = NatsBridge(config)
+    try:
+
+        async def value() -> int:
+            await asyncio.sleep(0)
+            return 42
+
+        assert bridge.run(value()) == 42
+        # A JetStream answer (here: no such stream) comes back as it is, not as an outage.
+        with pytest.raises(js_errors.NotFoundError):
+            bridge.run(bridge.js.stream_info("NO_SUCH_STREAM_FOR_BRIDGE_TEST"))
+
+        cancelled = []
+
+        async def silent() -> None:
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="no answer from JetStream within 0.3 s"):
+            bridge.run(silent(), timeout=0.3)
+        assert time.monotonic() - started < 5
+        wait_until(lambda: cancelled == [True], 5, "the abandoned request to be cancelled")
+
+        async def fails() -> None:
+            raise ValueError("not a transport error")
+
+        with pytest.raises(ValueError, match="not a transport error"):
+            bridge.run(fails())
+        # The connection is still usable after all of that.
+        assert bridge.run(value()) == 42
+    finally:
+        bridge.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        bridge.run(value())
