@@ -41,6 +41,7 @@ def test_bench_dlq_on_jetstream_prints_its_figures() -> None:
     )
     assert {
         "jetstream_enqueue_ratio",
+        "jetstream_enqueue_ratio_vs_stored_bytes",
         "jetstream_drain_ratio",
         "jetstream_enqueue_changes_per_s",
         "rocksq_enqueue_changes_per_s",
