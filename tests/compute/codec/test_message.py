@@ -744,6 +744,54 @@ def test_every_value_round_trips_exactly(
     assert same(decode_message(encode_message(decoded)), message)
 
 
+_BATCH_QUEUES = (QUEUE, QueueId("pg", "public.users", "sf"), QueueId("pg", "t\udc80", "wh"))
+_BATCH_FAILURES = (
+    FailureContext("E", "m"),
+    FailureContext("E", "m", attempts=2),
+    FailureContext("OperationalError", "connection refused", code="08006"),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, len(_BATCH_QUEUES) - 1),
+            st.integers(0, len(_BATCH_FAILURES) - 1),
+            st.sampled_from(["s.t", "s.u", "s.t\ud800"]),
+            st.sampled_from([("id",), ("a", "b"), ("b", "a")]),
+            st.booleans(),  # a fresh but equal failure object, not the shared one
+            st.sampled_from([(), ("big",)]),  # unchanged columns
+        ),
+        min_size=2,
+        max_size=12,
+    )
+)
+def test_a_mixed_batch_encodes_to_the_bytes_of_each_message_alone(
+    specs: list[tuple[int, int, str, tuple[str, ...], bool, tuple[str, ...]]],
+) -> None:
+    """Runs of messages sharing a context share one blob; any change of context starts anew."""
+    messages = []
+    for number, (queue, failure, table, columns, copied, unchanged) in enumerate(specs):
+        shared = _BATCH_FAILURES[failure]
+        failure_context = FailureContext(*shared) if copied else shared
+        key = {column: number for column in columns}
+        record = ChangeRecord(
+            table,
+            Operation.UPDATE,
+            key,
+            {**key, "v": number},
+            SourcePosition(number, 0),
+            None,
+            None,
+            unchanged,
+        )
+        messages.append(DLQMessage.create(_BATCH_QUEUES[queue], record, failure_context, now=T0))
+    encoded = encode_messages(messages)
+    assert encoded == [encode_message(m) for m in messages]
+    assert MessageDecoder().decode_many(encoded) == messages
+
+
 def test_a_value_nested_too_deeply_raises_the_typed_error_naming_the_message() -> None:
     deep: list[Any] = []
     for _ in range(2000):
