@@ -148,7 +148,10 @@ def _encode_one(message: DLQMessage) -> bytes:
 
     A single-message enqueue pays for every Python call and attribute lookup
     on its way (about a third of its encoding time went there): the tuples
-    are unpacked once and one Packer packs both arrays.
+    are unpacked once and one Packer packs both arrays. Its field list is
+    written out again in ``encode_messages`` on purpose: sharing that loop
+    made this 15 to 25 % slower (measured); a property test keeps the two
+    to the same bytes.
     """
     message_id, queue, record, failure, enqueued_at = message
     table, op, key, after, position, before, commit_ts, unchanged = record

@@ -13,6 +13,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from compute.errors import LeaseError
 from compute.queue_id import QueueId
 from compute.storage.atomic_file import write_atomic
 
@@ -49,6 +50,39 @@ class StoreLease:
 
     def __len__(self) -> int:
         return len(self.payloads)
+
+
+def check_read(queue: QueueId, max_items: int, leases: list[StoreLease], ahead: bool) -> None:
+    """The lease rules of ``QueueStore.read``: one reader, and at most one read ahead."""
+    if max_items < 1:
+        raise ValueError("max_items must be at least 1")
+    if len(leases) > (1 if ahead else 0):
+        raise LeaseError(
+            f"queue {queue} already has an outstanding lease"
+            + (" and a read-ahead lease" if ahead else "")
+        )
+
+
+def acked_count(lease: StoreLease, count: int | None) -> int:
+    """How many of ``lease``'s payloads an ``ack(lease, count)`` acknowledges (checked)."""
+    done = len(lease.payloads) if count is None else count
+    if not 0 < done <= len(lease.payloads):
+        raise ValueError(f"can acknowledge 1 to {len(lease.payloads)} items, not {count}")
+    return done
+
+
+def check_oldest(lease: StoreLease, leases: list[StoreLease]) -> None:
+    """Acks go in order: only the oldest outstanding lease may be acknowledged."""
+    if not leases or leases[0] is not lease:
+        raise LeaseError(f"lease on {lease.queue} is not the oldest outstanding lease")
+
+
+def lease_position(lease: StoreLease, leases: list[StoreLease]) -> int:
+    """Where ``lease`` is among the outstanding ones (for a release)."""
+    for position, held in enumerate(leases):
+        if held is lease:
+            return position
+    raise LeaseError(f"lease on {lease.queue} is not an outstanding lease")
 
 
 class StoreUnreachable(OSError):

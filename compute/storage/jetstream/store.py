@@ -27,7 +27,6 @@ from compute.errors import (
     STORE_UNAVAILABLE,
     DLQFullError,
     DLQStorageError,
-    LeaseError,
 )
 from compute.queue_id import QueueId
 from compute.storage.base import (
@@ -36,6 +35,10 @@ from compute.storage.base import (
     StoredStats,
     StoreLease,
     StoreUnreachable,
+    acked_count,
+    check_oldest,
+    check_read,
+    lease_position,
 )
 from compute.storage.jetstream import messages
 from compute.storage.jetstream.bridge import NatsBridge, StoreUnavailable
@@ -184,16 +187,10 @@ class JetStreamStore(QueueStore):
     # ---------------------------------------------------------------- reading
 
     def read(self, queue: QueueId, max_items: int, *, ahead: bool = False) -> StoreLease:
-        if max_items < 1:
-            raise ValueError("max_items must be at least 1")
         state = self._state(queue)
         with state.lock:
+            check_read(queue, max_items, state.leases, ahead)
             self._loaded(state)
-            if len(state.leases) > (1 if ahead else 0):
-                raise LeaseError(
-                    f"queue {queue} already has an outstanding lease"
-                    + (" and a read-ahead lease" if ahead else "")
-                )
             self._fill(state, max_items)
             taken = state.buffer[:max_items]
             del state.buffer[:max_items]
@@ -220,13 +217,10 @@ class JetStreamStore(QueueStore):
     def ack(self, lease: StoreLease, count: int | None = None) -> None:
         if not lease.payloads:
             return
-        done = len(lease.payloads) if count is None else count
-        if not 0 < done <= len(lease.payloads):
-            raise ValueError(f"can acknowledge 1 to {len(lease.payloads)} items, not {count}")
+        done = acked_count(lease, count)
         state = self._state(lease.queue)
         with state.lock:
-            if not state.leases or state.leases[0] is not lease:
-                raise LeaseError(f"lease on {lease.queue} is not the oldest outstanding lease")
+            check_oldest(lease, state.leases)
             point = lease.token[0] + done
             kept = [frame for frame in state.frames if frame.end > point]
             gone = state.frames[: len(state.frames) - len(kept)]
@@ -259,9 +253,7 @@ class JetStreamStore(QueueStore):
             return
         state = self._state(lease.queue)
         with state.lock:
-            position = next((i for i, held in enumerate(state.leases) if held is lease), None)
-            if position is None:
-                raise LeaseError(f"lease on {lease.queue} is not an outstanding lease")
+            position = lease_position(lease, state.leases)
             state.give_back(position, lease.token[0])
 
     def peek(self, queue: QueueId, limit: int, *, newest: bool = False) -> list[bytes]:

@@ -38,7 +38,16 @@ from pathlib import Path
 
 from compute.errors import DLQError, DLQStorageError, LeaseError, QueueCorruptError
 from compute.queue_id import QueueId
-from compute.storage.base import QueueLimits, QueueStore, StoredStats, StoreLease
+from compute.storage.base import (
+    QueueLimits,
+    QueueStore,
+    StoredStats,
+    StoreLease,
+    acked_count,
+    check_oldest,
+    check_read,
+    lease_position,
+)
 from compute.storage.frames import encode_frames
 from compute.storage.rocksq.base_lock import prepare_base_path, take_lock
 from compute.storage.rocksq.cursor import close_cursor, cursor_current, write_cursor
@@ -276,16 +285,10 @@ class RocksqStore(QueueStore):
         return number
 
     def read(self, queue: QueueId, max_items: int, *, ahead: bool = False) -> StoreLease:
-        if max_items < 1:
-            raise ValueError("max_items must be at least 1")
         state = self._state(queue)
         with state.lock:
+            check_read(queue, max_items, state.leases, ahead)
             self._loaded(state)
-            if len(state.leases) > (1 if ahead else 0):
-                raise LeaseError(
-                    f"queue {queue} already has an outstanding lease"
-                    + (" and a read-ahead lease" if ahead else "")
-                )
             self._salvage.ensure_present(state, "read")
             try:
                 lease = self._reader.read_locked(state, max_items)
@@ -302,13 +305,10 @@ class RocksqStore(QueueStore):
     def ack(self, lease: StoreLease, count: int | None = None) -> None:
         if not lease.payloads:
             return
-        done = len(lease.payloads) if count is None else count
-        if not 0 < done <= len(lease.payloads):
-            raise ValueError(f"can acknowledge 1 to {len(lease.payloads)} items, not {count}")
+        done = acked_count(lease, count)
         state = self._state(lease.queue)
         with state.lock:
-            if not state.leases or state.leases[0] is not lease:
-                raise LeaseError(f"lease on {lease.queue} is not the oldest outstanding lease")
+            check_oldest(lease, state.leases)
             self._salvage.ensure_present(state, "ack")
             if not state.leases or state.leases[0] is not lease:
                 raise LeaseError(
@@ -334,9 +334,7 @@ class RocksqStore(QueueStore):
             return
         state = self._state(lease.queue)
         with state.lock:
-            position = next((i for i, held in enumerate(state.leases) if held is lease), None)
-            if position is None:
-                raise LeaseError(f"lease on {lease.queue} is not an outstanding lease")
+            position = lease_position(lease, state.leases)
             give_back(state, [], lease.token[1], position)
 
     def peek(self, queue: QueueId, limit: int, *, newest: bool = False) -> list[bytes]:
