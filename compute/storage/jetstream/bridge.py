@@ -2,8 +2,8 @@
 
 nats-py is asyncio-only; the engine is threads. The bridge runs one event
 loop in a daemon thread (``dlq-nats``) that owns the connection, and every
-caller thread hands it a coroutine and waits for the result
-(``run_coroutine_threadsafe``). Errors of the transport (no server, no
+caller thread hands it a coroutine and waits for the result (``_Call``:
+a task on the loop, a lock for the caller). Errors of the transport (no server, no
 quorum, a timeout) come back as ``StoreUnavailable``, which callers turn into
 backpressure: an unreachable store is never a reason to drop a change.
 """
