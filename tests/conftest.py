@@ -21,8 +21,8 @@ _schema_numbers = itertools.count(1)
 # Long-running tests: every real-engine fault test under tests/faults/ (kill -9
 # loops, the soak, servers stopped and black-holed), the benchmark smoke runs and
 # the crash loops. `python -m pytest -m "not slow"` is the fast suite (under two
-# minutes on 2 cores, about 1 min 40 s on a quiet machine); `python -m pytest` (CI)
-# runs everything.
+# minutes on 2 cores: about 1 min 15 s with the 3 pytest-xdist workers below);
+# `python -m pytest` (CI) runs everything (about 11 minutes, under 20 minutes).
 # Also the few tests elsewhere that run a whole engine for several seconds, and
 # the Snowflake destination through fakesnow (seconds a test; the contract
 # suite marks its Snowflake runs itself).
@@ -99,15 +99,99 @@ _SLOW = (
 )
 # Parametrized over both stores: the JetStream runs are slow (see above).
 _SLOW_PARAMETERS = "[jetstream"
+# The heaviest tests (30 to 75 s each: a real engine, PostgreSQL servers, pgbench or
+# NATS nodes, several cores' worth at once, and waits that have to outlast that load)
+# run one after the other on one pytest-xdist worker, handed out first: never two of
+# them side by side, and none is left to run alone at the end. The other workers take
+# the rest meanwhile: the other slow tests spread evenly through the fast ones, so
+# that the last tests handed out are short.
+_HEAVY_LANE = (
+    "tests/faults/test_pg_snapshot_kill9.py",
+    "tests/faults/test_soak.py",
+    "tests/faults/test_jetstream_node_faults.py",
+    "tests/faults/test_table_holds_pg.py",
+    "tests/faults/test_pg_cdc_fault_proof.py",
+    "tests/faults/test_postgres_faults.py",
+    "tests/faults/test_jetstream_kill9.py",
+    "tests/compute/engine/test_engine_postgres.py::test_kill9_",
+    "tests/examples/test_postgres_cdc_example.py",
+    "tests/faults/test_pg_source_kill9.py",
+)
+HEAVY_LANE_GROUP = "heavy-lane"
+# Of the other slow tests, these (10 to 30 s each) come first, so that the last tests
+# handed out are short ones.
+_LONG = (
+    "tests/compute/storage/test_kill_during_ack.py",
+    "tests/test_benchmark_scripts.py::test_bench_pipeline_",
+    "tests/compute/engine/test_crash_kill9.py",
+    "tests/compute/sources/postgres/test_pg_source_ops.py::test_pgbench_",
+    "tests/compute/sources/postgres/test_initial_snapshot.py::test_changes_during_the_copy_",
+    "tests/compute/cli/test_cli_dlq.py::test_every_command_",
+    "tests/faults/",
+    "tests/destinations/snowflake/test_outage.py",
+    "tests/destinations/snowflake/test_position_guard.py::test_replays_",
+    "tests/test_benchmark_scripts.py",
+)
+# Modules whose tests share a module-scoped 3-node NATS cluster (about 4 s to start):
+# each runs on one pytest-xdist worker (``--dist loadgroup``), which starts it once.
+_ONE_WORKER = (
+    "tests/faults/test_jetstream_node_faults.py",  # in the heavy lane as well
+    "tests/compute/storage/test_jetstream_leases.py",
+    "tests/compute/engine/test_ownership.py",
+    "tests/compute/engine/test_shared_pipelines.py",
+    "tests/compute/cli/test_cli_owners.py",
+)
 _ROOT = Path(__file__).resolve().parents[1]
 
 
+def _name(item: pytest.Item) -> str:
+    path = Path(str(item.path)).resolve().relative_to(_ROOT).as_posix()
+    return path + item.nodeid[len(item.nodeid.split("::")[0]) :]
+
+
+def _spread(items: list[pytest.Item], among: list[pytest.Item]) -> list[pytest.Item]:
+    """``items`` placed at even intervals through ``among``; both keep their order."""
+    step = len(among) / (len(items) + 1)
+    keyed = [(float(i), item) for i, item in enumerate(among)]
+    keyed += [((k + 1) * step - 0.5, item) for k, item in enumerate(items)]
+    return [item for _, item in sorted(keyed, key=lambda pair: pair[0])]
+
+
+# tryfirst: pytest-xdist reads the xdist_group marks in its own hook of this name.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    heavy: list[pytest.Item] = []
+    long: list[pytest.Item] = []
+    slow: list[pytest.Item] = []
+    fast: list[pytest.Item] = []
     for item in items:
-        path = Path(str(item.path)).resolve().relative_to(_ROOT).as_posix()
-        name = path + item.nodeid[len(item.nodeid.split("::")[0]) :]
-        if name.startswith(_SLOW) or _SLOW_PARAMETERS in name:
+        name = _name(item)
+        is_slow = name.startswith(_SLOW) or _SLOW_PARAMETERS in name
+        if is_slow:
             item.add_marker(pytest.mark.slow)
+        if name.startswith(_HEAVY_LANE):
+            item.add_marker(pytest.mark.xdist_group(HEAVY_LANE_GROUP))
+            heavy.append(item)
+        else:
+            if name.startswith(_ONE_WORKER):
+                item.add_marker(pytest.mark.xdist_group(name.split("::")[0]))
+            (long if name.startswith(_LONG) else slow if is_slow else fast).append(item)
+    # Order only: what runs, and how (fixtures, marks), does not depend on it.
+    items[:] = heavy + _spread(long + slow, fast)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject.toml): one worker more than the usable cores, at most 4.
+
+    Much of the suite waits (on servers, child processes, timeouts): on 2 cores three
+    workers keep both busy (the whole suite in about 11 minutes, against 17 with two);
+    more than 4 is untried (each worker starts its own servers, and the timing-bound
+    tests are made for a 2-core machine). PYTEST_XDIST_AUTO_NUM_WORKERS overrides it.
+    """
+    forced = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS", "")
+    if forced.isdigit():
+        return int(forced)
+    return max(1, min(4, len(os.sched_getaffinity(0)) + 1))
 
 
 @pytest.fixture(scope="session")

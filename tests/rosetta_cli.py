@@ -10,12 +10,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# A terminal size the test process may carry in its environment: GNU readline, once
+# imported (pytest imports it), sets COLUMNS=80 and LINES=24 in its process's
+# environment although nothing is a terminal, and a pytest-xdist worker started from
+# that process inherits them. ``rosetta`` rightly sizes its tables by an exported
+# COLUMNS; the tests read what a pipe gets by default, so they never pass one on.
+TERMINAL_SIZE = ("COLUMNS", "LINES")
+
+
 def cli_env(**values: str) -> dict[str, str]:
-    """This environment without Rosetta's own settings, this checkout first on the path."""
+    """This environment without Rosetta's own settings or a terminal size, this checkout
+    first on the path."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("DLQ_", "ROSETTA_")) and k != "CONFIG_DATABASE_URL"
+        if not k.startswith(("DLQ_", "ROSETTA_"))
+        and k != "CONFIG_DATABASE_URL"
+        and k not in TERMINAL_SIZE
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     return env | values

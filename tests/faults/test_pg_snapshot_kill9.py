@@ -66,8 +66,10 @@ def test_kill9_during_the_initial_copy_then_restart_is_exact(
     (tmp_path / "pipelines.toml").write_text(SNAPSHOT_PIPELINES)
     env = engine_env(tmp_path, target.dsn, TEST_SOURCE_DSN=source.dsn)
     log = tmp_path / "engine.log"
+    # -T is only a bound: the traffic is ended after the last kill (end_pgbench_under_traffic),
+    # and three copies of 200,000 accounts take a minute or more on a busy machine.
     bench = subprocess.Popen(
-        pgbench(source, "-T", "60", "-c", "4", "-j", "2", "-n"),
+        pgbench(source, "-T", "300", "-c", "4", "-j", "2", "-n"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -27,6 +27,7 @@ from compute.queue_id import QueueId
 from config.dlq_config import DLQConfig
 from destinations.records import ChangeRecord, Operation, SourcePosition
 from tests.builders import pipelines_toml, postgresql_destination
+from tests.rosetta_cli import TERMINAL_SIZE
 from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -42,7 +43,11 @@ def console_script() -> str:
 
 
 def base_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DLQ_", "ROSETTA_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DLQ_", "ROSETTA_")) and k not in TERMINAL_SIZE
+    }
     env.pop("CONFIG_DATABASE_URL", None)
     env.update(
         {
