@@ -35,6 +35,15 @@ class QueueState:
     # expects it again with the same message id, so JetStream's deduplication
     # answers "duplicate" if the lost one was stored (never stored twice).
     unsure_expected: int | None = None
+    # The message ids published without an answer since the last answered
+    # publish. One may land after all: a batch its caller was told is not
+    # stored (and will send again), a phantom. The writer deletes it before
+    # writing past it, and the reader does not read past ``end`` meanwhile.
+    unsure_ids: set[str] = field(default_factory=set)
+    # Bumped when a phantom is deleted: JetStream remembers a deleted message's
+    # id for its duplicate window and would answer "duplicate" to the same
+    # batch sent again (and so lose it), so later message ids carry this.
+    generation: int = 0
     # The reader: the first unacknowledged position, and the bytes before the
     # first message not wholly acknowledged (``bytes_end - acked_bytes`` is stored).
     acked: int = 0

@@ -172,17 +172,28 @@ class JetStreamStore(QueueStore):
                         f"a frame of {len(body.data)} bytes is over the NATS server's "
                         f"max_payload ({max_payload} bytes): raise it to DLQ_MAX_MESSAGE_BYTES"
                     )
-                publish(self._bridge, state, body, self._reload_writer)
+                publish(self._bridge, state, body, self._tail, self._delete_phantom)
             with self._states_lock:
                 self._known.add(queue.main)
 
-    def _reload_writer(self, state: QueueState) -> None:
-        """Read the subject's tail again (its last message) after a refused publish."""
-        last = self._get(state, None, "reload")
-        if last is None:
-            state.last_seq = 0
-        else:
-            state.adopt(last)
+    def _tail(self, state: QueueState) -> StoredFrame | None:
+        """The subject's last message, read again (after a refused publish)."""
+        return self._get(state, None, "reload")
+
+    def _delete_phantom(self, state: QueueState, seq: int) -> None:
+        """Delete the message at ``seq``: a batch whose enqueue was refused, landed late."""
+        from nats.js import errors as js_errors
+
+        logger.warning(
+            "queue %s: a batch refused earlier (its publish went unanswered) was stored "
+            "late at stream sequence %d; deleted, its caller sends it again",
+            state.queue,
+            seq,
+        )
+        try:
+            self._call(self._bridge.js.delete_msg(self.stream, seq), "delete", state)
+        except js_errors.NotFoundError:
+            pass  # already gone
 
     # ---------------------------------------------------------------- reading
 
@@ -207,8 +218,9 @@ class JetStreamStore(QueueStore):
             if frame is None:
                 return
             state.take_buffer(frame)
-        if len(state.buffer) < wanted and state.buffer_end >= state.end:
-            # Another writer (or a publish whose answer was lost) may have added more.
+        if len(state.buffer) < wanted and state.buffer_end >= state.end and not state.unsure_ids:
+            # Another writer may have added more. Not while a publish of ours went
+            # unanswered: what it may have stored is not accepted (see writer.py).
             frame = self._get(state, state.fetched_seq + 1, "read")
             if frame is not None:
                 state.take_buffer(frame)

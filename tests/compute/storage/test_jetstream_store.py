@@ -10,11 +10,13 @@ from __future__ import annotations
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from compute.errors import STORE_UNAVAILABLE, DLQFullError, QueueWrittenElsewhereError
 from compute.queue_id import QueueId
+from compute.storage.jetstream.bridge import StoreUnavailable
 from compute.storage.jetstream.naming import queue_subject, record_key, subject_queue, token
 from compute.storage.jetstream.store import JetStreamStore
 from tests.compute.helpers import STORE_QUEUE, drain, items
@@ -95,29 +97,73 @@ def test_a_stream_byte_limit_refuses_too(open_store) -> None:
     assert drain(store) == [b"a" * 100]
 
 
+def _lose_answers(store: JetStreamStore, *, landed: bool, publish_number: int = 1) -> None:
+    """The ``publish_number``-th publish from now gets no answer: stored (``landed``) or not."""
+    bridge = store._bridge
+    real = bridge.run
+    seen = 0
+
+    def run(coroutine: Any, timeout: float | None = None) -> Any:
+        nonlocal seen
+        if getattr(coroutine, "__qualname__", "").endswith("publish"):
+            seen += 1
+            if seen == publish_number:
+                del bridge.run  # back to the real one
+                if landed:
+                    real(coroutine, timeout)
+                else:
+                    coroutine.close()
+                raise StoreUnavailable("no answer from JetStream within 2 s (dropped by the test)")
+        return real(coroutine, timeout)
+
+    bridge.run = run  # type: ignore[method-assign]
+
+
+def _refused(store: JetStreamStore, batch: list[bytes]) -> None:
+    with pytest.raises(DLQFullError) as caught:
+        store.enqueue(Q, batch)
+    assert caught.value.limit == STORE_UNAVAILABLE
+
+
 def test_a_publish_whose_answer_was_lost_is_never_stored_twice(open_store) -> None:
     store = open_store()
     store.enqueue(Q, items(0, 2))
-    state = store._state(Q)
-    before = state.last_seq
-    store.enqueue(Q, items(2, 4))
-    # As if the answer to that publish had been lost: the store does not
-    # know it landed, and the pipeline sends the same batch again.
-    state.last_seq, state.end, state.bytes_end = before, 2, state.bytes_end - 1
-    state.unsure_expected = before
-    store.enqueue(Q, items(2, 4))
+    _lose_answers(store, landed=True)
+    _refused(store, items(2, 4))  # stored, but the caller cannot know
+    assert store.count(Q) == 2  # not accepted: not counted, not read
+    lease = store.read(Q, 10)
+    assert lease.payloads == items(0, 2)
+    store.release(lease)
+    store.enqueue(Q, items(2, 4))  # the pipeline sends the same batch again
+    assert store.count(Q) == 4
     assert drain(open_store("other")) == items(0, 4)
 
 
-def test_a_lost_answer_then_another_batch_goes_after_the_landed_one(open_store) -> None:
+def test_a_refused_batch_that_landed_late_is_deleted_not_kept_out_of_order(open_store) -> None:
+    """Its caller was told it is not stored and sends it again, after another batch."""
     store = open_store()
     store.enqueue(Q, items(0, 2))
-    state = store._state(Q)
-    before, end, bytes_end = state.last_seq, state.end, state.bytes_end
-    store.enqueue(Q, items(2, 4))
-    state.last_seq, state.end, state.bytes_end = before, end, bytes_end
-    state.unsure_expected = before
-    store.enqueue(Q, items(4, 5))  # not the same batch: stored after the one that landed
+    _lose_answers(store, landed=True)
+    _refused(store, items(2, 4))
+    store.enqueue(Q, items(4, 5))  # another batch first (a caller that moved on)
+    store.enqueue(Q, items(2, 4))  # then the refused one again
+    assert store.count(Q) == 5
+    # In the order the enqueues were accepted, each once: the late copy is gone.
+    assert drain(open_store("other")) == items(0, 2) + items(4, 5) + items(2, 4)
+
+
+def test_a_batch_sent_again_after_its_late_copy_was_deleted_is_stored(open_store) -> None:
+    """JetStream remembers a deleted message's id: the same batch again must not be
+    answered "duplicate" (and lost)."""
+    store = open_store()
+    store.enqueue(Q, items(0, 2))
+    _lose_answers(store, landed=True)
+    _refused(store, items(2, 4))
+    # The next batch deletes the late copy, then its own publish goes unanswered, unsent.
+    _lose_answers(store, landed=False, publish_number=2)
+    _refused(store, items(4, 5))
+    store.enqueue(Q, items(2, 4))  # the same bytes at the same expected sequence as before
+    store.enqueue(Q, items(4, 5))
     assert store.count(Q) == 5
     assert drain(open_store("other")) == items(0, 5)
 
